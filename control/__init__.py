@@ -1,0 +1,1 @@
+"""Clawfleet control plane: HTTP API, store, scheduler and worker protocol."""

@@ -1,0 +1,140 @@
+"""Authenticates signed worker requests (docs/protocol.md).
+
+Contract: `authenticate` either returns the caller's identity or raises
+`Unauthorized` (401) / `Forbidden` (403, revoked worker) having written nothing.
+The nonce is reserved in memory here; the handler persists it in the same
+transaction as its own writes (`AgentCaller.persist_nonce`). Reasons are logged
+with the key id, never with a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import aiosqlite
+from aiohttp import web
+
+from control import nonces
+from control.errors import Forbidden, Unauthorized
+from control.keyring import Keyring, SecretUnreadable
+from control.nonces import NonceLedger
+from control.store import Store
+from shared import signing
+
+log = logging.getLogger(__name__)
+
+TOKEN_ID = re.compile(r"^[a-z0-9]{6,16}$")
+WORKER_ID = re.compile(r"^srv-[a-z0-9]{4,32}$")
+_NONCE = re.compile(r"^[0-9a-fA-F]{32,128}$")
+_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
+REVOKED_STATUSES = ("dead", "deleted")
+
+
+@dataclass(frozen=True)
+class AgentCaller:
+    key_id: str
+    nonce: str
+    timestamp: int
+    body: bytes
+
+    async def persist_nonce(self, conn: aiosqlite.Connection) -> None:
+        await nonces.persist(conn, self.key_id, self.nonce, self.timestamp)
+
+
+class Authenticator:
+    def __init__(self, store: Store, keyring: Keyring, ledger: NonceLedger) -> None:
+        self._store = store
+        self._keyring = keyring
+        self._ledger = ledger
+        # Decrypting a worker secret on every heartbeat is wasted work; the cache is
+        # keyed by ciphertext, so a rotated secret is never served stale.
+        self._secrets: dict[str, tuple[str, str]] = {}
+
+    async def bootstrap(self, request: web.Request) -> AgentCaller:
+        """A registration request, signed with a bootstrap token."""
+        key_id, ts, nonce, presented = _headers(request)
+        if not TOKEN_ID.match(key_id):
+            raise _reject(key_id, "key id is not a bootstrap token id")
+        return await self._verify(
+            request, key_id, ts, nonce, presented, self._keyring.bootstrap_secret(key_id)
+        )
+
+    async def worker(self, request: web.Request) -> AgentCaller:
+        """Any other agent request, signed with a worker's own secret."""
+        key_id, ts, nonce, presented = _headers(request)
+        if not WORKER_ID.match(key_id):
+            raise _reject(key_id, "key id is not a worker id", code="unknown_worker")
+        row = await self._store.fetch_one(
+            "SELECT status, secret_ciphertext FROM servers WHERE id = ?", (key_id,)
+        )
+        if row is None or row["secret_ciphertext"] is None:
+            raise _reject(key_id, "no registered worker has this id", code="unknown_worker")
+        caller = await self._verify(
+            request,
+            key_id,
+            ts,
+            nonce,
+            presented,
+            self._worker_secret(key_id, row["secret_ciphertext"]),
+        )
+        if row["status"] in REVOKED_STATUSES:
+            log.warning("revoked worker %s (status %s) is still calling", key_id, row["status"])
+            raise Forbidden(f"worker {key_id} is {row['status']}", code="worker_revoked")
+        return caller
+
+    def _worker_secret(self, key_id: str, ciphertext: str) -> str:
+        cached = self._secrets.get(key_id)
+        if cached and cached[0] == ciphertext:
+            return cached[1]
+        try:
+            secret = self._keyring.decrypt(ciphertext)
+        except SecretUnreadable:
+            raise _reject(
+                key_id, "stored worker secret is unreadable (INTERNAL_SECRET changed?)"
+            ) from None
+        self._secrets[key_id] = (ciphertext, secret)
+        return secret
+
+    async def _verify(
+        self, request: web.Request, key_id: str, ts: str, nonce: str, presented: str, secret: str
+    ) -> AgentCaller:
+        timestamp = int(ts)
+        if abs(time.time() - timestamp) > signing.MAX_CLOCK_SKEW:
+            raise _reject(
+                key_id,
+                f"timestamp {ts} is more than {signing.MAX_CLOCK_SKEW}s from our clock",
+                code="stale_request",
+            )
+        body = await request.read()
+        path, _, query = request.raw_path.partition("?")
+        canonical = signing.canonical_string(request.method, path, query, ts, nonce, key_id, body)
+        if not signing.verify_signature(secret, canonical, presented):
+            raise _reject(key_id, "signature does not match", code="bad_signature")
+        if not self._ledger.claim(key_id, nonce.lower(), timestamp):
+            raise _reject(key_id, "nonce already used (replayed request)", code="replayed_request")
+        return AgentCaller(key_id=key_id, nonce=nonce.lower(), timestamp=timestamp, body=body)
+
+
+def _headers(request: web.Request) -> tuple[str, str, str, str]:
+    values = []
+    for name in signing.SIGNED_HEADERS:
+        value = request.headers.get(name)
+        if not value:
+            raise _reject("-", f"missing header {name}", code="missing_signature")
+        values.append(value)
+    key_id, ts, nonce, presented = values
+    if not _TIMESTAMP.match(ts):
+        raise _reject(key_id, f"{signing.HEADER_TIMESTAMP} is not unix seconds")
+    if not _NONCE.match(nonce):
+        raise _reject(key_id, f"{signing.HEADER_NONCE} must be 16 to 64 random bytes in hex")
+    return key_id, ts, nonce, presented
+
+
+def _reject(key_id: str, reason: str, *, code: str = "unauthorized") -> Unauthorized:
+    # A confused client may put a whole token in the key header: log only real ids.
+    shown = key_id if TOKEN_ID.match(key_id) or WORKER_ID.match(key_id) else "<not an id>"
+    log.warning("rejected agent request (key %s): %s", shown, reason)
+    return Unauthorized(reason, code=code)

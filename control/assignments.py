@@ -1,0 +1,74 @@
+"""Each worker's desired set, and the long-poll that delivers it.
+
+Contract: `desired_set` reads a worker's generation and complete set of container
+specs in one snapshot. `GenerationBoard.notify` is called after a commit that bumped
+a worker's generation and wakes every long-poll waiting on that worker; a waiter
+takes its event BEFORE re-reading the generation, so a change between the read and
+the wait is never missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from control.plans import Plan, plan_of
+from control.settings import Settings
+from control.specs import UserPlacement, build_spec
+from control.store import Store
+from shared.protocol import Assignments
+
+
+class GenerationBoard:
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+        self._closed = False
+
+    def event(self, server_id: str) -> asyncio.Event:
+        event = self._events.get(server_id)
+        if event is None:
+            event = self._events[server_id] = asyncio.Event()
+            if self._closed:
+                event.set()
+        return event
+
+    def notify(self, *server_ids: str) -> None:
+        for server_id in server_ids:
+            event = self._events.pop(server_id, None)
+            if event is not None:
+                event.set()
+
+    def waiters(self) -> int:
+        return len(self._events)
+
+    def close(self) -> None:
+        """Wakes every waiter so shutdown never waits out a long-poll."""
+        self._closed = True
+        for event in self._events.values():
+            event.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+async def generation(store: Store, server_id: str) -> int:
+    row = await store.fetch_one("SELECT generation FROM servers WHERE id = ?", (server_id,))
+    return int(row["generation"]) if row else 0
+
+
+async def desired_set(
+    store: Store, settings: Settings, plans: dict[str, Plan], server_id: str
+) -> Assignments:
+    rows = await store.fetch_all(
+        "SELECT s.generation, u.id, u.subdomain, u.plan FROM servers s "
+        "LEFT JOIN users u ON u.server_id = s.id AND u.state IN ('provisioning', 'running') "
+        "WHERE s.id = ? ORDER BY u.id",
+        (server_id,),
+    )
+    gen = int(rows[0]["generation"]) if rows else 0
+    specs = [
+        build_spec(UserPlacement(r["id"], r["subdomain"], plan_of(plans, r["plan"]), {}), settings)
+        for r in rows
+        if r["id"] is not None
+    ]
+    return Assignments(generation=gen, containers=specs)

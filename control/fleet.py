@@ -1,0 +1,184 @@
+"""The control plane's operations, as the HTTP layer and background loops call them.
+
+Contract: each operation commits through the store first and only then has effects
+outside it (waking long-polls), so nothing a worker is told is ever rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import aiosqlite
+from aiohttp import web
+
+from control import assignments, events, liveness, users, workers
+from control.agent_auth import AgentCaller, Authenticator
+from control.errors import BadRequest, NotFound
+from control.keyring import Keyring
+from control.nonces import NonceLedger, purge_expired
+from control.plans import DEFAULT_PLANS, Plan
+from control.settings import Settings
+from control.store import Store, fetch_one
+from shared.protocol import Assignments, Heartbeat, HeartbeatReply, RegisterReply, RegisterRequest
+
+log = logging.getLogger(__name__)
+
+# Keeps heartbeat load bounded as the fleet grows (see liveness.heartbeat_interval).
+MAX_HEARTBEATS_PER_SECOND = 200.0
+MAX_WAIT = 60.0
+JITTER = 0.1
+SERVER_FLAGS = {
+    "cordon": "UPDATE servers SET cordoned = 1 WHERE id = ?",
+    "uncordon": "UPDATE servers SET cordoned = 0 WHERE id = ?",
+    # Draining implies cordoned: nothing new lands on a server being emptied.
+    "drain": "UPDATE servers SET draining = 1, cordoned = 1 WHERE id = ?",
+}
+
+
+class Fleet:
+    def __init__(self, settings: Settings, store: Store, keyring: Keyring) -> None:
+        self.settings = settings
+        self.store = store
+        self.keyring = keyring
+        self.plans: dict[str, Plan] = dict(DEFAULT_PLANS)
+        self.ledger = NonceLedger()
+        self.auth = Authenticator(store, keyring, self.ledger)
+        self.board = assignments.GenerationBoard()
+        self.started_at = time.time()
+        self._live_workers = 0
+
+    async def start(self) -> None:
+        self.started_at = time.time()
+        await self.ledger.load(self.store, self.started_at)
+        await self._count_live()
+
+    async def _count_live(self) -> None:
+        row = await self.store.fetch_one(
+            "SELECT COUNT(*) AS n FROM servers WHERE status IN ('active', 'unhealthy')"
+        )
+        self._live_workers = int(row["n"]) if row else 0
+
+    def interval(self) -> float:
+        base = liveness.heartbeat_interval(
+            self.settings.heartbeat_interval,
+            self._live_workers,
+            max_rate=MAX_HEARTBEATS_PER_SECOND,
+            dead_after=self.settings.dead_after,
+        )
+        return round(base * random.uniform(1 - JITTER, 1 + JITTER), 3)
+
+    # --- workers -----------------------------------------------------------------
+    async def register(self, caller: AgentCaller, req: RegisterRequest) -> RegisterReply:
+        if req.protocol != 1:
+            raise BadRequest(
+                f"protocol {req.protocol} is not supported (this control plane speaks 1)",
+                code="unsupported_protocol",
+            )
+        interval = self.interval()
+        done = await workers.register(self.store, self.keyring, caller, req, interval)
+        self._live_workers += 1
+        await self.place()
+        return RegisterReply(
+            worker_id=done.worker_id, secret=done.secret, heartbeat_interval=interval
+        )
+
+    async def heartbeat(self, caller: AgentCaller, hb: Heartbeat) -> HeartbeatReply:
+        interval = self.interval()
+        gen = await workers.heartbeat(self.store, caller, hb, interval)
+        return HeartbeatReply(heartbeat_interval=interval, generation=gen)
+
+    async def assignments(self, caller: AgentCaller, after: int, wait: float) -> Assignments | None:
+        """The worker's desired set once its generation exceeds `after`, else None
+        after `wait` seconds (capped at MAX_WAIT)."""
+        await self.store.write(caller.persist_nonce)
+        deadline = time.monotonic() + min(max(wait, 0.0), MAX_WAIT)
+        while True:
+            event = self.board.event(caller.key_id)
+            if await assignments.generation(self.store, caller.key_id) > after:
+                return await assignments.desired_set(
+                    self.store, self.settings, self.plans, caller.key_id
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.board.closed:
+                return None
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                return None
+
+    async def mint_join_token(self, ttl: float | None) -> workers.MintedToken:
+        return await workers.mint_token(
+            self.store, self.keyring, ttl or self.settings.bootstrap_token_ttl
+        )
+
+    async def set_server_flag(self, server_id: str, action: str) -> None:
+        statement = SERVER_FLAGS[action]
+
+        async def apply(conn: aiosqlite.Connection) -> None:
+            if await fetch_one(conn, "SELECT 1 FROM servers WHERE id = ?", (server_id,)) is None:
+                raise NotFound(f"no server {server_id}")
+            await conn.execute(statement, (server_id,))
+            await events.record(
+                conn, f"server_{action}", f"operator asked to {action}", server_id=server_id
+            )
+
+        await self.store.write(apply)
+        if action == "uncordon":
+            await self.place()
+
+    # --- users -------------------------------------------------------------------
+    def plan(self, name: str) -> Plan:
+        plan = self.plans.get(name)
+        if plan is None:
+            raise BadRequest(
+                f"plan: unknown plan {name!r} (known: {', '.join(sorted(self.plans))})",
+                code="unknown_plan",
+            )
+        return plan
+
+    async def create_user(self, user_id: str, subdomain: str, plan_name: str) -> None:
+        users.validate_user_id(user_id)
+        users.validate_subdomain(subdomain)
+        await users.create(self.store, user_id, subdomain, self.plan(plan_name))
+        await self.place()
+
+    async def delete_user(self, user_id: str) -> None:
+        server_id = await users.deprovision(self.store, user_id)
+        if server_id:
+            self.board.notify(server_id)
+
+    async def place(self) -> users.PlacementResult:
+        result = await users.place_pending(self.store, self.plans)
+        self.board.notify(*result.touched_servers)
+        if result.pending:
+            log.info("%d user(s) pending: no worker has room", len(result.pending))
+        return result
+
+    # --- background --------------------------------------------------------------
+    async def sweep(self) -> None:
+        now = time.time()
+        dead = await workers.sweep_liveness(
+            self.store, now, self.started_at, self.settings.dead_after
+        )
+        if dead:
+            await users.release_from(self.store, dead)
+            self.board.notify(*dead)
+            await self.place()
+        self.ledger.prune(now)
+        await self.store.write(lambda conn: purge_expired(conn, now))
+        await self._count_live()
+
+    async def run_sweeps(self) -> None:
+        period = max(1.0, min(self.settings.heartbeat_interval / 2, 5.0))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("liveness sweep failed; retrying next period")
+
+
+FLEET = web.AppKey("fleet", Fleet)

@@ -1,0 +1,71 @@
+"""Versioned schema. Each entry is applied once, in order, in its own transaction.
+
+Append only: never edit a migration that has shipped. The SQL avoids SQLite-only
+syntax (times are epoch seconds passed in from Python, conflicts use ON CONFLICT),
+so that a PostgreSQL backend can follow.
+"""
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: servers, tokens, users, nonces, events
+    """
+    CREATE TABLE servers (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        provider TEXT,
+        provider_id TEXT,
+        public_ip TEXT,
+        hostname TEXT,
+        cordoned INTEGER NOT NULL DEFAULT 0,
+        draining INTEGER NOT NULL DEFAULT 0,
+        cpus INTEGER,
+        memory_mb INTEGER,
+        disk_gb INTEGER,
+        agent_version TEXT,
+        secret_ciphertext TEXT,
+        generation INTEGER NOT NULL DEFAULT 0,
+        applied_generation INTEGER,
+        heartbeat_interval REAL,
+        last_heartbeat REAL,
+        registered_at REAL,
+        created_at REAL NOT NULL,
+        status_changed_at REAL NOT NULL,
+        report TEXT
+    );
+    CREATE TABLE bootstrap_tokens (
+        id TEXT PRIMARY KEY,
+        server_id TEXT REFERENCES servers(id),
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        consumed_at REAL
+    );
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        subdomain TEXT NOT NULL UNIQUE,
+        plan TEXT NOT NULL,
+        state TEXT NOT NULL,
+        server_id TEXT REFERENCES servers(id),
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX users_server ON users(server_id);
+    CREATE INDEX users_state ON users(state);
+    CREATE TABLE nonces (
+        key_id TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (key_id, nonce)
+    );
+    CREATE INDEX nonces_expiry ON nonces(expires_at);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        server_id TEXT,
+        user_id TEXT,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX events_at ON events(at);
+    """,
+)

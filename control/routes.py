@@ -1,0 +1,164 @@
+"""HTTP routes: the worker protocol (/v1/agent/*), the admin API and /healthz.
+
+Handlers stay thin: decode and validate the body (400 on any shape error, before
+anything is written), call one Fleet operation, encode the reply.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TypeVar
+
+import msgspec
+from aiohttp import web
+
+from control import views
+from control.clock import iso
+from control.errors import BadRequest, NotFound
+from control.fleet import FLEET
+from shared import protocol
+
+T = TypeVar("T")
+routes = web.RouteTableDef()
+_INT = re.compile(r"^[0-9]{1,18}$")
+
+
+class CreateUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    user_id: str
+    subdomain: str
+    plan: str = "default"
+
+
+class JoinTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    ttl_seconds: int | None = None
+
+
+def decode_body(body: bytes, kind: type[T], *, empty_ok: bool = False) -> T:
+    if not body.strip() and empty_ok:
+        body = b"{}"
+    try:
+        return protocol.decode(body, kind)
+    except protocol.ProtocolError as exc:
+        raise BadRequest(f"malformed body: {exc}", code="malformed_body") from None
+
+
+def msgspec_response(message: object, status: int = 200) -> web.Response:
+    return web.Response(
+        body=protocol.encode(message), status=status, content_type="application/json"
+    )
+
+
+def query_number(request: web.Request, name: str, default: int) -> int:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return default
+    if not _INT.match(value):
+        raise BadRequest(f"{name}: expected a non-negative integer, got {value!r}")
+    return int(value)
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+# --- worker protocol --------------------------------------------------------------
+@routes.post("/v1/agent/register")
+async def register(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    caller = await fleet.auth.bootstrap(request)
+    req = decode_body(caller.body, protocol.RegisterRequest)
+    return msgspec_response(await fleet.register(caller, req), status=201)
+
+
+@routes.post("/v1/agent/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    caller = await fleet.auth.worker(request)
+    hb = decode_body(caller.body, protocol.Heartbeat)
+    return msgspec_response(await fleet.heartbeat(caller, hb))
+
+
+@routes.get("/v1/agent/assignments")
+async def get_assignments(request: web.Request) -> web.StreamResponse:
+    fleet = request.app[FLEET]
+    caller = await fleet.auth.worker(request)
+    after = query_number(request, "after", 0)
+    wait = query_number(request, "wait", 0)
+    result = await fleet.assignments(caller, after, float(wait))
+    if result is None:
+        return web.Response(status=304)
+    return msgspec_response(result)
+
+
+# --- admin API --------------------------------------------------------------------
+@routes.post("/v1/join-tokens")
+async def create_join_token(request: web.Request) -> web.Response:
+    req = decode_body(await request.read(), JoinTokenRequest, empty_ok=True)
+    if req.ttl_seconds is not None and not 60 <= req.ttl_seconds <= 7 * 86400:
+        raise BadRequest("ttl_seconds: must be between 60 and 604800")
+    minted = await request.app[FLEET].mint_join_token(req.ttl_seconds)
+    return web.json_response(
+        {"token": minted.token, "expires_at": iso(minted.expires_at)}, status=201
+    )
+
+
+@routes.get("/v1/servers")
+async def list_servers(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    return web.json_response({"servers": await views.servers(fleet.store, fleet.plans)})
+
+
+@routes.get("/v1/servers/{server_id}")
+async def get_server(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    found = await views.servers(fleet.store, fleet.plans, request.match_info["server_id"])
+    if not found:
+        raise NotFound(f"no server {request.match_info['server_id']}")
+    return web.json_response(found[0])
+
+
+@routes.post(r"/v1/servers/{server_id}/{action:cordon|uncordon|drain}")
+async def server_action(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    server_id = request.match_info["server_id"]
+    await fleet.set_server_flag(server_id, request.match_info["action"])
+    return web.json_response((await views.servers(fleet.store, fleet.plans, server_id))[0])
+
+
+@routes.post("/v1/users")
+async def create_user(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    req = decode_body(await request.read(), CreateUser)
+    await fleet.create_user(req.user_id, req.subdomain, req.plan)
+    return web.json_response((await views.users(fleet.store, req.user_id))[0], status=201)
+
+
+@routes.get("/v1/users")
+async def list_users(request: web.Request) -> web.Response:
+    return web.json_response({"users": await views.users(request.app[FLEET].store)})
+
+
+@routes.get("/v1/users/{user_id}")
+async def get_user(request: web.Request) -> web.Response:
+    found = await views.users(request.app[FLEET].store, request.match_info["user_id"])
+    if not found:
+        raise NotFound(f"no user {request.match_info['user_id']}")
+    return web.json_response(found[0])
+
+
+@routes.delete("/v1/users/{user_id}")
+async def delete_user(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    user_id = request.match_info["user_id"]
+    await fleet.delete_user(user_id)
+    return web.json_response((await views.users(fleet.store, user_id))[0])
+
+
+@routes.get("/v1/events")
+async def list_events(request: web.Request) -> web.Response:
+    limit = min(query_number(request, "limit", 100), 1000)
+    before = query_number(request, "before", 0) or None
+    return web.json_response(
+        {"events": await views.events(request.app[FLEET].store, limit, before)}
+    )

@@ -1,0 +1,260 @@
+"""Control-plane settings: one frozen object built from the environment.
+
+Contract: `Settings.from_env(env)` is the only place that reads configuration (it is
+called from `__main__` and by tests with a plain dict). Every variable is declared
+once in `VARIABLES` with its default and meaning; docs/configuration.md is checked
+against that table by a test. A missing or malformed value raises `SettingsError`
+whose message names the variable and never repeats a secret's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_AGENT_IMAGE = "ghcr.io/openclaw/openclaw:2026.11.20"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str | None  # None: required (or optional when `required` is False)
+    help: str
+    secret: bool = False
+    required: bool = False
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "ADMIN_TOKEN",
+        None,
+        "Bearer token for the admin API (at least 32 characters).",
+        secret=True,
+        required=True,
+    ),
+    Variable(
+        "INTERNAL_SECRET",
+        None,
+        "Master secret (at least 32 characters). Never leaves the control plane: derives bootstrap-token secrets and encrypts worker and user secrets at rest.",
+        secret=True,
+        required=True,
+    ),
+    Variable("DATABASE_PATH", "data/clawfleet.db", "SQLite database file."),
+    Variable("LISTEN_HOST", "127.0.0.1", "Address the HTTP server binds."),
+    Variable("LISTEN_PORT", "8080", "Port the HTTP server binds."),
+    Variable(
+        "PUBLIC_URL",
+        "",
+        "URL workers use to reach the control plane (https when workers are remote). Default: http://LISTEN_HOST:LISTEN_PORT.",
+    ),
+    Variable("BASE_DOMAIN", "clawfleet.localhost", "Users are served at <subdomain>.BASE_DOMAIN."),
+    Variable("PROVIDER", "local", "Where servers come from: local or hetzner."),
+    Variable(
+        "HETZNER_API_TOKEN",
+        "",
+        "Hetzner Cloud API token (read/write), for PROVIDER=hetzner.",
+        secret=True,
+    ),
+    Variable(
+        "HETZNER_SERVER_TYPE",
+        "cpx22",
+        "Hetzner server types, comma-separated in order of preference.",
+    ),
+    Variable(
+        "HETZNER_LOCATION", "nbg1", "Hetzner locations, comma-separated in order of preference."
+    ),
+    Variable(
+        "CLOUDFLARE_API_TOKEN",
+        "",
+        "Cloudflare API token with DNS edit rights on the zone.",
+        secret=True,
+    ),
+    Variable("CLOUDFLARE_ZONE_ID", "", "Cloudflare zone that holds BASE_DOMAIN."),
+    Variable(
+        "STRIPE_SECRET_KEY", "", "Stripe API key, used to re-fetch subscriptions.", secret=True
+    ),
+    Variable(
+        "STRIPE_WEBHOOK_SECRET",
+        "",
+        "Signing secret of the Stripe webhook endpoint (whsec_...).",
+        secret=True,
+    ),
+    Variable(
+        "AGENT_IMAGE",
+        DEFAULT_AGENT_IMAGE,
+        "Image of each user's agent container (OpenClaw, pinned).",
+    ),
+    Variable("AGENT_PORT", "18789", "Port the agent container listens on (OpenClaw gateway)."),
+    Variable(
+        "AGENT_HEALTH_PATH",
+        "/healthz",
+        "HTTP path that answers 2xx when the agent container is healthy.",
+    ),
+    Variable("AGENT_USER", "1000:1000", "uid:gid the agent container runs as (never root)."),
+    Variable("HEARTBEAT_INTERVAL", "10", "Base seconds between worker heartbeats."),
+    Variable("DEAD_AFTER", "300", "Seconds without a heartbeat before a worker is declared dead."),
+    Variable("BOOTSTRAP_TOKEN_TTL", "1800", "Seconds a bootstrap or join token stays valid."),
+    Variable("LOG_LEVEL", "INFO", "Python log level."),
+)
+
+_SECRET_MIN = 32
+_PORT = re.compile(r"^[0-9]{1,5}$")
+_USER = re.compile(r"^[0-9]{1,10}(:[0-9]{1,10})?$")
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    admin_token: str = dataclasses.field(repr=False)
+    internal_secret: str = dataclasses.field(repr=False)
+    database_path: str = "data/clawfleet.db"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    base_domain: str = "clawfleet.localhost"
+    provider: str = "local"
+    hetzner_api_token: str = dataclasses.field(default="", repr=False)
+    hetzner_server_types: tuple[str, ...] = ("cpx22",)
+    hetzner_locations: tuple[str, ...] = ("nbg1",)
+    cloudflare_api_token: str = dataclasses.field(default="", repr=False)
+    cloudflare_zone_id: str = ""
+    stripe_secret_key: str = dataclasses.field(default="", repr=False)
+    stripe_webhook_secret: str = dataclasses.field(default="", repr=False)
+    agent_image: str = DEFAULT_AGENT_IMAGE
+    agent_port: int = 18789
+    agent_health_path: str = "/healthz"
+    agent_user: str = "1000:1000"
+    heartbeat_interval: float = 10.0
+    dead_after: float = 300.0
+    bootstrap_token_ttl: int = 1800
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        raw = {v.name: _read(env, v) for v in VARIABLES}
+        host = raw["LISTEN_HOST"]
+        port = _port("LISTEN_PORT", raw["LISTEN_PORT"])
+        public_url = raw["PUBLIC_URL"] or f"http://{host}:{port}"
+        settings = cls(
+            admin_token=_secret("ADMIN_TOKEN", raw["ADMIN_TOKEN"]),
+            internal_secret=_secret("INTERNAL_SECRET", raw["INTERNAL_SECRET"]),
+            database_path=raw["DATABASE_PATH"],
+            listen_host=host,
+            listen_port=port,
+            public_url=_url("PUBLIC_URL", public_url),
+            base_domain=_check(
+                "BASE_DOMAIN", raw["BASE_DOMAIN"].lower(), _DOMAIN.match, "a DNS name"
+            ),
+            provider=_choice("PROVIDER", raw["PROVIDER"], ("local", "hetzner")),
+            hetzner_api_token=raw["HETZNER_API_TOKEN"],
+            hetzner_server_types=_list("HETZNER_SERVER_TYPE", raw["HETZNER_SERVER_TYPE"]),
+            hetzner_locations=_list("HETZNER_LOCATION", raw["HETZNER_LOCATION"]),
+            cloudflare_api_token=raw["CLOUDFLARE_API_TOKEN"],
+            cloudflare_zone_id=raw["CLOUDFLARE_ZONE_ID"],
+            stripe_secret_key=raw["STRIPE_SECRET_KEY"],
+            stripe_webhook_secret=raw["STRIPE_WEBHOOK_SECRET"],
+            agent_image=_check("AGENT_IMAGE", raw["AGENT_IMAGE"], _no_space, "an image reference"),
+            agent_port=_port("AGENT_PORT", raw["AGENT_PORT"]),
+            agent_health_path=_check(
+                "AGENT_HEALTH_PATH", raw["AGENT_HEALTH_PATH"], _abs_path, "a path starting with /"
+            ),
+            agent_user=_agent_user(raw["AGENT_USER"]),
+            heartbeat_interval=_number("HEARTBEAT_INTERVAL", raw["HEARTBEAT_INTERVAL"], 1, 3600),
+            dead_after=_number("DEAD_AFTER", raw["DEAD_AFTER"], 10, 30 * 86400),
+            bootstrap_token_ttl=int(
+                _number("BOOTSTRAP_TOKEN_TTL", raw["BOOTSTRAP_TOKEN_TTL"], 60, 30 * 86400)
+            ),
+            log_level=_choice(
+                "LOG_LEVEL", raw["LOG_LEVEL"].upper(), ("DEBUG", "INFO", "WARNING", "ERROR")
+            ),
+        )
+        if settings.provider == "hetzner" and not settings.hetzner_api_token:
+            raise SettingsError("HETZNER_API_TOKEN: required when PROVIDER=hetzner")
+        if settings.dead_after <= 3 * settings.heartbeat_interval:
+            raise SettingsError("DEAD_AFTER: must be longer than 3 x HEARTBEAT_INTERVAL")
+        return settings
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _read(env: Mapping[str, str], var: Variable) -> str:
+    value = env.get(var.name, "").strip()
+    if value:
+        return value
+    if var.required:
+        raise SettingsError(f"{var.name}: required but not set")
+    return var.default or ""
+
+
+def _secret(name: str, value: str) -> str:
+    if len(value) < _SECRET_MIN:
+        raise SettingsError(f"{name}: must be at least {_SECRET_MIN} characters")
+    return value
+
+
+def _check(name: str, value: str, ok: Callable[[str], object], what: str) -> str:
+    if not ok(value):
+        raise SettingsError(f"{name}: expected {what}, got {value!r}")
+    return value
+
+
+def _no_space(value: str) -> bool:
+    return bool(value) and not any(c.isspace() for c in value)
+
+
+def _abs_path(value: str) -> bool:
+    return value.startswith("/") and _no_space(value)
+
+
+def _port(name: str, value: str) -> int:
+    if not _PORT.match(value) or not 1 <= int(value) <= 65535:
+        raise SettingsError(f"{name}: expected a port number 1-65535, got {value!r}")
+    return int(value)
+
+
+def _number(name: str, value: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise SettingsError(f"{name}: must be between {low:g} and {high:g}, got {value!r}")
+    return number
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise SettingsError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _list(name: str, value: str) -> tuple[str, ...]:
+    items = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not items:
+        raise SettingsError(f"{name}: expected a comma-separated list, got {value!r}")
+    return items
+
+
+def _url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{name}: expected an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _agent_user(value: str) -> str:
+    _check("AGENT_USER", value, _USER.match, "uid or uid:gid")
+    if value.split(":")[0] == "0":
+        raise SettingsError("AGENT_USER: agent containers never run as root (uid 0)")
+    return value

@@ -1,0 +1,232 @@
+"""Users' side of the store: creating, placing and removing users.
+
+Every change to a worker's desired set bumps that worker's generation in the same
+transaction; the caller then wakes the worker's long-poll (control/assignments.py)
+with the server ids these functions return.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import aiosqlite
+
+from control import events
+from control.errors import BadRequest, Conflict, NotFound
+from control.placement import Room, choose_server
+from control.plans import Plan, plan_of
+from control.store import Store, fetch_all, fetch_one
+
+USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+RESERVED_SUBDOMAINS = frozenset(
+    {
+        "www",
+        "api",
+        "admin",
+        "mail",
+        "smtp",
+        "imap",
+        "pop",
+        "ftp",
+        "ns1",
+        "ns2",
+        "dashboard",
+        "app",
+        "status",
+        "metrics",
+        "control",
+        "webhook",
+        "webhooks",
+        "auth",
+        "login",
+        "static",
+    }
+)
+ASSIGNED_STATES = ("provisioning", "running")
+
+
+def validate_user_id(user_id: str) -> str:
+    if not USER_ID.match(user_id):
+        raise BadRequest(
+            "user_id: 1-63 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+        )
+    return user_id
+
+
+def validate_subdomain(subdomain: str) -> str:
+    if not SUBDOMAIN.match(subdomain):
+        raise BadRequest(
+            "subdomain: a DNS label of 1-63 characters a-z 0-9 -, not starting or ending with -"
+        )
+    if subdomain in RESERVED_SUBDOMAINS:
+        raise BadRequest(f"subdomain: {subdomain!r} is reserved")
+    return subdomain
+
+
+async def bump_generation(conn: aiosqlite.Connection, server_id: str) -> None:
+    await conn.execute("UPDATE servers SET generation = generation + 1 WHERE id = ?", (server_id,))
+
+
+async def create(store: Store, user_id: str, subdomain: str, plan: Plan) -> None:
+    now = time.time()
+
+    async def apply(conn: aiosqlite.Connection) -> None:
+        if await fetch_one(conn, "SELECT 1 FROM users WHERE id = ?", (user_id,)):
+            raise Conflict(f"user {user_id} already exists", code="user_exists")
+        if await fetch_one(conn, "SELECT 1 FROM users WHERE subdomain = ?", (subdomain,)):
+            raise Conflict(f"subdomain {subdomain} is taken", code="subdomain_taken")
+        await conn.execute(
+            "INSERT INTO users (id, subdomain, plan, state, created_at, updated_at) "
+            "VALUES (?, ?, ?, 'pending', ?, ?)",
+            (user_id, subdomain, plan.name, now, now),
+        )
+        await events.record(
+            conn,
+            "user_created",
+            f"plan {plan.name}, subdomain {subdomain}",
+            user_id=user_id,
+            at=now,
+        )
+
+    await store.write(apply)
+
+
+async def deprovision(store: Store, user_id: str) -> str | None:
+    """Takes the user off its worker; returns the worker to wake, if any."""
+    now = time.time()
+
+    async def apply(conn: aiosqlite.Connection) -> str | None:
+        row = await fetch_one(conn, "SELECT state, server_id FROM users WHERE id = ?", (user_id,))
+        if row is None:
+            raise NotFound(f"no user {user_id}")
+        if row["state"] == "deprovisioned":
+            return None
+        await conn.execute(
+            "UPDATE users SET state = 'deprovisioned', server_id = NULL, updated_at = ? WHERE id = ?",
+            (now, user_id),
+        )
+        if row["server_id"]:
+            await bump_generation(conn, row["server_id"])
+        await events.record(
+            conn,
+            "user_deprovisioned",
+            f"was {row['state']}",
+            server_id=row["server_id"],
+            user_id=user_id,
+            at=now,
+        )
+        return str(row["server_id"]) if row["server_id"] else None
+
+    return await store.write(apply)
+
+
+@dataclass(frozen=True)
+class PlacementResult:
+    placed: dict[str, str]  # user id -> server id
+    pending: list[str]
+
+    @property
+    def touched_servers(self) -> set[str]:
+        return set(self.placed.values())
+
+
+async def place_pending(store: Store, plans: dict[str, Plan]) -> PlacementResult:
+    """Places every pending user that fits somewhere, oldest first."""
+    now = time.time()
+
+    async def apply(conn: aiosqlite.Connection) -> PlacementResult:
+        pending = await fetch_all(
+            conn, "SELECT id, plan FROM users WHERE state = 'pending' ORDER BY created_at, id"
+        )
+        if not pending:
+            return PlacementResult({}, [])
+        rooms = await _rooms(conn, plans)
+        placed: dict[str, str] = {}
+        waiting: list[str] = []
+        for user in pending:
+            need = plan_of(plans, user["plan"]).memory_mb
+            server_id = choose_server(list(rooms.values()), need)
+            if server_id is None:
+                waiting.append(user["id"])
+                continue
+            room = rooms[server_id]
+            rooms[server_id] = Room(
+                server_id, room.accepts_work, room.memory_total_mb, room.memory_used_mb + need
+            )
+            await conn.execute(
+                "UPDATE users SET state = 'provisioning', server_id = ?, updated_at = ? WHERE id = ?",
+                (server_id, now, user["id"]),
+            )
+            await bump_generation(conn, server_id)
+            await events.record(
+                conn,
+                "user_placed",
+                f"placed on {server_id}",
+                server_id=server_id,
+                user_id=user["id"],
+                at=now,
+            )
+            placed[user["id"]] = server_id
+        return PlacementResult(placed, waiting)
+
+    return await store.write(apply)
+
+
+async def _rooms(conn: aiosqlite.Connection, plans: dict[str, Plan]) -> dict[str, Room]:
+    servers = await fetch_all(
+        conn,
+        "SELECT id, status, cordoned, draining, memory_mb FROM servers WHERE status = 'active'",
+    )
+    used: dict[str, int] = {}
+    for row in await fetch_all(
+        conn,
+        "SELECT server_id, plan FROM users WHERE server_id IS NOT NULL AND state IN ('provisioning', 'running')",
+    ):
+        used[row["server_id"]] = (
+            used.get(row["server_id"], 0) + plan_of(plans, row["plan"]).memory_mb
+        )
+    return {
+        s["id"]: Room(
+            server_id=s["id"],
+            accepts_work=not s["cordoned"] and not s["draining"],
+            memory_total_mb=s["memory_mb"] or 0,
+            memory_used_mb=used.get(s["id"], 0),
+        )
+        for s in servers
+    }
+
+
+async def release_from(store: Store, server_ids: list[str]) -> int:
+    """Users of dead workers go back to pending so placement finds them a new home."""
+    if not server_ids:
+        return 0
+    now = time.time()
+
+    async def apply(conn: aiosqlite.Connection) -> int:
+        moved = 0
+        for server_id in server_ids:
+            rows = await fetch_all(
+                conn,
+                "SELECT id FROM users WHERE server_id = ? AND state IN ('provisioning', 'running')",
+                (server_id,),
+            )
+            for row in rows:
+                await conn.execute(
+                    "UPDATE users SET state = 'pending', server_id = NULL, updated_at = ? WHERE id = ?",
+                    (now, row["id"]),
+                )
+                await events.record(
+                    conn,
+                    "user_released",
+                    f"worker {server_id} is dead; replacing",
+                    server_id=server_id,
+                    user_id=row["id"],
+                    at=now,
+                )
+                moved += 1
+        return moved
+
+    return await store.write(apply)

@@ -1,0 +1,148 @@
+"""JSON shapes of servers and users in the admin API (read side only)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from control.clock import iso
+from control.plans import Plan, plan_of
+from control.store import Row, Store
+
+SERVER_COLUMNS = (
+    "id, name, status, origin, provider, provider_id, public_ip, hostname, cordoned, draining, "
+    "cpus, memory_mb, disk_gb, agent_version, generation, applied_generation, heartbeat_interval, "
+    "last_heartbeat, registered_at, created_at, report"
+)
+
+
+def _reports(report: str | None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    data = json.loads(report) if report else {}
+    containers = {c["user_id"]: c for c in data.get("containers", [])}
+    return containers, data.get("host") or {}
+
+
+def server_view(row: Row, users: list[Row], plans: dict[str, Plan], now: float) -> dict[str, Any]:
+    reported, host = _reports(row["report"])
+    desired = {u["id"] for u in users}
+    containers = [
+        {"user_id": u["id"], "desired": True, **_container(reported.get(u["id"]))} for u in users
+    ] + [
+        {"user_id": uid, "desired": False, **_container(c)}
+        for uid, c in sorted(reported.items())
+        if uid not in desired
+    ]
+    used_mem = sum(plan_of(plans, u["plan"]).memory_mb for u in users)
+    used_cpu = sum(plan_of(plans, u["plan"]).cpus for u in users)
+    last = row["last_heartbeat"]
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "status": row["status"],
+        "origin": row["origin"],
+        "provider": row["provider"],
+        "provider_id": row["provider_id"],
+        "public_ip": row["public_ip"],
+        "hostname": row["hostname"],
+        "cordoned": bool(row["cordoned"]),
+        "draining": bool(row["draining"]),
+        "agent_version": row["agent_version"],
+        "last_heartbeat_age": None if last is None else round(max(0.0, now - last), 1),
+        "heartbeat_interval": row["heartbeat_interval"],
+        "generation": row["generation"],
+        "applied_generation": row["applied_generation"],
+        "capacity": {
+            "memory_mb": {"used": used_mem, "total": row["memory_mb"]},
+            "cpus": {"used": used_cpu, "total": row["cpus"]},
+            "users": len(users),
+        },
+        "containers_desired": len(users),
+        "containers_running": sum(
+            1 for c in containers if c["desired"] and c["state"] == "running"
+        ),
+        "containers": containers,
+        "metadata_blocked": host.get("metadata_blocked"),
+        "docker_version": host.get("docker_version"),
+        "created_at": iso(row["created_at"]),
+        "registered_at": iso(row["registered_at"]),
+    }
+
+
+def _container(report: dict[str, Any] | None) -> dict[str, Any]:
+    if report is None:
+        return {
+            "state": "unknown",
+            "health": "unknown",
+            "image_id": None,
+            "started_at": None,
+            "restart_count": None,
+            "error": None,
+        }
+    return {
+        k: report.get(k)
+        for k in ("state", "health", "image_id", "started_at", "restart_count", "error")
+    }
+
+
+async def servers(
+    store: Store, plans: dict[str, Plan], server_id: str | None = None
+) -> list[dict[str, Any]]:
+    where, params = ("WHERE id = ?", (server_id,)) if server_id else ("", ())
+    rows = await store.fetch_all(
+        f"SELECT {SERVER_COLUMNS} FROM servers {where} ORDER BY created_at, id",  # noqa: S608
+        params,
+    )
+    users = await store.fetch_all(
+        "SELECT id, plan, server_id FROM users WHERE server_id IS NOT NULL "
+        "AND state IN ('provisioning', 'running') ORDER BY id"
+    )
+    by_server: dict[str, list[Row]] = {}
+    for u in users:
+        by_server.setdefault(u["server_id"], []).append(u)
+    now = time.time()
+    return [server_view(r, by_server.get(r["id"], []), plans, now) for r in rows]
+
+
+async def users(store: Store, user_id: str | None = None) -> list[dict[str, Any]]:
+    where, params = ("WHERE u.id = ?", (user_id,)) if user_id else ("", ())
+    rows = await store.fetch_all(
+        "SELECT u.*, s.report FROM users u LEFT JOIN servers s ON s.id = u.server_id "  # noqa: S608
+        f"{where} ORDER BY u.created_at, u.id",
+        params,
+    )
+    result = []
+    for r in rows:
+        reported, _ = _reports(r["report"])
+        result.append(
+            {
+                "user_id": r["id"],
+                "subdomain": r["subdomain"],
+                "plan": r["plan"],
+                "state": r["state"],
+                "server_id": r["server_id"],
+                "container": _container(reported.get(r["id"])) if r["server_id"] else None,
+                "created_at": iso(r["created_at"]),
+                "updated_at": iso(r["updated_at"]),
+            }
+        )
+    return result
+
+
+async def events(store: Store, limit: int, before: int | None) -> list[dict[str, Any]]:
+    where, params = ("WHERE id < ?", (before, limit)) if before else ("", (limit,))
+    rows = await store.fetch_all(
+        f"SELECT * FROM events {where} ORDER BY id DESC LIMIT ?",  # noqa: S608
+        params,
+    )
+    return [
+        {
+            "id": r["id"],
+            "at": iso(r["at"]),
+            "kind": r["kind"],
+            "server_id": r["server_id"],
+            "user_id": r["user_id"],
+            "message": r["message"],
+        }
+        for r in rows
+    ]

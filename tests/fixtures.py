@@ -1,0 +1,103 @@
+"""Fixtures that run the real control plane on 127.0.0.1 with a real SQLite file."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from control.app import create_app
+from control.settings import Settings
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdefghijkl"
+INTERNAL_SECRET = "test-internal-secret-0123456789abcdefghij"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    port = overrides.pop("listen_port", None) or free_port()
+    base = Settings(
+        admin_token=ADMIN_TOKEN,
+        internal_secret=INTERNAL_SECRET,
+        database_path=str(tmp_path / "clawfleet.db"),
+        listen_host="127.0.0.1",
+        listen_port=port,
+        public_url=f"http://127.0.0.1:{port}",
+    )
+    return base.with_overrides(**overrides)
+
+
+class ControlPlane:
+    """The real app served by aiohttp's AppRunner; stop() and start() keep the same
+    database file and port, as a process restart would."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.admin_token = settings.admin_token
+        self.url = f"http://127.0.0.1:{settings.listen_port}"
+        self.app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self.app = create_app(self.settings)
+        self._runner = web.AppRunner(self.app, shutdown_timeout=5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.settings.listen_port, reuse_address=True)
+        await site.start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def admin(
+        self, method: str, path: str, json: Any = None, token: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {token or self.admin_token}"}
+        async with self.session.request(method, self.url + path, json=json, headers=headers) as r:
+            body = await r.json() if r.content_type == "application/json" else {}
+            return r.status, body
+
+
+@pytest.fixture
+async def control_factory(tmp_path: Path) -> AsyncIterator[Callable[..., ControlPlane]]:
+    made: list[ControlPlane] = []
+
+    def factory(**overrides: Any) -> ControlPlane:
+        plane = ControlPlane(make_settings(tmp_path, **overrides))
+        made.append(plane)
+        return plane
+
+    yield factory
+    for plane in made:
+        await plane.close()
+
+
+@pytest.fixture
+async def control(control_factory: Callable[..., ControlPlane]) -> ControlPlane:
+    plane = control_factory()
+    await plane.start()
+    return plane
