@@ -258,3 +258,23 @@ def _agent_user(value: str) -> str:
     if value.split(":")[0] == "0":
         raise SettingsError("AGENT_USER: agent containers never run as root (uid 0)")
     return value
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md, generated from VARIABLES (`make docs`); a test keeps them equal."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `control/settings.py` by `make docs`; a test fails when they differ.",
+        "The control plane reads these from the environment, and from `./.env` when present",
+        "(see `.env.example`). A missing or malformed value stops start-up with one line",
+        "naming the variable (exit code 2). Secrets are never logged or echoed.",
+        "",
+        "| Variable | Default | Meaning |",
+        "| --- | --- | --- |",
+    ]
+    for var in VARIABLES:
+        default = "required" if var.required else (f"`{var.default}`" if var.default else "(empty)")
+        secret = " **Secret.**" if var.secret else ""
+        lines.append(f"| `{var.name}` | {default} | {var.help}{secret} |")
+    return "\n".join(lines) + "\n"

@@ -14,8 +14,8 @@ from aiohttp import web
 from control.app import create_app
 from control.settings import Settings
 
-ADMIN_TOKEN = "test-admin-token-0123456789abcdefghijkl"
-INTERNAL_SECRET = "test-internal-secret-0123456789abcdefghij"
+ADMIN_TOKEN = "test-admin-token-" + "a" * 24
+INTERNAL_SECRET = "test-internal-secret-" + "b" * 24
 
 
 def free_port() -> int:

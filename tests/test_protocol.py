@@ -38,13 +38,15 @@ async def server(control: ControlPlane, server_id: str) -> dict[str, Any]:
     return body
 
 
-async def test_register_creates_an_active_worker_whose_id_is_the_server_id(control: ControlPlane) -> None:
+async def test_register_creates_an_active_worker_whose_id_is_the_server_id(
+    control: ControlPlane,
+) -> None:
     worker = FakeWorker.with_token(control.url, control.session, await token(control))
     reply = await worker.register("host-a")
     assert reply.status == 201
     assert set(reply.body) == {"worker_id", "secret", "heartbeat_interval"}
     assert len(reply.body["secret"]) >= 43  # 32 random bytes, URL-safe base64
-    status, listing = await control.admin("GET", "/v1/servers")
+    _status, listing = await control.admin("GET", "/v1/servers")
     assert [s["id"] for s in listing["servers"]] == [reply.body["worker_id"]]
     srv = listing["servers"][0]
     assert srv["status"] == "active"
@@ -106,8 +108,12 @@ async def test_bad_heartbeats_get_401_and_write_nothing(
         reply = await worker.request(
             "POST",
             "/v1/agent/heartbeat",
-            {"agent_version": "0.1.0", "applied_generation": 0, "containers": [],
-             "resources": {"cpus": 1, "memory_mb": 1, "disk_gb": 1}},
+            {
+                "agent_version": "0.1.0",
+                "applied_generation": 0,
+                "containers": [],
+                "resources": {"cpus": 1, "memory_mb": 1, "disk_gb": 1},
+            },
             **kwargs,
         )
     assert reply.status == 401, (case, reply.body)
@@ -123,9 +129,14 @@ async def test_timestamp_exactly_300s_away_is_accepted(control: ControlPlane) ->
     worker = await registered(control)
     for ts in (int(time.time()) - 300 + 1, int(time.time()) + 299):
         reply = await worker.request(
-            "POST", "/v1/agent/heartbeat",
-            {"agent_version": "0.1.0", "applied_generation": 0, "containers": [],
-             "resources": {"cpus": 4, "memory_mb": 8192, "disk_gb": 80}},
+            "POST",
+            "/v1/agent/heartbeat",
+            {
+                "agent_version": "0.1.0",
+                "applied_generation": 0,
+                "containers": [],
+                "resources": {"cpus": 4, "memory_mb": 8192, "disk_gb": 80},
+            },
             timestamp=ts,
         )
         assert reply.status == 200, reply.body
@@ -164,13 +175,15 @@ async def test_bootstrap_token_is_single_use(
     reply = await thief.register("thief")
     assert reply.status == 401
     assert reply.body["error"]["code"] == "token_used"
-    status, listing = await control.admin("GET", "/v1/servers")
+    _status, listing = await control.admin("GET", "/v1/servers")
     assert len(listing["servers"]) == 1
     assert "possible theft" in caplog.text
     assert tok.split(".")[1] not in caplog.text
 
 
-async def test_concurrent_registrations_with_one_token_yield_one_worker(control: ControlPlane) -> None:
+async def test_concurrent_registrations_with_one_token_yield_one_worker(
+    control: ControlPlane,
+) -> None:
     tok = await token(control)
     workers = [FakeWorker.with_token(control.url, control.session, tok) for _ in range(5)]
     replies = await asyncio.gather(*(w.register(f"h{i}") for i, w in enumerate(workers)))
@@ -232,8 +245,21 @@ async def test_assignment_spec_has_the_contract_fields(control: ControlPlane) ->
     await control.admin("POST", "/v1/users", {"user_id": "alice", "subdomain": "alice"})
     reply = await worker.assignments()
     spec = reply.body["containers"][0]
-    for name in ("user_id", "name", "image", "user", "command", "env", "ports", "volumes",
-                 "resources", "health", "labels", "hostname", "spec_hash"):
+    for name in (
+        "user_id",
+        "name",
+        "image",
+        "user",
+        "command",
+        "env",
+        "ports",
+        "volumes",
+        "resources",
+        "health",
+        "labels",
+        "hostname",
+        "spec_hash",
+    ):
         assert name in spec, name
     assert spec["user"] == "1000:1000"
     assert spec["health"] == {"path": "/healthz", "port": 18789}
@@ -260,7 +286,9 @@ async def test_long_poll_wakes_on_change_and_304s_on_timeout(control: ControlPla
     assert woke_after < 15
 
 
-async def test_generation_increases_on_every_change_and_reply_is_the_full_set(control: ControlPlane) -> None:
+async def test_generation_increases_on_every_change_and_reply_is_the_full_set(
+    control: ControlPlane,
+) -> None:
     worker = await registered(control)
     for name in ("u1", "u2"):
         await control.admin("POST", "/v1/users", {"user_id": name, "subdomain": name})
@@ -274,13 +302,22 @@ async def test_generation_increases_on_every_change_and_reply_is_the_full_set(co
     assert [c["user_id"] for c in second.body["containers"]] == ["u2"]
 
 
-async def test_user_becomes_running_when_its_container_reports_healthy(control: ControlPlane) -> None:
+async def test_user_becomes_running_when_its_container_reports_healthy(
+    control: ControlPlane,
+) -> None:
     worker = await registered(control)
     await control.admin("POST", "/v1/users", {"user_id": "carol", "subdomain": "carol"})
     _, user = await control.admin("GET", "/v1/users/carol")
     assert user["state"] == "provisioning"
-    report = {"user_id": "carol", "state": "running", "health": "starting", "image_id": "sha256:x",
-              "started_at": "2026-11-27T00:00:00Z", "restart_count": 0, "error": None}
+    report = {
+        "user_id": "carol",
+        "state": "running",
+        "health": "starting",
+        "image_id": "sha256:x",
+        "started_at": "2026-11-27T00:00:00Z",
+        "restart_count": 0,
+        "error": None,
+    }
     await worker.heartbeat([report], generation=2)
     _, user = await control.admin("GET", "/v1/users/carol")
     assert user["state"] == "provisioning"
@@ -297,9 +334,15 @@ async def test_user_becomes_running_when_its_container_reports_healthy(control: 
     ("body", "fragment"),
     [
         (b"not json", "malformed"),
-        (b'{"agent_version": "1", "applied_generation": "2", "resources": {"cpus": 1, "memory_mb": 1, "disk_gb": 1}, "containers": []}', "applied_generation"),
+        (
+            b'{"agent_version": "1", "applied_generation": "2", "resources": {"cpus": 1, "memory_mb": 1, "disk_gb": 1}, "containers": []}',
+            "applied_generation",
+        ),
         (b'{"agent_version": "1", "applied_generation": 2, "containers": []}', "resources"),
-        (b'{"agent_version": "1", "applied_generation": 2, "resources": {"cpus": true, "memory_mb": 1, "disk_gb": 1}, "containers": []}', "cpus"),
+        (
+            b'{"agent_version": "1", "applied_generation": 2, "resources": {"cpus": true, "memory_mb": 1, "disk_gb": 1}, "containers": []}',
+            "cpus",
+        ),
         (b"[]", "malformed"),
     ],
 )
@@ -326,7 +369,9 @@ async def test_oversize_body_is_413(control: ControlPlane) -> None:
     reply = await worker.request("POST", "/v1/agent/heartbeat", raw_body=b"x" * (1024 * 1024 + 1))
     assert reply.status == 413
     assert reply.body["error"]["code"] == "payload_too_large"
-    status, body = await control.admin("POST", "/v1/users", {"user_id": "a", "subdomain": "a" * 10, "pad": "x" * (1024 * 1024)})
+    status, _body = await control.admin(
+        "POST", "/v1/users", {"user_id": "a", "subdomain": "a" * 10, "pad": "x" * (1024 * 1024)}
+    )
     assert status == 413
 
 

@@ -46,7 +46,11 @@ class FakeWorker:
         nonce: str | None = None,
         tamper: Any = None,
     ) -> Reply:
-        data = raw_body if raw_body is not None else (b"" if body is None else json.dumps(body).encode())
+        data = (
+            raw_body
+            if raw_body is not None
+            else (b"" if body is None else json.dumps(body).encode())
+        )
         query, signed = signing.sign_request(
             self.key_id, self.secret, method, path, params, data, timestamp=timestamp, nonce=nonce
         )
@@ -54,13 +58,13 @@ class FakeWorker:
         if data:
             all_headers.setdefault("Content-Type", "application/json")
         sent = data if tamper is None else tamper(data)
-        self.sent.append({"method": method, "path": path, "query": query, "headers": all_headers, "body": sent})
+        self.sent.append(
+            {"method": method, "path": path, "query": query, "headers": all_headers, "body": sent}
+        )
         return await self.send(method, path + ("?" + query if query else ""), all_headers, sent)
 
     async def send(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
-        async with self.session.request(
-            method, self.url + target, data=body, headers=headers
-        ) as r:
+        async with self.session.request(method, self.url + target, data=body, headers=headers) as r:
             payload = await r.json() if r.content_type == "application/json" else {}
             return Reply(r.status, payload)
 
@@ -70,7 +74,12 @@ class FakeWorker:
         return await self.send(last["method"], target, last["headers"], last["body"])
 
     async def register(self, hostname: str = "worker-1", **overrides: Any) -> Reply:
-        body = {"protocol": 1, "agent_version": "0.1.0", "hostname": hostname, "resources": RESOURCES}
+        body = {
+            "protocol": 1,
+            "agent_version": "0.1.0",
+            "hostname": hostname,
+            "resources": RESOURCES,
+        }
         body.update(overrides)
         reply = await self.request("POST", "/v1/agent/register", body)
         if reply.status == 201:
@@ -78,7 +87,9 @@ class FakeWorker:
             self.secret = reply.body["secret"]
         return reply
 
-    async def heartbeat(self, containers: list[dict[str, Any]] | None = None, generation: int = 0) -> Reply:
+    async def heartbeat(
+        self, containers: list[dict[str, Any]] | None = None, generation: int = 0
+    ) -> Reply:
         body = {
             "agent_version": "0.1.0",
             "applied_generation": generation,

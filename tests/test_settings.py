@@ -1,0 +1,133 @@
+"""Settings from the environment, and `python -m control` start-up behaviour."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from control.settings import VARIABLES, Settings, SettingsError, reference_markdown
+from tests.fixtures import free_port
+
+GOOD = {"ADMIN_TOKEN": "a" * 32, "INTERNAL_SECRET": "s" * 32}
+
+
+def test_defaults() -> None:
+    s = Settings.from_env(GOOD)
+    assert (s.listen_host, s.listen_port, s.provider) == ("127.0.0.1", 8080, "local")
+    assert s.public_url == "http://127.0.0.1:8080"
+    assert (s.agent_port, s.agent_health_path, s.agent_user) == (18789, "/healthz", "1000:1000")
+    assert s.agent_image.startswith("ghcr.io/openclaw/openclaw:") and not s.agent_image.endswith(
+        ":latest"
+    )
+    assert s.hetzner_server_types == ("cpx22",)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({}, "ADMIN_TOKEN"),
+        ({"ADMIN_TOKEN": "a" * 32}, "INTERNAL_SECRET"),
+        ({**GOOD, "INTERNAL_SECRET": "short"}, "INTERNAL_SECRET"),
+        ({**GOOD, "LISTEN_PORT": "99999"}, "LISTEN_PORT"),
+        ({**GOOD, "LISTEN_PORT": "http"}, "LISTEN_PORT"),
+        ({**GOOD, "PUBLIC_URL": "ftp://x"}, "PUBLIC_URL"),
+        ({**GOOD, "PROVIDER": "aws"}, "PROVIDER"),
+        ({**GOOD, "PROVIDER": "hetzner"}, "HETZNER_API_TOKEN"),
+        ({**GOOD, "AGENT_USER": "0:0"}, "AGENT_USER"),
+        ({**GOOD, "AGENT_USER": "node"}, "AGENT_USER"),
+        ({**GOOD, "AGENT_HEALTH_PATH": "healthz"}, "AGENT_HEALTH_PATH"),
+        ({**GOOD, "HEARTBEAT_INTERVAL": "fast"}, "HEARTBEAT_INTERVAL"),
+        ({**GOOD, "DEAD_AFTER": "20"}, "DEAD_AFTER"),
+        ({**GOOD, "BASE_DOMAIN": "not a domain"}, "BASE_DOMAIN"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    assert str(info.value).startswith(variable + ":")
+
+
+def test_errors_and_repr_never_show_secrets() -> None:
+    secret = "super-secret-value-that-must-not-leak-0123"
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"ADMIN_TOKEN": secret[:10], "INTERNAL_SECRET": secret})
+    assert secret[:10] not in str(info.value)
+    s = Settings.from_env(
+        {"ADMIN_TOKEN": secret, "INTERNAL_SECRET": secret, "HETZNER_API_TOKEN": secret}
+    )
+    assert secret not in repr(s)
+
+
+def test_configuration_reference_matches_the_settings_code() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    assert doc == reference_markdown(), "docs/configuration.md is stale: run `make docs`"
+    for var in VARIABLES:
+        assert f"`{var.name}`" in doc
+
+
+def test_env_example_has_every_variable_and_only_placeholders() -> None:
+    text = (Path(__file__).parent.parent / ".env.example").read_text()
+    names = {line.split("=")[0].lstrip("# ").strip() for line in text.splitlines() if "=" in line}
+    assert {v.name for v in VARIABLES} <= names
+    for line in text.splitlines():
+        if line.startswith(("sk_live", "whsec_")) or "sk_live_" in line:
+            pytest.fail(f"real-looking secret in .env.example: {line.split('=')[0]}")
+
+
+def run_control(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    full = {k: v for k, v in os.environ.items() if not k.endswith(("_TOKEN", "_SECRET"))}
+    full.update(env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "control", *args],
+        cwd=tmp_path,
+        env={**full, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_missing_setting_stops_start_up_with_one_line_and_exit_2(tmp_path: Path) -> None:
+    proc = run_control(tmp_path, {})
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == [
+        "clawfleet: configuration error: ADMIN_TOKEN: required but not set"
+    ]
+
+
+def test_local_secrets_are_generated_once_with_mode_0600(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"LISTEN_PORT": str(port), "LOG_LEVEL": "WARNING"}
+    outputs = []
+    for _ in range(2):
+        proc = run_control(tmp_path, env, "--local-secrets", "data")
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                        assert r.status == 200
+                        break
+                except OSError:
+                    time.sleep(0.2)
+            else:
+                pytest.fail("control plane did not answer /healthz")
+        finally:
+            proc.terminate()
+            out, _ = proc.communicate(timeout=30)
+        outputs.append(out)
+    data = tmp_path / "data"
+    token = (data / "admin_token").read_text().strip()
+    assert len(token) >= 32
+    for name in ("admin_token", "internal_secret", "clawfleet.db"):
+        assert (data / name).stat().st_mode & 0o777 == 0o600, name
+    assert token in outputs[0]  # printed once, on first run
+    assert token not in outputs[1]
+    assert (data / "internal_secret").read_text().strip() not in outputs[0] + outputs[1]
