@@ -69,6 +69,17 @@ VARIABLES: tuple[Variable, ...] = (
         "Hetzner server types, comma-separated in order of preference.",
     ),
     Variable(
+        "HETZNER_API_ENDPOINT",
+        "https://api.hetzner.cloud/v1",
+        "Hetzner Cloud API URL (tests point it at a local fake).",
+    ),
+    Variable("HETZNER_IMAGE", "ubuntu-24.04", "Image of new workers: ubuntu-24.04 or debian-12."),
+    Variable(
+        "HETZNER_SSH_KEYS",
+        "",
+        "Comma-separated SSH key names to install for operators' break-glass access (nothing in Clawfleet uses SSH).",
+    ),
+    Variable(
         "HETZNER_LOCATION", "nbg1", "Hetzner locations, comma-separated in order of preference."
     ),
     Variable(
@@ -126,6 +137,9 @@ class Settings:
     hetzner_api_token: str = dataclasses.field(default="", repr=False)
     hetzner_server_types: tuple[str, ...] = ("cpx22",)
     hetzner_locations: tuple[str, ...] = ("nbg1",)
+    hetzner_api_endpoint: str = "https://api.hetzner.cloud/v1"
+    hetzner_image: str = "ubuntu-24.04"
+    hetzner_ssh_keys: tuple[str, ...] = ()
     cloudflare_api_token: str = dataclasses.field(default="", repr=False)
     cloudflare_zone_id: str = ""
     stripe_secret_key: str = dataclasses.field(default="", repr=False)
@@ -159,6 +173,9 @@ class Settings:
             hetzner_api_token=raw["HETZNER_API_TOKEN"],
             hetzner_server_types=_list("HETZNER_SERVER_TYPE", raw["HETZNER_SERVER_TYPE"]),
             hetzner_locations=_list("HETZNER_LOCATION", raw["HETZNER_LOCATION"]),
+            hetzner_api_endpoint=_url("HETZNER_API_ENDPOINT", raw["HETZNER_API_ENDPOINT"]),
+            hetzner_image=_choice("HETZNER_IMAGE", raw["HETZNER_IMAGE"], ("ubuntu-24.04", "debian-12")),
+            hetzner_ssh_keys=tuple(k.strip() for k in raw["HETZNER_SSH_KEYS"].split(",") if k.strip()),
             cloudflare_api_token=raw["CLOUDFLARE_API_TOKEN"],
             cloudflare_zone_id=raw["CLOUDFLARE_ZONE_ID"],
             stripe_secret_key=raw["STRIPE_SECRET_KEY"],

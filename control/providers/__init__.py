@@ -1,0 +1,1 @@
+"""Where servers come from: the local machine or Hetzner Cloud."""
