@@ -61,7 +61,8 @@ async def desired_set(
 ) -> Assignments:
     rows = await store.fetch_all(
         "SELECT s.generation, u.id, u.subdomain, u.plan FROM servers s "
-        "LEFT JOIN users u ON u.server_id = s.id AND u.state IN ('provisioning', 'running') "
+        "LEFT JOIN users u ON (u.server_id = s.id AND u.state IN ('provisioning', 'running')) "
+        "OR u.moving_from = s.id "
         "WHERE s.id = ? ORDER BY u.id",
         (server_id,),
     )

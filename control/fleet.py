@@ -19,7 +19,7 @@ from control.agent_auth import AgentCaller, Authenticator
 from control.errors import BadRequest, NotFound
 from control.keyring import Keyring
 from control.nonces import NonceLedger, purge_expired
-from control.plans import DEFAULT_PLANS, Plan
+from control.plans import Plan
 from control.settings import Settings
 from control.store import Store, fetch_one
 from shared.protocol import Assignments, Heartbeat, HeartbeatReply, RegisterReply, RegisterRequest
@@ -43,7 +43,8 @@ class Fleet:
         self.settings = settings
         self.store = store
         self.keyring = keyring
-        self.plans: dict[str, Plan] = dict(DEFAULT_PLANS)
+        self.plans: dict[str, Plan] = dict(settings.plans)
+        self.reserve = users.Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
         self.ledger = NonceLedger()
         self.auth = Authenticator(store, keyring, self.ledger)
         self.board = assignments.GenerationBoard()
@@ -151,7 +152,7 @@ class Fleet:
             self.board.notify(server_id)
 
     async def place(self) -> users.PlacementResult:
-        result = await users.place_pending(self.store, self.plans)
+        result = await users.place_pending(self.store, self.plans, self.reserve)
         self.board.notify(*result.touched_servers)
         if result.pending:
             log.info("%d user(s) pending: no worker has room", len(result.pending))

@@ -31,8 +31,16 @@ MIGRATIONS: tuple[str, ...] = (
         registered_at REAL,
         created_at REAL NOT NULL,
         status_changed_at REAL NOT NULL,
-        report TEXT
+        report TEXT,
+        server_type TEXT,
+        location TEXT,
+        create_requested_at REAL,
+        create_confirmed_at REAL,
+        empty_since REAL,
+        deleted_at REAL,
+        user_data_hash TEXT
     );
+    CREATE INDEX servers_status ON servers(status);
     CREATE TABLE bootstrap_tokens (
         id TEXT PRIMARY KEY,
         server_id TEXT REFERENCES servers(id),
@@ -46,6 +54,8 @@ MIGRATIONS: tuple[str, ...] = (
         plan TEXT NOT NULL,
         state TEXT NOT NULL,
         server_id TEXT REFERENCES servers(id),
+        moving_from TEXT REFERENCES servers(id),
+        error TEXT,
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL
     );

@@ -106,13 +106,17 @@ async def create_join_token(request: web.Request) -> web.Response:
 @routes.get("/v1/servers")
 async def list_servers(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
-    return web.json_response({"servers": await views.servers(fleet.store, fleet.plans)})
+    return web.json_response(
+        {"servers": await views.servers(fleet.store, fleet.plans, fleet.reserve)}
+    )
 
 
 @routes.get("/v1/servers/{server_id}")
 async def get_server(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
-    found = await views.servers(fleet.store, fleet.plans, request.match_info["server_id"])
+    found = await views.servers(
+        fleet.store, fleet.plans, fleet.reserve, request.match_info["server_id"]
+    )
     if not found:
         raise NotFound(f"no server {request.match_info['server_id']}")
     return web.json_response(found[0])
@@ -123,7 +127,9 @@ async def server_action(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     server_id = request.match_info["server_id"]
     await fleet.set_server_flag(server_id, request.match_info["action"])
-    return web.json_response((await views.servers(fleet.store, fleet.plans, server_id))[0])
+    return web.json_response(
+        (await views.servers(fleet.store, fleet.plans, fleet.reserve, server_id))[0]
+    )
 
 
 @routes.post("/v1/users")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from control.plans import DEFAULT_PLAN, Plan, PlanError, parse_plans
+
 DEFAULT_AGENT_IMAGE = "ghcr.io/openclaw/openclaw:2026.11.20"
 
 
@@ -114,9 +116,50 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DEAD_AFTER", "300", "Seconds without a heartbeat before a worker is declared dead."),
     Variable("BOOTSTRAP_TOKEN_TTL", "1800", "Seconds a bootstrap or join token stays valid."),
     Variable("LOG_LEVEL", "INFO", "Python log level."),
+    Variable(
+        "PLANS",
+        "",
+        'JSON {"<plan>": {"memory_mb": int, "cpus": number, "pids": int, "disk_gb": int, "stripe_price_ids": [str]}}; adds to (or overrides) the built-in plan `default` (1024 MB, 0.5 cpus, 512 pids, 5 GB).',
+    ),
+    Variable(
+        "SYSTEM_RESERVE_MB",
+        "512",
+        "Memory of each server kept for the system, Docker and the agent.",
+    ),
+    Variable(
+        "SYSTEM_RESERVE_CPUS",
+        "0.25",
+        "CPUs of each server kept for the system, Docker and the agent.",
+    ),
+    Variable(
+        "CLUSTER_NAME",
+        "default",
+        "Label value that tells this control plane's servers from others' in the same cloud project.",
+    ),
+    Variable("AUTOSCALE_INTERVAL", "20", "Seconds between scheduled autoscaler runs."),
+    Variable("WARM_HEADROOM", "2", "Free room kept ready, in users of the default plan."),
+    Variable("MIN_SERVERS", "0", "Never scale below this many servers."),
+    Variable("MAX_SERVERS", "10", "Never run more than this many servers in total."),
+    Variable(
+        "MAX_CREATES_PER_RUN",
+        "2",
+        "Never create more than this many servers in one autoscaler run.",
+    ),
+    Variable("SCALE_DOWN_IDLE", "600", "Seconds a server must be empty before it is deleted."),
+    Variable(
+        "PROVISION_TIMEOUT",
+        "900",
+        "Seconds a created server has to register before it is deleted and replaced.",
+    ),
+    Variable(
+        "LOCAL_WORKERS_DIR",
+        "data/workers",
+        "PROVIDER=local: where each local worker keeps its state.",
+    ),
 )
 
 _SECRET_MIN = 32
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _PORT = re.compile(r"^[0-9]{1,5}$")
 _USER = re.compile(r"^[0-9]{1,10}(:[0-9]{1,10})?$")
 _DOMAIN = re.compile(
@@ -152,6 +195,18 @@ class Settings:
     dead_after: float = 300.0
     bootstrap_token_ttl: int = 1800
     log_level: str = "INFO"
+    plans: dict[str, Plan] = dataclasses.field(default_factory=lambda: {"default": DEFAULT_PLAN})
+    system_reserve_mb: int = 512
+    system_reserve_cpus: float = 0.25
+    cluster_name: str = "default"
+    autoscale_interval: float = 20.0
+    warm_headroom: int = 2
+    min_servers: int = 0
+    max_servers: int = 10
+    max_creates_per_run: int = 2
+    scale_down_idle: float = 600.0
+    provision_timeout: float = 900.0
+    local_workers_dir: str = "data/workers"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -174,8 +229,12 @@ class Settings:
             hetzner_server_types=_list("HETZNER_SERVER_TYPE", raw["HETZNER_SERVER_TYPE"]),
             hetzner_locations=_list("HETZNER_LOCATION", raw["HETZNER_LOCATION"]),
             hetzner_api_endpoint=_url("HETZNER_API_ENDPOINT", raw["HETZNER_API_ENDPOINT"]),
-            hetzner_image=_choice("HETZNER_IMAGE", raw["HETZNER_IMAGE"], ("ubuntu-24.04", "debian-12")),
-            hetzner_ssh_keys=tuple(k.strip() for k in raw["HETZNER_SSH_KEYS"].split(",") if k.strip()),
+            hetzner_image=_choice(
+                "HETZNER_IMAGE", raw["HETZNER_IMAGE"], ("ubuntu-24.04", "debian-12")
+            ),
+            hetzner_ssh_keys=tuple(
+                k.strip() for k in raw["HETZNER_SSH_KEYS"].split(",") if k.strip()
+            ),
             cloudflare_api_token=raw["CLOUDFLARE_API_TOKEN"],
             cloudflare_zone_id=raw["CLOUDFLARE_ZONE_ID"],
             stripe_secret_key=raw["STRIPE_SECRET_KEY"],
@@ -194,9 +253,28 @@ class Settings:
             log_level=_choice(
                 "LOG_LEVEL", raw["LOG_LEVEL"].upper(), ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
+            plans=_plans(raw["PLANS"]),
+            system_reserve_mb=_int("SYSTEM_RESERVE_MB", raw["SYSTEM_RESERVE_MB"], 0, 1024 * 1024),
+            system_reserve_cpus=_number("SYSTEM_RESERVE_CPUS", raw["SYSTEM_RESERVE_CPUS"], 0, 256),
+            cluster_name=_check(
+                "CLUSTER_NAME",
+                raw["CLUSTER_NAME"],
+                _LABEL.match,
+                "a label value (a-z 0-9 - _ ., at most 63)",
+            ),
+            autoscale_interval=_number("AUTOSCALE_INTERVAL", raw["AUTOSCALE_INTERVAL"], 1, 3600),
+            warm_headroom=_int("WARM_HEADROOM", raw["WARM_HEADROOM"], 0, 1000),
+            min_servers=_int("MIN_SERVERS", raw["MIN_SERVERS"], 0, 10_000),
+            max_servers=_int("MAX_SERVERS", raw["MAX_SERVERS"], 0, 10_000),
+            max_creates_per_run=_int("MAX_CREATES_PER_RUN", raw["MAX_CREATES_PER_RUN"], 0, 100),
+            scale_down_idle=_number("SCALE_DOWN_IDLE", raw["SCALE_DOWN_IDLE"], 0, 30 * 86400),
+            provision_timeout=_number("PROVISION_TIMEOUT", raw["PROVISION_TIMEOUT"], 60, 86400),
+            local_workers_dir=raw["LOCAL_WORKERS_DIR"],
         )
         if settings.provider == "hetzner" and not settings.hetzner_api_token:
             raise SettingsError("HETZNER_API_TOKEN: required when PROVIDER=hetzner")
+        if settings.min_servers > settings.max_servers:
+            raise SettingsError("MIN_SERVERS: must not exceed MAX_SERVERS")
         if settings.dead_after <= 3 * settings.heartbeat_interval:
             raise SettingsError("DEAD_AFTER: must be longer than 3 x HEARTBEAT_INTERVAL")
         return settings
@@ -248,6 +326,19 @@ def _number(name: str, value: str, low: float, high: float) -> float:
     if not low <= number <= high:
         raise SettingsError(f"{name}: must be between {low:g} and {high:g}, got {value!r}")
     return number
+
+
+def _int(name: str, value: str, low: int, high: int) -> int:
+    if not re.fullmatch(r"-?[0-9]+", value):
+        raise SettingsError(f"{name}: expected a whole number, got {value!r}")
+    return int(_number(name, value, low, high))
+
+
+def _plans(value: str) -> dict[str, Plan]:
+    try:
+        return parse_plans(value)
+    except PlanError as exc:
+        raise SettingsError(f"PLANS: {exc}") from None
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:

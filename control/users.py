@@ -15,7 +15,7 @@ import aiosqlite
 
 from control import events
 from control.errors import BadRequest, Conflict, NotFound
-from control.placement import Room, choose_server
+from control.placement import Demand, Room, place
 from control.plans import Plan, plan_of
 from control.store import Store, fetch_all, fetch_one
 
@@ -124,6 +124,14 @@ async def deprovision(store: Store, user_id: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class Reserve:
+    """What each server keeps for itself before users get any of it."""
+
+    memory_mb: int = 0
+    cpus: float = 0.0
+
+
+@dataclass(frozen=True)
 class PlacementResult:
     placed: dict[str, str]  # user id -> server id
     pending: list[str]
@@ -133,7 +141,7 @@ class PlacementResult:
         return set(self.placed.values())
 
 
-async def place_pending(store: Store, plans: dict[str, Plan]) -> PlacementResult:
+async def place_pending(store: Store, plans: dict[str, Plan], reserve: Reserve) -> PlacementResult:
     """Places every pending user that fits somewhere, oldest first."""
     now = time.time()
 
@@ -143,22 +151,15 @@ async def place_pending(store: Store, plans: dict[str, Plan]) -> PlacementResult
         )
         if not pending:
             return PlacementResult({}, [])
-        rooms = await _rooms(conn, plans)
-        placed: dict[str, str] = {}
-        waiting: list[str] = []
-        for user in pending:
-            need = plan_of(plans, user["plan"]).memory_mb
-            server_id = choose_server(list(rooms.values()), need)
-            if server_id is None:
-                waiting.append(user["id"])
-                continue
-            room = rooms[server_id]
-            rooms[server_id] = Room(
-                server_id, room.accepts_work, room.memory_total_mb, room.memory_used_mb + need
-            )
+        demands = [
+            Demand(u["id"], plan_of(plans, u["plan"]).memory_mb, plan_of(plans, u["plan"]).cpus)
+            for u in pending
+        ]
+        placed, waiting = place(demands, await rooms(conn, plans, reserve))
+        for user_id, server_id in placed.items():
             await conn.execute(
                 "UPDATE users SET state = 'provisioning', server_id = ?, updated_at = ? WHERE id = ?",
-                (server_id, now, user["id"]),
+                (server_id, now, user_id),
             )
             await bump_generation(conn, server_id)
             await events.record(
@@ -166,37 +167,52 @@ async def place_pending(store: Store, plans: dict[str, Plan]) -> PlacementResult
                 "user_placed",
                 f"placed on {server_id}",
                 server_id=server_id,
-                user_id=user["id"],
+                user_id=user_id,
                 at=now,
             )
-            placed[user["id"]] = server_id
         return PlacementResult(placed, waiting)
 
     return await store.write(apply)
 
 
-async def _rooms(conn: aiosqlite.Connection, plans: dict[str, Plan]) -> dict[str, Room]:
+async def rooms(
+    conn: aiosqlite.Connection,
+    plans: dict[str, Plan],
+    reserve: Reserve,
+    statuses: tuple[str, ...] = ("active",),
+) -> list[Room]:
+    """Room on servers in `statuses`. A user counts against every server that holds its
+    container: its own and, during a move, the one it is leaving."""
+    marks = ", ".join("?" for _ in statuses)
     servers = await fetch_all(
         conn,
-        "SELECT id, status, cordoned, draining, memory_mb FROM servers WHERE status = 'active'",
+        f"SELECT id, status, cordoned, draining, memory_mb, cpus FROM servers WHERE status IN ({marks})",  # noqa: S608
+        statuses,
     )
-    used: dict[str, int] = {}
-    for row in await fetch_all(
-        conn,
-        "SELECT server_id, plan FROM users WHERE server_id IS NOT NULL AND state IN ('provisioning', 'running')",
-    ):
-        used[row["server_id"]] = (
-            used.get(row["server_id"], 0) + plan_of(plans, row["plan"]).memory_mb
-        )
-    return {
-        s["id"]: Room(
+    used: dict[str, tuple[int, float]] = {}
+    for row in await fetch_all(conn, HOLDERS_SQL):
+        plan = plan_of(plans, row["plan"])
+        mem, cpu = used.get(row["holder"], (0, 0.0))
+        used[row["holder"]] = (mem + plan.memory_mb, cpu + plan.cpus)
+    return [
+        Room(
             server_id=s["id"],
-            accepts_work=not s["cordoned"] and not s["draining"],
-            memory_total_mb=s["memory_mb"] or 0,
-            memory_used_mb=used.get(s["id"], 0),
+            accepts_work=s["status"] == "active" and not s["cordoned"] and not s["draining"],
+            memory_total_mb=max(0, (s["memory_mb"] or 0) - reserve.memory_mb),
+            memory_used_mb=used.get(s["id"], (0, 0.0))[0],
+            cpus_total=max(0.0, (s["cpus"] or 0) - reserve.cpus),
+            cpus_used=used.get(s["id"], (0, 0.0))[1],
         )
         for s in servers
-    }
+    ]
+
+
+# Every (server, user) pair whose container the server must run.
+HOLDERS_SQL = (
+    "SELECT server_id AS holder, id, plan FROM users WHERE server_id IS NOT NULL "
+    "AND state IN ('provisioning', 'running') "
+    "UNION ALL SELECT moving_from AS holder, id, plan FROM users WHERE moving_from IS NOT NULL"
+)
 
 
 async def release_from(store: Store, server_ids: list[str]) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 from control.clock import iso
 from control.plans import Plan, plan_of
 from control.store import Row, Store
+from control.users import HOLDERS_SQL, Reserve
 
 SERVER_COLUMNS = (
     "id, name, status, origin, provider, provider_id, public_ip, hostname, cordoned, draining, "
@@ -23,7 +24,9 @@ def _reports(report: str | None) -> tuple[dict[str, dict[str, Any]], dict[str, A
     return containers, data.get("host") or {}
 
 
-def server_view(row: Row, users: list[Row], plans: dict[str, Plan], now: float) -> dict[str, Any]:
+def server_view(
+    row: Row, users: list[Row], plans: dict[str, Plan], reserve: Reserve, now: float
+) -> dict[str, Any]:
     reported, host = _reports(row["report"])
     desired = {u["id"] for u in users}
     containers = [
@@ -53,8 +56,8 @@ def server_view(row: Row, users: list[Row], plans: dict[str, Plan], now: float) 
         "generation": row["generation"],
         "applied_generation": row["applied_generation"],
         "capacity": {
-            "memory_mb": {"used": used_mem, "total": row["memory_mb"]},
-            "cpus": {"used": used_cpu, "total": row["cpus"]},
+            "memory_mb": {"used": used_mem, "total": _less(row["memory_mb"], reserve.memory_mb)},
+            "cpus": {"used": used_cpu, "total": _less(row["cpus"], reserve.cpus)},
             "users": len(users),
         },
         "containers_desired": len(users),
@@ -67,6 +70,10 @@ def server_view(row: Row, users: list[Row], plans: dict[str, Plan], now: float) 
         "created_at": iso(row["created_at"]),
         "registered_at": iso(row["registered_at"]),
     }
+
+
+def _less(total: float | None, reserve: float) -> float | None:
+    return None if total is None else max(0, total - reserve)
 
 
 def _container(report: dict[str, Any] | None) -> dict[str, Any]:
@@ -86,22 +93,19 @@ def _container(report: dict[str, Any] | None) -> dict[str, Any]:
 
 
 async def servers(
-    store: Store, plans: dict[str, Plan], server_id: str | None = None
+    store: Store, plans: dict[str, Plan], reserve: Reserve, server_id: str | None = None
 ) -> list[dict[str, Any]]:
     where, params = ("WHERE id = ?", (server_id,)) if server_id else ("", ())
     rows = await store.fetch_all(
         f"SELECT {SERVER_COLUMNS} FROM servers {where} ORDER BY created_at, id",  # noqa: S608
         params,
     )
-    users = await store.fetch_all(
-        "SELECT id, plan, server_id FROM users WHERE server_id IS NOT NULL "
-        "AND state IN ('provisioning', 'running') ORDER BY id"
-    )
+    users = await store.fetch_all(f"SELECT * FROM ({HOLDERS_SQL}) ORDER BY id")  # noqa: S608
     by_server: dict[str, list[Row]] = {}
     for u in users:
-        by_server.setdefault(u["server_id"], []).append(u)
+        by_server.setdefault(u["holder"], []).append(u)
     now = time.time()
-    return [server_view(r, by_server.get(r["id"], []), plans, now) for r in rows]
+    return [server_view(r, by_server.get(r["id"], []), plans, reserve, now) for r in rows]
 
 
 async def users(store: Store, user_id: str | None = None) -> list[dict[str, Any]]:

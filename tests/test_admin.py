@@ -71,7 +71,7 @@ async def test_user_lifecycle_and_conflicts(control: ControlPlane) -> None:
     assert status == 404
 
 
-async def test_placement_prefers_most_free_memory_and_respects_cordon(
+async def test_placement_is_best_fit_and_respects_cordon(
     control: ControlPlane,
 ) -> None:
     a = await registered(control, "a")
@@ -85,19 +85,19 @@ async def test_placement_prefers_most_free_memory_and_respects_cordon(
     await control.admin("POST", f"/v1/servers/{a.key_id}/uncordon")
     await control.admin("POST", "/v1/users", {"user_id": "u3", "subdomain": "u3"})
     _, u3 = await control.admin("GET", "/v1/users/u3")
-    assert u3["server_id"] == a.key_id  # a has more free memory now
+    assert u3["server_id"] == b.key_id  # best fit: the fuller server that still has room
     srv_b = await server(control, b.key_id)
-    assert srv_b["capacity"]["memory_mb"] == {"used": 4096, "total": 8192}
-    assert srv_b["containers_desired"] == 2
+    assert srv_b["capacity"]["memory_mb"] == {"used": 3072, "total": 7680}
+    assert srv_b["containers_desired"] == 3
 
 
 async def test_user_stays_pending_when_nothing_fits(control: ControlPlane) -> None:
-    await registered(control)  # 8192 MB: room for four default users
-    for i in range(5):
+    await registered(control)  # 8192 MB less 512 reserved: room for seven 1024 MB users
+    for i in range(8):
         await control.admin("POST", "/v1/users", {"user_id": f"p{i}", "subdomain": f"p{i}"})
     _, listing = await control.admin("GET", "/v1/users")
     states = sorted(u["state"] for u in listing["users"])
-    assert states == ["pending"] + ["provisioning"] * 4
+    assert states == ["pending"] + ["provisioning"] * 7
 
 
 async def test_drain_cordons_and_unknown_server_is_404(control: ControlPlane) -> None:

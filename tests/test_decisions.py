@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from control.liveness import heartbeat_interval, next_status
-from control.placement import Room, choose_server
+from control.placement import Demand, Room, choose_server, place
 from shared.signing import canonical_query, encode_pairs
 
 
@@ -36,8 +36,10 @@ def test_encoded_pairs_round_trip_through_canonical_query() -> None:
     assert canonical_query(encode_pairs(pairs)) == encode_pairs(pairs)
 
 
-def room(sid: str, total: int, used: int = 0, ok: bool = True) -> Room:
-    return Room(server_id=sid, accepts_work=ok, memory_total_mb=total, memory_used_mb=used)
+def room(
+    sid: str, total: int, used: int = 0, ok: bool = True, cpus: float = 8, cpus_used: float = 0
+) -> Room:
+    return Room(sid, ok, total, used, cpus, cpus_used)
 
 
 @pytest.mark.parametrize(
@@ -47,14 +49,44 @@ def room(sid: str, total: int, used: int = 0, ok: bool = True) -> Room:
         ([room("a", 4096)], 1024, "a"),
         ([room("a", 4096, 3584)], 1024, None),
         ([room("a", 4096, 3072)], 1024, "a"),  # exactly fits
-        ([room("a", 4096, 1024), room("b", 8192, 1024)], 1024, "b"),  # most free memory
+        ([room("a", 4096, 1024), room("b", 8192, 1024)], 1024, "a"),  # best fit: least free
+        ([room("a", 4096, 3584), room("b", 8192)], 1024, "b"),  # a is too full
         ([room("a", 8192, ok=False), room("b", 2048)], 1024, "b"),  # cordoned/draining skipped
         ([room("b", 4096), room("a", 4096)], 1024, "a"),  # ties: lowest id
         ([room("a", 4096, ok=False)], 1024, None),
+        ([room("a", 2048, cpus=1, cpus_used=0.75), room("b", 8192)], 1024, "b"),  # a lacks CPU
+        ([room("a", 2048, cpus=1, cpus_used=0.5)], 1024, "a"),  # CPU fits exactly
     ],
 )
 def test_choose_server(rooms: list[Room], need: int, expected: str | None) -> None:
-    assert choose_server(rooms, need) == expected
+    assert choose_server(rooms, need, 0.5) == expected
+    placed, unplaced = place([Demand("u", need, 0.5)], rooms)
+    assert placed.get("u") == expected
+    assert unplaced == ([] if expected else ["u"])
+
+
+@pytest.mark.parametrize(
+    ("demands", "rooms", "expected", "left"),
+    [
+        # Fill the fullest first, then move on.
+        ([1024] * 3, [room("a", 2048), room("b", 4096)], {"u0": "a", "u1": "a", "u2": "b"}, []),
+        # A large plan skips a room too small for it and lands where it fits.
+        ([3000, 1024], [room("a", 2048), room("b", 4096)], {"u0": "b", "u1": "b"}, []),
+        ([4096, 4096], [room("a", 4096)], {"u0": "a"}, ["u1"]),
+        ([512] * 3, [room("a", 8192, cpus=1)], {"u0": "a", "u1": "a"}, ["u2"]),  # CPU bound
+        ([1024], [room("a", 8192, ok=False)], {}, ["u0"]),
+    ],
+)
+def test_place_many(
+    demands: list[int], rooms: list[Room], expected: dict[str, str], left: list[str]
+) -> None:
+    placed, unplaced = place([Demand(f"u{i}", m, 0.5) for i, m in enumerate(demands)], rooms)
+    assert placed == expected
+    assert unplaced == left
+    for server in rooms:
+        users = [i for i, (u, s) in enumerate(placed.items()) if s == server.server_id]
+        used = sum(demands[i] for i in users)
+        assert used <= server.memory_free_mb
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,7 @@ async def test_register_creates_an_active_worker_whose_id_is_the_server_id(
     assert srv["hostname"] == "host-a"
     assert srv["last_heartbeat_age"] is None
     assert srv["generation"] == 1
-    assert srv["capacity"]["memory_mb"] == {"used": 0, "total": 8192}
+    assert srv["capacity"]["memory_mb"] == {"used": 0, "total": 8192 - 512}  # less the reserve
 
 
 async def test_database_holds_no_token_or_worker_secret_in_plaintext(control: ControlPlane) -> None:
@@ -121,7 +121,7 @@ async def test_bad_heartbeats_get_401_and_write_nothing(
     after = await server(control, worker.key_id)
     assert after["last_heartbeat_age"] > before["last_heartbeat_age"]
     assert after["agent_version"] == "0.1.0"
-    assert after["capacity"]["memory_mb"]["total"] == 8192
+    assert after["capacity"]["memory_mb"]["total"] == before["capacity"]["memory_mb"]["total"]
     assert await event_count(control) == events_before
 
 
@@ -263,7 +263,7 @@ async def test_assignment_spec_has_the_contract_fields(control: ControlPlane) ->
         assert name in spec, name
     assert spec["user"] == "1000:1000"
     assert spec["health"] == {"path": "/healthz", "port": 18789}
-    assert spec["resources"] == {"memory_mb": 2048, "cpus": 1.0, "pids": 512}
+    assert spec["resources"] == {"memory_mb": 1024, "cpus": 0.5, "pids": 512}
     assert spec["route_host"] == "alice.clawfleet.localhost"
     assert reply.body["generation"] == 2
 

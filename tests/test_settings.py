@@ -131,3 +131,51 @@ def test_local_secrets_are_generated_once_with_mode_0600(tmp_path: Path) -> None
     assert token in outputs[0]  # printed once, on first run
     assert token not in outputs[1]
     assert (data / "internal_secret").read_text().strip() not in outputs[0] + outputs[1]
+
+
+@pytest.mark.parametrize(
+    ("plans", "fragment"),
+    [
+        ("{", "not valid JSON"),
+        ("[]", "expected an object"),
+        ('{"Pro": {}}', "plan name"),
+        ('{"pro": {"memory_mb": 1024, "cpus": 1, "pids": 100}}', "disk_gb"),
+        (
+            '{"pro": {"memory_mb": "1024", "cpus": 1, "pids": 100, "disk_gb": 5}}',
+            "memory_mb must be an integer",
+        ),
+        (
+            '{"pro": {"memory_mb": 1024, "cpus": true, "pids": 100, "disk_gb": 5}}',
+            "cpus must be a number",
+        ),
+        ('{"pro": {"memory_mb": 10, "cpus": 1, "pids": 100, "disk_gb": 5}}', "between"),
+        (
+            '{"pro": {"memory_mb": 1024, "cpus": 1, "pids": 100, "disk_gb": 5, "gpu": 1}}',
+            "unknown field",
+        ),
+        (
+            '{"a": {"memory_mb": 1024, "cpus": 1, "pids": 100, "disk_gb": 5, "stripe_price_ids": ["p1"]},'
+            ' "b": {"memory_mb": 1024, "cpus": 1, "pids": 100, "disk_gb": 5, "stripe_price_ids": ["p1"]}}',
+            "in both",
+        ),
+    ],
+)
+def test_bad_plans_are_rejected_with_the_reason(plans: str, fragment: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**GOOD, "PLANS": plans})
+    assert str(info.value).startswith("PLANS:")
+    assert fragment in str(info.value)
+
+
+def test_plans_extend_and_override_the_default() -> None:
+    s = Settings.from_env(
+        {
+            **GOOD,
+            "PLANS": '{"pro": {"memory_mb": 4096, "cpus": 2, "pids": 2048, "disk_gb": 40, "stripe_price_ids": ["price_1"]},'
+            ' "default": {"memory_mb": 512, "cpus": 0.25, "pids": 256, "disk_gb": 2}}',
+        }
+    )
+    assert set(s.plans) == {"default", "pro"}
+    assert s.plans["pro"].stripe_price_ids == ("price_1",)
+    assert s.plans["default"].memory_mb == 512
+    assert Settings.from_env(GOOD).plans["default"].memory_mb == 1024
