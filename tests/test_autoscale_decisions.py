@@ -1,0 +1,173 @@
+"""Autoscaler decisions as parameter tables (control/autoscale.py)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from control.autoscale import (
+    IdleServer,
+    cap_creates,
+    idle_to_delete,
+    near_hour_end,
+    provision_expired,
+    retry_decision,
+    servers_needed,
+)
+from control.placement import Demand, Room
+
+UNIT = Demand("unit", 1024, 0.5)
+NEW = Room("new", True, 3584, 0, 1.75, 0.0)  # cpx22 less the reserve: 3 default users
+
+
+def users(n: int, memory: int = 1024, cpus: float = 0.5) -> list[Demand]:
+    return [Demand(f"u{i}", memory, cpus) for i in range(n)]
+
+
+def way(n: int) -> list[Room]:
+    return [Room(f"w{i}", True, 3584, 0, 1.75, 0.0) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("pending", "active", "on_the_way", "headroom", "servers", "infeasible"),
+    [
+        ([], [], [], 0, 0, []),
+        ([], [], [], 2, 1, []),  # warm headroom alone asks for a server
+        ([], [Room("a", True, 3584, 0, 1.75, 0)], [], 2, 0, []),  # 3 free units already
+        (users(1), [], [], 0, 1, []),
+        (users(3), [], [], 0, 1, []),  # three fit one server
+        (users(4), [], [], 0, 2, []),
+        (users(3), [], [], 2, 2, []),  # 3 placed, then headroom needs another
+        (users(3), [], way(1), 0, 0, []),  # a booting server already covers them
+        (users(4), [], way(1), 0, 1, []),
+        ([*users(1), Demand("big", 8192, 1)], [], [], 0, 1, ["big"]),  # no type can hold it
+        (users(2, cpus=1.0), [], [], 0, 2, []),  # CPU-bound: one per server
+    ],
+)
+def test_servers_needed(
+    pending: list[Demand],
+    active: list[Room],
+    on_the_way: list[Room],
+    headroom: int,
+    servers: int,
+    infeasible: list[str],
+) -> None:
+    need = servers_needed(pending, active, on_the_way, NEW, UNIT, headroom)
+    assert need.servers == servers
+    assert need.infeasible == infeasible
+    assert need.free_units >= headroom or servers == 0
+
+
+@pytest.mark.parametrize(
+    ("wanted", "now", "max_servers", "per_run", "create", "reason"),
+    [
+        (1, 0, 10, 2, 1, None),
+        (2, 0, 10, 2, 2, None),
+        (5, 0, 10, 2, 2, "MAX_CREATES_PER_RUN"),
+        (5, 9, 10, 2, 1, "MAX_SERVERS"),
+        (1, 10, 10, 2, 0, "MAX_SERVERS"),
+        (100, 0, 10, 100, 10, "MAX_SERVERS"),  # a bug asking for 100 still gets 10 at most
+        (0, 10, 10, 2, 0, None),
+    ],
+)
+def test_cap_creates(
+    wanted: int, now: int, max_servers: int, per_run: int, create: int, reason: str | None
+) -> None:
+    capped = cap_creates(wanted, now, max_servers, per_run)
+    assert (capped.create, capped.reason) == (create, reason)
+    assert capped.create + capped.held_back == wanted
+    assert now + capped.create <= max(max_servers, now)
+
+
+T0 = 1_000_000.0
+
+
+def idle(sid: str, empty_for: float, billed_for: float, free: int = 3) -> IdleServer:
+    return IdleServer(sid, T0 - empty_for, T0 - billed_for, free)
+
+
+@pytest.mark.parametrize(
+    ("servers", "kwargs", "expected"),
+    [
+        ([idle("a", 700, 3500)], {}, ["a"]),  # idle long enough, 100 s before the hour ends
+        ([idle("a", 500, 3500)], {}, []),  # not idle long enough
+        ([idle("a", 700, 3700)], {}, []),  # a new billed hour just began: wait
+        ([idle("a", 700, 3700)], {"bills_hourly": False}, ["a"]),  # local provider: no hours
+        ([idle("a", 700, 3500)], {"min_servers": 1, "servers_now": 1}, []),
+        ([idle("a", 700, 3500)], {"min_servers": 1, "servers_now": 2}, ["a"]),
+        ([idle("a", 700, 3500)], {"headroom": 2, "fleet_free_units": 3}, []),  # it is the headroom
+        (
+            [idle("a", 700, 3500), idle("b", 700, 7150)],
+            {"headroom": 3, "fleet_free_units": 6},
+            ["b"],
+        ),
+        ([idle("a", 700, 3500), idle("b", 700, 7150)], {}, ["b", "a"]),  # soonest-billed first
+    ],
+)
+def test_idle_to_delete(
+    servers: list[IdleServer], kwargs: dict[str, object], expected: list[str]
+) -> None:
+    args: dict[str, object] = {
+        "now": T0,
+        "idle_after": 600,
+        "servers_now": 5,
+        "min_servers": 0,
+        "fleet_free_units": 100,
+        "headroom": 0,
+        "bills_hourly": True,
+        "billing_window": 300,
+    }
+    args.update(kwargs)
+    assert idle_to_delete(servers, **args) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("billed_for", "expected"),
+    [(0, False), (3299, False), (3300, True), (3599, True), (3600, False), (7199, True)],
+)
+def test_near_hour_end(billed_for: float, expected: bool) -> None:
+    assert near_hour_end(T0 - billed_for, T0, 300) is expected
+
+
+@pytest.mark.parametrize(
+    ("confirmed", "registered", "expected"),
+    [
+        (T0 - 901, None, True),
+        (T0 - 899, None, False),
+        (T0 - 5000, T0 - 10, False),
+        (None, None, False),
+    ],
+)
+def test_provision_expired(
+    confirmed: float | None, registered: float | None, expected: bool
+) -> None:
+    assert provision_expired(confirmed, registered, T0, 900) is expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "attempt", "retry_after", "next_pair", "alert", "pause_low", "pause_high"),
+    [
+        ("unavailable", 0, None, True, False, 0, 0),
+        ("limit", 0, None, False, True, 3600, 3600),
+        ("rate_limited", 0, 42.0, False, False, 42, 42),
+        ("rate_limited", 0, None, False, False, 60, 60),
+        ("invalid", 0, None, False, True, 600, 600),
+        ("transient", 0, None, False, False, 4, 6),
+        ("transient", 3, None, False, False, 32, 48),
+        ("transient", 30, None, False, False, 240, 360),  # capped
+    ],
+)
+def test_retry_decision(
+    kind: str,
+    attempt: int,
+    retry_after: float | None,
+    next_pair: bool,
+    alert: bool,
+    pause_low: float,
+    pause_high: float,
+) -> None:
+    plan = retry_decision(kind, attempt, retry_after, random.Random(7))  # type: ignore[arg-type]
+    assert plan.next_pair is next_pair
+    assert plan.alert is alert
+    assert pause_low <= plan.pause_scale_up <= pause_high
