@@ -1,0 +1,50 @@
+"""`python -m agent`: read the environment (only here), run the daemon, exit.
+
+Exit statuses: 0 stopped by SIGTERM/SIGINT, 2 bad or missing configuration (one line on
+stderr), 3 worker revoked by the control plane (systemd: RestartPreventExitStatus=3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from agent.config import ConfigError, settings_from_process
+from agent.daemon import EXIT_CONFIG, Daemon
+
+
+async def _serve(daemon: Daemon) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop)
+    return await daemon.run()
+
+
+def main() -> None:
+    try:
+        settings = settings_from_process()
+    except ConfigError as exc:
+        print(f"clawfleet-agent: configuration error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_CONFIG)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Quiet the Docker SDK's connection chatter; it can echo request details.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("docker").setLevel(logging.WARNING)
+    status = asyncio.run(_serve(Daemon(settings)))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # A Docker call still running in a worker thread (a long pull) must not hold up
+    # shutdown past systemd's stop timeout; state files are already written atomically.
+    os._exit(status)
+
+
+if __name__ == "__main__":
+    main()

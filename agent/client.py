@@ -1,0 +1,177 @@
+"""Signed HTTP client for the worker protocol (docs/protocol.md).
+
+Contract: every request is signed with `shared.signing.sign_request` and sent with the
+exact canonical query it returned. Every failure surfaces as `ControlPlaneError`
+(status 0 = the control plane could not be reached or answered garbage). Whether to
+retry, and how long to wait, are small pure functions so the daemon's loops and the
+tests agree on them. Nothing here logs; secrets are never part of an error message.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+from yarl import URL
+
+from shared.protocol import (
+    Assignments,
+    Heartbeat,
+    HeartbeatReply,
+    ProtocolError,
+    RegisterReply,
+    RegisterRequest,
+    decode,
+    encode,
+)
+from shared.signing import sign_request
+
+T = TypeVar("T")
+
+
+class ControlPlaneError(Exception):
+    """A request failed. status 0: transport failure or unparseable answer."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class _ErrorBody(msgspec.Struct):
+    code: str = "unknown"
+    message: str = ""
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _ErrorBody = msgspec.field(default_factory=_ErrorBody)
+
+
+def is_transient(err: ControlPlaneError) -> bool:
+    """Outage-like failures: keep everything as it is and retry with backoff."""
+    return err.status == 0 or err.status >= 500 or err.status in (408, 429)
+
+
+def is_revoked(err: ControlPlaneError) -> bool:
+    return err.status == 403
+
+
+def is_unknown_worker(err: ControlPlaneError) -> bool:
+    # The control plane answers 401 with this code (docs/protocol.md): the id is not
+    # one it knows, so the signature could not even be checked.
+    return err.status == 401 and err.code == "unknown_worker"
+
+
+def backoff_delay(
+    attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Capped exponential backoff with jitter in [d/2, d], d = min(cap, base * 2**attempt)."""
+    ceiling = min(cap, base * 2.0 ** min(attempt, 30))
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+def jittered(interval: float, rand: Callable[[], float] = random.random) -> float:
+    """An interval spread by +-10% so a fleet restarted together does not beat in step."""
+    return interval * (0.9 + 0.2 * rand())
+
+
+def split_token(token: str) -> tuple[str, str]:
+    key_id, _, secret = token.partition(".")
+    return key_id, secret
+
+
+class ControlClient:
+    def __init__(self, base_url: str, *, timeout: float = 15.0) -> None:
+        self._base = base_url.rstrip("/")
+        self._prefix = urlsplit(self._base).path.rstrip("/")
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=4),
+                headers={"User-Agent": "clawfleet-agent"},
+            )
+        return self._session
+
+    async def _request(
+        self,
+        method: str,
+        endpoint: str,
+        key_id: str,
+        secret: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: bytes = b"",
+        request_timeout: float | None = None,
+    ) -> tuple[int, bytes]:
+        path = self._prefix + endpoint
+        query, headers = sign_request(key_id, secret, method, path, params, body)
+        if body:
+            headers["Content-Type"] = "application/json"
+        url = URL(self._base + endpoint + (f"?{query}" if query else ""), encoded=True)
+        client_timeout = aiohttp.ClientTimeout(total=request_timeout or self._timeout)
+        try:
+            async with self._http().request(
+                method, url, data=body or None, headers=headers, timeout=client_timeout
+            ) as resp:
+                payload = await resp.read()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise ControlPlaneError(0, "unreachable", type(exc).__name__) from None
+        if status >= 400:
+            code, message = "http_error", f"HTTP {status}"
+            try:
+                envelope = msgspec.json.decode(payload, type=_ErrorEnvelope)
+                code, message = envelope.error.code, envelope.error.message
+            except msgspec.DecodeError:
+                pass
+            raise ControlPlaneError(status, code, message)
+        return status, payload
+
+    @staticmethod
+    def _decode(payload: bytes, kind: type[T]) -> T:
+        try:
+            return decode(payload, kind)
+        except ProtocolError as exc:
+            raise ControlPlaneError(0, "bad_reply", str(exc)) from None
+
+    async def register(self, token: str, request: RegisterRequest) -> RegisterReply:
+        key_id, secret = split_token(token)
+        _, payload = await self._request(
+            "POST", "/v1/agent/register", key_id, secret, body=encode(request)
+        )
+        return self._decode(payload, RegisterReply)
+
+    async def heartbeat(self, worker_id: str, secret: str, beat: Heartbeat) -> HeartbeatReply:
+        _, payload = await self._request(
+            "POST", "/v1/agent/heartbeat", worker_id, secret, body=encode(beat)
+        )
+        return self._decode(payload, HeartbeatReply)
+
+    async def assignments(
+        self, worker_id: str, secret: str, after: int, wait: int
+    ) -> Assignments | None:
+        """None when nothing newer than `after` arrived within `wait` seconds (304)."""
+        status, payload = await self._request(
+            "GET",
+            "/v1/agent/assignments",
+            worker_id,
+            secret,
+            params={"after": str(after), "wait": str(wait)},
+            request_timeout=wait + self._timeout,
+        )
+        if status == 304:
+            return None
+        return self._decode(payload, Assignments)

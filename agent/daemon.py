@@ -1,0 +1,353 @@
+"""The agent's loops: register, heartbeat, long-poll, periodic reconcile.
+
+Contract: `Daemon.run()` returns an exit status. Reconciling starts at once from the
+desired set kept in STATE_DIR, independent of the control plane. Control-plane outages
+(unreachable, 5xx, 408/429) are retried with capped exponential backoff and jitter and
+never change a container. 403 (revoked) stops every loop, leaves containers as they
+are, and returns EXIT_REVOKED. 401 unknown_worker re-registers only with a usable
+bootstrap token. `stop()` (SIGTERM) cancels and awaits the loops without touching
+containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from agent import client as cp
+from agent.config import Settings
+from agent.metadata_block import MetadataBlock
+from agent.reconcile import Reconciler, ReconcilerOptions
+from agent.runtime import DockerRuntime, RuntimeError_
+from agent.state import Credentials, StateStore
+from agent.traefik import RouteOptions
+from shared.protocol import Heartbeat, HostReport, RegisterRequest, Resources
+from shared.version import PROTOCOL_VERSION, __version__
+
+log = logging.getLogger("agent")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_REVOKED = 3
+DEFAULT_HEARTBEAT = 10.0
+
+
+class _Fatal(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _meminfo() -> tuple[int, int | None]:
+    total = avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key == "MemTotal":
+                    total = int(rest.split()[0]) // 1024
+                elif key == "MemAvailable":
+                    avail = int(rest.split()[0]) // 1024
+    except OSError:
+        pass
+    return total or 0, avail
+
+
+def host_resources(disk_path: str) -> Resources:
+    total, avail = _meminfo()
+    try:
+        usage = shutil.disk_usage(disk_path if os.path.isdir(disk_path) else "/")
+        disk_gb, free_gb = usage.total // 2**30, usage.free // 2**30
+    except OSError:
+        disk_gb, free_gb = 0, None
+    return Resources(
+        cpus=os.cpu_count() or 1,
+        memory_mb=total,
+        disk_gb=disk_gb,
+        memory_available_mb=avail,
+        disk_free_gb=free_gb,
+    )
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.store = StateStore(settings.state_dir)
+        self.client = cp.ControlClient(settings.control_url, timeout=settings.request_timeout)
+        self.runtime = DockerRuntime(settings.docker_host, timeout=settings.docker_timeout)
+        self.reconciler = Reconciler(
+            self.runtime,
+            MetadataBlock(settings.iptables),
+            ReconcilerOptions(
+                health_gate=settings.health_gate,
+                health_timeout=settings.health_timeout,
+                stop_grace=settings.stop_grace,
+                upgrade_retry=settings.upgrade_retry,
+                backoff_base=settings.backoff_base,
+                backoff_max=settings.backoff_max,
+                traefik_dir=settings.traefik_dynamic_dir,
+                route_options=RouteOptions(
+                    settings.traefik_entrypoints,
+                    settings.traefik_tls,
+                    settings.traefik_cert_resolver,
+                ),
+            ),
+        )
+        self.creds: Credentials | None = None
+        self.heartbeat_interval = DEFAULT_HEARTBEAT
+        self._token: str | None = settings.bootstrap_token
+        self._token_file: Path | None = settings.bootstrap_token_file
+        self._stop = asyncio.Event()
+        self._registered = asyncio.Event()
+        self._reconcile_now = asyncio.Event()
+        self._docker_version: str | None = None
+        self._disk_path = "/"
+
+    # -- credentials ----------------------------------------------------------------------
+
+    def bootstrap_token(self) -> str | None:
+        if self._token:
+            return self._token
+        if self._token_file is not None:
+            try:
+                token = self._token_file.read_text().strip()
+            except OSError:
+                return None
+            return token or None
+        return None
+
+    def _forget_token(self) -> None:
+        self._token = None
+        if self._token_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._token_file.unlink()
+                log.info("deleted bootstrap token file %s", self._token_file)
+        self._token_file = None
+
+    async def _register(self) -> None:
+        token = self.bootstrap_token()
+        if token is None:
+            raise _Fatal(EXIT_CONFIG, "no stored credentials and no BOOTSTRAP_TOKEN")
+        request = RegisterRequest(
+            protocol=PROTOCOL_VERSION,
+            agent_version=__version__,
+            hostname=socket.gethostname(),
+            resources=host_resources(self._disk_path),
+        )
+        attempt = 0
+        while True:
+            try:
+                reply = await self.client.register(token, request)
+                break
+            except cp.ControlPlaneError as err:
+                if not cp.is_transient(err):
+                    raise _Fatal(
+                        EXIT_CONFIG, f"registration refused ({err.status} {err.code})"
+                    ) from None
+                delay = cp.backoff_delay(attempt, self.s.backoff_base, self.s.backoff_max)
+                log.warning(
+                    "registration: control plane unavailable (%s); retry in %.1fs", err, delay
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+        self.creds = Credentials(reply.worker_id, reply.secret)
+        self.store.save_credentials(self.creds)
+        self.heartbeat_interval = reply.heartbeat_interval or DEFAULT_HEARTBEAT
+        self._forget_token()
+        log.info("registered as worker %s", reply.worker_id)
+
+    async def _handle_auth_error(self, err: cp.ControlPlaneError) -> bool:
+        """True when the error was handled (re-registered); raises _Fatal on revocation."""
+        if cp.is_revoked(err):
+            worker = self.creds.worker_id if self.creds else "?"
+            raise _Fatal(
+                EXIT_REVOKED,
+                f"worker {worker} revoked by the control plane; reconciling stopped, "
+                "containers left as they are",
+            )
+        if cp.is_unknown_worker(err):
+            if self.bootstrap_token() is not None:
+                log.warning("control plane does not know this worker; re-registering")
+                self.store.forget_credentials()
+                self._registered.clear()
+                await self._register()
+                self._registered.set()
+                return True
+            log.error("control plane does not know this worker and no bootstrap token is left")
+        return False
+
+    # -- loops ----------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        await self._registered.wait()
+        attempt = 0
+        while True:
+            try:
+                beat = await self._build_heartbeat()
+                assert self.creds is not None
+                reply = await self.client.heartbeat(self.creds.worker_id, self.creds.secret, beat)
+                attempt = 0
+                if reply.heartbeat_interval > 0:
+                    self.heartbeat_interval = reply.heartbeat_interval
+                delay = cp.jittered(self.heartbeat_interval)
+            except cp.ControlPlaneError as err:
+                if await self._handle_auth_error(err):
+                    continue
+                delay = cp.backoff_delay(attempt, self.s.backoff_base, self.s.backoff_max)
+                attempt += 1
+                log.warning("heartbeat failed (%s); retry in %.1fs", err, delay)
+            await asyncio.sleep(delay)
+
+    async def _poll_loop(self) -> None:
+        await self._registered.wait()
+        attempt = 0
+        while True:
+            try:
+                assert self.creds is not None
+                got = await self.client.assignments(
+                    self.creds.worker_id,
+                    self.creds.secret,
+                    self.reconciler.applied_generation,
+                    self.s.poll_wait,
+                )
+                attempt = 0
+            except cp.ControlPlaneError as err:
+                if await self._handle_auth_error(err):
+                    continue
+                delay = cp.backoff_delay(attempt, self.s.backoff_base, self.s.backoff_max)
+                attempt += 1
+                log.warning("assignments poll failed (%s); retry in %.1fs", err, delay)
+                await asyncio.sleep(delay)
+                continue
+            if got is None:
+                continue
+            if got.generation == self.reconciler.applied_generation and self.reconciler.desired:
+                continue
+            log.info(
+                "assignments generation %d: %d containers, %d purges",
+                got.generation,
+                len(got.containers),
+                len(got.purge),
+            )
+            self.store.save_desired(got)
+            try:
+                await self.reconciler.reconcile(got)
+            except RuntimeError_ as exc:
+                log.error("reconcile failed: %s", exc)
+
+    async def _reconcile_loop(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.reconciler.reconcile()
+                attempt = 0
+                delay = cp.jittered(self.s.reconcile_interval)
+            except RuntimeError_ as exc:
+                delay = min(
+                    self.s.reconcile_interval,
+                    cp.backoff_delay(attempt, self.s.backoff_base, self.s.backoff_max),
+                )
+                attempt += 1
+                log.error("reconcile failed: %s; retry in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+
+    async def _build_heartbeat(self) -> Heartbeat:
+        try:
+            containers = await self.reconciler.reports()
+            if self._docker_version is None:
+                self._docker_version = await self.runtime.version()
+                self._disk_path = await self.runtime.root_dir()
+        except RuntimeError_ as exc:
+            log.warning("docker unavailable for heartbeat: %s", exc)
+            self._docker_version = None
+            containers = []
+        return Heartbeat(
+            agent_version=__version__,
+            applied_generation=self.reconciler.applied_generation,
+            resources=host_resources(self._disk_path),
+            containers=containers,
+            host=HostReport(
+                docker_version=self._docker_version,
+                metadata_blocked=self.reconciler.metadata_blocked,
+            ),
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        try:
+            self.store.ensure_dir()
+            self.creds = self.store.load_credentials()
+            self.reconciler.desired = self.store.load_desired()
+        except Exception as exc:
+            log.error("state: %s", exc)
+            return EXIT_CONFIG
+        if self.creds is None and self.bootstrap_token() is None:
+            log.error(
+                "BOOTSTRAP_TOKEN: required on first start (no credentials in %s)", self.s.state_dir
+            )
+            return EXIT_CONFIG
+        if self.creds is not None:
+            self._registered.set()
+            if self._token_file is not None and self._token_file.exists():
+                self._forget_token()  # already registered: the token is no longer needed
+        if self.reconciler.desired is not None:
+            log.info(
+                "restored desired set generation %d (%d containers)",
+                self.reconciler.desired.generation,
+                len(self.reconciler.desired.containers),
+            )
+
+        async def register_once() -> None:
+            if self.creds is None:
+                await self._register()
+                self._registered.set()
+
+        loops: list[Callable[[], Coroutine[Any, Any, None]]] = [
+            register_once,
+            self._reconcile_loop,
+            self._heartbeat_loop,
+            self._poll_loop,
+        ]
+        tasks = [asyncio.create_task(fn(), name=fn.__name__) for fn in loops]
+        stopper = asyncio.create_task(self._stop.wait(), name="stop")
+        status = EXIT_OK
+        pending: set[asyncio.Task[None] | asyncio.Task[bool]] = {*tasks, stopper}
+        try:
+            while True:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:
+                    log.info("stopping (containers left as they are)")
+                    break
+                fatal = None
+                for task in done:
+                    failure = task.exception()
+                    if isinstance(failure, _Fatal):
+                        fatal = failure
+                    elif failure is not None:
+                        log.error("loop %s crashed: %r", task.get_name(), failure)
+                        fatal = _Fatal(1, f"internal error in {task.get_name()}")
+                if fatal is not None:
+                    log.error("%s", fatal)
+                    status = fatal.status
+                    break
+                if not pending - {stopper}:
+                    break
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), timeout=5)
+            await self.reconciler.close()
+            await self.client.close()
+            self.runtime.close()
+        return status

@@ -1,0 +1,435 @@
+"""Reconciling: desired specs + observed containers -> actions -> Docker.
+
+Contract: `plan()` is a pure function. Given the desired specs, the managed containers
+as inspected, the users whose (re)creation is deferred (backoff after a failed pull or
+a failed upgrade), the users whose volumes are to be purged, and the managed networks
+and volumes per user, it returns the ordered actions that bring the worker to the
+desired state: removals first, then starts, creates and replaces. A running container
+whose spec hash matches is never touched (re-adoption means zero restarts).
+
+`Reconciler` applies a plan: it checks the metadata block before starting anything,
+pulls before replacing, gates upgrades on health and rolls back, keeps per-user errors
+and backoff, keeps Traefik routes in step, and builds the heartbeat's reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from agent import health, traefik
+from agent.client import backoff_delay
+from agent.metadata_block import MetadataBlock, MetadataBlockError
+from agent.runtime import DockerRuntime, Observed, RuntimeError_
+from shared.protocol import Assignments, ContainerReport, ContainerSpec
+
+log = logging.getLogger("agent.reconcile")
+
+STARTABLE = frozenset({"created", "exited"})
+
+
+@dataclass(frozen=True)
+class Create:
+    spec: ContainerSpec
+
+
+@dataclass(frozen=True)
+class Start:
+    user_id: str
+    container_id: str
+
+
+@dataclass(frozen=True)
+class Replace:
+    spec: ContainerSpec
+    old: Observed
+
+
+@dataclass(frozen=True)
+class Remove:
+    user_id: str
+    container_id: str
+
+
+@dataclass(frozen=True)
+class RemoveNetwork:
+    user_id: str
+    network_id: str
+
+
+@dataclass(frozen=True)
+class PurgeVolumes:
+    user_id: str
+    names: tuple[str, ...]
+
+
+Action = Create | Start | Replace | Remove | RemoveNetwork | PurgeVolumes
+
+_STATUS_RANK = {"running": 0, "restarting": 1, "paused": 2, "created": 3, "exited": 4, "dead": 5}
+
+
+def _best(containers: Sequence[Observed]) -> Observed:
+    return min(containers, key=lambda c: (_STATUS_RANK.get(c.status, 9), c.id))
+
+
+def plan(
+    desired: Mapping[str, ContainerSpec],
+    observed: Sequence[Observed],
+    *,
+    deferred: Collection[str] = (),
+    purge: Collection[str] = (),
+    networks: Mapping[str, Sequence[str]] | None = None,
+    volumes: Mapping[str, Sequence[str]] | None = None,
+) -> list[Action]:
+    by_user: dict[str, list[Observed]] = {}
+    for c in observed:
+        by_user.setdefault(c.user_id, []).append(c)
+
+    removals: list[Action] = []
+    work: list[Action] = []
+    for user_id, containers in sorted(by_user.items()):
+        spec = desired.get(user_id)
+        if spec is None:
+            removals.extend(Remove(user_id, c.id) for c in sorted(containers, key=lambda c: c.id))
+            continue
+        matching = [c for c in containers if c.spec_hash == spec.spec_hash]
+        if matching:
+            keep = _best(matching)
+        elif user_id in deferred:
+            keep = _best(containers)  # keep the previous version running
+        else:
+            keep = _best(containers)
+            removals.extend(Remove(user_id, c.id) for c in containers if c.id != keep.id)
+            work.append(Replace(spec, keep))
+            continue
+        removals.extend(Remove(user_id, c.id) for c in containers if c.id != keep.id)
+        if keep.status in STARTABLE:
+            work.append(Start(user_id, keep.id))
+        elif keep.status == "dead":
+            removals.append(Remove(user_id, keep.id))
+            if user_id not in deferred:
+                work.append(Create(spec))
+
+    for user_id, spec in sorted(desired.items()):
+        if user_id not in by_user and user_id not in deferred:
+            work.append(Create(spec))
+
+    cleanup: list[Action] = []
+    for user_id, net_ids in sorted((networks or {}).items()):
+        if user_id not in desired:
+            cleanup.extend(RemoveNetwork(user_id, n) for n in sorted(net_ids))
+    for user_id, names in sorted((volumes or {}).items()):
+        if user_id in purge and user_id not in desired and names:
+            cleanup.append(PurgeVolumes(user_id, tuple(sorted(names))))
+    return removals + cleanup + work
+
+
+@dataclass
+class _Failure:
+    spec_hash: str
+    attempts: int
+    retry_at: float
+    upgrade: bool = False
+
+
+@dataclass
+class ReconcilerOptions:
+    health_gate: float = 60.0
+    health_timeout: float = 2.0
+    stop_grace: int = 30
+    upgrade_retry: float = 600.0
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    traefik_dir: Path | None = None
+    route_options: traefik.RouteOptions = field(default_factory=traefik.RouteOptions)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        runtime: DockerRuntime,
+        metadata: MetadataBlock,
+        options: ReconcilerOptions,
+    ) -> None:
+        self.runtime = runtime
+        self.metadata = metadata
+        self.opts = options
+        self.desired: Assignments | None = None
+        self.errors: dict[str, str] = {}
+        self.activity: dict[str, str] = {}
+        self.metadata_blocked: bool | None = None
+        self._failures: dict[str, _Failure] = {}
+        self._lock = asyncio.Lock()
+        self._http: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
+        return self._http
+
+    @property
+    def applied_generation(self) -> int:
+        return self.desired.generation if self.desired else 0
+
+    def _specs(self) -> dict[str, ContainerSpec]:
+        return {s.user_id: s for s in self.desired.containers} if self.desired else {}
+
+    def _deferred(self, specs: Mapping[str, ContainerSpec], now: float) -> set[str]:
+        out = set()
+        for user_id, failure in list(self._failures.items()):
+            spec = specs.get(user_id)
+            if spec is None or spec.spec_hash != failure.spec_hash:
+                del self._failures[user_id]  # a new spec deserves a fresh try
+                continue
+            if now < failure.retry_at:
+                out.add(user_id)
+        return out
+
+    def _fail(self, spec: ContainerSpec, message: str, *, upgrade: bool = False) -> None:
+        prev = self._failures.get(spec.user_id)
+        attempts = prev.attempts + 1 if prev and prev.spec_hash == spec.spec_hash else 1
+        delay = (
+            self.opts.upgrade_retry
+            if upgrade
+            else backoff_delay(attempts - 1, self.opts.backoff_base, self.opts.backoff_max)
+        )
+        self._failures[spec.user_id] = _Failure(
+            spec.spec_hash, attempts, time.monotonic() + delay, upgrade
+        )
+        self.errors[spec.user_id] = message
+        log.warning("user %s: %s (retry in %.0fs)", spec.user_id, message, delay)
+
+    def _succeed(self, user_id: str) -> None:
+        self._failures.pop(user_id, None)
+        self.errors.pop(user_id, None)
+
+    # -- one pass -------------------------------------------------------------------------
+
+    async def reconcile(self, desired: Assignments | None = None) -> None:
+        async with self._lock:
+            if desired is not None:
+                self.desired = desired
+            await self._pass()
+
+    async def _pass(self) -> None:
+        specs = self._specs()
+        purge = set(self.desired.purge) if self.desired else set()
+        try:
+            await self.metadata.ensure()
+            self.metadata_blocked = True
+        except MetadataBlockError as exc:
+            self.metadata_blocked = False
+            log.error("metadata block rule not in place: %s; starting no container", exc)
+        observed = await self.runtime.list_managed()
+        networks = await self.runtime.managed_networks()
+        volumes = await self.runtime.managed_volumes() if purge else {}
+        actions = plan(
+            specs,
+            observed,
+            deferred=self._deferred(specs, time.monotonic()),
+            purge=purge,
+            networks=networks,
+            volumes=volumes,
+        )
+        for action in actions:
+            if not self.metadata_blocked and isinstance(action, Create | Start | Replace):
+                user = (
+                    action.spec.user_id if isinstance(action, Create | Replace) else action.user_id
+                )
+                self.errors[user] = "metadata block rule not in place; not starting"
+                continue
+            try:
+                await self._apply(action)
+            except _RolledBack:
+                pass  # already recorded with its own message and retry delay
+            except (RuntimeError_, ValueError) as exc:
+                if isinstance(action, Create | Replace):
+                    self._fail(action.spec, str(exc))
+                else:
+                    user = action.user_id
+                    self.errors[user] = str(exc)
+                    log.warning("user %s: %s failed: %s", user, type(action).__name__, exc)
+        await self._sync_routes(specs)
+
+    async def _apply(self, action: Action) -> None:
+        match action:
+            case Remove(user_id, cid):
+                log.info("user %s: removing unassigned container %s", user_id, cid[:12])
+                await self.runtime.stop(cid, self.opts.stop_grace)
+                await self.runtime.remove(cid)
+                self.errors.pop(user_id, None)
+            case RemoveNetwork(user_id, nid):
+                await self.runtime.remove_network(nid)
+            case PurgeVolumes(user_id, names):
+                for name in names:
+                    log.info("user %s: purging volume %s", user_id, name)
+                    await self.runtime.remove_volume(name)
+            case Start(user_id, cid):
+                log.info("user %s: starting stopped container %s", user_id, cid[:12])
+                await self.runtime.start(cid)
+            case Create(spec):
+                await self._create(spec)
+            case Replace(spec, old):
+                await self._replace(spec, old)
+
+    async def _ensure_image(self, spec: ContainerSpec, previous_ref: str | None) -> None:
+        present = await self.runtime.image_present(spec.image)
+        changed = previous_ref is not None and previous_ref != spec.image
+        if present and not changed:
+            return
+        self.activity[spec.user_id] = "pulling"
+        try:
+            log.info("user %s: pulling %s", spec.user_id, spec.image)
+            await self.runtime.pull(spec.image)
+        except RuntimeError_:
+            # A worker cut off from the registry keeps working with what it has.
+            if not present:
+                raise
+            log.warning(
+                "user %s: pull of %s failed; using the local image", spec.user_id, spec.image
+            )
+        finally:
+            self.activity.pop(spec.user_id, None)
+
+    async def _create(self, spec: ContainerSpec) -> None:
+        await self._ensure_image(spec, None)
+        net = await self.runtime.ensure_network(spec.user_id)
+        await self.runtime.ensure_volumes(spec)
+        cid = await self.runtime.create(spec, self.applied_generation, net)
+        log.info("user %s: created container %s (%s)", spec.user_id, cid[:12], spec.image)
+        await self.runtime.start(cid)
+        self._succeed(spec.user_id)
+
+    async def _replace(self, spec: ContainerSpec, old: Observed) -> None:
+        await self._ensure_image(spec, old.image_ref)
+        net = await self.runtime.ensure_network(spec.user_id)
+        await self.runtime.ensure_volumes(spec)
+        log.info("user %s: replacing %s with %s", spec.user_id, old.id[:12], spec.image)
+        await self.runtime.stop(old.id, self.opts.stop_grace)
+        await self.runtime.rename(old.id, f"{spec.name}-prev-{old.id[:12]}")
+        new_id: str | None = None
+        healthy = False
+        reason = f"not healthy within {self.opts.health_gate:g}s"
+        try:
+            new_id = await self.runtime.create(spec, self.applied_generation, net)
+            await self.runtime.start(new_id)
+            new = await self.runtime.inspect(new_id)
+            port = new.host_ports.get(spec.health.port) if new else None
+            if port is not None:
+                healthy = await health.wait_healthy(
+                    self.http(),
+                    port,
+                    spec.health.path,
+                    gate=self.opts.health_gate,
+                    probe_timeout=self.opts.health_timeout,
+                )
+        except RuntimeError_ as exc:
+            reason = str(exc)
+        if not healthy:
+            await self._roll_back(spec, old, new_id, reason)
+        await self.runtime.remove(old.id)
+        log.info("user %s: upgrade to %s healthy", spec.user_id, spec.image)
+        self._succeed(spec.user_id)
+
+    async def _roll_back(
+        self, spec: ContainerSpec, old: Observed, new_id: str | None, reason: str
+    ) -> None:
+        if new_id is not None:
+            await self.runtime.remove(new_id)
+        await self.runtime.rename(old.id, old.name)
+        await self.runtime.start(old.id)
+        self._fail(
+            spec,
+            f"upgrade to {spec.image} failed ({reason}); "
+            f"rolled back to {old.image_ref or old.image_id[:19]}",
+            upgrade=True,
+        )
+        # The failure is recorded; stop the caller from treating this as success.
+        raise _RolledBack()
+
+    # -- routes and reports ---------------------------------------------------------------
+
+    async def _sync_routes(self, specs: Mapping[str, ContainerSpec]) -> None:
+        directory = self.opts.traefik_dir
+        if directory is None:
+            return
+        observed = await self.runtime.list_managed()
+        keep: set[str] = set()
+        for c in observed:
+            spec = specs.get(c.user_id)
+            if spec is None or not spec.route_host or not c.running:
+                continue
+            port = c.host_ports.get(spec.health.port) or next(iter(c.host_ports.values()), None)
+            if port is None:
+                continue
+            keep.add(c.user_id)
+            try:
+                if traefik.write_route(
+                    directory, c.user_id, spec.route_host, port, self.opts.route_options
+                ):
+                    log.info("user %s: route %s -> 127.0.0.1:%d", c.user_id, spec.route_host, port)
+            except (OSError, ValueError) as exc:
+                self.errors[c.user_id] = f"route: {exc}"
+        # Routes of users still assigned but momentarily down stay: Traefik answers 502.
+        keep |= set(specs)
+        for user in traefik.prune(directory, keep):
+            log.info("user %s: route removed", user)
+
+    async def reports(self) -> list[ContainerReport]:
+        specs = self._specs()
+        observed = await self.runtime.list_managed()
+        by_user: dict[str, list[Observed]] = {}
+        for c in observed:
+            by_user.setdefault(c.user_id, []).append(c)
+        reports = []
+        for user_id, spec in sorted(specs.items()):
+            containers = by_user.get(user_id, [])
+            matching = [c for c in containers if c.spec_hash == spec.spec_hash] or containers
+            error = self.errors.get(user_id)
+            if self.activity.get(user_id) == "pulling":
+                reports.append(ContainerReport(user_id, "pulling", "none", error=error))
+                continue
+            if not matching:
+                state = "failed" if error else "missing"
+                reports.append(ContainerReport(user_id, state, "none", error=error))
+                continue
+            c = _best(matching)
+            state = {"dead": "exited", "paused": "exited"}.get(c.status, c.status)
+            port = c.host_ports.get(spec.health.port)
+            ok = (
+                c.running
+                and port is not None
+                and await health.probe(
+                    self.http(), port, spec.health.path, self.opts.health_timeout
+                )
+            )
+            word = health.classify(
+                c.running, ok, health.seconds_since(c.started_at), self.opts.health_gate
+            )
+            reports.append(
+                ContainerReport(
+                    user_id=user_id,
+                    state=state,
+                    health=word,
+                    image_id=c.image_id,
+                    started_at=c.started_at,
+                    restart_count=c.restart_count,
+                    error=error,
+                )
+            )
+        return reports
+
+
+class _RolledBack(RuntimeError_):
+    """Raised after a rollback; the failure is already recorded."""

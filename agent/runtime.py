@@ -1,0 +1,355 @@
+"""Thin async wrappers over docker-py.
+
+Contract: every Docker call runs in the runtime's own small thread pool with an
+explicit timeout (`asyncio.wait_for`), so a hung engine never blocks the event loop or
+shutdown. The agent only ever lists objects carrying `clawfleet.managed=true`, and acts
+on the ids it inspected, never on names it guessed. `create_container` is the one place
+the tenant isolation profile is written down (docs/agent.md, "Isolation profile").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+from docker.types import Mount
+
+from shared.protocol import ContainerSpec
+
+T = TypeVar("T")
+
+LABEL_MANAGED = "clawfleet.managed"
+LABEL_USER = "clawfleet.user"
+LABEL_HASH = "clawfleet.spec_hash"
+LABEL_GENERATION = "clawfleet.generation"
+LABEL_IMAGE = "clawfleet.image"
+MANAGED_FILTER = f"{LABEL_MANAGED}=true"
+
+
+class RuntimeError_(Exception):
+    """A Docker operation failed; the message is safe to log and report."""
+
+
+class ForeignObjectError(RuntimeError_):
+    """An object the spec names exists but does not carry this user's labels."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One managed container as inspected."""
+
+    id: str
+    name: str
+    user_id: str
+    spec_hash: str
+    image_ref: str
+    image_id: str
+    status: str  # Docker State.Status: created, running, restarting, exited, paused, dead
+    started_at: str
+    restart_count: int
+    host_ports: Mapping[int, int] = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+def owned_labels(user_id: str) -> dict[str, str]:
+    return {LABEL_MANAGED: "true", LABEL_USER: user_id}
+
+
+def network_name(user_id: str) -> str:
+    return f"clawfleet-{user_id}"
+
+
+def is_root_user(user: str) -> bool:
+    name = user.split(":", 1)[0].strip()
+    return name in ("", "0", "root")
+
+
+def _host_ports(inspect: Mapping[str, Any]) -> dict[int, int]:
+    ports: dict[int, int] = {}
+    bindings = (inspect.get("NetworkSettings") or {}).get("Ports") or {}
+    for key, binds in bindings.items():
+        if not binds:
+            continue
+        container_port = int(str(key).split("/", 1)[0])
+        for bind in binds:
+            # Only loopback bindings count: the agent never publishes elsewhere.
+            if bind.get("HostIp") in ("127.0.0.1", "") and bind.get("HostPort"):
+                ports[container_port] = int(bind["HostPort"])
+                break
+    return ports
+
+
+def observed_from_inspect(data: Mapping[str, Any]) -> Observed:
+    labels = (data.get("Config") or {}).get("Labels") or {}
+    state = data.get("State") or {}
+    return Observed(
+        id=str(data["Id"]),
+        name=str(data.get("Name", "")).lstrip("/"),
+        user_id=labels.get(LABEL_USER, ""),
+        spec_hash=labels.get(LABEL_HASH, ""),
+        image_ref=labels.get(LABEL_IMAGE, ""),
+        image_id=str(data.get("Image", "")),
+        status=str(state.get("Status", "unknown")),
+        started_at=str(state.get("StartedAt", "")),
+        restart_count=int(data.get("RestartCount", 0) or 0),
+        host_ports=_host_ports(data),
+    )
+
+
+class DockerRuntime:
+    def __init__(self, docker_host: str | None, *, timeout: float = 60.0) -> None:
+        self._docker_host = docker_host
+        self._timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="docker")
+        self._client: docker.DockerClient | None = None
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _api(self) -> Any:
+        if self._client is None:
+            if self._docker_host:
+                client = docker.DockerClient(
+                    base_url=self._docker_host, version="auto", timeout=int(self._timeout)
+                )
+            else:
+                client = docker.from_env(version="auto", timeout=int(self._timeout))
+            self._client = client
+        return self._client.api
+
+    def _reset(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: S110 - a broken client is discarded either way
+                pass
+
+    async def _api_call(
+        self, method: str, *args: Any, call_timeout: float | None = None, **kwargs: Any
+    ) -> Any:
+        def call() -> Any:
+            return getattr(self._api(), method)(*args, **kwargs)
+
+        call.__name__ = method
+        return await self._run(call, limit=call_timeout)
+
+    async def _run(self, fn: Callable[..., T], *args: Any, limit: float | None = None) -> T:
+        loop = asyncio.get_running_loop()
+
+        def call() -> T:
+            try:
+                return fn(*args)
+            except docker.errors.NotFound:
+                raise
+            except docker.errors.APIError as exc:
+                raise RuntimeError_(str(exc.explanation or exc)) from None
+            except docker.errors.DockerException as exc:
+                self._reset()
+                raise RuntimeError_(f"docker: {exc}") from None
+            except (OSError, ConnectionError) as exc:
+                self._reset()
+                raise RuntimeError_(f"docker unreachable: {exc}") from None
+
+        future = loop.run_in_executor(self._pool, call)
+        try:
+            return await asyncio.wait_for(future, limit or self._timeout)
+        except TimeoutError:
+            raise RuntimeError_(f"docker call {fn.__name__} timed out") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._reset()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def _list_managed(self) -> list[Observed]:
+        api = self._api()
+        found: list[Observed] = []
+        for summary in api.containers(all=True, filters={"label": MANAGED_FILTER}):
+            try:
+                found.append(observed_from_inspect(api.inspect_container(summary["Id"])))
+            except docker.errors.NotFound:
+                continue  # removed between list and inspect
+        return found
+
+    async def list_managed(self) -> list[Observed]:
+        return await self._run(self._list_managed)
+
+    async def inspect(self, container_id: str) -> Observed | None:
+        try:
+            data = await self._api_call("inspect_container", container_id)
+        except docker.errors.NotFound:
+            return None
+        return observed_from_inspect(data)
+
+    def _managed_networks(self) -> dict[str, list[str]]:
+        by_user: dict[str, list[str]] = {}
+        for net in self._api().networks(filters={"label": MANAGED_FILTER}):
+            user = (net.get("Labels") or {}).get(LABEL_USER)
+            if user:
+                by_user.setdefault(user, []).append(net["Id"])
+        return by_user
+
+    async def managed_networks(self) -> dict[str, list[str]]:
+        return await self._run(self._managed_networks)
+
+    def _managed_volumes(self) -> dict[str, list[str]]:
+        by_user: dict[str, list[str]] = {}
+        reply = self._api().volumes(filters={"label": MANAGED_FILTER}) or {}
+        for vol in reply.get("Volumes") or []:
+            user = (vol.get("Labels") or {}).get(LABEL_USER)
+            if user:
+                by_user.setdefault(user, []).append(vol["Name"])
+        return by_user
+
+    async def managed_volumes(self) -> dict[str, list[str]]:
+        return await self._run(self._managed_volumes)
+
+    async def version(self) -> str:
+        info = await self._api_call("version", call_timeout=10)
+        return str(info.get("Version", ""))
+
+    async def root_dir(self) -> str:
+        info = await self._api_call("info", call_timeout=10)
+        return str(info.get("DockerRootDir", "/"))
+
+    # -- images ---------------------------------------------------------------------------
+
+    async def image_present(self, ref: str) -> bool:
+        try:
+            await self._api_call("inspect_image", ref)
+        except docker.errors.NotFound:
+            return False
+        return True
+
+    def _pull(self, ref: str) -> None:
+        repo, tag = docker.utils.parse_repository_tag(ref)
+        for event in self._api().pull(repo, tag=tag or "latest", stream=True, decode=True):
+            if isinstance(event, dict) and event.get("error"):
+                raise RuntimeError_(f"pull {ref}: {event['error']}")
+
+    async def pull(self, ref: str, limit: float = 900.0) -> None:
+        try:
+            await self._run(self._pull, ref, limit=limit)
+        except docker.errors.NotFound:
+            raise RuntimeError_(f"pull {ref}: not found") from None
+
+    # -- per-user network and volumes -----------------------------------------------------
+
+    def _ensure_network(self, user_id: str) -> str:
+        api = self._api()
+        nets = api.networks(filters={"label": [MANAGED_FILTER, f"{LABEL_USER}={user_id}"]})
+        if nets:
+            return str(nets[0]["Id"])
+        created = api.create_network(
+            network_name(user_id),
+            driver="bridge",
+            labels=owned_labels(user_id),
+            check_duplicate=True,
+        )
+        return str(created["Id"])
+
+    async def ensure_network(self, user_id: str) -> str:
+        return await self._run(self._ensure_network, user_id)
+
+    def _ensure_volume(self, user_id: str, name: str) -> None:
+        api = self._api()
+        try:
+            vol = api.inspect_volume(name)
+        except docker.errors.NotFound:
+            api.create_volume(name, labels=owned_labels(user_id))
+            return
+        labels = vol.get("Labels") or {}
+        if labels.get(LABEL_MANAGED) != "true" or labels.get(LABEL_USER) != user_id:
+            raise ForeignObjectError(f"volume {name} exists and does not belong to {user_id}")
+
+    async def ensure_volumes(self, spec: ContainerSpec) -> None:
+        for vol in spec.volumes:
+            await self._run(self._ensure_volume, spec.user_id, vol.name)
+
+    async def remove_network(self, network_id: str) -> None:
+        try:
+            await self._api_call("remove_network", network_id)
+        except docker.errors.NotFound:
+            pass
+
+    async def remove_volume(self, name: str) -> None:
+        try:
+            await self._api_call("remove_volume", name)
+        except docker.errors.NotFound:
+            pass
+
+    # -- containers -----------------------------------------------------------------------
+
+    def _create(self, spec: ContainerSpec, generation: int, network_id: str) -> str:
+        if is_root_user(spec.user):
+            raise RuntimeError_(f"spec for {spec.user_id} asks for root user {spec.user!r}")
+        api = self._api()
+        labels = dict(spec.labels)
+        # Ownership labels last, so a spec can never overwrite them.
+        labels.update(owned_labels(spec.user_id))
+        labels[LABEL_HASH] = spec.spec_hash
+        labels[LABEL_GENERATION] = str(generation)
+        labels[LABEL_IMAGE] = spec.image
+        ports = sorted({p.container_port for p in spec.ports} | {spec.health.port})
+        host_config = api.create_host_config(
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            init=True,
+            privileged=False,
+            mem_limit=f"{spec.resources.memory_mb}m",
+            memswap_limit=f"{spec.resources.memory_mb}m",
+            nano_cpus=int(spec.resources.cpus * 1_000_000_000),
+            pids_limit=spec.resources.pids,
+            restart_policy={"Name": "unless-stopped"},
+            # Loopback only, host port chosen by Docker; Traefik is the only way in.
+            port_bindings={f"{p}/tcp": ("127.0.0.1", None) for p in ports},
+            mounts=[Mount(v.target, v.name, type="volume") for v in spec.volumes],
+            network_mode=network_id,
+        )
+        networking = api.create_networking_config({network_id: api.create_endpoint_config()})
+        created = api.create_container(
+            spec.image,
+            command=spec.command,
+            user=spec.user,
+            # Env travels in the API body only, never in argv or logs.
+            environment=dict(spec.env),
+            labels=labels,
+            hostname=spec.hostname or None,
+            ports=[(p, "tcp") for p in ports],
+            host_config=host_config,
+            networking_config=networking,
+            name=spec.name,
+        )
+        return str(created["Id"])
+
+    async def create(self, spec: ContainerSpec, generation: int, network_id: str) -> str:
+        return await self._run(self._create, spec, generation, network_id)
+
+    async def start(self, container_id: str) -> None:
+        await self._api_call("start", container_id)
+
+    async def stop(self, container_id: str, grace: int) -> None:
+        try:
+            await self._api_call(
+                "stop", container_id, call_timeout=grace + self._timeout, timeout=grace
+            )
+        except docker.errors.NotFound:
+            pass
+
+    async def remove(self, container_id: str) -> None:
+        try:
+            await self._api_call("remove_container", container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+
+    async def rename(self, container_id: str, name: str) -> None:
+        await self._api_call("rename", container_id, name)

@@ -1,0 +1,100 @@
+"""What the agent keeps on disk in STATE_DIR, so a restart changes nothing.
+
+Contract: `credentials.json` holds the worker id and secret; `desired.json` holds the
+last Assignments message received (the desired set the agent keeps enforcing while
+the control plane is away). Every file is written atomically (temp file in the same
+directory, fsync, rename, fsync of the directory) with mode 0600, so a crash leaves
+either the old or the new content, never a torn file and never a readable secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+from shared.protocol import Assignments, ProtocolError, decode, encode
+
+CREDENTIALS = "credentials.json"
+DESIRED = "desired.json"
+
+
+class StateError(RuntimeError):
+    """A state file exists but cannot be read or parsed."""
+
+
+class Credentials(msgspec.Struct, frozen=True):
+    worker_id: str
+    secret: str
+
+    def __repr__(self) -> str:  # keeps the secret out of logs and tracebacks
+        return f"Credentials(worker_id={self.worker_id!r})"
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class StateStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+
+    def ensure_dir(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def load_credentials(self) -> Credentials | None:
+        path = self.dir / CREDENTIALS
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            return msgspec.json.decode(raw, type=Credentials)
+        except msgspec.DecodeError:
+            raise StateError(f"{path} is corrupt; remove it to re-register") from None
+
+    def save_credentials(self, creds: Credentials) -> None:
+        atomic_write(self.dir / CREDENTIALS, msgspec.json.encode(creds))
+
+    def forget_credentials(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / CREDENTIALS).unlink()
+
+    def load_desired(self) -> Assignments | None:
+        path = self.dir / DESIRED
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            return decode(raw, Assignments)
+        except ProtocolError:
+            raise StateError(f"{path} is corrupt") from None
+
+    def save_desired(self, assignments: Assignments) -> None:
+        # The desired set carries container env (secrets), hence 0600 too.
+        atomic_write(self.dir / DESIRED, encode(assignments))

@@ -1,0 +1,268 @@
+"""The reconciler against the real Docker engine, without a control plane."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from agent.metadata_block import MetadataBlock
+from agent.reconcile import Reconciler, ReconcilerOptions
+from agent.runtime import DockerRuntime
+from agent.traefik import RouteOptions, route_file
+from shared.protocol import Assignments
+from tests.agent.conftest import BROKEN, GOOD, GOOD2, new_user
+from tests.agent.images import PORT
+from tests.agent.specs import make_spec
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+async def reconciler(tmp_path: Path, test_images: dict[str, str]) -> AsyncIterator[Reconciler]:
+    runtime = DockerRuntime(None, timeout=60)
+    rec = Reconciler(
+        runtime,
+        MetadataBlock(["iptables"]),
+        ReconcilerOptions(
+            health_gate=8,
+            health_timeout=1,
+            stop_grace=2,
+            backoff_base=0.2,
+            backoff_max=1,
+            traefik_dir=tmp_path / "traefik",
+            route_options=RouteOptions(("web",), tls=False),
+        ),
+    )
+    yield rec
+    await rec.close()
+    runtime.close()
+
+
+def by_user(dclient: docker.DockerClient, user: str) -> list[docker.models.containers.Container]:
+    return dclient.containers.list(all=True, filters={"label": f"clawfleet.user={user}"})
+
+
+async def test_assignment_runs_hardened_container(
+    reconciler: Reconciler, dclient: docker.DockerClient, users: list[str]
+) -> None:
+    user = new_user()
+    users.append(user)
+    spec = make_spec(user, GOOD, route_host=f"{user}.example.test")
+    await reconciler.reconcile(Assignments(generation=1, containers=[spec]))
+
+    [c] = by_user(dclient, user)
+    a = c.attrs
+    hc = a["HostConfig"]
+    assert a["State"]["Running"] is True
+    assert hc["CapDrop"] == ["ALL"]
+    assert hc["SecurityOpt"] == ["no-new-privileges"]
+    assert hc["Init"] is True
+    assert hc["Privileged"] is False
+    assert hc["Memory"] == 64 * 2**20
+    assert hc["NanoCpus"] == 500_000_000
+    assert hc["PidsLimit"] == 64
+    assert hc["RestartPolicy"]["Name"] == "unless-stopped"
+    assert hc["NetworkMode"] not in ("host", "default", "bridge")
+    assert hc["PidMode"] == "" and hc["IpcMode"] in ("private", "shareable", "")
+    assert a["Config"]["User"] == "1000:1000"
+    binds = hc["PortBindings"][f"{PORT}/tcp"]
+    assert binds == [{"HostIp": "127.0.0.1", "HostPort": ""}]
+    live = a["NetworkSettings"]["Ports"][f"{PORT}/tcp"]
+    assert all(b["HostIp"] == "127.0.0.1" for b in live) and int(live[0]["HostPort"]) > 0
+    assert not any("docker.sock" in (m.get("Source") or "") for m in a["Mounts"])
+    [mount] = a["Mounts"]
+    assert (mount["Type"], mount["Name"], mount["Destination"]) == (
+        "volume",
+        f"clawfleet-{user}-state",
+        "/data",
+    )
+    assert "GATEWAY_TOKEN=s3cret-gw-token" in a["Config"]["Env"]
+    assert "s3cret-gw-token" not in " ".join(a["Args"] + [a["Path"]])
+    labels = a["Config"]["Labels"]
+    assert labels["clawfleet.managed"] == "true" and labels["clawfleet.user"] == user
+    assert labels["clawfleet.spec_hash"] == spec.spec_hash
+    assert labels["clawfleet.generation"] == "1"
+    [net_name] = a["NetworkSettings"]["Networks"].keys()
+    net = dclient.networks.get(net_name)
+    assert net.attrs["Driver"] == "bridge"
+    assert net.attrs["Labels"]["clawfleet.user"] == user
+    assert net.attrs["Labels"]["clawfleet.managed"] == "true"
+    vol = dclient.volumes.get(f"clawfleet-{user}-state")
+    assert vol.attrs["Labels"]["clawfleet.user"] == user
+    assert route_file(reconciler.opts.traefik_dir or Path(), user).exists()
+
+    # A second pass adopts it as it is.
+    await reconciler.reconcile()
+    [again] = by_user(dclient, user)
+    assert again.id == c.id
+    assert again.attrs["State"]["StartedAt"] == a["State"]["StartedAt"]
+
+
+async def test_drift_repaired_and_foreign_untouched(
+    reconciler: Reconciler, dclient: docker.DockerClient, users: list[str]
+) -> None:
+    user = new_user()
+    users.append(user)
+    foreign = dclient.containers.run(
+        GOOD, name=f"foreign-{user}", detach=True, labels={"clawfleet.user": user}
+    )
+    try:
+        await reconciler.reconcile(Assignments(generation=1, containers=[make_spec(user, GOOD)]))
+        [mine] = [c for c in by_user(dclient, user) if c.id != foreign.id]
+        mine.stop(timeout=1)
+        await reconciler.reconcile()
+        mine.reload()
+        assert mine.status == "running"
+        mine.remove(force=True)
+        await reconciler.reconcile()
+        [back] = [c for c in by_user(dclient, user) if c.id != foreign.id]
+        assert back.id != mine.id and back.status == "running"
+        # Unassigning everything leaves the unlabelled-as-managed container alone.
+        await reconciler.reconcile(Assignments(generation=2, containers=[]))
+        foreign.reload()
+        assert foreign.status == "running"
+        assert [c.id for c in by_user(dclient, user)] == [foreign.id]
+    finally:
+        foreign.remove(force=True)
+
+
+async def test_unassign_keeps_volume_then_purge_deletes_it(
+    reconciler: Reconciler, dclient: docker.DockerClient, users: list[str]
+) -> None:
+    user = new_user()
+    users.append(user)
+    await reconciler.reconcile(Assignments(generation=1, containers=[make_spec(user, GOOD)]))
+    assert len(by_user(dclient, user)) == 1
+    await reconciler.reconcile(Assignments(generation=2, containers=[]))
+    assert by_user(dclient, user) == []
+    assert dclient.volumes.get(f"clawfleet-{user}-state").name == f"clawfleet-{user}-state"
+    assert dclient.networks.list(filters={"label": f"clawfleet.user={user}"}) == []
+    assert not route_file(reconciler.opts.traefik_dir or Path(), user).exists()
+    await reconciler.reconcile(Assignments(generation=3, containers=[], purge=[user]))
+    assert dclient.volumes.list(filters={"label": f"clawfleet.user={user}"}) == []
+
+
+async def test_upgrade_health_gate_and_rollback(
+    reconciler: Reconciler,
+    dclient: docker.DockerClient,
+    users: list[str],
+    test_images: dict[str, str],
+) -> None:
+    user = new_user()
+    users.append(user)
+    await reconciler.reconcile(Assignments(generation=1, containers=[make_spec(user, GOOD)]))
+    [v1] = by_user(dclient, user)
+
+    await reconciler.reconcile(Assignments(generation=2, containers=[make_spec(user, GOOD2)]))
+    [v2] = by_user(dclient, user)
+    assert v2.id != v1.id and v2.image.id == test_images[GOOD2]
+    assert v2.status == "running"
+
+    broken = make_spec(user, BROKEN)
+    await reconciler.reconcile(Assignments(generation=3, containers=[broken]))
+    [after] = by_user(dclient, user)
+    assert after.id == v2.id, "rolled back to the previous container"
+    assert after.status == "running" and after.image.id == test_images[GOOD2]
+    assert after.name == f"clawfleet-{user}"
+    assert "rolled back" in reconciler.errors[user]
+    [report] = await reconciler.reports()
+    assert report.error is not None and "rolled back" in report.error
+    # The failed spec is not retried on every pass.
+    await reconciler.reconcile()
+    [still] = by_user(dclient, user)
+    assert still.id == v2.id
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """A real local registry (Debian's docker-registry) on 127.0.0.1."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.skip("docker-registry is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(
+        [binary, "serve", str(config)],
+        stdout=(tmp_path / "registry.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def push(dclient: docker.DockerClient, source: str, repo: str, tag: str) -> str:
+    """Push `source` as repo:tag, drop the local tag, return the repo@digest reference."""
+    image = dclient.images.get(source)
+    image.tag(repo, tag)
+    for line in dclient.images.push(repo, tag=tag, stream=True, decode=True):
+        assert "error" not in line, line
+    digest = next(
+        d for d in dclient.images.get(f"{repo}:{tag}").attrs["RepoDigests"] if d.startswith(repo)
+    )
+    dclient.images.remove(f"{repo}:{tag}")
+    return str(digest)
+
+
+async def test_pull_by_tag_and_digest_and_failed_pull_reported(
+    reconciler: Reconciler,
+    dclient: docker.DockerClient,
+    users: list[str],
+    registry: str,
+    test_images: dict[str, str],
+) -> None:
+    repo = f"{registry}/clawfleet-test/agent"
+    push(dclient, GOOD, repo, "v1")
+    v2_digest = push(dclient, GOOD2, repo, "v2")
+    pulled = [f"{repo}:v1", v2_digest]
+    try:
+        user = new_user()
+        users.append(user)
+        await reconciler.reconcile(
+            Assignments(generation=1, containers=[make_spec(user, f"{repo}:v1")])
+        )
+        [v1] = by_user(dclient, user)
+        assert v1.status == "running" and v1.image.id == test_images[GOOD]
+
+        await reconciler.reconcile(
+            Assignments(generation=2, containers=[make_spec(user, v2_digest)])
+        )
+        [v2] = by_user(dclient, user)
+        assert v2.id != v1.id and v2.image.id == test_images[GOOD2]
+        assert v2.status == "running"
+
+        # A tag the registry does not have: reported, the running container is kept.
+        await reconciler.reconcile(
+            Assignments(generation=3, containers=[make_spec(user, f"{repo}:nope")])
+        )
+        [kept] = by_user(dclient, user)
+        assert kept.id == v2.id and kept.status == "running"
+        [report] = await reconciler.reports()
+        assert report.error is not None and "nope" in report.error
+    finally:
+        for ref in pulled:
+            with contextlib.suppress(docker.errors.APIError):
+                dclient.images.remove(ref)

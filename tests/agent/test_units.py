@@ -1,0 +1,293 @@
+"""Pure parts of the agent: configuration, state files, retry decisions, planning,
+route rendering, metadata-rule parsing."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent import client as cp
+from agent.config import ConfigError, load_settings, parse_env_file, read_environment
+from agent.metadata_block import rule_position
+from agent.reconcile import Create, PurgeVolumes, Remove, RemoveNetwork, Replace, Start, plan
+from agent.runtime import Observed, is_root_user
+from agent.state import Credentials, StateStore
+from agent.traefik import RouteOptions, prune, render, write_route
+from shared.protocol import Assignments
+from tests.agent.specs import make_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_settings_defaults_and_overrides() -> None:
+    s = load_settings({"CONTROL_URL": "https://cp.example.com/", "HEALTH_GATE": "5"})
+    assert s.control_url == "https://cp.example.com"
+    assert s.state_dir == Path("/var/lib/clawfleet")
+    assert s.traefik_dynamic_dir == Path("/etc/clawfleet/traefik")
+    assert s.health_gate == 5.0
+    assert s.iptables == ("iptables",)
+    s2 = load_settings({"CONTROL_URL": "http://x", "IPTABLES": "ip netns exec ns1 iptables"})
+    assert s2.iptables == ("ip", "netns", "exec", "ns1", "iptables")
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({}, "CONTROL_URL"),
+        ({"CONTROL_URL": "ftp://x"}, "CONTROL_URL"),
+        ({"CONTROL_URL": "http://x", "BOOTSTRAP_TOKEN": "nodot"}, "BOOTSTRAP_TOKEN"),
+        ({"CONTROL_URL": "http://x", "STATE_DIR": "rel"}, "STATE_DIR"),
+        ({"CONTROL_URL": "http://x", "HEALTH_GATE": "soon"}, "HEALTH_GATE"),
+        ({"CONTROL_URL": "http://x", "POLL_WAIT": "90"}, "POLL_WAIT"),
+        ({"CONTROL_URL": "http://x", "TRAEFIK_TLS": "maybe"}, "TRAEFIK_TLS"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        load_settings(env)
+
+
+def test_malformed_token_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"CONTROL_URL": "http://x", "BOOTSTRAP_TOKEN": "supersecretvalue"})
+    assert "supersecretvalue" not in str(info.value)
+
+
+def test_env_file_then_environment(tmp_path: Path) -> None:
+    f = tmp_path / "agent.env"
+    f.write_text("# comment\nCONTROL_URL='http://a'\nexport STATE_DIR=/srv/x\n\n")
+    assert parse_env_file(f.read_text()) == {"CONTROL_URL": "http://a", "STATE_DIR": "/srv/x"}
+    merged = read_environment({"AGENT_ENV_FILE": str(f), "STATE_DIR": "/srv/y"})
+    assert merged["CONTROL_URL"] == "http://a" and merged["STATE_DIR"] == "/srv/y"
+    with pytest.raises(ConfigError, match="AGENT_ENV_FILE"):
+        read_environment({"AGENT_ENV_FILE": str(tmp_path / "missing.env")})
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"AGENT_ENV_FILE": "/nonexistent/agent.env"},
+        {"AGENT_ENV_FILE": os.devnull},
+        {
+            "AGENT_ENV_FILE": os.devnull,
+            "CONTROL_URL": "http://127.0.0.1:9",
+            "STATE_DIR": "{}",
+        },
+    ],
+)
+def test_main_bad_config_is_one_line_and_exit_2(env: dict[str, str], tmp_path: Path) -> None:
+    env = {k: v.format(tmp_path / "state") for k, v in env.items()}
+    full = {"PATH": os.environ["PATH"], **env}
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent"],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+
+
+def test_state_files_are_0600_and_round_trip(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    store.ensure_dir()
+    assert store.load_credentials() is None
+    store.save_credentials(Credentials("w1", "topsecret"))
+    path = tmp_path / "state" / "credentials.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert store.load_credentials() == Credentials("w1", "topsecret")
+    assert "topsecret" not in repr(store.load_credentials())
+    desired = Assignments(generation=7, containers=[make_spec("u1", "img:1")], purge=["u9"])
+    store.save_desired(desired)
+    assert stat.S_IMODE((tmp_path / "state" / "desired.json").stat().st_mode) == 0o600
+    assert store.load_desired() == desired
+    assert [p.name for p in (tmp_path / "state").iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "transient", "revoked", "unknown"),
+    [
+        (0, "unreachable", True, False, False),
+        (500, "internal_error", True, False, False),
+        (503, "x", True, False, False),
+        (429, "x", True, False, False),
+        (401, "unauthorized", False, False, False),
+        (403, "worker_revoked", False, True, False),
+        (401, "unknown_worker", False, False, True),
+        (401, "bad_signature", False, False, False),
+        (404, "not_found", False, False, False),
+    ],
+)
+def test_retry_decisions(
+    status: int, code: str, transient: bool, revoked: bool, unknown: bool
+) -> None:
+    err = cp.ControlPlaneError(status, code, "m")
+    assert (cp.is_transient(err), cp.is_revoked(err), cp.is_unknown_worker(err)) == (
+        transient,
+        revoked,
+        unknown,
+    )
+
+
+@pytest.mark.parametrize(
+    ("attempt", "rand", "expected"),
+    [
+        (0, 0.0, 0.5),
+        (0, 1.0, 1.0),
+        (3, 1.0, 8.0),
+        (10, 0.0, 30.0),
+        (10, 1.0, 60.0),
+        (500, 1.0, 60.0),
+    ],
+)
+def test_backoff_is_capped_with_jitter(attempt: int, rand: float, expected: float) -> None:
+    assert cp.backoff_delay(attempt, 1.0, 60.0, lambda: rand) == expected
+
+
+def obs(cid: str, user: str, spec_hash: str, status: str = "running") -> Observed:
+    return Observed(cid, f"clawfleet-{user}", user, spec_hash, "img", "sha256:x", status, "", 0)
+
+
+A = make_spec("a", "img:1")
+A2 = make_spec("a", "img:2")
+B = make_spec("b", "img:1")
+
+
+@pytest.mark.parametrize(
+    ("desired", "observed", "kw", "expected"),
+    [
+        pytest.param({"a": A}, [], {}, [Create(A)], id="missing-create"),
+        pytest.param({"a": A}, [obs("c1", "a", A.spec_hash)], {}, [], id="adopt-running"),
+        pytest.param(
+            {"a": A},
+            [obs("c1", "a", A.spec_hash, "exited")],
+            {},
+            [Start("a", "c1")],
+            id="stopped-start",
+        ),
+        pytest.param(
+            {"a": A},
+            [obs("c1", "a", A.spec_hash, "restarting")],
+            {},
+            [],
+            id="restarting-left-to-docker",
+        ),
+        pytest.param(
+            {"a": A2},
+            [obs("c1", "a", A.spec_hash)],
+            {},
+            [Replace(A2, obs("c1", "a", A.spec_hash))],
+            id="hash-changed-replace",
+        ),
+        pytest.param(
+            {"a": A2},
+            [obs("c1", "a", A.spec_hash)],
+            {"deferred": {"a"}},
+            [],
+            id="failed-upgrade-keeps-old",
+        ),
+        pytest.param({"a": A}, [], {"deferred": {"a"}}, [], id="pull-backoff-waits"),
+        pytest.param(
+            {"a": A},
+            [obs("c1", "a", "old", "exited"), obs("c2", "a", A.spec_hash)],
+            {},
+            [Remove("a", "c1")],
+            id="duplicate-removed",
+        ),
+        pytest.param(
+            {},
+            [obs("c1", "a", A.spec_hash)],
+            {"networks": {"a": ["n1"]}},
+            [Remove("a", "c1"), RemoveNetwork("a", "n1")],
+            id="unassigned-removed",
+        ),
+        pytest.param({}, [], {"volumes": {"a": ["v1"]}}, [], id="volumes-kept-without-purge"),
+        pytest.param(
+            {},
+            [],
+            {"volumes": {"a": ["v1"]}, "purge": {"a"}},
+            [PurgeVolumes("a", ("v1",))],
+            id="purge",
+        ),
+        pytest.param(
+            {"a": A},
+            [],
+            {"volumes": {"a": ["v1"]}, "purge": {"a"}},
+            [Create(A)],
+            id="purge-ignored-while-assigned",
+        ),
+        pytest.param(
+            {"a": A, "b": B},
+            [obs("c9", "z", "h")],
+            {},
+            [Remove("z", "c9"), Create(A), Create(B)],
+            id="removals-first",
+        ),
+    ],
+)
+def test_plan(desired: dict, observed: list, kw: dict, expected: list) -> None:  # type: ignore[type-arg]
+    assert plan(desired, observed, **kw) == expected
+
+
+@pytest.mark.parametrize(
+    ("user", "root"),
+    [
+        ("1000:1000", False),
+        ("0", True),
+        ("root:root", True),
+        ("", True),
+        ("0:1000", True),
+        ("node", False),
+    ],
+)
+def test_root_user_refused(user: str, root: bool) -> None:
+    assert is_root_user(user) is root
+
+
+def test_route_render_and_prune(tmp_path: Path) -> None:
+    doc = json.loads(
+        render("u1", "alice.example.com", 41234, RouteOptions(("websecure",), True, "le"))
+    )
+    router = doc["http"]["routers"]["clawfleet-u1"]
+    assert router["rule"] == "Host(`alice.example.com`)"
+    assert router["tls"] == {"certResolver": "le"}
+    assert doc["http"]["services"]["clawfleet-u1"]["loadBalancer"]["servers"] == [
+        {"url": "http://127.0.0.1:41234"}
+    ]
+    with pytest.raises(ValueError):
+        render("u1", "evil`) || Host(`x", 1, RouteOptions())
+    assert write_route(tmp_path, "u1", "a.example.com", 1, RouteOptions()) is True
+    assert write_route(tmp_path, "u1", "a.example.com", 1, RouteOptions()) is False
+    assert write_route(tmp_path, "u2", "b.example.com", 2, RouteOptions()) is True
+    (tmp_path / "other.yaml").write_text("{}")
+    assert prune(tmp_path, {"u2"}) == {"u1"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clawfleet-u2.yaml", "other.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("listing", "expected"),
+    [
+        ("-N DOCKER-USER\n-A DOCKER-USER -j RETURN\n", (None, 0)),
+        (
+            "-N DOCKER-USER\n-A DOCKER-USER -d 169.254.169.254/32 -j REJECT --reject-with "
+            "icmp-port-unreachable\n-A DOCKER-USER -j RETURN\n",
+            (0, 1),
+        ),
+        (
+            "-N DOCKER-USER\n-A DOCKER-USER -j RETURN\n-A DOCKER-USER -d 169.254.169.254/32 -j REJECT\n",
+            (1, 0),
+        ),
+        ("-N DOCKER-USER\n", (None, None)),
+    ],
+)
+def test_rule_position(listing: str, expected: tuple[int | None, int | None]) -> None:
+    assert rule_position(listing) == expected
