@@ -268,6 +268,7 @@ class HetznerProvider:
     """The `Provider` for Hetzner Cloud (see the module docstring for the contract)."""
 
     name = "hetzner"
+    bills_hourly = True  # per started hour, up to a monthly cap
     page_size = 50  # the API's maximum per_page; tests lower it to exercise pagination
 
     def __init__(
@@ -529,7 +530,8 @@ class HetznerProvider:
             kind=kind,
             code=code or str(status),
             status=status or None,
-            correlation_id=exc.correlation_id or reply.correlation_id,
+            # hcloud >= 2.x sets correlation_id; the hook saw the header in any case.
+            correlation_id=getattr(exc, "correlation_id", None) or reply.correlation_id,
             retry_after=retry_after,
         )
 
@@ -557,8 +559,9 @@ class HetznerProvider:
         for st in self._client.server_types.get_all():
             model: HServerType = st.data_model
             offers: dict[str, _Offer] = {}
-            if model.locations is not None:
-                for entry in model.locations:
+            per_location = getattr(model, "locations", None)  # hcloud >= 2.6, current API
+            if per_location is not None:
+                for entry in per_location:
                     deprecation = entry.deprecation
                     offers[str(entry.location.name)] = _Offer(
                         deprecated=deprecation is not None,
@@ -653,6 +656,7 @@ def _to_server(model: Server) -> ProviderServer:
     if model.public_net is not None and model.public_net.ipv4 is not None:
         public_ip = model.public_net.ipv4.ip
     created = model.created
+    location = getattr(model, "location", None)  # hcloud >= 2.22 (older ones: datacenter)
     return ProviderServer(
         provider_id=str(model.id),
         name=str(model.name),
@@ -660,7 +664,7 @@ def _to_server(model: Server) -> ProviderServer:
         labels=dict(model.labels or {}),
         public_ip=public_ip,
         server_type=model.server_type.data_model.name if model.server_type else None,
-        location=model.location.data_model.name if model.location else None,
+        location=location.data_model.name if location else None,
         created_at=created.timestamp() if isinstance(created, datetime) else None,
     )
 
