@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CODE := control agent shared cloud_init tests bench
 
 .PHONY: run test lint typecheck unit bench clean docs
 
@@ -19,8 +20,8 @@ run: $(STAMP)
 	$(PY) -m control --local-secrets data
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check $(CODE)
+	$(VENV)/bin/ruff format --check $(CODE)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -19,7 +19,14 @@ def scenario(users: int, servers: int, seed: int) -> tuple[list[Demand], list[Ro
     plans = [(1024, 0.5), (2048, 1.0), (4096, 2.0)]
     demands = [Demand(f"u{i}", *rng.choice(plans)) for i in range(users)]
     rooms = [
-        Room(f"s{i:05d}", rng.random() > 0.05, 256 * 1024, rng.randrange(0, 64 * 1024, 1024), 128.0, 0.0)
+        Room(
+            f"s{i:05d}",
+            rng.random() > 0.05,
+            256 * 1024,
+            rng.randrange(0, 64 * 1024, 1024),
+            128.0,
+            0.0,
+        )
         for i in range(servers)
     ]
     return demands, rooms
@@ -39,7 +46,16 @@ def main() -> None:
         placed, _ = place(demands, rooms)
         best = min(best, time.perf_counter() - start)
         placed_count = len(placed)
-    print(json.dumps({"users": args.users, "servers": args.servers, "placed": placed_count, "seconds": round(best, 3)}))
+    print(
+        json.dumps(
+            {
+                "users": args.users,
+                "servers": args.servers,
+                "placed": placed_count,
+                "seconds": round(best, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -2,29 +2,42 @@
 
 Contract: `create_app(settings)` builds the whole control plane and nothing runs
 until the app starts. One cleanup context owns every long-lived resource: it opens
-the store, starts the background loops, and on shutdown wakes long-polls, cancels
-and awaits the loops, and closes the store, in that order.
+the store, validates the provider, starts the liveness loop and the autoscaler's
+scheduler, and on shutdown stops the scheduler and waits for a run in progress,
+wakes long-polls, cancels and awaits the loops, closes the provider and then the
+store, in that order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import shlex
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 
 from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from control import middleware
 from control.fleet import FLEET, Fleet
 from control.keyring import Keyring
+from control.providers import build_provider
+from control.providers.base import Provider
 from control.routes import routes
+from control.scaler import Scaler, UserDataRenderer
 from control.settings import Settings
 from control.store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
+SCALER = web.AppKey("scaler", Scaler)
+ProviderFactory = Callable[[Settings], Provider]
+PROVIDER_FACTORY: web.AppKey[ProviderFactory] = web.AppKey("provider_factory")
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(
+    settings: Settings, provider_factory: ProviderFactory = build_provider
+) -> web.Application:
     app = web.Application(
         middlewares=[
             middleware.errors,
@@ -34,30 +47,76 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=middleware.MAX_BODY,
     )
     app[SETTINGS] = settings
+    app[PROVIDER_FACTORY] = provider_factory
     app.add_routes(routes)
     app.cleanup_ctx.append(_fleet_context)
     app.on_shutdown.append(_wake_long_polls)
     return app
 
 
+def local_user_data(settings: Settings) -> UserDataRenderer:
+    """A local "server" runs the agent directly: it needs only agent.env's values."""
+
+    def render(server_id: str, token: str) -> str:
+        return f"CONTROL_URL={shlex.quote(settings.public_url)}\nBOOTSTRAP_TOKEN={shlex.quote(token)}\n"
+
+    return render
+
+
 async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = Store(settings.database_path)
     await store.open()
-    fleet = Fleet(settings, store, Keyring(settings.internal_secret))
+    keyring = Keyring(settings.internal_secret)
+    fleet = Fleet(settings, store, keyring)
+    provider: Provider | None = None
+    scheduler = AsyncIOScheduler()
     sweeper: asyncio.Task[None] | None = None
     try:
+        provider = app[PROVIDER_FACTORY](settings)
+        await provider.validate()
+        scaler = Scaler(
+            settings, store, keyring, provider, local_user_data(settings), fleet.board.notify
+        )
         await fleet.start()
+        fleet.on_pending = lambda: _nudge(scheduler, scaler)
         app[FLEET] = fleet
+        app[SCALER] = scaler
         sweeper = asyncio.create_task(fleet.run_sweeps(), name="liveness-sweeps")
+        scheduler.add_job(
+            scaler.run,
+            "interval",
+            seconds=settings.autoscale_interval,
+            id="autoscale",
+            kwargs={"scheduled": True},
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(),
+        )
+        scheduler.start()
         yield
     finally:
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        if SCALER in app:
+            await app[SCALER].stopped()
         fleet.board.close()
         if sweeper is not None:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+        if provider is not None:
+            await provider.close()
         await store.close()
+
+
+def _nudge(scheduler: AsyncIOScheduler, scaler: Scaler) -> None:
+    """A placement left users pending: run the autoscaler now, not at the next tick.
+    Not a scheduled sweep, so it does not count towards orphan sightings."""
+    if scheduler.running:
+        scheduler.add_job(
+            scaler.run, id="autoscale-now", replace_existing=True, kwargs={"scheduled": False}
+        )
 
 
 async def _wake_long_polls(app: web.Application) -> None:

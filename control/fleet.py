@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 
 import aiosqlite
 from aiohttp import web
@@ -50,6 +51,8 @@ class Fleet:
         self.board = assignments.GenerationBoard()
         self.started_at = time.time()
         self._live_workers = 0
+        # Set by the app: asks the autoscaler for a run when users are left pending.
+        self.on_pending: Callable[[], None] = lambda: None
 
     async def start(self) -> None:
         self.started_at = time.time()
@@ -88,7 +91,8 @@ class Fleet:
 
     async def heartbeat(self, caller: AgentCaller, hb: Heartbeat) -> HeartbeatReply:
         interval = self.interval()
-        gen = await workers.heartbeat(self.store, caller, hb, interval)
+        gen, released = await workers.heartbeat(self.store, caller, hb, interval)
+        self.board.notify(*released)
         return HeartbeatReply(heartbeat_interval=interval, generation=gen)
 
     async def assignments(self, caller: AgentCaller, after: int, wait: float) -> Assignments | None:
@@ -156,6 +160,7 @@ class Fleet:
         self.board.notify(*result.touched_servers)
         if result.pending:
             log.info("%d user(s) pending: no worker has room", len(result.pending))
+            self.on_pending()
         return result
 
     # --- background --------------------------------------------------------------
@@ -165,8 +170,8 @@ class Fleet:
             self.store, now, self.started_at, self.settings.dead_after
         )
         if dead:
-            await users.release_from(self.store, dead)
-            self.board.notify(*dead)
+            touched = await users.release_from(self.store, dead)
+            self.board.notify(*dead, *touched)
             await self.place()
         self.ledger.prune(now)
         await self.store.write(lambda conn: purge_expired(conn, now))

@@ -53,7 +53,7 @@ class Store:
             await self._migrate(self._writer)
             self._reader = await self._connect()
         except BaseException:
-            await self.close()
+            await self._close()
             raise
         # The database holds ciphertexts and user data: owner-only, like the secrets.
         os.chmod(self.path, 0o600)
@@ -96,6 +96,12 @@ class Store:
             log.info("applied schema migration %d", version)
 
     async def close(self) -> None:
+        # A shielded write may still be running for a caller that was cancelled:
+        # let it commit before the connection goes away.
+        async with self._lock:
+            await self._close()
+
+    async def _close(self) -> None:
         for attr in ("_reader", "_writer"):
             conn = getattr(self, attr)
             setattr(self, attr, None)

@@ -186,7 +186,7 @@ async def rooms(
     marks = ", ".join("?" for _ in statuses)
     servers = await fetch_all(
         conn,
-        f"SELECT id, status, cordoned, draining, memory_mb, cpus FROM servers WHERE status IN ({marks})",  # noqa: S608
+        f"SELECT id, status, cordoned, draining, memory_mb, cpus FROM servers WHERE status IN ({marks})",
         statuses,
     )
     used: dict[str, tuple[int, float]] = {}
@@ -215,34 +215,43 @@ HOLDERS_SQL = (
 )
 
 
-async def release_from(store: Store, server_ids: list[str]) -> int:
-    """Users of dead workers go back to pending so placement finds them a new home."""
+async def release_from(store: Store, server_ids: list[str]) -> set[str]:
+    """Users of dead workers go back to pending so placement finds them a new home.
+    A user that was moving keeps (or returns to) the side of the move still alive.
+    Returns the live servers whose desired set changed."""
     if not server_ids:
-        return 0
+        return set()
     now = time.time()
 
-    async def apply(conn: aiosqlite.Connection) -> int:
-        moved = 0
+    async def apply(conn: aiosqlite.Connection) -> set[str]:
+        touched: set[str] = set()
         for server_id in server_ids:
+            await conn.execute(
+                "UPDATE users SET moving_from = NULL WHERE moving_from = ?", (server_id,)
+            )
             rows = await fetch_all(
                 conn,
-                "SELECT id FROM users WHERE server_id = ? AND state IN ('provisioning', 'running')",
+                "SELECT id, moving_from FROM users WHERE server_id = ? AND state IN ('provisioning', 'running')",
                 (server_id,),
             )
             for row in rows:
+                back = row["moving_from"]
                 await conn.execute(
-                    "UPDATE users SET state = 'pending', server_id = NULL, updated_at = ? WHERE id = ?",
-                    (now, row["id"]),
+                    "UPDATE users SET state = ?, server_id = ?, moving_from = NULL, updated_at = ? WHERE id = ?",
+                    ("provisioning" if back else "pending", back, now, row["id"]),
                 )
+                if back:
+                    await bump_generation(conn, back)
+                    touched.add(back)
+                reason = f"back on {back}" if back else "replacing"
                 await events.record(
                     conn,
                     "user_released",
-                    f"worker {server_id} is dead; replacing",
+                    f"worker {server_id} is dead; {reason}",
                     server_id=server_id,
                     user_id=row["id"],
                     at=now,
                 )
-                moved += 1
-        return moved
+        return touched
 
     return await store.write(apply)

@@ -97,10 +97,10 @@ async def servers(
 ) -> list[dict[str, Any]]:
     where, params = ("WHERE id = ?", (server_id,)) if server_id else ("", ())
     rows = await store.fetch_all(
-        f"SELECT {SERVER_COLUMNS} FROM servers {where} ORDER BY created_at, id",  # noqa: S608
+        f"SELECT {SERVER_COLUMNS} FROM servers {where} ORDER BY created_at, id",
         params,
     )
-    users = await store.fetch_all(f"SELECT * FROM ({HOLDERS_SQL}) ORDER BY id")  # noqa: S608
+    users = await store.fetch_all(f"SELECT * FROM ({HOLDERS_SQL}) ORDER BY id")
     by_server: dict[str, list[Row]] = {}
     for u in users:
         by_server.setdefault(u["holder"], []).append(u)
@@ -111,7 +111,7 @@ async def servers(
 async def users(store: Store, user_id: str | None = None) -> list[dict[str, Any]]:
     where, params = ("WHERE u.id = ?", (user_id,)) if user_id else ("", ())
     rows = await store.fetch_all(
-        "SELECT u.*, s.report FROM users u LEFT JOIN servers s ON s.id = u.server_id "  # noqa: S608
+        "SELECT u.*, s.report FROM users u LEFT JOIN servers s ON s.id = u.server_id "
         f"{where} ORDER BY u.created_at, u.id",
         params,
     )
@@ -136,7 +136,7 @@ async def users(store: Store, user_id: str | None = None) -> list[dict[str, Any]
 async def events(store: Store, limit: int, before: int | None) -> list[dict[str, Any]]:
     where, params = ("WHERE id < ?", (before, limit)) if before else ("", (limit,))
     rows = await store.fetch_all(
-        f"SELECT * FROM events {where} ORDER BY id DESC LIMIT ?",  # noqa: S608
+        f"SELECT * FROM events {where} ORDER BY id DESC LIMIT ?",
         params,
     )
     return [

@@ -131,16 +131,19 @@ async def register(
     return Registered(worker_id, secret)
 
 
-async def heartbeat(store: Store, caller: AgentCaller, hb: Heartbeat, interval: float) -> int:
-    """Stores the report and returns the worker's current generation. Users whose
-    container is reported running and healthy become `running`."""
+async def heartbeat(
+    store: Store, caller: AgentCaller, hb: Heartbeat, interval: float
+) -> tuple[int, list[str]]:
+    """Stores the report; returns the worker's current generation and the servers
+    whose desired set shrank (a moved user is healthy here, so its old server may
+    now remove its container). Users reported running and healthy become `running`."""
     now = time.time()
     healthy = [c.user_id for c in hb.containers if c.state == "running" and c.health == "healthy"]
     report = msgspec.json.encode(
         {"containers": hb.containers, "host": hb.host, "resources": hb.resources}
     ).decode()
 
-    async def apply(conn: aiosqlite.Connection) -> int:
+    async def apply(conn: aiosqlite.Connection) -> tuple[int, list[str]]:
         row = await fetch_one(
             conn, "SELECT status, generation FROM servers WHERE id = ?", (caller.key_id,)
         )
@@ -175,24 +178,42 @@ async def heartbeat(store: Store, caller: AgentCaller, hb: Heartbeat, interval: 
                 server_id=caller.key_id,
                 at=now,
             )
-        for user_id in healthy:
-            cur = await conn.execute(
-                "UPDATE users SET state = 'running', updated_at = ? "
-                "WHERE id = ? AND server_id = ? AND state = 'provisioning'",
-                (now, user_id, caller.key_id),
-            )
-            if cur.rowcount:
-                await events.record(
-                    conn,
-                    "user_running",
-                    "container reported running and healthy",
-                    server_id=caller.key_id,
-                    user_id=user_id,
-                    at=now,
-                )
-        return int(row["generation"])
+        released = await _mark_healthy(conn, caller.key_id, healthy, now)
+        return int(row["generation"]), released
 
     return await store.write(apply)
+
+
+async def _mark_healthy(
+    conn: aiosqlite.Connection, server_id: str, healthy: list[str], now: float
+) -> list[str]:
+    released: list[str] = []
+    for user_id in healthy:
+        user = await fetch_one(
+            conn,
+            "SELECT state, moving_from FROM users WHERE id = ? AND server_id = ? "
+            "AND state IN ('provisioning', 'running')",
+            (user_id, server_id),
+        )
+        if user is None or (user["state"] == "running" and user["moving_from"] is None):
+            continue
+        await conn.execute(
+            "UPDATE users SET state = 'running', moving_from = NULL, updated_at = ? WHERE id = ?",
+            (now, user_id),
+        )
+        message = "container reported running and healthy"
+        if user["moving_from"]:
+            # Make-before-break: only now may the old server remove its container.
+            await conn.execute(
+                "UPDATE servers SET generation = generation + 1 WHERE id = ?",
+                (user["moving_from"],),
+            )
+            released.append(user["moving_from"])
+            message += f"; move from {user['moving_from']} complete"
+        await events.record(
+            conn, "user_running", message, server_id=server_id, user_id=user_id, at=now
+        )
+    return released
 
 
 async def sweep_liveness(

@@ -33,6 +33,10 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         listen_host="127.0.0.1",
         listen_port=port,
         public_url=f"http://127.0.0.1:{port}",
+        local_workers_dir=str(tmp_path / "workers"),
+        # No autoscaling unless a test asks for it: workers come from the test itself.
+        max_servers=0,
+        warm_headroom=0,
     )
     return base.with_overrides(**overrides)
 

@@ -15,6 +15,7 @@ Contract:
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -87,6 +88,10 @@ class ProviderServer:
 
 class Provider(Protocol):
     name: str
+    bills_hourly: bool  # deletion waits for the end of a billed hour when True
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(server type, location) pairs to try, in order of preference."""
 
     async def validate(self) -> None:
         """Start-up checks (credentials, types, locations); raises ProviderError."""
@@ -98,6 +103,6 @@ class Provider(Protocol):
 
     async def delete(self, provider_id: str) -> None: ...
 
-    async def list(self, labels: dict[str, str]) -> list[ProviderServer]: ...
+    async def list(self, labels: dict[str, str]) -> builtins.list[ProviderServer]: ...
 
     async def close(self) -> None: ...

@@ -1,0 +1,535 @@
+"""The autoscaler: gathers a fleet snapshot, applies control/autoscale.py's
+decisions through a provider, and records every decision as an event.
+
+Contract:
+- `run(scheduled=...)` never overlaps itself (one lock) and never raises: each step
+  catches its own provider errors, so one failing step does not stop the others.
+- A create is recorded (server row + bootstrap token) BEFORE the provider is called,
+  under a deterministic name, so a crash or timeout at any point is repaired by the
+  next run adopting the server by name, never by creating a second one.
+- Orphans (servers with both of our labels that the database does not know) are
+  deleted only after three consecutive scheduled sweeps saw them, and never when the
+  database or the provider could not be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiosqlite
+
+from control import autoscale, events, users, workers
+from control.keyring import Keyring
+from control.placement import Demand, Room, place
+from control.plans import plan_of
+from control.providers.base import CreateRequest, Provider, ProviderError
+from control.settings import Settings
+from control.store import Row, Store, fetch_one
+
+log = logging.getLogger(__name__)
+ORPHAN_SWEEPS = 3
+PAIR_COOLDOWN = 600.0
+UserDataRenderer = Callable[[str, str], str]  # (server id, bootstrap token) -> user data
+
+
+@dataclass
+class ScalerState:
+    """What the autoscaler remembers between runs (in memory: a restart only makes it
+    more careful, e.g. orphan counts start again from zero)."""
+
+    paused_until: float = 0.0
+    transient_failures: int = 0
+    pair_cooldown: dict[tuple[str, str], float] = field(default_factory=dict)
+    orphan_sightings: dict[str, int] = field(default_factory=dict)
+    held_back: int = 0  # demand the caps held back in the last run (a metric)
+    alert: str | None = None
+
+
+class Scaler:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        keyring: Keyring,
+        provider: Provider,
+        render_user_data: UserDataRenderer,
+        notify: Callable[..., None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.keyring = keyring
+        self.provider = provider
+        self.render_user_data = render_user_data
+        self.notify = notify
+        self.state = ScalerState()
+        self.reserve = users.Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
+        self._lock = asyncio.Lock()
+        self.labels = {"managed-by": "clawfleet", "clawfleet-cluster": settings.cluster_name}
+
+    async def stopped(self) -> None:
+        """Waits for a run in progress (cancelled at shutdown) to finish unwinding."""
+        async with self._lock:
+            return
+
+    async def run(self, scheduled: bool = True) -> None:
+        async with self._lock:
+            for step in (
+                self._expire_provisioning,
+                self._delete_dead,
+                self._retry_unconfirmed,
+                self._drain,
+                self._scale_up,
+                self._scale_down,
+            ):
+                try:
+                    await step()
+                except Exception:
+                    log.exception("autoscaler step %s failed; the next run retries", step.__name__)
+            if scheduled:
+                try:
+                    await self._sweep_orphans()
+                except Exception:
+                    log.exception("orphan sweep failed; counts kept, nothing deleted")
+
+    # --- helpers -------------------------------------------------------------------
+    async def _event(self, kind: str, message: str, server_id: str | None = None) -> None:
+        async def apply(conn: aiosqlite.Connection) -> None:
+            await events.record(conn, kind, message, server_id=server_id)
+
+        await self.store.write(apply)
+
+    async def _set_status(self, server_id: str, status: str, kind: str, reason: str) -> None:
+        now = time.time()
+
+        async def apply(conn: aiosqlite.Connection) -> None:
+            extra = ", deleted_at = ?" if status == "deleted" else ""
+            params: tuple[object, ...] = (
+                (status, now, now, server_id) if extra else (status, now, server_id)
+            )
+            await conn.execute(
+                f"UPDATE servers SET status = ?, status_changed_at = ?{extra} WHERE id = ?",
+                params,
+            )
+            await events.record(conn, kind, reason, server_id=server_id, at=now)
+
+        await self.store.write(apply)
+
+    async def _delete_at_provider(self, row: Row, kind: str, reason: str) -> None:
+        """Deletes a server we know; the row is marked `deleting` first so a crash
+        mid-way is finished by the next run."""
+        await self._set_status(row["id"], "deleting", kind, reason)
+        if row["provider_id"]:
+            await self.provider.delete(row["provider_id"])
+        await self._set_status(
+            row["id"], "deleted", "server_deleted", f"deleted at {self.provider.name}"
+        )
+
+    def _type_room(self, server_type: str, name: str) -> Room:
+        st = self.provider.server_type(server_type)
+        return Room(
+            name,
+            True,
+            max(0, st.memory_mb - self.reserve.memory_mb),
+            0,
+            max(0.0, st.cpus - self.reserve.cpus),
+            0.0,
+        )
+
+    def _unit(self) -> Demand:
+        plan = self.settings.plans["default"]
+        return Demand("unit", plan.memory_mb, plan.cpus)
+
+    def _usable_pairs(self, now: float) -> list[tuple[str, str]]:
+        return [p for p in self.provider.pairs() if self.state.pair_cooldown.get(p, 0) <= now]
+
+    # --- steps ---------------------------------------------------------------------
+    async def _expire_provisioning(self) -> None:
+        now = time.time()
+        rows = await self.store.fetch_all(
+            "SELECT * FROM servers WHERE status = 'provisioning' AND origin = 'provider'"
+        )
+        for row in rows:
+            if autoscale.provision_expired(
+                row["create_confirmed_at"],
+                row["registered_at"],
+                now,
+                self.settings.provision_timeout,
+            ):
+                await self._delete_at_provider(
+                    row,
+                    "provision_timeout",
+                    f"not registered {self.settings.provision_timeout:.0f}s after it was created; replacing it",
+                )
+
+    async def _delete_dead(self) -> None:
+        for row in await self.store.fetch_all(
+            "SELECT * FROM servers WHERE status IN ('dead', 'deleting')"
+        ):
+            reason = (
+                "dead: its users were placed elsewhere"
+                if row["status"] == "dead"
+                else "finishing deletion"
+            )
+            await self._delete_at_provider(row, "server_deleting", reason)
+
+    async def _retry_unconfirmed(self) -> None:
+        """Creates whose outcome we never learned (timeout, crash): call create again;
+        the provider adopts the server by name if it exists."""
+        now = time.time()
+        rows = await self.store.fetch_all(
+            "SELECT * FROM servers WHERE status = 'provisioning' AND origin = 'provider' "
+            "AND create_confirmed_at IS NULL"
+        )
+        for row in rows:
+            if now - row["create_requested_at"] > self.settings.provision_timeout:
+                await self._set_status(
+                    row["id"],
+                    "deleted",
+                    "create_abandoned",
+                    "create never confirmed; any leftover is removed by the orphan sweep",
+                )
+                continue
+            if now < self.state.paused_until:
+                return
+            await self._call_create(row["id"], row["name"], row["server_type"], row["location"])
+
+    async def _drain(self) -> None:
+        plans = self.settings.plans
+        for server in await self.store.fetch_all(
+            "SELECT * FROM servers WHERE draining = 1 AND status IN ('active', 'unhealthy')"
+        ):
+            holders = await self.store.fetch_all(
+                "SELECT id, plan, server_id, moving_from FROM users WHERE "
+                "(server_id = ? AND state IN ('provisioning', 'running')) OR moving_from = ?",
+                (server["id"], server["id"]),
+            )
+            if not holders:
+                await self._delete_at_provider(server, "server_drained", "drained: no users left")
+                continue
+            if any(h["moving_from"] == server["id"] for h in holders):
+                continue  # one move at a time: wait until the moving user is healthy
+            user = holders[0]
+            plan = plan_of(plans, user["plan"])
+            await self._move(
+                user["id"], server["id"], Demand(user["id"], plan.memory_mb, plan.cpus)
+            )
+
+    async def _move(self, user_id: str, source: str, demand: Demand) -> None:
+        async def apply(conn: aiosqlite.Connection) -> str | None:
+            rooms = [
+                r
+                for r in await users.rooms(conn, self.settings.plans, self.reserve)
+                if r.server_id != source
+            ]
+            placed, _ = place([demand], rooms)
+            target = placed.get(user_id)
+            if target is None:
+                return None
+            await conn.execute(
+                "UPDATE users SET server_id = ?, moving_from = ?, state = 'provisioning', updated_at = ? "
+                "WHERE id = ?",
+                (target, source, time.time(), user_id),
+            )
+            await users.bump_generation(conn, target)
+            await events.record(
+                conn,
+                "user_moving",
+                f"draining {source}: moving to {target}",
+                server_id=source,
+                user_id=user_id,
+            )
+            return target
+
+        target = await self.store.write(apply)
+        if target:
+            self.notify(target, source)
+
+    async def _snapshot(self) -> tuple[list[Demand], list[Room], list[Room], int]:
+        plans = self.settings.plans
+        pending = [
+            Demand(r["id"], plan_of(plans, r["plan"]).memory_mb, plan_of(plans, r["plan"]).cpus)
+            for r in await self.store.fetch_all(
+                "SELECT u.id, u.plan FROM users u LEFT JOIN servers s ON s.id = u.server_id "
+                "WHERE u.state = 'pending' OR (s.draining = 1 AND u.moving_from IS NULL "
+                "AND u.state IN ('provisioning', 'running')) ORDER BY u.created_at, u.id"
+            )
+        ]
+
+        async def read(conn: aiosqlite.Connection) -> list[Room]:
+            return await users.rooms(conn, plans, self.reserve)
+
+        active = await self.store.write(read)
+        on_the_way = [
+            self._type_room(r["server_type"] or "local", r["id"])
+            for r in await self.store.fetch_all(
+                "SELECT id, server_type FROM servers WHERE status = 'provisioning' AND origin = 'provider'"
+            )
+        ]
+        row = await self.store.fetch_one(
+            "SELECT COUNT(*) AS n FROM servers WHERE status NOT IN ('deleted', 'dead')"
+        )
+        return pending, active, on_the_way, int(row["n"]) if row else 0
+
+    async def _scale_up(self) -> None:
+        now = time.time()
+        pairs = self._usable_pairs(now)
+        if now < self.state.paused_until or not pairs:
+            return
+        pending, active, on_the_way, servers_now = await self._snapshot()
+        need = autoscale.servers_needed(
+            pending,
+            active,
+            on_the_way,
+            self._type_room(pairs[0][0], "new"),
+            self._unit(),
+            self.settings.warm_headroom,
+        )
+        for user_id in need.infeasible:
+            await self._event(
+                "user_unplaceable", f"user {user_id}: its plan fits no server type {pairs[0][0]}"
+            )
+        capped = autoscale.cap_creates(
+            need.servers, servers_now, self.settings.max_servers, self.settings.max_creates_per_run
+        )
+        self.state.held_back = capped.held_back
+        if capped.reason:
+            log.warning(
+                "autoscaler: %s holds back %d server(s) of demand (%d pending users)",
+                capped.reason,
+                capped.held_back,
+                len(pending),
+            )
+            await self._event(
+                "scale_capped",
+                f"{capped.reason} holds back {capped.held_back} server(s); "
+                f"{len(pending)} user(s) pending",
+            )
+        for _ in range(capped.create):
+            if not await self._create_one(
+                f"{len(pending)} pending user(s), headroom {self.settings.warm_headroom}"
+            ):
+                break
+
+    async def _create_one(self, reason: str) -> bool:
+        now = time.time()
+        pairs = self._usable_pairs(now)
+        if not pairs:
+            return False
+        server_type, location = pairs[0]
+        server_id = workers.new_server_id()
+        name = f"clawfleet-{self.settings.cluster_name}-{server_id.removeprefix('srv-')}"
+
+        async def record(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO servers (id, name, status, origin, provider, server_type, location, "
+                "created_at, status_changed_at, create_requested_at) "
+                "VALUES (?, ?, 'provisioning', 'provider', ?, ?, ?, ?, ?, ?)",
+                (server_id, name, self.provider.name, server_type, location, now, now, now),
+            )
+            await events.record(
+                conn,
+                "scale_up",
+                f"creating {name} ({server_type} in {location}): {reason}",
+                server_id=server_id,
+                at=now,
+            )
+
+        await self.store.write(record)
+        return await self._call_create(server_id, name, server_type, location)
+
+    async def _bootstrap_token(self, server_id: str) -> str:
+        row = await self.store.fetch_one(
+            "SELECT id FROM bootstrap_tokens WHERE server_id = ?", (server_id,)
+        )
+        if row is not None:
+            return f"{row['id']}.{self.keyring.bootstrap_secret(row['id'])}"
+        ttl = max(self.settings.bootstrap_token_ttl, self.settings.provision_timeout + 60)
+        minted = await workers.mint_token(self.store, self.keyring, ttl, server_id=server_id)
+        return minted.token
+
+    async def _call_create(
+        self, server_id: str, name: str, server_type: str, location: str
+    ) -> bool:
+        token = await self._bootstrap_token(server_id)
+        user_data = self.render_user_data(server_id, token)
+        labels = {**self.labels, "clawfleet-server": server_id}
+        for attempt_type, attempt_location in [
+            (server_type, location),
+            *self._usable_pairs(time.time()),
+        ]:
+            request = CreateRequest(
+                server_id, name, attempt_type, attempt_location, user_data, labels
+            )
+            try:
+                created = await self.provider.create(request)
+            except ProviderError as exc:
+                if not await self._handle_create_error(
+                    server_id, (attempt_type, attempt_location), exc
+                ):
+                    return False
+                continue
+            await self._confirm(
+                server_id, created.provider_id, created.public_ip, attempt_type, attempt_location
+            )
+            self.state.transient_failures = 0
+            return True
+        return False
+
+    async def _handle_create_error(
+        self, server_id: str, pair: tuple[str, str], exc: ProviderError
+    ) -> bool:
+        """Records the failure; True when the next pair should be tried."""
+        plan = autoscale.retry_decision(exc.kind, self.state.transient_failures, exc.retry_after)
+        if exc.kind == "transient":
+            self.state.transient_failures += 1
+        now = time.time()
+        if plan.next_pair:
+            self.state.pair_cooldown[pair] = now + PAIR_COOLDOWN
+        if plan.pause_scale_up:
+            self.state.paused_until = max(self.state.paused_until, now + plan.pause_scale_up)
+        if plan.alert:
+            self.state.alert = f"{exc.kind}: {exc}"
+            log.error("autoscaler needs the operator: %s", exc)
+        await self._event("create_failed", f"{pair[0]} in {pair[1]}: {exc} [{exc.kind}]", server_id)
+        if exc.kind in ("unavailable", "limit", "invalid"):
+            # The provider refused: no server exists under this name, so nothing to adopt.
+            if not plan.next_pair or not self._usable_pairs(now):
+                await self._set_status(
+                    server_id, "deleted", "create_abandoned", f"provider refused: {exc.kind}"
+                )
+        return plan.next_pair and bool(self._usable_pairs(now))
+
+    async def _confirm(
+        self, server_id: str, provider_id: str, ip: str | None, st: str, loc: str
+    ) -> None:
+        now = time.time()
+
+        async def apply(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE servers SET provider_id = ?, public_ip = ?, server_type = ?, location = ?, "
+                "create_confirmed_at = ? WHERE id = ?",
+                (provider_id, ip, st, loc, now, server_id),
+            )
+            await events.record(
+                conn,
+                "server_created",
+                f"created at {self.provider.name} as {provider_id}",
+                server_id=server_id,
+                at=now,
+            )
+
+        await self.store.write(apply)
+
+    async def _scale_down(self) -> None:
+        now = time.time()
+        pending, active, _, servers_now = await self._snapshot()
+        if pending:
+            return
+        await self._track_empty(now)
+        rows = await self.store.fetch_all(
+            "SELECT id, empty_since, create_confirmed_at, registered_at, created_at FROM servers "
+            "WHERE status = 'active' AND origin = 'provider' AND empty_since IS NOT NULL"
+        )
+        unit = self._unit()
+        by_id = {r.server_id: r for r in active}
+        idle = [
+            autoscale.IdleServer(
+                r["id"],
+                r["empty_since"],
+                r["create_confirmed_at"] or r["registered_at"] or r["created_at"],
+                autoscale.units(by_id[r["id"]], unit) if r["id"] in by_id else 0,
+            )
+            for r in rows
+        ]
+        chosen = autoscale.idle_to_delete(
+            idle,
+            now=now,
+            idle_after=self.settings.scale_down_idle,
+            servers_now=servers_now,
+            min_servers=self.settings.min_servers,
+            fleet_free_units=sum(autoscale.units(r, unit) for r in active),
+            headroom=self.settings.warm_headroom,
+            bills_hourly=self.provider.bills_hourly,
+            billing_window=max(300.0, 3 * self.settings.autoscale_interval),
+        )
+        for server_id in chosen:
+            if await self._cordon_if_empty(server_id):
+                row = await self.store.fetch_one("SELECT * FROM servers WHERE id = ?", (server_id,))
+                if row is not None:
+                    idle_for = now - row["empty_since"] if row["empty_since"] else 0.0
+                    await self._delete_at_provider(row, "scale_down", f"empty for {idle_for:.0f}s")
+
+    async def _track_empty(self, now: float) -> None:
+        async def apply(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                f"UPDATE servers SET empty_since = NULL WHERE empty_since IS NOT NULL "
+                f"AND id IN (SELECT holder FROM ({users.HOLDERS_SQL}))"
+            )
+            await conn.execute(
+                f"UPDATE servers SET empty_since = ? WHERE status = 'active' AND empty_since IS NULL "
+                f"AND id NOT IN (SELECT holder FROM ({users.HOLDERS_SQL}))",
+                (now,),
+            )
+
+        await self.store.write(apply)
+
+    async def _cordon_if_empty(self, server_id: str) -> bool:
+        """Cordons in the same transaction that checks emptiness, so no user can be
+        placed between the decision and the deletion."""
+
+        async def apply(conn: aiosqlite.Connection) -> bool:
+            busy = await fetch_one(
+                conn,
+                f"SELECT 1 FROM ({users.HOLDERS_SQL}) WHERE holder = ?",
+                (server_id,),
+            )
+            if busy:
+                await conn.execute(
+                    "UPDATE servers SET empty_since = NULL WHERE id = ?", (server_id,)
+                )
+                return False
+            await conn.execute("UPDATE servers SET cordoned = 1 WHERE id = ?", (server_id,))
+            return True
+
+        return await self.store.write(apply)
+
+    async def _sweep_orphans(self) -> None:
+        try:
+            seen = await self.provider.list(self.labels)
+            known = {
+                (r["provider_id"] or r["name"])
+                for r in await self.store.fetch_all(
+                    "SELECT provider_id, name FROM servers WHERE status != 'deleted'"
+                )
+            } | {
+                r["name"]
+                for r in await self.store.fetch_all(
+                    "SELECT name FROM servers WHERE status != 'deleted'"
+                )
+            }
+        except Exception:
+            log.exception(
+                "orphan sweep: could not read the provider or the database; nothing deleted"
+            )
+            return
+        sightings: dict[str, int] = {}
+        for server in seen:
+            if any(server.labels.get(k) != v for k, v in self.labels.items()):
+                continue  # never a server without both labels
+            if server.provider_id in known or server.name in known:
+                continue
+            count = self.state.orphan_sightings.get(server.provider_id, 0) + 1
+            sightings[server.provider_id] = count
+            if count >= ORPHAN_SWEEPS:
+                await self._event(
+                    "orphan_deleted",
+                    f"{server.name} ({server.provider_id}) carries our labels "
+                    f"but is unknown to the database; seen in {count} sweeps",
+                )
+                await self.provider.delete(server.provider_id)
+                sightings.pop(server.provider_id)
+        self.state.orphan_sightings = sightings
