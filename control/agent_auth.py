@@ -49,9 +49,8 @@ class Authenticator:
         self._store = store
         self._keyring = keyring
         self._ledger = ledger
-        # Decrypting a worker secret on every heartbeat is wasted work; the cache is
-        # keyed by ciphertext, so a rotated secret is never served stale.
-        self._secrets: dict[str, tuple[str, str]] = {}
+        # Worker id -> decrypted secret; a worker's secret is set once, at registration.
+        self._secrets: dict[str, str] = {}
 
     async def bootstrap(self, request: web.Request) -> AgentCaller:
         """A registration request, signed with a bootstrap token."""
@@ -63,40 +62,33 @@ class Authenticator:
         )
 
     async def worker(self, request: web.Request) -> AgentCaller:
-        """Any other agent request, signed with a worker's own secret."""
+        """Any other agent request, signed with a worker's own secret. A worker's secret
+        never changes, so it is cached; whether the worker is revoked is checked by the
+        request's own transaction (heartbeats) or read (assignments)."""
         key_id, ts, nonce, presented = _headers(request)
         if not WORKER_ID.match(key_id):
             raise _reject(key_id, "key id is not a worker id", code="unknown_worker")
-        row = await self._store.fetch_one(
-            "SELECT status, secret_ciphertext FROM servers WHERE id = ?", (key_id,)
-        )
-        if row is None or row["secret_ciphertext"] is None:
-            raise _reject(key_id, "no registered worker has this id", code="unknown_worker")
-        caller = await self._verify(
-            request,
-            key_id,
-            ts,
-            nonce,
-            presented,
-            self._worker_secret(key_id, row["secret_ciphertext"]),
-        )
-        if row["status"] in REVOKED_STATUSES:
-            log.warning("revoked worker %s (status %s) is still calling", key_id, row["status"])
-            raise Forbidden(f"worker {key_id} is {row['status']}", code="worker_revoked")
-        return caller
+        secret = self._secrets.get(key_id)
+        if secret is None:
+            row = await self._store.fetch_one(
+                "SELECT status, secret_ciphertext FROM servers WHERE id = ?", (key_id,)
+            )
+            if row is None or row["secret_ciphertext"] is None:
+                raise _reject(key_id, "no registered worker has this id", code="unknown_worker")
+            secret = self._decrypt(key_id, row["secret_ciphertext"])
+            caller = await self._verify(request, key_id, ts, nonce, presented, secret)
+            check_not_revoked(key_id, row["status"])
+            self._secrets[key_id] = secret
+            return caller
+        return await self._verify(request, key_id, ts, nonce, presented, secret)
 
-    def _worker_secret(self, key_id: str, ciphertext: str) -> str:
-        cached = self._secrets.get(key_id)
-        if cached and cached[0] == ciphertext:
-            return cached[1]
+    def _decrypt(self, key_id: str, ciphertext: str) -> str:
         try:
-            secret = self._keyring.decrypt(ciphertext)
+            return self._keyring.decrypt(ciphertext)
         except SecretUnreadable:
             raise _reject(
                 key_id, "stored worker secret is unreadable (INTERNAL_SECRET changed?)"
             ) from None
-        self._secrets[key_id] = (ciphertext, secret)
-        return secret
 
     async def _verify(
         self, request: web.Request, key_id: str, ts: str, nonce: str, presented: str, secret: str
@@ -116,6 +108,12 @@ class Authenticator:
         if not self._ledger.claim(key_id, nonce.lower(), timestamp):
             raise _reject(key_id, "nonce already used (replayed request)", code="replayed_request")
         return AgentCaller(key_id=key_id, nonce=nonce.lower(), timestamp=timestamp, body=body)
+
+
+def check_not_revoked(worker_id: str, status: str) -> None:
+    if status in REVOKED_STATUSES:
+        log.warning("revoked worker %s (status %s) is still calling", worker_id, status)
+        raise Forbidden(f"worker {worker_id} is {status}", code="worker_revoked")
 
 
 def _headers(request: web.Request) -> tuple[str, str, str, str]:

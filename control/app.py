@@ -84,7 +84,7 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
         app[SCALER] = scaler
         sweeper = asyncio.create_task(fleet.run_sweeps(), name="liveness-sweeps")
         scheduler.add_job(
-            scaler.run,
+            scaler.tick,
             "interval",
             seconds=settings.autoscale_interval,
             id="autoscale",
@@ -101,6 +101,7 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
         if SCALER in app:
             await app[SCALER].stopped()
         fleet.board.close()
+        await fleet.heartbeats.close()
         if sweeper is not None:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -115,7 +116,7 @@ def _nudge(scheduler: AsyncIOScheduler, scaler: Scaler) -> None:
     Not a scheduled sweep, so it does not count towards orphan sightings."""
     if scheduler.running:
         scheduler.add_job(
-            scaler.run, id="autoscale-now", replace_existing=True, kwargs={"scheduled": False}
+            scaler.tick, id="autoscale-now", replace_existing=True, kwargs={"scheduled": False}
         )
 
 

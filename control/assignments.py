@@ -51,9 +51,10 @@ class GenerationBoard:
         return self._closed
 
 
-async def generation(store: Store, server_id: str) -> int:
-    row = await store.fetch_one("SELECT generation FROM servers WHERE id = ?", (server_id,))
-    return int(row["generation"]) if row else 0
+async def generation(store: Store, server_id: str) -> tuple[int, str]:
+    """The worker's generation and status (a long-poll stops for a revoked worker)."""
+    row = await store.fetch_one("SELECT generation, status FROM servers WHERE id = ?", (server_id,))
+    return (int(row["generation"]), str(row["status"])) if row else (0, "deleted")
 
 
 async def desired_set(

@@ -16,8 +16,9 @@ import aiosqlite
 from aiohttp import web
 
 from control import assignments, events, liveness, users, workers
-from control.agent_auth import AgentCaller, Authenticator
+from control.agent_auth import AgentCaller, Authenticator, check_not_revoked
 from control.errors import BadRequest, NotFound
+from control.heartbeats import HeartbeatWriter
 from control.keyring import Keyring
 from control.nonces import NonceLedger, purge_expired
 from control.plans import Plan
@@ -49,6 +50,7 @@ class Fleet:
         self.ledger = NonceLedger()
         self.auth = Authenticator(store, keyring, self.ledger)
         self.board = assignments.GenerationBoard()
+        self.heartbeats = HeartbeatWriter(store)
         self.started_at = time.time()
         self._live_workers = 0
         # Set by the app: asks the autoscaler for a run when users are left pending.
@@ -91,7 +93,7 @@ class Fleet:
 
     async def heartbeat(self, caller: AgentCaller, hb: Heartbeat) -> HeartbeatReply:
         interval = self.interval()
-        gen, released = await workers.heartbeat(self.store, caller, hb, interval)
+        gen, released = await self.heartbeats.submit(caller, hb, interval)
         self.board.notify(*released)
         return HeartbeatReply(heartbeat_interval=interval, generation=gen)
 
@@ -102,7 +104,9 @@ class Fleet:
         deadline = time.monotonic() + min(max(wait, 0.0), MAX_WAIT)
         while True:
             event = self.board.event(caller.key_id)
-            if await assignments.generation(self.store, caller.key_id) > after:
+            generation, status = await assignments.generation(self.store, caller.key_id)
+            check_not_revoked(caller.key_id, status)
+            if generation > after:
                 return await assignments.desired_set(
                     self.store, self.settings, self.plans, caller.key_id
                 )

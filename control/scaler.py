@@ -15,6 +15,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -74,6 +75,11 @@ class Scaler:
         """Waits for a run in progress (cancelled at shutdown) to finish unwinding."""
         async with self._lock:
             return
+
+    async def tick(self, scheduled: bool) -> None:
+        """The scheduler's entry point: a run cut short by shutdown is not an error."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.run(scheduled)
 
     async def run(self, scheduled: bool = True) -> None:
         async with self._lock:

@@ -126,14 +126,10 @@ class Store:
             return result
 
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
-        conn = self._require(self._reader)
-        async with conn.execute(sql, tuple(params)) as cur:
-            return list(await cur.fetchall())
+        return await fetch_all(self._require(self._reader), sql, params)
 
     async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
-        conn = self._require(self._reader)
-        async with conn.execute(sql, tuple(params)) as cur:
-            return await cur.fetchone()
+        return await fetch_one(self._require(self._reader), sql, params)
 
     @staticmethod
     def _require(conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
@@ -148,10 +144,10 @@ def _statements(script: str) -> list[str]:
 
 async def fetch_one(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> Row | None:
     """A read inside a write function (sees the transaction's own changes)."""
-    async with conn.execute(sql, tuple(params)) as cur:
-        return await cur.fetchone()
+    rows = await fetch_all(conn, sql, params)
+    return rows[0] if rows else None
 
 
 async def fetch_all(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> list[Row]:
-    async with conn.execute(sql, tuple(params)) as cur:
-        return list(await cur.fetchall())
+    # One round trip to SQLite's thread (execute + fetch + close in one call).
+    return list(await conn.execute_fetchall(sql, tuple(params)))

@@ -1,4 +1,4 @@
-"""Workers' side of the store: bootstrap tokens, registration, heartbeats, liveness.
+"""Workers' side of the store: bootstrap tokens, registration, liveness.
 
 Each public coroutine is one transaction (via `Store.write`) and records what it
 decided in the event log. Tokens are stored by id only: their secret is derived
@@ -15,14 +15,13 @@ import time
 from dataclasses import dataclass
 
 import aiosqlite
-import msgspec
 
 from control import events, liveness
 from control.agent_auth import AgentCaller
 from control.errors import Unauthorized
 from control.keyring import Keyring
 from control.store import Store, fetch_all, fetch_one
-from shared.protocol import Heartbeat, RegisterRequest
+from shared.protocol import RegisterRequest
 
 log = logging.getLogger(__name__)
 _ALPHABET = string.ascii_lowercase + string.digits
@@ -129,91 +128,6 @@ async def register(
 
     worker_id = await store.write(apply)
     return Registered(worker_id, secret)
-
-
-async def heartbeat(
-    store: Store, caller: AgentCaller, hb: Heartbeat, interval: float
-) -> tuple[int, list[str]]:
-    """Stores the report; returns the worker's current generation and the servers
-    whose desired set shrank (a moved user is healthy here, so its old server may
-    now remove its container). Users reported running and healthy become `running`."""
-    now = time.time()
-    healthy = [c.user_id for c in hb.containers if c.state == "running" and c.health == "healthy"]
-    report = msgspec.json.encode(
-        {"containers": hb.containers, "host": hb.host, "resources": hb.resources}
-    ).decode()
-
-    async def apply(conn: aiosqlite.Connection) -> tuple[int, list[str]]:
-        row = await fetch_one(
-            conn, "SELECT status, generation FROM servers WHERE id = ?", (caller.key_id,)
-        )
-        if row is None:
-            raise Unauthorized("no registered worker has this id", code="unknown_worker")
-        await caller.persist_nonce(conn)
-        status = "active" if row["status"] in liveness.LIVE_STATUSES else row["status"]
-        await conn.execute(
-            "UPDATE servers SET last_heartbeat = ?, agent_version = ?, applied_generation = ?, "
-            "cpus = ?, memory_mb = ?, disk_gb = ?, report = ?, heartbeat_interval = ?, status = ?, "
-            "status_changed_at = CASE WHEN status = ? THEN status_changed_at ELSE ? END WHERE id = ?",
-            (
-                now,
-                hb.agent_version,
-                hb.applied_generation,
-                hb.resources.cpus,
-                hb.resources.memory_mb,
-                hb.resources.disk_gb,
-                report,
-                interval,
-                status,
-                status,
-                now,
-                caller.key_id,
-            ),
-        )
-        if status != row["status"]:
-            await events.record(
-                conn,
-                "worker_status",
-                f"{row['status']} -> {status}: heartbeat received",
-                server_id=caller.key_id,
-                at=now,
-            )
-        released = await _mark_healthy(conn, caller.key_id, healthy, now)
-        return int(row["generation"]), released
-
-    return await store.write(apply)
-
-
-async def _mark_healthy(
-    conn: aiosqlite.Connection, server_id: str, healthy: list[str], now: float
-) -> list[str]:
-    released: list[str] = []
-    for user_id in healthy:
-        user = await fetch_one(
-            conn,
-            "SELECT state, moving_from FROM users WHERE id = ? AND server_id = ? "
-            "AND state IN ('provisioning', 'running')",
-            (user_id, server_id),
-        )
-        if user is None or (user["state"] == "running" and user["moving_from"] is None):
-            continue
-        await conn.execute(
-            "UPDATE users SET state = 'running', moving_from = NULL, updated_at = ? WHERE id = ?",
-            (now, user_id),
-        )
-        message = "container reported running and healthy"
-        if user["moving_from"]:
-            # Make-before-break: only now may the old server remove its container.
-            await conn.execute(
-                "UPDATE servers SET generation = generation + 1 WHERE id = ?",
-                (user["moving_from"],),
-            )
-            released.append(user["moving_from"])
-            message += f"; move from {user['moving_from']} complete"
-        await events.record(
-            conn, "user_running", message, server_id=server_id, user_id=user_id, at=now
-        )
-    return released
 
 
 async def sweep_liveness(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,11 @@ import pytest
 
 from tests.fixtures import ControlPlane
 from tests.worker import FakeWorker
+
+
+def expire_tokens(path: str) -> None:
+    with sqlite3.connect(path, timeout=10) as db:
+        db.execute("UPDATE bootstrap_tokens SET expires_at = ?", (time.time() - 1,))
 
 
 async def token(control: ControlPlane, **body: Any) -> str:
@@ -199,10 +205,8 @@ async def test_expired_token_is_rejected(control_factory: Callable[..., ControlP
     assert status == 201
     tok = body["token"]
     # Expire it the way time would: move its deadline into the past in the database.
-    import sqlite3
-
-    with sqlite3.connect(control.settings.database_path) as db:
-        db.execute("UPDATE bootstrap_tokens SET expires_at = ?", (time.time() - 1,))
+    # (In a thread: a blocking write on the event loop would deadlock with the app's.)
+    await asyncio.to_thread(expire_tokens, control.settings.database_path)
     reply = await FakeWorker.with_token(control.url, control.session, tok).register()
     assert reply.status == 401
     assert reply.body["error"]["code"] == "token_expired"

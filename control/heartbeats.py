@@ -1,0 +1,202 @@
+"""Heartbeats, written with group commit.
+
+Contract: `HeartbeatWriter.submit` returns only after the heartbeat is committed
+(nonce, report, liveness and any user that became running, all in one transaction).
+Heartbeats that arrive while a transaction is in flight are queued and committed
+together in the next one, so a large fleet costs a handful of SQLite round trips
+per batch instead of per heartbeat. A revoked or unknown worker's heartbeat fails
+on its own (403/401) and writes nothing; it never fails the others in its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from dataclasses import dataclass, field
+
+import aiosqlite
+import msgspec
+
+from control import events
+from control.agent_auth import REVOKED_STATUSES, AgentCaller
+from control.errors import ClawfleetError, Forbidden, Unauthorized
+from control.nonces import expiry
+from control.store import Store, fetch_all
+from shared.protocol import Heartbeat
+
+Outcome = tuple[int, list[str]]  # (worker's generation, servers whose desired set shrank)
+
+
+@dataclass
+class _Beat:
+    caller: AgentCaller
+    heartbeat: Heartbeat
+    interval: float
+    future: asyncio.Future[Outcome] = field(repr=False)
+
+    @property
+    def worker_id(self) -> str:
+        return self.caller.key_id
+
+    @property
+    def healthy(self) -> list[str]:
+        return [
+            c.user_id
+            for c in self.heartbeat.containers
+            if c.state == "running" and c.health == "healthy"
+        ]
+
+
+class HeartbeatWriter:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._queue: list[_Beat] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, caller: AgentCaller, heartbeat: Heartbeat, interval: float) -> Outcome:
+        beat = _Beat(caller, heartbeat, interval, asyncio.get_running_loop().create_future())
+        self._queue.append(beat)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="heartbeat-writer")
+        return await beat.future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                outcomes = await self._store.write(
+                    functools.partial(_apply, batch=batch, now=time.time())
+                )
+            except Exception as exc:
+                for beat in batch:
+                    if not beat.future.done():
+                        beat.future.set_exception(exc)
+                continue
+            for beat, outcome in zip(batch, outcomes, strict=True):
+                if beat.future.done():
+                    continue
+                if isinstance(outcome, ClawfleetError):
+                    beat.future.set_exception(outcome)
+                else:
+                    beat.future.set_result(outcome)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+
+
+async def _apply(
+    conn: aiosqlite.Connection, batch: list[_Beat], now: float
+) -> list[Outcome | ClawfleetError]:
+    ids = sorted({b.worker_id for b in batch})
+    marks = ", ".join("?" for _ in ids)
+    rows = {
+        r["id"]: r
+        for r in await fetch_all(
+            conn, f"SELECT id, status, generation FROM servers WHERE id IN ({marks})", ids
+        )
+    }
+    outcomes: list[Outcome | ClawfleetError] = []
+    accepted: list[_Beat] = []
+    for beat in batch:
+        row = rows.get(beat.worker_id)
+        if row is None:
+            outcomes.append(Unauthorized("no registered worker has this id", code="unknown_worker"))
+        elif row["status"] in REVOKED_STATUSES:
+            outcomes.append(
+                Forbidden(f"worker {beat.worker_id} is {row['status']}", code="worker_revoked")
+            )
+        else:
+            outcomes.append((int(row["generation"]), []))
+            accepted.append(beat)
+    if not accepted:
+        return outcomes
+    await conn.executemany(
+        "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?, ?, ?) ON CONFLICT (key_id, nonce) DO NOTHING",
+        [(b.worker_id, b.caller.nonce, expiry(b.caller.timestamp)) for b in accepted],
+    )
+    await conn.executemany(
+        "UPDATE servers SET last_heartbeat = ?, agent_version = ?, applied_generation = ?, cpus = ?, "
+        "memory_mb = ?, disk_gb = ?, report = ?, heartbeat_interval = ?, "
+        "status = CASE WHEN status IN ('active', 'unhealthy') THEN 'active' ELSE status END, "
+        "status_changed_at = CASE WHEN status = 'unhealthy' THEN ? ELSE status_changed_at END WHERE id = ?",
+        [_server_update(b, now) for b in accepted],
+    )
+    for worker_id in sorted(
+        {b.worker_id for b in accepted if rows[b.worker_id]["status"] == "unhealthy"}
+    ):
+        await events.record(
+            conn,
+            "worker_status",
+            "unhealthy -> active: heartbeat received",
+            server_id=worker_id,
+            at=now,
+        )
+    released = await _users_now_healthy(conn, accepted, now)
+    return [
+        (outcome[0], released.get(beat.worker_id, []))
+        if not isinstance(outcome, ClawfleetError)
+        else outcome
+        for beat, outcome in zip(batch, outcomes, strict=True)
+    ]
+
+
+def _server_update(beat: _Beat, now: float) -> tuple[object, ...]:
+    hb = beat.heartbeat
+    report = msgspec.json.encode(
+        {"containers": hb.containers, "host": hb.host, "resources": hb.resources}
+    ).decode()
+    return (
+        now,
+        hb.agent_version,
+        hb.applied_generation,
+        hb.resources.cpus,
+        hb.resources.memory_mb,
+        hb.resources.disk_gb,
+        report,
+        beat.interval,
+        now,
+        beat.worker_id,
+    )
+
+
+async def _users_now_healthy(
+    conn: aiosqlite.Connection, beats: list[_Beat], now: float
+) -> dict[str, list[str]]:
+    """Users reported running and healthy that were not yet `running` (or were being
+    moved) become running; a finished move lets the old server drop the container."""
+    healthy = {(b.worker_id, uid) for b in beats for uid in b.healthy}
+    if not healthy:
+        return {}
+    ids = sorted({w for w, _ in healthy})
+    marks = ", ".join("?" for _ in ids)
+    candidates = await fetch_all(
+        conn,
+        f"SELECT id, server_id, moving_from FROM users WHERE server_id IN ({marks}) "
+        "AND (state = 'provisioning' OR moving_from IS NOT NULL)",
+        ids,
+    )
+    released: dict[str, list[str]] = {}
+    for user in candidates:
+        if (user["server_id"], user["id"]) not in healthy:
+            continue
+        await conn.execute(
+            "UPDATE users SET state = 'running', moving_from = NULL, updated_at = ? WHERE id = ?",
+            (now, user["id"]),
+        )
+        message = "container reported running and healthy"
+        if user["moving_from"]:
+            # Make-before-break: only now may the old server remove its container.
+            await conn.execute(
+                "UPDATE servers SET generation = generation + 1 WHERE id = ?",
+                (user["moving_from"],),
+            )
+            released.setdefault(user["server_id"], []).append(user["moving_from"])
+            message += f"; move from {user['moving_from']} complete"
+        await events.record(
+            conn, "user_running", message, server_id=user["server_id"], user_id=user["id"], at=now
+        )
+    return released
