@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CODE := control agent shared cloud_init tests bench
 
-.PHONY: run test lint typecheck unit bench clean docs
+.PHONY: run test lint typecheck unit bench clean docs dist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(PY) bench/heartbeats.py
 	$(PY) bench/placement.py
+
+dist: $(STAMP)
+	rm -rf dist && $(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

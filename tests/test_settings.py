@@ -38,7 +38,25 @@ def test_defaults() -> None:
         ({**GOOD, "LISTEN_PORT": "http"}, "LISTEN_PORT"),
         ({**GOOD, "PUBLIC_URL": "ftp://x"}, "PUBLIC_URL"),
         ({**GOOD, "PROVIDER": "aws"}, "PROVIDER"),
-        ({**GOOD, "PROVIDER": "hetzner"}, "HETZNER_API_TOKEN"),
+        (
+            {**GOOD, "PROVIDER": "hetzner", "PUBLIC_URL": "https://cp.example.com"},
+            "HETZNER_API_TOKEN",
+        ),
+        (
+            {**GOOD, "PROVIDER": "hetzner", "HETZNER_API_TOKEN": "t"},
+            "PUBLIC_URL",
+        ),  # loopback default
+        (
+            {
+                **GOOD,
+                "PROVIDER": "hetzner",
+                "HETZNER_API_TOKEN": "t",
+                "PUBLIC_URL": "http://cp.example.com",
+            },
+            "PUBLIC_URL",
+        ),
+        ({**GOOD, "ACME_EMAIL": "not-an-email"}, "ACME_EMAIL"),
+        ({**GOOD, "TRAEFIK_VERSION": "latest; rm"}, "TRAEFIK_VERSION"),
         ({**GOOD, "AGENT_USER": "0:0"}, "AGENT_USER"),
         ({**GOOD, "AGENT_USER": "node"}, "AGENT_USER"),
         ({**GOOD, "AGENT_HEALTH_PATH": "healthz"}, "AGENT_HEALTH_PATH"),
@@ -104,7 +122,8 @@ def test_missing_setting_stops_start_up_with_one_line_and_exit_2(tmp_path: Path)
 
 def test_local_secrets_are_generated_once_with_mode_0600(tmp_path: Path) -> None:
     port = free_port()
-    env = {"LISTEN_PORT": str(port), "LOG_LEVEL": "WARNING"}
+    # No autoscaling: this test is about start-up, not about local workers.
+    env = {"LISTEN_PORT": str(port), "LOG_LEVEL": "WARNING", "MAX_SERVERS": "0", "WARM_HEADROOM": "0"}
     outputs = []
     for _ in range(2):
         proc = run_control(tmp_path, env, "--local-secrets", "data")
