@@ -85,7 +85,12 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
         provider = app[PROVIDER_FACTORY](settings)
         await provider.validate()
         scaler = Scaler(
-            settings, store, keyring, provider, local_user_data(settings), fleet.board.notify
+            settings,
+            store,
+            keyring,
+            provider,
+            _user_data(app, settings, provider),
+            fleet.board.notify,
         )
         await fleet.start()
         fleet.on_pending = lambda: _nudge(scheduler, scaler)
@@ -125,7 +130,13 @@ def _nudge(scheduler: AsyncIOScheduler, scaler: Scaler) -> None:
     Not a scheduled sweep, so it does not count towards orphan sightings."""
     if scheduler.running:
         scheduler.add_job(
-            scaler.tick, id="autoscale-now", replace_existing=True, kwargs={"scheduled": False}
+            scaler.tick,
+            id="autoscale-now",
+            replace_existing=True,
+            kwargs={"scheduled": False},
+            # One may wait behind a run in progress (runs never overlap: Scaler's lock),
+            # so a user left pending during a run is still seen by a run after it.
+            max_instances=2,
         )
 
 

@@ -49,42 +49,26 @@ def servers_needed(
     unit: Demand,
     headroom: int,
 ) -> Need:
-    # Pending users could not be placed on active servers; servers still booting
-    # take them first, then as many new ones as packing needs.
-    placed_on_way, left_ids = place(pending, on_the_way)
-    left = [d for d in pending if d.user_id in set(left_ids)]
-    infeasible: list[str] = []
+    """Pending users (and users to move off draining servers) take room on active and
+    booting servers first, then as many new servers as packing needs; then enough
+    more servers for the warm headroom."""
+    rooms = [*active, *on_the_way]
+    placed, left_ids = place(pending, rooms)
+    left_set = set(left_ids)
+    left = [d for d in pending if d.user_id in left_set]
+    infeasible = [d.user_id for d in left if units(new_server, d) < 1]
+    left = [d for d in left if units(new_server, d) >= 1]
     new: list[Room] = []
     while left and len(new) < MAX_NEW_SERVERS_CONSIDERED:
-        fits_empty = [d for d in left if units(new_server, d) >= 1]
-        infeasible += [d.user_id for d in left if d not in fits_empty]
-        if not fits_empty:
-            break
         room = Room(
             f"new-{len(new)}", True, new_server.memory_total_mb, 0, new_server.cpus_total, 0.0
         )
-        placed, still = place(fits_empty, [room])
-        used_mem = sum(d.memory_mb for d in fits_empty if d.user_id in placed)
-        used_cpu = sum(d.cpus for d in fits_empty if d.user_id in placed)
-        new.append(
-            Room(room.server_id, True, room.memory_total_mb, used_mem, room.cpus_total, used_cpu)
-        )
-        left = [d for d in fits_empty if d.user_id in set(still)]
-    # On-the-way rooms after the pending users took their share.
-    after_way = []
-    for r in on_the_way:
-        taken = [d for d in pending if placed_on_way.get(d.user_id) == r.server_id]
-        after_way.append(
-            Room(
-                r.server_id,
-                r.accepts_work,
-                r.memory_total_mb,
-                r.memory_used_mb + sum(d.memory_mb for d in taken),
-                r.cpus_total,
-                r.cpus_used + sum(d.cpus for d in taken),
-            )
-        )
-    free = sum(units(r, unit) for r in [*active, *after_way, *new])
+        into, still = place(left, [room])
+        new.append(_taken(room, [d for d in left if d.user_id in into]))
+        still_set = set(still)
+        left = [d for d in left if d.user_id in still_set]
+    after = [_taken(r, [d for d in pending if placed.get(d.user_id) == r.server_id]) for r in rooms]
+    free = sum(units(r, unit) for r in [*after, *new])
     count = len(new)
     per_server = units(new_server, unit)
     if free < headroom and per_server > 0:
@@ -92,6 +76,17 @@ def servers_needed(
         count += extra
         free += extra * per_server
     return Need(servers=count, infeasible=infeasible, free_units=free)
+
+
+def _taken(room: Room, demands: list[Demand]) -> Room:
+    return Room(
+        room.server_id,
+        room.accepts_work,
+        room.memory_total_mb,
+        room.memory_used_mb + sum(d.memory_mb for d in demands),
+        room.cpus_total,
+        room.cpus_used + sum(d.cpus for d in demands),
+    )
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,10 @@ class Scaler:
         self.state = ScalerState()
         self.reserve = users.Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
         self._lock = asyncio.Lock()
+        limit = provider.max_servers
+        self.max_servers = (
+            min(settings.max_servers, limit) if limit is not None else settings.max_servers
+        )
         self.labels = {"managed-by": "clawfleet", "clawfleet-cluster": settings.cluster_name}
 
     async def stopped(self) -> None:
@@ -299,7 +303,7 @@ class Scaler:
                 "user_unplaceable", f"user {user_id}: its plan fits no server type {pairs[0][0]}"
             )
         capped = autoscale.cap_creates(
-            need.servers, servers_now, self.settings.max_servers, self.settings.max_creates_per_run
+            need.servers, servers_now, self.max_servers, self.settings.max_creates_per_run
         )
         self.state.held_back = capped.held_back
         if capped.reason:
@@ -363,23 +367,26 @@ class Scaler:
         token = await self._bootstrap_token(server_id)
         user_data = self.render_user_data(server_id, token)
         labels = {**self.labels, "clawfleet-server": server_id}
-        for attempt_type, attempt_location in [
-            (server_type, location),
-            *self._usable_pairs(time.time()),
-        ]:
-            request = CreateRequest(
-                server_id, name, attempt_type, attempt_location, user_data, labels
-            )
+        pair: tuple[str, str] | None = (server_type, location)
+        tried: set[tuple[str, str]] = set()
+        while pair is not None:
+            tried.add(pair)
+            request = CreateRequest(server_id, name, pair[0], pair[1], user_data, labels)
             try:
                 created = await self.provider.create(request)
             except ProviderError as exc:
-                if not await self._handle_create_error(
-                    server_id, (attempt_type, attempt_location), exc
-                ):
+                if not await self._handle_create_error(server_id, pair, exc):
                     return False
+                # Next pair in preference order that is neither cooling down nor tried.
+                pair = next((p for p in self._usable_pairs(time.time()) if p not in tried), None)
                 continue
+            # An adopted server may sit on an earlier pair than this attempt's.
             await self._confirm(
-                server_id, created.provider_id, created.public_ip, attempt_type, attempt_location
+                server_id,
+                created.provider_id,
+                created.public_ip,
+                created.server_type or pair[0],
+                created.location or pair[1],
             )
             self.state.transient_failures = 0
             return True
@@ -460,7 +467,7 @@ class Scaler:
             fleet_free_units=sum(autoscale.units(r, unit) for r in active),
             headroom=self.settings.warm_headroom,
             bills_hourly=self.provider.bills_hourly,
-            billing_window=max(300.0, 3 * self.settings.autoscale_interval),
+            billing_window=billing_window(self.settings.autoscale_interval),
         )
         for server_id in chosen:
             if await self._cordon_if_empty(server_id):
@@ -539,3 +546,9 @@ class Scaler:
                 await self.provider.delete(server.provider_id)
                 sightings.pop(server.provider_id)
         self.state.orphan_sightings = sightings
+
+
+def billing_window(interval: float) -> float:
+    """How close to the end of a billed hour an idle server may be deleted: wide enough
+    that a few autoscaler runs fall inside it, never more than half the hour."""
+    return min(autoscale.HOUR / 2, max(300.0, 3 * interval))

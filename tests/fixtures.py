@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from control.app import create_app
+from control.app import ProviderFactory, create_app
+from control.providers import build_provider
 from control.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token-" + "a" * 24
@@ -45,8 +46,11 @@ class ControlPlane:
     """The real app served by aiohttp's AppRunner; stop() and start() keep the same
     database file and port, as a process restart would."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, provider_factory: ProviderFactory = build_provider
+    ) -> None:
         self.settings = settings
+        self.provider_factory = provider_factory
         self.admin_token = settings.admin_token
         self.url = f"http://127.0.0.1:{settings.listen_port}"
         self.app: web.Application | None = None
@@ -54,7 +58,7 @@ class ControlPlane:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self.app = create_app(self.settings)
+        self.app = create_app(self.settings, self.provider_factory)
         self._runner = web.AppRunner(self.app, shutdown_timeout=5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.settings.listen_port, reuse_address=True)
@@ -90,8 +94,10 @@ class ControlPlane:
 async def control_factory(tmp_path: Path) -> AsyncIterator[Callable[..., ControlPlane]]:
     made: list[ControlPlane] = []
 
-    def factory(**overrides: Any) -> ControlPlane:
-        plane = ControlPlane(make_settings(tmp_path, **overrides))
+    def factory(
+        provider_factory: ProviderFactory = build_provider, **overrides: Any
+    ) -> ControlPlane:
+        plane = ControlPlane(make_settings(tmp_path, **overrides), provider_factory)
         made.append(plane)
         return plane
 

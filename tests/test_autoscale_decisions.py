@@ -42,6 +42,15 @@ def way(n: int) -> list[Room]:
         (users(3), [], way(1), 0, 0, []),  # a booting server already covers them
         (users(4), [], way(1), 0, 1, []),
         ([*users(1), Demand("big", 8192, 1)], [], [], 0, 1, ["big"]),  # no type can hold it
+        (
+            users(2),
+            [Room("a", True, 3584, 1024, 1.75, 0.5)],
+            [],
+            0,
+            0,
+            [],
+        ),  # fits on active (drain)
+        (users(3), [Room("a", True, 3584, 1024, 1.75, 0.5)], [], 0, 1, []),
         (users(2, cpus=1.0), [], [], 0, 2, []),  # CPU-bound: one per server
     ],
 )

@@ -123,7 +123,12 @@ def test_missing_setting_stops_start_up_with_one_line_and_exit_2(tmp_path: Path)
 def test_local_secrets_are_generated_once_with_mode_0600(tmp_path: Path) -> None:
     port = free_port()
     # No autoscaling: this test is about start-up, not about local workers.
-    env = {"LISTEN_PORT": str(port), "LOG_LEVEL": "WARNING", "MAX_SERVERS": "0", "WARM_HEADROOM": "0"}
+    env = {
+        "LISTEN_PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+        "MAX_SERVERS": "0",
+        "WARM_HEADROOM": "0",
+    }
     outputs = []
     for _ in range(2):
         proc = run_control(tmp_path, env, "--local-secrets", "data")

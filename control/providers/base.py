@@ -89,6 +89,7 @@ class ProviderServer:
 class Provider(Protocol):
     name: str
     bills_hourly: bool  # deletion waits for the end of a billed hour when True
+    max_servers: int | None  # what the provider can hold at most (None: MAX_SERVERS decides)
 
     def pairs(self) -> list[tuple[str, str]]:
         """(server type, location) pairs to try, in order of preference."""

@@ -269,6 +269,7 @@ class HetznerProvider:
 
     name = "hetzner"
     bills_hourly = True  # per started hour, up to a monthly cap
+    max_servers: int | None = None
     page_size = 50  # the API's maximum per_page; tests lower it to exercise pagination
 
     def __init__(

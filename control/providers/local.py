@@ -56,6 +56,9 @@ def _alive(pid: int) -> bool:
 class LocalProvider:
     name = "local"
     bills_hourly = False
+    # One machine is one server: a second agent on the same Docker engine would only
+    # count the same memory twice (and the two would share container names).
+    max_servers: int | None = 1
 
     def __init__(
         self,
