@@ -26,6 +26,7 @@ from control.providers.base import CreateRequest, ProviderError, ProviderServer,
 
 _ENV_LINE = re.compile(r"^(CONTROL_URL|BOOTSTRAP_TOKEN)=(.+)$", re.M)
 STOP_GRACE = 10.0
+_PASSED_ENV = ("PATH", "HOME", "DOCKER_HOST", "PYTHONPATH", "LANG")
 
 
 def agent_env_from_user_data(user_data: str) -> dict[str, str]:
@@ -93,19 +94,20 @@ class LocalProvider:
         env = agent_env_from_user_data(request.user_data)
         (home / "state").mkdir(parents=True, exist_ok=True, mode=0o700)
         (home / "traefik").mkdir(parents=True, exist_ok=True)
-        full_env = {
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if k in ("PATH", "HOME", "DOCKER_HOST", "PYTHONPATH", "LANG")
-            },
-            **self.extra_env,
+        agent_env = {
             **env,
             "STATE_DIR": str(home / "state"),
             "TRAEFIK_DYNAMIC_DIR": str(home / "traefik"),
-            "AGENT_ENV_FILE": str(
-                home / "agent.env"
-            ),  # does not exist: the environment is the config
+        }
+        # Like /etc/clawfleet/agent.env on a real worker: the token lives in a 0600 file,
+        # not in the process environment.
+        fd = os.open(home / "agent.env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(f"{name}={shlex.quote(value)}\n" for name, value in agent_env.items())
+        full_env = {
+            **{k: v for k, v in os.environ.items() if k in _PASSED_ENV},
+            **self.extra_env,
+            "AGENT_ENV_FILE": str(home / "agent.env"),
         }
         with open(home / "agent.log", "ab") as log:
             proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
