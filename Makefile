@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CODE := control agent shared cloud_init tests bench
 
-.PHONY: run test lint typecheck unit bench clean docs dist
+.PHONY: run test lint typecheck unit bench clean docs dist stop-workers
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: $(STAMP)
 
 dist: $(STAMP)
 	rm -rf dist && $(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
+
+# Local workers (PROVIDER=local) outlive `make run`, as real servers outlive the
+# control plane; this stops them.
+stop-workers:
+	@for f in data/workers/*/server.json; do [ -f "$$f" ] && kill "$$($(PY) -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$$f")" 2>/dev/null; done; true
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     print(
         f"Clawfleet control plane on http://{settings.listen_host}:{settings.listen_port} "
         f"(database {settings.database_path}, provider {settings.provider})",

@@ -67,7 +67,7 @@ class LocalProvider:
         python: str = sys.executable,
         extra_env: dict[str, str] | None = None,
     ) -> None:
-        self.root = Path(workers_dir)
+        self.root = Path(workers_dir).resolve()  # agents run with their own cwd
         self.python = python
         self.extra_env = extra_env or {}
 
