@@ -17,8 +17,6 @@ from pathlib import Path
 from aiohttp import web
 
 from control.app import create_app
-from control.bootstrap import DistMissing
-from control.providers.base import ProviderError
 from control.settings import Settings, SettingsError
 
 

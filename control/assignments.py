@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 
+from control.keyring import Keyring
 from control.plans import Plan, plan_of
 from control.settings import Settings
 from control.specs import UserPlacement, build_spec
-from control.store import Store
+from control.store import Row, Store
 from shared.protocol import Assignments
 
 
@@ -58,10 +59,10 @@ async def generation(store: Store, server_id: str) -> tuple[int, str]:
 
 
 async def desired_set(
-    store: Store, settings: Settings, plans: dict[str, Plan], server_id: str
+    store: Store, settings: Settings, plans: dict[str, Plan], keyring: Keyring, server_id: str
 ) -> Assignments:
     rows = await store.fetch_all(
-        "SELECT s.generation, u.id, u.subdomain, u.plan FROM servers s "
+        "SELECT s.generation, u.id, u.subdomain, u.plan, u.gateway_token_ciphertext FROM servers s "
         "LEFT JOIN users u ON (u.server_id = s.id AND u.state IN ('provisioning', 'running')) "
         "OR u.moving_from = s.id "
         "WHERE s.id = ? ORDER BY u.id",
@@ -69,8 +70,23 @@ async def desired_set(
     )
     gen = int(rows[0]["generation"]) if rows else 0
     specs = [
-        build_spec(UserPlacement(r["id"], r["subdomain"], plan_of(plans, r["plan"]), {}), settings)
+        build_spec(
+            UserPlacement(r["id"], r["subdomain"], plan_of(plans, r["plan"]), _env(keyring, r)),
+            settings,
+        )
         for r in rows
         if r["id"] is not None
     ]
-    return Assignments(generation=gen, containers=specs)
+    purge = await store.fetch_all(
+        "SELECT id FROM users WHERE state = 'deprovisioned' AND data_server_id = ? "
+        "AND purge_generation IS NOT NULL ORDER BY id",
+        (server_id,),
+    )
+    return Assignments(generation=gen, containers=specs, purge=[r["id"] for r in purge])
+
+
+def _env(keyring: Keyring, row: Row) -> dict[str, str]:
+    # The gateway token travels only inside this worker-scoped, signed reply.
+    if row["gateway_token_ciphertext"] is None:
+        return {}
+    return {"OPENCLAW_GATEWAY_TOKEN": keyring.decrypt(row["gateway_token_ciphertext"])}

@@ -189,7 +189,7 @@ def retry_delay(status: int, attempt: int, retry_after: float | None) -> float |
     """
     if attempt < 1 or attempt >= MAX_ATTEMPTS:
         return None
-    backoff = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
+    backoff = min(BACKOFF_CAP, BACKOFF_BASE * float(1 << (attempt - 1)))
     if status == 429:
         if retry_after is None:
             return backoff
@@ -230,7 +230,10 @@ async def reconcile_dns(
     actual = await provider.list_ours()
     plan = plan_dns(desired, actual, base_domain=base_domain)
     report = ReconcileReport(plan=plan)
-    changes: list[tuple[str, str | None]] = [*plan.upsert.items(), *((n, None) for n in plan.delete)]
+    changes: list[tuple[str, str | None]] = [
+        *plan.upsert.items(),
+        *((n, None) for n in plan.delete),
+    ]
     report.deferred = max(0, len(changes) - max_changes)
     for name, ip in changes[:max_changes]:
         try:
@@ -242,5 +245,7 @@ async def reconcile_dns(
                 report.upserted.append(name)
         except DnsError as exc:
             report.failed[name] = exc.message
-            log.warning("dns: %s %s failed: %s", "delete" if ip is None else "upsert", name, exc.message)
+            log.warning(
+                "dns: %s %s failed: %s", "delete" if ip is None else "upsert", name, exc.message
+            )
     return report

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import aiosqlite
 from aiohttp import web
 
-from control import assignments, events, liveness, users, workers
+from control import assignments, billing, events, liveness, users, workers
 from control.agent_auth import AgentCaller, Authenticator, check_not_revoked
 from control.errors import BadRequest, NotFound
 from control.heartbeats import HeartbeatWriter
@@ -108,7 +108,7 @@ class Fleet:
             check_not_revoked(caller.key_id, status)
             if generation > after:
                 return await assignments.desired_set(
-                    self.store, self.settings, self.plans, caller.key_id
+                    self.store, self.settings, self.plans, self.keyring, caller.key_id
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.board.closed:
@@ -151,11 +151,75 @@ class Fleet:
     async def create_user(self, user_id: str, subdomain: str, plan_name: str) -> None:
         users.validate_user_id(user_id)
         users.validate_subdomain(subdomain)
-        await users.create(self.store, user_id, subdomain, self.plan(plan_name))
+        token = self.keyring.encrypt(self.keyring.new_secret())
+        await users.create(self.store, user_id, subdomain, self.plan(plan_name), token)
         await self.place()
 
-    async def delete_user(self, user_id: str) -> None:
-        server_id = await users.deprovision(self.store, user_id)
+    async def set_user_target(self, user_id: str, goal: billing.Target, reason: str) -> None:
+        """Deprovision (DELETE), suspend or resume a user at the operator's request."""
+
+        async def apply(conn: aiosqlite.Connection) -> billing.Applied:
+            if await fetch_one(conn, "SELECT 1 FROM users WHERE id = ?", (user_id,)) is None:
+                raise NotFound(f"no user {user_id}")
+            return await billing.set_target(
+                conn, user_id, goal, retention=self.retention, now=time.time(), reason=reason
+            )
+
+        await self._after(await self.store.write(apply))
+
+    async def apply_billing(self, fact: billing.Fact) -> None:
+        """The Stripe outbox's apply function (idempotent; raising means retry)."""
+
+        async def apply(conn: aiosqlite.Connection) -> billing.Applied:
+            return await billing.apply_fact(
+                conn,
+                fact,
+                plans=self.plans,
+                keyring=self.keyring,
+                grace=self.settings.past_due_grace,
+                retention=self.retention,
+            )
+
+        await self._after(await self.store.write(apply))
+
+    async def _after(self, applied: billing.Applied) -> None:
+        self.board.notify(*applied.touched)
+        if applied.place:
+            await self.place()
+
+    @property
+    def retention(self) -> float:
+        return self.settings.retention_days * 86400
+
+    async def access(self, user_id: str) -> dict[str, str]:
+        row = await self.store.fetch_one(
+            "SELECT subdomain, gateway_token_ciphertext FROM users WHERE id = ?", (user_id,)
+        )
+        if row is None:
+            raise NotFound(f"no user {user_id}")
+        return {
+            "url": f"https://{row['subdomain']}.{self.settings.base_domain}",
+            "token": self.keyring.decrypt(row["gateway_token_ciphertext"]),
+        }
+
+    async def rotate_token(self, user_id: str) -> None:
+        """A new gateway token; the user's container is replaced to pick it up."""
+        ciphertext = self.keyring.encrypt(self.keyring.new_secret())
+
+        async def apply(conn: aiosqlite.Connection) -> str | None:
+            row = await fetch_one(conn, "SELECT server_id FROM users WHERE id = ?", (user_id,))
+            if row is None:
+                raise NotFound(f"no user {user_id}")
+            await conn.execute(
+                "UPDATE users SET gateway_token_ciphertext = ?, updated_at = ? WHERE id = ?",
+                (ciphertext, time.time(), user_id),
+            )
+            if row["server_id"]:
+                await users.bump_generation(conn, row["server_id"])
+            await events.record(conn, "token_rotated", "gateway token rotated", user_id=user_id)
+            return str(row["server_id"]) if row["server_id"] else None
+
+        server_id = await self.store.write(apply)
         if server_id:
             self.board.notify(server_id)
 
@@ -177,9 +241,23 @@ class Fleet:
             touched = await users.release_from(self.store, dead)
             self.board.notify(*dead, *touched)
             await self.place()
+        await self._billing_deadlines(now)
         self.ledger.prune(now)
         await self.store.write(lambda conn: purge_expired(conn, now))
         await self._count_live()
+
+    async def _billing_deadlines(self, now: float) -> None:
+        """past_due past its grace → suspended; deprovisioned past retention → purged."""
+        grace = self.settings.past_due_grace
+        overdue = await self.store.fetch_all(
+            "SELECT id FROM users WHERE billing_status = 'past_due' AND past_due_since <= ? "
+            "AND state IN ('pending', 'provisioning', 'running')",
+            (now - grace,),
+        )
+        for row in overdue:
+            await self.set_user_target(row["id"], "suspend", f"past_due for more than {grace:.0f}s")
+        notify = await self.store.write(lambda conn: users.advance_purges(conn, now))
+        self.board.notify(*notify)
 
     async def run_sweeps(self) -> None:
         period = max(1.0, min(self.settings.heartbeat_interval / 2, 5.0))

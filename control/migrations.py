@@ -57,6 +57,38 @@ MIGRATIONS: tuple[str, ...] = (
         moving_from TEXT REFERENCES servers(id),
         error TEXT,
         created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        billing_status TEXT,
+        stripe_customer_id TEXT,
+        stripe_subscription_id TEXT,
+        subscription_event_created INTEGER,
+        past_due_since REAL,
+        gateway_token_ciphertext TEXT,
+        data_server_id TEXT REFERENCES servers(id),
+        purge_after REAL,
+        purge_generation INTEGER
+    );
+    CREATE UNIQUE INDEX users_subscription ON users(stripe_subscription_id);
+    CREATE TABLE stripe_events (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        payload TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        processed_at REAL
+    );
+    CREATE INDEX stripe_events_due ON stripe_events(status, next_attempt_at);
+    CREATE TABLE subscriptions (
+        id TEXT PRIMARY KEY,
+        customer_id TEXT,
+        status TEXT,
+        price_id TEXT,
+        current_period_end INTEGER,
+        state_at INTEGER NOT NULL,
         updated_at REAL NOT NULL
     );
     CREATE INDEX users_server ON users(server_id);

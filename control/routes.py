@@ -12,7 +12,7 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from control import views
+from control import billing, views
 from control.bootstrap import DIST
 from control.clock import iso
 from control.errors import BadRequest, NotFound
@@ -165,10 +165,35 @@ async def get_user(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/users/{user_id}")
 async def delete_user(request: web.Request) -> web.Response:
+    """The user's container goes away; its data stays RETENTION_DAYS, then is purged."""
+    return await _user_action(request, "deprovision")
+
+
+@routes.post(r"/v1/users/{user_id}/{action:suspend|resume}")
+async def user_action(request: web.Request) -> web.Response:
+    goal: billing.Target = "suspend" if request.match_info["action"] == "suspend" else "run"
+    return await _user_action(request, goal)
+
+
+async def _user_action(request: web.Request, goal: billing.Target) -> web.Response:
     fleet = request.app[FLEET]
     user_id = request.match_info["user_id"]
-    await fleet.delete_user(user_id)
+    await fleet.set_user_target(user_id, goal, reason="operator")
     return web.json_response((await views.users(fleet.store, user_id))[0])
+
+
+@routes.get("/v1/users/{user_id}/access")
+async def user_access(request: web.Request) -> web.Response:
+    """What the operator's platform hands its customer: the agent's URL and gateway token."""
+    return web.json_response(await request.app[FLEET].access(request.match_info["user_id"]))
+
+
+@routes.post("/v1/users/{user_id}/rotate-token")
+async def rotate_token(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    user_id = request.match_info["user_id"]
+    await fleet.rotate_token(user_id)
+    return web.json_response(await fleet.access(user_id))
 
 
 @routes.get("/v1/events")

@@ -134,6 +134,15 @@ class Scaler:
         await self._set_status(row["id"], "deleting", kind, reason)
         if row["provider_id"]:
             await self.provider.delete(row["provider_id"])
+
+        async def forget(conn: aiosqlite.Connection) -> None:
+            # Suspended users' data goes with the server; on resume they are placed anew.
+            await conn.execute(
+                "UPDATE users SET server_id = NULL WHERE server_id = ? AND state = 'suspended'",
+                (row["id"],),
+            )
+
+        await self.store.write(forget)
         await self._set_status(
             row["id"], "deleted", "server_deleted", f"deleted at {self.provider.name}"
         )
@@ -264,7 +273,7 @@ class Scaler:
             Demand(r["id"], plan_of(plans, r["plan"]).memory_mb, plan_of(plans, r["plan"]).cpus)
             for r in await self.store.fetch_all(
                 "SELECT u.id, u.plan FROM users u LEFT JOIN servers s ON s.id = u.server_id "
-                "WHERE u.state = 'pending' OR (s.draining = 1 AND u.moving_from IS NULL "
+                "WHERE (u.state = 'pending' AND u.error IS NULL) OR (s.draining = 1 AND u.moving_from IS NULL "
                 "AND u.state IN ('provisioning', 'running')) ORDER BY u.created_at, u.id"
             )
         ]

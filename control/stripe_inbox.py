@@ -1,0 +1,413 @@
+"""The Stripe webhook inbox: verify, store durably, then process in order with retries.
+
+Contract:
+- `POST /v1/stripe/webhook` (`stripe_routes`, reading `request.app[INBOX]`) only
+  verifies and stores; it answers 200 `{"received": true, "duplicate": bool}` once the
+  raw event is committed, and wakes the processor. Errors are domain errors:
+  400 `missing_signature`, `bad_signature`, `stale_event`, `future_event`,
+  `malformed_event` (nothing written); 503 `unavailable` / `not_configured` when the
+  event cannot be stored, so that Stripe retries the delivery.
+- Verification is the `stripe` library's (HMAC-SHA256 over "{t}.{body}", tolerance
+  300 s into the past). The library accepts any timestamp in the future, so
+  `receive` also refuses a `t` more than `tolerance` seconds ahead. Edges are
+  inclusive: t == now - tolerance and t == now + tolerance are accepted.
+- Stored: the raw body as received (UTF-8 text), under the event id (unique), status
+  'pending', due now. A repeated id changes nothing and is reported as a duplicate.
+- `process_due(apply)` takes due events ('pending' or 'failing', next_attempt_at <= now)
+  oldest first by (created, received_at, id), decodes each into a `BillingFact`
+  (control/stripe_decode.py), re-fetches the subscription when an API key is set,
+  calls `apply(fact)`, and marks the event 'done'. When decoding, the re-fetch or
+  `apply` raises, the event stays due later: attempts + 1, `last_error`, next attempt
+  after `backoff(attempts)`, and status 'failing' from 5 attempts on (still retried).
+  Ignored event types are marked done without calling `apply`. Each event's
+  bookkeeping is its own transaction, after `apply` returns: delivery to `apply` is
+  at least once (a crash between the two applies the event again), so `apply` must
+  be idempotent. A failing event does not hold back later ones: `apply` orders
+  states by `fact.state_at`.
+- `run(apply, wake)` repeats `process_due` until cancelled, waiting for `wake` or
+  `interval` seconds between rounds.
+- Neither the webhook secret nor the API key is ever logged or stored in `last_error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiosqlite
+import stripe
+from aiohttp import web
+
+from control.clock import iso
+from control.errors import BadRequest, ClawfleetError
+from control.store import Store
+from control.stripe_decode import HANDLED_TYPES, BillingFact, DecodeError, decode, refreshed
+
+__all__ = [
+    "HANDLED_TYPES",
+    "INBOX",
+    "ApplyFn",
+    "BillingFact",
+    "DecodeError",
+    "StripeInbox",
+    "Unavailable",
+    "backoff",
+    "decode",
+    "stripe_routes",
+]
+
+log = logging.getLogger(__name__)
+
+ApplyFn = Callable[[BillingFact], Awaitable[None]]
+
+FAILING_AFTER = 5  # attempts after which an event is listed as 'failing'
+BACKOFF_BASE = 5.0  # seconds before the first retry
+REFETCH_TIMEOUT = 20.0  # seconds for one subscription re-fetch (also the HTTP timeout)
+_MAX_ERROR = 500  # characters of last_error kept
+_DUE_STATUSES = ("pending", "failing")
+_BATCH = 100  # events per round of run()
+
+
+class Unavailable(ClawfleetError):
+    """The event could not be stored: a 5xx makes Stripe deliver it again later."""
+
+    status = 503
+    code = "unavailable"
+
+
+def backoff(
+    attempts: int,
+    *,
+    base: float = BACKOFF_BASE,
+    cap: float = 3600.0,
+    jitter: float = 0.2,
+    rand: float | None = None,
+) -> float:
+    """Seconds to wait after the `attempts`-th failure: base * 2**(attempts-1), capped,
+    then shortened by up to `jitter` (a fraction) so that events failing together do
+    not retry in lockstep. `rand` in [0, 1) fixes the jitter (tests); None draws one.
+    Never more than `cap`, never less than (1 - jitter) * min(cap, nominal)."""
+    exponent = min(max(attempts, 1) - 1, 32)  # bounded: no float overflow
+    nominal = min(cap, base * 2.0**exponent)
+    u = random.random() if rand is None else min(max(rand, 0.0), 1.0)
+    return nominal * (1.0 - jitter * u)
+
+
+class StripeInbox:
+    def __init__(
+        self,
+        store: Store,
+        webhook_secret: str,
+        *,
+        api_key: str = "",
+        api_base: str | None = None,
+        tolerance: int = 300,
+        max_backoff: float = 3600.0,
+        refetch_timeout: float = REFETCH_TIMEOUT,
+    ) -> None:
+        self.store = store
+        self._secret = webhook_secret
+        self._api_key = api_key
+        self._api_base = api_base
+        self.tolerance = tolerance
+        self.max_backoff = max_backoff
+        self.refetch_timeout = refetch_timeout
+        self._client: stripe.StripeClient | None = None
+        self._wake_event: asyncio.Event | None = None
+        # One processing round at a time: run() and an admin-triggered round must not
+        # hand the same event to apply() twice concurrently.
+        self._processing = asyncio.Lock()
+
+    # --- intake -------------------------------------------------------------------
+    async def receive(self, payload: bytes, signature: str | None) -> bool:
+        """Verify and store one delivery. True when stored, False for a duplicate id."""
+        event = self._verify(payload, signature)
+        text = payload.decode("utf-8")  # _verify proved it decodes
+        now = time.time()
+
+        async def insert(conn: aiosqlite.Connection) -> bool:
+            cursor = await conn.execute(
+                "INSERT INTO stripe_events (id, type, created, payload, received_at, status, "
+                "attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                (event["id"], event["type"], event["created"], text, now, now),
+            )
+            inserted = cursor.rowcount == 1
+            await cursor.close()
+            return inserted
+
+        try:
+            stored = await self.store.write(insert)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Name the database problem, never the payload (customer data).
+            log.error("cannot store Stripe event %s: %s", event["id"], self._scrub(repr(exc)))
+            raise Unavailable("cannot store the event now; Stripe will retry") from None
+        if stored:
+            log.info("stored Stripe event %s (%s)", event["id"], event["type"])
+            self.wake()
+        else:
+            log.info("duplicate Stripe event %s ignored", event["id"])
+        return stored
+
+    def _verify(self, payload: bytes, signature: str | None) -> dict[str, Any]:
+        if not self._secret.strip():
+            raise Unavailable("STRIPE_WEBHOOK_SECRET is not configured", code="not_configured")
+        if not signature:
+            raise BadRequest("missing Stripe-Signature header", code="missing_signature")
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("body is not UTF-8", code="malformed_event") from None
+        try:
+            stripe.WebhookSignature.verify_header(text, signature, self._secret, self.tolerance)
+        except stripe.SignatureVerificationError:
+            raise self._signature_error(text, signature) from None
+        timestamp = _header_timestamp(signature)
+        if timestamp is None or timestamp > time.time() + self.tolerance:
+            raise BadRequest(
+                f"Stripe-Signature timestamp is more than {self.tolerance} s in the future "
+                "(check this host's clock)",
+                code="future_event",
+            )
+        return _parse_event(text)
+
+    def _signature_error(self, text: str, signature: str) -> BadRequest:
+        # The library raises one exception type for every failure. Telling a stale but
+        # authentic delivery from a forged one (the first points at clock skew or a
+        # backlog, the second at the wrong secret) needs a second check without the
+        # tolerance; only the library's verdict decides acceptance.
+        try:
+            stripe.WebhookSignature.verify_header(text, signature, self._secret, None)
+        except stripe.SignatureVerificationError:
+            return BadRequest(
+                "Stripe-Signature does not match the body with this endpoint's signing "
+                "secret (wrong STRIPE_WEBHOOK_SECRET, or the body was altered)",
+                code="bad_signature",
+            )
+        return BadRequest(
+            f"Stripe-Signature timestamp is more than {self.tolerance} s old "
+            "(replayed delivery or clock skew)",
+            code="stale_event",
+        )
+
+    def wake(self) -> None:
+        """Wake the processor (`run`) early; a no-op before `run` starts."""
+        if self._wake_event is not None:
+            self._wake_event.set()
+
+    # --- processing ---------------------------------------------------------------
+    async def process_due(
+        self, apply: ApplyFn, *, now: float | None = None, limit: int = 100
+    ) -> int:
+        """Process up to `limit` due events, oldest first; the number processed
+        (successfully or not)."""
+        async with self._processing:
+            at = time.time() if now is None else now
+            rows = await self.store.fetch_all(
+                "SELECT id FROM stripe_events WHERE status IN (?, ?) AND next_attempt_at <= ? "
+                "ORDER BY created, received_at, id LIMIT ?",
+                (*_DUE_STATUSES, at, limit),
+            )
+            for row in rows:
+                await self._process_one(str(row["id"]), apply, at)
+            return len(rows)
+
+    async def _process_one(self, event_id: str, apply: ApplyFn, now: float) -> None:
+        row = await self.store.fetch_one(
+            "SELECT type, payload, attempts FROM stripe_events WHERE id = ? AND status IN (?, ?)",
+            (event_id, *_DUE_STATUSES),
+        )
+        if row is None:
+            return
+        try:
+            fact = await self._fact(str(row["payload"]))
+            if fact is not None:
+                await apply(fact)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._record_failure(event_id, str(row["type"]), int(row["attempts"]), exc, now)
+            return
+        await self._mark_done(event_id, now)
+
+    async def _fact(self, payload: str) -> BillingFact | None:
+        try:
+            event = json.loads(payload)
+        except ValueError as exc:
+            raise DecodeError(f"stored payload is not JSON: {exc}") from None
+        if not isinstance(event, Mapping):
+            raise DecodeError("stored payload is not a JSON object")
+        fact = decode(event)
+        # A deleted subscription is final: a re-fetch would only say "canceled".
+        if (
+            fact is None
+            or fact.subscription_id is None
+            or not self._api_key
+            or fact.status == "deleted"
+        ):
+            return fact
+        subscription = await self._retrieve_subscription(fact.subscription_id)
+        return refreshed(fact, subscription, int(time.time()))
+
+    async def _retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
+        client = self._stripe_client()
+
+        def retrieve() -> dict[str, Any]:
+            return client.v1.subscriptions.retrieve(subscription_id).to_dict(for_json=True)
+
+        # The stripe client is synchronous: keep it off the event loop, and bound it
+        # (the HTTP client's timeout ends the thread; this one frees the coroutine).
+        async with asyncio.timeout(self.refetch_timeout):
+            return await asyncio.to_thread(retrieve)
+
+    def _stripe_client(self) -> stripe.StripeClient:
+        if self._client is None:
+            self._client = stripe.StripeClient(
+                self._api_key,
+                base_addresses={"api": self._api_base} if self._api_base else None,
+                # Our own backoff retries; the library's would hold the thread.
+                max_network_retries=0,
+                http_client=stripe.RequestsClient(timeout=self.refetch_timeout),
+            )
+        return self._client
+
+    async def _mark_done(self, event_id: str, now: float) -> None:
+        async def mark(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE stripe_events SET status = 'done', processed_at = ?, last_error = NULL "
+                "WHERE id = ? AND status IN (?, ?)",
+                (now, event_id, *_DUE_STATUSES),
+            )
+
+        await self.store.write(mark)
+
+    async def _record_failure(
+        self, event_id: str, event_type: str, attempts: int, exc: Exception, now: float
+    ) -> None:
+        attempts += 1
+        delay = backoff(attempts, cap=self.max_backoff)
+        status = "failing" if attempts >= FAILING_AFTER else "pending"
+        error = self._scrub(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR]
+
+        async def record(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE stripe_events SET attempts = ?, status = ?, last_error = ?, "
+                "next_attempt_at = ? WHERE id = ? AND status IN (?, ?)",
+                (attempts, status, error, now + delay, event_id, *_DUE_STATUSES),
+            )
+
+        await self.store.write(record)
+        log.warning(
+            "Stripe event %s (%s) failed (attempt %d, retry in %.0f s): %s",
+            event_id,
+            event_type,
+            attempts,
+            delay,
+            error,
+        )
+
+    def _scrub(self, text: str) -> str:
+        for secret in (self._secret, self._api_key):
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    async def run(self, apply: ApplyFn, wake: asyncio.Event, interval: float = 5.0) -> None:
+        """Process due events until cancelled, waking on `wake` or every `interval` s."""
+        self._wake_event = wake
+        while True:
+            # Clear before the round: a wake during the round makes the next wait return
+            # at once, so no stored event waits for the interval.
+            wake.clear()
+            processed = 0
+            try:
+                processed = await self.process_due(apply, limit=_BATCH)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Stripe inbox round failed; retrying in %.0f s", interval)
+            if processed >= _BATCH:
+                continue  # a full batch: more may be due right now
+            try:
+                async with asyncio.timeout(interval):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+
+    # --- inspection ---------------------------------------------------------------
+    async def failing(self) -> list[dict[str, Any]]:
+        rows = await self.store.fetch_all(
+            "SELECT id, type, attempts, last_error, next_attempt_at FROM stripe_events "
+            "WHERE status = 'failing' ORDER BY created, received_at, id"
+        )
+        return [
+            {
+                "id": row["id"],
+                "type": row["type"],
+                "attempts": row["attempts"],
+                "last_error": row["last_error"],
+                "next_attempt_at": iso(row["next_attempt_at"]),
+            }
+            for row in rows
+        ]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.store.fetch_all(
+            "SELECT status, COUNT(*) AS n FROM stripe_events GROUP BY status"
+        )
+        counts = {"pending": 0, "failing": 0, "done": 0}
+        counts.update({str(row["status"]): int(row["n"]) for row in rows})
+        return counts
+
+
+def _header_timestamp(header: str) -> int | None:
+    # The same reading as the library's: the first `t=` item.
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _parse_event(text: str) -> dict[str, Any]:
+    try:
+        event = json.loads(text)
+    except ValueError:
+        raise BadRequest("body is not JSON", code="malformed_event") from None
+    if not isinstance(event, dict):
+        raise BadRequest("body is not a JSON object", code="malformed_event")
+    if event.get("object", "event") != "event":
+        # e.g. a v2 thin event notification sent to a snapshot-event endpoint.
+        raise BadRequest(
+            f"not a snapshot event (object {event.get('object')!r})", code="malformed_event"
+        )
+    event_id, event_type, created = event.get("id"), event.get("type"), event.get("created")
+    if not isinstance(event_id, str) or not event_id or len(event_id) > 255:
+        raise BadRequest("event has no valid id", code="malformed_event")
+    if not isinstance(event_type, str) or not event_type:
+        raise BadRequest("event has no valid type", code="malformed_event")
+    if not isinstance(created, int) or isinstance(created, bool):
+        raise BadRequest("event has no integer created", code="malformed_event")
+    return event
+
+
+INBOX = web.AppKey("stripe_inbox", StripeInbox)
+stripe_routes = web.RouteTableDef()
+
+
+@stripe_routes.post("/v1/stripe/webhook")
+async def stripe_webhook(request: web.Request) -> web.Response:
+    """Stripe's deliveries: verify and store, reply at once; `run` does the work."""
+    payload = await request.read()
+    stored = await request.app[INBOX].receive(payload, request.headers.get("Stripe-Signature"))
+    return web.json_response({"received": True, "duplicate": not stored})

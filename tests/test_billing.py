@@ -1,0 +1,261 @@
+"""Billing facts applied to users (control/billing.py) through the real control plane."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from control.billing import derive_subdomain, target
+from control.fleet import FLEET
+from control.plans import DEFAULT_PLAN, Plan
+from tests.fixtures import ControlPlane
+from tests.test_protocol import registered
+
+PRO = Plan("pro", 2048, 1.0, 1024, 20, ("price_pro",))
+PLANS = {"default": DEFAULT_PLAN, "pro": PRO}
+HEALTHY = {
+    "state": "running",
+    "health": "healthy",
+    "image_id": "x",
+    "started_at": "",
+    "restart_count": 0,
+}
+
+
+@dataclass(frozen=True)
+class Fact:
+    event_id: str
+    event_type: str
+    state_at: int
+    user_id: str | None = None
+    subdomain: str | None = None
+    customer_id: str | None = "cus_1"
+    subscription_id: str | None = "sub_1"
+    status: str | None = None
+    price_id: str | None = None
+    current_period_end: int | None = None
+    refetched: bool = False
+
+
+def checkout(at: int = 100, user: str = "alice", **kw: Any) -> Fact:
+    return Fact(
+        f"evt_co_{at}", "checkout.session.completed", at, user_id=user, subdomain=user, **kw
+    )
+
+
+def sub(status: str, at: int, price: str | None = "price_pro", **kw: Any) -> Fact:
+    kind = (
+        "customer.subscription.deleted" if status == "deleted" else "customer.subscription.updated"
+    )
+    return Fact(f"evt_{status}_{at}", kind, at, status=status, price_id=price, **kw)
+
+
+@pytest.fixture
+async def plane(control_factory: Callable[..., ControlPlane]) -> ControlPlane:
+    control = control_factory(plans=PLANS, past_due_grace=3600.0, retention_days=30.0)
+    await control.start()
+    return control
+
+
+async def apply(control: ControlPlane, *facts: Fact) -> None:
+    assert control.app is not None
+    for fact in facts:
+        await control.app[FLEET].apply_billing(fact)
+
+
+async def user(control: ControlPlane, user_id: str = "alice") -> dict[str, Any]:
+    status, body = await control.admin("GET", f"/v1/users/{user_id}")
+    assert status == 200, body
+    return body
+
+
+@pytest.mark.parametrize(
+    ("status", "past_due_for", "expected"),
+    [
+        ("active", None, "run"),
+        ("trialing", None, "run"),
+        ("past_due", 10, "run"),
+        ("past_due", 4000, "suspend"),
+        ("unpaid", None, "suspend"),
+        ("paused", None, "suspend"),
+        ("canceled", None, "deprovision"),
+        ("incomplete_expired", None, "deprovision"),
+        ("deleted", None, "deprovision"),
+        ("incomplete", None, "wait"),
+        (None, None, "wait"),
+    ],
+)
+def test_target(status: str | None, past_due_for: float | None, expected: str) -> None:
+    now = 1_000_000.0
+    since = None if past_due_for is None else now - past_due_for
+    assert target(status, since, now, 3600) == expected
+
+
+@pytest.mark.parametrize(
+    ("user_id", "label"),
+    [("alice", "alice"), ("Bob.Smith_2", "bob-smith-2"), ("__", "user"), ("a" * 70, "a" * 50)],
+)
+def test_derive_subdomain(user_id: str, label: str) -> None:
+    assert derive_subdomain(user_id) == label
+
+
+async def test_checkout_then_active_subscription_places_the_user_on_its_plan(
+    plane: ControlPlane,
+) -> None:
+    worker = await registered(plane)
+    await apply(plane, checkout(), sub("active", 110))
+    alice = await user(plane)
+    assert alice["state"] == "provisioning" and alice["server_id"] == worker.key_id
+    assert alice["plan"] == "pro" and alice["billing_status"] == "active" and alice["error"] is None
+    assert (alice["stripe_customer_id"], alice["stripe_subscription_id"]) == ("cus_1", "sub_1")
+    spec = (await worker.assignments()).body["containers"][0]
+    assert spec["resources"]["memory_mb"] == 2048
+    access = (await plane.admin("GET", "/v1/users/alice/access"))[1]
+    assert access["url"] == "https://alice.clawfleet.localhost"
+    assert spec["env"]["OPENCLAW_GATEWAY_TOKEN"] == access["token"] and len(access["token"]) >= 32
+
+
+async def test_subscription_before_checkout_is_linked_not_undone(plane: ControlPlane) -> None:
+    await registered(plane)
+    await apply(plane, sub("active", 110))  # nobody to link it to yet
+    assert (await plane.admin("GET", "/v1/users"))[1]["users"] == []
+    await apply(plane, checkout(at=100))  # an older checkout links; it does not reset state
+    alice = await user(plane)
+    assert alice["state"] == "provisioning" and alice["billing_status"] == "active"
+
+
+async def test_out_of_order_deleted_before_created_ends_deprovisioned(plane: ControlPlane) -> None:
+    await registered(plane)
+    await apply(plane, sub("deleted", 300), sub("active", 100), checkout(at=90))
+    alice = await user(plane)
+    assert alice["state"] == "deprovisioned" and alice["billing_status"] == "deleted"
+    assert alice["server_id"] is None
+
+
+async def test_duplicates_change_nothing(plane: ControlPlane) -> None:
+    await registered(plane)
+    await apply(plane, checkout(), sub("active", 110))
+    first = await user(plane)
+    _, evs = await plane.admin("GET", "/v1/events?limit=1000")
+    await apply(plane, checkout(), sub("active", 110), sub("active", 110))
+    assert await user(plane) == first
+    _, again = await plane.admin("GET", "/v1/events?limit=1000")
+    assert len(again["events"]) == len(evs["events"])
+
+
+async def test_unknown_price_is_an_error_and_the_user_is_not_started(plane: ControlPlane) -> None:
+    await registered(plane)
+    await apply(plane, checkout(), sub("active", 110, price="price_mystery"))
+    alice = await user(plane)
+    assert alice["state"] == "pending" and alice["server_id"] is None
+    assert "price_mystery" in alice["error"]
+    _, evs = await plane.admin("GET", "/v1/events")
+    assert any(
+        e["kind"] == "billing_error" and "price_mystery" in e["message"] for e in evs["events"]
+    )
+    # Fixed at Stripe (a known price): the user starts.
+    await apply(plane, sub("active", 120, price="price_pro"))
+    assert (await user(plane))["state"] == "provisioning"
+
+
+async def test_suspend_and_resume_on_the_same_server(plane: ControlPlane) -> None:
+    worker = await registered(plane)
+    await apply(plane, checkout(), sub("active", 110))
+    await worker.heartbeat([{"user_id": "alice", **HEALTHY}])
+    server_id = (await user(plane))["server_id"]
+    await apply(plane, sub("unpaid", 120))
+    alice = await user(plane)
+    assert alice["state"] == "suspended" and alice["server_id"] == server_id
+    assert (await worker.assignments()).body["containers"] == []  # the container stops
+    # Its room stays reserved while suspended.
+    _, srv = await plane.admin("GET", f"/v1/servers/{server_id}")
+    assert srv["capacity"]["memory_mb"]["used"] == 2048
+    await apply(plane, sub("active", 130))
+    alice = await user(plane)
+    assert alice["state"] == "provisioning" and alice["server_id"] == server_id
+    assert [c["user_id"] for c in (await worker.assignments()).body["containers"]] == ["alice"]
+
+
+async def test_past_due_runs_through_the_grace_then_suspends(
+    control_factory: Callable[..., ControlPlane],
+) -> None:
+    plane = control_factory(
+        plans=PLANS, past_due_grace=1.0, heartbeat_interval=1.0, dead_after=60.0
+    )
+    await plane.start()
+    await registered(plane)
+    await apply(plane, checkout(), sub("past_due", 110))
+    assert (await user(plane))["state"] == "provisioning"
+    for _ in range(40):
+        if (await user(plane))["state"] == "suspended":
+            break
+        await asyncio.sleep(0.25)
+    alice = await user(plane)
+    assert alice["state"] == "suspended" and alice["billing_status"] == "past_due"
+
+
+async def test_admin_suspend_resume_and_delete(plane: ControlPlane) -> None:
+    await registered(plane)
+    await plane.admin("POST", "/v1/users", {"user_id": "bo", "subdomain": "bo"})
+    status, body = await plane.admin("POST", "/v1/users/bo/suspend")
+    assert status == 200 and body["state"] == "suspended"
+    status, body = await plane.admin("POST", "/v1/users/bo/resume")
+    assert status == 200 and body["state"] == "provisioning"
+    status, body = await plane.admin("DELETE", "/v1/users/bo")
+    assert status == 200 and body["state"] == "deprovisioned" and body["purge_after"]
+    status, _ = await plane.admin("POST", "/v1/users/nobody/suspend")
+    assert status == 404
+
+
+async def test_rotating_the_token_replaces_the_container_spec(plane: ControlPlane) -> None:
+    worker = await registered(plane)
+    await plane.admin("POST", "/v1/users", {"user_id": "cy", "subdomain": "cy"})
+    before = (await worker.assignments()).body
+    status, access = await plane.admin("POST", "/v1/users/cy/rotate-token")
+    assert status == 200
+    after = (await worker.assignments(after=before["generation"])).body
+    assert after["containers"][0]["env"]["OPENCLAW_GATEWAY_TOKEN"] == access["token"]
+    assert after["containers"][0]["spec_hash"] != before["containers"][0]["spec_hash"]
+
+
+async def test_deprovisioned_data_is_purged_after_retention(
+    control_factory: Callable[..., ControlPlane],
+) -> None:
+    plane = control_factory(retention_days=1 / 86400, heartbeat_interval=1.0, dead_after=60.0)
+    await plane.start()
+    worker = await registered(plane)
+    await plane.admin("POST", "/v1/users", {"user_id": "di", "subdomain": "di"})
+    await plane.admin("DELETE", "/v1/users/di")
+    assert (await user(plane, "di"))["state"] == "deprovisioned"  # readable until purged
+    purge: list[str] = []
+    for _ in range(40):
+        reply = await worker.assignments()
+        purge = reply.body["purge"]
+        if purge:
+            break
+        await asyncio.sleep(0.25)
+    assert purge == ["di"]
+    await worker.heartbeat(generation=reply.body["generation"])
+    status = 200
+    for _ in range(40):
+        status, _ = await plane.admin("GET", "/v1/users/di")
+        if status == 404:
+            break
+        await asyncio.sleep(0.25)
+    assert status == 404
+    _, evs = await plane.admin("GET", "/v1/events")
+    assert any(e["kind"] == "user_purged" for e in evs["events"])
+
+
+async def test_another_worker_never_sees_the_token(plane: ControlPlane) -> None:
+    a = await registered(plane, "a")
+    b = await registered(plane, "b")
+    await plane.admin("POST", "/v1/users", {"user_id": "ed", "subdomain": "ed"})
+    _, access = await plane.admin("GET", "/v1/users/ed/access")
+    replies = [await w.assignments() for w in (a, b)]
+    texts = [str(r.body) for r in replies]
+    assert sum(access["token"] in t for t in texts) == 1
