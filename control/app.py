@@ -94,6 +94,7 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
         )
         await fleet.start()
         fleet.on_pending = lambda: _nudge(scheduler, scaler)
+        fleet.price_of = _price_lookup(provider)
         app[FLEET] = fleet
         app[SCALER] = scaler
         sweeper = asyncio.create_task(fleet.run_sweeps(), name="liveness-sweeps")
@@ -123,6 +124,18 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
         if provider is not None:
             await provider.close()
         await store.close()
+
+
+def _price_lookup(provider: Provider) -> Callable[[str | None], float | None]:
+    def price(server_type: str | None) -> float | None:
+        if not server_type:
+            return None
+        try:
+            return provider.server_type(server_type).hourly_price
+        except Exception:  # a type the provider no longer lists: unknown price
+            return None
+
+    return price
 
 
 def _nudge(scheduler: AsyncIOScheduler, scaler: Scaler) -> None:

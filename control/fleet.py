@@ -17,7 +17,7 @@ from aiohttp import web
 
 from control import assignments, billing, events, liveness, users, workers
 from control.agent_auth import AgentCaller, Authenticator, check_not_revoked
-from control.errors import BadRequest, NotFound
+from control.errors import BadRequest, Conflict, NotFound
 from control.heartbeats import HeartbeatWriter
 from control.keyring import Keyring
 from control.nonces import NonceLedger, purge_expired
@@ -55,6 +55,8 @@ class Fleet:
         self._live_workers = 0
         # Set by the app: asks the autoscaler for a run when users are left pending.
         self.on_pending: Callable[[], None] = lambda: None
+        # Set by the app from the provider: hourly price of a server type, if known.
+        self.price_of: Callable[[str | None], float | None] = lambda server_type: None
 
     async def start(self) -> None:
         self.started_at = time.time()
@@ -190,6 +192,20 @@ class Fleet:
     @property
     def retention(self) -> float:
         return self.settings.retention_days * 86400
+
+    async def move_user(self, user_id: str, target: str | None) -> str:
+        async def apply(conn: aiosqlite.Connection) -> tuple[str | None, str | None]:
+            source = await fetch_one(conn, "SELECT server_id FROM users WHERE id = ?", (user_id,))
+            chosen = await users.start_move(
+                conn, self.plans, self.reserve, user_id, target, "operator"
+            )
+            return chosen, source["server_id"] if source else None
+
+        chosen, source = await self.store.write(apply)
+        if chosen is None:
+            raise Conflict(f"no other server has room for {user_id}", code="no_room")
+        self.board.notify(chosen, *([source] if source else []))
+        return chosen
 
     async def access(self, user_id: str) -> dict[str, str]:
         row = await self.store.fetch_one(

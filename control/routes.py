@@ -116,17 +116,13 @@ async def create_join_token(request: web.Request) -> web.Response:
 @routes.get("/v1/servers")
 async def list_servers(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
-    return web.json_response(
-        {"servers": await views.servers(fleet.store, fleet.plans, fleet.reserve)}
-    )
+    return web.json_response({"servers": await views.servers(fleet)})
 
 
 @routes.get("/v1/servers/{server_id}")
 async def get_server(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
-    found = await views.servers(
-        fleet.store, fleet.plans, fleet.reserve, request.match_info["server_id"]
-    )
+    found = await views.servers(fleet, request.match_info["server_id"])
     if not found:
         raise NotFound(f"no server {request.match_info['server_id']}")
     return web.json_response(found[0])
@@ -137,9 +133,7 @@ async def server_action(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     server_id = request.match_info["server_id"]
     await fleet.set_server_flag(server_id, request.match_info["action"])
-    return web.json_response(
-        (await views.servers(fleet.store, fleet.plans, fleet.reserve, server_id))[0]
-    )
+    return web.json_response((await views.servers(fleet, server_id))[0])
 
 
 @routes.post("/v1/users")
@@ -179,6 +173,20 @@ async def _user_action(request: web.Request, goal: billing.Target) -> web.Respon
     fleet = request.app[FLEET]
     user_id = request.match_info["user_id"]
     await fleet.set_user_target(user_id, goal, reason="operator")
+    return web.json_response((await views.users(fleet.store, user_id))[0])
+
+
+class MoveUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    server_id: str | None = None
+
+
+@routes.post("/v1/users/{user_id}/move")
+async def move_user(request: web.Request) -> web.Response:
+    """Moves a running user (make-before-break) to `server_id`, or the best fit."""
+    fleet = request.app[FLEET]
+    user_id = request.match_info["user_id"]
+    req = decode_body(await request.read(), MoveUser, empty_ok=True)
+    await fleet.move_user(user_id, req.server_id)
     return web.json_response((await views.users(fleet.store, user_id))[0])
 
 

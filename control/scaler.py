@@ -25,7 +25,7 @@ import aiosqlite
 
 from control import autoscale, events, users, workers
 from control.keyring import Keyring
-from control.placement import Demand, Room, place
+from control.placement import Demand, Room
 from control.plans import plan_of
 from control.providers.base import CreateRequest, Provider, ProviderError
 from control.settings import Settings
@@ -239,29 +239,9 @@ class Scaler:
 
     async def _move(self, user_id: str, source: str, demand: Demand) -> None:
         async def apply(conn: aiosqlite.Connection) -> str | None:
-            rooms = [
-                r
-                for r in await users.rooms(conn, self.settings.plans, self.reserve)
-                if r.server_id != source
-            ]
-            placed, _ = place([demand], rooms)
-            target = placed.get(user_id)
-            if target is None:
-                return None
-            await conn.execute(
-                "UPDATE users SET server_id = ?, moving_from = ?, state = 'provisioning', updated_at = ? "
-                "WHERE id = ?",
-                (target, source, time.time(), user_id),
+            return await users.start_move(
+                conn, self.settings.plans, self.reserve, user_id, None, f"draining {source}"
             )
-            await users.bump_generation(conn, target)
-            await events.record(
-                conn,
-                "user_moving",
-                f"draining {source}: moving to {target}",
-                server_id=source,
-                user_id=user_id,
-            )
-            return target
 
         target = await self.store.write(apply)
         if target:

@@ -110,6 +110,9 @@ class StripeInbox:
         max_backoff: float = 3600.0,
         refetch_timeout: float = REFETCH_TIMEOUT,
     ) -> None:
+        if tolerance <= 0:
+            # The library reads 0 as "no age check"; a replay window must exist.
+            raise ValueError("tolerance must be a positive number of seconds")
         self.store = store
         self._secret = webhook_secret
         self._api_key = api_key
@@ -126,7 +129,12 @@ class StripeInbox:
     # --- intake -------------------------------------------------------------------
     async def receive(self, payload: bytes, signature: str | None) -> bool:
         """Verify and store one delivery. True when stored, False for a duplicate id."""
-        event = self._verify(payload, signature)
+        try:
+            event = self._verify(payload, signature)
+        except ClawfleetError as exc:
+            # Operators diagnose signature trouble from this line (docs/stripe.md).
+            log.warning("refused Stripe delivery (%s): %s", exc.code, exc.message)
+            raise
         text = payload.decode("utf-8")  # _verify proved it decodes
         now = time.time()
 
@@ -408,6 +416,9 @@ stripe_routes = web.RouteTableDef()
 @stripe_routes.post("/v1/stripe/webhook")
 async def stripe_webhook(request: web.Request) -> web.Response:
     """Stripe's deliveries: verify and store, reply at once; `run` does the work."""
+    inbox = request.app.get(INBOX)
+    if inbox is None:  # not wired (yet): a 5xx keeps the event queued at Stripe
+        raise Unavailable("the Stripe inbox is not running", code="not_configured")
     payload = await request.read()
-    stored = await request.app[INBOX].receive(payload, request.headers.get("Stripe-Signature"))
+    stored = await inbox.receive(payload, request.headers.get("Stripe-Signature"))
     return web.json_response({"received": True, "duplicate": not stored})

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from control import events
-from control.errors import BadRequest, Conflict
+from control.errors import BadRequest, Conflict, NotFound
 from control.placement import Demand, Room, place
 from control.plans import Plan, plan_of
 from control.store import Store, fetch_all, fetch_one
@@ -273,3 +273,53 @@ async def advance_purges(conn: aiosqlite.Connection, now: float) -> list[str]:
                 at=now,
             )
     return notify
+
+
+async def start_move(
+    conn: aiosqlite.Connection,
+    plans: dict[str, Plan],
+    reserve: Reserve,
+    user_id: str,
+    target: str | None,
+    reason: str,
+) -> str | None:
+    """Make-before-break: the user is assigned to `target` (or the best fit elsewhere)
+    while its old server keeps running it until the new container reports healthy
+    (control/heartbeats.py). Returns the target, or None when nothing has room."""
+    user = await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (user_id,))
+    if user is None:
+        raise NotFound(f"no user {user_id}")
+    source = user["server_id"]
+    if user["state"] not in ("provisioning", "running") or source is None:
+        raise Conflict(
+            f"user {user_id} is {user['state']}: only a placed user can move", code="not_movable"
+        )
+    if user["moving_from"] is not None:
+        raise Conflict(
+            f"user {user_id} is already moving from {user['moving_from']}", code="move_in_progress"
+        )
+    if target == source:
+        raise Conflict(f"user {user_id} is already on {source}", code="same_server")
+    candidates = [r for r in await rooms(conn, plans, reserve) if r.server_id != source]
+    if target is not None:
+        candidates = [r for r in candidates if r.server_id == target]
+        if not candidates:
+            raise Conflict(
+                f"server {target} is not active and accepting work", code="target_unavailable"
+            )
+    plan = plan_of(plans, user["plan"])
+    placed, _ = place([Demand(user_id, plan.memory_mb, plan.cpus)], candidates)
+    chosen = placed.get(user_id)
+    if chosen is None:
+        if target is not None:
+            raise Conflict(f"server {target} has no room for plan {plan.name}", code="no_room")
+        return None
+    await conn.execute(
+        "UPDATE users SET server_id = ?, moving_from = ?, state = 'provisioning', updated_at = ? WHERE id = ?",
+        (chosen, source, time.time(), user_id),
+    )
+    await bump_generation(conn, chosen)
+    await events.record(
+        conn, "user_moving", f"{reason}: {source} -> {chosen}", server_id=source, user_id=user_id
+    )
+    return chosen

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from control.clock import iso
 from control.plans import Plan, plan_of
 from control.store import Row, Store
 from control.users import HOLDERS_SQL, Reserve
 
+if TYPE_CHECKING:
+    from control.fleet import Fleet
+
 SERVER_COLUMNS = (
     "id, name, status, origin, provider, provider_id, public_ip, hostname, cordoned, draining, "
     "cpus, memory_mb, disk_gb, agent_version, generation, applied_generation, heartbeat_interval, "
+    "server_type, location, "
     "last_heartbeat, registered_at, created_at, report"
 )
 
@@ -48,6 +52,8 @@ def server_view(
         "provider_id": row["provider_id"],
         "public_ip": row["public_ip"],
         "hostname": row["hostname"],
+        "server_type": row["server_type"],
+        "location": row["location"],
         "cordoned": bool(row["cordoned"]),
         "draining": bool(row["draining"]),
         "agent_version": row["agent_version"],
@@ -92,9 +98,8 @@ def _container(report: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-async def servers(
-    store: Store, plans: dict[str, Plan], reserve: Reserve, server_id: str | None = None
-) -> list[dict[str, Any]]:
+async def servers(fleet: Fleet, server_id: str | None = None) -> list[dict[str, Any]]:
+    store, plans, reserve = fleet.store, fleet.plans, fleet.reserve
     where, params = ("WHERE id = ?", (server_id,)) if server_id else ("", ())
     rows = await store.fetch_all(
         f"SELECT {SERVER_COLUMNS} FROM servers {where} ORDER BY created_at, id",
@@ -105,7 +110,12 @@ async def servers(
     for u in users:
         by_server.setdefault(u["holder"], []).append(u)
     now = time.time()
-    return [server_view(r, by_server.get(r["id"], []), plans, reserve, now) for r in rows]
+    views = [server_view(r, by_server.get(r["id"], []), plans, reserve, now) for r in rows]
+    for view in views:
+        view["hourly_price"] = (
+            fleet.price_of(view["server_type"]) if view["status"] != "deleted" else None
+        )
+    return views
 
 
 async def users(store: Store, user_id: str | None = None) -> list[dict[str, Any]]:
@@ -130,6 +140,7 @@ async def users(store: Store, user_id: str | None = None) -> list[dict[str, Any]
                 "stripe_subscription_id": r["stripe_subscription_id"],
                 "error": r["error"],
                 "data_server_id": r["data_server_id"],
+                "moving_from": r["moving_from"],
                 "purge_after": iso(r["purge_after"]),
                 "container": _container(reported.get(r["id"])) if r["server_id"] else None,
                 "created_at": iso(r["created_at"]),

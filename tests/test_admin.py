@@ -131,3 +131,33 @@ async def test_events_are_listed_newest_first(control: ControlPlane) -> None:
     assert all(e["id"] < ids[-1] for e in older["events"])
     status, _ = await control.admin("GET", "/v1/events?limit=abc")
     assert status == 400
+
+
+async def test_operator_move_is_make_before_break(control: ControlPlane) -> None:
+    a = await registered(control, "a")
+    b = await registered(control, "b")
+    await control.admin("POST", f"/v1/servers/{b.key_id}/cordon")
+    await control.admin("POST", "/v1/users", {"user_id": "mo", "subdomain": "mo"})
+    await control.admin("POST", f"/v1/servers/{b.key_id}/uncordon")
+    status, body = await control.admin("POST", "/v1/users/mo/move", {"server_id": b.key_id})
+    assert status == 200 and body["server_id"] == b.key_id and body["moving_from"] == a.key_id
+    # Both run it until the new container is healthy.
+    assert [c["user_id"] for c in (await a.assignments()).body["containers"]] == ["mo"]
+    assert [c["user_id"] for c in (await b.assignments()).body["containers"]] == ["mo"]
+    status, body = await control.admin("POST", "/v1/users/mo/move", {})
+    assert status == 409 and body["error"]["code"] == "move_in_progress"
+    healthy = {
+        "user_id": "mo",
+        "state": "running",
+        "health": "healthy",
+        "image_id": "x",
+        "started_at": "",
+        "restart_count": 0,
+        "error": None,
+    }
+    await b.heartbeat([healthy])
+    assert (await a.assignments()).body["containers"] == []
+    _, mo = await control.admin("GET", "/v1/users/mo")
+    assert mo["state"] == "running" and mo["moving_from"] is None
+    status, body = await control.admin("POST", "/v1/users/mo/move", {"server_id": "srv-nope"})
+    assert status == 409 and body["error"]["code"] == "target_unavailable"
