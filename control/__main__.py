@@ -17,6 +17,9 @@ from pathlib import Path
 from aiohttp import web
 
 from control.app import create_app
+from control.bootstrap import DistMissing
+from control.dns import DnsError
+from control.providers.base import ProviderError
 from control.settings import Settings, SettingsError
 
 
@@ -83,9 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         f"(database {settings.database_path}, provider {settings.provider})",
         flush=True,
     )
-    web.run_app(
-        create_app(settings), host=settings.listen_host, port=settings.listen_port, print=None
-    )
+    try:
+        web.run_app(
+            create_app(settings), host=settings.listen_host, port=settings.listen_port, print=None
+        )
+    except (ProviderError, DistMissing, DnsError) as exc:
+        # Checked before serving: a wrong server type, a missing wheel or a DNS token
+        # without edit rights must not surface hours later as a user who never starts.
+        print(f"clawfleet: start-up error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

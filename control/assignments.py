@@ -10,6 +10,7 @@ the wait is never missed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from control.keyring import Keyring
 from control.plans import Plan, plan_of
@@ -23,6 +24,8 @@ class GenerationBoard:
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
         self._closed = False
+        # Called on every change of any worker's desired set (DNS follows assignments).
+        self.on_change: Callable[[], None] = lambda: None
 
     def event(self, server_id: str) -> asyncio.Event:
         event = self._events.get(server_id)
@@ -33,6 +36,8 @@ class GenerationBoard:
         return event
 
     def notify(self, *server_ids: str) -> None:
+        if server_ids:
+            self.on_change()
         for server_id in server_ids:
             event = self._events.pop(server_id, None)
             if event is not None:

@@ -161,6 +161,17 @@ VARIABLES: tuple[Variable, ...] = (
         "dist",
         "PROVIDER=hetzner: where the agent wheel of this version is (`make dist`); served to workers at PUBLIC_URL/v1/dist/.",
     ),
+    Variable("DNS_PROVIDER", "none", "Where user records live: none (local mode) or cloudflare."),
+    Variable(
+        "CLOUDFLARE_API_BASE",
+        "https://api.cloudflare.com/client/v4",
+        "Cloudflare API URL (tests point it at a local fake).",
+    ),
+    Variable(
+        "DNS_RECONCILE_INTERVAL",
+        "60",
+        "Seconds between DNS reconciliation rounds (changes also trigger one).",
+    ),
     Variable("STRIPE_API_BASE", "", "Stripe API URL override (tests point it at a local fake)."),
     Variable(
         "PAST_DUE_GRACE",
@@ -231,6 +242,9 @@ class Settings:
     local_workers_dir: str = "data/workers"
     agent_dist_dir: str = "dist"
     stripe_api_base: str = ""
+    dns_provider: str = "none"
+    cloudflare_api_base: str = "https://api.cloudflare.com/client/v4"
+    dns_reconcile_interval: float = 60.0
     past_due_grace: float = 259200.0
     retention_days: float = 30.0
     traefik_version: str = "3.7.15"
@@ -299,6 +313,11 @@ class Settings:
             provision_timeout=_number("PROVISION_TIMEOUT", raw["PROVISION_TIMEOUT"], 60, 86400),
             local_workers_dir=raw["LOCAL_WORKERS_DIR"],
             agent_dist_dir=raw["AGENT_DIST_DIR"],
+            dns_provider=_choice("DNS_PROVIDER", raw["DNS_PROVIDER"], ("none", "cloudflare")),
+            cloudflare_api_base=_url("CLOUDFLARE_API_BASE", raw["CLOUDFLARE_API_BASE"]),
+            dns_reconcile_interval=_number(
+                "DNS_RECONCILE_INTERVAL", raw["DNS_RECONCILE_INTERVAL"], 5, 86400
+            ),
             stripe_api_base=_url("STRIPE_API_BASE", raw["STRIPE_API_BASE"])
             if raw["STRIPE_API_BASE"]
             else "",
@@ -321,6 +340,13 @@ class Settings:
                 raise SettingsError(
                     "PUBLIC_URL: with PROVIDER=hetzner it must be the https URL workers reach"
                 )
+        if settings.dns_provider == "cloudflare":
+            for name, value in (
+                ("CLOUDFLARE_API_TOKEN", settings.cloudflare_api_token),
+                ("CLOUDFLARE_ZONE_ID", settings.cloudflare_zone_id),
+            ):
+                if not value:
+                    raise SettingsError(f"{name}: required when DNS_PROVIDER=cloudflare")
         if settings.provider == "hetzner" and not settings.hetzner_api_token:
             raise SettingsError("HETZNER_API_TOKEN: required when PROVIDER=hetzner")
         if settings.min_servers > settings.max_servers:

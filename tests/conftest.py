@@ -3,11 +3,18 @@ engine answers, except under CI=true, where that skip becomes a failure."""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.fixtures", "tests.fakes.hetzner"]
+pytest_plugins = [
+    "tests.fixtures",
+    "tests.fakes.hetzner",
+    "tests.fakes.cloudflare",
+    "tests.fakes.stripe_api",
+]
 
 
 def docker_available() -> bool:
@@ -34,3 +41,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("docker"):
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def no_secrets_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every test's captured log (INFO and up, all loggers) must be free of the secrets
+    the suite configures: admin token, master secret, Stripe secrets."""
+    from tests import fixtures, stripe_events
+
+    caplog.set_level(logging.INFO)
+    yield
+    secrets = (
+        fixtures.ADMIN_TOKEN,
+        fixtures.INTERNAL_SECRET,
+        stripe_events.WEBHOOK_SECRET,
+        stripe_events.API_KEY,
+    )
+    for record in caplog.records:
+        text = record.getMessage() + (record.exc_text or "")
+        leaked = [s[:12] + "..." for s in secrets if s in text]
+        assert not leaked, f"log record from {record.name} contains a configured secret ({leaked})"

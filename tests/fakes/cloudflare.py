@@ -187,7 +187,7 @@ class CloudflareFake:
         self,
         name: str,
         content: str,
-        type: str = "A",  # noqa: A002 - the API's field name
+        type: str = "A",
         *,
         comment: str | None = None,
         proxied: bool = False,
@@ -263,8 +263,12 @@ class CloudflareFake:
     ) -> web.StreamResponse:
         limited = self._rate_limited()
         if limited is not None:
-            return _error(429, 971, "Please wait and consider throttling your request speed",
-                          retry_after=limited)
+            return _error(
+                429,
+                971,
+                "Please wait and consider throttling your request speed",
+                retry_after=limited,
+            )
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             if endpoint == "GET /user/tokens/verify":
                 return _error(401, 1000, "Invalid API Token")
@@ -274,7 +278,9 @@ class CloudflareFake:
         zone_id = request.match_info.get("zone_id")
         if zone_id is not None and zone_id != self.zone_id:
             return _error(
-                404, 7003, f"Could not route to /zones/{zone_id}, perhaps your object identifier is invalid?"
+                404,
+                7003,
+                f"Could not route to /zones/{zone_id}, perhaps your object identifier is invalid?",
             )
         denied = self._denied(endpoint)
         if denied is not None:
@@ -301,7 +307,8 @@ class CloudflareFake:
         while self._recent and now - self._recent[0] >= self.rate_window:
             self._recent.popleft()
         if len(self._recent) >= self.rate_limit:
-            return max(1.0, self.rate_window - (now - self._recent[0]))
+            oldest = self._recent[0] if self._recent else now
+            return max(1.0, self.rate_window - (now - oldest))
         self._recent.append(now)
         return None
 
@@ -457,7 +464,9 @@ class CloudflareFake:
                 return _error(400, 9005, "Content for A record must be a valid IPv4 address.")
         ttl = body.get("ttl", 1)
         if not isinstance(ttl, int) or not (ttl == 1 or 60 <= ttl <= 86400):
-            return _error(400, 9021, "Invalid TTL. Must be between 60 and 86400 or 1 for automatic.")
+            return _error(
+                400, 9021, "Invalid TTL. Must be between 60 and 86400 or 1 for automatic."
+            )
         comment = body.get("comment")
         if comment is not None and (not isinstance(comment, str) or len(comment) > 100):
             return _error(400, 9020, "DNS record comment is too long.")
@@ -512,7 +521,9 @@ def _public(record: Json) -> Json:
     return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
-def _ok(result: Any, *, result_info: Json | None = None, messages: list[Json] | None = None) -> web.Response:
+def _ok(
+    result: Any, *, result_info: Json | None = None, messages: list[Json] | None = None
+) -> web.Response:
     if isinstance(result, dict):
         result = _public(result)
     elif isinstance(result, list):
@@ -540,6 +551,10 @@ def _error(
 
 def _missing() -> web.Response:
     return _error(404, 81044, "Record does not exist.")
+
+
+def _equals(key: str, value: str) -> Callable[[Json], bool]:
+    return lambda record: bool(record.get(key) == value)
 
 
 def _filters(query: Any) -> Callable[[Json], bool]:
@@ -571,13 +586,18 @@ def _filters(query: Any) -> Callable[[Json], bool]:
         if key in ("page", "per_page", "match", "order", "direction"):
             continue
         if key == "type":
-            tests.append(lambda r, v=value: bool(r["type"] == v))
+            tests.append(_equals("type", value))
             continue
         field_name, _, op = key.partition(".")
         if key in ("name", "content", "comment"):
             op = "exact"
         if field_name not in ("name", "content", "comment") or op not in (
-            "exact", "contains", "startswith", "endswith", "present", "absent"
+            "exact",
+            "contains",
+            "startswith",
+            "endswith",
+            "present",
+            "absent",
         ):
             raise ValueError(f"unsupported filter {key!r}")
         if op in ("present", "absent") and field_name != "comment":
