@@ -1,14 +1,13 @@
 """`python -m control`: read settings from the environment (and ./.env), serve.
 
-With `--local-secrets DIR` (what `make run` uses), ADMIN_TOKEN and INTERNAL_SECRET
-default to files in DIR, generated with mode 0600 on first run; the admin token is
+With `--local-secrets DIR` (what `make run` uses), ADMIN_TOKEN, INTERNAL_SECRET and
+STRIPE_WEBHOOK_SECRET default to files in DIR, generated with mode 0600 on first run; the admin token is
 printed once, when it is created.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import secrets
 import sys
@@ -16,8 +15,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from control import logs
 from control.app import create_app
 from control.bootstrap import DistMissing
+from control.demo_image import ensure_agent_image
 from control.dns import DnsError
 from control.providers.base import ProviderError
 from control.settings import Settings, SettingsError
@@ -54,7 +55,12 @@ def build_env(args: argparse.Namespace) -> dict[str, str]:
     env = {**read_dotenv(Path(".env")), **os.environ}
     if args.local_secrets:
         directory = Path(args.local_secrets)
-        for name, announce in (("ADMIN_TOKEN", True), ("INTERNAL_SECRET", False)):
+        # The webhook secret lets `clawfleet simulate-payment` sign demo events.
+        for name, announce in (
+            ("ADMIN_TOKEN", True),
+            ("INTERNAL_SECRET", False),
+            ("STRIPE_WEBHOOK_SECRET", False),
+        ):
             if not env.get(name):
                 env[name] = local_secret(directory, name, announce)
         env.setdefault("DATABASE_PATH", str(directory / "clawfleet.db"))
@@ -76,11 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"clawfleet: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logs.setup(settings.log_level, settings.log_format)
+    if settings.provider == "local":
+        settings = ensure_agent_image(settings)
     print(
         f"Clawfleet control plane on http://{settings.listen_host}:{settings.listen_port} "
         f"(database {settings.database_path}, provider {settings.provider})",

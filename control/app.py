@@ -13,25 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shlex
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from control import middleware
+from control import logs, middleware
+from control.appkeys import DNS_SYNC, SCALER, SETTINGS
 from control.bootstrap import DIST, AgentDist, hetzner_user_data
+from control.cloudflare_dns import CloudflareDns
+from control.dashboard import install_dashboard
+from control.dns import DnsProvider, NoDns
+from control.dns_sync import DnsSync
 from control.fleet import FLEET, Fleet
 from control.keyring import Keyring
+from control.metrics import METRICS, MeteredProvider, Metrics
 from control.providers import build_provider
 from control.providers.base import Provider
 from control.routes import routes
 from control.scaler import Scaler, UserDataRenderer
 from control.settings import Settings
 from control.store import Store
+from control.stripe_inbox import INBOX, StripeInbox, stripe_routes
 
-SETTINGS = web.AppKey("settings", Settings)
-SCALER = web.AppKey("scaler", Scaler)
 ProviderFactory = Callable[[Settings], Provider]
 PROVIDER_FACTORY: web.AppKey[ProviderFactory] = web.AppKey("provider_factory")
 
@@ -41,6 +46,7 @@ def create_app(
 ) -> web.Application:
     app = web.Application(
         middlewares=[
+            logs.request_ids,
             middleware.errors,
             middleware.body_limit,
             middleware.admin_auth(settings.admin_token),
@@ -49,7 +55,10 @@ def create_app(
     )
     app[SETTINGS] = settings
     app[PROVIDER_FACTORY] = provider_factory
+    app[METRICS] = Metrics()
     app.add_routes(routes)
+    app.add_routes(stripe_routes)
+    install_dashboard(app)
     app.cleanup_ctx.append(_fleet_context)
     app.on_shutdown.append(_wake_long_polls)
     return app
@@ -77,12 +86,13 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
     store = Store(settings.database_path)
     await store.open()
     keyring = Keyring(settings.internal_secret)
-    fleet = Fleet(settings, store, keyring)
+    fleet = Fleet(settings, store, keyring, app[METRICS])
     provider: Provider | None = None
     scheduler = AsyncIOScheduler()
     sweeper: asyncio.Task[None] | None = None
+    stripe_task: asyncio.Task[None] | None = None
     try:
-        provider = app[PROVIDER_FACTORY](settings)
+        provider = MeteredProvider(app[PROVIDER_FACTORY](settings), app[METRICS])
         await provider.validate()
         scaler = Scaler(
             settings,
@@ -93,17 +103,41 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
             fleet.board.notify,
         )
         await fleet.start()
+        dns = build_dns(settings)
+        await dns.verify()
+        dns_sync = DnsSync(settings, store, dns)
+        app[DNS_SYNC] = dns_sync
+        fleet.board.on_change = lambda: _soon(scheduler, dns_sync.tick, "dns-now")
         fleet.on_pending = lambda: _nudge(scheduler, scaler)
         fleet.price_of = _price_lookup(provider)
         app[FLEET] = fleet
         app[SCALER] = scaler
         sweeper = asyncio.create_task(fleet.run_sweeps(), name="liveness-sweeps")
+        inbox = StripeInbox(
+            store,
+            settings.stripe_webhook_secret,
+            api_key=settings.stripe_secret_key,
+            api_base=settings.stripe_api_base or None,
+        )
+        app[INBOX] = inbox
+        stripe_task = asyncio.create_task(
+            inbox.run(fleet.apply_billing, asyncio.Event()), name="stripe-inbox"
+        )
         scheduler.add_job(
             scaler.tick,
             "interval",
             seconds=settings.autoscale_interval,
             id="autoscale",
             kwargs={"scheduled": True},
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(),
+        )
+        scheduler.add_job(
+            dns_sync.tick,
+            "interval",
+            seconds=settings.dns_reconcile_interval,
+            id="dns",
             max_instances=1,
             coalesce=True,
             next_run_time=datetime.now(),
@@ -117,10 +151,14 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
             await app[SCALER].stopped()
         fleet.board.close()
         await fleet.heartbeats.close()
-        if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+        for task in (sweeper, stripe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if DNS_SYNC in app:
+            async with app[DNS_SYNC].stopped():
+                await app[DNS_SYNC].provider.close()
         if provider is not None:
             await provider.close()
         await store.close()
@@ -136,6 +174,23 @@ def _price_lookup(provider: Provider) -> Callable[[str | None], float | None]:
             return None
 
     return price
+
+
+def build_dns(settings: Settings) -> DnsProvider:
+    if settings.dns_provider == "cloudflare":
+        return CloudflareDns(
+            settings.cloudflare_api_token,
+            settings.cloudflare_zone_id,
+            settings.base_domain,
+            settings.cluster_name,
+            api_base=settings.cloudflare_api_base,
+        )
+    return NoDns()
+
+
+def _soon(scheduler: AsyncIOScheduler, job: Callable[[], Awaitable[None]], job_id: str) -> None:
+    if scheduler.running:
+        scheduler.add_job(job, id=job_id, replace_existing=True, max_instances=2)
 
 
 def _nudge(scheduler: AsyncIOScheduler, scaler: Scaler) -> None:

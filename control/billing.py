@@ -78,8 +78,17 @@ def derive_subdomain(user_id: str) -> str:
     return label or "user"
 
 
+SYNTHETIC_PRICE_PREFIX = "price_clawfleet_"
+
+
 def plan_for_price(plans: dict[str, Plan], price_id: str) -> Plan | None:
-    return next((p for p in plans.values() if price_id in p.stripe_price_ids), None)
+    """The plan a price buys: listed in a plan's `stripe_price_ids`, or the explicit
+    `price_clawfleet_<plan>` that `clawfleet simulate-payment` uses for plans without
+    Stripe prices (no real Stripe price id has that form)."""
+    listed = next((p for p in plans.values() if price_id in p.stripe_price_ids), None)
+    if listed is not None or not price_id.startswith(SYNTHETIC_PRICE_PREFIX):
+        return listed
+    return plans.get(price_id.removeprefix(SYNTHETIC_PRICE_PREFIX))
 
 
 @dataclass(frozen=True)

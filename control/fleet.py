@@ -20,6 +20,7 @@ from control.agent_auth import AgentCaller, Authenticator, check_not_revoked
 from control.errors import BadRequest, Conflict, NotFound
 from control.heartbeats import HeartbeatWriter
 from control.keyring import Keyring
+from control.metrics import Metrics
 from control.nonces import NonceLedger, purge_expired
 from control.plans import Plan
 from control.settings import Settings
@@ -41,7 +42,10 @@ SERVER_FLAGS = {
 
 
 class Fleet:
-    def __init__(self, settings: Settings, store: Store, keyring: Keyring) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, keyring: Keyring, metrics: Metrics | None = None
+    ) -> None:
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.store = store
         self.keyring = keyring
@@ -96,6 +100,7 @@ class Fleet:
     async def heartbeat(self, caller: AgentCaller, hb: Heartbeat) -> HeartbeatReply:
         interval = self.interval()
         gen, released = await self.heartbeats.submit(caller, hb, interval)
+        self.metrics.heartbeats.inc()
         self.board.notify(*released)
         return HeartbeatReply(heartbeat_interval=interval, generation=gen)
 

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from control.errors import ClawfleetError, PayloadTooLarge, Unauthorized
+from control import sessions
+from control.errors import ClawfleetError, Forbidden, PayloadTooLarge, Unauthorized
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -62,6 +63,9 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 def admin_auth(token: str) -> Middleware:
+    """An admin request passes with `Authorization: Bearer <ADMIN_TOKEN>` or with a
+    live dashboard session cookie; a cookie-authorized unsafe method also needs the
+    session's CSRF token in `X-CSRF-Token` (else 403 `csrf_failed`)."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
@@ -69,10 +73,22 @@ def admin_auth(token: str) -> Middleware:
         if _is_admin_path(request.path):
             presented = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(presented, expected):
-                raise Unauthorized("admin API needs Authorization: Bearer <ADMIN_TOKEN>")
+                session = sessions.session_of(request)
+                if session is None:
+                    raise Unauthorized("admin API needs Authorization: Bearer <ADMIN_TOKEN>")
+                if request.method not in _SAFE_METHODS and not sessions.check_csrf(
+                    session, request.headers.get(sessions.CSRF_HEADER)
+                ):
+                    raise Forbidden(
+                        f"dashboard actions need the session's {sessions.CSRF_HEADER} header",
+                        code="csrf_failed",
+                    )
         return await handler(request)
 
     return check
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _is_admin_path(path: str) -> bool:

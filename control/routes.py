@@ -12,11 +12,13 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from control import billing, views
+from control import billing, metrics, views
+from control.appkeys import DNS_SYNC, SCALER, SETTINGS
 from control.bootstrap import DIST
 from control.clock import iso
 from control.errors import BadRequest, NotFound
 from control.fleet import FLEET
+from control.stripe_inbox import INBOX
 from shared import protocol
 
 T = TypeVar("T")
@@ -56,6 +58,26 @@ def query_number(request: web.Request, name: str, default: int) -> int:
     if not _INT.match(value):
         raise BadRequest(f"{name}: expected a non-negative integer, got {value!r}")
     return int(value)
+
+
+@routes.get("/metrics")
+async def prometheus(request: web.Request) -> web.Response:
+    metrics.check(request, request.app[SETTINGS].metrics_token)
+    fleet = request.app[FLEET]
+    m = request.app[metrics.METRICS]
+    snapshot = await views.metrics_snapshot(fleet.store)
+    if INBOX in request.app:
+        snapshot["webhooks"] = await request.app[INBOX].counts()
+    await metrics.refresh(m, snapshot)
+    m.waiters.set(fleet.board.waiters())
+    if SCALER in request.app:
+        m.held_back.set(request.app[SCALER].state.held_back)
+    if DNS_SYNC in request.app:
+        counters = request.app[DNS_SYNC].counters
+        m.dns_rounds.set(counters.rounds)
+        m.dns_changes.set(counters.changes)
+        m.dns_errors.set(counters.errors)
+    return metrics.response(m)
 
 
 @routes.get("/healthz")
@@ -208,6 +230,11 @@ async def rotate_token(request: web.Request) -> web.Response:
 async def list_events(request: web.Request) -> web.Response:
     limit = min(query_number(request, "limit", 100), 1000)
     before = query_number(request, "before", 0) or None
+    failing = await request.app[INBOX].failing() if INBOX in request.app else []
     return web.json_response(
-        {"events": await views.events(request.app[FLEET].store, limit, before)}
+        {
+            "events": await views.events(request.app[FLEET].store, limit, before),
+            # Stripe events accepted but failing to apply, still being retried.
+            "failing_webhooks": failing,
+        }
     )

@@ -157,9 +157,23 @@ VARIABLES: tuple[Variable, ...] = (
         "PROVIDER=local: where each local worker keeps its state.",
     ),
     Variable(
+        "LOCAL_ROUTER_ADDRESS",
+        "127.0.0.1:8000",
+        "PROVIDER=local: where the local worker's Traefik serves users' routes (http://<subdomain>.BASE_DOMAIN:port); empty: no router.",
+    ),
+    Variable(
         "AGENT_DIST_DIR",
         "dist",
         "PROVIDER=hetzner: where the agent wheel of this version is (`make dist`); served to workers at PUBLIC_URL/v1/dist/.",
+    ),
+    Variable(
+        "METRICS_TOKEN",
+        "",
+        "Bearer token that may read /metrics from anywhere (without it, only loopback may).",
+        secret=True,
+    ),
+    Variable(
+        "LOG_FORMAT", "text", "text (readable) or json (one object per line, for log shippers)."
     ),
     Variable("DNS_PROVIDER", "none", "Where user records live: none (local mode) or cloudflare."),
     Variable(
@@ -241,8 +255,11 @@ class Settings:
     provision_timeout: float = 900.0
     local_workers_dir: str = "data/workers"
     agent_dist_dir: str = "dist"
+    local_router_address: str = "127.0.0.1:8000"
     stripe_api_base: str = ""
     dns_provider: str = "none"
+    metrics_token: str = dataclasses.field(default="", repr=False)
+    log_format: str = "text"
     cloudflare_api_base: str = "https://api.cloudflare.com/client/v4"
     dns_reconcile_interval: float = 60.0
     past_due_grace: float = 259200.0
@@ -313,6 +330,9 @@ class Settings:
             provision_timeout=_number("PROVISION_TIMEOUT", raw["PROVISION_TIMEOUT"], 60, 86400),
             local_workers_dir=raw["LOCAL_WORKERS_DIR"],
             agent_dist_dir=raw["AGENT_DIST_DIR"],
+            local_router_address=raw["LOCAL_ROUTER_ADDRESS"],
+            metrics_token=raw["METRICS_TOKEN"],
+            log_format=_choice("LOG_FORMAT", raw["LOG_FORMAT"], ("text", "json")),
             dns_provider=_choice("DNS_PROVIDER", raw["DNS_PROVIDER"], ("none", "cloudflare")),
             cloudflare_api_base=_url("CLOUDFLARE_API_BASE", raw["CLOUDFLARE_API_BASE"]),
             dns_reconcile_interval=_number(

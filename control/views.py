@@ -167,3 +167,30 @@ async def events(store: Store, limit: int, before: int | None) -> list[dict[str,
         }
         for r in rows
     ]
+
+
+async def metrics_snapshot(store: Store) -> dict[str, Any]:
+    """What /metrics reads from the database at scrape time."""
+    servers = await store.fetch_all("SELECT status, COUNT(*) AS n FROM servers GROUP BY status")
+    users = await store.fetch_all("SELECT state, COUNT(*) AS n FROM users GROUP BY state")
+    beats = await store.fetch_all(
+        "SELECT id, last_heartbeat FROM servers WHERE status IN ('active', 'unhealthy') "
+        "AND last_heartbeat IS NOT NULL"
+    )
+    oldest = await store.fetch_one(
+        "SELECT MIN(updated_at) AS t FROM users WHERE state = 'pending' AND error IS NULL"
+    )
+    kinds = await store.fetch_all("SELECT kind, COUNT(*) AS n FROM events GROUP BY kind")
+    reports = await store.fetch_all(
+        "SELECT report FROM servers WHERE status IN ('active', 'unhealthy') AND report IS NOT NULL"
+    )
+    errors = sum(1 for r in reports for c in _reports(r["report"])[0].values() if c.get("error"))
+    return {
+        "servers": {r["status"]: r["n"] for r in servers},
+        "users": {r["state"]: r["n"] for r in users},
+        "heartbeats": [(r["id"], r["last_heartbeat"]) for r in beats],
+        "oldest_pending": oldest["t"] if oldest else None,
+        "events": {r["kind"]: r["n"] for r in kinds},
+        "container_errors": errors,
+        "webhooks": {},
+    }

@@ -35,6 +35,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         listen_port=port,
         public_url=f"http://127.0.0.1:{port}",
         local_workers_dir=str(tmp_path / "workers"),
+        local_router_address="",
         # No autoscaling unless a test asks for it: workers come from the test itself.
         max_servers=0,
         warm_headroom=0,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from control.app import SCALER
+from control.appkeys import SCALER
 from control.providers.hetzner import HetznerProvider
 from control.providers.local import agent_env_from_user_data
 from control.settings import Settings

@@ -259,3 +259,20 @@ async def test_another_worker_never_sees_the_token(plane: ControlPlane) -> None:
     replies = [await w.assignments() for w in (a, b)]
     texts = [str(r.body) for r in replies]
     assert sum(access["token"] in t for t in texts) == 1
+
+
+@pytest.mark.parametrize(
+    ("price", "expected"),
+    [
+        ("price_pro", "pro"),
+        ("price_clawfleet_default", "default"),  # explicit synthetic id (simulate-payment)
+        ("price_clawfleet_pro", "pro"),
+        ("price_clawfleet_gold", None),  # no such plan
+        ("price_1Pgaf", None),  # a real-looking unknown price is never defaulted
+    ],
+)
+def test_plan_for_price(price: str, expected: str | None) -> None:
+    from control.billing import plan_for_price
+
+    plan = plan_for_price(PLANS, price)
+    assert (plan.name if plan else None) == expected

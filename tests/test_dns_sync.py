@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from control.app import DNS_SYNC
+from control.appkeys import DNS_SYNC
 from control.dns import DnsError
 from tests.fakes.cloudflare import CloudflareFake
 from tests.fixtures import ControlPlane

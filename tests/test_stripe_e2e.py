@@ -166,3 +166,28 @@ async def test_events_queued_across_a_restart_are_applied_once(
     assert (
         sum(1 for e in evs["events"] if e["kind"] == "user_placed" and e["user_id"] == "erin") == 1
     )
+
+
+async def test_events_that_keep_failing_are_listed(plane: ControlPlane) -> None:
+    assert plane.app is not None
+    from control.stripe_inbox import INBOX
+
+    inbox = plane.app[INBOX]
+    # Stop the app's own processing so that only the broken apply below sees the event.
+    for task in asyncio.all_tasks():
+        if task.get_name() == "stripe-inbox":
+            task.cancel()
+
+    async def broken(fact: object) -> None:
+        raise RuntimeError("apply is broken")
+
+    body = se.encode(checkout("fay"))
+    await inbox.receive(body, se.sign(body))
+    for attempt in range(6):  # past the attempts after which an event counts as failing
+        await inbox.process_due(broken, now=time.time() + 10**7 * (attempt + 1))
+    _, listing = await plane.admin("GET", "/v1/events")
+    (failing,) = listing["failing_webhooks"]
+    assert (
+        failing["type"] == "checkout.session.completed"
+        and "apply is broken" in failing["last_error"]
+    )

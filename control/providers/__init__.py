@@ -20,4 +20,4 @@ def build_provider(settings: Settings) -> Provider:
         )
     from control.providers.local import LocalProvider
 
-    return LocalProvider(settings.local_workers_dir)
+    return LocalProvider(settings.local_workers_dir, router_address=settings.local_router_address)

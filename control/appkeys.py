@@ -1,0 +1,14 @@
+"""Typed keys for the long-lived objects the app factory puts on the application,
+in one module so that routes can read them without importing the factory."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from control.dns_sync import DnsSync
+from control.scaler import Scaler
+from control.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+SCALER = web.AppKey("scaler", Scaler)
+DNS_SYNC = web.AppKey("dns_sync", DnsSync)

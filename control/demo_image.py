@@ -1,0 +1,99 @@
+"""The built-in demo agent image, for machines that cannot pull the real one.
+
+Contract: `ensure_agent_image(settings)` (PROVIDER=local only, called by `__main__`)
+returns settings whose AGENT_IMAGE the local Docker engine has: the configured image
+when it is present or can be pulled, else `clawfleet-demo:<version>`, built here from
+the static busybox binary (Debian package busybox-static): `busybox httpd` answers
+`/healthz` on the agent port, so the whole loop (placement, reconcile, health, route)
+works without any registry. It says so loudly; it never replaces an image silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from control.settings import Settings
+from shared.version import __version__
+
+log = logging.getLogger(__name__)
+DEMO_TAG = f"clawfleet-demo:{__version__}"
+PULL_TIMEOUT = 60
+
+
+def _dockerfile(port: int) -> str:
+    return (
+        "FROM scratch\n"
+        "COPY busybox /bin/busybox\n"
+        "COPY www /www\n"
+        'LABEL org.opencontainers.image.title="Clawfleet demo agent"\n'
+        f'CMD ["/bin/busybox", "httpd", "-f", "-p", "{port}", "-h", "/www"]\n'
+    )
+
+
+def build_demo_image(client: object, port: int) -> str:
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not Path(busybox).exists():
+        raise RuntimeError(
+            "no busybox binary to build the demo image: apt-get install busybox-static"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = Path(tmp)
+        shutil.copy(busybox, ctx / "busybox")
+        www = ctx / "www"
+        www.mkdir()
+        (www / "healthz").write_text("ok\n")
+        (www / "index.html").write_text(
+            "<!doctype html><title>Clawfleet demo agent</title>"
+            "<p>This is Clawfleet's built-in demo agent: the configured AGENT_IMAGE could not be pulled.</p>\n"
+        )
+        (ctx / "Dockerfile").write_text(_dockerfile(port))
+        client.images.build(path=str(ctx), tag=DEMO_TAG, rm=True, forcerm=True)  # type: ignore[attr-defined]
+    return DEMO_TAG
+
+
+def ensure_agent_image(settings: Settings) -> Settings:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=PULL_TIMEOUT)
+        client.ping()
+    except Exception as exc:
+        log.warning(
+            "Docker is not reachable (%s): the local worker cannot run containers",
+            type(exc).__name__,
+        )
+        return settings
+    try:
+        try:
+            client.images.get(settings.agent_image)
+            return settings
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            log.info("pulling %s (up to %ss)", settings.agent_image, PULL_TIMEOUT)
+            client.images.pull(settings.agent_image)
+            return settings
+        except Exception as exc:
+            reason = type(exc).__name__
+        try:
+            client.images.get(DEMO_TAG)
+        except docker.errors.ImageNotFound:
+            build_demo_image(client, settings.agent_port)
+        log.warning(
+            "AGENT_IMAGE %s could not be pulled (%s); users run the built-in demo image %s "
+            "(busybox httpd answering %s). Set AGENT_IMAGE to an image this machine can pull.",
+            settings.agent_image,
+            reason,
+            DEMO_TAG,
+            settings.agent_health_path,
+        )
+        print(
+            f"NOTE: using the built-in demo image {DEMO_TAG}: {settings.agent_image} could not be pulled",
+            flush=True,
+        )
+        return settings.with_overrides(agent_image=DEMO_TAG, agent_health_path="/healthz")
+    finally:
+        client.close()
