@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,11 +17,8 @@ from typing import Any
 import pytest
 
 from control.appkeys import SCALER
-from control.providers.hetzner import HetznerProvider
 from control.providers.local import agent_env_from_user_data
-from control.settings import Settings
-from shared.version import __version__
-from tests.fakes.hetzner import HetznerFake
+from tests.fakes.hetzner import HetznerFake, agent_dist, provider_with_timeout
 from tests.fixtures import ControlPlane
 from tests.worker import FakeWorker
 
@@ -32,18 +30,8 @@ Start = Callable[..., Awaitable[ControlPlane]]
 def cloud(
     control_factory: Callable[..., ControlPlane], hetzner_fake: HetznerFake, tmp_path: Path
 ) -> Start:
-    dist = tmp_path / "dist"
-    dist.mkdir()
-    (dist / f"clawfleet-{__version__}-py3-none-any.whl").write_bytes(b"not really a wheel")
-
-    def provider(settings: Settings) -> HetznerProvider:
-        return HetznerProvider(
-            settings.hetzner_api_token,
-            settings.hetzner_api_endpoint,
-            settings.hetzner_server_types,
-            settings.hetzner_locations,
-            timeout=2.0,
-        )
+    dist = agent_dist(tmp_path / "dist")
+    provider = provider_with_timeout(2.0)
 
     async def start(**overrides: Any) -> ControlPlane:
         settings: dict[str, Any] = {
@@ -51,7 +39,7 @@ def cloud(
             "hetzner_api_token": hetzner_fake.token,
             "hetzner_api_endpoint": hetzner_fake.url,
             "hetzner_locations": ("nbg1", "fsn1"),
-            "agent_dist_dir": str(dist),
+            "agent_dist_dir": dist,
             "autoscale_interval": 3600.0,
             "max_servers": 10,
             "max_creates_per_run": 2,
@@ -369,3 +357,38 @@ async def test_drain_moves_users_one_at_a_time_then_deletes_the_server(
     statuses = {s["id"]: s["status"] for s in await servers(control)}
     assert statuses[source.key_id] == "deleted" and statuses[target.key_id] == "active"
     assert "server_drained" in await event_kinds(control)
+
+
+async def test_unorderable_server_type_stops_start_up_with_exit_2(
+    hetzner_fake: HetznerFake, tmp_path: Path
+) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "ADMIN_TOKEN": "a" * 40,
+        "INTERNAL_SECRET": "s" * 40,
+        "DATABASE_PATH": str(tmp_path / "db.sqlite"),
+        "LISTEN_PORT": "1",  # never reached: validation comes first
+        "PROVIDER": "hetzner",
+        "PUBLIC_URL": "https://control.example.com",
+        "HETZNER_API_TOKEN": hetzner_fake.token,
+        "HETZNER_API_ENDPOINT": hetzner_fake.url,
+        "HETZNER_SERVER_TYPE": "cx22",
+        "HETZNER_LOCATION": "nbg1",
+        "PYTHONPATH": str(Path(__file__).parent.parent),
+    }
+    # A subprocess that this event loop keeps serving the fake to.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "control",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    message = err.decode().strip().splitlines()[-1]
+    assert message.startswith("clawfleet: start-up error: HETZNER_SERVER_TYPE: cx22 is deprecated")
+    assert "cpx22" in message  # names what is available there
+    assert hetzner_fake.token not in err.decode()

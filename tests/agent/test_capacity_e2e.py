@@ -11,13 +11,10 @@ from pathlib import Path
 import pytest
 
 from control.appkeys import SCALER
-from control.providers.hetzner import HetznerProvider
 from control.providers.local import agent_env_from_user_data
-from control.settings import Settings
-from shared.version import __version__
 from tests.agent.conftest import AgentProcess, new_user
 from tests.agent.test_e2e import plane_settings, until, wait_running
-from tests.fakes.hetzner import HetznerFake
+from tests.fakes.hetzner import HetznerFake, agent_dist, provider_with_timeout
 from tests.fixtures import ControlPlane
 
 pytestmark = pytest.mark.docker
@@ -31,18 +28,8 @@ async def test_pending_user_gets_a_new_server_that_boots_registers_and_runs_it(
     users: list[str],
     tmp_path: Path,
 ) -> None:
-    dist = tmp_path / "dist"
-    dist.mkdir()
-    (dist / f"clawfleet-{__version__}-py3-none-any.whl").write_bytes(b"wheel")
-
-    def provider(settings: Settings) -> HetznerProvider:
-        return HetznerProvider(
-            settings.hetzner_api_token,
-            settings.hetzner_api_endpoint,
-            settings.hetzner_server_types,
-            settings.hetzner_locations,
-            timeout=5.0,
-        )
+    dist = agent_dist(tmp_path / "dist")
+    provider = provider_with_timeout(5.0)
 
     control = control_factory(
         provider,
@@ -50,7 +37,7 @@ async def test_pending_user_gets_a_new_server_that_boots_registers_and_runs_it(
         provider="hetzner",
         hetzner_api_token=hetzner_fake.token,
         hetzner_api_endpoint=hetzner_fake.url,
-        agent_dist_dir=str(dist),
+        agent_dist_dir=dist,
         max_servers=3,
         autoscale_interval=3600.0,
     )

@@ -57,11 +57,16 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
+from control.providers.hetzner import HetznerProvider
+from control.settings import Settings
+from shared.version import __version__
 
 ENDPOINTS = frozenset(
     {
@@ -671,3 +676,26 @@ async def hetzner_fake_fixture() -> AsyncIterator[HetznerFake]:
         yield fake
     finally:
         await fake.close()
+
+
+def provider_with_timeout(timeout: float) -> Callable[[Settings], HetznerProvider]:
+    """A provider factory for the app (like control.providers.build_provider), with a
+    short timeout so tests of slow or lost replies finish quickly."""
+
+    def build(settings: Settings) -> HetznerProvider:
+        return HetznerProvider(
+            settings.hetzner_api_token,
+            settings.hetzner_api_endpoint,
+            settings.hetzner_server_types,
+            settings.hetzner_locations,
+            timeout=timeout,
+        )
+
+    return build
+
+
+def agent_dist(directory: Path) -> str:
+    """A stand-in agent wheel where the control plane looks for one (AGENT_DIST_DIR)."""
+    directory.mkdir(exist_ok=True)
+    (directory / f"clawfleet-{__version__}-py3-none-any.whl").write_bytes(b"not really a wheel")
+    return str(directory)
