@@ -71,6 +71,8 @@ class DnsSync:
             await self.run()
 
     async def run(self) -> None:
+        if self.provider.name == "none":
+            return  # local mode: nothing to publish, nothing to record
         async with self._lock:
             self.counters.rounds += 1
             try:

@@ -157,3 +157,11 @@ async def test_a_token_without_dns_edit_stops_start_up(
     assert "CLOUDFLARE_API_TOKEN" in str(info.value) and cloudflare_fake.token not in str(
         info.value
     )
+
+
+async def test_without_a_dns_provider_nothing_is_recorded(control: ControlPlane) -> None:
+    await worker_at(control, "203.0.113.40", "a")
+    await control.admin("POST", "/v1/users", {"user_id": "dee", "subdomain": "dee"})
+    await sync(control)
+    _, evs = await control.admin("GET", "/v1/events?limit=1000")
+    assert not [e for e in evs["events"] if e["kind"].startswith("dns_")]
