@@ -15,6 +15,7 @@ import contextlib
 import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -103,10 +104,8 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
             fleet.board.notify,
         )
         await fleet.start()
-        dns = build_dns(settings)
-        await dns.verify()
-        dns_sync = DnsSync(settings, store, dns)
-        app[DNS_SYNC] = dns_sync
+        dns_sync = app[DNS_SYNC] = DnsSync(settings, store, build_dns(settings))
+        await dns_sync.provider.verify()
         fleet.board.on_change = lambda: _soon(scheduler, dns_sync.tick, "dns-now")
         fleet.on_pending = lambda: _nudge(scheduler, scaler)
         fleet.price_of = _price_lookup(provider)
@@ -123,25 +122,8 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
         stripe_task = asyncio.create_task(
             inbox.run(fleet.apply_billing, asyncio.Event()), name="stripe-inbox"
         )
-        scheduler.add_job(
-            scaler.tick,
-            "interval",
-            seconds=settings.autoscale_interval,
-            id="autoscale",
-            kwargs={"scheduled": True},
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(),
-        )
-        scheduler.add_job(
-            dns_sync.tick,
-            "interval",
-            seconds=settings.dns_reconcile_interval,
-            id="dns",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(),
-        )
+        _every(scheduler, settings.autoscale_interval, "autoscale", scaler.tick, scheduled=True)
+        _every(scheduler, settings.dns_reconcile_interval, "dns", dns_sync.tick)
         scheduler.start()
         yield
     finally:
@@ -162,6 +144,26 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
         if provider is not None:
             await provider.close()
         await store.close()
+
+
+def _every(
+    scheduler: AsyncIOScheduler,
+    seconds: float,
+    job_id: str,
+    job: Callable[..., Awaitable[None]],
+    **kwargs: Any,
+) -> None:
+    """A periodic job that starts at once and never runs twice at a time."""
+    scheduler.add_job(
+        job,
+        "interval",
+        seconds=seconds,
+        id=job_id,
+        kwargs=kwargs,
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now(),
+    )
 
 
 def _price_lookup(provider: Provider) -> Callable[[str | None], float | None]:
