@@ -62,14 +62,20 @@ class StateStore:
     def ensure_dir(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def load_credentials(self) -> Credentials | None:
-        path = self.dir / CREDENTIALS
+    def _read(self, name: str) -> bytes | None:
+        path = self.dir / name
         try:
-            raw = path.read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StateError(f"cannot read {path}: {exc.strerror}") from None
+
+    def load_credentials(self) -> Credentials | None:
+        path = self.dir / CREDENTIALS
+        raw = self._read(CREDENTIALS)
+        if raw is None:
+            return None
         try:
             return msgspec.json.decode(raw, type=Credentials)
         except msgspec.DecodeError:
@@ -84,12 +90,9 @@ class StateStore:
 
     def load_desired(self) -> Assignments | None:
         path = self.dir / DESIRED
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+        raw = self._read(DESIRED)
+        if raw is None:
             return None
-        except OSError as exc:
-            raise StateError(f"cannot read {path}: {exc.strerror}") from None
         try:
             return decode(raw, Assignments)
         except ProtocolError:

@@ -67,7 +67,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import itertools
-import json
 import secrets
 import time
 from collections import deque
@@ -79,6 +78,8 @@ from typing import Any
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
+from tests.fakes.common import endpoint_and_body
 
 PREFIX = "/client/v4"
 
@@ -242,16 +243,7 @@ class CloudflareFake:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        resource = request.match_info.route.resource
-        path = resource.canonical if resource is not None else ""
-        endpoint = f"{request.method} {path.removeprefix(PREFIX)}" if path else ""
-        body: Any = None
-        if request.can_read_body:
-            raw = await request.read()
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = raw.decode(errors="replace")
+        endpoint, body = await endpoint_and_body(request, PREFIX)
         call = Call(request.method, endpoint, dict(request.query), body)
         self.calls.append(call)
         response = await self._answer(request, handler, endpoint, body)

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import secrets
 import time
 from collections import deque
@@ -67,6 +66,7 @@ from aiohttp.test_utils import TestServer
 from control.providers.hetzner import HetznerProvider
 from control.settings import Settings
 from shared.version import __version__
+from tests.fakes.common import endpoint_and_body
 
 ENDPOINTS = frozenset(
     {
@@ -317,16 +317,7 @@ class HetznerFake:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        resource = request.match_info.route.resource
-        path = resource.canonical if resource is not None else ""
-        endpoint = f"{request.method} {path.removeprefix('/v1')}" if path else ""
-        body: Any = None
-        if request.can_read_body:
-            raw = await request.read()
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = raw.decode(errors="replace")
+        endpoint, body = await endpoint_and_body(request, "/v1")
         call = Call(request.method, endpoint, dict(request.query), body)
         self.calls.append(call)
         self.rate_limit_remaining = max(0, self.rate_limit_remaining - 1)
