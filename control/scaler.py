@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import aiosqlite
 
+from cloud_init.render import user_data_hash
 from control import autoscale, events, users, workers
 from control.keyring import Keyring
 from control.placement import Demand, Room
@@ -355,7 +356,12 @@ class Scaler:
     ) -> bool:
         token = await self._bootstrap_token(server_id)
         user_data = self.render_user_data(server_id, token)
-        labels = {**self.labels, "clawfleet-server": server_id}
+        # The user-data hash tells, on the provider's side, which bootstrap a server got.
+        labels = {
+            **self.labels,
+            "clawfleet-server": server_id,
+            "clawfleet-userdata": user_data_hash(user_data),
+        }
         pair: tuple[str, str] | None = (server_type, location)
         tried: set[tuple[str, str]] = set()
         while pair is not None:

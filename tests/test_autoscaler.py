@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from cloud_init.render import user_data_hash
 from control.appkeys import SCALER
 from control.providers.local import agent_env_from_user_data
 from tests.fakes.hetzner import HetznerFake, agent_dist, provider_with_timeout
@@ -109,6 +110,8 @@ async def test_pending_user_creates_a_labelled_server_that_binds_on_registration
         next(iter(hetzner_fake.servers))
     )
     assert request["labels"]["clawfleet-server"] == srv["id"]
+    assert request["labels"]["clawfleet-userdata"] == user_data_hash(request["user_data"])
+    assert all(len(value) <= 63 for value in request["labels"].values())
     # The server boots and its agent registers: it is the same server row, alice lands there.
     worker = await boot(control, hetzner_fake)
     assert worker.key_id == srv["id"]
