@@ -110,4 +110,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_at ON events(at);
     """,
+    # 2: capacity trust: stated resources, over-claim flags, token revocation (issue 9, capacity)
+    """
+    """,
+    # 3: billing: payer ownership, livemode, operator holds, inbox pruning (issues 9 and 10, billing)
+    """
+    """,
+    # 4: operators' surfaces: dashboard sessions in the database, sign-in rate limits (issue 9)
+    """
+    """,
+    # 5: provider resilience: unknown creates, per-resource backoff (issue 10, capacity)
+    """
+    """,
 )
