@@ -21,7 +21,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from control import logs, middleware
-from control.appkeys import DNS_SYNC, SCALER, SETTINGS
+from control.appkeys import DNS_SYNC, PROVIDER_HEALTH, SCALER, SETTINGS
 from control.bootstrap import DIST, AgentDist, hetzner_user_data
 from control.cloudflare_dns import CloudflareDns
 from control.dashboard import install_dashboard
@@ -32,6 +32,7 @@ from control.keyring import Keyring
 from control.metrics import METRICS, MeteredProvider, Metrics
 from control.providers import build_provider
 from control.providers.base import Provider
+from control.providers.health import ProviderHealth
 from control.routes import routes
 from control.scaler import Scaler, UserDataRenderer
 from control.settings import Settings
@@ -57,6 +58,7 @@ def create_app(
     app[SETTINGS] = settings
     app[PROVIDER_FACTORY] = provider_factory
     app[METRICS] = Metrics()
+    app[PROVIDER_HEALTH] = ProviderHealth()
     app.add_routes(routes)
     app.add_routes(stripe_routes)
     install_dashboard(app)

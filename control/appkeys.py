@@ -6,9 +6,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from control.dns_sync import DnsSync
+from control.providers.health import ProviderHealth
 from control.scaler import Scaler
 from control.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 SCALER = web.AppKey("scaler", Scaler)
 DNS_SYNC = web.AppKey("dns_sync", DnsSync)
+PROVIDER_HEALTH = web.AppKey("provider_health", ProviderHealth)
