@@ -112,6 +112,18 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: capacity trust: stated resources, over-claim flags, token revocation (issue 9, capacity)
     """
+    ALTER TABLE servers ADD COLUMN known_cpus INTEGER;
+    ALTER TABLE servers ADD COLUMN known_memory_mb INTEGER;
+    ALTER TABLE servers ADD COLUMN known_disk_gb INTEGER;
+    ALTER TABLE servers ADD COLUMN capacity_source TEXT;
+    ALTER TABLE servers ADD COLUMN overclaim TEXT;
+    ALTER TABLE servers ADD COLUMN overclaim_at REAL;
+    ALTER TABLE bootstrap_tokens ADD COLUMN cpus INTEGER;
+    ALTER TABLE bootstrap_tokens ADD COLUMN memory_mb INTEGER;
+    ALTER TABLE bootstrap_tokens ADD COLUMN disk_gb INTEGER;
+    ALTER TABLE bootstrap_tokens ADD COLUMN revoked_at REAL;
+    CREATE INDEX bootstrap_tokens_server ON bootstrap_tokens(server_id);
+    CREATE INDEX users_data_server ON users(data_server_id);
     """,
     # 3: billing: payer ownership, livemode, operator holds, inbox pruning (issues 9 and 10, billing)
     """
