@@ -2,6 +2,9 @@
 
 Contract: each operation commits through the store first and only then has effects
 outside it (waking long-polls), so nothing a worker is told is ever rolled back.
+Placement runs whenever room may have appeared: a worker registers or comes back
+from unhealthy, a move completes, a user changes (leaves, suspends, changes plan),
+a server is uncordoned; the autoscaler places on every run as a safety net.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from aiohttp import web
 
 from control import assignments, billing, events, liveness, users, workers
 from control.agent_auth import AgentCaller, Authenticator, check_not_revoked
+from control.capacity import Stated
 from control.errors import BadRequest, Conflict, NotFound
 from control.heartbeats import HeartbeatWriter
 from control.keyring import Keyring
@@ -33,9 +37,16 @@ log = logging.getLogger(__name__)
 MAX_HEARTBEATS_PER_SECOND = 200.0
 MAX_WAIT = 60.0
 JITTER = 0.1
+_OPERATOR_ACTIONS: dict[billing.Target, billing.OperatorAction] = {
+    "deprovision": "delete",
+    "suspend": "suspend",
+    "run": "resume",
+}
 SERVER_FLAGS = {
     "cordon": "UPDATE servers SET cordoned = 1 WHERE id = ?",
-    "uncordon": "UPDATE servers SET cordoned = 0 WHERE id = ?",
+    # Uncordoning is also how an operator clears an over-claim flag (control/capacity.py).
+    "uncordon": "UPDATE servers SET cordoned = 0, overclaim = NULL, overclaim_at = NULL "
+    "WHERE id = ?",
     # Draining implies cordoned: nothing new lands on a server being emptied.
     "drain": "UPDATE servers SET draining = 1, cordoned = 1 WHERE id = ?",
 }
@@ -57,6 +68,8 @@ class Fleet:
         self.heartbeats = HeartbeatWriter(store)
         self.started_at = time.time()
         self._live_workers = 0
+        # Workers the sweep found unhealthy: the heartbeat that revives one makes room.
+        self._unhealthy: set[str] = set()
         # Set by the app: asks the autoscaler for a run when users are left pending.
         self.on_pending: Callable[[], None] = lambda: None
         # Set by the app from the provider: hourly price of a server type, if known.
@@ -66,6 +79,10 @@ class Fleet:
         self.started_at = time.time()
         await self.ledger.load(self.store, self.started_at)
         await self._count_live()
+        self._unhealthy = {
+            r["id"]
+            for r in await self.store.fetch_all("SELECT id FROM servers WHERE status = 'unhealthy'")
+        }
 
     async def _count_live(self) -> None:
         row = await self.store.fetch_one(
@@ -102,12 +119,16 @@ class Fleet:
         gen, released = await self.heartbeats.submit(caller, hb, interval)
         self.metrics.heartbeats.inc()
         self.board.notify(*released)
+        revived = caller.key_id in self._unhealthy
+        self._unhealthy.discard(caller.key_id)
+        if revived or released:  # back to active, or a finished move freed its old server
+            await self.place()
         return HeartbeatReply(heartbeat_interval=interval, generation=gen)
 
     async def assignments(self, caller: AgentCaller, after: int, wait: float) -> Assignments | None:
         """The worker's desired set once its generation exceeds `after`, else None
         after `wait` seconds (capped at MAX_WAIT)."""
-        await self.store.write(caller.persist_nonce)
+        await self.store.write(caller.accept_live_worker)
         deadline = time.monotonic() + min(max(wait, 0.0), MAX_WAIT)
         while True:
             event = self.board.event(caller.key_id)
@@ -125,9 +146,11 @@ class Fleet:
             except TimeoutError:
                 return None
 
-    async def mint_join_token(self, ttl: float | None) -> workers.MintedToken:
+    async def mint_join_token(
+        self, ttl: float | None, stated: Stated | None = None
+    ) -> workers.MintedToken:
         return await workers.mint_token(
-            self.store, self.keyring, ttl or self.settings.bootstrap_token_ttl
+            self.store, self.keyring, ttl or self.settings.bootstrap_token_ttl, stated=stated
         )
 
     async def set_server_flag(self, server_id: str, action: str) -> None:
@@ -163,16 +186,26 @@ class Fleet:
         await self.place()
 
     async def set_user_target(self, user_id: str, goal: billing.Target, reason: str) -> None:
-        """Deprovision (DELETE), suspend or resume a user at the operator's request."""
+        """Deprovision (DELETE), suspend or resume a user at the operator's request: a
+        hold that billing events never lift (control/billing.py)."""
+        action = _OPERATOR_ACTIONS[goal]
 
         async def apply(conn: aiosqlite.Connection) -> billing.Applied:
-            if await fetch_one(conn, "SELECT 1 FROM users WHERE id = ?", (user_id,)) is None:
-                raise NotFound(f"no user {user_id}")
-            return await billing.set_target(
-                conn, user_id, goal, retention=self.retention, now=time.time(), reason=reason
+            return await billing.operator_action(
+                conn, user_id, action, self.billing_policy, now=time.time()
             )
 
         await self._after(await self.store.write(apply))
+
+    async def _refresh_billing(self, user_id: str, reason: str, now: float) -> None:
+        async def apply(conn: aiosqlite.Connection) -> billing.Applied:
+            return await billing.refresh(conn, user_id, self.billing_policy, now=now, reason=reason)
+
+        await self._after(await self.store.write(apply))
+
+    @property
+    def billing_policy(self) -> billing.Policy:
+        return billing.Policy(self.plans, self.settings.past_due_grace, self.retention)
 
     async def apply_billing(self, fact: billing.Fact) -> None:
         """The Stripe outbox's apply function (idempotent; raising means retry)."""
@@ -191,7 +224,8 @@ class Fleet:
 
     async def _after(self, applied: billing.Applied) -> None:
         self.board.notify(*applied.touched)
-        if applied.place:
+        # Any change to a user may have made room: it left, or its plan changed.
+        if applied.place or applied.user_id is not None:
             await self.place()
 
     @property
@@ -253,14 +287,16 @@ class Fleet:
         return result
 
     # --- background --------------------------------------------------------------
-    async def sweep(self) -> None:
-        now = time.time()
-        dead = await workers.sweep_liveness(
+    async def sweep(self, now: float | None = None) -> None:
+        """One liveness and deadline pass at `now` (a test's clock; else the time)."""
+        now = time.time() if now is None else now
+        swept = await workers.sweep_liveness(
             self.store, now, self.started_at, self.settings.dead_after
         )
-        if dead:
-            touched = await users.release_from(self.store, dead)
-            self.board.notify(*dead, *touched)
+        self._unhealthy = (self._unhealthy | set(swept.unhealthy)) - set(swept.dead)
+        if swept.dead:
+            touched = await users.release_from(self.store, swept.dead)
+            self.board.notify(*swept.dead, *touched)
             await self.place()
         await self._billing_deadlines(now)
         self.ledger.prune(now)
@@ -271,12 +307,13 @@ class Fleet:
         """past_due past its grace → suspended; deprovisioned past retention → purged."""
         grace = self.settings.past_due_grace
         overdue = await self.store.fetch_all(
+            # billing_state: a held user is re-evaluated too, so a resume sees the verdict.
             "SELECT id FROM users WHERE billing_status = 'past_due' AND past_due_since <= ? "
-            "AND state IN ('pending', 'provisioning', 'running')",
+            "AND COALESCE(billing_state, '') <> 'suspend'",
             (now - grace,),
         )
         for row in overdue:
-            await self.set_user_target(row["id"], "suspend", f"past_due for more than {grace:.0f}s")
+            await self._refresh_billing(row["id"], f"past_due for more than {grace:.0f}s", now)
         notify = await self.store.write(lambda conn: users.advance_purges(conn, now))
         self.board.notify(*notify)
 

@@ -127,9 +127,23 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: billing: payer ownership, livemode, operator holds, inbox pruning (issues 9 and 10, billing)
     """
+    ALTER TABLE users ADD COLUMN created_by TEXT;
+    ALTER TABLE users ADD COLUMN hold TEXT;
+    ALTER TABLE users ADD COLUMN hold_at REAL;
+    ALTER TABLE users ADD COLUMN billing_state TEXT;
+    ALTER TABLE users ADD COLUMN billing_conflict TEXT;
+    ALTER TABLE subscriptions ADD COLUMN previous_status TEXT;
+    ALTER TABLE subscriptions ADD COLUMN held_user TEXT;
+    CREATE INDEX stripe_events_done ON stripe_events(status, processed_at);
     """,
     # 4: operators' surfaces: dashboard sessions in the database, sign-in rate limits (issue 9)
     """
+    CREATE TABLE dashboard_sessions (
+        id_hash TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    CREATE INDEX dashboard_sessions_last_seen ON dashboard_sessions(last_seen);
     """,
     # 5: provider resilience: unknown creates, per-resource backoff (issue 10, capacity)
     """

@@ -12,6 +12,8 @@ Contract:
     item's price and `current_period_end` (on the item in current API versions, the
     legacy top-level field as a fallback); user_id/subdomain from its metadata.
   * `customer.subscription.deleted`: as above with status "deleted".
+  * subscription events also carry `previous_status`: the status the subscription had
+    before this change (`data.previous_attributes.status`), when the status changed.
   * `invoice.paid` / `invoice.payment_failed`: status None (an invoice carries no
     subscription state); subscription id from `parent.subscription_details.subscription`
     (legacy: top-level `subscription`); user_id/subdomain from the subscription metadata
@@ -63,6 +65,9 @@ class BillingFact:
     price_id: str | None
     current_period_end: int | None
     refetched: bool
+    # The status before this event's change (`data.previous_attributes.status`): lets
+    # the applier order two changes made within the same second (control/billing.py).
+    previous_status: str | None = None
 
 
 def decode(event: Mapping[str, Any]) -> BillingFact | None:
@@ -82,7 +87,10 @@ def decode(event: Mapping[str, Any]) -> BillingFact | None:
     if event_type == CHECKOUT_COMPLETED:
         return _checkout(base, obj)
     if event_type in SUBSCRIPTION_TYPES:
-        fact = _subscription(base, obj)
+        previous = _mapping(_mapping(data).get("previous_attributes"))
+        fact = dataclasses.replace(
+            _subscription(base, obj), previous_status=_text(previous.get("status"))
+        )
         if event_type == "customer.subscription.deleted":
             # Stripe reports status "canceled" here; "deleted" tells the applier the
             # subscription is gone for good, not merely cancelled at a period end.

@@ -6,6 +6,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from control.billing import shown_billing_state
 from control.clock import iso
 from control.plans import Plan, plan_of
 from control.store import Row, Store
@@ -136,6 +137,11 @@ async def users(store: Store, user_id: str | None = None) -> list[dict[str, Any]
                 "state": r["state"],
                 "server_id": r["server_id"],
                 "billing_status": r["billing_status"],
+                # Two sources (control/billing.py): may billing let it run, and the
+                # operator's hold (suspended, deleted) until they resume it.
+                "billing_state": shown_billing_state(r),
+                "hold": r["hold"],
+                "billing_conflict": r["billing_conflict"],
                 "stripe_customer_id": r["stripe_customer_id"],
                 "stripe_subscription_id": r["stripe_subscription_id"],
                 "error": r["error"],

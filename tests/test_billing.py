@@ -39,6 +39,7 @@ class Fact:
     price_id: str | None = None
     current_period_end: int | None = None
     refetched: bool = False
+    previous_status: str | None = None
 
 
 def checkout(at: int = 100, user: str = "alice", **kw: Any) -> Fact:
