@@ -25,6 +25,7 @@ from shared.protocol import (
     ProtocolError,
     RegisterReply,
     RegisterRequest,
+    clip_errors,
     decode,
     encode,
 )
@@ -156,7 +157,7 @@ class ControlClient:
 
     async def heartbeat(self, worker_id: str, secret: str, beat: Heartbeat) -> HeartbeatReply:
         _, payload = await self._request(
-            "POST", "/v1/agent/heartbeat", worker_id, secret, body=encode(beat)
+            "POST", "/v1/agent/heartbeat", worker_id, secret, body=encode(clip_errors(beat))
         )
         return self._decode(payload, HeartbeatReply)
 

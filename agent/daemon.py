@@ -24,6 +24,7 @@ from typing import Any
 from agent import client as cp
 from agent.config import Settings
 from agent.metadata_block import MetadataBlock
+from agent.ownership import MAX_PREVIOUS, Owner
 from agent.reconcile import Reconciler, ReconcilerOptions
 from agent.runtime import DockerRuntime, RuntimeError_
 from agent.state import Credentials, StateStore
@@ -157,11 +158,20 @@ class Daemon:
                 )
                 attempt += 1
                 await asyncio.sleep(delay)
-        self.creds = Credentials(reply.worker_id, reply.secret)
-        self.store.save_credentials(self.creds)
+        old = self.creds
+        previous = (old.worker_id, *old.previous)[:MAX_PREVIOUS] if old else ()
+        creds = Credentials(reply.worker_id, reply.secret, previous)
+        self.store.save_credentials(creds)
+        self._set_creds(creds)
         self.heartbeat_interval = reply.heartbeat_interval or DEFAULT_HEARTBEAT
         self._forget_token()
         log.info("registered as worker %s", reply.worker_id)
+
+    def _set_creds(self, creds: Credentials | None) -> None:
+        self.creds = creds
+        if creds is not None:
+            previous = frozenset(creds.previous) - {creds.worker_id}
+            self.reconciler.owner = Owner(creds.worker_id, previous=previous)
 
     async def _handle_auth_error(self, err: cp.ControlPlaneError) -> bool:
         """True when the error was handled (re-registered); raises _Fatal on revocation."""
@@ -287,7 +297,7 @@ class Daemon:
     async def run(self) -> int:
         try:
             self.store.ensure_dir()
-            self.creds = self.store.load_credentials()
+            self._set_creds(self.store.load_credentials())
             self.reconciler.desired = self.store.load_desired()
         except Exception as exc:
             log.error("state: %s", exc)

@@ -9,7 +9,13 @@ whose spec hash matches is never touched (re-adoption means zero restarts).
 
 `Reconciler` applies a plan: it checks the metadata block before starting anything,
 pulls before replacing, gates upgrades on health and rolls back, keeps per-user errors
-and backoff, keeps Traefik routes in step, and builds the heartbeat's reports.
+and backoff, keeps Traefik routes in step, and builds the heartbeat's reports. It acts
+only as its `owner` (agent/ownership.py): without one (not registered yet) a pass does
+nothing; the containers, networks, volumes and route files it sees are those the owner
+claims; a spec the owner refuses (`ownership.refusal`: a bad name, a root user, another
+worker's or cluster's spec) is reported and deferred, so nothing is created for it and
+the user's previous container, if any, is left as it is; and a legacy container
+(adopted from a version without worker labels) is replaced once so it gets them.
 """
 
 from __future__ import annotations
@@ -17,16 +23,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
 
-from agent import health, traefik
+from agent import health, ownership, traefik
 from agent.client import backoff_delay
 from agent.metadata_block import MetadataBlock, MetadataBlockError
-from agent.runtime import DockerRuntime, Observed, RuntimeError_
+from agent.ownership import Owner
+from agent.runtime import DockerRuntime, Observed, RuntimeError_, Tagged
 from shared.protocol import Assignments, ContainerReport, ContainerSpec
 
 log = logging.getLogger("agent.reconcile")
@@ -130,6 +137,53 @@ def plan(
     return removals + cleanup + work
 
 
+@dataclass(frozen=True)
+class View:
+    """One pass's view: who the agent acts as, and which desired specs it accepts."""
+
+    owner: Owner
+    specs: Mapping[str, ContainerSpec]  # every desired spec, refused ones included
+    accepted: Mapping[str, ContainerSpec]
+    refused: Mapping[str, str]  # user -> why
+
+
+def view_of(specs: Mapping[str, ContainerSpec], owner: Owner) -> View:
+    cluster, mixed = ownership.desired_cluster(list(specs.values()))
+    owner = replace(owner, cluster=cluster or owner.cluster)
+    accepted: dict[str, ContainerSpec] = {}
+    refused: dict[str, str] = {}
+    for user_id, spec in specs.items():
+        reason = ownership.refusal(spec, owner)
+        if reason is None and mixed and spec.labels.get(ownership.LABEL_CLUSTER):
+            reason = f"the desired set names several clusters ({', '.join(sorted(mixed))})"
+        if reason is None:
+            accepted[user_id] = spec
+        else:
+            refused[user_id] = reason
+    return View(owner, specs, accepted, refused)
+
+
+def owned_containers(observed: Sequence[Observed], view: View) -> list[Observed]:
+    out = []
+    for c in observed:
+        legacy_ok = ownership.legacy_container_ok(c.name, c.user_id, view.specs)
+        if not ownership.claims(view.owner, c.labels, legacy_ok=legacy_ok):
+            continue
+        # A legacy container matches no spec hash: replaced once, it gets the labels.
+        out.append(replace(c, spec_hash="") if ownership.is_legacy(c.labels) else c)
+    return out
+
+
+def owned_by_user(
+    objects: Sequence[Tagged], owner: Owner, legacy_ok: Callable[[Tagged], bool]
+) -> dict[str, list[str]]:
+    by_user: dict[str, list[str]] = {}
+    for obj in objects:
+        if obj.user_id and ownership.claims(owner, obj.labels, legacy_ok=legacy_ok(obj)):
+            by_user.setdefault(obj.user_id, []).append(obj.id)
+    return by_user
+
+
 @dataclass
 class _Failure:
     spec_hash: str
@@ -156,7 +210,10 @@ class Reconciler:
         runtime: DockerRuntime,
         metadata: MetadataBlock,
         options: ReconcilerOptions,
+        owner: Owner | None = None,
     ) -> None:
+        # Set by the daemon once it has credentials; replaced when it re-registers.
+        self.owner = owner
         self.runtime = runtime
         self.metadata = metadata
         self.opts = options
@@ -164,6 +221,7 @@ class Reconciler:
         self.errors: dict[str, str] = {}
         self.activity: dict[str, str] = {}
         self.metadata_blocked: bool | None = None
+        self.refused: Mapping[str, str] = {}
         self._failures: dict[str, _Failure] = {}
         self._lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
@@ -222,8 +280,17 @@ class Reconciler:
                 self.desired = desired
             await self._pass()
 
+    def _view(self, owner: Owner) -> View:
+        return view_of(self._specs(), owner)
+
     async def _pass(self) -> None:
-        specs = self._specs()
+        if self.owner is None:
+            return  # not registered yet: nothing on this engine can be ours
+        view = self._view(self.owner)
+        for user, reason in view.refused.items():
+            if self.refused.get(user) != reason:
+                log.error("user %s: spec refused: %s", user, reason)
+        self.refused = view.refused
         purge = set(self.desired.purge) if self.desired else set()
         try:
             await self.metadata.ensure()
@@ -231,13 +298,25 @@ class Reconciler:
         except MetadataBlockError as exc:
             self.metadata_blocked = False
             log.error("metadata block rule not in place: %s; starting no container", exc)
-        observed = await self.runtime.list_managed()
-        networks = await self.runtime.managed_networks()
-        volumes = await self.runtime.managed_volumes() if purge else {}
+        observed = owned_containers(await self.runtime.list_managed(), view)
+        networks = owned_by_user(
+            await self.runtime.managed_networks(),
+            view.owner,
+            lambda t: ownership.legacy_network_ok(t.name, t.user_id, view.specs),
+        )
+        volumes = (
+            owned_by_user(
+                await self.runtime.managed_volumes(),
+                view.owner,
+                lambda t: ownership.legacy_volume_ok(t.name, t.user_id, view.specs, purge),
+            )
+            if purge
+            else {}
+        )
         actions = plan(
-            specs,
+            view.specs,
             observed,
-            deferred=self._deferred(specs, time.monotonic()),
+            deferred=self._deferred(view.accepted, time.monotonic()) | set(view.refused),
             purge=purge,
             networks=networks,
             volumes=volumes,
@@ -250,7 +329,7 @@ class Reconciler:
                 self.errors[user] = "metadata block rule not in place; not starting"
                 continue
             try:
-                await self._apply(action)
+                await self._apply(action, view.owner)
             except _RolledBack:
                 pass  # already recorded with its own message and retry delay
             except (RuntimeError_, ValueError) as exc:
@@ -260,9 +339,11 @@ class Reconciler:
                     user = action.user_id
                     self.errors[user] = str(exc)
                     log.warning("user %s: %s failed: %s", user, type(action).__name__, exc)
-        await self._sync_routes(specs)
+        await self._sync_routes(view)
+        # Tests await this line to know a pass has run (rather than sleeping for one).
+        log.debug("reconcile pass done: %d actions", len(actions))
 
-    async def _apply(self, action: Action) -> None:
+    async def _apply(self, action: Action, owner: Owner) -> None:
         match action:
             case Remove(user_id, cid):
                 log.info("user %s: removing unassigned container %s", user_id, cid[:12])
@@ -279,9 +360,9 @@ class Reconciler:
                 log.info("user %s: starting stopped container %s", user_id, cid[:12])
                 await self.runtime.start(cid)
             case Create(spec):
-                await self._create(spec)
+                await self._create(spec, owner)
             case Replace(spec, old):
-                await self._replace(spec, old)
+                await self._replace(spec, old, owner)
 
     async def _ensure_image(self, spec: ContainerSpec, previous_ref: str | None) -> None:
         present = await self.runtime.image_present(spec.image)
@@ -302,19 +383,19 @@ class Reconciler:
         finally:
             self.activity.pop(spec.user_id, None)
 
-    async def _create(self, spec: ContainerSpec) -> None:
+    async def _create(self, spec: ContainerSpec, owner: Owner) -> None:
         await self._ensure_image(spec, None)
-        net = await self.runtime.ensure_network(spec.user_id)
-        await self.runtime.ensure_volumes(spec)
-        cid = await self.runtime.create(spec, self.applied_generation, net)
+        net = await self.runtime.ensure_network(spec.user_id, owner)
+        await self.runtime.ensure_volumes(spec, owner)
+        cid = await self.runtime.create(spec, self.applied_generation, net, owner)
         log.info("user %s: created container %s (%s)", spec.user_id, cid[:12], spec.image)
         await self.runtime.start(cid)
         self._succeed(spec.user_id)
 
-    async def _replace(self, spec: ContainerSpec, old: Observed) -> None:
+    async def _replace(self, spec: ContainerSpec, old: Observed, owner: Owner) -> None:
         await self._ensure_image(spec, old.image_ref)
-        net = await self.runtime.ensure_network(spec.user_id)
-        await self.runtime.ensure_volumes(spec)
+        net = await self.runtime.ensure_network(spec.user_id, owner)
+        await self.runtime.ensure_volumes(spec, owner)
         log.info("user %s: replacing %s with %s", spec.user_id, old.id[:12], spec.image)
         await self.runtime.stop(old.id, self.opts.stop_grace)
         await self.runtime.rename(old.id, f"{spec.name}-prev-{old.id[:12]}")
@@ -322,7 +403,7 @@ class Reconciler:
         healthy = False
         reason = f"not healthy within {self.opts.health_gate:g}s"
         try:
-            new_id = await self.runtime.create(spec, self.applied_generation, net)
+            new_id = await self.runtime.create(spec, self.applied_generation, net, owner)
             await self.runtime.start(new_id)
             new = await self.runtime.inspect(new_id)
             port = new.host_ports.get(spec.health.port) if new else None
@@ -360,14 +441,14 @@ class Reconciler:
 
     # -- routes and reports ---------------------------------------------------------------
 
-    async def _sync_routes(self, specs: Mapping[str, ContainerSpec]) -> None:
+    async def _sync_routes(self, view: View) -> None:
         directory = self.opts.traefik_dir
         if directory is None:
             return
-        observed = await self.runtime.list_managed()
+        worker = view.owner.worker_id
         keep: set[str] = set()
-        for c in observed:
-            spec = specs.get(c.user_id)
+        for c in owned_containers(await self.runtime.list_managed(), view):
+            spec = view.accepted.get(c.user_id)
             if spec is None or not spec.route_host or not c.running:
                 continue
             port = c.host_ports.get(spec.health.port) or next(iter(c.host_ports.values()), None)
@@ -376,19 +457,25 @@ class Reconciler:
             keep.add(c.user_id)
             try:
                 if traefik.write_route(
-                    directory, c.user_id, spec.route_host, port, self.opts.route_options
+                    directory, worker, c.user_id, spec.route_host, port, self.opts.route_options
                 ):
                     log.info("user %s: route %s -> 127.0.0.1:%d", c.user_id, spec.route_host, port)
             except (OSError, ValueError) as exc:
                 self.errors[c.user_id] = f"route: {exc}"
         # Routes of users still assigned but momentarily down stay: Traefik answers 502.
-        keep |= set(specs)
-        for user in traefik.prune(directory, keep):
+        keep |= set(view.specs)
+        removed = traefik.prune(
+            directory, worker, keep, stale_workers=view.owner.previous, legacy=view.specs
+        )
+        for user in removed:
             log.info("user %s: route removed", user)
 
     async def reports(self) -> list[ContainerReport]:
-        specs = self._specs()
-        observed = await self.runtime.list_managed()
+        if self.owner is None:
+            return []
+        view = self._view(self.owner)
+        specs = view.specs
+        observed = owned_containers(await self.runtime.list_managed(), view)
         by_user: dict[str, list[Observed]] = {}
         for c in observed:
             by_user.setdefault(c.user_id, []).append(c)
@@ -396,7 +483,9 @@ class Reconciler:
         for user_id, spec in sorted(specs.items()):
             containers = by_user.get(user_id, [])
             matching = [c for c in containers if c.spec_hash == spec.spec_hash] or containers
-            error = self.errors.get(user_id)
+            error = view.refused.get(user_id) or self.errors.get(user_id)
+            if user_id in view.refused:
+                error = f"spec refused: {error}"
             if self.activity.get(user_id) == "pulling":
                 reports.append(ContainerReport(user_id, "pulling", "none", error=error))
                 continue

@@ -2,9 +2,11 @@
 
 Contract: every Docker call runs in the runtime's own small thread pool with an
 explicit timeout (`asyncio.wait_for`), so a hung engine never blocks the event loop or
-shutdown. The agent only ever lists objects carrying `clawfleet.managed=true`, and acts
-on the ids it inspected, never on names it guessed. `create_container` is the one place
-the tenant isolation profile is written down (docs/agent.md, "Isolation profile").
+shutdown. The agent only ever lists objects carrying `clawfleet.managed=true`, acts only
+on those its `Owner` claims (agent/ownership.py: its worker id and cluster), and acts on
+the ids it inspected, never on names it guessed. `create_container` is the one place
+the tenant isolation profile is written down (docs/agent.md, "Isolation profile"), and
+it refuses any user that is not numeric `uid:gid` with both ids non-zero.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ import docker
 import docker.errors
 from docker.types import Mount
 
+from agent.ownership import (
+    LABEL_MANAGED,
+    LABEL_USER,
+    Owner,
+    claims,
+    network_name,
+)
+from shared.names import parse_container_user
 from shared.protocol import ContainerSpec
 
 T = TypeVar("T")
 
-LABEL_MANAGED = "clawfleet.managed"
-LABEL_USER = "clawfleet.user"
 LABEL_HASH = "clawfleet.spec_hash"
 LABEL_GENERATION = "clawfleet.generation"
 LABEL_IMAGE = "clawfleet.image"
@@ -53,23 +61,37 @@ class Observed:
     started_at: str
     restart_count: int
     host_ports: Mapping[int, int] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
         return self.status == "running"
 
 
-def owned_labels(user_id: str) -> dict[str, str]:
-    return {LABEL_MANAGED: "true", LABEL_USER: user_id}
+@dataclass(frozen=True)
+class Tagged:
+    """A managed network (id) or volume (id is its name), with its labels."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str]
+
+    @property
+    def user_id(self) -> str:
+        return self.labels.get(LABEL_USER, "")
 
 
-def network_name(user_id: str) -> str:
-    return f"clawfleet-{user_id}"
+def owned_labels(user_id: str, owner: Owner) -> dict[str, str]:
+    return {LABEL_MANAGED: "true", LABEL_USER: user_id, **owner.labels()}
 
 
 def is_root_user(user: str) -> bool:
-    name = user.split(":", 1)[0].strip()
-    return name in ("", "0", "root")
+    """True unless `user` is numeric uid:gid with both ids non-zero (names can be root)."""
+    try:
+        parse_container_user(user)
+    except ValueError:
+        return True
+    return False
 
 
 def _host_ports(inspect: Mapping[str, Any]) -> dict[int, int]:
@@ -101,6 +123,7 @@ def observed_from_inspect(data: Mapping[str, Any]) -> Observed:
         started_at=str(state.get("StartedAt", "")),
         restart_count=int(data.get("RestartCount", 0) or 0),
         host_ports=_host_ports(data),
+        labels=dict(labels),
     )
 
 
@@ -190,27 +213,21 @@ class DockerRuntime:
             return None
         return observed_from_inspect(data)
 
-    def _managed_networks(self) -> dict[str, list[str]]:
-        by_user: dict[str, list[str]] = {}
-        for net in self._api().networks(filters={"label": MANAGED_FILTER}):
-            user = (net.get("Labels") or {}).get(LABEL_USER)
-            if user:
-                by_user.setdefault(user, []).append(net["Id"])
-        return by_user
+    def _managed_networks(self) -> list[Tagged]:
+        nets = self._api().networks(filters={"label": MANAGED_FILTER})
+        return [Tagged(str(n["Id"]), str(n.get("Name", "")), n.get("Labels") or {}) for n in nets]
 
-    async def managed_networks(self) -> dict[str, list[str]]:
+    async def managed_networks(self) -> list[Tagged]:
+        """Every managed network on the engine; the caller keeps those it owns."""
         return await self._run(self._managed_networks)
 
-    def _managed_volumes(self) -> dict[str, list[str]]:
-        by_user: dict[str, list[str]] = {}
+    def _managed_volumes(self) -> list[Tagged]:
         reply = self._api().volumes(filters={"label": MANAGED_FILTER}) or {}
-        for vol in reply.get("Volumes") or []:
-            user = (vol.get("Labels") or {}).get(LABEL_USER)
-            if user:
-                by_user.setdefault(user, []).append(vol["Name"])
-        return by_user
+        vols = reply.get("Volumes") or []
+        return [Tagged(str(v["Name"]), str(v["Name"]), v.get("Labels") or {}) for v in vols]
 
-    async def managed_volumes(self) -> dict[str, list[str]]:
+    async def managed_volumes(self) -> list[Tagged]:
+        """Every managed volume on the engine; the caller keeps those it owns."""
         return await self._run(self._managed_volumes)
 
     async def version(self) -> str:
@@ -244,36 +261,37 @@ class DockerRuntime:
 
     # -- per-user network and volumes -----------------------------------------------------
 
-    def _ensure_network(self, user_id: str) -> str:
+    def _ensure_network(self, user_id: str, owner: Owner) -> str:
         api = self._api()
+        name = network_name(user_id)
         nets = api.networks(filters={"label": [MANAGED_FILTER, f"{LABEL_USER}={user_id}"]})
-        if nets:
-            return str(nets[0]["Id"])
+        for net in nets:
+            legacy_ok = net.get("Name") == name  # called for a desired user only
+            if claims(owner, net.get("Labels") or {}, legacy_ok=legacy_ok):
+                return str(net["Id"])
+        # Another agent's network of the same name makes this fail: refused, not taken.
         created = api.create_network(
-            network_name(user_id),
-            driver="bridge",
-            labels=owned_labels(user_id),
-            check_duplicate=True,
+            name, driver="bridge", labels=owned_labels(user_id, owner), check_duplicate=True
         )
         return str(created["Id"])
 
-    async def ensure_network(self, user_id: str) -> str:
-        return await self._run(self._ensure_network, user_id)
+    async def ensure_network(self, user_id: str, owner: Owner) -> str:
+        return await self._run(self._ensure_network, user_id, owner)
 
-    def _ensure_volume(self, user_id: str, name: str) -> None:
+    def _ensure_volume(self, user_id: str, name: str, owner: Owner) -> None:
         api = self._api()
         try:
             vol = api.inspect_volume(name)
         except docker.errors.NotFound:
-            api.create_volume(name, labels=owned_labels(user_id))
+            api.create_volume(name, labels=owned_labels(user_id, owner))
             return
         labels = vol.get("Labels") or {}
-        if labels.get(LABEL_MANAGED) != "true" or labels.get(LABEL_USER) != user_id:
+        if labels.get(LABEL_USER) != user_id or not claims(owner, labels, legacy_ok=True):
             raise ForeignObjectError(f"volume {name} exists and does not belong to {user_id}")
 
-    async def ensure_volumes(self, spec: ContainerSpec) -> None:
+    async def ensure_volumes(self, spec: ContainerSpec, owner: Owner) -> None:
         for vol in spec.volumes:
-            await self._run(self._ensure_volume, spec.user_id, vol.name)
+            await self._run(self._ensure_volume, spec.user_id, vol.name, owner)
 
     async def remove_network(self, network_id: str) -> None:
         try:
@@ -289,13 +307,16 @@ class DockerRuntime:
 
     # -- containers -----------------------------------------------------------------------
 
-    def _create(self, spec: ContainerSpec, generation: int, network_id: str) -> str:
-        if is_root_user(spec.user):
-            raise RuntimeError_(f"spec for {spec.user_id} asks for root user {spec.user!r}")
+    def _create(self, spec: ContainerSpec, generation: int, network_id: str, owner: Owner) -> str:
+        try:
+            parse_container_user(spec.user)
+        except ValueError as exc:
+            # The last line of defence: whatever the control plane says, never root.
+            raise RuntimeError_(f"spec for {spec.user_id} refused: user {exc}") from None
         api = self._api()
         labels = dict(spec.labels)
         # Ownership labels last, so a spec can never overwrite them.
-        labels.update(owned_labels(spec.user_id))
+        labels.update(owned_labels(spec.user_id, owner))
         labels[LABEL_HASH] = spec.spec_hash
         labels[LABEL_GENERATION] = str(generation)
         labels[LABEL_IMAGE] = spec.image
@@ -331,8 +352,10 @@ class DockerRuntime:
         )
         return str(created["Id"])
 
-    async def create(self, spec: ContainerSpec, generation: int, network_id: str) -> str:
-        return await self._run(self._create, spec, generation, network_id)
+    async def create(
+        self, spec: ContainerSpec, generation: int, network_id: str, owner: Owner
+    ) -> str:
+        return await self._run(self._create, spec, generation, network_id, owner)
 
     async def start(self, container_id: str) -> None:
         await self._api_call("start", container_id)

@@ -1,6 +1,8 @@
 """What the agent keeps on disk in STATE_DIR, so a restart changes nothing.
 
-Contract: `credentials.json` holds the worker id and secret; `desired.json` holds the
+Contract: `credentials.json` holds the worker id and secret, and the ids this agent held
+before it re-registered (so it still owns, and replaces, what it made under them);
+`desired.json` holds the
 last Assignments message received (the desired set the agent keeps enforcing while
 the control plane is away). Every file is written atomically (temp file in the same
 directory, fsync, rename, fsync of the directory) with mode 0600, so a crash leaves
@@ -29,6 +31,8 @@ class StateError(RuntimeError):
 class Credentials(msgspec.Struct, frozen=True):
     worker_id: str
     secret: str
+    # Newest first, bounded (agent/ownership.py MAX_PREVIOUS); absent in older files.
+    previous: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # keeps the secret out of logs and tracebacks
         return f"Credentials(worker_id={self.worker_id!r})"

@@ -78,6 +78,7 @@ async def desired_set(
         build_spec(
             UserPlacement(r["id"], r["subdomain"], plan_of(plans, r["plan"]), _env(keyring, r)),
             settings,
+            server_id,
         )
         for r in rows
         if r["id"] is not None

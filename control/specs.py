@@ -3,7 +3,11 @@
 Contract: `build_spec` is pure; `spec_hash` covers every field the worker acts on,
 so any change to image, limits, env or routing gives a new hash and the worker
 replaces the container, while an unchanged user keeps the same hash across
-control-plane restarts and versions (the JSON is canonical: sorted keys).
+control-plane restarts and versions (the JSON is canonical: sorted keys). The labels
+carry the worker the spec is for and the cluster (`clawfleet.worker`,
+`clawfleet.cluster`): an agent refuses a spec for another worker, and owns only Docker
+objects carrying its own worker id and cluster (docs/agent.md, "Ownership"), so several
+agents can share one Docker engine. The spec of one user therefore differs per worker.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ class UserPlacement:
     env: dict[str, str]
 
 
-def build_spec(user: UserPlacement, settings: Settings) -> ContainerSpec:
+def build_spec(user: UserPlacement, settings: Settings, worker_id: str) -> ContainerSpec:
     fields = {
         "user_id": user.user_id,
         "name": f"clawfleet-{user.user_id}",
@@ -52,7 +56,12 @@ def build_spec(user: UserPlacement, settings: Settings) -> ContainerSpec:
             memory_mb=user.plan.memory_mb, cpus=user.plan.cpus, pids=user.plan.pids
         ),
         "health": HealthSpec(path=settings.agent_health_path, port=settings.agent_port),
-        "labels": {"clawfleet.plan": user.plan.name, "clawfleet.subdomain": user.subdomain},
+        "labels": {
+            "clawfleet.plan": user.plan.name,
+            "clawfleet.subdomain": user.subdomain,
+            "clawfleet.worker": worker_id,
+            "clawfleet.cluster": settings.cluster_name,
+        },
         "hostname": user.subdomain,
         "route_host": f"{user.subdomain}.{settings.base_domain}",
     }

@@ -21,7 +21,7 @@ import docker
 import pytest
 
 from tests.agent.conftest import GOOD, AgentProcess, new_user
-from tests.agent.test_e2e import make_agent, plane_settings, until, wait_running
+from tests.agent.test_e2e import make_agent, plane_settings, until, wait_running, worker_id
 from tests.fixtures import ControlPlane
 
 pytestmark = pytest.mark.docker
@@ -73,6 +73,7 @@ class SecondDockerd:
             except Exception:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError((self.dir / "dockerd.log").read_text()[-2000:]) from None
+                # Bounded polling: a starting dockerd offers nothing to await but its socket.
                 time.sleep(0.5)
 
     def stop(self) -> None:
@@ -129,12 +130,19 @@ async def test_containers_back_and_reported_after_engine_restart(
     await wait_running(plane, user)
     c2 = dockerd2.client()
     [before] = c2.containers.list(filters={"label": f"clawfleet.user={user}"})
-    route = tmp_path / "traefik" / f"clawfleet-{user}.yaml"
+    route = tmp_path / "traefik" / f"clawfleet-{user}@{worker_id(tmp_path)}.yaml"
     old_port = before.attrs["NetworkSettings"]["Ports"]["18789/tcp"][0]["HostPort"]
     assert f"127.0.0.1:{old_port}" in route.read_text()
 
     await asyncio.to_thread(dockerd2.stop)
-    await asyncio.sleep(2)  # the agent sees the engine gone and must not crash
+    mark = len(agent.log())
+
+    async def engine_gone_seen() -> bool:
+        tail = agent.log()[mark:]
+        return "docker unavailable" in tail or "reconcile failed" in tail
+
+    await until(engine_gone_seen, "the agent noticing the engine is gone")
+    # It noticed, and must not have crashed.
     assert agent.proc is not None and agent.proc.poll() is None
     await asyncio.to_thread(dockerd2.start)
 

@@ -27,6 +27,8 @@ DOMAIN = "example.test"
 
 
 async def until(pred: Callable[[], Awaitable[Any]], what: str, timeout: float = 60) -> Any:
+    """Bounded polling of a condition outside this process (Docker, the control plane's
+    answers, a child's log or files): nothing there can be awaited directly."""
     deadline = time.monotonic() + timeout
     while True:
         value = await pred()
@@ -35,6 +37,19 @@ async def until(pred: Callable[[], Awaitable[Any]], what: str, timeout: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.3)
+
+
+async def passes(agent: AgentProcess, since: int, count: int = 2) -> None:
+    """Waits until the agent has logged `count` reconcile passes after log offset `since`."""
+
+    async def done() -> bool:
+        return agent.log()[since:].count("reconcile pass done") >= count
+
+    await until(done, f"{count} reconcile passes")
+
+
+def worker_id(tmp_path: Path) -> str:
+    return str(json.loads((tmp_path / "state" / "credentials.json").read_text())["worker_id"])
 
 
 def free_port() -> int:
@@ -159,19 +174,27 @@ async def test_lifecycle_restart_outage_and_unassign(
     assert body["container"]["health"] == "healthy"
     assert body["container"]["restart_count"] == 0
 
-    # kill -9 and restart: adopted as is.
+    # kill -9 and restart: adopted as is, over several reconcile passes.
     agent.kill9()
+    mark = len(agent.log())
     agent.start()
-    await asyncio.sleep(4)  # several reconcile periods and heartbeats
+    await passes(agent, mark)
     await wait_running(plane, alice)
     assert fingerprint(dclient, alice) == before
 
     # Control plane away: nothing changes, and a restart during the outage changes nothing.
     await plane.stop()
-    await asyncio.sleep(3)
+    mark = len(agent.log())
+
+    async def outage_seen() -> bool:
+        return "failed" in agent.log()[mark:]
+
+    await until(outage_seen, "the agent noticing the outage")
+    await passes(agent, mark)
     agent.kill9()
+    mark = len(agent.log())
     agent.start()
-    await asyncio.sleep(3)
+    await passes(agent, mark)
     assert fingerprint(dclient, alice) == before
     await plane.start()
 
@@ -229,6 +252,9 @@ async def test_traefik_routes_host_to_the_right_container(
     )
     try:
         await make_agent(plane, tmp_path, agent_proc)
+        creds = tmp_path / "state" / "credentials.json"
+        await until(lambda: asyncio.sleep(0, creds.exists()), "registration")
+        worker = worker_id(tmp_path)
         a, b = new_user(), new_user()
         users.extend([a, b])
         for u in (a, b):
@@ -261,7 +287,8 @@ async def test_traefik_routes_host_to_the_right_container(
             for u in (a, b):
                 [c] = user_containers(dclient, u)
                 host_port = c.attrs["NetworkSettings"]["Ports"][f"{PORT}/tcp"][0]["HostPort"]
-                assert f"127.0.0.1:{host_port}" in (dyn / f"clawfleet-{u}.yaml").read_text()
+                route = dyn / f"clawfleet-{u}@{worker}.yaml"
+                assert f"127.0.0.1:{host_port}" in route.read_text()
 
             status, _ = await plane.admin("DELETE", f"/v1/users/{a}")
             assert status in (200, 202, 204)

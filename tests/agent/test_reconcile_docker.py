@@ -7,13 +7,15 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
 from agent.metadata_block import MetadataBlock
+from agent.ownership import Owner
 from agent.reconcile import Reconciler, ReconcilerOptions
 from agent.runtime import DockerRuntime
 from agent.traefik import RouteOptions, route_file
@@ -25,25 +27,53 @@ from tests.agent.specs import make_spec
 pytestmark = pytest.mark.docker
 
 
+MakeReconciler = Callable[[str], Awaitable[Reconciler]]
+
+
 @pytest.fixture
-async def reconciler(tmp_path: Path, test_images: dict[str, str]) -> AsyncIterator[Reconciler]:
-    runtime = DockerRuntime(None, timeout=60)
-    rec = Reconciler(
-        runtime,
-        MetadataBlock(["iptables"]),
-        ReconcilerOptions(
-            health_gate=8,
-            health_timeout=1,
-            stop_grace=2,
-            backoff_base=0.2,
-            backoff_max=1,
-            traefik_dir=tmp_path / "traefik",
-            route_options=RouteOptions(("web",), tls=False),
-        ),
-    )
-    yield rec
-    await rec.close()
-    runtime.close()
+async def make_reconciler(
+    tmp_path: Path, test_images: dict[str, str]
+) -> AsyncIterator[MakeReconciler]:
+    """Reconcilers acting as the given worker ids, all on the shared engine and sharing
+    one Traefik directory, as two agents on one machine would."""
+    made: list[Reconciler] = []
+
+    async def make(worker_id: str) -> Reconciler:
+        rec = Reconciler(
+            DockerRuntime(None, timeout=60),
+            MetadataBlock(["iptables"]),
+            ReconcilerOptions(
+                health_gate=8,
+                health_timeout=1,
+                stop_grace=2,
+                backoff_base=0.2,
+                backoff_max=1,
+                traefik_dir=tmp_path / "traefik",
+                route_options=RouteOptions(("web",), tls=False),
+            ),
+            Owner(worker_id),
+        )
+        made.append(rec)
+        return rec
+
+    yield make
+    for rec in made:
+        await rec.close()
+        rec.runtime.close()
+
+
+def new_worker() -> str:
+    return f"srv-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def reconciler(make_reconciler: MakeReconciler) -> Reconciler:
+    return await make_reconciler(new_worker())
+
+
+def route_of(rec: Reconciler, user: str) -> Path:
+    assert rec.owner is not None and rec.opts.traefik_dir is not None
+    return route_file(rec.opts.traefik_dir, rec.owner.worker_id, user)
 
 
 def by_user(dclient: docker.DockerClient, user: str) -> list[docker.models.containers.Container]:
@@ -97,7 +127,10 @@ async def test_assignment_runs_hardened_container(
     assert net.attrs["Labels"]["clawfleet.managed"] == "true"
     vol = dclient.volumes.get(f"clawfleet-{user}-state")
     assert vol.attrs["Labels"]["clawfleet.user"] == user
-    assert route_file(reconciler.opts.traefik_dir or Path(), user).exists()
+    assert labels["clawfleet.worker"] == reconciler.owner.worker_id  # type: ignore[union-attr]
+    assert net.attrs["Labels"]["clawfleet.worker"] == labels["clawfleet.worker"]
+    assert vol.attrs["Labels"]["clawfleet.worker"] == labels["clawfleet.worker"]
+    assert route_of(reconciler, user).exists()
 
     # A second pass adopts it as it is.
     await reconciler.reconcile()
@@ -145,7 +178,7 @@ async def test_unassign_keeps_volume_then_purge_deletes_it(
     assert by_user(dclient, user) == []
     assert dclient.volumes.get(f"clawfleet-{user}-state").name == f"clawfleet-{user}-state"
     assert dclient.networks.list(filters={"label": f"clawfleet.user={user}"}) == []
-    assert not route_file(reconciler.opts.traefik_dir or Path(), user).exists()
+    assert not route_of(reconciler, user).exists()
     await reconciler.reconcile(Assignments(generation=3, containers=[], purge=[user]))
     assert dclient.volumes.list(filters={"label": f"clawfleet.user={user}"}) == []
 
@@ -207,6 +240,7 @@ def registry(tmp_path: Path) -> Iterator[str]:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
+            # Bounded polling: the registry child offers nothing to await but its port.
             time.sleep(0.1)
         yield f"127.0.0.1:{port}"
     finally:
@@ -266,3 +300,84 @@ async def test_pull_by_tag_and_digest_and_failed_pull_reported(
         for ref in pulled:
             with contextlib.suppress(docker.errors.APIError):
                 dclient.images.remove(ref)
+
+
+def fingerprints(dclient: docker.DockerClient, user: str) -> list[tuple[str, str, str]]:
+    return [
+        (c.id, c.attrs["State"]["StartedAt"], c.status)
+        for c in sorted(by_user(dclient, user), key=lambda c: c.id)
+    ]
+
+
+async def test_two_agents_on_one_engine_leave_each_other_alone(
+    make_reconciler: MakeReconciler, dclient: docker.DockerClient, users: list[str]
+) -> None:
+    a, b = await make_reconciler(new_worker()), await make_reconciler(new_worker())
+    ua, ub = new_user(), new_user()
+    users.extend([ua, ub])
+    spec_a = make_spec(ua, GOOD, route_host=f"{ua}.example.test")
+    spec_b = make_spec(ub, GOOD, route_host=f"{ub}.example.test")
+    await a.reconcile(Assignments(generation=1, containers=[spec_a]))
+    await b.reconcile(Assignments(generation=1, containers=[spec_b]))
+    theirs = fingerprints(dclient, ub)
+    assert len(theirs) == 1 and theirs[0][2] == "running"
+    assert route_of(b, ub).exists()
+
+    # A is told nothing runs on it and to purge B's user's data: it touches none of B's.
+    await a.reconcile(Assignments(generation=2, containers=[], purge=[ub]))
+    assert by_user(dclient, ua) == []
+    assert fingerprints(dclient, ub) == theirs
+    assert dclient.networks.list(filters={"label": f"clawfleet.user={ub}"}) != []
+    assert dclient.volumes.get(f"clawfleet-{ub}-state").name == f"clawfleet-{ub}-state"
+    assert route_of(b, ub).exists()
+    [report] = await b.reports()
+    assert (report.state, report.error) == ("running", None)
+
+    # Both are told to run the same user (two clusters, one user id): B's container stays
+    # B's; A refuses to take it over and reports why instead.
+    await a.reconcile(Assignments(generation=3, containers=[make_spec(ub, GOOD2)]))
+    assert fingerprints(dclient, ub) == theirs
+    [report] = await a.reports()
+    assert report.state == "failed" and report.error
+    await b.reconcile()
+    assert fingerprints(dclient, ub) == theirs
+
+
+async def test_legacy_objects_adopted_only_for_desired_users_then_relabelled(
+    reconciler: Reconciler, dclient: docker.DockerClient, users: list[str]
+) -> None:
+    """What a version before worker labels left: adopted by name for a user this worker
+    runs, replaced once so the container gets the labels; another user's is left alone."""
+    user, stranger = new_user(), new_user()
+    users.extend([user, stranger])
+    old = {"clawfleet.managed": "true", "clawfleet.spec_hash": "old"}
+    dclient.volumes.create(
+        f"clawfleet-{user}-state", labels={"clawfleet.managed": "true", "clawfleet.user": user}
+    )
+    legacy = dclient.containers.run(
+        GOOD,
+        name=f"clawfleet-{user}",
+        user="1000:1000",
+        detach=True,
+        labels={**old, "clawfleet.user": user},
+        volumes={f"clawfleet-{user}-state": {"bind": "/data", "mode": "rw"}},
+    )
+    other = dclient.containers.run(
+        GOOD,
+        name=f"clawfleet-{stranger}",
+        user="1000:1000",
+        detach=True,
+        labels={**old, "clawfleet.user": stranger},
+    )
+    await reconciler.reconcile(Assignments(generation=1, containers=[make_spec(user, GOOD)]))
+    [now] = by_user(dclient, user)
+    assert now.id != legacy.id and now.status == "running" and now.name == f"clawfleet-{user}"
+    assert now.labels["clawfleet.worker"] == reconciler.owner.worker_id  # type: ignore[union-attr]
+    [mount] = now.attrs["Mounts"]
+    assert mount["Name"] == f"clawfleet-{user}-state"  # the data it had, not a new volume
+    other.reload()
+    assert other.status == "running" and "clawfleet.worker" not in other.labels
+    await reconciler.reconcile(Assignments(generation=2, containers=[]))
+    assert by_user(dclient, user) == []
+    other.reload()
+    assert other.status == "running"

@@ -242,11 +242,26 @@ def test_plan(desired: dict, observed: list, kw: dict, expected: list) -> None: 
     ("user", "root"),
     [
         ("1000:1000", False),
+        ("1:1", False),
+        ("2147483647:2147483647", False),
         ("0", True),
         ("root:root", True),
         ("", True),
         ("0:1000", True),
-        ("node", False),
+        # A name may be root in the image, a uid alone may run with gid 0.
+        ("node", True),
+        ("1000", True),
+        ("00", True),
+        ("00:00", True),
+        ("1000:0", True),
+        ("1000:00", True),
+        ("01000:1000", True),
+        ("2147483648:1000", True),
+        ("4294967296:1000", True),
+        ("1000:1000\n", True),
+        (" 1000:1000", True),
+        ("-1:1000", True),
+        ("\u0661\u0660\u0660\u0660:1000", True),  # Arabic-Indic digits: int() reads them
     ],
 )
 def test_root_user_refused(user: str, root: bool) -> None:
@@ -254,23 +269,36 @@ def test_root_user_refused(user: str, root: bool) -> None:
 
 
 def test_route_render_and_prune(tmp_path: Path) -> None:
-    doc = json.loads(
-        render("u1", "alice.example.com", 41234, RouteOptions(("websecure",), True, "le"))
-    )
-    router = doc["http"]["routers"]["clawfleet-u1"]
+    options = RouteOptions(("websecure",), True, "le")
+    doc = json.loads(render("srv-w1", "u1", "alice.example.com", 41234, options))
+    router = doc["http"]["routers"]["clawfleet-u1-srv-w1"]
     assert router["rule"] == "Host(`alice.example.com`)"
     assert router["tls"] == {"certResolver": "le"}
-    assert doc["http"]["services"]["clawfleet-u1"]["loadBalancer"]["servers"] == [
+    assert doc["http"]["services"]["clawfleet-u1-srv-w1"]["loadBalancer"]["servers"] == [
         {"url": "http://127.0.0.1:41234"}
     ]
-    with pytest.raises(ValueError):
-        render("u1", "evil`) || Host(`x", 1, RouteOptions())
-    assert write_route(tmp_path, "u1", "a.example.com", 1, RouteOptions()) is True
-    assert write_route(tmp_path, "u1", "a.example.com", 1, RouteOptions()) is False
-    assert write_route(tmp_path, "u2", "b.example.com", 2, RouteOptions()) is True
-    (tmp_path / "other.yaml").write_text("{}")
-    assert prune(tmp_path, {"u2"}) == {"u1"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clawfleet-u2.yaml", "other.yaml"]
+    for host in ("evil`) || Host(`x", "alice.example.com\n", "ALICE.example.com", "a..b"):
+        with pytest.raises(ValueError):
+            render("srv-w1", "u1", host, 1, RouteOptions())
+    for user in ("../u1", "u1\n", "u1/x", "u1@srv-w2"):
+        with pytest.raises(ValueError):
+            write_route(tmp_path, "srv-w1", user, "a.example.com", 1, RouteOptions())
+    assert write_route(tmp_path, "srv-w1", "u1", "a.example.com", 1, RouteOptions()) is True
+    assert write_route(tmp_path, "srv-w1", "u1", "a.example.com", 1, RouteOptions()) is False
+    assert write_route(tmp_path, "srv-w1", "u2", "b.example.com", 2, RouteOptions()) is True
+    # Another agent's routes in the same directory, one from this agent's previous id,
+    # and older-form files: of these, only the old id's and the named legacy file go.
+    assert write_route(tmp_path, "srv-w2", "u1", "c.example.com", 3, RouteOptions()) is True
+    assert write_route(tmp_path, "srv-old", "u2", "b.example.com", 4, RouteOptions()) is True
+    for name in ("other.yaml", "clawfleet-u2.yaml", "clawfleet-u9.yaml"):
+        (tmp_path / name).write_text("{}")
+    assert prune(tmp_path, "srv-w1", {"u2"}, stale_workers=["srv-old"], legacy=["u2"]) == {"u1"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "clawfleet-u1@srv-w2.yaml",
+        "clawfleet-u2@srv-w1.yaml",
+        "clawfleet-u9.yaml",
+        "other.yaml",
+    ]
 
 
 @pytest.mark.parametrize(
