@@ -29,10 +29,11 @@ from control.dns import DnsProvider, NoDns
 from control.dns_sync import DnsSync
 from control.fleet import FLEET, Fleet
 from control.keyring import Keyring
-from control.metrics import METRICS, MeteredProvider, Metrics
+from control.metrics import METRICS, MeteredProvider, install_metrics
 from control.providers import build_provider
 from control.providers.base import Provider
 from control.providers.health import ProviderHealth
+from control.ratelimit import install_auth_guard
 from control.routes import routes
 from control.scaler import Scaler, UserDataRenderer
 from control.settings import Settings
@@ -51,14 +52,15 @@ def create_app(
             logs.request_ids,
             middleware.errors,
             middleware.body_limit,
-            middleware.admin_auth(settings.admin_token),
+            middleware.admin_auth(settings.admin_token, settings.metrics_token),
         ],
         client_max_size=middleware.MAX_BODY,
     )
     app[SETTINGS] = settings
     app[PROVIDER_FACTORY] = provider_factory
-    app[METRICS] = Metrics()
+    install_metrics(app, settings)  # logs at start-up who may read /metrics
     app[PROVIDER_HEALTH] = ProviderHealth()
+    install_auth_guard(app, settings, lambda: app[FLEET].store, app[METRICS].auth_refused_by)
     app.add_routes(routes)
     app.add_routes(stripe_routes)
     install_dashboard(app)

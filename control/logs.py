@@ -1,11 +1,18 @@
 """Logging: one line per event, readable text by default or JSON (LOG_FORMAT=json),
 and a request id on every line logged while serving a request.
 
-Contract: `setup(level, fmt)` configures the root logger once, from `__main__`.
-`request_ids` is the middleware: it takes a sane `X-Request-Id` from the caller (or
-makes one), exposes it to every log record through a context variable, returns it in
-the response header, and logs one access line per request. Secrets never reach here:
-nothing logs headers or bodies.
+Contract: `setup(level, fmt)` configures the root logger once, from `__main__`, with
+`handler(fmt)`. `request_ids` is the middleware: it takes a sane `X-Request-Id` from
+the caller (1-64 of `A-Za-z0-9._-`, whole value, or it makes one), exposes it to every
+log record through a context variable, returns it in the response header, and logs one
+access line per request. Secrets never reach here: nothing logs headers or bodies.
+
+One record is one line, whatever a caller put in it: both formatters pass every field
+through `escape`, which writes control and other non-printable characters (newlines,
+carriage returns, escape sequences, U+2028, bidi overrides) as `\n`, `\x1b`,
+`\u2028`... A traceback keeps its line breaks, but each of its lines is escaped and
+starts with `| ` (text), so no line of it can pass for a record; JSON has it in one
+field.
 """
 
 from __future__ import annotations
@@ -17,13 +24,17 @@ import re
 import secrets
 import time
 from datetime import UTC, datetime
+from typing import TextIO
 
 from aiohttp import web
 
 from control.middleware import Handler
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-_SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+CONTINUATION = "| "
 access = logging.getLogger("clawfleet.access")
 
 
@@ -33,31 +44,68 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+def escape(text: str) -> str:
+    """`text` with every non-printable character written as a Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape_char(c) for c in text)
+
+
+def _escape_char(c: str) -> str:
+    if c in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[c]
+    code = ord(c)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _escape_lines(text: str, prefix: str) -> str:
+    # Only "\n" breaks a line here: \r, U+2028 and the like inside a line are escaped.
+    return "\n".join(prefix + escape(line) for line in text.rstrip("\n").split("\n"))
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
+
+    def formatException(self, ei: logging._SysExcInfoType) -> str:
+        return _escape_lines(super().formatException(ei), CONTINUATION)
+
+    def formatStack(self, stack_info: str) -> str:
+        return _escape_lines(super().formatStack(stack_info), CONTINUATION)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", "-"),
+            "level": escape(record.levelname.lower()),
+            "logger": escape(record.name),
+            "message": escape(record.getMessage()),
+            "request_id": escape(str(getattr(record, "request_id", "-"))),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = _escape_lines(self.formatException(record.exc_info), "")
+        if record.stack_info:
+            entry["stack"] = _escape_lines(self.formatStack(record.stack_info), "")
         return json.dumps(entry, ensure_ascii=False)
 
 
+def handler(fmt: str, stream: TextIO | None = None) -> logging.Handler:
+    """The one log handler: request ids on every record, escaped, text or JSON."""
+    made = logging.StreamHandler(stream)
+    made.addFilter(_RequestIdFilter())
+    made.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    return made
+
+
 def setup(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler()
-    handler.addFilter(_RequestIdFilter())
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-        )
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler(fmt)]
     root.setLevel(level)
     # Our own access line (with the request id) replaces aiohttp's.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -67,7 +115,7 @@ def setup(level: str, fmt: str) -> None:
 @web.middleware
 async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
     presented = request.headers.get("X-Request-Id", "")
-    request_id = presented if _SANE_ID.match(presented) else secrets.token_hex(8)
+    request_id = presented if _SANE_ID.fullmatch(presented) else secrets.token_hex(8)
     token = REQUEST_ID.set(request_id)
     started = time.monotonic()
     status = 500

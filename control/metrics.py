@@ -1,26 +1,37 @@
 """`GET /metrics` in the Prometheus text format (prometheus-client).
 
 Contract: one `CollectorRegistry` per app (no process globals). Counters that only
-this process sees (heartbeats, provider and DNS calls) live in `Metrics`; everything
-the database knows (servers by status, users by state, pending waits, webhook
-outbox, autoscaler decisions) is read at scrape time, so it survives restarts and
-never drifts from the truth. Readable without the admin token only from loopback,
-or with `Authorization: Bearer <METRICS_TOKEN>`.
+this process sees (heartbeats, provider and DNS calls, refused sign-ins) live in
+`Metrics`; everything the database knows (servers by status, users by state, pending
+waits, webhook outbox, autoscaler decisions) is read at scrape time, so it survives
+restarts and never drifts from the truth.
+
+Who may read it is decided once, at start-up, by `access_mode` (logged in one line):
+- "loopback": LISTEN_HOST is loopback only and PUBLIC_URL names no proxy
+  (control/edge.py), so every caller is on this machine: loopback callers need no
+  token (METRICS_TOKEN, when set, is accepted too);
+- "token": a proxy or a non-loopback listener may carry the internet to it, so every
+  caller, loopback included (a local proxy is loopback), needs
+  `Authorization: Bearer <METRICS_TOKEN>`;
+- "closed": as "token", but METRICS_TOKEN is not set: nobody may read it (403).
+Failed tokens count towards the caller's sign-in limit (control/ratelimit.py); the
+auth middleware (control/middleware.py) applies `check` with that bookkeeping.
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
+import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from control.errors import Unauthorized
+from control import edge
+from control.errors import Forbidden, Unauthorized
 from control.providers.base import (
     CreateRequest,
     Provider,
@@ -28,8 +39,11 @@ from control.providers.base import (
     ProviderServer,
     ServerType,
 )
+from control.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+MetricsMode = Literal["loopback", "token", "closed"]
 SERVER_STATUSES = ("provisioning", "active", "unhealthy", "dead", "deleting", "deleted")
 USER_STATES = ("pending", "provisioning", "running", "suspended", "deprovisioned")
 EVENT_COUNTERS = {  # event kind in the log -> metric name
@@ -58,6 +72,12 @@ class Metrics:
         self.rate_limit_remaining = Gauge(
             "clawfleet_provider_rate_limit_remaining",
             "Provider requests left in the window.",
+            registry=r,
+        )
+        self.provider_state = Gauge(
+            "clawfleet_provider_state",
+            "1 for the provider's current state (ok, validating, invalid), 0 for the others.",
+            ["state"],
             registry=r,
         )
         self.heartbeat_age = Gauge(
@@ -103,12 +123,21 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.auth_refused = Counter(
+            "clawfleet_auth_rate_limited",
+            "Credential attempts refused because the address failed too often.",
+            ["surface"],
+            registry=r,
+        )
         self.decisions = {
             kind: Gauge(
                 name, f"Autoscaler decisions of kind {kind} (from the event log).", registry=r
             )
             for kind, name in EVENT_COUNTERS.items()
         }
+
+    def auth_refused_by(self, surface: str) -> None:
+        self.auth_refused.labels(surface).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -136,6 +165,11 @@ class MeteredProvider:
             if isinstance(remaining, int):
                 self.metrics.rate_limit_remaining.set(remaining)
 
+    @property
+    def rate_limit_remaining(self) -> int | None:
+        remaining = getattr(self.inner, "rate_limit_remaining", None)
+        return remaining if isinstance(remaining, int) else None
+
     async def validate(self) -> None:
         await self._call("validate", self.inner.validate)
 
@@ -158,15 +192,29 @@ class MeteredProvider:
         await self.inner.close()
 
 
-def allowed(request: web.Request, metrics_token: str) -> bool:
-    if metrics_token:
-        presented = request.headers.get("Authorization", "").encode()
-        if hmac.compare_digest(presented, f"Bearer {metrics_token}".encode()):
-            return True
-    try:
-        return ipaddress.ip_address(request.remote or "").is_loopback
-    except ValueError:
-        return False
+def access_mode(listen_host: str, listen_port: int, public_url: str, token: str) -> MetricsMode:
+    if edge.loopback_listener(listen_host) and not edge.behind_proxy(public_url, listen_port):
+        return "loopback"
+    return "token" if token else "closed"
+
+
+def allowed(mode: MetricsMode, remote: str | None, authorization: str, token: str) -> bool:
+    presented = authorization.encode("utf-8", "surrogatepass")  # headers may hold any bytes
+    if token and hmac.compare_digest(presented, f"Bearer {token}".encode()):
+        return True
+    return mode == "loopback" and edge.is_loopback(remote)
+
+
+def describe(mode: MetricsMode) -> str:
+    """The start-up line that says who may read /metrics."""
+    return {
+        "loopback": "/metrics: open to loopback callers without a token (LISTEN_HOST is "
+        "loopback and PUBLIC_URL names no proxy); METRICS_TOKEN works from anywhere if set",
+        "token": "/metrics: every caller needs Authorization: Bearer <METRICS_TOKEN> "
+        "(a proxy or a non-loopback listener may carry the internet to it)",
+        "closed": "/metrics: closed: a proxy or a non-loopback listener may carry the "
+        "internet to it and METRICS_TOKEN is not set",
+    }[mode]
 
 
 async def refresh(metrics: Metrics, snapshot: dict[str, Any]) -> None:
@@ -189,10 +237,19 @@ async def refresh(metrics: Metrics, snapshot: dict[str, Any]) -> None:
 
 
 def check(request: web.Request, metrics_token: str) -> None:
-    if not allowed(request, metrics_token):
-        raise Unauthorized(
-            "metrics are readable from loopback or with Authorization: Bearer <METRICS_TOKEN>"
+    mode: MetricsMode = request.app.get(METRICS_MODE, "closed")
+    authorization = request.headers.get("Authorization", "")
+    if allowed(mode, request.remote, authorization, metrics_token):
+        return
+    if mode == "closed":
+        raise Forbidden(
+            "/metrics is closed: set METRICS_TOKEN and send Authorization: Bearer <METRICS_TOKEN>",
+            code="metrics_closed",
         )
+    raise Unauthorized(
+        "/metrics needs Authorization: Bearer <METRICS_TOKEN>"
+        + (" (or a loopback caller)" if mode == "loopback" else "")
+    )
 
 
 def response(metrics: Metrics) -> web.Response:
@@ -200,3 +257,19 @@ def response(metrics: Metrics) -> web.Response:
 
 
 METRICS = web.AppKey("metrics", Metrics)
+METRICS_MODE: web.AppKey[MetricsMode] = web.AppKey("metrics_mode")
+
+
+def install_metrics(app: web.Application, settings: Settings) -> Metrics:
+    """Gives `app` its metrics and access mode, and says the mode once at start-up."""
+    mode = access_mode(
+        settings.listen_host, settings.listen_port, settings.public_url, settings.metrics_token
+    )
+    app[METRICS] = Metrics()
+    app[METRICS_MODE] = mode
+
+    async def announce(_app: web.Application) -> None:
+        log.info("%s", describe(mode))
+
+    app.on_startup.append(announce)
+    return app[METRICS]

@@ -1,9 +1,14 @@
 """Cross-cutting HTTP concerns: the one JSON error shape, body limits, admin auth.
 
 Every error leaves as `{"error": {"code": str, "message": str}}`: domain errors with
-their own status and code, aiohttp's HTTP exceptions (unknown route, wrong method,
-oversized body) mapped to the same shape, anything unexpected as a 500 whose
-message reveals nothing (the traceback goes to the log).
+their own status and code (and headers, e.g. `Retry-After` on 429 `rate_limited`),
+aiohttp's HTTP exceptions (unknown route, wrong method, oversized body) mapped to the
+same shape, anything unexpected as a 500 whose message reveals nothing (the
+traceback goes to the log).
+
+`admin_auth` is where presented credentials are checked for the admin API and for
+`/metrics`: an address that failed too often is refused with 429 before its
+credential is compared, and every wrong credential counts (control/ratelimit.py).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from control import sessions
+from control import metrics, sessions
 from control.errors import ClawfleetError, Forbidden, PayloadTooLarge, Unauthorized
+from control.ratelimit import AUTH_GUARD, RateLimited
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -32,14 +38,20 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
 
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except RateLimited as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
     except ClawfleetError as exc:
         return error_response(exc.status, exc.code, exc.message)
     except web.HTTPException as exc:
@@ -62,30 +74,61 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
-def admin_auth(token: str) -> Middleware:
+def admin_auth(token: str, metrics_token: str = "") -> Middleware:
     """An admin request passes with `Authorization: Bearer <ADMIN_TOKEN>` or with a
     live dashboard session cookie; a cookie-authorized unsafe method also needs the
-    session's CSRF token in `X-CSRF-Token` (else 403 `csrf_failed`)."""
+    session's CSRF token in `X-CSRF-Token` (else 403 `csrf_failed`). `/metrics` passes
+    per control/metrics.py `check`."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if _is_admin_path(request.path):
-            presented = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(presented, expected):
-                session = sessions.session_of(request)
-                if session is None:
-                    raise Unauthorized("admin API needs Authorization: Bearer <ADMIN_TOKEN>")
-                if request.method not in _SAFE_METHODS and not sessions.check_csrf(
-                    session, request.headers.get(sessions.CSRF_HEADER)
-                ):
-                    raise Forbidden(
-                        f"dashboard actions need the session's {sessions.CSRF_HEADER} header",
-                        code="csrf_failed",
-                    )
+            await _check_admin(request, expected)
+        elif request.path == "/metrics":
+            await _guarded(request, "metrics token", lambda: metrics.check(request, metrics_token))
         return await handler(request)
 
     return check
+
+
+async def _check_admin(request: web.Request, expected: bytes) -> None:
+    presented = request.headers.get("Authorization")
+    if presented is not None:
+
+        def bearer() -> None:
+            if not hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), expected):
+                raise Unauthorized("admin API needs Authorization: Bearer <ADMIN_TOKEN>")
+
+        await _guarded(request, "admin token", bearer)
+        return
+    session = await sessions.session_of(request)
+    if session is None:
+        raise Unauthorized("admin API needs Authorization: Bearer <ADMIN_TOKEN>")
+    if request.method not in _SAFE_METHODS and not sessions.check_csrf(
+        session, request.headers.get(sessions.CSRF_HEADER)
+    ):
+        raise Forbidden(
+            f"dashboard actions need the session's {sessions.CSRF_HEADER} header",
+            code="csrf_failed",
+        )
+
+
+async def _guarded(request: web.Request, surface: str, verify: Callable[[], None]) -> None:
+    """Runs `verify` unless the caller's address is blocked; a refusal counts."""
+    guard = request.app.get(AUTH_GUARD)
+    if guard is None:
+        verify()
+        return
+    presents = "Authorization" in request.headers
+    if presents:
+        guard.refuse_if_blocked(request, surface)
+    try:
+        verify()
+    except (Unauthorized, Forbidden):
+        if presents:
+            await guard.failed(request, surface)
+        raise
 
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

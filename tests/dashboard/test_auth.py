@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http.cookies import SimpleCookie
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +58,7 @@ async def test_a_wrong_token_is_refused_and_starts_no_session(control: ControlPl
         assert reply.status == 401
         assert signed is None and session_cookie(reply) is None
         assert "not the admin token" in reply.text
-    assert len(_store(control)) == 0
+    assert await _store(control).count() == 0
 
 
 async def test_sign_in_sets_a_strict_httponly_cookie_and_the_api_accepts_it(
@@ -74,20 +76,59 @@ async def test_sign_in_sets_a_strict_httponly_cookie_and_the_api_accepts_it(
     page = await call(control, "GET", "/dashboard", headers=signed.cookie)
     assert page.status == 200 and "/dashboard/static/dashboard.js" in page.text
     servers = await call(control, "GET", "/v1/servers", headers=signed.cookie)
-    assert servers.status == 200 and servers.json() == {"servers": []}
+    assert servers.status == 200 and servers.json()["servers"] == []
     info = await call(control, "GET", "/dashboard/api/session", headers=signed.cookie)
     assert info.json()["base_domain"] == control.settings.base_domain
 
 
-async def test_secure_cookie_behind_an_https_proxy(control: ControlPlane) -> None:
+@pytest.mark.parametrize(
+    "headers", [{"X-Forwarded-Proto": "https"}, {"Forwarded": 'for=192.0.2.1;proto="https"'}]
+)
+async def test_secure_cookie_behind_an_https_proxy(
+    control: ControlPlane, headers: dict[str, str]
+) -> None:
     reply = await call(
-        control,
-        "POST",
-        "/dashboard/login",
-        data={"token": control.admin_token},
-        headers={"X-Forwarded-Proto": "https"},
+        control, "POST", "/dashboard/login", data={"token": control.admin_token}, headers=headers
     )
     assert SimpleCookie(reply.set_cookies[0])[COOKIE_NAME]["secure"] is True
+
+
+async def test_an_https_public_url_alone_makes_the_cookie_secure(
+    control_factory: Callable[..., ControlPlane],
+) -> None:
+    """A proxy that sends no X-Forwarded-Proto must not leave the cookie on plain HTTP."""
+    control = control_factory(public_url="https://fleet.example.com")
+    await control.start()
+    reply = await call(control, "POST", "/dashboard/login", data={"token": control.admin_token})
+    assert reply.status == 303
+    assert SimpleCookie(reply.set_cookies[0])[COOKIE_NAME]["secure"] is True
+    out = await call(control, "POST", "/dashboard/logout")
+    assert SimpleCookie(out.set_cookies[0])[COOKIE_NAME]["secure"] is True
+
+
+async def test_a_session_survives_a_restart_and_the_database_holds_no_raw_id(
+    control_factory: Callable[..., ControlPlane], tmp_path: Path
+) -> None:
+    control = control_factory()
+    await control.start()
+    await control.admin("POST", "/v1/users", {"user_id": "rae", "subdomain": "rae"})
+    _, signed = await sign_in(control)
+    assert signed is not None
+    await control.stop()
+    await control.start()  # same SQLite file, same port: a process restart
+    page = await call(control, "GET", "/dashboard", headers=signed.cookie)
+    assert page.status == 200 and "/dashboard/static/dashboard.js" in page.text
+    info = await call(control, "GET", "/dashboard/api/session", headers=signed.cookie)
+    assert info.status == 200 and info.json()["csrf_token"] == signed.csrf_token
+    acted = await call(control, "POST", "/v1/users/rae/suspend", headers=signed.headers())
+    assert acted.status == 200, acted.text
+    await control.stop()
+    files = list(tmp_path.glob("clawfleet.db*"))
+    assert files
+    for path in files:
+        raw = path.read_bytes()
+        assert signed.session_id.encode() not in raw, path
+        assert signed.csrf_token.encode() not in raw, path
 
 
 @pytest.mark.parametrize(
@@ -99,6 +140,9 @@ async def test_secure_cookie_behind_an_https_proxy(control: ControlPlane) -> Non
         ("https://evil.example/", "/dashboard"),
         ("/dashboard/../v1/users", "/dashboard"),
         ("/dashboard/login", "/dashboard"),
+        ("/dashboard%0A", "/dashboard"),  # "$" matched before a trailing newline
+        ("/dashboard/users%0D%0ASet-Cookie:%20x=1", "/dashboard"),
+        ("/dashboard/%09", "/dashboard"),
     ],
 )
 async def test_sign_in_returns_only_to_dashboard_pages(
