@@ -2,7 +2,9 @@
 
 Contract: `create_app(settings)` builds the whole control plane and nothing runs
 until the app starts. One cleanup context owns every long-lived resource: it opens
-the store, validates the provider, starts the liveness loop and the autoscaler's
+the store, starts validating the provider (control/providers/health.py: only a
+refusal within PROVIDER_STARTUP_WAIT stops start-up; an outage is retried in the
+background while everything else serves), starts the liveness loop and the autoscaler's
 scheduler, and on shutdown stops the scheduler and waits for a run in progress,
 wakes long-polls, cancels and awaits the loops, closes the provider and then the
 store, in that order.
@@ -31,9 +33,10 @@ from control.fleet import FLEET, Fleet
 from control.keyring import Keyring
 from control.metrics import METRICS, MeteredProvider, install_metrics
 from control.providers import build_provider
-from control.providers.base import Provider
-from control.providers.health import ProviderHealth
+from control.providers.base import Provider, ProviderError
+from control.providers.health import ProviderHealth, start_validation
 from control.ratelimit import install_auth_guard
+from control.readiness import install_readiness
 from control.routes import routes
 from control.scaler import Scaler, UserDataRenderer
 from control.settings import Settings
@@ -64,6 +67,7 @@ def create_app(
     app.add_routes(routes)
     app.add_routes(stripe_routes)
     install_dashboard(app)
+    install_readiness(app)
     app.cleanup_ctx.append(_fleet_context)
     app.on_shutdown.append(_wake_long_polls)
     return app
@@ -96,9 +100,12 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
     scheduler = AsyncIOScheduler()
     sweeper: asyncio.Task[None] | None = None
     stripe_task: asyncio.Task[None] | None = None
+    validation: asyncio.Task[ProviderError | None] | None = None
     try:
         provider = MeteredProvider(app[PROVIDER_FACTORY](settings), app[METRICS])
-        await provider.validate()
+        validation = await start_validation(
+            provider, app[PROVIDER_HEALTH], settings.provider_startup_wait
+        )
         scaler = Scaler(
             settings,
             store,
@@ -106,6 +113,7 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
             provider,
             _user_data(app, settings, provider),
             fleet.board.notify,
+            health=app[PROVIDER_HEALTH],
         )
         await fleet.start()
         dns_sync = app[DNS_SYNC] = DnsSync(settings, store, build_dns(settings))
@@ -121,6 +129,8 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
             settings.stripe_webhook_secret,
             api_key=settings.stripe_secret_key,
             api_base=settings.stripe_api_base or None,
+            livemode=settings.stripe_livemode,
+            account_id=settings.stripe_account_id,
         )
         app[INBOX] = inbox
         stripe_task = asyncio.create_task(
@@ -128,6 +138,8 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
         )
         _every(scheduler, settings.autoscale_interval, "autoscale", scaler.tick, scheduled=True)
         _every(scheduler, settings.dns_reconcile_interval, "dns", dns_sync.tick)
+        # Processed Stripe events are kept for deduplication, then deleted.
+        _every(scheduler, 3600, "stripe-prune", inbox.prune_job)
         scheduler.start()
         yield
     finally:
@@ -137,7 +149,7 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
             await app[SCALER].stopped()
         fleet.board.close()
         await fleet.heartbeats.close()
-        for task in (sweeper, stripe_task):
+        for task in (validation, sweeper, stripe_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from control.plans import DEFAULT_PLAN, Plan, PlanError, parse_plans
+from shared.names import image_ref_ok, parse_container_user, url_path_ok
 
 DEFAULT_AGENT_IMAGE = "ghcr.io/openclaw/openclaw:2026.11.20"
 
@@ -75,6 +76,16 @@ VARIABLES: tuple[Variable, ...] = (
         "https://api.hetzner.cloud/v1",
         "Hetzner Cloud API URL (tests point it at a local fake).",
     ),
+    Variable(
+        "HETZNER_API_TIMEOUT",
+        "30",
+        "Seconds one Hetzner API call may take before it counts as failed (and is retried with backoff).",
+    ),
+    Variable(
+        "PROVIDER_STARTUP_WAIT",
+        "5",
+        "Seconds start-up waits for the provider's first validation. A definite refusal within it (unknown server type or location, refused token) stops start-up with exit 2; an outage or slow answer does not: the control plane serves and retries validation in the background.",
+    ),
     Variable("HETZNER_IMAGE", "ubuntu-24.04", "Image of new workers: ubuntu-24.04 or debian-12."),
     Variable(
         "HETZNER_SSH_KEYS",
@@ -101,6 +112,16 @@ VARIABLES: tuple[Variable, ...] = (
         secret=True,
     ),
     Variable(
+        "STRIPE_LIVEMODE",
+        "auto",
+        "Which Stripe events this deployment acts on: live, test, or auto (the mode of STRIPE_SECRET_KEY; without a key, live with PROVIDER=hetzner and test with PROVIDER=local). Events of the other mode are refused (400 wrong_mode).",
+    ),
+    Variable(
+        "STRIPE_ACCOUNT_ID",
+        "",
+        "Stripe account (acct_...) whose Connect events are accepted; events carrying any other account, or any account while empty, are refused (400 wrong_account).",
+    ),
+    Variable(
         "AGENT_IMAGE",
         DEFAULT_AGENT_IMAGE,
         "Image of each user's agent container (OpenClaw, pinned).",
@@ -111,7 +132,11 @@ VARIABLES: tuple[Variable, ...] = (
         "/healthz",
         "HTTP path that answers 2xx when the agent container is healthy.",
     ),
-    Variable("AGENT_USER", "1000:1000", "uid:gid the agent container runs as (never root)."),
+    Variable(
+        "AGENT_USER",
+        "1000:1000",
+        "Numeric uid:gid the agent container runs as; neither may be 0 (workers refuse root too).",
+    ),
     Variable("HEARTBEAT_INTERVAL", "10", "Base seconds between worker heartbeats."),
     Variable("DEAD_AFTER", "300", "Seconds without a heartbeat before a worker is declared dead."),
     Variable("BOOTSTRAP_TOKEN_TTL", "1800", "Seconds a bootstrap or join token stays valid."),
@@ -207,10 +232,10 @@ _SECRET_MIN = 32
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+_-]{0,31}$")
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+$")
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,64}")
 _PORT = re.compile(r"^[0-9]{1,5}$")
-_USER = re.compile(r"^[0-9]{1,10}(:[0-9]{1,10})?$")
 _DOMAIN = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+    r"^(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 )
 
 
@@ -228,12 +253,16 @@ class Settings:
     hetzner_server_types: tuple[str, ...] = ("cpx22",)
     hetzner_locations: tuple[str, ...] = ("nbg1",)
     hetzner_api_endpoint: str = "https://api.hetzner.cloud/v1"
+    hetzner_api_timeout: float = 30.0
+    provider_startup_wait: float = 5.0
     hetzner_image: str = "ubuntu-24.04"
     hetzner_ssh_keys: tuple[str, ...] = ()
     cloudflare_api_token: str = dataclasses.field(default="", repr=False)
     cloudflare_zone_id: str = ""
     stripe_secret_key: str = dataclasses.field(default="", repr=False)
     stripe_webhook_secret: str = dataclasses.field(default="", repr=False)
+    stripe_livemode: bool = False
+    stripe_account_id: str = ""
     agent_image: str = DEFAULT_AGENT_IMAGE
     agent_port: int = 18789
     agent_health_path: str = "/healthz"
@@ -281,13 +310,17 @@ class Settings:
             listen_port=port,
             public_url=_url("PUBLIC_URL", public_url),
             base_domain=_check(
-                "BASE_DOMAIN", raw["BASE_DOMAIN"].lower(), _DOMAIN.match, "a DNS name"
+                "BASE_DOMAIN", raw["BASE_DOMAIN"].lower(), _DOMAIN.fullmatch, "a DNS name"
             ),
             provider=_choice("PROVIDER", raw["PROVIDER"], ("local", "hetzner")),
             hetzner_api_token=raw["HETZNER_API_TOKEN"],
             hetzner_server_types=_list("HETZNER_SERVER_TYPE", raw["HETZNER_SERVER_TYPE"]),
             hetzner_locations=_list("HETZNER_LOCATION", raw["HETZNER_LOCATION"]),
             hetzner_api_endpoint=_url("HETZNER_API_ENDPOINT", raw["HETZNER_API_ENDPOINT"]),
+            hetzner_api_timeout=_number("HETZNER_API_TIMEOUT", raw["HETZNER_API_TIMEOUT"], 1, 300),
+            provider_startup_wait=_number(
+                "PROVIDER_STARTUP_WAIT", raw["PROVIDER_STARTUP_WAIT"], 0, 300
+            ),
             hetzner_image=_choice(
                 "HETZNER_IMAGE", raw["HETZNER_IMAGE"], ("ubuntu-24.04", "debian-12")
             ),
@@ -298,7 +331,18 @@ class Settings:
             cloudflare_zone_id=raw["CLOUDFLARE_ZONE_ID"],
             stripe_secret_key=raw["STRIPE_SECRET_KEY"],
             stripe_webhook_secret=raw["STRIPE_WEBHOOK_SECRET"],
-            agent_image=_check("AGENT_IMAGE", raw["AGENT_IMAGE"], _no_space, "an image reference"),
+            stripe_livemode=_stripe_livemode(
+                raw["STRIPE_LIVEMODE"], raw["STRIPE_SECRET_KEY"], raw["PROVIDER"]
+            ),
+            stripe_account_id=_check(
+                "STRIPE_ACCOUNT_ID",
+                raw["STRIPE_ACCOUNT_ID"],
+                lambda v: not v or _ACCOUNT.fullmatch(v),
+                "a Stripe account id (acct_...)",
+            ),
+            agent_image=_check(
+                "AGENT_IMAGE", raw["AGENT_IMAGE"], image_ref_ok, "an image reference"
+            ),
             agent_port=_port("AGENT_PORT", raw["AGENT_PORT"]),
             agent_health_path=_check(
                 "AGENT_HEALTH_PATH", raw["AGENT_HEALTH_PATH"], _abs_path, "a path starting with /"
@@ -318,7 +362,7 @@ class Settings:
             cluster_name=_check(
                 "CLUSTER_NAME",
                 raw["CLUSTER_NAME"],
-                _LABEL.match,
+                _LABEL.fullmatch,
                 "a label value (a-z 0-9 - _ ., at most 63)",
             ),
             autoscale_interval=_number("AUTOSCALE_INTERVAL", raw["AUTOSCALE_INTERVAL"], 1, 3600),
@@ -344,12 +388,12 @@ class Settings:
             past_due_grace=_number("PAST_DUE_GRACE", raw["PAST_DUE_GRACE"], 0, 90 * 86400),
             retention_days=_number("RETENTION_DAYS", raw["RETENTION_DAYS"], 0, 3650),
             traefik_version=_check(
-                "TRAEFIK_VERSION", raw["TRAEFIK_VERSION"], _VERSION.match, "a version like 3.7.15"
+                "TRAEFIK_VERSION", raw["TRAEFIK_VERSION"], _VERSION.fullmatch, "a version like 3.7.15"
             ),
             acme_email=_check(
                 "ACME_EMAIL",
                 raw["ACME_EMAIL"],
-                lambda v: not v or _EMAIL.match(v),
+                lambda v: not v or _EMAIL.fullmatch(v),
                 "an e-mail address",
             ),
         )
@@ -400,16 +444,12 @@ def _check(name: str, value: str, ok: Callable[[str], object], what: str) -> str
     return value
 
 
-def _no_space(value: str) -> bool:
-    return bool(value) and not any(c.isspace() for c in value)
-
-
 def _abs_path(value: str) -> bool:
-    return value.startswith("/") and _no_space(value)
+    return url_path_ok(value)
 
 
 def _port(name: str, value: str) -> int:
-    if not _PORT.match(value) or not 1 <= int(value) <= 65535:
+    if not _PORT.fullmatch(value) or not 1 <= int(value) <= 65535:
         raise SettingsError(f"{name}: expected a port number 1-65535, got {value!r}")
     return int(value)
 
@@ -457,10 +497,24 @@ def _url(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
+def _stripe_livemode(mode: str, key: str, provider: str) -> bool:
+    """Live or test. The key's own mode is authoritative; a stated mode must agree
+    with it. Without a key, a real deployment (Hetzner) is live unless told otherwise."""
+    _choice("STRIPE_LIVEMODE", mode, ("auto", "live", "test"))
+    key_mode = next((m for m in ("live", "test") if key.startswith((f"sk_{m}_", f"rk_{m}_"))), None)
+    if mode == "auto":
+        return (key_mode or ("live" if provider == "hetzner" else "test")) == "live"
+    if key_mode is not None and key_mode != mode:
+        raise SettingsError(f"STRIPE_LIVEMODE: {mode}, but STRIPE_SECRET_KEY is a {key_mode} key")
+    return mode == "live"
+
+
 def _agent_user(value: str) -> str:
-    _check("AGENT_USER", value, _USER.match, "uid or uid:gid")
-    if value.split(":")[0] == "0":
-        raise SettingsError("AGENT_USER: agent containers never run as root (uid 0)")
+    # Numbers as numbers: "00" is uid 0. Workers check the same rule (shared/names.py).
+    try:
+        parse_container_user(value)
+    except ValueError as exc:
+        raise SettingsError(f"AGENT_USER: agent containers never run as root: {exc}") from None
     return value
 
 

@@ -5,12 +5,17 @@ Contract:
   verifies and stores; it answers 200 `{"received": true, "duplicate": bool}` once the
   raw event is committed, and wakes the processor. Errors are domain errors:
   400 `missing_signature`, `bad_signature`, `stale_event`, `future_event`,
-  `malformed_event` (nothing written); 503 `unavailable` / `not_configured` when the
-  event cannot be stored, so that Stripe retries the delivery.
-- Verification is the `stripe` library's (HMAC-SHA256 over "{t}.{body}", tolerance
-  300 s into the past). The library accepts any timestamp in the future, so
-  `receive` also refuses a `t` more than `tolerance` seconds ahead. Edges are
-  inclusive: t == now - tolerance and t == now + tolerance are accepted.
+  `malformed_event`, `wrong_mode`, `wrong_account` (nothing written); 503
+  `unavailable` / `not_configured` when the event cannot be stored, so that Stripe
+  retries the delivery.
+- The signature is checked by the `stripe` library (HMAC-SHA256 over "{t}.{body}");
+  a header that is not ASCII is a `bad_signature` before it reaches the library. The
+  age is checked here, in whole seconds: with `now = int(time.time())`, a `t` is
+  accepted when now - tolerance <= t <= now + tolerance (both edges inclusive).
+- An authentic event must also be for this deployment: its `livemode` equal to
+  `livemode` (a test-mode event never touches a live deployment, and the reverse),
+  and its `account`, when it has one (events of a Connect account), equal to
+  `account_id`; without `account_id`, events that carry an account are refused.
 - Stored: the raw body as received (UTF-8 text), under the event id (unique), status
   'pending', due now. A repeated id changes nothing and is reported as a duplicate.
 - `process_due(apply)` takes due events ('pending' or 'failing', next_attempt_at <= now)
@@ -26,6 +31,10 @@ Contract:
   states by `fact.state_at`.
 - `run(apply, wake)` repeats `process_due` until cancelled, waiting for `wake` or
   `interval` seconds between rounds.
+- `prune(now)` deletes events that are 'done' and were processed more than
+  `keep_done` seconds ago (default 7 days: Stripe retries a delivery for up to 3 days,
+  and a stored id is what makes a redelivery a duplicate), in bounded batches that
+  each are their own transaction. Pending and failing events are never pruned.
 - Neither the webhook secret nor the API key is ever logged or stored in `last_error`.
 """
 
@@ -35,6 +44,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -71,6 +81,9 @@ REFETCH_TIMEOUT = 20.0  # seconds for one subscription re-fetch (also the HTTP t
 _MAX_ERROR = 500  # characters of last_error kept
 _DUE_STATUSES = ("pending", "failing")
 _BATCH = 100  # events per round of run()
+KEEP_DONE = 7 * 86400.0  # seconds a processed event's id is kept for deduplication
+PRUNE_BATCH = 500  # rows per prune transaction: the writer is never held for long
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class Unavailable(ClawfleetError):
@@ -109,6 +122,9 @@ class StripeInbox:
         tolerance: int = 300,
         max_backoff: float = 3600.0,
         refetch_timeout: float = REFETCH_TIMEOUT,
+        livemode: bool = False,
+        account_id: str = "",
+        keep_done: float = KEEP_DONE,
     ) -> None:
         if tolerance <= 0:
             # The library reads 0 as "no age check"; a replay window must exist.
@@ -120,6 +136,9 @@ class StripeInbox:
         self.tolerance = tolerance
         self.max_backoff = max_backoff
         self.refetch_timeout = refetch_timeout
+        self.livemode = livemode
+        self.account_id = account_id
+        self.keep_done = keep_done
         self._client: stripe.StripeClient | None = None
         self._wake_event: asyncio.Event | None = None
         # One processing round at a time: run() and an admin-triggered round must not
@@ -173,37 +192,58 @@ class StripeInbox:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("body is not UTF-8", code="malformed_event") from None
+        # A non-ASCII header would make the library's comparison raise TypeError.
+        timestamp = _header_timestamp(signature) if signature.isascii() else None
+        if timestamp is None or not self._authentic(text, signature):
+            raise BadRequest(
+                "Stripe-Signature does not match the body with this endpoint's signing "
+                "secret (wrong STRIPE_WEBHOOK_SECRET, or the body was altered)",
+                code="bad_signature",
+            )
+        self._check_age(timestamp, int(time.time()))
+        event = _parse_event(text)
+        self._check_origin(event)
+        return event
+
+    def _authentic(self, text: str, signature: str) -> bool:
         try:
-            stripe.WebhookSignature.verify_header(text, signature, self._secret, self.tolerance)
+            stripe.WebhookSignature.verify_header(text, signature, self._secret, None)
         except stripe.SignatureVerificationError:
-            raise self._signature_error(text, signature) from None
-        timestamp = _header_timestamp(signature)
-        if timestamp is None or timestamp > time.time() + self.tolerance:
+            return False
+        return True
+
+    def _check_age(self, timestamp: int, now: int) -> None:
+        # Whole seconds on both sides: an event exactly `tolerance` s old is accepted
+        # whatever the fraction of the current second (the library compares floats).
+        if timestamp < now - self.tolerance:
+            raise BadRequest(
+                f"Stripe-Signature timestamp is more than {self.tolerance} s old "
+                "(replayed delivery or clock skew)",
+                code="stale_event",
+            )
+        if timestamp > now + self.tolerance:
             raise BadRequest(
                 f"Stripe-Signature timestamp is more than {self.tolerance} s in the future "
                 "(check this host's clock)",
                 code="future_event",
             )
-        return _parse_event(text)
 
-    def _signature_error(self, text: str, signature: str) -> BadRequest:
-        # The library raises one exception type for every failure. Telling a stale but
-        # authentic delivery from a forged one (the first points at clock skew or a
-        # backlog, the second at the wrong secret) needs a second check without the
-        # tolerance; only the library's verdict decides acceptance.
-        try:
-            stripe.WebhookSignature.verify_header(text, signature, self._secret, None)
-        except stripe.SignatureVerificationError:
-            return BadRequest(
-                "Stripe-Signature does not match the body with this endpoint's signing "
-                "secret (wrong STRIPE_WEBHOOK_SECRET, or the body was altered)",
-                code="bad_signature",
+    def _check_origin(self, event: Mapping[str, Any]) -> None:
+        livemode = event.get("livemode")
+        if livemode is not self.livemode:
+            expected, got = _mode(self.livemode), _mode(livemode)
+            raise BadRequest(
+                f"a {got} event reached a {expected} deployment (STRIPE_LIVEMODE, "
+                "STRIPE_SECRET_KEY); check which endpoint's secret is configured",
+                code="wrong_mode",
             )
-        return BadRequest(
-            f"Stripe-Signature timestamp is more than {self.tolerance} s old "
-            "(replayed delivery or clock skew)",
-            code="stale_event",
-        )
+        account = event.get("account")
+        if account is not None and account != self.account_id:
+            expected = self.account_id or "none (STRIPE_ACCOUNT_ID is not set)"
+            raise BadRequest(
+                f"event of Stripe account {str(account)[:64]!r}, expected {expected}",
+                code="wrong_account",
+            )
 
     def wake(self) -> None:
         """Wake the processor (`run`) early; a no-op before `run` starts."""
@@ -349,6 +389,36 @@ class StripeInbox:
             except TimeoutError:
                 pass
 
+    # --- retention ----------------------------------------------------------------
+    async def prune(self, now: float | None = None, batch: int = PRUNE_BATCH) -> int:
+        """Deletes done events processed more than `keep_done` s ago; the number deleted.
+        Each batch is a bounded DELETE through the (status, processed_at) index."""
+        cutoff = (time.time() if now is None else now) - self.keep_done
+        total = 0
+        while True:
+
+            async def delete(conn: aiosqlite.Connection) -> int:
+                cursor = await conn.execute(
+                    "DELETE FROM stripe_events WHERE id IN (SELECT id FROM stripe_events "
+                    "WHERE status = 'done' AND processed_at < ? LIMIT ?)",
+                    (cutoff, batch),
+                )
+                count = cursor.rowcount
+                await cursor.close()
+                return count
+
+            deleted = await self.store.write(delete)
+            total += deleted
+            if deleted < batch:
+                break
+        if total:
+            log.info("pruned %d processed Stripe events older than %.0f s", total, self.keep_done)
+        return total
+
+    async def prune_job(self) -> None:
+        """`prune` as a periodic job (control/app.py)."""
+        await self.prune()
+
     # --- inspection ---------------------------------------------------------------
     async def failing(self) -> list[dict[str, Any]]:
         rows = await self.store.fetch_all(
@@ -376,15 +446,19 @@ class StripeInbox:
 
 
 def _header_timestamp(header: str) -> int | None:
-    # The same reading as the library's: the first `t=` item.
+    """`t` as the library reads it (the first item whose key is exactly `t`), or None
+    unless it is plain decimal digits."""
     for item in header.split(","):
-        key, _, value = item.strip().partition("=")
+        key, _, value = item.partition("=")
         if key == "t":
-            try:
-                return int(value)
-            except ValueError:
-                return None
+            return int(value) if _TIMESTAMP.fullmatch(value) else None
     return None
+
+
+def _mode(livemode: object) -> str:
+    if livemode is True:
+        return "live-mode"
+    return "test-mode" if livemode is False else "mode-less"
 
 
 def _parse_event(text: str) -> dict[str, Any]:

@@ -297,6 +297,108 @@ async def test_tolerance_edges(
         assert await rows(store) == []
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.001, 0.5, 0.999])
+@pytest.mark.parametrize(("offset", "accepted"), [(-300, True), (-301, False), (300, True)])
+async def test_tolerance_compares_whole_seconds(
+    inbox: StripeInbox,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    fraction: float,
+    offset: int,
+    accepted: bool,
+) -> None:
+    """The contract is in seconds: an event exactly 300 s old is accepted at any
+    fraction of the current second (the library alone compares against a float)."""
+    now = 1_760_000_000 + fraction
+    monkeypatch.setattr(time, "time", lambda: now)
+    body = se.encode(sub_event())
+    signature = se.sign(body, timestamp=1_760_000_000 + offset)
+    if accepted:
+        assert await inbox.receive(body, signature) is True
+    else:
+        with pytest.raises(Exception) as info:
+            await inbox.receive(body, signature)
+        assert getattr(info.value, "code", None) == "stale_event"
+    assert len(await rows(store)) == (1 if accepted else 0)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "t={t},v1=\u00e9",  # non-ASCII signature
+        "t={t},v1={v1}\u00e9",
+        "t=\u0661\u0662,v1={v1}",  # non-ASCII digits int() would accept
+        "t=\u00e9,v1={v1}",
+        "t=1_0,v1={v1}",
+        "t=,v1={v1}",
+        "v1={v1}",
+        "t={t}=1,v1={v1}",
+        "\u00e9",
+    ],
+)
+async def test_malformed_signature_headers_are_bad_signatures(
+    client: TestClient[Any, Any], inbox: StripeInbox, store: Store, header: str
+) -> None:
+    body = se.encode(sub_event())
+    t, v1 = (p.split("=", 1)[1] for p in se.sign(body, v0=False).split(","))
+    value = header.encode().decode("unicode_escape").format(t=t, v1=v1)
+    with pytest.raises(Exception) as info:
+        await inbox.receive(body, value)
+    assert (getattr(info.value, "status", None), getattr(info.value, "code", None)) == (
+        400,
+        "bad_signature",
+    )
+    # And through HTTP (aiohttp sends the header as UTF-8).
+    async with client.post(
+        "/v1/stripe/webhook", data=body, headers={"Stripe-Signature": value}
+    ) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "bad_signature"
+    assert await rows(store) == []
+
+
+def _with(ev: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {**ev, **fields}
+
+
+@pytest.mark.parametrize(
+    ("livemode", "account_id", "fields", "code"),
+    [
+        (False, "", {}, None),
+        (False, "", {"livemode": True}, "wrong_mode"),
+        (True, "", {}, "wrong_mode"),  # the fixtures' events are test-mode
+        (True, "", {"livemode": True}, None),
+        (False, "", {"livemode": None}, "wrong_mode"),
+        (False, "", {"livemode": "false"}, "wrong_mode"),
+        (False, "", {"livemode": 0}, "wrong_mode"),
+        (False, "", {"account": "acct_1Other"}, "wrong_account"),
+        (False, "acct_1Mine", {"account": "acct_1Other"}, "wrong_account"),
+        (False, "acct_1Mine", {"account": "acct_1Mine"}, None),
+        (False, "acct_1Mine", {}, None),  # the endpoint owner's own events carry no account
+    ],
+)
+async def test_events_of_another_mode_or_account_are_refused(
+    store: Store,
+    livemode: bool,
+    account_id: str,
+    fields: dict[str, Any],
+    code: str | None,
+) -> None:
+    inbox = StripeInbox(store, se.WEBHOOK_SECRET, livemode=livemode, account_id=account_id)
+    ev = {k: v for k, v in _with(sub_event(), **fields).items() if k != "livemode"}
+    if "livemode" not in fields or fields["livemode"] is not None:
+        ev["livemode"] = fields.get("livemode", False)
+    body = se.encode(ev)
+    if code is None:
+        assert await inbox.receive(body, se.sign(body)) is True
+        assert len(await rows(store)) == 1
+        return
+    with pytest.raises(Exception) as info:
+        await inbox.receive(body, se.sign(body))
+    assert (getattr(info.value, "status", None), getattr(info.value, "code", None)) == (400, code)
+    assert await rows(store) == []
+
+
 async def test_storage_failure_answers_503_and_writes_nothing(
     client: TestClient[Any, Any], store: Store
 ) -> None:
@@ -436,6 +538,21 @@ def _case_sub_legacy_period() -> tuple[dict[str, Any], BillingFact | None]:
     return ev, _fact(ev, status="active", price_id=se.PRICE, current_period_end=1_700_000_000)
 
 
+def _case_sub_previous_status() -> tuple[dict[str, Any], BillingFact | None]:
+    ev = se.event(
+        "customer.subscription.updated",
+        se.subscription(status="active"),
+        previous_attributes={"status": "past_due"},
+    )
+    return ev, _fact(
+        ev,
+        status="active",
+        price_id=se.PRICE,
+        current_period_end=se.PERIOD_END,
+        previous_status="past_due",
+    )
+
+
 def _case_invoice_paid() -> tuple[dict[str, Any], BillingFact | None]:
     ev = se.event("invoice.paid", se.invoice(subscription_metadata=_META))
     return ev, _fact(ev, user_id="user-7", subdomain="bob")
@@ -471,6 +588,7 @@ def _case_ignored() -> tuple[dict[str, Any], BillingFact | None]:
         _case_sub_updated,
         _case_sub_deleted,
         _case_sub_legacy_period,
+        _case_sub_previous_status,
         _case_invoice_paid,
         _case_invoice_failed_legacy,
         _case_invoice_no_subscription,
@@ -590,6 +708,38 @@ async def test_ignored_types_are_done_without_apply(inbox: StripeInbox) -> None:
     assert await inbox.process_due(apply) == 1
     assert apply.facts == []
     assert await inbox.counts() == {"pending": 0, "failing": 0, "done": 1}
+
+
+@pytest.mark.parametrize("batch", [1, 2, 500])
+async def test_prune_keeps_done_events_for_a_week_then_deletes_them(
+    inbox: StripeInbox, store: Store, batch: int
+) -> None:
+    old = [sub_event() for _ in range(3)]
+    for ev in old:
+        await deliver(inbox, ev)
+    t0 = time.time() + 1
+    assert await inbox.process_due(Recorder(), now=t0) == 3
+    recent, failing = sub_event(), sub_event()
+    await deliver(inbox, recent)
+    assert await inbox.process_due(Recorder(), now=t0 + 86400) == 1
+    await deliver(inbox, failing)
+    await inbox.process_due(Recorder(failures=1), now=t0)  # still due, never pruned
+    week = 7 * 86400
+    assert await inbox.prune(now=t0 + week - 1, batch=batch) == 0  # inside the window
+    assert await inbox.prune(now=t0 + week + 1, batch=batch) == 3
+    assert {r["id"] for r in await rows(store)} == {recent["id"], failing["id"]}
+    assert await inbox.prune(now=t0 + week + 1, batch=batch) == 0
+    # Within the window a redelivery is still a duplicate.
+    assert await deliver(inbox, recent) is False
+
+
+async def test_prune_uses_the_done_index(store: Store) -> None:
+    plan = await store.fetch_all(
+        "EXPLAIN QUERY PLAN SELECT id FROM stripe_events "
+        "WHERE status = 'done' AND processed_at < ? LIMIT ?",
+        (0, 500),
+    )
+    assert any("stripe_events_done" in str(row[3]) for row in plan), [tuple(r) for r in plan]
 
 
 async def test_failures_back_off_then_become_failing(inbox: StripeInbox, store: Store) -> None:
