@@ -5,7 +5,9 @@ Contract: `HeartbeatWriter.submit` returns only after the heartbeat is committed
 Heartbeats that arrive while a transaction is in flight are queued and committed
 together in the next one, so a large fleet costs a handful of SQLite round trips
 per batch instead of per heartbeat. A revoked or unknown worker's heartbeat fails
-on its own (403/401) and writes nothing; it never fails the others in its batch.
+on its own (403/401) and writes nothing; it never fails the others in its batch. Nor
+does a heartbeat whose write fails: a failed batch is split and retried until the
+failing heartbeat is alone, and only its request gets the error.
 """
 
 from __future__ import annotations
@@ -65,27 +67,40 @@ class HeartbeatWriter:
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
-            try:
-                outcomes = await self._store.write(
-                    functools.partial(_apply, batch=batch, now=time.time())
-                )
-            except Exception as exc:
-                for beat in batch:
-                    if not beat.future.done():
-                        beat.future.set_exception(exc)
-                continue
-            for beat, outcome in zip(batch, outcomes, strict=True):
-                if beat.future.done():
-                    continue
-                if isinstance(outcome, ClawfleetError):
-                    beat.future.set_exception(outcome)
-                else:
-                    beat.future.set_result(outcome)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Beat]) -> None:
+        """One transaction for the batch. If it fails, each half is retried in its own
+        transaction, down to the failing heartbeat alone: it fails only its own
+        request, for about 2*log2(batch) extra transactions, and the others commit."""
+        try:
+            outcomes = await self._store.write(
+                functools.partial(_apply, batch=batch, now=time.time())
+            )
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exc)
+                return
+            half = len(batch) // 2
+            await self._commit(batch[:half])
+            await self._commit(batch[half:])
+            return
+        for beat, outcome in zip(batch, outcomes, strict=True):
+            _settle(beat, outcome)
 
     async def close(self) -> None:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await self._task
+
+
+def _settle(beat: _Beat, outcome: Outcome | BaseException) -> None:
+    if beat.future.done():  # its request went away
+        return
+    if isinstance(outcome, BaseException):
+        beat.future.set_exception(outcome)
+    else:
+        beat.future.set_result(outcome)
 
 
 async def _apply(

@@ -7,6 +7,7 @@ anything is written), call one Fleet operation, encode the reply.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import TypeVar
 
 import msgspec
@@ -23,7 +24,7 @@ from shared import protocol
 
 T = TypeVar("T")
 routes = web.RouteTableDef()
-_INT = re.compile(r"^[0-9]{1,18}$")
+_INT = re.compile(r"[0-9]{1,18}")  # fullmatch only
 
 
 class CreateUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -55,9 +56,21 @@ def query_number(request: web.Request, name: str, default: int) -> int:
     value = request.query.get(name)
     if value is None or value == "":
         return default
-    if not _INT.match(value):
+    if not _INT.fullmatch(value):
         raise BadRequest(f"{name}: expected a non-negative integer, got {value!r}")
     return int(value)
+
+
+def refuse_duplicate_parameters(request: web.Request) -> None:
+    """The signature covers every value of a parameter, a handler reads one: a request
+    naming a parameter twice is refused (400) before anything is written."""
+    counts = Counter(name for name, _ in request.query.items())
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    if repeated:
+        raise BadRequest(
+            f"query parameter(s) given more than once: {', '.join(repeated)}",
+            code="duplicate_parameter",
+        )
 
 
 @routes.get("/metrics")
@@ -90,6 +103,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def register(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     caller = await fleet.auth.bootstrap(request)
+    refuse_duplicate_parameters(request)
     req = decode_body(caller.body, protocol.RegisterRequest)
     return msgspec_response(await fleet.register(caller, req), status=201)
 
@@ -98,6 +112,7 @@ async def register(request: web.Request) -> web.Response:
 async def heartbeat(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     caller = await fleet.auth.worker(request)
+    refuse_duplicate_parameters(request)
     hb = decode_body(caller.body, protocol.Heartbeat)
     return msgspec_response(await fleet.heartbeat(caller, hb))
 
@@ -106,6 +121,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def get_assignments(request: web.Request) -> web.StreamResponse:
     fleet = request.app[FLEET]
     caller = await fleet.auth.worker(request)
+    refuse_duplicate_parameters(request)
     after = query_number(request, "after", 0)
     wait = query_number(request, "wait", 0)
     result = await fleet.assignments(caller, after, float(wait))

@@ -1,17 +1,55 @@
 """Wire messages of the worker protocol, version 1 (docs/protocol.md).
 
-Decoding is strict about types (an int field refuses "3" and true) and tolerant of
-unknown fields, so a newer agent can talk to an older control plane. `decode` turns
-every shape error into `ProtocolError` with a path-qualified message.
+Decoding is strict about types (an int field refuses "3" and true) and about bounds,
+and tolerant of unknown fields, so a newer agent can talk to an older control plane.
+Every field has bounds declared here with msgspec `Meta` constraints: integers have a
+range (no value near 2^63 ever reaches SQLite), strings a maximum length and, where
+they become identifiers (user ids, host names, container and volume names, Traefik
+hosts), a full-match character class (`\\A...\\Z`: a trailing newline never passes),
+lists a maximum length, and a message at most `MAX_DEPTH` levels of nesting, unknown
+fields included. `decode` turns every shape or bound error into `ProtocolError` with
+a path-qualified message ("... - at `$.resources.cpus`").
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import re
+from typing import Annotated, Any, TypeVar
 
 import msgspec
+from msgspec import Meta
 
 T = TypeVar("T")
+
+MAX_DEPTH = 32
+MAX_CONTAINERS = 1000
+MAX_TEXT = 2048  # free text: error messages
+GENERATION_MAX = 2**53 - 1  # counters stay exact in every JSON implementation
+
+USER_ID_PATTERN = r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z"
+WORKER_ID_PATTERN = r"\Asrv-[a-z0-9]{4,32}\Z"
+# RFC 1123 labels, and the underscore some images put in their host names.
+_HOSTNAME = r"\A(?=.{1,253}\Z)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\Z"
+# A Traefik route's host: lower-case DNS labels, or empty (no route).
+_ROUTE_HOST = r"\A((?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?\Z"
+_VERSION = r"\A[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}\Z"
+_WORD = r"\A[a-z][a-z_-]{0,31}\Z"  # container states and health words
+_PRINTABLE = r"\A[\x21-\x7e]*\Z"  # printable ASCII, no space: image ids, timestamps
+_DOCKER_NAME = r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z"
+
+Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+Generation = Annotated[int, Meta(ge=0, le=GENERATION_MAX)]
+Cpus = Annotated[int, Meta(ge=1, le=4096)]
+MemoryMb = Annotated[int, Meta(ge=0, le=16 * 1024 * 1024)]  # 16 TiB
+DiskGb = Annotated[int, Meta(ge=0, le=1024 * 1024)]  # 1 PiB
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Interval = Annotated[float, Meta(gt=0, le=86400)]
+UserId = Annotated[str, Meta(pattern=USER_ID_PATTERN)]
+WorkerId = Annotated[str, Meta(pattern=WORKER_ID_PATTERN)]
+Hostname = Annotated[str, Meta(pattern=_HOSTNAME)]
+Version = Annotated[str, Meta(pattern=_VERSION)]
+Word = Annotated[str, Meta(pattern=_WORD)]
+Text = Annotated[str, Meta(max_length=MAX_TEXT)]
 
 
 class ProtocolError(ValueError):
@@ -19,111 +57,160 @@ class ProtocolError(ValueError):
 
 
 class Resources(msgspec.Struct, frozen=True):
-    cpus: int
-    memory_mb: int
-    disk_gb: int
-    memory_available_mb: int | None = None
-    disk_free_gb: int | None = None
+    cpus: Cpus
+    memory_mb: MemoryMb
+    disk_gb: DiskGb
+    memory_available_mb: MemoryMb | None = None
+    disk_free_gb: DiskGb | None = None
 
 
 class RegisterRequest(msgspec.Struct, frozen=True):
-    protocol: int
-    agent_version: str
-    hostname: str
+    protocol: Annotated[int, Meta(ge=1, le=65535)]
+    agent_version: Version
+    hostname: Hostname
     resources: Resources
 
 
 class RegisterReply(msgspec.Struct, frozen=True):
-    worker_id: str
-    secret: str
-    heartbeat_interval: float
+    worker_id: WorkerId
+    secret: Annotated[str, Meta(min_length=32, max_length=256, pattern=_PRINTABLE)]
+    heartbeat_interval: Interval
 
 
 class ContainerReport(msgspec.Struct, frozen=True):
-    user_id: str
-    state: str
-    health: str
-    image_id: str = ""
-    started_at: str = ""
-    restart_count: int = 0
-    error: str | None = None
+    user_id: UserId
+    state: Word
+    health: Word
+    image_id: Annotated[str, Meta(max_length=255, pattern=_PRINTABLE)] = ""
+    started_at: Annotated[str, Meta(max_length=64, pattern=_PRINTABLE)] = ""
+    restart_count: Count = 0
+    error: Text | None = None
 
 
 class HostReport(msgspec.Struct, frozen=True):
-    docker_version: str | None = None
+    docker_version: Annotated[str, Meta(max_length=64, pattern=_PRINTABLE)] | None = None
     metadata_blocked: bool | None = None
 
 
 class Heartbeat(msgspec.Struct, frozen=True):
-    agent_version: str
-    applied_generation: int
+    agent_version: Version
+    applied_generation: Generation
     resources: Resources
-    containers: list[ContainerReport]
+    containers: Annotated[list[ContainerReport], Meta(max_length=MAX_CONTAINERS)]
     host: HostReport | None = None
 
 
 class HeartbeatReply(msgspec.Struct, frozen=True):
-    heartbeat_interval: float
-    generation: int
+    heartbeat_interval: Interval
+    generation: Generation
 
 
 class PortSpec(msgspec.Struct, frozen=True):
-    container_port: int
-    host_ip: str = "127.0.0.1"
+    container_port: Port
+    host_ip: Annotated[str, Meta(pattern=r"\A[0-9A-Fa-f.:]{2,45}\Z")] = "127.0.0.1"
 
 
 class VolumeSpec(msgspec.Struct, frozen=True):
-    name: str
-    target: str
+    name: Annotated[str, Meta(pattern=_DOCKER_NAME)]
+    target: Annotated[str, Meta(pattern=r"\A/\S{0,1023}\Z")]
 
 
 class ResourceSpec(msgspec.Struct, frozen=True):
-    memory_mb: int
-    cpus: float
-    pids: int
+    memory_mb: Annotated[int, Meta(ge=1, le=16 * 1024 * 1024)]
+    cpus: Annotated[float, Meta(gt=0, le=4096)]
+    pids: Annotated[int, Meta(ge=1, le=2**22)]
 
 
 class HealthSpec(msgspec.Struct, frozen=True):
-    path: str
-    port: int
+    path: Annotated[str, Meta(pattern=r"\A/\S{0,1023}\Z")]
+    port: Port
+
+
+_EnvName = Annotated[str, Meta(pattern=r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")]
+_LabelName = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9][A-Za-z0-9._/-]{0,127}\Z")]
+_Value = Annotated[str, Meta(max_length=65536)]
 
 
 class ContainerSpec(msgspec.Struct, frozen=True):
-    user_id: str
-    name: str
-    image: str
-    user: str
-    command: list[str] | None
-    env: dict[str, str]
-    ports: list[PortSpec]
-    volumes: list[VolumeSpec]
+    user_id: UserId
+    name: Annotated[str, Meta(pattern=_DOCKER_NAME)]
+    image: Annotated[str, Meta(pattern=r"\A\S{1,512}\Z")]
+    user: Annotated[str, Meta(pattern=r"\A[0-9]{1,10}(:[0-9]{1,10})?\Z")]
+    command: Annotated[list[_Value], Meta(max_length=256)] | None
+    env: Annotated[dict[_EnvName, _Value], Meta(max_length=256)]
+    ports: Annotated[list[PortSpec], Meta(max_length=16)]
+    volumes: Annotated[list[VolumeSpec], Meta(max_length=16)]
     resources: ResourceSpec
     health: HealthSpec
-    labels: dict[str, str]
-    hostname: str
-    spec_hash: str
+    labels: Annotated[dict[_LabelName, Annotated[str, Meta(max_length=1024)]], Meta(max_length=64)]
+    hostname: Annotated[str, Meta(pattern=r"\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")]
+    spec_hash: Annotated[str, Meta(pattern=r"\A[0-9a-f]{1,128}\Z")]
     # Full host name Traefik routes to this container, e.g. "alice.example.com".
-    route_host: str = ""
+    route_host: Annotated[str, Meta(pattern=_ROUTE_HOST)] = ""
 
 
 class Assignments(msgspec.Struct, frozen=True):
-    generation: int
-    containers: list[ContainerSpec]
+    generation: Generation
+    containers: Annotated[list[ContainerSpec], Meta(max_length=MAX_CONTAINERS)]
     # Users whose volumes the worker deletes once their container is gone.
-    purge: list[str] = msgspec.field(default_factory=list)
+    purge: Annotated[list[UserId], Meta(max_length=MAX_CONTAINERS)] = msgspec.field(
+        default_factory=list
+    )
 
 
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+# Escapes first (an escaped quote ends no string), then strings (a bracket inside a
+# string is text), then everything but brackets. Each step is one linear regex pass.
+_ESCAPE = re.compile(rb"\\.", re.S)
+_STRING = re.compile(rb'"[^"]*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+# Objects and arrays count alike for depth: "{...}" becomes "[...]".
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")
+
+
+def nesting_exceeds(data: bytes, limit: int = MAX_DEPTH) -> bool:
+    """True when `data` nests arrays/objects deeper than `limit` (a document whose
+    brackets do not balance is left to the decoder to describe). Each pass deletes the
+    innermost empty pairs, so `limit` passes clear any document within the limit."""
+    text = _STRING.sub(b"", _ESCAPE.sub(b"", data))
+    brackets = text.translate(_ONE_KIND, _NOT_BRACKET)
+    opens = brackets.count(b"[")
+    if opens <= limit or 2 * opens != len(brackets):
+        return False
+    for _ in range(limit):
+        if not brackets:
+            return False
+        # replace() never rescans what it produced: one level per pass.
+        brackets = brackets.replace(b"[]", b"")
+    return bool(brackets)
 
 
 def decode(data: bytes, kind: type[T]) -> T:
     decoder = _decoders.get(kind)
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    too_deep = ProtocolError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    if nesting_exceeds(data):
+        raise too_deep
     try:
         return decoder.decode(data)  # type: ignore[no-any-return]
     except msgspec.DecodeError as exc:
         raise ProtocolError(str(exc)) from None
+    except RecursionError:
+        # Unbalanced and deep (e.g. a megabyte of "["): the decoder's own stack guard.
+        raise too_deep from None
+
+
+def clip_errors(beat: Heartbeat) -> Heartbeat:
+    """`beat` with each container's error cut to MAX_TEXT characters: the agent's
+    free text (Docker's messages) must never get its heartbeat refused."""
+    if all(c.error is None or len(c.error) <= MAX_TEXT for c in beat.containers):
+        return beat
+    containers = [
+        c if c.error is None else msgspec.structs.replace(c, error=c.error[: MAX_TEXT - 1] + "…")
+        for c in beat.containers
+    ]
+    return msgspec.structs.replace(beat, containers=containers)
 
 
 def encode(message: Any) -> bytes:

@@ -2,14 +2,17 @@
 
 Contract: `canonical_string` builds the exact text both sides sign; `sign_request`
 returns the four `X-Clawfleet-*` headers for a request; `verify_signature` compares
-in constant time. Nothing here knows about storage, clocks or replay: callers decide
-whether a timestamp is fresh and whether a nonce is new.
+in constant time and answers False, never raises, for anything that is not a
+signature (non-ASCII, upper case, wrong length); `is_fresh` is the clock-window rule
+in whole seconds. Nothing here knows about storage or replay: callers decide whether
+a nonce is new.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -23,6 +26,7 @@ HEADER_SIGNATURE = "X-Clawfleet-Signature"
 SIGNED_HEADERS = (HEADER_KEY, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
 MAX_CLOCK_SKEW = 300
 NONCE_BYTES = 16
+SIGNATURE = re.compile(r"[0-9a-f]{64}")  # lowercase hex only: one spelling per signature
 
 
 def _encode(raw: bytes) -> str:
@@ -80,7 +84,19 @@ def signature(secret: str, canonical: str) -> str:
 
 
 def verify_signature(secret: str, canonical: str, presented: str) -> bool:
-    return hmac.compare_digest(signature(secret, canonical), presented.lower())
+    if SIGNATURE.fullmatch(presented) is None:
+        return False
+    try:
+        expected = signature(secret, canonical)
+    except UnicodeEncodeError:  # a lone surrogate from undecodable request bytes
+        return False
+    # Both ASCII by now; hmac.compare_digest raises TypeError on non-ASCII str.
+    return hmac.compare_digest(expected.encode(), presented.encode())
+
+
+def is_fresh(timestamp: int, now: float, skew: int = MAX_CLOCK_SKEW) -> bool:
+    """Whole seconds, as docs/protocol.md says: exactly `skew` seconds away is fresh."""
+    return abs(int(now) - timestamp) <= skew
 
 
 def new_nonce() -> str:

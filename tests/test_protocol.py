@@ -9,7 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 
+from control.fleet import FLEET
+from shared import signing
 from tests.fixtures import ControlPlane
 from tests.worker import FakeWorker
 
@@ -131,21 +134,48 @@ async def test_bad_heartbeats_get_401_and_write_nothing(
     assert await event_count(control) == events_before
 
 
-async def test_timestamp_exactly_300s_away_is_accepted(control: ControlPlane) -> None:
+@pytest.mark.parametrize(
+    ("offset", "fraction", "status"),
+    [
+        (-300, 0.999, 200),  # exactly 300 whole seconds old, late in that second
+        (300, 0.999, 200),
+        (-301, 0.0, 401),
+        (301, 0.999, 401),
+    ],
+)
+async def test_timestamp_exactly_300s_away_is_accepted_in_whole_seconds(
+    control: ControlPlane, offset: int, fraction: float, status: int
+) -> None:
     worker = await registered(control)
-    for ts in (int(time.time()) - 300 + 1, int(time.time()) + 299):
-        reply = await worker.request(
-            "POST",
-            "/v1/agent/heartbeat",
-            {
-                "agent_version": "0.1.0",
-                "applied_generation": 0,
-                "containers": [],
-                "resources": {"cpus": 4, "memory_mb": 8192, "disk_gb": 80},
-            },
-            timestamp=ts,
-        )
-        assert reply.status == 200, reply.body
+    now = int(time.time())
+    control.app[FLEET].auth.clock = lambda: now + fraction
+    reply = await worker.request(
+        "POST",
+        "/v1/agent/heartbeat",
+        {
+            "agent_version": "0.1.0",
+            "applied_generation": 0,
+            "containers": [],
+            "resources": {"cpus": 4, "memory_mb": 8192, "disk_gb": 80},
+        },
+        timestamp=now + offset,
+    )
+    assert reply.status == status, reply.body
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "now", "fresh"),
+    [
+        (1000, 1300.0, True),
+        (1000, 1300.999, True),
+        (1000, 1301.0, False),
+        (1300, 1000.5, True),
+        (1301, 1000.0, False),
+        (1000, 1000.0, True),
+    ],
+)
+def test_freshness_is_whole_seconds(timestamp: int, now: float, fresh: bool) -> None:
+    assert signing.is_fresh(timestamp, now) is fresh
 
 
 async def test_wrong_key_and_missing_headers_are_401(control: ControlPlane) -> None:
@@ -382,4 +412,107 @@ async def test_oversize_body_is_413(control: ControlPlane) -> None:
 async def test_healthz_needs_no_auth(control: ControlPlane) -> None:
     async with control.session.get(control.url + "/healthz") as r:
         assert r.status == 200
-        assert (await r.json()) == {"status": "ok"}
+        assert (await r.json())["status"] == "ok"
+
+
+def nonce_rows(path: str, key_id: str) -> int:
+    with sqlite3.connect(path, timeout=10) as db:
+        row = db.execute("SELECT COUNT(*) FROM nonces WHERE key_id = ?", (key_id,)).fetchone()
+        return int(row[0])
+
+
+def set_status(path: str, server_id: str, status: str) -> None:
+    with sqlite3.connect(path, timeout=10) as db:
+        db.execute("UPDATE servers SET status = ? WHERE id = ?", (status, server_id))
+
+
+def signed(
+    worker: FakeWorker, method: str, path: str, query: str, body: bytes = b""
+) -> dict[str, str]:
+    """Headers for exactly this raw query (FakeWorker.request signs a canonical one)."""
+    ts, nonce = str(int(time.time())), signing.new_nonce()
+    canonical = signing.canonical_string(method, path, query, ts, nonce, worker.key_id, body)
+    return {
+        signing.HEADER_KEY: worker.key_id,
+        signing.HEADER_TIMESTAMP: ts,
+        signing.HEADER_NONCE: nonce,
+        signing.HEADER_SIGNATURE: signing.signature(worker.secret, canonical),
+    }
+
+
+@pytest.mark.parametrize("status", ["dead", "deleted"])
+@pytest.mark.parametrize("call", ["assignments", "heartbeat"])
+async def test_revoked_worker_is_refused_and_writes_nothing(
+    control: ControlPlane, status: str, call: str
+) -> None:
+    worker = await registered(control)
+    # A first request caches the worker's secret: later ones rely on the handler's check.
+    assert (await worker.heartbeat()).status == 200
+    db = control.settings.database_path
+    await asyncio.to_thread(set_status, db, worker.key_id, status)
+    nonces_before = await asyncio.to_thread(nonce_rows, db, worker.key_id)
+    events_before = await event_count(control)
+    reply = await (worker.assignments() if call == "assignments" else worker.heartbeat())
+    assert reply.status == 403, reply.body
+    assert reply.body["error"]["code"] == "worker_revoked"
+    assert await asyncio.to_thread(nonce_rows, db, worker.key_id) == nonces_before
+    assert await event_count(control) == events_before
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        (signing.HEADER_SIGNATURE, "é"),
+        (signing.HEADER_SIGNATURE, "é" * 64),
+        (signing.HEADER_SIGNATURE, "A" * 64),  # upper case: one spelling per signature
+        (signing.HEADER_NONCE, "é" * 32),
+        (signing.HEADER_TIMESTAMP, "١٧٩٥٠٠٠٠٠٠"),  # digits, but not ASCII ones
+        (signing.HEADER_KEY, "srv-é1234"),
+        (signing.HEADER_KEY, "ABCDEFG"),
+    ],
+)
+@pytest.mark.parametrize("endpoint", ["register", "heartbeat"])
+async def test_malformed_signed_headers_are_401_never_500(
+    control: ControlPlane, header: str, value: str, endpoint: str
+) -> None:
+    if endpoint == "register":
+        worker = FakeWorker.with_token(control.url, control.session, await token(control))
+        body: dict[str, Any] = {"protocol": 1, "agent_version": "0.1.0", "hostname": "h"}
+        body["resources"] = {"cpus": 1, "memory_mb": 1024, "disk_gb": 10}
+    else:
+        worker = await registered(control)
+        body = {"agent_version": "0.1.0", "applied_generation": 0, "containers": []}
+        body["resources"] = {"cpus": 1, "memory_mb": 1024, "disk_gb": 10}
+    reply = await worker.request("POST", f"/v1/agent/{endpoint}", body, headers={header: value})
+    assert reply.status == 401, reply.body
+
+
+@pytest.mark.parametrize("valid_first", [True, False])
+async def test_a_signed_header_sent_twice_is_401(control: ControlPlane, valid_first: bool) -> None:
+    worker = await registered(control)
+    headers = signed(worker, "GET", "/v1/agent/assignments", "")
+    copies = [headers[signing.HEADER_SIGNATURE], "0" * 64]
+    listed = [(k, v) for k, v in headers.items() if k != signing.HEADER_SIGNATURE]
+    listed += [(signing.HEADER_SIGNATURE, v) for v in (copies if valid_first else copies[::-1])]
+    db = control.settings.database_path
+    before = await asyncio.to_thread(nonce_rows, db, worker.key_id)
+    async with control.session.get(
+        control.url + "/v1/agent/assignments", headers=CIMultiDict(listed)
+    ) as r:
+        assert r.status == 401
+    assert await asyncio.to_thread(nonce_rows, db, worker.key_id) == before
+
+
+async def test_duplicate_query_parameters_are_400_and_write_nothing(control: ControlPlane) -> None:
+    worker = await registered(control)
+    db = control.settings.database_path
+    before = await asyncio.to_thread(nonce_rows, db, worker.key_id)
+    query = "after=0&after=5"
+    headers = signed(worker, "GET", "/v1/agent/assignments", query)
+    reply = await worker.send("GET", "/v1/agent/assignments?" + query, headers, b"")
+    assert reply.status == 400, reply.body
+    assert reply.body["error"]["code"] == "duplicate_parameter"
+    assert "after" in reply.body["error"]["message"]
+    assert await asyncio.to_thread(nonce_rows, db, worker.key_id) == before
+    # One value each is still fine.
+    assert (await worker.assignments(after=0)).status == 200

@@ -1,0 +1,332 @@
+"""Every worker-protocol field has bounds, checked at the edge with a path-qualified 400,
+and one heartbeat the store cannot take never fails the others in its batch."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import sqlite3
+import time
+from typing import Any
+
+import msgspec
+import pytest
+
+from control.agent_auth import AgentCaller
+from control.fleet import FLEET
+from shared import protocol, signing
+from shared.protocol import MAX_CONTAINERS, MAX_DEPTH, MAX_TEXT, ProtocolError
+from tests.fixtures import ControlPlane
+from tests.worker import FakeWorker
+
+BIG = 2**63
+REPORT = {
+    "user_id": "alice",
+    "state": "running",
+    "health": "healthy",
+    "image_id": "sha256:" + "0" * 64,
+    "started_at": "2026-11-27T10:00:00.123456789Z",
+    "restart_count": 0,
+    "error": None,
+}
+HEARTBEAT: dict[str, Any] = {
+    "agent_version": "0.1.0",
+    "applied_generation": 3,
+    "resources": {
+        "cpus": 4,
+        "memory_mb": 8192,
+        "disk_gb": 80,
+        "memory_available_mb": 5000,
+        "disk_free_gb": 61,
+    },
+    "containers": [REPORT],
+    "host": {"docker_version": "26.1.5+dfsg1", "metadata_blocked": True},
+}
+REGISTER: dict[str, Any] = {
+    "protocol": 1,
+    "agent_version": "0.1.0",
+    "hostname": "worker-1.example.com",
+    "resources": {"cpus": 4, "memory_mb": 8192, "disk_gb": 80},
+}
+SPEC: dict[str, Any] = {
+    "user_id": "alice",
+    "name": "clawfleet-alice",
+    "image": "ghcr.io/openclaw/openclaw:2026.11.20",
+    "user": "1000:1000",
+    "command": None,
+    "env": {"OPENCLAW_GATEWAY_TOKEN": "t" * 43},
+    "ports": [{"container_port": 18789, "host_ip": "127.0.0.1"}],
+    "volumes": [{"name": "clawfleet-alice-state", "target": "/home/node/.openclaw"}],
+    "resources": {"memory_mb": 2048, "cpus": 1.0, "pids": 512},
+    "health": {"path": "/healthz", "port": 18789},
+    "labels": {"clawfleet.plan": "default", "clawfleet.subdomain": "alice"},
+    "hostname": "alice",
+    "route_host": "alice.agents.example.com",
+    "spec_hash": "9c1f" * 16,
+}
+ASSIGNMENTS: dict[str, Any] = {"generation": 4, "purge": ["bob"], "containers": [SPEC]}
+
+
+def mutated(message: dict[str, Any], path: str, value: Any) -> bytes:
+    """`message` with the field at dotted `path` (list indexes as numbers) set to `value`."""
+    doc = copy.deepcopy(message)
+    *parents, last = path.split(".")
+    node: Any = doc
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return json.dumps(doc).encode()
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+# (field path, bad value, fragment the 400 must name)
+HEARTBEAT_CASES = [
+    ("applied_generation", BIG, "$.applied_generation"),
+    ("applied_generation", 2**64, "$.applied_generation"),
+    ("applied_generation", -1, "$.applied_generation"),
+    ("resources.cpus", BIG, "$.resources.cpus"),
+    ("resources.cpus", 0, "$.resources.cpus"),
+    ("resources.cpus", 4097, "$.resources.cpus"),
+    ("resources.memory_mb", BIG, "$.resources.memory_mb"),
+    ("resources.memory_mb", -1, "$.resources.memory_mb"),
+    ("resources.disk_gb", 2**31 * 1024, "$.resources.disk_gb"),
+    ("resources.memory_available_mb", BIG, "$.resources.memory_available_mb"),
+    ("resources.disk_free_gb", -5, "$.resources.disk_free_gb"),
+    ("containers.0.restart_count", 2**31, "$.containers[0].restart_count"),
+    ("containers.0.restart_count", -1, "$.containers[0].restart_count"),
+    ("containers.0.user_id", "alice\n", "$.containers[0].user_id"),
+    ("containers.0.user_id", "../etc", "$.containers[0].user_id"),
+    ("containers.0.user_id", "ålice", "$.containers[0].user_id"),
+    ("containers.0.user_id", "", "$.containers[0].user_id"),
+    ("containers.0.user_id", "a" * 64, "$.containers[0].user_id"),
+    ("containers.0.state", "Running; rm", "$.containers[0].state"),
+    ("containers.0.health", "x" * 33, "$.containers[0].health"),
+    ("containers.0.image_id", "sha256: x", "$.containers[0].image_id"),
+    ("containers.0.image_id", "x" * 256, "$.containers[0].image_id"),
+    ("containers.0.started_at", "2026\n", "$.containers[0].started_at"),
+    ("containers.0.error", "e" * (MAX_TEXT + 1), "$.containers[0].error"),
+    ("containers", [REPORT] * (MAX_CONTAINERS + 1), "$.containers"),
+    ("agent_version", "0.1.0\n", "$.agent_version"),
+    ("agent_version", "v" * 65, "$.agent_version"),
+    ("agent_version", "", "$.agent_version"),
+    ("host.docker_version", "26.1.5 é", "$.host.docker_version"),
+    ("extra", nested(MAX_DEPTH + 1), "nested deeper than"),
+]
+REGISTER_CASES = [
+    ("protocol", BIG, "$.protocol"),
+    ("protocol", 0, "$.protocol"),
+    ("hostname", "worker-1\n", "$.hostname"),
+    ("hostname", "worker 1", "$.hostname"),
+    ("hostname", "a" * 64, "$.hostname"),
+    ("hostname", ("a" * 60 + ".") * 5, "$.hostname"),
+    ("hostname", "wörker", "$.hostname"),
+    ("hostname", "", "$.hostname"),
+    ("resources.cpus", BIG, "$.resources.cpus"),
+    ("resources.memory_mb", 2**64 + 1, "$.resources.memory_mb"),
+    ("agent_version", "0.1.0;drop", "$.agent_version"),
+]
+ASSIGNMENT_CASES = [
+    ("generation", BIG, "$.generation"),
+    ("purge", ["../../etc"], "$.purge[0]"),
+    ("purge", ["bob"] * (MAX_CONTAINERS + 1), "$.purge"),
+    ("containers", [SPEC] * (MAX_CONTAINERS + 1), "$.containers"),
+    ("containers.0.user_id", "../alice", "$.containers[0].user_id"),
+    ("containers.0.name", "clawfleet/alice", "$.containers[0].name"),
+    ("containers.0.user", "1000:1000\n", "$.containers[0].user"),
+    ("containers.0.image", "img with space", "$.containers[0].image"),
+    ("containers.0.hostname", "alice\n", "$.containers[0].hostname"),
+    ("containers.0.route_host", "a.com`) || Host(`evil.com", "$.containers[0].route_host"),
+    ("containers.0.route_host", "alice.example.com\n", "$.containers[0].route_host"),
+    ("containers.0.spec_hash", "zz", "$.containers[0].spec_hash"),
+    ("containers.0.env", {f"V{i}": "x" for i in range(257)}, "$.containers[0].env"),
+    ("containers.0.env", {"BAD NAME": "x"}, "$.containers[0].env"),
+    ("containers.0.ports.0.container_port", 0, "$.containers[0].ports[0].container_port"),
+    ("containers.0.ports.0.container_port", 65536, "$.containers[0].ports[0].container_port"),
+    ("containers.0.volumes.0.name", "../x", "$.containers[0].volumes[0].name"),
+    ("containers.0.volumes.0.target", "relative", "$.containers[0].volumes[0].target"),
+    ("containers.0.resources.memory_mb", BIG, "$.containers[0].resources.memory_mb"),
+    ("containers.0.resources.cpus", 4096.5, "$.containers[0].resources.cpus"),
+    ("containers.0.resources.cpus", 0, "$.containers[0].resources.cpus"),
+    ("containers.0.resources.pids", -1, "$.containers[0].resources.pids"),
+    ("containers.0.health.path", "healthz", "$.containers[0].health.path"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "fragment"), HEARTBEAT_CASES)
+def test_heartbeat_fields_are_bounded(path: str, value: Any, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        protocol.decode(mutated(HEARTBEAT, path, value), protocol.Heartbeat)
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(("path", "value", "fragment"), REGISTER_CASES)
+def test_registration_fields_are_bounded(path: str, value: Any, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        protocol.decode(mutated(REGISTER, path, value), protocol.RegisterRequest)
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(("path", "value", "fragment"), ASSIGNMENT_CASES)
+def test_what_the_agent_decodes_is_bounded_too(path: str, value: Any, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        protocol.decode(mutated(ASSIGNMENTS, path, value), protocol.Assignments)
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        (HEARTBEAT, protocol.Heartbeat),
+        (REGISTER, protocol.RegisterRequest),
+        (ASSIGNMENTS, protocol.Assignments),
+        ({**HEARTBEAT, "extra": nested(MAX_DEPTH - 2)}, protocol.Heartbeat),
+        ({**HEARTBEAT, "containers": [REPORT] * MAX_CONTAINERS}, protocol.Heartbeat),
+        ({**REGISTER, "hostname": ("a" * 62 + ".") * 3 + "b" * 61}, protocol.RegisterRequest),
+        (
+            mutated(ASSIGNMENTS, "containers.0.route_host", ""),
+            protocol.Assignments,
+        ),
+    ],
+)
+def test_messages_within_bounds_decode(message: dict[str, Any] | bytes, kind: type[Any]) -> None:
+    data = message if isinstance(message, bytes) else json.dumps(message).encode()
+    protocol.decode(data, kind)
+
+
+@pytest.mark.parametrize(
+    ("data", "exceeds"),
+    [
+        (b"[]", False),
+        (json.dumps(nested(MAX_DEPTH)).encode(), False),
+        (json.dumps(nested(MAX_DEPTH + 1)).encode(), True),
+        (b"[" * 40 + b"]" * 40, True),
+        (b"[" * 32 + b"]" * 32, False),
+        (b'["' + b"[" * 40 + b'"]', False),  # brackets inside a string are text
+        (b'["\\"' + b"[" * 40 + b'"]', False),  # ...also after an escaped quote
+        (b'["\\\\", ' + b"[" * 40 + b"]" * 40 + b"]", True),  # an escaped backslash ends no string
+        (b"[" * 100, False),  # unbalanced: left to the decoder to describe
+        (b"{}" * 1000, False),
+    ],
+)
+def test_nesting_limit(data: bytes, exceeds: bool) -> None:
+    assert protocol.nesting_exceeds(data) is exceeds
+
+
+def test_a_megabyte_of_open_brackets_is_a_protocol_error() -> None:
+    data = b'{"agent_version": "0.1.0", "x": ' + b"[" * (1024 * 1024 - 40)
+    with pytest.raises(ProtocolError, match="nested deeper than"):
+        protocol.decode(data, protocol.Heartbeat)
+
+
+def test_agent_clips_long_errors_so_its_heartbeat_is_never_refused() -> None:
+    beat = protocol.decode(json.dumps(HEARTBEAT).encode(), protocol.Heartbeat)
+    report = msgspec.structs.replace(beat.containers[0], error="docker says " + "x" * 10_000)
+    long = msgspec.structs.replace(beat, containers=[report, beat.containers[0]])
+    with pytest.raises(ProtocolError, match="error"):
+        protocol.decode(protocol.encode(long), protocol.Heartbeat)
+    clipped = protocol.decode(protocol.encode(protocol.clip_errors(long)), protocol.Heartbeat)
+    assert clipped.containers[0].error is not None
+    assert clipped.containers[0].error.startswith("docker says x")
+    assert len(clipped.containers[0].error) == MAX_TEXT
+    assert clipped.containers[1] == beat.containers[0]
+    assert protocol.clip_errors(beat) is beat
+
+
+# --- at the edge: a 400 naming the field, and nothing written ----------------------------
+async def token(control: ControlPlane) -> str:
+    status, reply = await control.admin("POST", "/v1/join-tokens")
+    assert status == 201, reply
+    return str(reply["token"])
+
+
+def snapshot(path: str) -> tuple[Any, ...]:
+    with sqlite3.connect(path, timeout=10) as db:
+        return tuple(
+            tuple(db.execute(sql).fetchall())
+            for sql in (
+                "SELECT * FROM servers ORDER BY id",
+                "SELECT * FROM bootstrap_tokens ORDER BY id",
+                "SELECT key_id, nonce FROM nonces ORDER BY key_id, nonce",
+                "SELECT COUNT(*) FROM events",
+            )
+        )
+
+
+async def test_out_of_bounds_messages_are_400_naming_the_field_and_write_nothing(
+    control: ControlPlane,
+) -> None:
+    tok = await token(control)
+    worker = FakeWorker.with_token(control.url, control.session, await token(control))
+    assert (await worker.register()).status == 201
+    registrant = FakeWorker.with_token(control.url, control.session, tok)
+    db = control.settings.database_path
+    before = await asyncio.to_thread(snapshot, db)
+    cases = [(worker, "heartbeat", HEARTBEAT, case) for case in HEARTBEAT_CASES]
+    cases += [(registrant, "register", REGISTER, case) for case in REGISTER_CASES]
+    for sender, endpoint, message, (path, value, fragment) in cases:
+        body = mutated(message, path, value)
+        reply = await sender.request("POST", f"/v1/agent/{endpoint}", raw_body=body)
+        assert reply.status == 400, (endpoint, path, reply.body)
+        assert reply.body["error"]["code"] == "malformed_body"
+        assert fragment in reply.body["error"]["message"], (path, reply.body)
+    assert await asyncio.to_thread(snapshot, db) == before
+    # The token survived all of that and still registers.
+    assert (await registrant.register("late")).status == 201
+
+
+# --- one bad heartbeat never fails its batch ---------------------------------------------
+def caller(worker: FakeWorker) -> AgentCaller:
+    return AgentCaller(worker.key_id, signing.new_nonce(), int(time.time()), b"")
+
+
+def beat(generation: int) -> protocol.Heartbeat:
+    # Built directly, not decoded: this is how a value past the edge would look.
+    return protocol.Heartbeat(
+        agent_version="0.1.0",
+        applied_generation=generation,
+        resources=protocol.Resources(cpus=4, memory_mb=8192, disk_gb=80),
+        containers=[],
+    )
+
+
+def applied_generations(path: str) -> dict[str, int | None]:
+    with sqlite3.connect(path, timeout=10) as db:
+        return dict(db.execute("SELECT id, applied_generation FROM servers").fetchall())
+
+
+async def test_a_heartbeat_whose_write_fails_fails_alone(control: ControlPlane) -> None:
+    workers = []
+    for i in range(6):
+        w = FakeWorker.with_token(control.url, control.session, await token(control))
+        assert (await w.register(f"w{i}")).status == 201
+        workers.append(w)
+    writer = control.app[FLEET].heartbeats
+    poisoned = 3
+    # Submitted in one tick: they are queued before the writer's task first runs, so they
+    # share one transaction, which the poisoned one (SQLite refuses 2^63) makes fail.
+    results = await asyncio.gather(
+        *(
+            writer.submit(caller(w), beat(BIG if i == poisoned else 7), 10.0)
+            for i, w in enumerate(workers)
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(results[poisoned], OverflowError), results
+    for i, result in enumerate(results):
+        if i != poisoned:
+            assert result == (1, []), (i, result)
+    stored = await asyncio.to_thread(applied_generations, control.settings.database_path)
+    for i, w in enumerate(workers):
+        assert stored[w.key_id] == (None if i == poisoned else 7)
+    # The others can keep going, and so can the writer.
+    assert (await workers[0].heartbeat(generation=8)).status == 200
