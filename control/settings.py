@@ -194,7 +194,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "METRICS_TOKEN",
         "",
-        "Bearer token that may read /metrics from anywhere (without it, only loopback may).",
+        "Bearer token for /metrics (at least 32 characters). Required whenever a proxy is configured (PUBLIC_URL https, not loopback, or another port) or LISTEN_HOST is not loopback; only then may loopback callers read /metrics without it. Start-up logs which mode applies.",
         secret=True,
     ),
     Variable(
@@ -375,7 +375,9 @@ class Settings:
             local_workers_dir=raw["LOCAL_WORKERS_DIR"],
             agent_dist_dir=raw["AGENT_DIST_DIR"],
             local_router_address=raw["LOCAL_ROUTER_ADDRESS"],
-            metrics_token=raw["METRICS_TOKEN"],
+            metrics_token=_secret("METRICS_TOKEN", raw["METRICS_TOKEN"])
+            if raw["METRICS_TOKEN"]
+            else "",
             log_format=_choice("LOG_FORMAT", raw["LOG_FORMAT"], ("text", "json")),
             dns_provider=_choice("DNS_PROVIDER", raw["DNS_PROVIDER"], ("none", "cloudflare")),
             cloudflare_api_base=_url("CLOUDFLARE_API_BASE", raw["CLOUDFLARE_API_BASE"]),

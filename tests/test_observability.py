@@ -17,6 +17,7 @@ from aiohttp.test_utils import make_mocked_request
 from yarl import URL
 
 from control import logs, metrics
+from control.settings import Settings, SettingsError
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered
 
@@ -266,3 +267,13 @@ async def test_a_request_id_with_a_trailing_newline_is_replaced() -> None:
         response = await logs.request_ids(request, ok)
         assert response.headers["X-Request-Id"] != presented
         assert re.fullmatch(r"[0-9a-f]{16}", response.headers["X-Request-Id"])
+
+
+@pytest.mark.parametrize(("value", "ok"), [("", True), ("m" * 32, True), ("m" * 31, False)])
+def test_a_metrics_token_is_as_long_as_the_other_secrets(value: str, ok: bool) -> None:
+    env = {"ADMIN_TOKEN": "a" * 40, "INTERNAL_SECRET": "b" * 40, "METRICS_TOKEN": value}
+    if ok:
+        assert Settings.from_env(env).metrics_token == value
+    else:
+        with pytest.raises(SettingsError, match="METRICS_TOKEN: must be at least 32"):
+            Settings.from_env(env)
