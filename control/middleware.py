@@ -75,10 +75,11 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 def admin_auth(token: str, metrics_token: str = "") -> Middleware:
-    """An admin request passes with `Authorization: Bearer <ADMIN_TOKEN>` or with a
-    live dashboard session cookie; a cookie-authorized unsafe method also needs the
-    session's CSRF token in `X-CSRF-Token` (else 403 `csrf_failed`). `/metrics` passes
-    per control/metrics.py `check`."""
+    """An admin request passes with `Authorization: Bearer <ADMIN_TOKEN>` or, when it
+    sends no Authorization header at all, with a live dashboard session cookie (a
+    wrong token is a failed guess, never rescued by a cookie); a cookie-authorized
+    unsafe method also needs the session's CSRF token in `X-CSRF-Token` (else 403
+    `csrf_failed`). `/metrics` passes per control/metrics.py `check`."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware

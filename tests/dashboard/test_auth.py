@@ -184,6 +184,16 @@ async def test_bearer_token_still_works_without_csrf(control: ControlPlane) -> N
     assert status == 200 and body["state"] == "suspended"
 
 
+async def test_a_wrong_bearer_token_is_not_rescued_by_a_session_cookie(
+    control: ControlPlane,
+) -> None:
+    _, signed = await sign_in(control)
+    assert signed is not None
+    headers = {**signed.headers(), "Authorization": "Bearer wrong"}
+    reply = await call(control, "GET", "/v1/users", headers=headers)
+    assert reply.status == 401  # a guess counts as a guess, whatever else is sent
+
+
 async def test_a_csrf_token_of_another_session_is_refused(control: ControlPlane) -> None:
     await control.admin("POST", "/v1/users", {"user_id": "cy", "subdomain": "cy"})
     _, first = await sign_in(control)
