@@ -14,11 +14,12 @@ import msgspec
 from aiohttp import web
 
 from control import billing, metrics, views
-from control.appkeys import DNS_SYNC, SCALER, SETTINGS
+from control.appkeys import DNS_SYNC, PROVIDER_HEALTH, SCALER, SETTINGS
 from control.bootstrap import DIST
 from control.clock import iso
 from control.errors import BadRequest, NotFound
 from control.fleet import FLEET
+from control.providers.health import PROVIDER_STATES
 from control.stripe_inbox import INBOX
 from shared import protocol
 
@@ -85,6 +86,9 @@ async def prometheus(request: web.Request) -> web.Response:
     m.waiters.set(fleet.board.waiters())
     if SCALER in request.app:
         m.held_back.set(request.app[SCALER].state.held_back)
+    health = request.app[PROVIDER_HEALTH]
+    for state in PROVIDER_STATES:
+        m.provider_state.labels(state).set(1 if health.state == state else 0)
     if DNS_SYNC in request.app:
         counters = request.app[DNS_SYNC].counters
         m.dns_rounds.set(counters.rounds)
@@ -95,7 +99,10 @@ async def prometheus(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    # Liveness only: a provider outage is a detail here, not a failure.
+    return web.json_response(
+        {"status": "ok", "provider": request.app[PROVIDER_HEALTH].as_json()}
+    )
 
 
 # --- worker protocol --------------------------------------------------------------
@@ -154,7 +161,8 @@ async def create_join_token(request: web.Request) -> web.Response:
 @routes.get("/v1/servers")
 async def list_servers(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
-    return web.json_response({"servers": await views.servers(fleet)})
+    provider = request.app[PROVIDER_HEALTH].as_json()  # the dashboard polls this call
+    return web.json_response({"servers": await views.servers(fleet), "provider": provider})
 
 
 @routes.get("/v1/servers/{server_id}")

@@ -9,7 +9,25 @@ Contract:
   next run adopting the server by name, never by creating a second one.
 - Orphans (servers with both of our labels that the database does not know) are
   deleted only after three consecutive scheduled sweeps saw them, and never when the
-  database or the provider could not be read.
+  database or the provider could not be read. A sweep deletes at most
+  ORPHAN_DELETES_PER_SWEEP of them, and none while the provider's rate-limit budget is
+  down to ORPHAN_BUDGET_RESERVE requests (kept for creates); `orphan_deleted` is
+  recorded after the delete succeeded.
+- On-demand runs coalesce: while a run is in progress, at most one more waits, and
+  every further trigger joins that waiting run (a scheduled trigger makes it sweep).
+- Every provider call that failed has its own backoff per resource (our server id, or
+  the provider's id for orphans; `shared.backoff.backoff_delay`, or the rate-limit wait
+  for a 429): no run, however triggered, calls again for that resource before it is
+  due. An expected provider error is one log line with its kind, code and correlation
+  id, never a traceback.
+- Until the provider is validated (`health.usable`), runs do only what needs no
+  catalogue of server types: provisioning timeouts, deleting dead servers and drains.
+  No create, no retry of an unconfirmed create, no scale-down.
+- MAX_SERVERS is a hard cap on servers that may exist at the provider: it counts every
+  row not `deleted` (dead ones too, until their delete succeeded), orphans currently
+  sighted, and creates whose outcome is unknown. An unconfirmed create is given up
+  (`create_abandoned`) only after PROVISION_TIMEOUT AND a definite answer from the
+  provider that no server carries its id label; until then it keeps counting.
 """
 
 from __future__ import annotations
@@ -17,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,13 +48,25 @@ from control.keyring import Keyring
 from control.placement import Demand, Room
 from control.plans import plan_of
 from control.providers.base import CreateRequest, Provider, ProviderError
+from control.providers.health import ProviderHealth
 from control.settings import Settings
 from control.store import Row, Store, fetch_one
+from shared.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 ORPHAN_SWEEPS = 3
 PAIR_COOLDOWN = 600.0
+RETRY_BASE = 5.0  # seconds: first backoff after a failed call for one resource
+RETRY_CAP = 300.0
+ORPHAN_DELETES_PER_SWEEP = 5
+ORPHAN_BUDGET_RESERVE = 100  # provider requests left for creates before a sweep deletes
 UserDataRenderer = Callable[[str, str], str]  # (server id, bootstrap token) -> user data
+
+
+@dataclass
+class Retry:
+    failures: int
+    not_before: float  # epoch seconds
 
 
 @dataclass
@@ -49,6 +80,8 @@ class ScalerState:
     orphan_sightings: dict[str, int] = field(default_factory=dict)
     held_back: int = 0  # demand the caps held back in the last run (a metric)
     alert: str | None = None
+    retries: dict[str, Retry] = field(default_factory=dict)  # per resource, after a failure
+    runs: int = 0  # runs done since start (coalesced triggers do not add one)
 
 
 class Scaler:
@@ -60,6 +93,7 @@ class Scaler:
         provider: Provider,
         render_user_data: UserDataRenderer,
         notify: Callable[..., None],
+        health: ProviderHealth | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -69,7 +103,10 @@ class Scaler:
         self.notify = notify
         self.state = ScalerState()
         self.reserve = users.Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
+        self.health = health or ProviderHealth(state="ok", detail="")
         self._lock = asyncio.Lock()
+        self._queued: asyncio.Future[None] | None = None  # the run waiting behind this one
+        self._sweep_wanted = False
         limit = provider.max_servers
         self.max_servers = (
             min(settings.max_servers, limit) if limit is not None else settings.max_servers
@@ -87,26 +124,68 @@ class Scaler:
             await self.run(scheduled)
 
     async def run(self, scheduled: bool = True) -> None:
-        async with self._lock:
-            for step in (
+        """Runs now, or joins the run already waiting behind the one in progress."""
+        self._sweep_wanted = self._sweep_wanted or scheduled
+        if self._queued is not None:
+            await asyncio.shield(self._queued)
+            return
+        queued = self._queued = asyncio.get_running_loop().create_future()
+        try:
+            async with self._lock:
+                self._queued = None
+                sweep, self._sweep_wanted = self._sweep_wanted, False
+                await self._run_steps(sweep)
+        finally:
+            if self._queued is queued:
+                self._queued = None
+            if not queued.done():
+                queued.set_result(None)
+
+    async def _run_steps(self, sweep: bool) -> None:
+        self.state.runs += 1
+        steps = [self._expire_provisioning, self._delete_dead, self._drain]
+        if self.health.usable:  # creates need the validated catalogue; deletes do not
+            steps = [
                 self._expire_provisioning,
                 self._delete_dead,
                 self._retry_unconfirmed,
                 self._drain,
                 self._scale_up,
                 self._scale_down,
-            ):
-                try:
-                    await step()
-                except Exception:
-                    log.exception("autoscaler step %s failed; the next run retries", step.__name__)
-            if scheduled:
-                try:
-                    await self._sweep_orphans()
-                except Exception:
-                    log.exception("orphan sweep failed; counts kept, nothing deleted")
+            ]
+        for step in steps:
+            try:
+                await step()
+            except ProviderError as exc:
+                log.warning(
+                    "autoscaler step %s: %s; the next run retries", step.__name__, _said(exc)
+                )
+            except Exception:
+                log.exception("autoscaler step %s failed; the next run retries", step.__name__)
+        if sweep:
+            try:
+                await self._sweep_orphans()
+            except Exception:
+                log.exception("orphan sweep failed; counts kept")
 
     # --- helpers -------------------------------------------------------------------
+    def _due(self, key: str, now: float) -> bool:
+        retry = self.state.retries.get(key)
+        return retry is None or now >= retry.not_before
+
+    def _failed(self, key: str, what: str, exc: ProviderError) -> None:
+        """One log line, and no call for `key` before its backoff has passed."""
+        previous = self.state.retries.get(key)
+        failures = previous.failures + 1 if previous else 1
+        delay = backoff_delay(failures - 1, base=RETRY_BASE, cap=RETRY_CAP, rand=random.random())
+        if exc.kind == "rate_limited":  # not this resource's fault: wait for the bucket only
+            delay = exc.retry_after if exc.retry_after is not None else 1.0
+        self.state.retries[key] = Retry(failures, time.time() + delay)
+        log.warning("autoscaler: %s: %s; next try in %.1f s", what, _said(exc), delay)
+
+    def _succeeded(self, key: str) -> None:
+        self.state.retries.pop(key, None)
+
     async def _event(self, kind: str, message: str, server_id: str | None = None) -> None:
         async def apply(conn: aiosqlite.Connection) -> None:
             await events.record(conn, kind, message, server_id=server_id)
@@ -129,12 +208,21 @@ class Scaler:
 
         await self.store.write(apply)
 
-    async def _delete_at_provider(self, row: Row, kind: str, reason: str) -> None:
+    async def _delete_at_provider(self, row: Row, kind: str, reason: str) -> bool:
         """Deletes a server we know; the row is marked `deleting` first so a crash
-        mid-way is finished by the next run."""
-        await self._set_status(row["id"], "deleting", kind, reason)
+        mid-way is finished by the next run. False when the delete failed or is not due
+        (the row stays `deleting`, retried after its backoff)."""
+        if not self._due(row["id"], time.time()):
+            return False
+        if row["status"] != "deleting":
+            await self._set_status(row["id"], "deleting", kind, reason)
         if row["provider_id"]:
-            await self.provider.delete(row["provider_id"])
+            try:
+                await self.provider.delete(row["provider_id"])
+            except ProviderError as exc:
+                self._failed(row["id"], f"delete of {row['name']}", exc)
+                return False
+            self._succeeded(row["id"])
 
         async def forget(conn: aiosqlite.Connection) -> None:
             # Suspended users' data goes with the server; on resume they are placed anew.
@@ -205,17 +293,41 @@ class Scaler:
             "AND create_confirmed_at IS NULL"
         )
         for row in rows:
+            if not self._due(row["id"], now):
+                continue
             if now - row["create_requested_at"] > self.settings.provision_timeout:
-                await self._set_status(
-                    row["id"],
-                    "deleted",
-                    "create_abandoned",
-                    "create never confirmed; any leftover is removed by the orphan sweep",
-                )
+                await self._settle_unknown(row)
                 continue
             if now < self.state.paused_until:
                 return
             await self._call_create(row["id"], row["name"], row["server_type"], row["location"])
+
+    async def _settle_unknown(self, row: Row) -> None:
+        """A create never confirmed in PROVISION_TIMEOUT: it keeps counting against
+        MAX_SERVERS until the provider definitely answers whether a server carries its
+        id label (a failed look-up is no answer)."""
+        try:
+            found = await self.provider.list({**self.labels, "clawfleet-server": row["id"]})
+        except ProviderError as exc:
+            self._failed(row["id"], f"look-up of unconfirmed {row['name']}", exc)
+            return
+        self._succeeded(row["id"])
+        if not found:
+            await self._set_status(
+                row["id"],
+                "deleted",
+                "create_abandoned",
+                f"create never confirmed and {self.provider.name} has no such server",
+            )
+            return
+        server = found[0]
+        await self._confirm(
+            row["id"],
+            server.provider_id,
+            server.public_ip,
+            server.server_type or row["server_type"],
+            server.location or row["location"],
+        )
 
     async def _drain(self) -> None:
         plans = self.settings.plans
@@ -269,8 +381,9 @@ class Scaler:
                 "SELECT id, server_type FROM servers WHERE status = 'provisioning' AND origin = 'provider'"
             )
         ]
+        # Dead servers still exist at the provider until their delete succeeded.
         row = await self.store.fetch_one(
-            "SELECT COUNT(*) AS n FROM servers WHERE status NOT IN ('deleted', 'dead')"
+            "SELECT COUNT(*) AS n FROM servers WHERE status != 'deleted'"
         )
         return pending, active, on_the_way, int(row["n"]) if row else 0
 
@@ -292,6 +405,8 @@ class Scaler:
             await self._event(
                 "user_unplaceable", f"user {user_id}: its plan fits no server type {pairs[0][0]}"
             )
+        # Sighted orphans exist too (e.g. a create that took effect after it was given up).
+        servers_now += len(self.state.orphan_sightings)
         capped = autoscale.cap_creates(
             need.servers, servers_now, self.max_servers, self.settings.max_creates_per_run
         )
@@ -384,6 +499,7 @@ class Scaler:
                 created.location or pair[1],
             )
             self.state.transient_failures = 0
+            self._succeeded(server_id)
             return True
         return False
 
@@ -394,6 +510,8 @@ class Scaler:
         plan = autoscale.retry_decision(exc.kind, self.state.transient_failures, exc.retry_after)
         if exc.kind == "transient":
             self.state.transient_failures += 1
+        if exc.kind in ("transient", "rate_limited"):  # outcome unknown: retried when due
+            self._failed(server_id, f"create of {server_id} ({pair[0]} in {pair[1]})", exc)
         now = time.time()
         if plan.next_pair:
             self.state.pair_cooldown[pair] = now + PAIR_COOLDOWN
@@ -508,42 +626,61 @@ class Scaler:
     async def _sweep_orphans(self) -> None:
         try:
             seen = await self.provider.list(self.labels)
-            known = {
-                (r["provider_id"] or r["name"])
-                for r in await self.store.fetch_all(
-                    "SELECT provider_id, name FROM servers WHERE status != 'deleted'"
-                )
-            } | {
-                r["name"]
-                for r in await self.store.fetch_all(
-                    "SELECT name FROM servers WHERE status != 'deleted'"
-                )
-            }
-        except Exception:
-            log.exception(
-                "orphan sweep: could not read the provider or the database; nothing deleted"
-            )
+        except ProviderError as exc:
+            log.warning("orphan sweep: listing servers failed: %s; nothing deleted", _said(exc))
             return
+        known = {
+            str(key)
+            for r in await self.store.fetch_all(
+                "SELECT provider_id, name FROM servers WHERE status != 'deleted'"
+            )
+            for key in (r["provider_id"], r["name"])
+            if key
+        }
         sightings: dict[str, int] = {}
+        budget = self._orphan_budget()
         for server in seen:
             if any(server.labels.get(k) != v for k, v in self.labels.items()):
                 continue  # never a server without both labels
             if server.provider_id in known or server.name in known:
                 continue
-            count = self.state.orphan_sightings.get(server.provider_id, 0) + 1
-            sightings[server.provider_id] = count
-            if count >= ORPHAN_SWEEPS:
-                await self._event(
-                    "orphan_deleted",
-                    f"{server.name} ({server.provider_id}) carries our labels "
-                    f"but is unknown to the database; seen in {count} sweeps",
-                )
+            count = sightings[server.provider_id] = (
+                self.state.orphan_sightings.get(server.provider_id, 0) + 1
+            )
+            if count < ORPHAN_SWEEPS or budget <= 0:
+                continue
+            if not self._due(server.provider_id, time.time()):
+                continue
+            budget -= 1
+            try:
                 await self.provider.delete(server.provider_id)
-                sightings.pop(server.provider_id)
+            except ProviderError as exc:
+                self._failed(server.provider_id, f"delete of orphan {server.name}", exc)
+                continue
+            self._succeeded(server.provider_id)
+            sightings.pop(server.provider_id)
+            await self._event(
+                "orphan_deleted",
+                f"{server.name} ({server.provider_id}) carried our labels "
+                f"but was unknown to the database; seen in {count} sweeps",
+            )
         self.state.orphan_sightings = sightings
+
+    def _orphan_budget(self) -> int:
+        """Orphan deletes this sweep may make: a few, and none that would spend the
+        requests kept for creates (when the provider reports its budget)."""
+        remaining = getattr(self.provider, "rate_limit_remaining", None)
+        if not isinstance(remaining, int):
+            return ORPHAN_DELETES_PER_SWEEP
+        return max(0, min(ORPHAN_DELETES_PER_SWEEP, remaining - ORPHAN_BUDGET_RESERVE))
 
 
 def billing_window(interval: float) -> float:
     """How close to the end of a billed hour an idle server may be deleted: wide enough
     that a few autoscaler runs fall inside it, never more than half the hour."""
     return min(autoscale.HOUR / 2, max(300.0, 3 * interval))
+
+
+def _said(exc: ProviderError) -> str:
+    """An expected provider error as one log line's worth: message, kind, code, id."""
+    return f"{exc} [{exc.kind}]"

@@ -200,15 +200,22 @@ async def test_resource_limit_stops_scaling_up(cloud: Start, hetzner_fake: Hetzn
     assert control.app is not None and "limit" in (control.app[SCALER].state.alert or "")
 
 
-async def test_rate_limit_backs_off_until_reset(cloud: Start, hetzner_fake: HetznerFake) -> None:
+async def test_rate_limit_backs_off_until_one_request_is_back(
+    cloud: Start, hetzner_fake: HetznerFake
+) -> None:
     control = await cloud()
-    hetzner_fake.inject("POST /servers", 429, "rate_limit_exceeded", retry_after=120)
+    hetzner_fake.inject("POST /servers", 429, "rate_limit_exceeded")  # reset: in an hour
     await add_users(control, "erin")
-    await run(control)
-    await run(control)
+    await run(control, scheduled=False)
+    await run(control, scheduled=False)
     assert hetzner_fake.count("POST /servers") == 1
     assert control.app is not None
-    assert control.app[SCALER].state.paused_until > time.time() + 100
+    # One request is back after a second: not the hour until the bucket is full.
+    paused_until = control.app[SCALER].state.paused_until
+    assert time.time() + 0.3 < paused_until < time.time() + 1.6
+    await asyncio.sleep(paused_until - time.time())  # the fake's bucket runs on this clock
+    await run(control, scheduled=False)
+    assert len(hetzner_fake.servers) == 1
 
 
 async def test_create_that_times_out_after_storing_is_adopted_not_duplicated(
@@ -223,6 +230,7 @@ async def test_create_that_times_out_after_storing_is_adopted_not_duplicated(
     assert srv["status"] == "provisioning"
     if control.app is not None:
         control.app[SCALER].state.paused_until = 0  # skip the backoff
+        control.app[SCALER].state.retries.clear()
     await run(control)
     assert len(hetzner_fake.servers) == 1  # adopted by name
     (srv,) = await servers(control)

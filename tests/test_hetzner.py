@@ -273,17 +273,32 @@ async def test_injected_create_errors_map_to_kinds(
     assert hetzner_fake.count("POST /servers") == 1  # hcloud's own retries are off
 
 
-async def test_rate_limit_sets_retry_after_from_the_reset_header(
+async def test_a_429_waits_for_one_request_not_for_a_full_bucket(
+    make: Factory, hetzner_fake: HetznerFake
+) -> None:
+    """RateLimit-Reset says when the bucket is FULL (an hour away at 3600/hour); one
+    request comes back after a second. Before the fix retry_after was ~3600 s."""
+    provider = make()
+    hetzner_fake.inject("GET /servers", 429, "rate_limit_exceeded")
+    err = await expect_error(provider.list({"clawfleet": "worker"}))
+    assert err.kind == "rate_limited"
+    assert err.retry_after is not None and 1.0 <= err.retry_after <= 1.5
+    assert provider.rate_limit_remaining == 0
+    assert provider.rate_limit_reset == pytest.approx(time.time() + 3600, abs=10)
+
+
+async def test_calls_after_a_429_wait_for_the_bucket_instead_of_hitting_it(
     make: Factory, hetzner_fake: HetznerFake
 ) -> None:
     provider = make()
-    hetzner_fake.inject("GET /servers", 429, "rate_limit_exceeded", retry_after=120)
-    err = await expect_error(provider.list({"clawfleet": "worker"}))
-    assert err.kind == "rate_limited"
-    assert err.retry_after is not None and 100 < err.retry_after <= 121
-    assert provider.rate_limit_remaining == 0
-    assert provider.rate_limit_reset is not None
-    assert provider.rate_limit_reset == pytest.approx(time.time() + 120, abs=10)
+    hetzner_fake.inject("GET /servers", 429, "rate_limit_exceeded")
+    await expect_error(provider.list({"clawfleet": "worker"}))
+    started = time.monotonic()
+    assert await provider.list({"clawfleet": "worker"}) == []
+    waited = time.monotonic() - started
+    assert 0.9 <= waited <= 2.0  # one request's refill (+ jitter), not an hour
+    assert [c.status for c in hetzner_fake.calls] == [429, 200]  # nothing sent into the void
+    assert hetzner_fake.calls[1].at - hetzner_fake.calls[0].at >= 0.9
 
 
 async def test_rate_limit_headers_are_tracked(make: Factory, hetzner_fake: HetznerFake) -> None:

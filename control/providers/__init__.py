@@ -17,6 +17,7 @@ def build_provider(settings: Settings) -> Provider:
             locations=settings.hetzner_locations,
             image=settings.hetzner_image,
             ssh_keys=settings.hetzner_ssh_keys,
+            timeout=settings.hetzner_api_timeout,
         )
     from control.providers.local import LocalProvider
 

@@ -27,10 +27,16 @@ Contract (on top of `control.providers.base`):
 - `delete()` treats 404 as success and does not wait for the delete action.
 - `list()` follows pagination (`meta.pagination.next_page`).
 - Errors map to kinds with `classify(status, code)`; `ProviderError` carries the API's
-  code, message, HTTP status and `X-Correlation-Id`, and for 429 `retry_after` computed
-  from `RateLimit-Reset`. `rate_limit_limit`, `rate_limit_remaining` and
-  `rate_limit_reset` (epoch seconds) follow the latest response's `RateLimit-*` headers
-  (3600 requests/hour per project, shared with everything else on the project).
+  code, message, HTTP status and `X-Correlation-Id`, and for 429 `retry_after`: the time
+  until ONE request is available again (`shared.backoff.rate_limit_wait`: the bucket
+  refills evenly, one request per second at 3600/hour; `RateLimit-Reset` is when it is
+  FULL, an upper bound, never the wait itself). `rate_limit_limit`,
+  `rate_limit_remaining` and `rate_limit_reset` (epoch seconds) follow the latest
+  response's `RateLimit-*` headers (3600 requests/hour per project, shared with
+  everything else on the project).
+- Every call respects the bucket: after a 429, or a reply saying no request is left,
+  calls wait (up to `timeout`) until one is available, or fail at once with kind
+  "rate_limited" and that `retry_after`; none is sent into a known-empty bucket.
 
 hcloud is synchronous: every call runs on a small dedicated thread pool (shut down by
 `close()`) under `asyncio.wait_for`, and hcloud's own per-request timeout is set too.
@@ -47,6 +53,7 @@ import asyncio
 import builtins
 import functools
 import logging
+import random
 import re
 import threading
 import time
@@ -71,6 +78,7 @@ from control.providers.base import (
     ProviderServer,
     ServerType,
 )
+from shared.backoff import rate_limit_wait
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +163,8 @@ class _Reply:
     status: int = 0
     correlation_id: str | None = None
     reset: float | None = None
+    limit: float | None = None
+    remaining: float | None = None
 
 
 def plan_pairs(
@@ -232,13 +242,13 @@ def check_labels(labels: Mapping[str, str]) -> None:
     for key, value in labels.items():
         prefix, _, name = key.rpartition("/")
         ok_prefix = not prefix or (
-            len(prefix) <= 253 and all(_DNS_LABEL.match(part) for part in prefix.split("."))
+            len(prefix) <= 253 and all(_DNS_LABEL.fullmatch(part) for part in prefix.split("."))
         )
-        if not (ok_prefix and len(name) <= 63 and _LABEL_PART.match(name)):
+        if not (ok_prefix and len(name) <= 63 and _LABEL_PART.fullmatch(name)):
             raise ProviderError(f"invalid label key {key!r}", kind="invalid")
         if prefix == "hetzner.cloud" or prefix.endswith(".hetzner.cloud"):
             raise ProviderError(f"label key {key!r} uses a reserved prefix", kind="invalid")
-        if len(value) > 63 or (value and not _LABEL_PART.match(value)):
+        if len(value) > 63 or (value and not _LABEL_PART.fullmatch(value)):
             raise ProviderError(
                 f"invalid value for label {key!r}: at most 63 characters, alphanumeric at "
                 "both ends, with '-', '_', '.' between",
@@ -248,7 +258,7 @@ def check_labels(labels: Mapping[str, str]) -> None:
 
 def _check_name(name: str) -> None:
     parts = name.split(".")
-    if len(name) > 253 or not all(_HOST_LABEL.match(part) for part in parts):
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(part) for part in parts):
         raise ProviderError(
             f"server name {name!r} is not a valid hostname (RFC 1123)", kind="invalid"
         )
@@ -302,6 +312,7 @@ class HetznerProvider:
         self._pairs: builtins.list[tuple[str, str]] = []
         self._validated = False
         self._closed = False
+        self._not_before = 0.0  # epoch seconds: no request before (rate limit)
         self._local = threading.local()
         self._client = Client(
             token=token,
@@ -439,12 +450,17 @@ class HetznerProvider:
         """Run a blocking hcloud call on the pool, bounded by `self.timeout`."""
         if self._closed:
             raise ProviderError("Hetzner provider is closed", kind="invalid")
+        await self._wait_for_budget(what)
         loop = asyncio.get_running_loop()
         job = functools.partial(self._run, fn, what, *args)
         try:
-            return await asyncio.wait_for(
+            result = await asyncio.wait_for(
                 loop.run_in_executor(self._executor, job), timeout=self.timeout
             )
+        except ProviderError as exc:
+            if exc.kind == "rate_limited" and exc.retry_after is not None:
+                self._not_before = max(self._not_before, time.time() + exc.retry_after)
+            raise
         except TimeoutError:
             # The thread may still be waiting on the socket; hcloud's request timeout
             # frees it. The call itself may still take effect (hence create's look-up).
@@ -453,6 +469,28 @@ class HetznerProvider:
                 kind="transient",
                 code="timeout",
             ) from None
+        if self.rate_limit_remaining == 0:  # the bucket is empty: wait for the next request
+            self._not_before = max(self._not_before, time.time() + self._one_request_wait())
+        return result
+
+    def _one_request_wait(self) -> float:
+        reset_in = None if self.rate_limit_reset is None else self.rate_limit_reset - time.time()
+        return rate_limit_wait(
+            self.rate_limit_limit, self.rate_limit_remaining, reset_in, rand=random.random()
+        )
+
+    async def _wait_for_budget(self, what: str) -> None:
+        wait = self._not_before - time.time()
+        if wait <= 0:
+            return
+        if wait > self.timeout:
+            raise ProviderError(
+                f"Hetzner API: {what} held back: rate limited for {wait:.1f} s more",
+                kind="rate_limited",
+                code="rate_limit_exceeded",
+                retry_after=wait,
+            )
+        await asyncio.sleep(wait)
 
     async def _find(self, name: str) -> ProviderServer | None:
         return await self._call(self._find_by_name, name, what=f"look up server {name}")
@@ -524,8 +562,11 @@ class HetznerProvider:
         elif code == "token_readonly":
             message = f"HETZNER_API_TOKEN is read-only; {what} needs a read/write token"
         retry_after = None
-        if kind == "rate_limited" and reply.reset is not None:
-            retry_after = max(0.0, reply.reset - time.time())
+        if kind == "rate_limited":
+            reset_in = None if reply.reset is None else max(0.0, reply.reset - time.time())
+            retry_after = rate_limit_wait(
+                reply.limit, reply.remaining, reset_in, rand=random.random()
+            )
         return ProviderError(
             message,
             kind=kind,
@@ -540,13 +581,15 @@ class HetznerProvider:
         """requests response hook: runs on the thread that made the request."""
         headers = response.headers
         reset = _float_header(headers, "RateLimit-Reset")
+        limit = _float_header(headers, "RateLimit-Limit")
+        remaining = _float_header(headers, "RateLimit-Remaining")
         self._local.reply = _Reply(
             status=response.status_code,
             correlation_id=headers.get("X-Correlation-Id"),
             reset=reset,
+            limit=limit,
+            remaining=remaining,
         )
-        limit = _float_header(headers, "RateLimit-Limit")
-        remaining = _float_header(headers, "RateLimit-Remaining")
         # Last reply wins: with a few concurrent calls the value can be one request stale.
         if limit is not None:
             self.rate_limit_limit = int(limit)

@@ -14,8 +14,11 @@ GET /server_types, GET /locations, GET /ssh_keys (filter `name`), GET /servers (
 `name` and `label_selector` with `k=v`, `k==v`, `k!=v`, `k`, `!k`), POST /servers,
 GET and DELETE /servers/{id}, GET /actions/{id}, GET /servers/{id}/actions/{action_id}.
 Lists paginate with `page`/`per_page` (default 25, at most 50) and `meta.pagination`.
-Every reply carries `RateLimit-Limit`/`RateLimit-Remaining`/`RateLimit-Reset` (one
-request used per call, one regained per second, as the real API) and `X-Correlation-Id`.
+Every reply carries `RateLimit-Limit`/`RateLimit-Remaining`/`RateLimit-Reset` and
+`X-Correlation-Id`. The budget is a token bucket as the real API's: one request used per
+call, `rate_limit_limit` regained per hour evenly (one per second at 3600), and
+`RateLimit-Reset` is when the bucket is FULL again. With `enforce_rate_limit` (on by
+default) a call finding the bucket empty gets 429 `rate_limit_exceeded`.
 A request without `Authorization: Bearer <fake.token>` gets 401 `unauthorized`.
 
 Catalogue (mutable lists of API objects, change them per test): server types cpx22
@@ -33,14 +36,21 @@ State and inspection:
 - `rate_limit_remaining`, `rate_limit_limit`: the current budget (set them to simulate).
 
 Injection (each applies to the next `times` calls of that endpoint, in order queued):
-- `inject(endpoint, status, code, message=None, times=1, retry_after=30)`: answer with the
-  error envelope, e.g. (412, "resource_unavailable"), (422, "placement_error"),
-  (403, "resource_limit_exceeded"), (429, "rate_limit_exceeded": remaining 0 and
-  RateLimit-Reset now + retry_after), (500, "server_error"), (503, "unavailable").
+- `inject(endpoint, status, code, message=None, times=1, retry_after=None, after=0)`:
+  let `after` calls through, then answer `times` calls with the error envelope, e.g. (412, "resource_unavailable"), (422, "placement_error"),
+  (403, "resource_limit_exceeded"), (429, "rate_limit_exceeded": the bucket is emptied,
+  so headers say remaining 0 and RateLimit-Reset = when it is full again, an hour at
+  3600/hour; `retry_after` overrides that reset time), (500, "server_error"),
+  (503, "unavailable").
+- `chaos(rate, seed, slow=..., lost=...)`: from now on each call, with probability
+  `rate`, meets one fault drawn from 500, 503, 429 (a drained bucket), a slow answer
+  (`slow` s before handling) or a lost answer (handled, then held `lost` s: set it
+  above the client's timeout). `chaos(0)` stops it. Each call records its fault.
 - `delay(endpoint, seconds, times=1, after_effect=False)`: sleep before handling; with
   `after_effect=True` the call takes effect first (server stored or deleted), then the
   reply is held back: a client timeout after the effect.
 - `timeout_after_store(seconds=5)`: shorthand for POST /servers, after_effect=True.
+- `clear_faults()`: drop whatever is still queued (the outage is over).
 - `fail_action(code="action_failed", message=..., times=1)`: the next create stores the
   server but its create_server action is already in status "error".
 Sleeps end early when the fake closes, so teardown never waits for them.
@@ -50,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import secrets
 import time
 from collections import deque
@@ -193,6 +204,8 @@ class Call:
     body: Any
     status: int = 0
     correlation_id: str = ""
+    at: float = 0.0  # epoch seconds when the request arrived
+    fault: str = ""  # what chaos() did to it, if anything
 
 
 @dataclass
@@ -200,7 +213,7 @@ class _Fault:
     status: int
     code: str
     message: str
-    retry_after: float
+    retry_after: float | None
 
 
 @dataclass
@@ -225,16 +238,22 @@ class HetznerFake:
     calls: list[Call] = field(default_factory=list)
     rate_limit_limit: int = 3600
     rate_limit_remaining: int = 3600
+    enforce_rate_limit: bool = True
     url: str = ""  # the API endpoint, e.g. http://127.0.0.1:PORT/v1, once started
 
     def __post_init__(self) -> None:
-        self._faults: dict[str, deque[_Fault]] = {}
+        self._faults: dict[str, deque[_Fault | None]] = {}  # None: let one call through
         self._delays: dict[str, deque[_Delay]] = {}
         self._action_failures: deque[tuple[str, str]] = deque()
         self._ids = itertools.count(1001)
         self._action_ids = itertools.count(5001)
         self._closing = asyncio.Event()
         self._server: TestServer | None = None
+        self._refilled_at = time.time()
+        self._chaos_rate = 0.0
+        self._chaos_rng = random.Random(0)
+        self._chaos_slow = 0.0
+        self._chaos_lost = 0.0
 
     # -- injection API --------------------------------------------------------------
 
@@ -246,17 +265,29 @@ class HetznerFake:
         message: str | None = None,
         *,
         times: int = 1,
-        retry_after: float = 30.0,
+        retry_after: float | None = None,
+        after: int = 0,
     ) -> None:
         _check_endpoint(endpoint)
         fault = _Fault(status, code, message or f"injected {code}", retry_after)
-        self._faults.setdefault(endpoint, deque()).extend([fault] * times)
+        self._faults.setdefault(endpoint, deque()).extend([None] * after + [fault] * times)
 
     def delay(
         self, endpoint: str, seconds: float, *, times: int = 1, after_effect: bool = False
     ) -> None:
         _check_endpoint(endpoint)
         self._delays.setdefault(endpoint, deque()).extend([_Delay(seconds, after_effect)] * times)
+
+    def chaos(self, rate: float, seed: int = 0, *, slow: float = 0.5, lost: float = 5.0) -> None:
+        self._chaos_rate = rate
+        self._chaos_rng = random.Random(seed)
+        self._chaos_slow = slow
+        self._chaos_lost = lost
+
+    def clear_faults(self) -> None:
+        """Drops every queued injected fault and delay: the API is healthy again."""
+        self._faults.clear()
+        self._delays.clear()
 
     def timeout_after_store(self, seconds: float = 5.0) -> None:
         self.delay("POST /servers", seconds, after_effect=True)
@@ -318,39 +349,86 @@ class HetznerFake:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         endpoint, body = await endpoint_and_body(request, "/v1")
-        call = Call(request.method, endpoint, dict(request.query), body)
+        call = Call(request.method, endpoint, dict(request.query), body, at=time.time())
         self.calls.append(call)
+        self._refill()
+        empty = self.rate_limit_remaining < 1
         self.rate_limit_remaining = max(0, self.rate_limit_remaining - 1)
-        reset_in = float(self.rate_limit_limit - self.rate_limit_remaining)
-        response, retry_after = await self._answer(request, handler, endpoint, body)
-        if retry_after is not None:
-            reset_in = retry_after
-            self.rate_limit_remaining = 0
+        reset_at: float | None = None
+        if empty and self.enforce_rate_limit:
+            response: web.StreamResponse = _error(
+                429, "rate_limit_exceeded", "limit of requests per hour reached"
+            )
+        else:
+            response, reset_at = await self._answer(request, handler, endpoint, body, call)
+        if reset_at is None:
+            per_request = 3600.0 / max(self.rate_limit_limit, 1)
+            reset_at = (
+                time.time() + (self.rate_limit_limit - self.rate_limit_remaining) * per_request
+            )
         call.status = response.status
         call.correlation_id = secrets.token_hex(8)
         response.headers["X-Correlation-Id"] = call.correlation_id
         response.headers["RateLimit-Limit"] = str(self.rate_limit_limit)
         response.headers["RateLimit-Remaining"] = str(self.rate_limit_remaining)
-        response.headers["RateLimit-Reset"] = str(int(time.time() + reset_in))
+        response.headers["RateLimit-Reset"] = str(int(reset_at))
         return response
 
+    def _refill(self) -> None:
+        """The bucket regains `rate_limit_limit` requests per hour, evenly."""
+        now = time.time()
+        gained = int((now - self._refilled_at) * self.rate_limit_limit / 3600.0)
+        if gained > 0:
+            self.rate_limit_remaining = min(
+                self.rate_limit_limit, self.rate_limit_remaining + gained
+            )
+            self._refilled_at += gained * 3600.0 / self.rate_limit_limit
+        if self.rate_limit_remaining >= self.rate_limit_limit:
+            self._refilled_at = now
+
+    def _chaos_fault(self, endpoint: str) -> _Fault | _Delay | None:
+        if self._chaos_rate <= 0 or self._chaos_rng.random() >= self._chaos_rate:
+            return None
+        kind = self._chaos_rng.choice(("500", "503", "429", "slow", "lost"))
+        if kind == "500":
+            return _Fault(500, "server_error", "chaos: internal error", None)
+        if kind == "503":
+            return _Fault(503, "unavailable", "chaos: service unavailable", None)
+        if kind == "429":
+            return _Fault(429, "rate_limit_exceeded", "chaos: limit reached", None)
+        if kind == "slow":
+            return _Delay(self._chaos_slow, after_effect=False)
+        return _Delay(self._chaos_lost, after_effect=True)
+
     async def _answer(
-        self, request: web.Request, handler: Handler, endpoint: str, body: Any
+        self, request: web.Request, handler: Handler, endpoint: str, body: Any, call: Call
     ) -> tuple[web.StreamResponse, float | None]:
-        """The reply, and for an injected 429 the seconds until the rate limit resets."""
+        """The reply, and for an injected 429 with `retry_after` the reset time."""
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return _error(401, "unauthorized", "unable to authenticate"), None
         if not endpoint:
             return _error(404, "not_found", "not found"), None
         response: web.StreamResponse
         faults = self._faults.get(endpoint)
-        if faults:
-            fault = faults.popleft()
+        chaos = self._chaos_fault(endpoint)
+        if chaos is not None:
+            call.fault = (
+                f"{chaos.status}"
+                if isinstance(chaos, _Fault)
+                else ("lost" if chaos.after_effect else "slow")
+            )
+        fault = faults.popleft() if faults else (chaos if isinstance(chaos, _Fault) else None)
+        if fault is not None:
             response = _error(fault.status, fault.code, fault.message)
-            return response, (fault.retry_after if fault.status == 429 else None)
+            if fault.status != 429:
+                return response, None
+            self.rate_limit_remaining = 0  # a 429 means the bucket is empty
+            self._refilled_at = time.time()
+            reset_at = None if fault.retry_after is None else time.time() + fault.retry_after
+            return response, reset_at
         request[_BODY] = body
         delays = self._delays.get(endpoint)
-        delay = delays.popleft() if delays else None
+        delay = delays.popleft() if delays else (chaos if isinstance(chaos, _Delay) else None)
         if delay is not None and not delay.after_effect:
             await self._sleep(delay.seconds)
         response = await handler(request)
