@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from shared.names import env_name_ok
 
 DEFAULT_ENV_FILE = "/etc/clawfleet/agent.env"
 
@@ -61,7 +64,7 @@ def parse_env_file(text: str) -> dict[str, str]:
             line = line[len("export ") :].lstrip()
         key, sep, value = line.partition("=")
         key = key.strip()
-        if not sep or not key.isidentifier():
+        if not sep or not env_name_ok(key):
             raise ConfigError(f"env file line {number}: expected KEY=VALUE")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
@@ -86,14 +89,17 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return merged
 
 
+# Plain ASCII decimals: float() would also take "nan", "1e9", "1_0" and other scripts' digits.
+_NUMBER = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,6})?")
+
+
 def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if not _NUMBER.fullmatch(raw):
+        raise ConfigError(f"{name}: expected a number, got {raw!r}")
+    value = float(raw)
     if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum:g}, got {raw!r}")
     return value
@@ -112,7 +118,12 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 def _token_shape_ok(token: str) -> bool:
     key_id, dot, secret = token.partition(".")
-    return bool(dot and key_id and secret) and not any(c.isspace() for c in token)
+    return (
+        bool(dot and key_id and secret)
+        and token.isascii()
+        and token.isprintable()
+        and (not any(c.isspace() for c in token))
+    )
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:

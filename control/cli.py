@@ -227,7 +227,7 @@ def _admin_token(args: argparse.Namespace) -> str:
             f"no admin token: set ADMIN_TOKEN, pass --token-file, or run where `make run` "
             f"wrote ./{DEFAULT_TOKEN_FILE}",
         )
-    if not _TOKEN.match(token):
+    if not _TOKEN.fullmatch(token):
         # Says where the token came from, never what it is.
         raise CliError(EXIT_USAGE, f"the admin token from {origin} is empty or has spaces")
     return token
@@ -571,7 +571,7 @@ def simulate_payment(api: Api, args: argparse.Namespace) -> int:
             EXIT_USAGE,
             "STRIPE_WEBHOOK_SECRET is not set: use the control plane's webhook signing secret",
         )
-    if not _PLAN_NAME.match(args.plan):
+    if not _PLAN_NAME.fullmatch(args.plan):
         raise CliError(EXIT_USAGE, f"--plan: 1-32 characters a-z 0-9 _ -, got {args.plan!r}")
     price = price_for(args.plan, os.environ.get("PLANS", ""))
     now = int(time.time())
@@ -686,7 +686,7 @@ def _nonempty(value: str) -> str:
 
 
 def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
+    if not re.fullmatch(r"[0-9]{1,9}", value) or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return int(value)
 

@@ -116,11 +116,12 @@ class NoDns:
 def fqdn(subdomain: str, base_domain: str) -> str:
     """`alice`, `Example.COM.` -> `alice.example.com`. The subdomain must be one DNS label
     (a-z, 0-9, inner hyphens, at most 63): a dot in it would escape the per-user scheme."""
-    label = subdomain.strip().lower()
+    # No strip(): "vic2\n" is refused, not taken for "vic2" (another user's name).
+    label = subdomain.lower()
     base = base_domain.strip().rstrip(".").lower()
-    if not _LABEL.match(label):
+    if not _LABEL.fullmatch(label):
         raise ValueError(f"subdomain {subdomain!r} is not a single DNS label")
-    if not base or any(not _LABEL.match(part) for part in base.split(".")):
+    if not base or any(not _LABEL.fullmatch(part) for part in base.split(".")):
         raise ValueError(f"base domain {base_domain!r} is not a DNS name")
     return f"{label}.{base}"
 

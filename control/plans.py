@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def parse_plans(text: str) -> dict[str, Plan]:
 
 
 def _plan(name: str, body: object) -> Plan:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise PlanError(f"plan name {name!r}: 1-32 characters a-z 0-9 _ -")
     if not isinstance(body, dict):
         raise PlanError(f"plan {name}: expected an object")

@@ -19,8 +19,8 @@ from control.placement import Demand, Room, place
 from control.plans import Plan, plan_of
 from control.store import Store, fetch_all, fetch_one
 
-USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 RESERVED_SUBDOMAINS = frozenset(
     {
         "www",
@@ -49,7 +49,7 @@ ASSIGNED_STATES = ("provisioning", "running")
 
 
 def validate_user_id(user_id: str) -> str:
-    if not USER_ID.match(user_id):
+    if not USER_ID.fullmatch(user_id):
         raise BadRequest(
             "user_id: 1-63 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
         )
@@ -57,7 +57,7 @@ def validate_user_id(user_id: str) -> str:
 
 
 def validate_subdomain(subdomain: str) -> str:
-    if not SUBDOMAIN.match(subdomain):
+    if not SUBDOMAIN.fullmatch(subdomain):
         raise BadRequest(
             "subdomain: a DNS label of 1-63 characters a-z 0-9 -, not starting or ending with -"
         )

@@ -46,6 +46,12 @@ def test_settings_defaults_and_overrides() -> None:
         ({"CONTROL_URL": "http://x", "HEALTH_GATE": "soon"}, "HEALTH_GATE"),
         ({"CONTROL_URL": "http://x", "POLL_WAIT": "90"}, "POLL_WAIT"),
         ({"CONTROL_URL": "http://x", "TRAEFIK_TLS": "maybe"}, "TRAEFIK_TLS"),
+        # float() takes these; a setting does not.
+        ({"CONTROL_URL": "http://x", "HEALTH_GATE": "nan"}, "HEALTH_GATE"),
+        ({"CONTROL_URL": "http://x", "HEALTH_GATE": "inf"}, "HEALTH_GATE"),
+        ({"CONTROL_URL": "http://x", "HEALTH_GATE": "1e3"}, "HEALTH_GATE"),
+        ({"CONTROL_URL": "http://x", "STOP_GRACE": "\u0663\u0660"}, "STOP_GRACE"),
+        ({"CONTROL_URL": "http://x", "BOOTSTRAP_TOKEN": "abc.d\u00e9f"}, "BOOTSTRAP_TOKEN"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None:
