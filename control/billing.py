@@ -573,6 +573,10 @@ async def set_target(
         # reserved room stay, so a payment brings the user back on the same data.
         await _state(conn, user_id, "suspended", server, now)
         touched |= {server} if server else set()
+    elif goal == "suspend" and state == "deprovisioned":
+        # An operator lifted a delete while billing says unpaid: kept like any unpaid
+        # user (no retention clock), placed again once it pays.
+        await _state(conn, user_id, "suspended", None, now)
     elif goal == "deprovision" and state != "deprovisioned":
         await conn.execute(
             "UPDATE users SET state = 'deprovisioned', server_id = NULL, moving_from = NULL, "
@@ -584,7 +588,8 @@ async def set_target(
         return Applied(user_id, set(), place)
     for s in touched:
         await bump_generation(conn, s)
-    if touched or place:
+    after = await fetch_one(conn, "SELECT state FROM users WHERE id = ?", (user_id,))
+    if touched or place or (after is not None and after["state"] != state):
         await events.record(
             conn,
             f"user_{goal}",

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from control.billing import derive_subdomain, target
+from control.billing import (
+    Hold,
+    OperatorAction,
+    Owner,
+    Payer,
+    SubState,
+    Target,
+    claim,
+    combine,
+    derive_subdomain,
+    next_hold,
+    supersedes,
+    target,
+)
 from control.fleet import FLEET
 from control.plans import DEFAULT_PLAN, Plan
 from tests.fixtures import ControlPlane
@@ -277,3 +291,149 @@ def test_plan_for_price(price: str, expected: str | None) -> None:
 
     plan = plan_for_price(PLANS, price)
     assert (plan.name if plan else None) == expected
+
+
+# --- pure decisions (control/billing.py) ----------------------------------------------
+@pytest.mark.parametrize(
+    ("billing", "hold", "expected"),
+    [
+        ("run", None, "run"),
+        ("wait", None, "wait"),
+        ("suspend", None, "suspend"),
+        ("deprovision", None, "deprovision"),
+        ("run", "suspended", "suspend"),
+        ("wait", "suspended", "suspend"),
+        ("suspend", "suspended", "suspend"),
+        ("deprovision", "suspended", "deprovision"),  # a subscription's end still ends it
+        ("run", "deleted", "deprovision"),
+        ("wait", "deleted", "deprovision"),
+        ("suspend", "deleted", "deprovision"),
+        ("deprovision", "deleted", "deprovision"),
+    ],
+)
+def test_combine(billing: Target, hold: Hold | None, expected: Target) -> None:
+    assert combine(billing, hold) == expected
+
+
+@pytest.mark.parametrize(
+    ("hold", "action", "expected"),
+    [
+        (None, "suspend", "suspended"),
+        (None, "delete", "deleted"),
+        (None, "resume", None),
+        ("suspended", "suspend", "suspended"),
+        ("suspended", "delete", "deleted"),
+        ("suspended", "resume", None),
+        ("deleted", "suspend", "deleted"),  # a suspend never softens a delete
+        ("deleted", "delete", "deleted"),
+        ("deleted", "resume", None),
+    ],
+)
+def test_next_hold(hold: Hold | None, action: OperatorAction, expected: Hold | None) -> None:
+    assert next_hold(hold, action) == expected
+
+
+OPERATOR_ACTIONS: dict[str, OperatorAction] = {
+    "suspend": "suspend",
+    "delete": "delete",
+    "resume": "resume",
+}
+BILLING_VERDICTS: dict[str, Target] = {
+    "run": "run",
+    "suspend-billing": "suspend",
+    "end": "deprovision",
+}
+
+
+@pytest.mark.parametrize(
+    "order", list(itertools.permutations([*OPERATOR_ACTIONS, *BILLING_VERDICTS]))
+)
+def test_every_ordering_keeps_the_operators_order(order: tuple[str, ...]) -> None:
+    """After every step: a delete not yet resumed means deprovisioned, a suspend not
+    yet resumed means not running, and without a hold billing alone decides."""
+    hold: Hold | None = None
+    billing: Target = "run"
+    standing: str | None = None  # the operator's order in force (the oracle)
+    for step in order:
+        if step in OPERATOR_ACTIONS:
+            hold = next_hold(hold, OPERATOR_ACTIONS[step])
+            if step == "resume":
+                standing = None
+            elif step == "delete" or standing != "delete":
+                standing = step
+        else:
+            billing = BILLING_VERDICTS[step]
+        goal = combine(billing, hold)
+        if standing == "delete":
+            assert goal == "deprovision"
+        elif standing == "suspend":
+            assert goal == ("deprovision" if billing == "deprovision" else "suspend")
+        else:
+            assert goal == billing
+
+
+def _owner(
+    customer: str | None, by_stripe: bool = True, sub: str | None = "sub_1", ended: bool = False
+) -> Owner:
+    return Owner(customer, by_stripe, sub, ended)
+
+
+@pytest.mark.parametrize(
+    ("owner", "payer", "expected"),
+    [
+        # An operator's user: no customer, not created by a payment.
+        (_owner(None, by_stripe=False, sub=None), Payer("cus_1", "sub_9", False), "conflict"),
+        (_owner(None, by_stripe=False, sub=None), Payer(None, None, False), "conflict"),
+        # Created by a payment that named no customer yet: the first customer links.
+        (_owner(None, sub=None), Payer("cus_1", "sub_1", False), "link"),
+        # Another customer's user.
+        (_owner("cus_1"), Payer("cus_2", "sub_2", False), "conflict"),
+        (_owner("cus_1"), Payer(None, None, False), "conflict"),
+        (_owner("cus_1"), Payer("cus_2", "sub_1", False), "conflict"),
+        # Its own customer.
+        (_owner("cus_1"), Payer("cus_1", "sub_1", False), "link"),
+        (_owner("cus_1"), Payer("cus_1", None, False), "link"),  # a checkout without subscription
+        (_owner("cus_1", sub=None), Payer("cus_1", "sub_2", False), "link"),
+        (_owner("cus_1", ended=True), Payer("cus_1", "sub_2", False), "relink"),  # renewal
+        (_owner("cus_1"), Payer("cus_1", "sub_2", False), "conflict"),  # two live subscriptions
+        (_owner("cus_1"), Payer("cus_1", "sub_0", True), "ignore"),  # an old, ended one
+    ],
+)
+def test_claim(owner: Owner, payer: Payer, expected: str) -> None:
+    verdict, why = claim(owner, payer)
+    assert verdict == expected
+    assert bool(why) == (verdict != "link")
+
+
+def _s(at: int, status: str, previous: str | None = None, period: int | None = None) -> SubState:
+    return SubState(at, status, previous, period)
+
+
+@pytest.mark.parametrize(
+    ("new", "old", "expected"),
+    [
+        (_s(2, "active"), _s(1, "unpaid"), True),  # later wins
+        (_s(1, "active"), _s(2, "unpaid"), False),
+        (_s(1, "deleted"), _s(2, "active"), True),  # an end is final, whatever the time
+        (_s(2, "active"), _s(1, "canceled"), False),
+        (_s(2, "active"), _s(1, "incomplete_expired"), False),
+        (_s(1, "deleted"), _s(2, "canceled"), True),  # gone beats cancelled
+        (_s(2, "canceled"), _s(1, "deleted"), False),
+        (_s(5, "active"), _s(5, "active"), True),  # the same state again: harmless
+        # Within one second: the other's previous status is the older state.
+        (_s(5, "unpaid", "active"), _s(5, "active", "unpaid"), False),
+        (_s(5, "active", "unpaid"), _s(5, "unpaid", "active"), True),
+        (_s(5, "past_due", "active"), _s(5, "unpaid", "past_due"), False),
+        (_s(5, "unpaid", "past_due"), _s(5, "past_due", "active"), True),
+        # ... else a later billing period ...
+        (_s(5, "past_due", None, 200), _s(5, "active", None, 100), True),
+        (_s(5, "active", None, 100), _s(5, "past_due", None, 200), False),
+        # ... else a subscription's usual progress.
+        (_s(5, "active"), _s(5, "incomplete"), True),
+        (_s(5, "incomplete"), _s(5, "active"), False),
+        (_s(5, "active"), _s(5, "past_due"), True),
+        (_s(5, "past_due"), _s(5, "unpaid"), True),
+    ],
+)
+def test_supersedes(new: SubState, old: SubState, expected: bool) -> None:
+    assert supersedes(new, old) is expected

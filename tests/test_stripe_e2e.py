@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from control.fleet import FLEET
 from control.plans import DEFAULT_PLAN, Plan
 from control.store import Store
-from control.stripe_inbox import StripeInbox
+from control.stripe_inbox import INBOX, StripeInbox
 from tests import stripe_events as se
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered
@@ -191,3 +192,44 @@ async def test_events_that_keep_failing_are_listed(plane: ControlPlane) -> None:
         failing["type"] == "checkout.session.completed"
         and "apply is broken" in failing["last_error"]
     )
+
+
+def _change(status: str, previous: str, created: int) -> dict[str, Any]:
+    return se.event(
+        "customer.subscription.updated",
+        se.subscription(status=status),
+        created=created,
+        previous_attributes={"status": previous},
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "final"),
+    [
+        # A payment recovered: unpaid then active, in one second, delivered reversed.
+        (("unpaid", "active"), ("active", "unpaid"), "provisioning"),
+        # Failing further: past_due then unpaid; "active" is not simply preferred.
+        (("past_due", "active"), ("unpaid", "past_due"), "suspended"),
+        # Cancelled in the same second it was paid: the end wins whatever the order.
+        (("active", "past_due"), ("canceled", "active"), "deprovisioned"),
+    ],
+)
+async def test_changes_within_one_second_delivered_reversed_keep_the_later_state(
+    plane: ControlPlane, first: tuple[str, str], then: tuple[str, str], final: str
+) -> None:
+    """Without STRIPE_SECRET_KEY nothing is re-fetched: the payload orders the two."""
+    await registered(plane)
+    second = int(time.time())
+    await deliver(plane, checkout("gil", created=second - 60))
+    await deliver(plane, subscription("created", "active", created=second - 60))
+    await until_state(plane, "gil", "provisioning")
+    earlier, later = _change(*first, created=second), _change(*then, created=second)
+    # Stripe sent `earlier` first; it arrives (and is processed) after `later`.
+    assert (await deliver(plane, later))[0] == 200
+    assert (await deliver(plane, earlier))[0] == 200
+    assert plane.app is not None
+    # Whatever the background round took, one more round under the inbox's lock
+    # leaves nothing due: no waiting on the clock.
+    await plane.app[INBOX].process_due(plane.app[FLEET].apply_billing)
+    _, gil = await plane.admin("GET", "/v1/users/gil")
+    assert gil["state"] == final, gil
