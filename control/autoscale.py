@@ -8,6 +8,10 @@ decisions and records each one as an event.
 - `cap_creates`: MAX_SERVERS and MAX_CREATES_PER_RUN, never exceeded.
 - `idle_to_delete`: empty servers past SCALE_DOWN_IDLE, above MIN_SERVERS, not needed
   for headroom, and (where the provider bills started hours) near the end of an hour.
+- `held_by_server`, `kept_because`: a server whose disk holds users' data (a cancelled
+  user's, kept RETENTION_DAYS; a suspended user's) is never deleted as idle nor finished
+  by a drain, until data can follow users; the reason is shown on the server.
+- `drain_action`: what a run does with a draining server.
 - `provision_expired`: created servers that never registered in time.
 - `retry_decision`: what a provider error means for the run.
 """
@@ -16,8 +20,11 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
+from control.clock import iso
 from control.placement import Demand, Room, place
 from control.providers.base import ErrorKind
 
@@ -110,11 +117,55 @@ def cap_creates(wanted: int, servers_now: int, max_servers: int, max_per_run: in
 
 
 @dataclass(frozen=True)
+class HeldData:
+    retained: int = 0  # deprovisioned users whose volumes wait for their purge
+    suspended: int = 0
+    retained_until: float | None = None  # the last of their purges
+
+
+def held_by_server(rows: Iterable[tuple[str, str, float | None]]) -> dict[str, HeldData]:
+    """(server id, 'retained' | 'suspended', purge_after) rows -> what each server holds."""
+    held: dict[str, HeldData] = {}
+    for server_id, kind, purge_after in rows:
+        h = held.get(server_id, HeldData())
+        if kind == "suspended":
+            held[server_id] = HeldData(h.retained, h.suspended + 1, h.retained_until)
+        else:
+            until = max(h.retained_until or 0.0, purge_after or 0.0) or None
+            held[server_id] = HeldData(h.retained + 1, h.suspended, until)
+    return held
+
+
+def kept_because(held: HeldData | None) -> str | None:
+    """Why a server must not be deleted although no container runs there, or None."""
+    if held is None or (held.retained == 0 and held.suspended == 0):
+        return None
+    parts = []
+    if held.retained:
+        until = f" until {iso(held.retained_until)}" if held.retained_until else ""
+        parts.append(f"{held.retained} cancelled user(s) kept{until} (RETENTION_DAYS)")
+    if held.suspended:
+        parts.append(f"{held.suspended} suspended user(s)")
+    return "holds the data of " + " and ".join(parts)
+
+
+DrainAction = Literal["move", "wait", "delete", "keep"]
+
+
+def drain_action(users_left: int, moving: bool, kept: str | None) -> DrainAction:
+    """Users move one at a time; an emptied server is deleted unless it holds data."""
+    if users_left == 0:
+        return "keep" if kept else "delete"
+    return "wait" if moving else "move"
+
+
+@dataclass(frozen=True)
 class IdleServer:
     server_id: str
     empty_since: float
     billed_since: float  # when the provider started billing it (create confirmed)
     free_units: int  # what it contributes to headroom
+    kept_because: str | None = None  # holds users' data: never deleted as idle
 
 
 def near_hour_end(billed_since: float, now: float, window: float) -> bool:
@@ -135,8 +186,9 @@ def idle_to_delete(
     billing_window: float,
 ) -> list[str]:
     """Empty servers to delete now, soonest-billed first. Each deletion must leave the
-    fleet at or above MIN_SERVERS and the warm headroom."""
-    ready = [s for s in idle if now - s.empty_since >= idle_after]
+    fleet at or above MIN_SERVERS and the warm headroom; a server holding users' data
+    is not empty."""
+    ready = [s for s in idle if now - s.empty_since >= idle_after and s.kept_because is None]
     if bills_hourly:
         # Deleting just after a billed hour starts wastes that hour: wait for its end.
         ready = [s for s in ready if near_hour_end(s.billed_since, now, billing_window)]

@@ -278,7 +278,8 @@ def _age(seconds: float | None) -> str:
 
 
 def _flags(server: dict[str, Any]) -> str:
-    flags = [name for name in ("cordoned", "draining") if server.get(name)]
+    flags = [name for name in ("cordoned", "draining", "overclaim") if server.get(name)]
+    flags += ["kept"] if server.get("kept_because") else []
     return ",".join(flags) or "-"
 
 
@@ -320,6 +321,9 @@ def render_server(s: dict[str, Any]) -> str:
             ("status", s.get("status")),
             ("cordoned", s.get("cordoned")),
             ("draining", s.get("draining")),
+            ("over-claim", s.get("overclaim")),
+            ("kept because", s.get("kept_because")),
+            ("capacity from", s.get("capacity_source")),
             ("origin", s.get("origin")),
             ("provider", f"{_cell(s.get('provider'))} {_cell(s.get('provider_id'))}"),
             ("type / location", f"{_cell(s.get('server_type'))} / {_cell(s.get('location'))}"),
@@ -665,7 +669,11 @@ def run(args: argparse.Namespace, api: Api) -> int:
         path = "/v1/events?" + urllib.parse.urlencode(query)
         return _show(args, api.call("GET", path), render_events)
     if cmd == "join-token":
-        body = api.call("POST", "/v1/join-tokens", {"ttl_seconds": args.ttl} if args.ttl else {})
+        stated = {"ttl_seconds": args.ttl, "cpus": args.cpus}
+        stated |= {"memory_mb": args.memory_mb, "disk_gb": args.disk_gb}
+        body = api.call(
+            "POST", "/v1/join-tokens", {k: v for k, v in stated.items() if v is not None}
+        )
         if _wants_json(args):
             _print_json(body)
         else:
@@ -785,6 +793,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # --help
+    # What the server has: its agent is never trusted for more (docs/capacity.md).
+    for flag, what in (
+        ("--cpus", "CPUs"),
+        ("--memory-mb", "memory in MB"),
+        ("--disk-gb", "disk in GB"),
+    ):
+        join.add_argument(flag, type=_positive, help=f"the server's {what} (recommended)")
             return exc.code if isinstance(exc.code, int) else EXIT_USAGE
         url = _base_url(args)
         # The token is read only when a command needs it: simulate-payment does not.

@@ -293,10 +293,11 @@ class Fleet:
         swept = await workers.sweep_liveness(
             self.store, now, self.started_at, self.settings.dead_after
         )
-        self._unhealthy = (self._unhealthy | set(swept.unhealthy)) - set(swept.dead)
+        self._unhealthy = (self._unhealthy | set(swept.unhealthy)) - {*swept.dead, *swept.active}
         if swept.dead:
             touched = await users.release_from(self.store, swept.dead)
             self.board.notify(*swept.dead, *touched)
+        if swept.dead or swept.active:
             await self.place()
         await self._billing_deadlines(now)
         self.ledger.prune(now)

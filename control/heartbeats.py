@@ -2,6 +2,8 @@
 
 Contract: `HeartbeatWriter.submit` returns only after the heartbeat is committed
 (nonce, report, liveness and any user that became running, all in one transaction).
+The resources stored are the claim clamped to what the control plane knows of the
+worker; a worker that claims more is flagged and cordoned (control/capacity.py).
 Heartbeats that arrive while a transaction is in flight are queued and committed
 together in the next one, so a large fleet costs a handful of SQLite round trips
 per batch instead of per heartbeat. A revoked or unknown worker's heartbeat fails
@@ -21,11 +23,11 @@ from dataclasses import dataclass, field
 import aiosqlite
 import msgspec
 
-from control import events
+from control import capacity, events
 from control.agent_auth import REVOKED_STATUSES, AgentCaller
 from control.errors import ClawfleetError, Forbidden, Unauthorized
 from control.nonces import expiry
-from control.store import Store, fetch_all
+from control.store import Row, Store, fetch_all
 from shared.protocol import Heartbeat
 
 Outcome = tuple[int, list[str]]  # (worker's generation, servers whose desired set shrank)
@@ -111,7 +113,9 @@ async def _apply(
     rows = {
         r["id"]: r
         for r in await fetch_all(
-            conn, f"SELECT id, status, generation FROM servers WHERE id IN ({marks})", ids
+            conn,
+            f"SELECT id, status, generation, {capacity.CEILING_SQL} FROM servers WHERE id IN ({marks})",
+            ids,
         )
     }
     outcomes: list[Outcome | ClawfleetError] = []
@@ -138,8 +142,12 @@ async def _apply(
         "memory_mb = ?, disk_gb = ?, report = ?, heartbeat_interval = ?, "
         "status = CASE WHEN status IN ('active', 'unhealthy') THEN 'active' ELSE status END, "
         "status_changed_at = CASE WHEN status = 'unhealthy' THEN ? ELSE status_changed_at END WHERE id = ?",
-        [_server_update(b, now) for b in accepted],
+        [_server_update(b, rows[b.worker_id], now) for b in accepted],
     )
+    for beat in accepted:
+        _, overclaim = capacity.trust(_claim(beat), capacity.ceiling_of(rows[beat.worker_id]))
+        if overclaim:
+            await capacity.flag_overclaim(conn, beat.worker_id, overclaim, now)
     for worker_id in sorted(
         {b.worker_id for b in accepted if rows[b.worker_id]["status"] == "unhealthy"}
     ):
@@ -159,8 +167,15 @@ async def _apply(
     ]
 
 
-def _server_update(beat: _Beat, now: float) -> tuple[object, ...]:
+def _claim(beat: _Beat) -> capacity.Capacity:
+    res = beat.heartbeat.resources
+    return capacity.Capacity(res.cpus, res.memory_mb, res.disk_gb)
+
+
+def _server_update(beat: _Beat, row: Row, now: float) -> tuple[object, ...]:
     hb = beat.heartbeat
+    # What placement counts on is what we know the worker has, never more.
+    trusted, _ = capacity.trust(_claim(beat), capacity.ceiling_of(row))
     report = msgspec.json.encode(
         {"containers": hb.containers, "host": hb.host, "resources": hb.resources}
     ).decode()
@@ -168,9 +183,9 @@ def _server_update(beat: _Beat, now: float) -> tuple[object, ...]:
         now,
         hb.agent_version,
         hb.applied_generation,
-        hb.resources.cpus,
-        hb.resources.memory_mb,
-        hb.resources.disk_gb,
+        trusted.cpus,
+        trusted.memory_mb,
+        trusted.disk_gb,
         report,
         beat.interval,
         now,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -16,6 +16,7 @@ from aiohttp import web
 from control import billing, metrics, views
 from control.appkeys import DNS_SYNC, PROVIDER_HEALTH, SCALER, SETTINGS
 from control.bootstrap import DIST
+from control.capacity import Stated
 from control.clock import iso
 from control.errors import BadRequest, NotFound
 from control.fleet import FLEET
@@ -36,6 +37,10 @@ class CreateUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class JoinTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ttl_seconds: int | None = None
+    # What the server has: the most its agent may claim (docs/capacity.md).
+    cpus: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None
+    memory_mb: Annotated[int, msgspec.Meta(ge=1, le=16 * 1024 * 1024)] | None = None
+    disk_gb: Annotated[int, msgspec.Meta(ge=1, le=1024 * 1024)] | None = None
 
 
 def decode_body(body: bytes, kind: type[T], *, empty_ok: bool = False) -> T:
@@ -152,7 +157,8 @@ async def create_join_token(request: web.Request) -> web.Response:
     req = decode_body(await request.read(), JoinTokenRequest, empty_ok=True)
     if req.ttl_seconds is not None and not 60 <= req.ttl_seconds <= 7 * 86400:
         raise BadRequest("ttl_seconds: must be between 60 and 604800")
-    minted = await request.app[FLEET].mint_join_token(req.ttl_seconds)
+    stated = Stated(req.cpus, req.memory_mb, req.disk_gb)
+    minted = await request.app[FLEET].mint_join_token(req.ttl_seconds, stated)
     return web.json_response(
         {"token": minted.token, "expires_at": iso(minted.expires_at)}, status=201
     )

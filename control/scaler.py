@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import aiosqlite
 
 from cloud_init.render import user_data_hash
-from control import autoscale, events, users, workers
+from control import autoscale, capacity, events, users, workers
 from control.keyring import Keyring
 from control.placement import Demand, Room
 from control.plans import plan_of
@@ -143,10 +143,12 @@ class Scaler:
 
     async def _run_steps(self, sweep: bool) -> None:
         self.state.runs += 1
-        steps = [self._expire_provisioning, self._delete_dead, self._drain]
+        # Placement first, every run: a safety net for any room a trigger missed.
+        steps = [self._place_pending, self._expire_provisioning, self._delete_dead, self._drain]
         if self.health.usable:  # creates need the validated catalogue; deletes do not
             steps = [
                 self._expire_provisioning,
+                self._place_pending,
                 self._delete_dead,
                 self._retry_unconfirmed,
                 self._drain,
@@ -205,6 +207,9 @@ class Scaler:
                 params,
             )
             await events.record(conn, kind, reason, server_id=server_id, at=now)
+            if status in workers.RETIRED_STATUSES:
+                # Its user data still carries a bootstrap token: it must not register.
+                await workers.revoke_tokens(conn, server_id, now)
 
         await self.store.write(apply)
 
@@ -236,6 +241,19 @@ class Scaler:
             row["id"], "deleted", "server_deleted", f"deleted at {self.provider.name}"
         )
 
+        return True
+
+    async def _record_known(
+        self, conn: aiosqlite.Connection, server_id: str, server_type: str
+    ) -> None:
+        """What the server's agent may claim at most: its type's resources."""
+        try:
+            st = self.provider.server_type(server_type)
+        except Exception:  # a type the provider does not list: held to its first claim
+            log.warning("server type %s unknown to %s", server_type, self.provider.name)
+            return
+        stated = capacity.of_type(st.cpus, st.memory_mb, st.disk_gb)
+        await capacity.set_known(conn, server_id, stated, f"server type {server_type}")
     def _type_room(self, server_type: str, name: str) -> Room:
         st = self.provider.server_type(server_type)
         return Room(
@@ -330,8 +348,17 @@ class Scaler:
         )
 
     async def _drain(self) -> None:
+    async def _place_pending(self) -> None:
+        result = await users.place_pending(self.store, self.settings.plans, self.reserve)
+        self.notify(*result.touched_servers)
+
+    async def _held(self) -> dict[str, autoscale.HeldData]:
+        rows = await self.store.fetch_all(users.HELD_DATA_SQL)
+        return autoscale.held_by_server((r["holder"], r["kind"], r["purge_after"]) for r in rows)
+
         plans = self.settings.plans
         for server in await self.store.fetch_all(
+        held = await self._held()
             "SELECT * FROM servers WHERE draining = 1 AND status IN ('active', 'unhealthy')"
         ):
             holders = await self.store.fetch_all(
@@ -339,11 +366,15 @@ class Scaler:
                 "(server_id = ? AND state IN ('provisioning', 'running')) OR moving_from = ?",
                 (server["id"], server["id"]),
             )
-            if not holders:
+            action = autoscale.drain_action(
+                len(holders),
+                any(h["moving_from"] == server["id"] for h in holders),
+                autoscale.kept_because(held.get(server["id"])),
+            )
+            if action == "delete":
                 await self._delete_at_provider(server, "server_drained", "drained: no users left")
-                continue
-            if any(h["moving_from"] == server["id"] for h in holders):
-                continue  # one move at a time: wait until the moving user is healthy
+            if action != "move":
+                continue  # kept: its disk holds users' data; wait: one move at a time
             user = holders[0]
             plan = plan_of(plans, user["plan"])
             await self._move(
@@ -446,6 +477,7 @@ class Scaler:
                 (server_id, name, self.provider.name, server_type, location, now, now, now),
             )
             await events.record(
+            await self._record_known(conn, server_id, server_type)
                 conn,
                 "scale_up",
                 f"creating {name} ({server_type} in {location}): {reason}",
@@ -541,6 +573,7 @@ class Scaler:
                 (provider_id, ip, st, loc, now, server_id),
             )
             await events.record(
+            await self._record_known(conn, server_id, st)  # an adopted server's own type
                 conn,
                 "server_created",
                 f"created at {self.provider.name} as {provider_id}",
@@ -563,12 +596,14 @@ class Scaler:
         unit = self._unit()
         by_id = {r.server_id: r for r in active}
         idle = [
+        held = await self._held()
             autoscale.IdleServer(
                 r["id"],
                 r["empty_since"],
                 r["create_confirmed_at"] or r["registered_at"] or r["created_at"],
                 autoscale.units(by_id[r["id"]], unit) if r["id"] in by_id else 0,
             )
+                autoscale.kept_because(held.get(r["id"])),
             for r in rows
         ]
         chosen = autoscale.idle_to_delete(
@@ -610,8 +645,9 @@ class Scaler:
         async def apply(conn: aiosqlite.Connection) -> bool:
             busy = await fetch_one(
                 conn,
-                f"SELECT 1 FROM ({users.HOLDERS_SQL}) WHERE holder = ?",
-                (server_id,),
+                f"SELECT holder FROM ({users.HOLDERS_SQL}) WHERE holder = ? UNION ALL "
+                f"SELECT holder FROM ({users.HELD_DATA_SQL}) WHERE holder = ?",
+                (server_id, server_id),
             )
             if busy:
                 await conn.execute(

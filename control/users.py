@@ -161,7 +161,8 @@ async def rooms(
     marks = ", ".join("?" for _ in statuses)
     servers = await fetch_all(
         conn,
-        f"SELECT id, status, cordoned, draining, memory_mb, cpus FROM servers WHERE status IN ({marks})",
+        "SELECT id, status, cordoned, draining, overclaim, memory_mb, cpus FROM servers "
+        f"WHERE status IN ({marks})",
         statuses,
     )
     used: dict[str, tuple[int, float]] = {}
@@ -172,7 +173,11 @@ async def rooms(
     return [
         Room(
             server_id=s["id"],
-            accepts_work=s["status"] == "active" and not s["cordoned"] and not s["draining"],
+            accepts_work=s["status"] == "active"
+            and not s["cordoned"]
+            and not s["draining"]
+            # Over-claimed (control/capacity.py): no users until an operator clears it.
+            and s["overclaim"] is None,
             memory_total_mb=max(0, (s["memory_mb"] or 0) - reserve.memory_mb),
             memory_used_mb=used.get(s["id"], (0, 0.0))[0],
             cpus_total=max(0.0, (s["cpus"] or 0) - reserve.cpus),
@@ -188,6 +193,16 @@ HOLDERS_SQL = (
     # A suspended user keeps its room: paying again brings it back on the same server.
     "AND state IN ('provisioning', 'running', 'suspended') "
     "UNION ALL SELECT moving_from AS holder, id, plan FROM users WHERE moving_from IS NOT NULL"
+)
+
+
+# Every (server, kind) whose disk holds user data that must outlive the container:
+# a deprovisioned user's volumes until purged, a suspended user's until it resumes.
+HELD_DATA_SQL = (
+    "SELECT data_server_id AS holder, 'retained' AS kind, purge_after FROM users "
+    "WHERE state = 'deprovisioned' AND data_server_id IS NOT NULL "
+    "UNION ALL SELECT server_id AS holder, 'suspended' AS kind, NULL AS purge_after "
+    "FROM users WHERE state = 'suspended' AND server_id IS NOT NULL"
 )
 
 

@@ -6,11 +6,12 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from control import autoscale
 from control.billing import shown_billing_state
 from control.clock import iso
 from control.plans import Plan, plan_of
 from control.store import Row, Store
-from control.users import HOLDERS_SQL, Reserve
+from control.users import HELD_DATA_SQL, HOLDERS_SQL, Reserve
 
 if TYPE_CHECKING:
     from control.fleet import Fleet
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
 SERVER_COLUMNS = (
     "id, name, status, origin, provider, provider_id, public_ip, hostname, cordoned, draining, "
     "cpus, memory_mb, disk_gb, agent_version, generation, applied_generation, heartbeat_interval, "
-    "server_type, location, "
+    "server_type, location, known_cpus, known_memory_mb, known_disk_gb, capacity_source, "
+    "overclaim, overclaim_at, "
     "last_heartbeat, registered_at, created_at, report"
 )
 
@@ -57,6 +59,17 @@ def server_view(
         "location": row["location"],
         "cordoned": bool(row["cordoned"]),
         "draining": bool(row["draining"]),
+        # Set when its agent claimed more than the server has: no more users until an
+        # operator uncordons it (control/capacity.py).
+        "overclaim": row["overclaim"],
+        "overclaim_at": iso(row["overclaim_at"]),
+        # What the control plane knows the server has; capacity never exceeds it.
+        "known": {
+            "cpus": row["known_cpus"],
+            "memory_mb": row["known_memory_mb"],
+            "disk_gb": row["known_disk_gb"],
+        },
+        "capacity_source": row["capacity_source"],
         "agent_version": row["agent_version"],
         "last_heartbeat_age": None if last is None else round(max(0.0, now - last), 1),
         "heartbeat_interval": row["heartbeat_interval"],
@@ -107,15 +120,19 @@ async def servers(fleet: Fleet, server_id: str | None = None) -> list[dict[str, 
         params,
     )
     users = await store.fetch_all(f"SELECT * FROM ({HOLDERS_SQL}) ORDER BY id")
+    held = autoscale.held_by_server(
+        (r["holder"], r["kind"], r["purge_after"]) for r in await store.fetch_all(HELD_DATA_SQL)
+    )
     by_server: dict[str, list[Row]] = {}
     for u in users:
         by_server.setdefault(u["holder"], []).append(u)
     now = time.time()
     views = [server_view(r, by_server.get(r["id"], []), plans, reserve, now) for r in rows]
     for view in views:
-        view["hourly_price"] = (
-            fleet.price_of(view["server_type"]) if view["status"] != "deleted" else None
-        )
+        gone = view["status"] == "deleted"
+        view["hourly_price"] = fleet.price_of(view["server_type"]) if not gone else None
+        # Why an empty server is not deleted (idle or drained): it holds users' data.
+        view["kept_because"] = None if gone else autoscale.kept_because(held.get(view["id"]))
     return views
 
 

@@ -7,9 +7,13 @@ import random
 import pytest
 
 from control.autoscale import (
+    HeldData,
     IdleServer,
     cap_creates,
+    drain_action,
+    held_by_server,
     idle_to_delete,
+    kept_because,
     near_hour_end,
     provision_expired,
     retry_decision,
@@ -180,3 +184,80 @@ def test_retry_decision(
     assert plan.next_pair is next_pair
     assert plan.alert is alert
     assert pause_low <= plan.pause_scale_up <= pause_high
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([], {}),
+        ([("a", "suspended", None)], {"a": HeldData(suspended=1)}),
+        (
+            [("a", "retained", T0), ("a", "retained", T0 + 5), ("a", "suspended", None)],
+            {"a": HeldData(retained=2, suspended=1, retained_until=T0 + 5)},
+        ),
+        (
+            [("a", "retained", T0), ("b", "suspended", None)],
+            {"a": HeldData(1, 0, T0), "b": HeldData(0, 1)},
+        ),
+    ],
+)
+def test_held_by_server(
+    rows: list[tuple[str, str, float | None]], expected: dict[str, HeldData]
+) -> None:
+    assert held_by_server(rows) == expected
+
+
+@pytest.mark.parametrize(
+    ("held", "expected"),
+    [
+        (None, None),
+        (HeldData(), None),
+        (HeldData(suspended=2), "holds the data of 2 suspended user(s)"),
+        (
+            HeldData(retained=1, retained_until=0.0),
+            "holds the data of 1 cancelled user(s) kept (RETENTION_DAYS)",
+        ),
+        (
+            HeldData(retained=1, suspended=1, retained_until=86400.0),
+            "holds the data of 1 cancelled user(s) kept until 1970-01-02T00:00:00Z "
+            "(RETENTION_DAYS) and 1 suspended user(s)",
+        ),
+    ],
+)
+def test_kept_because(held: HeldData | None, expected: str | None) -> None:
+    assert kept_because(held) == expected
+
+
+@pytest.mark.parametrize(
+    ("users_left", "moving", "kept", "expected"),
+    [
+        (0, False, None, "delete"),
+        (0, False, "holds the data of 1 suspended user(s)", "keep"),  # data does not follow
+        (2, False, None, "move"),
+        (2, True, None, "wait"),  # one move at a time
+        (1, False, "holds data", "move"),  # running users still move off
+    ],
+)
+def test_drain_action(users_left: int, moving: bool, kept: str | None, expected: str) -> None:
+    assert drain_action(users_left, moving, kept) == expected
+
+
+def test_idle_server_holding_data_is_never_deleted() -> None:
+    servers = [
+        IdleServer(
+            "a", T0 - 700, T0 - 3500, 3, kept_because="holds the data of 1 suspended user(s)"
+        ),
+        IdleServer("b", T0 - 700, T0 - 3500, 3),
+    ]
+    chosen = idle_to_delete(
+        servers,
+        now=T0,
+        idle_after=600,
+        servers_now=5,
+        min_servers=0,
+        fleet_free_units=100,
+        headroom=0,
+        bills_hourly=True,
+        billing_window=300,
+    )
+    assert chosen == ["b"]

@@ -1,9 +1,11 @@
-"""Pure decisions, tested with parameter tables: canonical query, placement, liveness."""
+"""Pure decisions, tested with parameter tables: canonical query, placement, liveness,
+capacity trust."""
 
 from __future__ import annotations
 
 import pytest
 
+from control.capacity import Capacity, Stated, describe_source, of_type, trust
 from control.liveness import heartbeat_interval, next_status
 from control.placement import Demand, Room, choose_server, place
 from shared.signing import canonical_query, encode_pairs
@@ -123,3 +125,60 @@ def test_next_status(status: str, age: float, started_ago: float, expected: str)
 )
 def test_heartbeat_interval_bounds_load(base: float, workers: int, expected: float) -> None:
     assert heartbeat_interval(base, workers, max_rate=200, dead_after=300) == expected
+
+
+def cap(cpus: int, memory_mb: int, disk_gb: int) -> Capacity:
+    return Capacity(cpus, memory_mb, disk_gb)
+
+
+@pytest.mark.parametrize(
+    ("claim", "ceiling", "stored", "overclaim"),
+    [
+        (cap(2, 4096, 80), cap(2, 4096, 80), cap(2, 4096, 80), None),
+        (cap(2, 3800, 76), cap(2, 4096, 80), cap(2, 3800, 76), None),  # less is believed
+        (
+            cap(1024, 1 << 20, 80),
+            cap(2, 4096, 80),
+            cap(2, 4096, 80),
+            "claims more than it has: cpus 1024 (has 2), memory_mb 1048576 (has 4096)",
+        ),
+        (
+            cap(2, 4096, 81),
+            cap(2, 4096, 80),
+            cap(2, 4096, 80),
+            "claims more than it has: disk_gb 81 (has 80)",
+        ),
+        (
+            cap(2**62, 0, 0),
+            cap(2, 4096, 80),
+            cap(2, 0, 0),
+            "claims more than it has: cpus 4611686018427387904 (has 2)",
+        ),
+    ],
+)
+def test_trust(claim: Capacity, ceiling: Capacity, stored: Capacity, overclaim: str | None) -> None:
+    assert trust(claim, ceiling) == (stored, overclaim)
+
+
+@pytest.mark.parametrize(
+    ("stated", "ceiling", "source"),
+    [
+        (Stated(4, 8192, 160), cap(4, 8192, 160), "stated"),
+        (Stated(4, 8192), cap(4, 8192, 99), "stated; disk_gb as claimed at registration"),
+        (Stated(), cap(64, 1 << 20, 99), "claimed at registration (nothing stated)"),
+    ],
+)
+def test_ceiling_at_registration(stated: Stated, ceiling: Capacity, source: str) -> None:
+    claim = cap(64, 1 << 20, 99)
+    assert stated.ceiling(claim) == ceiling
+    assert describe_source("stated", stated) == source
+
+
+@pytest.mark.parametrize(
+    ("cpus", "memory_mb", "disk_gb", "expected"),
+    [(2, 4096, 80, Stated(2, 4096, 80)), (8, 16384, 0, Stated(8, 16384, None))],
+)
+def test_a_server_type_states_what_it_knows(
+    cpus: int, memory_mb: int, disk_gb: int, expected: Stated
+) -> None:
+    assert of_type(cpus, memory_mb, disk_gb) == expected

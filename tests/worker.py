@@ -27,6 +27,8 @@ class FakeWorker:
     key_id: str = ""
     secret: str = ""
     sent: list[dict[str, Any]] = field(default_factory=list)
+    # What it registered with; its heartbeats report the same, as a real agent's do.
+    resources: dict[str, Any] = field(default_factory=lambda: dict(RESOURCES))
 
     @classmethod
     def with_token(cls, url: str, session: aiohttp.ClientSession, token: str) -> FakeWorker:
@@ -85,6 +87,7 @@ class FakeWorker:
         if reply.status == 201:
             self.key_id = reply.body["worker_id"]
             self.secret = reply.body["secret"]
+            self.resources = dict(body["resources"])
         return reply
 
     async def heartbeat(
@@ -93,7 +96,7 @@ class FakeWorker:
         body = {
             "agent_version": "0.1.0",
             "applied_generation": generation,
-            "resources": RESOURCES,
+            "resources": self.resources,
             "containers": containers or [],
         }
         return await self.request("POST", "/v1/agent/heartbeat", body)
