@@ -368,7 +368,17 @@ def render_server(s: dict[str, Any]) -> str:
     return head + "\n\n" + table(("USER", "DESIRED", "STATE", "HEALTH", "RESTARTS", "ERROR"), rows)
 
 
-USER_HEADERS = ("USER", "SUBDOMAIN", "PLAN", "STATE", "SERVER", "BILLING", "CONTAINER", "ERROR")
+USER_HEADERS = (
+    "USER",
+    "SUBDOMAIN",
+    "PLAN",
+    "STATE",
+    "HOLD",
+    "SERVER",
+    "BILLING",
+    "CONTAINER",
+    "ERROR",
+)
 
 
 def _user_row(u: dict[str, Any]) -> list[object]:
@@ -378,6 +388,7 @@ def _user_row(u: dict[str, Any]) -> list[object]:
         u.get("subdomain"),
         u.get("plan"),
         u.get("state"),
+        u.get("hold") or "-",
         u.get("server_id"),
         u.get("billing_status"),
         container.get("state"),
@@ -404,6 +415,10 @@ def render_user(u: dict[str, Any]) -> str:
             ("moving from", u.get("moving_from")),
             ("data on", u.get("data_server_id")),
             ("billing", u.get("billing_status")),
+            # Billing says whether it may run; an operator's hold whether it will.
+            ("billing says", u.get("billing_state")),
+            ("operator hold", u.get("hold") or "none"),
+            ("billing conflict", u.get("billing_conflict")),
             ("stripe customer", u.get("stripe_customer_id")),
             ("stripe subscription", u.get("stripe_subscription_id")),
             ("container", container.get("state")),
@@ -778,6 +793,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="validity, 60..604800 (default BOOTSTRAP_TOKEN_TTL)",
     )
+    # What the server has: its agent is never trusted for more (docs/capacity.md).
+    for flag, what in (
+        ("--cpus", "CPUs"),
+        ("--memory-mb", "memory in MB"),
+        ("--disk-gb", "disk in GB"),
+    ):
+        join.add_argument(flag, type=_positive, help=f"the server's {what} (recommended)")
     pay = add(
         "simulate-payment",
         "send a signed test checkout + active subscription for USER_ID to the Stripe webhook "
@@ -793,13 +815,6 @@ def main(argv: list[str] | None = None) -> int:
         try:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # --help
-    # What the server has: its agent is never trusted for more (docs/capacity.md).
-    for flag, what in (
-        ("--cpus", "CPUs"),
-        ("--memory-mb", "memory in MB"),
-        ("--disk-gb", "disk in GB"),
-    ):
-        join.add_argument(flag, type=_positive, help=f"the server's {what} (recommended)")
             return exc.code if isinstance(exc.code, int) else EXIT_USAGE
         url = _base_url(args)
         # The token is read only when a command needs it: simulate-payment does not.

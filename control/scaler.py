@@ -60,6 +60,7 @@ RETRY_BASE = 5.0  # seconds: first backoff after a failed call for one resource
 RETRY_CAP = 300.0
 ORPHAN_DELETES_PER_SWEEP = 5
 ORPHAN_BUDGET_RESERVE = 100  # provider requests left for creates before a sweep deletes
+SWEEP_KEY = "orphan-sweep"  # the sweep's listing backs off like any resource
 UserDataRenderer = Callable[[str, str], str]  # (server id, bootstrap token) -> user data
 
 
@@ -147,8 +148,8 @@ class Scaler:
         steps = [self._place_pending, self._expire_provisioning, self._delete_dead, self._drain]
         if self.health.usable:  # creates need the validated catalogue; deletes do not
             steps = [
-                self._expire_provisioning,
                 self._place_pending,
+                self._expire_provisioning,
                 self._delete_dead,
                 self._retry_unconfirmed,
                 self._drain,
@@ -206,10 +207,10 @@ class Scaler:
                 f"UPDATE servers SET status = ?, status_changed_at = ?{extra} WHERE id = ?",
                 params,
             )
-            await events.record(conn, kind, reason, server_id=server_id, at=now)
             if status in workers.RETIRED_STATUSES:
                 # Its user data still carries a bootstrap token: it must not register.
                 await workers.revoke_tokens(conn, server_id, now)
+            await events.record(conn, kind, reason, server_id=server_id, at=now)
 
         await self.store.write(apply)
 
@@ -240,7 +241,6 @@ class Scaler:
         await self._set_status(
             row["id"], "deleted", "server_deleted", f"deleted at {self.provider.name}"
         )
-
         return True
 
     async def _record_known(
@@ -254,6 +254,7 @@ class Scaler:
             return
         stated = capacity.of_type(st.cpus, st.memory_mb, st.disk_gb)
         await capacity.set_known(conn, server_id, stated, f"server type {server_type}")
+
     def _type_room(self, server_type: str, name: str) -> Room:
         st = self.provider.server_type(server_type)
         return Room(
@@ -347,7 +348,6 @@ class Scaler:
             server.location or row["location"],
         )
 
-    async def _drain(self) -> None:
     async def _place_pending(self) -> None:
         result = await users.place_pending(self.store, self.settings.plans, self.reserve)
         self.notify(*result.touched_servers)
@@ -356,9 +356,10 @@ class Scaler:
         rows = await self.store.fetch_all(users.HELD_DATA_SQL)
         return autoscale.held_by_server((r["holder"], r["kind"], r["purge_after"]) for r in rows)
 
+    async def _drain(self) -> None:
         plans = self.settings.plans
-        for server in await self.store.fetch_all(
         held = await self._held()
+        for server in await self.store.fetch_all(
             "SELECT * FROM servers WHERE draining = 1 AND status IN ('active', 'unhealthy')"
         ):
             holders = await self.store.fetch_all(
@@ -476,8 +477,8 @@ class Scaler:
                 "VALUES (?, ?, 'provisioning', 'provider', ?, ?, ?, ?, ?, ?)",
                 (server_id, name, self.provider.name, server_type, location, now, now, now),
             )
-            await events.record(
             await self._record_known(conn, server_id, server_type)
+            await events.record(
                 conn,
                 "scale_up",
                 f"creating {name} ({server_type} in {location}): {reason}",
@@ -572,8 +573,8 @@ class Scaler:
                 "create_confirmed_at = ? WHERE id = ?",
                 (provider_id, ip, st, loc, now, server_id),
             )
-            await events.record(
             await self._record_known(conn, server_id, st)  # an adopted server's own type
+            await events.record(
                 conn,
                 "server_created",
                 f"created at {self.provider.name} as {provider_id}",
@@ -595,15 +596,15 @@ class Scaler:
         )
         unit = self._unit()
         by_id = {r.server_id: r for r in active}
-        idle = [
         held = await self._held()
+        idle = [
             autoscale.IdleServer(
                 r["id"],
                 r["empty_since"],
                 r["create_confirmed_at"] or r["registered_at"] or r["created_at"],
                 autoscale.units(by_id[r["id"]], unit) if r["id"] in by_id else 0,
-            )
                 autoscale.kept_because(held.get(r["id"])),
+            )
             for r in rows
         ]
         chosen = autoscale.idle_to_delete(
@@ -660,11 +661,14 @@ class Scaler:
         return await self.store.write(apply)
 
     async def _sweep_orphans(self) -> None:
+        if not self._due(SWEEP_KEY, time.time()):
+            return
         try:
             seen = await self.provider.list(self.labels)
         except ProviderError as exc:
-            log.warning("orphan sweep: listing servers failed: %s; nothing deleted", _said(exc))
+            self._failed(SWEEP_KEY, "orphan sweep: listing servers (nothing deleted)", exc)
             return
+        self._succeeded(SWEEP_KEY)
         known = {
             str(key)
             for r in await self.store.fetch_all(
