@@ -441,10 +441,15 @@
     const url = state.baseDomain ? "https://" + u.subdomain + "." + state.baseDomain : null;
     const server = state.servers.find((s) => s.id === u.server_id);
     const c = u.container;
-    const canSuspend = ["pending", "provisioning", "running"].includes(u.state);
-    const canResume = u.state === "suspended" || u.state === "deprovisioned";
+    // Two sources: billing says whether the user may run, an operator's hold whether
+    // it will; only a resume lifts the hold (control/billing.py).
+    const canSuspend = !u.hold && u.state !== "deprovisioned";
+    const canResume = Boolean(u.hold);
     return h("tr", { dataset: { userId: u.user_id } },
-      cell("User", h("strong", null, u.user_id), u.billing_status ? h("div", { class: "small muted" }, "billing: " + u.billing_status) : null),
+      cell("User", h("strong", null, u.user_id),
+        h("div", { class: "small muted user-billing" }, "billing: " + (u.billing_status || "none") + " (" + (u.billing_state || "?") + ")"),
+        u.hold ? h("div", { class: "small user-hold" }, "operator hold: " + u.hold) : null,
+        u.billing_conflict ? h("div", { class: "small error" }, u.billing_conflict) : null),
       cell("State", h("span", { class: "user-state" }, badge(u.state)),
         u.moving_from ? h("div", { class: "small muted" }, "moving from " + u.moving_from) : null,
         u.error ? h("div", { class: "small error" }, u.error) : null),
