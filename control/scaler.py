@@ -7,6 +7,9 @@ Contract:
 - A create is recorded (server row + bootstrap token) BEFORE the provider is called,
   under a deterministic name, so a crash or timeout at any point is repaired by the
   next run adopting the server by name, never by creating a second one.
+- Every run first places pending users (a safety net for room no trigger saw), and
+  deletes no server whose disk holds users' data (retained or suspended), whether idle
+  or drained (`autoscale.kept_because`). Retiring a server revokes its bootstrap tokens.
 - Orphans (servers with both of our labels that the database does not know) are
   deleted only after three consecutive scheduled sweeps saw them, and never when the
   database or the provider could not be read. A sweep deletes at most
