@@ -3,7 +3,6 @@ says so; an unreachable control plane at first start does not crash the agent.""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -96,4 +95,3 @@ async def test_first_start_with_control_plane_down_keeps_retrying(
     assert token.exists(), "the token is kept until registration succeeds"
     assert agent.terminate(timeout=10) == 0
     assert "bootstrap-secret" not in agent.log()
-    await asyncio.sleep(0)
