@@ -267,7 +267,7 @@ async def apply_fact(
     sub = await _subscription(conn, fact.subscription_id)
     user, how = await _resolve(conn, fact, sub, keyring, now)
     if user is None:
-        # Nobody (yet, or allowed): the subscription's state waits in `subscriptions`.
+        # Nobody yet, or nobody it may act on: its state waits in `subscriptions`.
         return Applied(None, set(), False)
     user = await _link(conn, user, fact, renew=how == "relink", now=now)
     sub = await _subscription(conn, user["stripe_subscription_id"])
