@@ -14,7 +14,7 @@ from control.appkeys import SCALER
 from control.providers.local import agent_env_from_user_data
 from tests.agent.conftest import AgentProcess, new_user
 from tests.agent.test_e2e import plane_settings, until, wait_running
-from tests.fakes.hetzner import HetznerFake, agent_dist, provider_with_timeout
+from tests.fakes.hetzner import HetznerFake, agent_dist, host_sized_type, provider_with_timeout
 from tests.fixtures import ControlPlane
 
 pytestmark = pytest.mark.docker
@@ -30,6 +30,9 @@ async def test_pending_user_gets_a_new_server_that_boots_registers_and_runs_it(
 ) -> None:
     dist = agent_dist(tmp_path / "dist")
     provider = provider_with_timeout(5.0)
+    # The "server" is this machine: its type must have what the agent will honestly
+    # report, or capacity trust rightly flags the worker as over-claiming.
+    hetzner_fake.server_types.append(host_sized_type())
 
     control = control_factory(
         provider,
@@ -40,6 +43,7 @@ async def test_pending_user_gets_a_new_server_that_boots_registers_and_runs_it(
         agent_dist_dir=dist,
         max_servers=3,
         autoscale_interval=3600.0,
+        hetzner_server_types=("cxhost",),
     )
     await control.start()
     user = new_user()
