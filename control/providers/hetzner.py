@@ -35,8 +35,10 @@ Contract (on top of `control.providers.base`):
   response's `RateLimit-*` headers (3600 requests/hour per project, shared with
   everything else on the project).
 - Every call respects the bucket: after a 429, or a reply saying no request is left,
-  calls wait (up to `timeout`) until one is available, or fail at once with kind
-  "rate_limited" and that `retry_after`; none is sent into a known-empty bucket.
+  calls wait until one is available (up to `timeout` or BUDGET_WAIT, whichever is
+  longer: a validation's or create's few calls in a row must get through a slowly
+  refilling bucket), or fail at once with kind "rate_limited" and that `retry_after`;
+  none is sent into a known-empty bucket.
 
 hcloud is synchronous: every call runs on a small dedicated thread pool (shut down by
 `close()`) under `asyncio.wait_for`, and hcloud's own per-request timeout is set too.
@@ -84,6 +86,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+BUDGET_WAIT = 5.0  # seconds a call may wait for the rate-limit bucket before failing
 _MAX_PAGES = 200  # 200 pages x 50 servers: far beyond any fleet; bounds a buggy next_page loop
 _USER_DATA_MAX = 32 * 1024  # the API's limit on user_data
 _LABEL_PART = re.compile(r"^[a-zA-Z0-9]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$")
@@ -483,7 +486,7 @@ class HetznerProvider:
         wait = self._not_before - time.time()
         if wait <= 0:
             return
-        if wait > self.timeout:
+        if wait > max(self.timeout, BUDGET_WAIT):
             raise ProviderError(
                 f"Hetzner API: {what} held back: rate limited for {wait:.1f} s more",
                 kind="rate_limited",

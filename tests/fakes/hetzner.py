@@ -42,10 +42,10 @@ Injection (each applies to the next `times` calls of that endpoint, in order que
   so headers say remaining 0 and RateLimit-Reset = when it is full again, an hour at
   3600/hour; `retry_after` overrides that reset time), (500, "server_error"),
   (503, "unavailable").
-- `chaos(rate, seed, slow=..., lost=...)`: from now on each call, with probability
-  `rate`, meets one fault drawn from 500, 503, 429 (a drained bucket), a slow answer
-  (`slow` s before handling) or a lost answer (handled, then held `lost` s: set it
-  above the client's timeout). `chaos(0)` stops it. Each call records its fault.
+- `chaos(rate, seed, slow=..., lost=..., kinds=CHAOS_KINDS)`: from now on each call,
+  with probability `rate`, meets one fault drawn from `kinds`: "500", "503", "429" (a
+  drained bucket), "slow" (`slow` s before handling) or "lost" (handled, then held
+  `lost` s: set it above the client's timeout). `chaos(0)` stops it. Each call records its fault.
 - `delay(endpoint, seconds, times=1, after_effect=False)`: sleep before handling; with
   `after_effect=True` the call takes effect first (server stored or deleted), then the
   reply is held back: a client timeout after the effect.
@@ -94,6 +94,7 @@ ENDPOINTS = frozenset(
 )
 
 Json = dict[str, Any]
+CHAOS_KINDS = ("500", "503", "429", "slow", "lost")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _BODY = web.RequestKey("body", object)  # the parsed JSON body, read once by the middleware
@@ -196,6 +197,18 @@ def default_server_types() -> list[Json]:
     ]
 
 
+def host_sized_type() -> Json:
+    """A type with exactly this machine's cores and memory, for end-to-end tests whose
+    "server" is an agent process on this machine (its honest report must fit)."""
+    import os
+
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    everywhere = dict.fromkeys((*_EU, *_US), 0.05)
+    return _server_type(
+        900, "cxhost", os.cpu_count() or 1, round(memory_gb, 1) + 1, 4096, everywhere
+    )
+
+
 @dataclass
 class Call:
     method: str
@@ -205,6 +218,7 @@ class Call:
     status: int = 0
     correlation_id: str = ""
     at: float = 0.0  # epoch seconds when the request arrived
+    path: str = ""  # e.g. /v1/servers/1001
     fault: str = ""  # what chaos() did to it, if anything
 
 
@@ -254,6 +268,7 @@ class HetznerFake:
         self._chaos_rng = random.Random(0)
         self._chaos_slow = 0.0
         self._chaos_lost = 0.0
+        self._chaos_kinds = CHAOS_KINDS
 
     # -- injection API --------------------------------------------------------------
 
@@ -278,7 +293,16 @@ class HetznerFake:
         _check_endpoint(endpoint)
         self._delays.setdefault(endpoint, deque()).extend([_Delay(seconds, after_effect)] * times)
 
-    def chaos(self, rate: float, seed: int = 0, *, slow: float = 0.5, lost: float = 5.0) -> None:
+    def chaos(
+        self,
+        rate: float,
+        seed: int = 0,
+        *,
+        slow: float = 0.5,
+        lost: float = 5.0,
+        kinds: tuple[str, ...] = CHAOS_KINDS,
+    ) -> None:
+        self._chaos_kinds = kinds
         self._chaos_rate = rate
         self._chaos_rng = random.Random(seed)
         self._chaos_slow = slow
@@ -349,7 +373,9 @@ class HetznerFake:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         endpoint, body = await endpoint_and_body(request, "/v1")
-        call = Call(request.method, endpoint, dict(request.query), body, at=time.time())
+        call = Call(
+            request.method, endpoint, dict(request.query), body, at=time.time(), path=request.path
+        )
         self.calls.append(call)
         self._refill()
         empty = self.rate_limit_remaining < 1
@@ -389,7 +415,7 @@ class HetznerFake:
     def _chaos_fault(self, endpoint: str) -> _Fault | _Delay | None:
         if self._chaos_rate <= 0 or self._chaos_rng.random() >= self._chaos_rate:
             return None
-        kind = self._chaos_rng.choice(("500", "503", "429", "slow", "lost"))
+        kind = self._chaos_rng.choice(self._chaos_kinds)
         if kind == "500":
             return _Fault(500, "server_error", "chaos: internal error", None)
         if kind == "503":
