@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import signing
+from shared import protocol, signing
 
 DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
 
@@ -44,3 +44,16 @@ def test_worked_example(section: str) -> None:
 
 def test_there_are_two_examples() -> None:
     assert len(examples()) == 2
+
+
+@pytest.mark.parametrize(
+    ("row", "value"),
+    [
+        ("| `containers` | at most {} items |", protocol.MAX_CONTAINERS),
+        ("| `containers[].error` | at most {} characters", protocol.MAX_TEXT),
+        ("| any message | at most {} levels", protocol.MAX_DEPTH),
+        ("accepted when `abs(floor(now) - timestamp) <= {}`", signing.MAX_CLOCK_SKEW),
+    ],
+)
+def test_documented_bounds_are_the_enforced_ones(row: str, value: int) -> None:
+    assert row.format(value) in DOC
