@@ -8,6 +8,7 @@ import copy
 import json
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -15,9 +16,11 @@ import pytest
 
 from control.agent_auth import AgentCaller
 from control.fleet import FLEET
+from control.plans import Plan
+from control.specs import UserPlacement, build_spec
 from shared import protocol, signing
 from shared.protocol import MAX_CONTAINERS, MAX_DEPTH, MAX_TEXT, ProtocolError
-from tests.fixtures import ControlPlane
+from tests.fixtures import ControlPlane, make_settings
 from tests.worker import FakeWorker
 
 BIG = 2**63
@@ -250,14 +253,17 @@ async def token(control: ControlPlane) -> str:
 
 
 def snapshot(path: str) -> tuple[Any, ...]:
+    """What an agent request can write (the autoscaler's start-up run may write other
+    server columns meanwhile, such as `empty_since`)."""
     with sqlite3.connect(path, timeout=10) as db:
         return tuple(
             tuple(db.execute(sql).fetchall())
             for sql in (
-                "SELECT * FROM servers ORDER BY id",
-                "SELECT * FROM bootstrap_tokens ORDER BY id",
+                "SELECT id, status, hostname, agent_version, applied_generation, cpus, "
+                "memory_mb, disk_gb, report, last_heartbeat, generation FROM servers ORDER BY id",
+                "SELECT id, consumed_at FROM bootstrap_tokens ORDER BY id",
                 "SELECT key_id, nonce FROM nonces ORDER BY key_id, nonce",
-                "SELECT COUNT(*) FROM events",
+                "SELECT COUNT(*) FROM events WHERE server_id IS NOT NULL",
             )
         )
 
@@ -330,3 +336,16 @@ async def test_a_heartbeat_whose_write_fails_fails_alone(control: ControlPlane) 
         assert stored[w.key_id] == (None if i == poisoned else 7)
     # The others can keep going, and so can the writer.
     assert (await workers[0].heartbeat(generation=8)).status == 200
+
+
+def test_every_spec_the_control_plane_builds_passes_the_agents_bounds(tmp_path: Path) -> None:
+    """The longest names the control plane accepts, the largest plan: the worker can still
+    decode its assignments (else it would be stuck on them)."""
+    settings = make_settings(tmp_path)
+    plan = Plan(name="p" * 32, memory_mb=1024 * 1024, cpus=256, pids=1_000_000, disk_gb=100_000)
+    user = UserPlacement("u" * 63, "s" * 63, plan, {"OPENCLAW_GATEWAY_TOKEN": "t" * 43})
+    spec = build_spec(user, settings, "srv-" + "w" * 32)
+    message = protocol.Assignments(
+        generation=protocol.GENERATION_MAX, containers=[spec] * MAX_CONTAINERS, purge=["u" * 63]
+    )
+    assert protocol.decode(protocol.encode(message), protocol.Assignments) == message
