@@ -19,6 +19,7 @@ import msgspec
 from yarl import URL
 
 from shared.protocol import (
+    MAX_TEXT,
     Assignments,
     Heartbeat,
     HeartbeatReply,
@@ -134,9 +135,10 @@ class ControlClient:
         if status >= 400:
             code, message = "http_error", f"HTTP {status}"
             try:
-                envelope = msgspec.json.decode(payload, type=_ErrorEnvelope)
-                code, message = envelope.error.code, envelope.error.message
-            except msgspec.DecodeError:
+                # decode() bounds nesting too: a hostile answer cannot blow the stack.
+                envelope = decode(payload, _ErrorEnvelope)
+                code, message = envelope.error.code, envelope.error.message[:MAX_TEXT]
+            except ProtocolError:
                 pass
             raise ControlPlaneError(status, code, message)
         return status, payload

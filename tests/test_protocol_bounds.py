@@ -13,14 +13,16 @@ from typing import Any
 
 import msgspec
 import pytest
+from aiohttp import web
 
+from agent.client import ControlClient, ControlPlaneError
 from control.agent_auth import AgentCaller
 from control.fleet import FLEET
 from control.plans import Plan
 from control.specs import UserPlacement, build_spec
 from shared import protocol, signing
 from shared.protocol import MAX_CONTAINERS, MAX_DEPTH, MAX_TEXT, ProtocolError
-from tests.fixtures import ControlPlane, make_settings
+from tests.fixtures import ControlPlane, free_port, make_settings
 from tests.worker import FakeWorker
 
 BIG = 2**63
@@ -349,3 +351,27 @@ def test_every_spec_the_control_plane_builds_passes_the_agents_bounds(tmp_path: 
         generation=protocol.GENERATION_MAX, containers=[spec] * MAX_CONTAINERS, purge=["u" * 63]
     )
     assert protocol.decode(protocol.encode(message), protocol.Assignments) == message
+
+
+async def test_agent_survives_a_hostile_error_body() -> None:
+    """A control plane (or whatever answers in its place) returns a deeply nested error:
+    the agent sees a ControlPlaneError, never a RecursionError out of its loop."""
+
+    async def hostile(request: web.Request) -> web.Response:
+        body = b'{"error": {"code": "x", "message": "y"}, "z": ' + b"[" * 200_000
+        return web.Response(status=500, body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/agent/heartbeat", hostile)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    client = ControlClient(f"http://127.0.0.1:{port}")
+    try:
+        with pytest.raises(ControlPlaneError) as err:
+            await client.heartbeat("srv-abcd1234", "s" * 43, beat(1))
+        assert (err.value.status, err.value.code) == (500, "http_error")
+    finally:
+        await client.close()
+        await runner.cleanup()
