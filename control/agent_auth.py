@@ -37,7 +37,8 @@ TOKEN_ID = re.compile(r"[a-z0-9]{6,16}")
 WORKER_ID = re.compile(WORKER_ID_PATTERN)
 _NONCE = re.compile(r"[0-9a-fA-F]{32,128}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
-REVOKED_STATUSES = ("dead", "deleted")
+# Retired servers (control/workers.py RETIRED_STATUSES): one being deleted is already gone.
+REVOKED_STATUSES = ("dead", "deleting", "deleted")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-from control import nonces
+from control import nonces, workers
+from control.agent_auth import REVOKED_STATUSES
 from control.fleet import FLEET
 from shared import signing
 from tests.fixtures import ControlPlane
@@ -453,7 +454,7 @@ def signed(
     }
 
 
-@pytest.mark.parametrize("status", ["dead", "deleted"])
+@pytest.mark.parametrize("status", ["dead", "deleting", "deleted"])
 @pytest.mark.parametrize("call", ["assignments", "heartbeat"])
 async def test_revoked_worker_is_refused_and_writes_nothing(
     control: ControlPlane, status: str, call: str
@@ -536,3 +537,8 @@ def test_a_nonce_is_remembered_exactly_while_its_timestamp_is_fresh(timestamp: i
     # Forgotten any earlier, a replay would pass; any later only costs memory.
     assert signing.is_fresh(timestamp, nonces.expiry(timestamp) - 0.001)
     assert not signing.is_fresh(timestamp, nonces.expiry(timestamp))
+
+
+def test_revoked_is_exactly_retired() -> None:
+    # Two names because control/workers.py imports agent_auth; one meaning.
+    assert set(REVOKED_STATUSES) == set(workers.RETIRED_STATUSES)
