@@ -2,9 +2,10 @@
 
 Contract: `create_app(settings)` builds the whole control plane and nothing runs
 until the app starts. One cleanup context owns every long-lived resource: it opens
-the store, starts validating the provider (control/providers/health.py: only a
-refusal within PROVIDER_STARTUP_WAIT stops start-up; an outage is retried in the
-background while everything else serves), starts the liveness loop and the autoscaler's
+the store, starts validating the provider (control/providers/health.py) and verifying
+the DNS provider (control/dns_sync.py) at once (only a refusal within
+PROVIDER_STARTUP_WAIT stops start-up; an outage is retried in the background while
+everything else serves), starts the liveness loop and the autoscaler's
 scheduler, and on shutdown stops the scheduler and waits for a run in progress,
 wakes long-polls, cancels and awaits the loops, closes the provider and then the
 store, in that order.
@@ -23,11 +24,11 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from control import logs, middleware
-from control.appkeys import DNS_SYNC, PROVIDER_HEALTH, SCALER, SETTINGS
+from control.appkeys import DNS_HEALTH, DNS_SYNC, PROVIDER_HEALTH, SCALER, SETTINGS
 from control.bootstrap import DIST, AgentDist, hetzner_user_data
 from control.cloudflare_dns import CloudflareDns
 from control.dashboard import install_dashboard
-from control.dns import DnsProvider, NoDns
+from control.dns import DnsError, DnsProvider, NoDns
 from control.dns_sync import DnsSync
 from control.fleet import FLEET, Fleet
 from control.keyring import Keyring
@@ -63,6 +64,7 @@ def create_app(
     app[PROVIDER_FACTORY] = provider_factory
     install_metrics(app, settings)  # logs at start-up who may read /metrics
     app[PROVIDER_HEALTH] = ProviderHealth()
+    app[DNS_HEALTH] = ProviderHealth()  # the DNS provider's verification (control/dns_sync.py)
     install_auth_guard(app, settings, lambda: app[FLEET].store, app[METRICS].auth_refused_by)
     app.add_routes(routes)
     app.add_routes(stripe_routes)
@@ -101,11 +103,19 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
     sweeper: asyncio.Task[None] | None = None
     stripe_task: asyncio.Task[None] | None = None
     validation: asyncio.Task[ProviderError | None] | None = None
+    dns_check: asyncio.Task[DnsError | None] | None = None
     try:
         provider = MeteredProvider(app[PROVIDER_FACTORY](settings), app[METRICS])
+        dns_sync = app[DNS_SYNC] = DnsSync(settings, store, build_dns(settings), app[DNS_HEALTH])
+        # Both checks run at once, so start-up waits for them one wait in all.
+        dns_check = dns_sync.start_verification()
+        wait_until = asyncio.get_running_loop().time() + settings.provider_startup_wait
         validation = await start_validation(
             provider, app[PROVIDER_HEALTH], settings.provider_startup_wait
         )
+        await DnsSync.refused_within(dns_check, wait_until - asyncio.get_running_loop().time())
+        if not dns_check.done():  # verified late, after an outage: publish at once then
+            dns_check.add_done_callback(lambda _: _soon(scheduler, dns_sync.tick, "dns-now"))
         scaler = Scaler(
             settings,
             store,
@@ -116,8 +126,6 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
             health=app[PROVIDER_HEALTH],
         )
         await fleet.start()
-        dns_sync = app[DNS_SYNC] = DnsSync(settings, store, build_dns(settings))
-        await dns_sync.provider.verify()
         fleet.board.on_change = lambda: _soon(scheduler, dns_sync.tick, "dns-now")
         fleet.on_pending = lambda: _nudge(scheduler, scaler)
         fleet.price_of = _price_lookup(provider)
@@ -149,7 +157,7 @@ async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
             await app[SCALER].stopped()
         fleet.board.close()
         await fleet.heartbeats.close()
-        for task in (validation, sweeper, stripe_task):
+        for task in (validation, dns_check, sweeper, stripe_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -14,3 +14,4 @@ SETTINGS = web.AppKey("settings", Settings)
 SCALER = web.AppKey("scaler", Scaler)
 DNS_SYNC = web.AppKey("dns_sync", DnsSync)
 PROVIDER_HEALTH = web.AppKey("provider_health", ProviderHealth)
+DNS_HEALTH = web.AppKey("dns_health", ProviderHealth)  # the DNS provider's verification

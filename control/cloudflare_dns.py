@@ -19,18 +19,22 @@ Contract (on top of `control.dns.DnsProvider`):
   are refused.
 - `list_ours()` pages through the A records under BASE_DOMAIN (at most MAX_PAGES pages)
   and keeps ours.
-- `verify()` (start-up) checks, in order: the token (`GET /user/tokens/verify`, status
+- `verify()` (start-up, and again in the background until it succeeds) checks, in order:
+  the token (`GET /user/tokens/verify`, status
   active), the zone (`GET /zones/{id}`, readable, and BASE_DOMAIN inside it), DNS read
   (`GET /zones/{id}/dns_records?per_page=1`) and DNS edit (`POST
   /zones/{id}/dns_records/batch` with an empty batch: a real write request that changes
   nothing; 401/403 there means no Zone:DNS:Edit). Messages name CLOUDFLARE_API_TOKEN,
   CLOUDFLARE_ZONE_ID or BASE_DOMAIN and the missing permission. An account-owned token
   is refused by the /user verify endpoint; when the zone read then succeeds, the token
-  works and verify goes on.
+  works and verify goes on. Each request is tried once: an outage (no answer, 408, 429,
+  5xx, at any step) raises its own `DnsError` for the caller to retry the whole check
+  (control/dns_sync.py), and only a definite refusal (`control.dns.is_refusal`) carries
+  a 4xx status or none.
 - Rate limit: Cloudflare allows 1200 requests per 5 minutes per user, shared by every
   client of that user. A client-side limiter keeps us at BUDGET requests per WINDOW
   (below that, to leave room for people and other tools), a 429 waits `Retry-After`
-  (else exponential back-off) through `control.dns.retry_delay`, and every operation
+  (else exponential back-off with jitter) through `control.dns.retry_delay`, and every operation
   gives up after MAX_ATTEMPTS tries per request or `deadline` seconds, whichever first.
 - Errors are `DnsError` with the Cloudflare code, HTTP status and Retry-After. The API
   token is never logged nor put into a message (the SDK's errors and debug logs carry
@@ -42,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -54,6 +59,7 @@ from control.dns import (
     DnsError,
     DnsRecord,
     check_ip,
+    is_transient,
     is_under,
     retry_delay,
 )
@@ -178,6 +184,7 @@ class CloudflareDns:
         deadline: float = 120.0,
         sleep: Sleep = asyncio.sleep,
         limiter: RateLimiter | None = None,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         if not token:
             raise DnsError("CLOUDFLARE_API_TOKEN is empty; DNS_PROVIDER=cloudflare needs it")
@@ -193,6 +200,7 @@ class CloudflareDns:
             raise DnsError(f"cluster name {cluster!r} is too long for a DNS record comment")
         self._deadline = deadline
         self._sleep = sleep
+        self._rand = rand  # the jitter of retry waits (tests fix it)
         self._limiter = limiter or RateLimiter(sleep=sleep)
         self._zone_name: str | None = None
         # max_retries=0: the SDK would otherwise retry POSTs on timeouts (a duplicate
@@ -219,13 +227,18 @@ class CloudflareDns:
     # -- requests ---------------------------------------------------------------------
 
     async def _request(
-        self, what: str, call: Callable[[], Awaitable[T]], *, repeatable: bool = True
+        self,
+        what: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        repeatable: bool = True,
+        once: bool = False,
     ) -> T:
         """One API call under the limiter, retried per `retry_delay` within the deadline.
 
         A non-repeatable call (a create) is retried only after 429, which Cloudflare
         answers before doing anything; any other failure goes back to the caller, which
-        looks before it writes again."""
+        looks before it writes again. `once`: never retried (the caller retries)."""
         started = time.monotonic()
         attempt = 0
         while True:
@@ -235,9 +248,9 @@ class CloudflareDns:
                 return await call()
             except cloudflare.APIError as exc:
                 error = _error_from(what, exc)
-            if not repeatable and error.status != 429:
+            if once or (not repeatable and error.status != 429):
                 raise error
-            delay = retry_delay(error.status or 0, attempt, error.retry_after)
+            delay = retry_delay(error.status or 0, attempt, error.retry_after, self._rand())
             if delay is None or time.monotonic() - started + delay > self._deadline:
                 raise error
             log.warning("dns: %s; retry %d in %.1fs", error.message, attempt, delay)
@@ -265,25 +278,37 @@ class CloudflareDns:
     # -- verify -----------------------------------------------------------------------
 
     async def verify(self) -> None:
-        token_error: DnsError | None = None
+        token_error = await self._verify_token()
+        zone_name = await self._verify_zone(token_error)
+        await self._verify_dns_rights()
+        log.info("dns: Cloudflare token verified for %s in zone %s", self.base_domain, zone_name)
+
+    async def _verify_token(self) -> DnsError | None:
+        """None when the token is active; the refusal when /user verify refused it
+        (invalid, or account-owned: the zone read decides)."""
         try:
-            token = await self._request("token verify", self._client.user.tokens.verify)
+            token = await self._request("token verify", self._client.user.tokens.verify, once=True)
         except DnsError as exc:
             if exc.status not in (400, 401, 403):
                 raise
-            token_error = exc  # invalid, or account-owned: the zone read below decides
-        else:
-            status = _field(token, "status")
-            if status != "active":
-                raise DnsError(
-                    f"CLOUDFLARE_API_TOKEN is {status or 'not active'} (Cloudflare token "
-                    "verify); create an active token with Zone:DNS:Edit and Zone:Read"
-                )
+            return exc
+        status = _field(token, "status")
+        if status != "active":
+            raise DnsError(
+                f"CLOUDFLARE_API_TOKEN is {status or 'not active'} (Cloudflare token "
+                "verify); create an active token with Zone:DNS:Edit and Zone:Read"
+            )
+        return None
+
+    async def _verify_zone(self, token_error: DnsError | None) -> str:
+        """The zone's name, once the zone is readable and BASE_DOMAIN is inside it."""
         try:
             zone = await self._request(
-                "zone read", lambda: self._client.zones.get(zone_id=self.zone_id)
+                "zone read", lambda: self._client.zones.get(zone_id=self.zone_id), once=True
             )
         except DnsError as exc:
+            if is_transient(exc.status):
+                raise  # no answer about the token nor the zone: an outage, not a refusal
             if token_error is not None:
                 raise DnsError(
                     f"CLOUDFLARE_API_TOKEN was refused ({token_error.message}; {exc.message}): "
@@ -318,10 +343,14 @@ class CloudflareDns:
                 f"BASE_DOMAIN {self.base_domain} is not in the zone {zone_name} "
                 f"(CLOUDFLARE_ZONE_ID {self.zone_id})"
             )
+        return zone_name
+
+    async def _verify_dns_rights(self) -> None:
         try:
             await self._request(
                 "DNS read",
                 lambda: self._client.dns.records.list(zone_id=self.zone_id, per_page=1),
+                once=True,
             )
         except DnsError as exc:
             raise self._rights_check(exc, "Zone:DNS:Edit (even DNS read is denied)") from None
@@ -329,15 +358,18 @@ class CloudflareDns:
             # An empty batch is a write request that changes nothing: Cloudflare checks
             # the DNS edit permission on it like on any write.
             await self._request(
-                "DNS edit check", lambda: self._client.dns.records.batch(zone_id=self.zone_id)
+                "DNS edit check",
+                lambda: self._client.dns.records.batch(zone_id=self.zone_id),
+                once=True,
             )
         except DnsError as exc:
             if exc.status in (401, 403):
                 raise self._no_rights("Zone:DNS:Edit", exc) from None
+            if is_transient(exc.status):
+                raise
             # Not a rights problem (e.g. the API rejects an empty batch): writes will
             # report missing rights with the same message if there is a problem.
             log.warning("dns: could not confirm DNS edit rights: %s", exc.message)
-        log.info("dns: Cloudflare token verified for %s in zone %s", self.base_domain, zone_name)
 
     # -- records ----------------------------------------------------------------------
 
@@ -456,7 +488,7 @@ class CloudflareDns:
                     raise
                 last = exc
                 # Already exists / vanished / maybe stored: look again before writing.
-                delay = retry_delay(exc.status or 0, attempt, exc.retry_after) or 0.0
+                delay = retry_delay(exc.status or 0, attempt, exc.retry_after, self._rand()) or 0.0
                 if time.monotonic() - started + delay > self._deadline:
                     break
                 log.info("dns: upsert %s: %s; listing again", name, exc.message)

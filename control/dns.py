@@ -3,8 +3,11 @@
 Contract:
 - `DnsProvider` is what the control plane talks to. Implementations: `NoDns` (local mode,
   every call a no-op, nothing is ever "ours") and `control.cloudflare_dns.CloudflareDns`.
-  * `verify()` runs once at start-up and raises `DnsError` with a message an operator can
-    act on (which setting, which permission) when the provider cannot do its job.
+  * `verify()` checks that the provider can do its job, with one request per check (no
+    retries of its own: the caller retries the whole check), and raises `DnsError` with a
+    message an operator can act on (which setting, which permission). `is_refusal`
+    tells a definite "the configuration is wrong" from an outage; control/dns_sync.py
+    retries an outage in the background with `verify_delay`.
   * `upsert(name, ip)` makes `name` an A record of ours pointing at `ip` and nothing else
     of ours at that name: idempotent, safe to repeat after any failure, never leaves
     duplicates behind (it removes extra records of ours at that name).
@@ -20,7 +23,9 @@ Contract:
   apex, nor anything outside `base_domain` when that is given.
 - `reconcile_dns(provider, desired, base_domain=...)` runs one round: list, plan, apply,
   with a cap on changes per round; one name failing does not stop the others.
-- `retry_delay(status, attempt, retry_after)` is the pure retry rule shared by providers.
+- `retry_delay(status, attempt, retry_after, rand)` is the pure retry rule of one request,
+  `verify_delay(attempt, error, rand)` that of the start-up check; both back off with
+  shared/backoff.py.
 - `fqdn(subdomain, base_domain)` builds and validates a record name.
 """
 
@@ -33,12 +38,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from shared.backoff import backoff_delay
+
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5  # tries of one request, the first included
 BACKOFF_BASE = 1.0  # seconds before the first retry of a transient failure
 BACKOFF_CAP = 30.0
 RETRY_AFTER_CAP = 300.0  # Cloudflare's rate-limit window is 5 minutes: never wait longer
+VERIFY_BASE = 2.0  # seconds before the second start-up check after an outage
+VERIFY_CAP = 60.0  # an outage's end is noticed within a minute
 
 # No HTTP answer at all (timeout, connection refused) is status 0. 52x are Cloudflare's
 # own edge errors (origin unreachable, timeout...), transient by nature.
@@ -179,18 +188,22 @@ def plan_dns(
     return DnsPlan(upsert=upsert, delete=delete)
 
 
-def retry_delay(status: int, attempt: int, retry_after: float | None) -> float | None:
+def retry_delay(
+    status: int, attempt: int, retry_after: float | None, rand: float = 1.0
+) -> float | None:
     """Seconds to wait before trying again after `attempt` (1 = the first try) failed with
     HTTP `status` (0 = no answer), or None: do not retry.
 
     429: the server's `Retry-After` when given (capped at the 5-minute window), else
-    exponential back-off. Transient statuses (see TRANSIENT_STATUSES): exponential
-    back-off, BACKOFF_BASE * 2^(attempt-1) capped at BACKOFF_CAP. Anything else (4xx:
-    our request or our rights are wrong) is not retried. After MAX_ATTEMPTS, give up.
+    back-off. Transient statuses (see TRANSIENT_STATUSES): back-off, at most
+    BACKOFF_BASE * 2^(attempt-1) capped at BACKOFF_CAP (`rand` = 1.0, the default) and
+    at least half that (`rand` = 0.0; callers draw it so that clients that failed
+    together do not retry in step). Anything else (4xx: our request or our rights are
+    wrong) is not retried. After MAX_ATTEMPTS, give up.
     """
     if attempt < 1 or attempt >= MAX_ATTEMPTS:
         return None
-    backoff = min(BACKOFF_CAP, BACKOFF_BASE * float(1 << (attempt - 1)))
+    backoff = backoff_delay(attempt - 1, base=BACKOFF_BASE, cap=BACKOFF_CAP, rand=rand)
     if status == 429:
         if retry_after is None:
             return backoff
@@ -198,6 +211,28 @@ def retry_delay(status: int, attempt: int, retry_after: float | None) -> float |
     if status in TRANSIENT_STATUSES:
         return backoff
     return None
+
+
+def is_transient(status: int | None) -> bool:
+    """No answer (0), a timeout, a rate limit or a server-side error: try again later."""
+    return status is not None and (status in (0, 408, 429) or status >= 500)
+
+
+def is_refusal(error: DnsError) -> bool:
+    """A definite answer that the configuration is wrong, which no retry will change: the
+    provider answered a 4xx other than 408/429 (token refused, no permission, unknown
+    zone), or the check found the answer itself wrong (status None: an inactive token,
+    BASE_DOMAIN outside the zone)."""
+    return not is_transient(error.status)
+
+
+def verify_delay(attempt: int, error: DnsError | None, rand: float) -> float:
+    """Seconds before start-up check `attempt` + 1 after an outage: the provider's
+    Retry-After after a 429 (capped at RETRY_AFTER_CAP), else backoff with jitter
+    between VERIFY_BASE and VERIFY_CAP."""
+    if error is not None and error.status == 429 and error.retry_after is not None:
+        return min(RETRY_AFTER_CAP, max(0.0, error.retry_after))
+    return backoff_delay(attempt - 1, base=VERIFY_BASE, cap=VERIFY_CAP, rand=rand)
 
 
 def check_ip(ip: str) -> str:

@@ -7,6 +7,17 @@ reconciliation round (control/dns.py): it repairs drift both ways (a record dele
 or changed by hand comes back, a record of ours that no user owns goes), records
 what it changed in the event log, and never raises for a DNS failure: the next
 round retries. It runs on a schedule and shortly after any assignment change.
+`counters.last_error` is the last round's failure (None after a clean round).
+
+The DNS provider is checked before any round (`health`, a ProviderHealth shared with
+/healthz, /readyz, /v1/servers and /metrics under `appkeys.DNS_HEALTH`): rounds do
+nothing until the state is "ok". `start_verification()` starts `verify_until_ok` in
+the background: a definite refusal (`control.dns.is_refusal`: token refused, no
+permission, unknown zone, BASE_DOMAIN outside it) sets "invalid" and ends it; an
+outage (no answer, 408, 429, 5xx) keeps "validating" and retries after `verify_delay`
+(Retry-After, else backoff with jitter), for as long as it takes. `refused_within`
+lets start-up fail on a refusal that comes within its wait, as for Hetzner
+(control/providers/health.py).
 """
 
 from __future__ import annotations
@@ -14,13 +25,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiosqlite
 
 from control import events
-from control.dns import DnsError, DnsProvider, check_ip, fqdn, reconcile_dns
+from control.dns import (
+    DnsError,
+    DnsProvider,
+    check_ip,
+    fqdn,
+    is_refusal,
+    reconcile_dns,
+    verify_delay,
+)
+from control.providers.health import ProviderHealth
 from control.settings import Settings
 from control.store import Store
 
@@ -37,12 +59,24 @@ class DnsCounters:
 
 
 class DnsSync:
-    def __init__(self, settings: Settings, store: Store, provider: DnsProvider) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        provider: DnsProvider,
+        health: ProviderHealth | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.provider = provider
+        self.health = health if health is not None else ProviderHealth()
         self.counters = DnsCounters()
         self._lock = asyncio.Lock()
+        self._sleep = sleep
+        self._rand = rand
 
     async def desired(self) -> dict[str, str]:
         rows = await self.store.fetch_all(
@@ -70,9 +104,57 @@ class DnsSync:
         with contextlib.suppress(asyncio.CancelledError):
             await self.run()
 
+    async def verify_until_ok(self) -> DnsError | None:
+        """Verifies the provider until it succeeds ("ok") or refuses ("invalid"; the
+        refusal is returned, not raised, so that a background task ends cleanly)."""
+        health = self.health
+        while True:
+            health.attempts += 1
+            try:
+                await self.provider.verify()
+            except DnsError as exc:
+                if is_refusal(exc):
+                    health.update("invalid", exc.message)
+                    self.counters.last_error = exc.message
+                    log.error("dns: %s refused the configuration: %s", self.provider.name, exc)
+                    return exc
+                failure, said = exc, exc.message
+            except Exception as exc:  # e.g. a proxy's HTML page where JSON was due
+                failure, said = None, f"{type(exc).__name__}: {exc}"
+            else:
+                health.update("ok", "verified" if self.provider.name != "none" else "no DNS")
+                self.counters.last_error = None
+                return None
+            delay = verify_delay(health.attempts, failure, self._rand())
+            health.update("validating", said, time.time() + delay)
+            self.counters.last_error = f"not verified yet: {said}"
+            log.warning(
+                "dns: %s not verified yet: %s; attempt %d, next in %.1f s",
+                self.provider.name,
+                said,
+                health.attempts,
+                delay,
+            )
+            await self._sleep(delay)
+
+    def start_verification(self) -> asyncio.Task[DnsError | None]:
+        """`verify_until_ok` in the background (cancel the task at shutdown)."""
+        return asyncio.create_task(self.verify_until_ok(), name="dns-verification")
+
+    @staticmethod
+    async def refused_within(task: asyncio.Task[DnsError | None], wait: float) -> None:
+        """Waits up to `wait` s for `task`: a refusal by then is raised; otherwise the
+        task goes on in the background."""
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, wait))
+        refusal = task.result() if task in done else None
+        if refusal is not None:
+            raise refusal
+
     async def run(self) -> None:
         if self.provider.name == "none":
             return  # local mode: nothing to publish, nothing to record
+        if not self.health.usable:
+            return  # not verified yet (or refused): nothing is written meanwhile
         async with self._lock:
             self.counters.rounds += 1
             try:
@@ -87,6 +169,7 @@ class DnsSync:
             self.counters.changes += len(report.upserted) + len(report.deleted)
             self.counters.errors += len(report.failed)
             self.counters.failed_names = dict(report.failed)
+            self.counters.last_error = _summary(report.failed)
             if report.upserted or report.deleted or report.failed:
                 await self._record(report.upserted, report.deleted, report.failed)
 
@@ -102,3 +185,12 @@ class DnsSync:
                 await events.record(conn, "dns_failed", f"{name}: {message}")
 
         await self.store.write(apply)
+
+
+def _summary(failed: dict[str, str]) -> str | None:
+    """One line for the names a round could not change, or None after a clean round."""
+    if not failed:
+        return None
+    name = min(failed)
+    more = f" and {len(failed) - 1} more" if len(failed) > 1 else ""
+    return f"{name}: {failed[name]}{more}"

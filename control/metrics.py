@@ -80,6 +80,12 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.dns_state = Gauge(
+            "clawfleet_dns_provider_state",
+            "1 for the DNS provider's current state (ok, validating, invalid), 0 for the others.",
+            ["state"],
+            registry=r,
+        )
         self.heartbeat_age = Gauge(
             "clawfleet_heartbeat_age_seconds",
             "Seconds since each worker's last heartbeat.",

@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from control import billing, metrics, views
-from control.appkeys import DNS_SYNC, PROVIDER_HEALTH, SCALER, SETTINGS
+from control.appkeys import DNS_HEALTH, DNS_SYNC, PROVIDER_HEALTH, SCALER, SETTINGS
 from control.bootstrap import DIST
 from control.capacity import Stated
 from control.clock import iso
@@ -92,8 +92,10 @@ async def prometheus(request: web.Request) -> web.Response:
     if SCALER in request.app:
         m.held_back.set(request.app[SCALER].state.held_back)
     health = request.app[PROVIDER_HEALTH]
+    dns_health = request.app[DNS_HEALTH]
     for state in PROVIDER_STATES:
         m.provider_state.labels(state).set(1 if health.state == state else 0)
+        m.dns_state.labels(state).set(1 if dns_health.state == state else 0)
     if DNS_SYNC in request.app:
         counters = request.app[DNS_SYNC].counters
         m.dns_rounds.set(counters.rounds)
@@ -104,9 +106,13 @@ async def prometheus(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    # Liveness only: a provider outage is a detail here, not a failure.
+    # Liveness only: a provider or DNS outage is a detail here, not a failure.
     return web.json_response(
-        {"status": "ok", "provider": request.app[PROVIDER_HEALTH].as_json()}
+        {
+            "status": "ok",
+            "provider": request.app[PROVIDER_HEALTH].as_json(),
+            "dns": request.app[DNS_HEALTH].as_json(),
+        }
     )
 
 
@@ -168,7 +174,10 @@ async def create_join_token(request: web.Request) -> web.Response:
 async def list_servers(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     provider = request.app[PROVIDER_HEALTH].as_json()  # the dashboard polls this call
-    return web.json_response({"servers": await views.servers(fleet), "provider": provider})
+    dns = request.app[DNS_HEALTH].as_json()
+    return web.json_response(
+        {"servers": await views.servers(fleet), "provider": provider, "dns": dns}
+    )
 
 
 @routes.get("/v1/servers/{server_id}")

@@ -84,7 +84,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "PROVIDER_STARTUP_WAIT",
         "5",
-        "Seconds start-up waits for the provider's first validation. A definite refusal within it (unknown server type or location, refused token) stops start-up with exit 2; an outage or slow answer does not: the control plane serves and retries validation in the background.",
+        "Seconds start-up waits for the provider's first validation and the DNS provider's first check (both at once). A definite refusal within it (unknown server type or location, refused token, missing DNS permission or zone) stops start-up with exit 2; an outage or slow answer does not: the control plane serves and retries in the background.",
     ),
     Variable("HETZNER_IMAGE", "ubuntu-24.04", "Image of new workers: ubuntu-24.04 or debian-12."),
     Variable(

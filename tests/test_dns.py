@@ -65,6 +65,8 @@ async def make(cloudflare_fake: CloudflareFake, sleeps: Sleeps) -> AsyncIterator
         kwargs.setdefault("sleep", sleeps)
         # A limiter that never waits, so `sleeps` holds only the retry back-off.
         kwargs.setdefault("limiter", RateLimiter(budget=10**6, window=1.0, burst=10**6))
+        # The top of the jitter range: waits are the nominal back-off, asserted exactly.
+        kwargs.setdefault("rand", lambda: 1.0)
         provider = CloudflareDns(**kwargs)
         made.append(provider)
         return provider
@@ -413,6 +415,14 @@ async def test_429_without_retry_after_backs_off_exponentially(
     assert sleeps == [1.0, 2.0, 4.0]
 
 
+async def test_retries_are_jittered_down_to_half_the_back_off(
+    make: Factory, cloudflare_fake: CloudflareFake, sleeps: Sleeps
+) -> None:
+    cloudflare_fake.inject(LIST, 503, 10000, times=3)
+    assert await make(rand=lambda: 0.0).list_ours() == []
+    assert sleeps == [0.5, 1.0, 2.0]
+
+
 async def test_a_lasting_rate_limit_gives_up_after_max_attempts(
     make: Factory, cloudflare_fake: CloudflareFake, sleeps: Sleeps
 ) -> None:
@@ -658,6 +668,20 @@ def test_retry_delay(
     status: int, attempt: int, retry_after: float | None, expected: float | None
 ) -> None:
     assert retry_delay(status, attempt, retry_after) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "attempt", "rand", "expected"),
+    [
+        (503, 1, 0.0, 0.5),  # jitter: never below half the back-off
+        (503, 3, 0.5, 3.0),
+        (0, 4, 0.0, 4.0),
+        (429, 2, 0.0, 1.0),  # a 429 without Retry-After is jittered too
+        (503, MAX_ATTEMPTS, 0.0, None),
+    ],
+)
+def test_retry_delay_jitter(status: int, attempt: int, rand: float, expected: float | None) -> None:
+    assert retry_delay(status, attempt, None, rand) == expected
 
 
 def test_retry_delay_is_capped() -> None:

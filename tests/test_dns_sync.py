@@ -165,3 +165,22 @@ async def test_without_a_dns_provider_nothing_is_recorded(control: ControlPlane)
     await sync(control)
     _, evs = await control.admin("GET", "/v1/events?limit=1000")
     assert not [e for e in evs["events"] if e["kind"].startswith("dns_")]
+
+
+async def test_last_error_is_the_last_rounds_and_clears_after_a_clean_one(
+    plane: ControlPlane, cloudflare_fake: CloudflareFake
+) -> None:
+    """/readyz reads it: before the fix one failed round left DNS "not ready" for good."""
+    assert plane.app is not None
+    counters = plane.app[DNS_SYNC].counters
+    for _ in range(100):  # the scheduler's start-up round, so it cannot take the fault
+        if counters.rounds:
+            break
+        await asyncio.sleep(0.05)
+    async with plane.app[DNS_SYNC].stopped():
+        pass  # ... and until it has finished
+    cloudflare_fake.inject("GET /zones/{zone_id}/dns_records", 400, 1004, "bad filter")
+    await sync(plane)
+    assert counters.last_error is not None and "bad filter" in counters.last_error
+    await sync(plane)
+    assert counters.last_error is None

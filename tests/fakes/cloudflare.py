@@ -59,6 +59,9 @@ Injection (each applies to the next `times` calls of that endpoint, in order que
 - `delay(endpoint, seconds, times=1, after_effect=False)`: sleep before handling; with
   `after_effect=True` the call takes effect first, then the reply is held back: a client
   timeout after the effect.
+- `outage(status=503, code=..., retry_after=None)`: every request, whatever its endpoint
+  or token, gets that error (before authentication, as from Cloudflare's edge) until
+  `clear_faults()`, which also drops every queued injection and delay.
 Sleeps end early when the fake closes, so teardown never waits for them.
 """
 
@@ -151,6 +154,7 @@ class CloudflareFake:
 
     def __post_init__(self) -> None:
         self._faults: dict[str, deque[_Fault]] = {}
+        self._outage: _Fault | None = None
         self._delays: dict[str, deque[_Delay]] = {}
         self._recent: deque[float] = deque()  # monotonic times of requests in the window
         self._seq = itertools.count(1)
@@ -179,6 +183,22 @@ class CloudflareFake:
     ) -> None:
         _check_endpoint(endpoint)
         self._delays.setdefault(endpoint, deque()).extend([_Delay(seconds, after_effect)] * times)
+
+    def outage(
+        self,
+        status: int = 503,
+        code: int = 10000,
+        message: str = "Service Unavailable",
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        self._outage = _Fault(status, code, message, retry_after, after_effect=False)
+
+    def clear_faults(self) -> None:
+        """The API is healthy again: no outage, no queued fault nor delay."""
+        self._outage = None
+        self._faults.clear()
+        self._delays.clear()
 
     def count(self, endpoint: str) -> int:
         _check_endpoint(endpoint)
@@ -253,6 +273,9 @@ class CloudflareFake:
     async def _answer(
         self, request: web.Request, handler: Handler, endpoint: str, body: Any
     ) -> web.StreamResponse:
+        down = self._outage
+        if down is not None:
+            return _error(down.status, down.code, down.message, retry_after=down.retry_after)
         limited = self._rate_limited()
         if limited is not None:
             return _error(
