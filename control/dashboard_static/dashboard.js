@@ -13,6 +13,7 @@
     pollMs: 3000,
     servers: [],
     users: [],
+    health: {}, // {provider, dns}: each {state, detail, ...} from GET /v1/servers
     fetchedAt: 0, // Date.now() when servers were fetched: ages tick from there
     lastOk: 0,
     failing: false,
@@ -217,6 +218,7 @@
       } else {
         const [servers, users] = await Promise.all([api("GET", "/v1/servers"), api("GET", "/v1/users")]);
         state.servers = servers.servers;
+        state.health = { provider: servers.provider, dns: servers.dns };
         state.users = users.users;
         state.fetchedAt = Date.now();
       }
@@ -227,6 +229,7 @@
       if (!state.lastOk) state.lastOk = Date.now();
     }
     if (route === state.route) render();
+    renderBanner();
     tick();
   }
   function schedule() {
@@ -237,6 +240,32 @@
     }, state.pollMs);
   }
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
+
+  // --- health banner: the cloud or DNS provider is not usable --------------------
+  const BANNER = {
+    provider: {
+      validating: "Cloud provider not validated yet, retrying; no server is created meanwhile: ",
+      invalid: "Cloud provider refused the configuration; fix the setting and restart: ",
+    },
+    dns: {
+      validating: "DNS provider not verified yet, retrying; DNS records wait meanwhile: ",
+      invalid: "DNS provider refused the configuration; fix the setting and restart: ",
+    },
+  };
+  function renderBanner() {
+    const box = $("#health-banner");
+    if (!box) return;
+    const lines = [];
+    for (const source of ["provider", "dns"]) {
+      const health = state.health[source];
+      if (!health || health.state === "ok") continue;
+      const lead = BANNER[source][health.state] || source + " is " + health.state + ": ";
+      // textContent only (h's text nodes): the detail quotes the provider's answer.
+      lines.push(h("p", { class: "banner-line", dataset: { source, state: health.state } }, lead + (health.detail || "")));
+    }
+    clear(box).append(...lines);
+    box.hidden = lines.length === 0;
+  }
 
   function render() {
     const renderers = { fleet: renderFleet, server: renderServer, users: renderUsers, events: renderEvents, missing: () => {} };
