@@ -18,6 +18,7 @@ import aiohttp
 import msgspec
 from yarl import URL
 
+from shared.backoff import backoff_delay as shared_backoff
 from shared.protocol import (
     MAX_TEXT,
     Assignments,
@@ -72,9 +73,9 @@ def is_unknown_worker(err: ControlPlaneError) -> bool:
 def backoff_delay(
     attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random
 ) -> float:
-    """Capped exponential backoff with jitter in [d/2, d], d = min(cap, base * 2**attempt)."""
-    ceiling = min(cap, base * 2.0 ** min(attempt, 30))
-    return ceiling / 2 + rand() * ceiling / 2
+    """Capped exponential backoff with jitter in [d/2, d], d = min(cap, base * 2**attempt):
+    shared/backoff.py's formula, with the randomness drawn here."""
+    return shared_backoff(attempt, base=base, cap=cap, rand=rand())
 
 
 def jittered(interval: float, rand: Callable[[], float] = random.random) -> float:

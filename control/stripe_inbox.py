@@ -57,6 +57,7 @@ from control.clock import iso
 from control.errors import BadRequest, ClawfleetError
 from control.store import Store
 from control.stripe_decode import HANDLED_TYPES, BillingFact, DecodeError, decode, refreshed
+from shared.backoff import backoff_delay
 
 __all__ = [
     "HANDLED_TYPES",
@@ -102,13 +103,15 @@ def backoff(
     rand: float | None = None,
 ) -> float:
     """Seconds to wait after the `attempts`-th failure: base * 2**(attempts-1), capped,
-    then shortened by up to `jitter` (a fraction) so that events failing together do
-    not retry in lockstep. `rand` in [0, 1) fixes the jitter (tests); None draws one.
-    Never more than `cap`, never less than (1 - jitter) * min(cap, nominal)."""
-    exponent = min(max(attempts, 1) - 1, 32)  # bounded: no float overflow
-    nominal = min(cap, base * 2.0**exponent)
+    then shortened by up to `jitter` (a fraction, at most 0.5) so that events failing
+    together do not retry in lockstep. `rand` in [0, 1) fixes the jitter (tests); None
+    draws one. Never more than `cap`, never less than (1 - jitter) * min(cap, nominal).
+
+    The formula is shared/backoff.py's, whose jitter spans [d/2, d]: `rand` is mapped
+    onto the top 2 * jitter of that span, which keeps the inbox's narrower spread."""
     u = random.random() if rand is None else min(max(rand, 0.0), 1.0)
-    return nominal * (1.0 - jitter * u)
+    spread = min(max(jitter, 0.0), 0.5)
+    return backoff_delay(attempts - 1, base=base, cap=cap, rand=1.0 - 2.0 * spread * u)
 
 
 class StripeInbox:
