@@ -8,11 +8,11 @@ log record through a context variable, returns it in the response header, and lo
 access line per request. Secrets never reach here: nothing logs headers or bodies.
 
 One record is one line, whatever a caller put in it: both formatters pass every field
-through `escape`, which writes control and other non-printable characters (newlines,
-carriage returns, escape sequences, U+2028, bidi overrides) as `\n`, `\x1b`,
-`\u2028`... A traceback keeps its line breaks, but each of its lines is escaped and
-starts with `| ` (text), so no line of it can pass for a record; JSON has it in one
-field.
+through `escape` (shared/logsafe.py, also used by the agent), which writes control and
+other non-printable characters (newlines, carriage returns, escape sequences, U+2028,
+bidi overrides) as `\n`, `\x1b`, `\u2028`... A traceback keeps its line breaks, but
+each of its lines is escaped and starts with `| ` (text), so no line of it can pass for
+a record; JSON has it in one field.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from typing import TextIO
 from aiohttp import web
 
 from control.middleware import Handler
+from shared.logsafe import CONTINUATION as CONTINUATION  # re-exported: tests, callers
+from shared.logsafe import SafeTextFormatter, escape_lines
+from shared.logsafe import escape as escape
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-CONTINUATION = "| "
 access = logging.getLogger("clawfleet.access")
 
 
@@ -44,39 +45,9 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-def escape(text: str) -> str:
-    """`text` with every non-printable character written as a Python escape."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else _escape_char(c) for c in text)
-
-
-def _escape_char(c: str) -> str:
-    if c in _NAMED_ESCAPES:
-        return _NAMED_ESCAPES[c]
-    code = ord(c)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def _escape_lines(text: str, prefix: str) -> str:
-    # Only "\n" breaks a line here: \r, U+2028 and the like inside a line are escaped.
-    return "\n".join(prefix + escape(line) for line in text.rstrip("\n").split("\n"))
-
-
-class TextFormatter(logging.Formatter):
+class TextFormatter(SafeTextFormatter):
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return escape(super().formatMessage(record))
-
-    def formatException(self, ei: logging._SysExcInfoType) -> str:
-        return _escape_lines(super().formatException(ei), CONTINUATION)
-
-    def formatStack(self, stack_info: str) -> str:
-        return _escape_lines(super().formatStack(stack_info), CONTINUATION)
 
 
 class JsonFormatter(logging.Formatter):
@@ -89,9 +60,9 @@ class JsonFormatter(logging.Formatter):
             "request_id": escape(str(getattr(record, "request_id", "-"))),
         }
         if record.exc_info:
-            entry["exception"] = _escape_lines(self.formatException(record.exc_info), "")
+            entry["exception"] = escape_lines(self.formatException(record.exc_info), "")
         if record.stack_info:
-            entry["stack"] = _escape_lines(self.formatStack(record.stack_info), "")
+            entry["stack"] = escape_lines(self.formatStack(record.stack_info), "")
         return json.dumps(entry, ensure_ascii=False)
 
 
