@@ -2,14 +2,26 @@
 
 With `--local-secrets DIR` (what `make run` uses), ADMIN_TOKEN, INTERNAL_SECRET and
 STRIPE_WEBHOOK_SECRET default to files in DIR, generated with mode 0600 on first run; the admin token is
-printed once, when it is created.
+printed once, when it is created. DIR is made 0700: it holds secrets (and, with `make run`,
+the database).
+
+The port is bound before anything else starts, so a port in use stops start-up before
+the store is opened or the autoscaler runs once. A failed start-up prints one line,
+`clawfleet: <kind> error: <cause>`, on stderr and exits:
+- 2 (`EXIT_CONFIG`): the configuration is wrong (a setting, a server type the provider
+  refuses, a missing agent wheel, a DNS token without rights); restarting cannot help;
+- 1 (`EXIT_START`): this machine's state: the port is in use, the database cannot be
+  opened or written, another control plane holds it (`<db>.lock`), the local secrets
+  cannot be read; a restart succeeds once that is fixed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 
@@ -22,6 +34,10 @@ from control.demo_image import ensure_agent_image
 from control.dns import DnsError
 from control.providers.base import ProviderError
 from control.settings import Settings, SettingsError
+from control.store import StoreUnavailable
+
+EXIT_START = 1
+EXIT_CONFIG = 2
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -51,10 +67,19 @@ def local_secret(directory: Path, name: str, announce: bool) -> str:
     return value
 
 
+def private_directory(directory: Path) -> None:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if directory.stat().st_mode & 0o077:
+        # Not ours to tighten (another owner): the files inside are 0600 regardless.
+        with contextlib.suppress(PermissionError):
+            directory.chmod(0o700)
+
+
 def build_env(args: argparse.Namespace) -> dict[str, str]:
     env = {**read_dotenv(Path(".env")), **os.environ}
     if args.local_secrets:
         directory = Path(args.local_secrets)
+        private_directory(directory)
         # The webhook secret lets `clawfleet simulate-payment` sign demo events.
         for name, announce in (
             ("ADMIN_TOKEN", True),
@@ -65,6 +90,34 @@ def build_env(args: argparse.Namespace) -> dict[str, str]:
                 env[name] = local_secret(directory, name, announce)
         env.setdefault("DATABASE_PATH", str(directory / "clawfleet.db"))
     return env
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address `host` resolves to (all interfaces when
+    empty), as aiohttp would bind them."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            # Listening at once: on Linux, SO_REUSEADDR lets a second process bind a
+            # port that nobody listens on yet.
+            sock.listen(128)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def fail(kind: str, cause: object, code: int) -> int:
+    print(f"clawfleet: {kind} error: {cause}", file=sys.stderr, flush=True)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,11 +131,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        settings = Settings.from_env(build_env(args))
+        env = build_env(args)
+    except OSError as exc:
+        return fail("start-up", f"local secrets in {args.local_secrets}: {exc}", EXIT_START)
+    try:
+        settings = Settings.from_env(env)
     except SettingsError as exc:
-        print(f"clawfleet: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return fail("configuration", exc, EXIT_CONFIG)
     logs.setup(settings.log_level, settings.log_format)
+    address = f"{settings.listen_host}:{settings.listen_port}"
+    try:
+        listeners = listen(settings.listen_host, settings.listen_port)
+    except OSError as exc:
+        return fail("start-up", f"cannot listen on {address}: {exc.strerror or exc}", EXIT_START)
+    try:
+        return serve(settings, listeners)
+    finally:
+        for sock in listeners:
+            sock.close()
+
+
+def serve(settings: Settings, listeners: list[socket.socket]) -> int:
     if settings.provider == "local":
         settings = ensure_agent_image(settings)
     print(
@@ -91,14 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     try:
-        web.run_app(
-            create_app(settings), host=settings.listen_host, port=settings.listen_port, print=None
-        )
+        web.run_app(create_app(settings), sock=listeners, print=None)
     except (ProviderError, DistMissing, DnsError) as exc:
         # Checked before serving: a wrong server type, a missing wheel or a DNS token
         # without edit rights must not surface hours later as a user who never starts.
         print(f"clawfleet: start-up error: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:
+        return fail("start-up", exc.message, EXIT_START)
     return 0
 
 

@@ -44,3 +44,11 @@ class Conflict(ClawfleetError):
 class PayloadTooLarge(ClawfleetError):
     status = 413
     code = "payload_too_large"
+
+
+class ServiceUnavailable(ClawfleetError):
+    """Something the request needs cannot be used right now (the database, a
+    provider); retrying later may succeed."""
+
+    status = 503
+    code = "service_unavailable"

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiosqlite
 import pytest
 
 from control.migrations import MIGRATIONS
-from control.store import Store
+from control.store import COMPANIONS, Store, StoreUnavailable
 from tests.fixtures import ControlPlane
 
 
@@ -33,8 +34,9 @@ async def test_newer_schema_refuses_to_start(tmp_path: Path) -> None:
     await store.open()
     await store.write(lambda c: c.execute("INSERT INTO schema_migrations VALUES (999, 0)"))
     await store.close()
-    with pytest.raises(RuntimeError, match="newer than this build"):
+    with pytest.raises(StoreUnavailable, match="newer than this build") as refused:
         await Store(path).open()
+    assert refused.value.code == "schema_too_new"
 
 
 async def test_failed_write_rolls_back_everything(tmp_path: Path) -> None:
@@ -92,3 +94,180 @@ async def test_no_leaks_across_many_start_stop_cycles(
     assert len(asyncio.all_tasks()) <= tasks_before
     with sqlite3.connect(control.settings.database_path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask, under which SQLite's own files come out 0644."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+async def test_directory_and_every_file_are_private_from_the_first_write(
+    tmp_path: Path, umask_022: None
+) -> None:
+    path = tmp_path / "data" / "clawfleet.db"
+    store = Store(str(path))
+    await store.open()
+    try:
+        await store.write(
+            lambda c: c.execute("INSERT INTO events (at, kind, message) VALUES (1, 'a', 'b')")
+        )
+        files = {p.name: mode(p) for p in path.parent.iterdir()}
+        assert {"clawfleet.db-wal", "clawfleet.db-shm"} <= files.keys()  # written, still open
+        assert files == dict.fromkeys(files, 0o600)
+        assert mode(path.parent) == 0o700
+    finally:
+        await store.close()
+
+
+async def test_loose_files_of_an_earlier_run_are_tightened_before_use(
+    tmp_path: Path, umask_022: None
+) -> None:
+    path = tmp_path / "clawfleet.db"
+    # What a crash of an earlier version leaves: database, -wal and -shm, all 0644.
+    earlier = sqlite3.connect(path)
+    earlier.execute("PRAGMA journal_mode=WAL")
+    earlier.execute("CREATE TABLE t (x)")
+    loose = [path, *(Path(f"{path}{suffix}") for suffix in COMPANIONS)]
+    assert [mode(p) for p in loose] == [0o644] * 3
+    store = Store(str(path))
+    await store.open()
+    try:
+        assert [mode(p) for p in loose] == [0o600] * 3
+    finally:
+        await store.close()
+        earlier.close()
+
+
+def assert_connection_threads_end() -> None:
+    """No aiosqlite connection thread (non-daemon: it keeps a process alive) is left."""
+    for thread in threading.enumerate():
+        if "_connection_worker_thread" in thread.name:
+            thread.join(timeout=5)
+            assert not thread.is_alive(), f"{thread.name} outlived its store"
+
+
+async def test_a_garbage_file_is_refused_and_leaves_no_thread_nor_lock(tmp_path: Path) -> None:
+    path = tmp_path / "clawfleet.db"
+    path.write_bytes(b"this is not a database " * 20)
+    for _ in range(2):  # the second attempt proves the first released its lock
+        with pytest.raises(StoreUnavailable, match="file is not a database") as refused:
+            await Store(str(path)).open()
+        assert refused.value.code == "store_unavailable"
+        assert_connection_threads_end()
+
+
+async def test_a_second_store_on_one_database_is_refused_until_the_first_closes(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "clawfleet.db")
+    first = Store(path)
+    await first.open()
+    with pytest.raises(StoreUnavailable, match=f"pid {os.getpid()}") as refused:
+        await Store(path).open()
+    assert refused.value.code == "store_locked"
+    await first.close()
+    assert_connection_threads_end()
+    second = Store(path)
+    await second.open()
+    await second.close()
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes a 0400 file (tests/test_startup.py runs this as nobody)"
+)
+async def test_a_read_only_database_is_refused_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "clawfleet.db"
+    store = Store(str(path))
+    await store.open()
+    await store.close()
+    path.chmod(0o400)
+    with pytest.raises(StoreUnavailable, match="readonly"):
+        await Store(str(path)).open()
+    assert mode(path) == 0o400  # an operator's read-only stays read-only
+
+
+async def insert_event(conn: aiosqlite.Connection) -> None:
+    await conn.execute(
+        "INSERT INTO events (at, kind, message) VALUES (1, 'big', ?)", ("x" * 200_000,)
+    )
+
+
+async def duplicate_key(conn: aiosqlite.Connection) -> None:
+    await conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (1, 0)")
+
+
+async def bad_sql(conn: aiosqlite.Connection) -> None:
+    await conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+
+@pytest.mark.parametrize(
+    ("setup", "fn", "unavailable", "probe_fails"),
+    [
+        # A real full disk: SQLite may use no more pages than the database has. The
+        # probe rewrites a page it already has, so it still passes.
+        ("PRAGMA max_page_count = 1", insert_event, "database or disk is full", False),
+        # A real read-only database, as SQLite reports it for a read-only file.
+        ("PRAGMA query_only = 1", insert_event, "attempt to write a readonly database", True),
+        # Not the store's failures: they stay what they are.
+        (None, duplicate_key, None, False),
+        (None, bad_sql, None, False),
+    ],
+)
+async def test_write_failures_of_the_database_itself_are_store_unavailable(
+    tmp_path: Path,
+    setup: str | None,
+    fn: Callable[[aiosqlite.Connection], Awaitable[None]],
+    unavailable: str | None,
+    probe_fails: bool,
+) -> None:
+    store = Store(str(tmp_path / "clawfleet.db"))
+    await store.open()
+    try:
+        if setup:
+            await store.write(lambda c: c.execute(setup))
+        if unavailable is None:
+            with pytest.raises(sqlite3.Error):
+                await store.write(fn)
+            assert store.failure is None
+            return
+        with pytest.raises(StoreUnavailable, match=unavailable) as refused:
+            await store.write(fn)
+        assert (refused.value.status, refused.value.code) == (503, "store_unavailable")
+        assert store.failure is not None and unavailable in store.failure
+        if probe_fails:
+            with pytest.raises(StoreUnavailable):
+                await store.probe()
+        else:
+            await store.probe()
+    finally:
+        await store.close()
+
+
+async def test_writes_recover_and_the_outage_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(str(tmp_path / "clawfleet.db"))
+    await store.open()
+    try:
+        await store.write(lambda c: c.execute("PRAGMA max_page_count = 1"))  # disk full
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable):
+                await store.write(insert_event)
+        assert store.failure is not None
+        await store.write(lambda c: c.execute("PRAGMA max_page_count = 100000"))  # space again
+        assert store.failure is None
+        await store.write(insert_event)
+        lines = [r.getMessage() for r in caplog.records if r.name == "control.store"]
+        assert sum("writes are failing" in line for line in lines) == 1
+        assert sum("writes succeed again" in line for line in lines) == 1
+    finally:
+        await store.close()
