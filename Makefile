@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-CODE := control agent shared cloud_init tests bench
+CODE := control agent shared cloud_init tenant tests bench
 
-.PHONY: run test lint typecheck unit bench clean docs dist stop-workers
+.PHONY: run test lint typecheck unit bench clean docs dist stop-workers openclaw-image
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ stop-workers:
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# The real OpenClaw tenant image, from PyPI, npm and Debian (docs/openclaw-image.md);
+# prints its tag and builds nothing when the inputs did not change.
+openclaw-image: $(STAMP)
+	$(PY) -m tenant.openclaw.build
 
 docs: $(STAMP)
 	$(PY) -c 'from control.settings import reference_markdown; print(reference_markdown(), end="")' > docs/configuration.md

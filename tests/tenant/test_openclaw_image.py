@@ -1,0 +1,155 @@
+"""The real OpenClaw image, built (or reused) by tenant.openclaw.build, runs as a tenant
+would: uid 1000, an empty named volume at /home/node/.openclaw, read-only root fs with a
+tmpfs /tmp, the gateway token in its environment and the image's default command. Its
+/healthz must answer {"ok": true, ...} within HEALTHY_WITHIN seconds and / must answer 200.
+
+The first build takes minutes (debootstrap, npm ci, docker build); later sessions reuse the
+image whose tag carries the inputs' hash.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import docker
+import pytest
+from docker.models.containers import Container
+
+from tenant.openclaw import build
+
+pytestmark = [pytest.mark.docker, pytest.mark.openclaw]
+
+STATE = "/home/node/.openclaw"
+# Measured: about 5 s to healthy on an idle 2-core machine; the bound allows for a busy
+# shared CI machine without letting a hung gateway stall the suite.
+HEALTHY_WITHIN = 180.0
+TEST_LABEL = {"clawfleet.test": "1"}
+
+
+@dataclass(frozen=True)
+class Gateway:
+    container: Container
+    port: int
+    health: dict[str, object]
+    seconds_to_healthy: float
+
+
+@pytest.fixture(scope="session")
+def openclaw_image() -> str:
+    return build.ensure_image()
+
+
+@pytest.fixture(scope="module")
+def dclient() -> Iterator[docker.DockerClient]:
+    client = docker.from_env(version="auto", timeout=60)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(openclaw_image: str, dclient: docker.DockerClient) -> Iterator[Gateway]:
+    name = f"clawfleet-test-openclaw-{uuid.uuid4().hex[:8]}"
+    volume = dclient.volumes.create(name, labels=TEST_LABEL)
+    container = None
+    try:
+        container = dclient.containers.run(
+            openclaw_image,
+            name=name,
+            detach=True,
+            user="1000:1000",
+            read_only=True,
+            tmpfs={"/tmp": "size=256m"},
+            volumes={volume.name: {"bind": STATE, "mode": "rw"}},
+            environment={"OPENCLAW_GATEWAY_TOKEN": secrets.token_urlsafe(32)},
+            ports={"18789/tcp": ("127.0.0.1", None)},
+            labels=TEST_LABEL,
+        )
+        started = time.monotonic()
+        container.reload()
+        port = int(container.ports["18789/tcp"][0]["HostPort"])
+        health = wait_healthy(container, port, started + HEALTHY_WITHIN)
+        yield Gateway(container, port, health, time.monotonic() - started)
+    finally:
+        if container is not None:
+            container.remove(force=True)
+        volume.remove(force=True)
+
+
+def get(port: int, path: str, timeout: float) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def wait_healthy(container: Container, port: int, deadline: float) -> dict[str, object]:
+    """Poll the real /healthz until it answers 200, the container exits, or the deadline."""
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            status, body = get(port, "/healthz", timeout=2)
+            if status == 200:
+                return dict(json.loads(body))
+            last = f"HTTP {status}"
+        except (OSError, http.client.HTTPException) as exc:
+            last = repr(exc)
+        container.reload()
+        if container.status != "running":
+            logs = container.logs(tail=40).decode(errors="replace")
+            pytest.fail(f"gateway exited ({container.status}) before healthy:\n{logs}")
+        time.sleep(0.25)  # polling a real HTTP endpoint: there is no event to await
+    logs = container.logs(tail=40).decode(errors="replace")
+    pytest.fail(f"/healthz not healthy within {HEALTHY_WITHIN:.0f} s ({last}):\n{logs}")
+
+
+def test_image_labels_carry_the_input_digest(
+    openclaw_image: str, dclient: docker.DockerClient
+) -> None:
+    digest = build.input_digest(build.read_inputs())
+    image = dclient.images.get(openclaw_image)
+    assert image.labels[build.LABEL_INPUTS] == digest
+    assert openclaw_image == build.current_tag()
+    assert openclaw_image.endswith(digest[:12])
+
+
+def test_image_defaults_for_a_container_behind_a_proxy(
+    openclaw_image: str, dclient: docker.DockerClient
+) -> None:
+    config = dclient.images.get(openclaw_image).attrs["Config"]
+    assert config["User"] == "node"
+    assert "OPENCLAW_DISABLE_BONJOUR=1" in config["Env"]
+    cmd = config["Cmd"]
+    assert cmd[:2] == ["openclaw", "gateway"]
+    assert cmd[cmd.index("--bind") + 1] == "lan"
+    assert cmd[cmd.index("--port") + 1] == "18789"
+
+
+def test_gateway_becomes_healthy_on_an_empty_volume_read_only(gateway: Gateway) -> None:
+    assert gateway.health.get("ok") is True
+    host_config = gateway.container.attrs["HostConfig"]
+    assert host_config["ReadonlyRootfs"] is True
+    assert gateway.container.attrs["Config"]["User"] == "1000:1000"
+
+
+def test_control_ui_root_answers_200(gateway: Gateway) -> None:
+    status, body = get(gateway.port, "/", timeout=10)
+    assert status == 200
+    assert b"<html" in body.lower()
+
+
+def test_state_lands_in_the_volume_owned_by_node(gateway: Gateway) -> None:
+    code, out = gateway.container.exec_run(["stat", "-c", "%u:%g %a", STATE])
+    assert code == 0, out
+    assert out.decode().split() == ["1000:1000", "700"]
+    code, out = gateway.container.exec_run(["ls", STATE])
+    assert code == 0, out
+    assert "state" in out.decode().split()
