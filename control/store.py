@@ -119,7 +119,14 @@ class Store:
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is
         # exactly one write function.
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn = aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn
+        except BaseException:
+            # aiosqlite stops its thread without waiting: wait here, while the loop
+            # (about to close after a failed start) can still take the thread's reply.
+            await asyncio.to_thread(conn._thread.join)
+            raise
         try:
             conn.row_factory = aiosqlite.Row
             for pragma in _PRAGMAS:

@@ -8,9 +8,11 @@ skipped otherwise.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from control.__main__ import build_env
 from control.store import Store
 from tests.fixtures import ADMIN_TOKEN, INTERNAL_SECRET, free_port
 
@@ -224,3 +227,18 @@ def test_second_control_plane_on_one_database_exits_1(
     # Its lock went with it: the database is free again.
     again = first_plane(database)
     assert again.poll() is None
+
+
+def test_local_secrets_directory_is_made_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "data"
+    directory.mkdir(mode=0o755)  # as `make run`'s `mkdir -p data` leaves it
+    directory.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    for name in ("ADMIN_TOKEN", "INTERNAL_SECRET", "STRIPE_WEBHOOK_SECRET", "DATABASE_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    env = build_env(argparse.Namespace(local_secrets=str(directory)))
+    assert env["DATABASE_PATH"] == str(directory / "clawfleet.db")
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()} == {0o600}
