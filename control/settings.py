@@ -390,7 +390,10 @@ class Settings:
             past_due_grace=_number("PAST_DUE_GRACE", raw["PAST_DUE_GRACE"], 0, 90 * 86400),
             retention_days=_number("RETENTION_DAYS", raw["RETENTION_DAYS"], 0, 3650),
             traefik_version=_check(
-                "TRAEFIK_VERSION", raw["TRAEFIK_VERSION"], _VERSION.fullmatch, "a version like 3.7.15"
+                "TRAEFIK_VERSION",
+                raw["TRAEFIK_VERSION"],
+                _VERSION.fullmatch,
+                "a version like 3.7.15",
             ),
             acme_email=_check(
                 "ACME_EMAIL",
