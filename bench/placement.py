@@ -11,7 +11,7 @@ import json
 import random
 import time
 
-from control.placement import Demand, Room, place
+from control.users.placement import Demand, Room, place
 
 
 def scenario(users: int, servers: int, seed: int) -> tuple[list[Demand], list[Room]]:

@@ -29,12 +29,12 @@ from aiohttp import web
 
 from control import logs
 from control.app import create_app
-from control.bootstrap import DistMissing
-from control.demo_image import ensure_agent_image
-from control.dns import DnsError
-from control.providers.base import ProviderError
+from control.capacity.demo_image import ensure_agent_image
+from control.capacity.providers.base import ProviderError
+from control.db.store import StoreUnavailable
+from control.dns.provider import DnsError
 from control.settings import Settings, SettingsError
-from control.store import StoreUnavailable
+from control.workers.bootstrap import DistMissing
 
 EXIT_START = 1
 EXIT_CONFIG = 2

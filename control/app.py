@@ -2,8 +2,8 @@
 
 Contract: `create_app(settings)` builds the whole control plane and nothing runs
 until the app starts. One cleanup context owns every long-lived resource: it opens
-the store, starts validating the provider (control/providers/health.py) and verifying
-the DNS provider (control/dns_sync.py) at once (only a refusal within
+the store, starts validating the provider (control/capacity/providers/health.py) and verifying
+the DNS provider (control/dns/sync.py) at once (only a refusal within
 PROVIDER_STARTUP_WAIT stops start-up; an outage is retried in the background while
 everything else serves), starts the liveness loop and the autoscaler's
 scheduler, and on shutdown stops the scheduler and waits for a run in progress,
@@ -23,26 +23,27 @@ from typing import Any
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from control import logs, middleware
+from control import logs
+from control.api import middleware
+from control.api.dashboard import install_dashboard
+from control.api.ratelimit import install_auth_guard
+from control.api.readiness import install_readiness
+from control.api.routes import routes
 from control.appkeys import DNS_HEALTH, DNS_SYNC, PROVIDER_HEALTH, SCALER, SETTINGS
-from control.bootstrap import DIST, AgentDist, hetzner_user_data
-from control.cloudflare_dns import CloudflareDns
-from control.dashboard import install_dashboard
-from control.dns import DnsError, DnsProvider, NoDns
-from control.dns_sync import DnsSync
+from control.billing.inbox import INBOX, StripeInbox, stripe_routes
+from control.capacity.providers import build_provider
+from control.capacity.providers.base import Provider, ProviderError
+from control.capacity.providers.health import ProviderHealth, start_validation
+from control.capacity.scaler import Scaler, UserDataRenderer
+from control.db.store import Store
+from control.dns.cloudflare import CloudflareDns
+from control.dns.provider import DnsError, DnsProvider, NoDns
+from control.dns.sync import DnsSync
 from control.fleet import FLEET, Fleet
 from control.keyring import Keyring
 from control.metrics import METRICS, MeteredProvider, install_metrics
-from control.providers import build_provider
-from control.providers.base import Provider, ProviderError
-from control.providers.health import ProviderHealth, start_validation
-from control.ratelimit import install_auth_guard
-from control.readiness import install_readiness
-from control.routes import routes
-from control.scaler import Scaler, UserDataRenderer
 from control.settings import Settings
-from control.store import Store
-from control.stripe_inbox import INBOX, StripeInbox, stripe_routes
+from control.workers.bootstrap import DIST, AgentDist, hetzner_user_data
 
 ProviderFactory = Callable[[Settings], Provider]
 PROVIDER_FACTORY: web.AppKey[ProviderFactory] = web.AppKey("provider_factory")
@@ -64,7 +65,7 @@ def create_app(
     app[PROVIDER_FACTORY] = provider_factory
     install_metrics(app, settings)  # logs at start-up who may read /metrics
     app[PROVIDER_HEALTH] = ProviderHealth()
-    app[DNS_HEALTH] = ProviderHealth()  # the DNS provider's verification (control/dns_sync.py)
+    app[DNS_HEALTH] = ProviderHealth()  # the DNS provider's verification (control/dns/sync.py)
     install_auth_guard(app, settings, lambda: app[FLEET].store, app[METRICS].auth_refused_by)
     app.add_routes(routes)
     app.add_routes(stripe_routes)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from control.dns_sync import DnsSync
-from control.providers.health import ProviderHealth
-from control.scaler import Scaler
+from control.capacity.providers.health import ProviderHealth
+from control.capacity.scaler import Scaler
+from control.dns.sync import DnsSync
 from control.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)

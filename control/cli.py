@@ -42,7 +42,7 @@ from email.message import Message
 from pathlib import Path
 from typing import IO, Any
 
-from control.plans import PlanError, parse_plans
+from control.users.plans import PlanError, parse_plans
 
 EXIT_OK = 0
 EXIT_API = 1
@@ -482,9 +482,9 @@ def _sim_id(user_id: str) -> str:
 
 def simulated_events(user_id: str, plan: str, price_id: str, now: int) -> list[dict[str, Any]]:
     """A completed Checkout Session, then its subscription being created (active)."""
-    # Imported here: control.billing pulls in the store (aiosqlite, cryptography), which
+    # Imported here: control.billing.rules pulls in the store (aiosqlite, cryptography), which
     # the admin commands do not need and a machine with only the agent extras lacks.
-    from control.billing import derive_subdomain
+    from control.billing.rules import derive_subdomain
 
     subdomain = derive_subdomain(user_id)
     customer, subscription = f"cus_sim_{_sim_id(user_id)}", f"sub_sim_{_sim_id(user_id)}"

@@ -1,5 +1,5 @@
 """Domain errors. Each carries the HTTP status and a stable machine-readable code;
-the error middleware (control/middleware.py) renders them. The data layer raises
+the error middleware (control/api/middleware.py) renders them. The data layer raises
 these, never aiohttp's HTTP exceptions."""
 
 from __future__ import annotations

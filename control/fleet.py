@@ -18,17 +18,20 @@ from collections.abc import Callable
 import aiosqlite
 from aiohttp import web
 
-from control import assignments, billing, events, liveness, users, workers
-from control.agent_auth import AgentCaller, Authenticator, check_not_revoked
-from control.capacity import Stated
+from control.billing import rules
+from control.db import events
+from control.db.store import Store, fetch_one
 from control.errors import BadRequest, Conflict, NotFound
-from control.heartbeats import HeartbeatWriter
 from control.keyring import Keyring
 from control.metrics import Metrics
-from control.nonces import NonceLedger, purge_expired
-from control.plans import Plan
 from control.settings import Settings
-from control.store import Store, fetch_one
+from control.users import records
+from control.users.plans import Plan
+from control.workers import assignments, liveness, registration
+from control.workers.auth import AgentCaller, Authenticator, check_not_revoked
+from control.workers.heartbeats import HeartbeatWriter
+from control.workers.nonces import NonceLedger, purge_expired
+from control.workers.trust import Stated
 from shared.protocol import Assignments, Heartbeat, HeartbeatReply, RegisterReply, RegisterRequest
 
 log = logging.getLogger(__name__)
@@ -37,14 +40,14 @@ log = logging.getLogger(__name__)
 MAX_HEARTBEATS_PER_SECOND = 200.0
 MAX_WAIT = 60.0
 JITTER = 0.1
-_OPERATOR_ACTIONS: dict[billing.Target, billing.OperatorAction] = {
+_OPERATOR_ACTIONS: dict[rules.Target, rules.OperatorAction] = {
     "deprovision": "delete",
     "suspend": "suspend",
     "run": "resume",
 }
 SERVER_FLAGS = {
     "cordon": "UPDATE servers SET cordoned = 1 WHERE id = ?",
-    # Uncordoning is also how an operator clears an over-claim flag (control/capacity.py).
+    # Uncordoning is also how an operator clears an over-claim flag (control/workers/trust.py).
     "uncordon": "UPDATE servers SET cordoned = 0, overclaim = NULL, overclaim_at = NULL "
     "WHERE id = ?",
     # Draining implies cordoned: nothing new lands on a server being emptied.
@@ -61,7 +64,7 @@ class Fleet:
         self.store = store
         self.keyring = keyring
         self.plans: dict[str, Plan] = dict(settings.plans)
-        self.reserve = users.Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
+        self.reserve = records.Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
         self.ledger = NonceLedger()
         self.auth = Authenticator(store, keyring, self.ledger)
         self.board = assignments.GenerationBoard()
@@ -107,7 +110,7 @@ class Fleet:
                 code="unsupported_protocol",
             )
         interval = self.interval()
-        done = await workers.register(self.store, self.keyring, caller, req, interval)
+        done = await registration.register(self.store, self.keyring, caller, req, interval)
         self._live_workers += 1
         await self.place()
         return RegisterReply(
@@ -148,8 +151,8 @@ class Fleet:
 
     async def mint_join_token(
         self, ttl: float | None, stated: Stated | None = None
-    ) -> workers.MintedToken:
-        return await workers.mint_token(
+    ) -> registration.MintedToken:
+        return await registration.mint_token(
             self.store, self.keyring, ttl or self.settings.bootstrap_token_ttl, stated=stated
         )
 
@@ -179,39 +182,39 @@ class Fleet:
         return plan
 
     async def create_user(self, user_id: str, subdomain: str, plan_name: str) -> None:
-        users.validate_user_id(user_id)
-        users.validate_subdomain(subdomain)
+        records.validate_user_id(user_id)
+        records.validate_subdomain(subdomain)
         token = self.keyring.encrypt(self.keyring.new_secret())
-        await users.create(self.store, user_id, subdomain, self.plan(plan_name), token)
+        await records.create(self.store, user_id, subdomain, self.plan(plan_name), token)
         await self.place()
 
-    async def set_user_target(self, user_id: str, goal: billing.Target, reason: str) -> None:
+    async def set_user_target(self, user_id: str, goal: rules.Target, reason: str) -> None:
         """Deprovision (DELETE), suspend or resume a user at the operator's request: a
-        hold that billing events never lift (control/billing.py)."""
+        hold that billing events never lift (control/billing/rules.py)."""
         action = _OPERATOR_ACTIONS[goal]
 
-        async def apply(conn: aiosqlite.Connection) -> billing.Applied:
-            return await billing.operator_action(
+        async def apply(conn: aiosqlite.Connection) -> rules.Applied:
+            return await rules.operator_action(
                 conn, user_id, action, self.billing_policy, now=time.time()
             )
 
         await self._after(await self.store.write(apply))
 
     async def _refresh_billing(self, user_id: str, reason: str, now: float) -> None:
-        async def apply(conn: aiosqlite.Connection) -> billing.Applied:
-            return await billing.refresh(conn, user_id, self.billing_policy, now=now, reason=reason)
+        async def apply(conn: aiosqlite.Connection) -> rules.Applied:
+            return await rules.refresh(conn, user_id, self.billing_policy, now=now, reason=reason)
 
         await self._after(await self.store.write(apply))
 
     @property
-    def billing_policy(self) -> billing.Policy:
-        return billing.Policy(self.plans, self.settings.past_due_grace, self.retention)
+    def billing_policy(self) -> rules.Policy:
+        return rules.Policy(self.plans, self.settings.past_due_grace, self.retention)
 
-    async def apply_billing(self, fact: billing.Fact) -> None:
+    async def apply_billing(self, fact: rules.Fact) -> None:
         """The Stripe outbox's apply function (idempotent; raising means retry)."""
 
-        async def apply(conn: aiosqlite.Connection) -> billing.Applied:
-            return await billing.apply_fact(
+        async def apply(conn: aiosqlite.Connection) -> rules.Applied:
+            return await rules.apply_fact(
                 conn,
                 fact,
                 plans=self.plans,
@@ -222,7 +225,7 @@ class Fleet:
 
         await self._after(await self.store.write(apply))
 
-    async def _after(self, applied: billing.Applied) -> None:
+    async def _after(self, applied: rules.Applied) -> None:
         self.board.notify(*applied.touched)
         # Any change to a user may have made room: it left, or its plan changed.
         if applied.place or applied.user_id is not None:
@@ -235,7 +238,7 @@ class Fleet:
     async def move_user(self, user_id: str, target: str | None) -> str:
         async def apply(conn: aiosqlite.Connection) -> tuple[str | None, str | None]:
             source = await fetch_one(conn, "SELECT server_id FROM users WHERE id = ?", (user_id,))
-            chosen = await users.start_move(
+            chosen = await records.start_move(
                 conn, self.plans, self.reserve, user_id, target, "operator"
             )
             return chosen, source["server_id"] if source else None
@@ -270,7 +273,7 @@ class Fleet:
                 (ciphertext, time.time(), user_id),
             )
             if row["server_id"]:
-                await users.bump_generation(conn, row["server_id"])
+                await records.bump_generation(conn, row["server_id"])
             await events.record(conn, "token_rotated", "gateway token rotated", user_id=user_id)
             return str(row["server_id"]) if row["server_id"] else None
 
@@ -278,8 +281,8 @@ class Fleet:
         if server_id:
             self.board.notify(server_id)
 
-    async def place(self) -> users.PlacementResult:
-        result = await users.place_pending(self.store, self.plans, self.reserve)
+    async def place(self) -> records.PlacementResult:
+        result = await records.place_pending(self.store, self.plans, self.reserve)
         self.board.notify(*result.touched_servers)
         if result.pending:
             log.info("%d user(s) pending: no worker has room", len(result.pending))
@@ -290,12 +293,12 @@ class Fleet:
     async def sweep(self, now: float | None = None) -> None:
         """One liveness and deadline pass at `now` (a test's clock; else the time)."""
         now = time.time() if now is None else now
-        swept = await workers.sweep_liveness(
+        swept = await registration.sweep_liveness(
             self.store, now, self.started_at, self.settings.dead_after
         )
         self._unhealthy = (self._unhealthy | set(swept.unhealthy)) - {*swept.dead, *swept.active}
         if swept.dead:
-            touched = await users.release_from(self.store, swept.dead)
+            touched = await records.release_from(self.store, swept.dead)
             self.board.notify(*swept.dead, *touched)
         if swept.dead or swept.active:
             await self.place()
@@ -315,7 +318,7 @@ class Fleet:
         )
         for row in overdue:
             await self._refresh_billing(row["id"], f"past_due for more than {grace:.0f}s", now)
-        notify = await self.store.write(lambda conn: users.advance_purges(conn, now))
+        notify = await self.store.write(lambda conn: records.advance_purges(conn, now))
         self.board.notify(*notify)
 
     async def run_sweeps(self) -> None:

@@ -28,7 +28,7 @@ from typing import TextIO
 
 from aiohttp import web
 
-from control.middleware import Handler
+from control.api.middleware import Handler
 from shared.logsafe import CONTINUATION as CONTINUATION  # re-exported: tests, callers
 from shared.logsafe import SafeTextFormatter, escape_lines
 from shared.logsafe import escape as escape

@@ -8,14 +8,14 @@ restarts and never drifts from the truth.
 
 Who may read it is decided once, at start-up, by `access_mode` (logged in one line):
 - "loopback": LISTEN_HOST is loopback only and PUBLIC_URL names no proxy
-  (control/edge.py), so every caller is on this machine: loopback callers need no
+  (control/api/edge.py), so every caller is on this machine: loopback callers need no
   token (METRICS_TOKEN, when set, is accepted too);
 - "token": a proxy or a non-loopback listener may carry the internet to it, so every
   caller, loopback included (a local proxy is loopback), needs
   `Authorization: Bearer <METRICS_TOKEN>`;
 - "closed": as "token", but METRICS_TOKEN is not set: nobody may read it (403).
-Failed tokens count towards the caller's sign-in limit (control/ratelimit.py); the
-auth middleware (control/middleware.py) applies `check` with that bookkeeping.
+Failed tokens count towards the caller's sign-in limit (control/api/ratelimit.py); the
+auth middleware (control/api/middleware.py) applies `check` with that bookkeeping.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from control import edge
-from control.errors import Forbidden, Unauthorized
-from control.providers.base import (
+from control.api import edge
+from control.capacity.providers.base import (
     CreateRequest,
     Provider,
     ProviderError,
     ProviderServer,
     ServerType,
 )
+from control.errors import Forbidden, Unauthorized
 from control.settings import Settings
 
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from control.plans import DEFAULT_PLAN, Plan, PlanError, parse_plans
+from control.users.plans import DEFAULT_PLAN, Plan, PlanError, parse_plans
 from shared.names import image_ref_ok, parse_container_user, url_path_ok
 
 DEFAULT_AGENT_IMAGE = "ghcr.io/openclaw/openclaw:2026.11.20"

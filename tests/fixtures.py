@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from control.app import ProviderFactory, create_app
-from control.providers import build_provider
+from control.capacity.providers import build_provider
 from control.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token-" + "a" * 24

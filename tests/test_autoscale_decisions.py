@@ -1,4 +1,4 @@
-"""Autoscaler decisions as parameter tables (control/autoscale.py)."""
+"""Autoscaler decisions as parameter tables (control/capacity/decisions.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from control.autoscale import (
+from control.capacity.decisions import (
     HeldData,
     IdleServer,
     cap_creates,
@@ -19,7 +19,7 @@ from control.autoscale import (
     retry_decision,
     servers_needed,
 )
-from control.placement import Demand, Room
+from control.users.placement import Demand, Room
 
 UNIT = Demand("unit", 1024, 0.5)
 NEW = Room("new", True, 3584, 0, 1.75, 0.0)  # cpx22 less the reserve: 3 default users

@@ -1,4 +1,4 @@
-"""Billing facts applied to users (control/billing.py) through the real control plane."""
+"""Billing facts applied to users (control/billing/rules.py) through the real control plane."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from control.billing import (
+from control.billing.rules import (
     Hold,
     OperatorAction,
     Owner,
@@ -25,7 +25,7 @@ from control.billing import (
     target,
 )
 from control.fleet import FLEET
-from control.plans import DEFAULT_PLAN, Plan
+from control.users.plans import DEFAULT_PLAN, Plan
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered
 
@@ -287,13 +287,13 @@ async def test_another_worker_never_sees_the_token(plane: ControlPlane) -> None:
     ],
 )
 def test_plan_for_price(price: str, expected: str | None) -> None:
-    from control.billing import plan_for_price
+    from control.billing.rules import plan_for_price
 
     plan = plan_for_price(PLANS, price)
     assert (plan.name if plan else None) == expected
 
 
-# --- pure decisions (control/billing.py) ----------------------------------------------
+# --- pure decisions (control/billing/rules.py) ----------------------------------------------
 @pytest.mark.parametrize(
     ("billing", "hold", "expected"),
     [

@@ -1,5 +1,5 @@
 """Who a payment may act on, and operators' orders against billing events, through
-the real control plane (control/billing.py via Fleet.apply_billing and the admin API).
+the real control plane (control/billing/rules.py via Fleet.apply_billing and the admin API).
 
 Issue 9: a payment never takes over a user linked to another customer or created by
 an operator. Issue 10: an operator's suspend or delete is not undone by any billing
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from control import users as users_module
-from control.billing import Target
+from control.billing.rules import Target
 from control.fleet import FLEET
+from control.users import records as users_module
 from tests.fixtures import ControlPlane
 from tests.test_billing import PLANS, Fact, apply, checkout, sub, user
 from tests.test_protocol import registered

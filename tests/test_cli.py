@@ -22,9 +22,9 @@ import pytest
 import stripe
 from aiohttp import web
 
+from control.billing.decode import decode
 from control.cli import main
-from control.plans import parse_plans
-from control.stripe_decode import decode
+from control.users.plans import parse_plans
 from tests.fixtures import ControlPlane, free_port
 from tests.test_protocol import registered
 from tests.worker import FakeWorker

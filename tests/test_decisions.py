@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from control.capacity import Capacity, Stated, describe_source, of_type, trust
-from control.liveness import heartbeat_interval, next_status
-from control.placement import Demand, Room, choose_server, place
+from control.users.placement import Demand, Room, choose_server, place
+from control.workers.liveness import heartbeat_interval, next_status
+from control.workers.trust import Capacity, Stated, describe_source, of_type, trust
 from shared.signing import canonical_query, encode_pairs
 
 

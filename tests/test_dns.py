@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from cloudflare import AsyncCloudflare, BadRequestError
 
-from control import cloudflare_dns
-from control.cloudflare_dns import CloudflareDns, RateLimiter, parse_retry_after
-from control.dns import (
+from control.dns import cloudflare
+from control.dns.cloudflare import CloudflareDns, RateLimiter, parse_retry_after
+from control.dns.provider import (
     MAX_ATTEMPTS,
     DnsError,
     DnsPlan,
@@ -253,7 +253,7 @@ async def test_already_exists_that_never_shows_up_gives_up(
     with pytest.raises(DnsError, match="did not settle") as info:
         await make().upsert(ALICE, "203.0.113.7")
     assert info.value.code == 81058
-    assert cloudflare_fake.count(POST) == cloudflare_dns.UPSERT_ROUNDS
+    assert cloudflare_fake.count(POST) == cloudflare.UPSERT_ROUNDS
 
 
 async def test_create_that_times_out_after_storing_leaves_one_record(
@@ -485,7 +485,7 @@ async def test_list_ours_keeps_only_our_a_records_under_base_domain(
 async def test_list_ours_follows_pagination(
     make: Factory, cloudflare_fake: CloudflareFake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cloudflare_dns, "PAGE_SIZE", 5)
+    monkeypatch.setattr(cloudflare, "PAGE_SIZE", 5)
     for i in range(12):
         cloudflare_fake.add_record(f"u{i}.u.example.com", f"203.0.113.{i + 1}", comment=MARKER)
     records = await make().list_ours()
@@ -496,8 +496,8 @@ async def test_list_ours_follows_pagination(
 async def test_list_ours_is_bounded_in_pages(
     make: Factory, cloudflare_fake: CloudflareFake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cloudflare_dns, "PAGE_SIZE", 5)
-    monkeypatch.setattr(cloudflare_dns, "MAX_PAGES", 2)
+    monkeypatch.setattr(cloudflare, "PAGE_SIZE", 5)
+    monkeypatch.setattr(cloudflare, "MAX_PAGES", 2)
     for i in range(12):
         cloudflare_fake.add_record(f"u{i}.u.example.com", f"203.0.113.{i + 1}", comment=MARKER)
     assert len(await make().list_ours()) == 10

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from control.appkeys import DNS_HEALTH, DNS_SYNC
-from control.cloudflare_dns import CloudflareDns, RateLimiter
-from control.dns import VERIFY_CAP, DnsError, is_refusal, verify_delay
-from control.dns_sync import DnsSync
-from control.store import Store
+from control.db.store import Store
+from control.dns.cloudflare import CloudflareDns, RateLimiter
+from control.dns.provider import VERIFY_CAP, DnsError, is_refusal, verify_delay
+from control.dns.sync import DnsSync
 from tests.fakes.cloudflare import CloudflareFake
 from tests.fixtures import ControlPlane, free_port, make_settings
 from tests.test_dns_sync import ZONE, a_records, worker_at

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from control.appkeys import DNS_SYNC
-from control.dns import DnsError
+from control.dns.provider import DnsError
 from tests.fakes.cloudflare import CloudflareFake
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered

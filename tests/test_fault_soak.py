@@ -30,7 +30,7 @@ from typing import IO, Any
 import aiohttp
 import pytest
 
-from control.providers.local import agent_env_from_user_data
+from control.capacity.providers.local import agent_env_from_user_data
 from tests.fakes.hetzner import Call, HetznerFake, agent_dist
 from tests.fixtures import free_port
 from tests.worker import FakeWorker

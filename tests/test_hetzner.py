@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from control.providers.base import CreateRequest, ErrorKind, ProviderError, ServerType
-from control.providers.hetzner import HetznerProvider, classify
+from control.capacity.providers.base import CreateRequest, ErrorKind, ProviderError, ServerType
+from control.capacity.providers.hetzner import HetznerProvider, classify
 from tests.fakes.hetzner import HetznerFake, hetzner_fake_fixture  # noqa: F401
 
 Factory = Callable[..., HetznerProvider]
@@ -108,7 +108,7 @@ async def test_pair_not_offered_is_skipped_with_a_warning(
     make: Factory, caplog: pytest.LogCaptureFixture
 ) -> None:
     provider = make(types=("cx23", "cpx22"), locations=("nbg1", "ash"))
-    with caplog.at_level(logging.WARNING, logger="control.providers.hetzner"):
+    with caplog.at_level(logging.WARNING, logger="control.capacity.providers.hetzner"):
         await provider.validate()
     assert provider.pairs() == [("cx23", "nbg1"), ("cpx22", "nbg1"), ("cpx22", "ash")]
     assert "cx23 is not offered in ash" in caplog.text

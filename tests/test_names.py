@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from agent import traefik
-from control import cli, dns, settings
+from control import cli, settings
+from control.capacity.providers.base import ProviderError
+from control.capacity.providers.hetzner import _check_name, check_labels
+from control.dns import provider
 from control.errors import BadRequest
-from control.plans import PlanError, parse_plans
-from control.providers.base import ProviderError
-from control.providers.hetzner import _check_name, check_labels
 from control.settings import Settings, SettingsError
-from control.users import validate_subdomain, validate_user_id
+from control.users.plans import PlanError, parse_plans
+from control.users.records import validate_subdomain, validate_user_id
 from shared import names
 from tests.fixtures import ControlPlane
 
@@ -70,9 +71,9 @@ VALIDATORS: list[tuple[str, str, Callable[[str], object], bool]] = [
     ("users.user_id", "vic2", validate_user_id, True),
     ("users.subdomain", "vic2", validate_subdomain, True),
     ("plans.name", "pro", _plan, True),
-    ("dns.fqdn", "vic2", lambda v: dns.fqdn(v, "example.com"), True),
+    ("provider.fqdn", "vic2", lambda v: provider.fqdn(v, "example.com"), True),
     # The base domain comes from BASE_DOMAIN, already checked (below) and stripped.
-    ("dns.fqdn base", "example.com", lambda v: dns.fqdn("vic2", v), False),
+    ("provider.fqdn base", "example.com", lambda v: provider.fqdn("vic2", v), False),
     ("hetzner.label", "prod", _raises(lambda v: check_labels({"clawfleet-cluster": v})), True),
     ("hetzner.label key", "cluster", _raises(lambda v: check_labels({v: "x"})), True),
     ("hetzner.name", "clawfleet-prod-1", _raises(_check_name), True),

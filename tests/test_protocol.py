@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-from control import nonces, workers
-from control.agent_auth import REVOKED_STATUSES
 from control.fleet import FLEET
+from control.workers import nonces, registration
+from control.workers.auth import REVOKED_STATUSES
 from shared import signing
 from tests.fixtures import ControlPlane
 from tests.worker import FakeWorker
@@ -540,5 +540,5 @@ def test_a_nonce_is_remembered_exactly_while_its_timestamp_is_fresh(timestamp: i
 
 
 def test_revoked_is_exactly_retired() -> None:
-    # Two names because control/workers.py imports agent_auth; one meaning.
-    assert set(REVOKED_STATUSES) == set(workers.RETIRED_STATUSES)
+    # Two names because control/workers/registration.py imports agent_auth; one meaning.
+    assert set(REVOKED_STATUSES) == set(registration.RETIRED_STATUSES)

@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 
 from agent.client import ControlClient, ControlPlaneError
-from control.agent_auth import AgentCaller
 from control.fleet import FLEET
-from control.plans import Plan
-from control.specs import UserPlacement, build_spec
+from control.users.plans import Plan
+from control.workers.auth import AgentCaller
+from control.workers.specs import UserPlacement, build_spec
 from shared import protocol, signing
 from shared.protocol import MAX_CONTAINERS, MAX_DEPTH, MAX_TEXT, ProtocolError
 from tests.fixtures import ControlPlane, free_port, make_settings

@@ -33,9 +33,9 @@ from urllib.parse import unquote
 
 import pytest
 
-from control.agent_auth import AgentCaller
+from control.capacity.scaler import Scaler
 from control.fleet import FLEET
-from control.scaler import Scaler
+from control.workers.auth import AgentCaller
 from shared import protocol, signing
 from tests.fixtures import ControlPlane
 from tests.worker import RESOURCES, FakeWorker

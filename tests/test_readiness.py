@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from control.api.readiness import Check, StoreProbe, dns_check, provider_check, verdict
 from control.appkeys import DNS_HEALTH, DNS_SYNC, PROVIDER_HEALTH, SETTINGS
-from control.dns import NoDns
-from control.dns_sync import DnsSync
+from control.capacity.providers.health import ProviderHealth, ProviderState
+from control.db.store import Store
+from control.dns.provider import NoDns
+from control.dns.sync import DnsSync
 from control.fleet import FLEET
-from control.providers.health import ProviderHealth, ProviderState
-from control.readiness import Check, StoreProbe, dns_check, provider_check, verdict
-from control.store import Store
 from tests.fixtures import ControlPlane, make_settings
 
 OK, DOWN = Check(True, "fine"), Check(False, "down")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from control.__main__ import build_env
-from control.store import Store
+from control.db.store import Store
 from tests.fixtures import ADMIN_TOKEN, INTERNAL_SECRET, free_port
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from control.migrations import MIGRATIONS
-from control.store import COMPANIONS, Store, StoreUnavailable
+from control.db.migrations import MIGRATIONS
+from control.db.store import COMPANIONS, Store, StoreUnavailable
 from tests.fixtures import ControlPlane
 
 
@@ -266,7 +266,7 @@ async def test_writes_recover_and_the_outage_is_logged_once(
         await store.write(lambda c: c.execute("PRAGMA max_page_count = 100000"))  # space again
         assert store.failure is None
         await store.write(insert_event)
-        lines = [r.getMessage() for r in caplog.records if r.name == "control.store"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "control.db.store"]
         assert sum("writes are failing" in line for line in lines) == 1
         assert sum("writes succeed again" in line for line in lines) == 1
     finally:

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from control.billing.inbox import INBOX, StripeInbox
+from control.db.store import Store
 from control.fleet import FLEET
-from control.plans import DEFAULT_PLAN, Plan
-from control.store import Store
-from control.stripe_inbox import INBOX, StripeInbox
+from control.users.plans import DEFAULT_PLAN, Plan
 from tests import stripe_events as se
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered
@@ -171,7 +171,7 @@ async def test_events_queued_across_a_restart_are_applied_once(
 
 async def test_events_that_keep_failing_are_listed(plane: ControlPlane) -> None:
     assert plane.app is not None
-    from control.stripe_inbox import INBOX
+    from control.billing.inbox import INBOX
 
     inbox = plane.app[INBOX]
     # Stop the app's own processing so that only the broken apply below sees the event.

@@ -18,9 +18,8 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from control.middleware import errors
-from control.store import Store
-from control.stripe_inbox import (
+from control.api.middleware import errors
+from control.billing.inbox import (
     INBOX,
     BillingFact,
     StripeInbox,
@@ -28,6 +27,7 @@ from control.stripe_inbox import (
     decode,
     stripe_routes,
 )
+from control.db.store import Store
 from tests import stripe_events as se
 from tests.fakes.stripe_api import StripeFake, stripe_fake_fixture  # noqa: F401
 

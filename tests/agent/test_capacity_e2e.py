@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from control.appkeys import SCALER
-from control.providers.local import agent_env_from_user_data
+from control.capacity.providers.local import agent_env_from_user_data
 from tests.agent.conftest import AgentProcess, new_user
 from tests.agent.test_e2e import plane_settings, until, wait_running
 from tests.fakes.hetzner import HetznerFake, agent_dist, host_sized_type, provider_with_timeout

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from control.providers.local import LocalProvider
+from control.capacity.providers.local import LocalProvider
 from control.settings import Settings
 from tests.agent.conftest import new_user
 from tests.agent.test_e2e import plane_settings, wait_running

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any
 
-from control.sessions import COOKIE_NAME, CSRF_HEADER
+from control.api.sessions import COOKIE_NAME, CSRF_HEADER
 from tests.fixtures import ControlPlane
 
 

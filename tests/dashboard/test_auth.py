@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from control.sessions import COOKIE_NAME, CSRF_HEADER, SessionStore
+from control.api.sessions import COOKIE_NAME, CSRF_HEADER, SessionStore
 from tests.dashboard.http import call, session_cookie, sign_in
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered
@@ -274,7 +274,7 @@ async def test_static_assets_hold_no_inline_script_and_no_external_url(
 
 
 def _store(control: ControlPlane) -> SessionStore:
-    from control.sessions import SESSIONS
+    from control.api.sessions import SESSIONS
 
     assert control.app is not None
     return control.app[SESSIONS]

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from control.providers.base import Provider, ServerType
-from control.providers.local import LocalProvider
+from control.capacity.providers.base import Provider, ServerType
+from control.capacity.providers.local import LocalProvider
 from control.settings import Settings
 from tests.dashboard.conftest import LAPTOP, PHONE
 from tests.fixtures import ControlPlane

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
-from control import edge
+from control.api import edge
+from control.api.ratelimit import AUTH_GUARD, EVENT_BURST, EventGate, FailureLimiter
 from control.fleet import FLEET
-from control.ratelimit import AUTH_GUARD, EVENT_BURST, EventGate, FailureLimiter
 from tests.dashboard.http import call, sign_in
 from tests.fixtures import ControlPlane
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from control.sessions import SessionStore, check_admin_token, check_csrf
-from control.store import Store
+from control.api.sessions import SessionStore, check_admin_token, check_csrf
+from control.db.store import Store
 from tests.fixtures import INTERNAL_SECRET
 
 

@@ -74,7 +74,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from control.providers.hetzner import HetznerProvider
+from control.capacity.providers.hetzner import HetznerProvider
 from control.settings import Settings
 from shared.version import __version__
 from tests.fakes.common import endpoint_and_body
@@ -774,7 +774,7 @@ async def hetzner_fake_fixture() -> AsyncIterator[HetznerFake]:
 
 
 def provider_with_timeout(timeout: float) -> Callable[[Settings], HetznerProvider]:
-    """A provider factory for the app (like control.providers.build_provider), with a
+    """A provider factory for the app (like control.capacity.providers.build_provider), with a
     short timeout so tests of slow or lost replies finish quickly."""
 
     def build(settings: Settings) -> HetznerProvider:

@@ -1,0 +1,620 @@
+// Clawfleet dashboard: a small single-page app over the admin API (/v1/*).
+// Authorized by the HttpOnly session cookie; unsafe calls carry X-CSRF-Token.
+// All data reaches the page through textContent / attributes, never parsed as HTML.
+"use strict";
+
+(() => {
+  const MONTH_HOURS = 730; // monthly cost estimate = hourly x 730 (ignores Hetzner's monthly cap)
+  const LATE_INTERVALS = 3; // a heartbeat is late after 3 of the server's intervals
+
+  const state = {
+    csrf: "",
+    baseDomain: "",
+    pollMs: 3000,
+    servers: [],
+    users: [],
+    health: {}, // {provider, dns}: each {state, detail, ...} from GET /v1/servers
+    fetchedAt: 0, // Date.now() when servers were fetched: ages tick from there
+    lastOk: 0,
+    failing: false,
+    events: new Map(),
+    oldestEvent: null,
+    moreEvents: true,
+    showDeleted: false,
+    panels: new Map(), // user_id -> {kind: "access"|"move", node: <tr>}
+    route: null,
+    timer: null,
+  };
+
+  // --- DOM helpers -------------------------------------------------------------
+  function h(tag, props, ...children) {
+    const el = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") el.className = value;
+      else if (key === "text") el.textContent = String(value);
+      else if (key === "dataset") Object.assign(el.dataset, value);
+      else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+      else el.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children.flat(Infinity)) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
+  }
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const clear = (el) => { while (el.firstChild) el.firstChild.remove(); return el; };
+  // One wrapper per cell: on phones the cell is a two-column grid (label, content).
+  const cell = (label, ...children) => h("td", { "data-label": label }, h("div", null, ...children));
+  const badge = (value) => h("span", { class: "badge s-" + String(value || "none").replace(/[^a-z_-]/gi, "") }, value || "—");
+  const serverHref = (id) => "/dashboard/servers/" + encodeURIComponent(id);
+  const link = (href, text, extra) => h("a", { href, "data-internal": true, ...(extra || {}) }, text);
+  const dash = (v) => (v === null || v === undefined || v === "" ? "—" : v);
+
+  function fmtAge(seconds) {
+    if (seconds === null || seconds === undefined) return "never";
+    const s = Math.max(0, Math.floor(seconds));
+    if (s < 90) return s + "s";
+    if (s < 5400) return Math.floor(s / 60) + "m " + (s % 60) + "s";
+    if (s < 172800) return Math.floor(s / 3600) + "h " + Math.floor((s % 3600) / 60) + "m";
+    return Math.floor(s / 86400) + "d";
+  }
+  function fmtMb(mb) {
+    if (mb === null || mb === undefined) return "?";
+    return mb >= 1024 ? (mb / 1024).toFixed(mb % 1024 ? 1 : 0) + " GB" : mb + " MB";
+  }
+  function fmtMoney(value, digits) {
+    return value.toFixed(digits);
+  }
+  function fmtTime(iso) {
+    if (!iso) return "—";
+    const d = new Date(iso);
+    return isNaN(d) ? iso : d.toLocaleString();
+  }
+
+  function capacityBar(mem) {
+    const used = mem ? mem.used : 0;
+    const total = mem ? mem.total : null;
+    const share = total ? Math.min(1, used / total) : 0;
+    const fill = h("span");
+    fill.style.width = (share * 100).toFixed(1) + "%"; // CSSOM, not an inline style attribute
+    const bar = h("div", { class: "bar" + (share >= 1 ? " full" : share >= 0.8 ? " high" : ""), role: "meter",
+      "aria-valuemin": 0, "aria-valuemax": total || 0, "aria-valuenow": used }, fill);
+    return [bar, h("span", { class: "small muted" }, fmtMb(used) + " / " + fmtMb(total))];
+  }
+
+  // An element whose text is the heartbeat age, advanced every second from the fetch time.
+  function ageElement(server) {
+    const el = h("span", { class: "age", dataset: { serverId: server.id } });
+    if (server.last_heartbeat_age !== null && server.last_heartbeat_age !== undefined) {
+      el.dataset.age = String(server.last_heartbeat_age);
+    }
+    if (server.heartbeat_interval) el.dataset.interval = String(server.heartbeat_interval);
+    paintAge(el);
+    return el;
+  }
+  function paintAge(el) {
+    if (el.dataset.age === undefined) {
+      el.textContent = "never";
+      el.classList.remove("late");
+      return;
+    }
+    const age = Number(el.dataset.age) + (Date.now() - state.fetchedAt) / 1000;
+    const interval = Number(el.dataset.interval || 0);
+    el.textContent = fmtAge(age);
+    el.dataset.seconds = String(Math.floor(age));
+    el.classList.toggle("late", interval > 0 && age > LATE_INTERVALS * interval);
+    el.title = interval ? "late after " + fmtAge(LATE_INTERVALS * interval) + " (3 × " + interval + "s)" : "";
+  }
+  function tick() {
+    for (const el of document.querySelectorAll(".age[data-server-id]")) paintAge(el);
+    const live = $("#live");
+    if (live && state.lastOk) {
+      const ago = Math.floor((Date.now() - state.lastOk) / 1000);
+      live.textContent = state.failing ? "update failed " + ago + "s ago" : "updated " + ago + "s ago";
+      live.classList.toggle("stale", state.failing || ago > 3 * (state.pollMs / 1000));
+    }
+  }
+
+  // --- API ---------------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+  }
+  async function api(method, path, body) {
+    const headers = { Accept: "application/json" };
+    const opts = { method, headers, credentials: "same-origin", cache: "no-store" };
+    if (method !== "GET") {
+      headers["X-CSRF-Token"] = state.csrf;
+      if (body !== undefined) {
+        headers["Content-Type"] = "application/json";
+        opts.body = JSON.stringify(body);
+      }
+    }
+    const r = await fetch(path, opts);
+    let data = null;
+    try { data = await r.json(); } catch (_) { data = null; }
+    if (r.status === 401) {
+      location.assign("/dashboard/login?next=" + encodeURIComponent(location.pathname));
+      throw new ApiError(401, "unauthorized", "signed out");
+    }
+    if (!r.ok) {
+      const err = data && data.error ? data.error : { code: "http_" + r.status, message: r.statusText };
+      throw new ApiError(r.status, err.code, err.message);
+    }
+    return data;
+  }
+
+  function toast(message, bad) {
+    const el = $("#toast");
+    el.textContent = message;
+    el.classList.toggle("bad", Boolean(bad));
+    el.hidden = false;
+    clearTimeout(toast.timer);
+    toast.timer = setTimeout(() => { el.hidden = true; }, bad ? 8000 : 4000);
+  }
+
+  async function act(label, method, path, body) {
+    try {
+      const result = await api(method, path, body);
+      toast(label + ": done");
+      await refresh();
+      return result;
+    } catch (err) {
+      if (err.status !== 401) toast(label + " failed: " + err.message + (err.code ? " (" + err.code + ")" : ""), true);
+      return null;
+    }
+  }
+
+  // --- routing -----------------------------------------------------------------
+  function parseRoute() {
+    const path = location.pathname.replace(/\/+$/, "");
+    const params = new URLSearchParams(location.search);
+    if (path === "/dashboard" || path === "") return { page: "fleet" };
+    if (path === "/dashboard/users") return { page: "users", q: params.get("q") || "" };
+    if (path === "/dashboard/events") return { page: "events" };
+    const m = path.match(/^\/dashboard\/servers\/([^/]+)$/);
+    if (m) return { page: "server", id: decodeURIComponent(m[1]) };
+    return { page: "missing" };
+  }
+  function go(href) {
+    history.pushState(null, "", href);
+    enter();
+  }
+  document.addEventListener("click", (ev) => {
+    const a = ev.target.closest && ev.target.closest("a[data-internal]");
+    if (!a || ev.defaultPrevented || ev.button !== 0 || ev.metaKey || ev.ctrlKey || ev.shiftKey || ev.altKey) return;
+    ev.preventDefault();
+    go(a.getAttribute("href"));
+  });
+  window.addEventListener("popstate", enter);
+
+  function enter() {
+    state.route = parseRoute();
+    state.panels.clear();
+    for (const a of document.querySelectorAll("[data-nav]")) {
+      const current = a.dataset.nav === state.route.page || (a.dataset.nav === "fleet" && state.route.page === "server");
+      a.classList.toggle("current", current);
+      if (current) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+    }
+    const main = clear($("#main"));
+    const pages = { fleet: skeletonFleet, server: skeletonServer, users: skeletonUsers, events: skeletonEvents, missing: skeletonMissing };
+    pages[state.route.page](main);
+    render();
+    refresh();
+  }
+
+  // --- polling -----------------------------------------------------------------
+  async function refresh() {
+    const route = state.route;
+    try {
+      if (route.page === "events") {
+        const data = await api("GET", "/v1/events?limit=100");
+        for (const e of data.events) state.events.set(e.id, e);
+        if (state.oldestEvent === null && data.events.length) {
+          state.oldestEvent = data.events[data.events.length - 1].id;
+          state.moreEvents = data.events.length === 100;
+        }
+      } else {
+        const [servers, users] = await Promise.all([api("GET", "/v1/servers"), api("GET", "/v1/users")]);
+        state.servers = servers.servers;
+        state.health = { provider: servers.provider, dns: servers.dns };
+        state.users = users.users;
+        state.fetchedAt = Date.now();
+      }
+      state.lastOk = Date.now();
+      state.failing = false;
+    } catch (err) {
+      state.failing = true;
+      if (!state.lastOk) state.lastOk = Date.now();
+    }
+    if (route === state.route) render();
+    renderBanner();
+    tick();
+  }
+  function schedule() {
+    clearTimeout(state.timer);
+    state.timer = setTimeout(async () => {
+      if (!document.hidden) await refresh();
+      schedule();
+    }, state.pollMs);
+  }
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
+
+  // --- health banner: the cloud or DNS provider is not usable --------------------
+  const BANNER = {
+    provider: {
+      validating: "Cloud provider not validated yet, retrying; no server is created meanwhile: ",
+      invalid: "Cloud provider refused the configuration; fix the setting and restart: ",
+    },
+    dns: {
+      validating: "DNS provider not verified yet, retrying; DNS records wait meanwhile: ",
+      invalid: "DNS provider refused the configuration; fix the setting and restart: ",
+    },
+  };
+  function renderBanner() {
+    const box = $("#health-banner");
+    if (!box) return;
+    const lines = [];
+    for (const source of ["provider", "dns"]) {
+      const health = state.health[source];
+      if (!health || health.state === "ok") continue;
+      const lead = BANNER[source][health.state] || source + " is " + health.state + ": ";
+      // textContent only (h's text nodes): the detail quotes the provider's answer.
+      lines.push(h("p", { class: "banner-line", dataset: { source, state: health.state } }, lead + (health.detail || "")));
+    }
+    clear(box).append(...lines);
+    box.hidden = lines.length === 0;
+  }
+
+  function render() {
+    const renderers = { fleet: renderFleet, server: renderServer, users: renderUsers, events: renderEvents, missing: () => {} };
+    renderers[state.route.page]();
+  }
+
+  // --- fleet page ----------------------------------------------------------------
+  function skeletonFleet(main) {
+    document.title = "Fleet · Clawfleet";
+    main.append(
+      h("h1", null, "Fleet"),
+      h("section", { id: "totals", class: "cards", "aria-label": "Totals" }),
+      h("div", { class: "toolbar" },
+        h("label", { class: "small muted" },
+          h("input", { type: "checkbox", id: "show-deleted", checked: state.showDeleted,
+            onchange: (ev) => { state.showDeleted = ev.target.checked; render(); } }),
+          " show deleted servers")),
+      h("div", { class: "panel" }, h("table", { class: "responsive", id: "servers" },
+        h("thead", null, h("tr", null, ["Server", "Status", "Heartbeat", "Type · location", "Public IP", "Agent", "Memory", "Containers"].map((t) => h("th", null, t)))),
+        h("tbody"))),
+      h("h2", null, "Pending users"),
+      h("div", { class: "panel", id: "pending" }),
+    );
+  }
+
+  function renderFleet() {
+    const live = state.servers.filter((s) => s.status !== "deleted");
+    const counted = live.filter((s) => s.status !== "dead");
+    const memUsed = counted.reduce((n, s) => n + (s.capacity.memory_mb.used || 0), 0);
+    const memTotal = counted.reduce((n, s) => n + (s.capacity.memory_mb.total || 0), 0);
+    const running = live.reduce((n, s) => n + s.containers_running, 0);
+    const desired = live.reduce((n, s) => n + s.containers_desired, 0);
+    const priced = live.filter((s) => typeof s.hourly_price === "number");
+    const hourly = priced.reduce((n, s) => n + s.hourly_price, 0);
+    const unpriced = live.length - priced.length;
+    const pending = state.users.filter((u) => u.state === "pending");
+    const byStatus = {};
+    for (const s of live) byStatus[s.status] = (byStatus[s.status] || 0) + 1;
+
+    const card = (id, label, value, sub) => h("div", { class: "card", id }, h("div", { class: "label" }, label), h("div", { class: "value" }, value), sub ? h("div", { class: "sub" }, sub) : null);
+    clear($("#totals")).append(
+      card("total-servers", "Servers", String(live.length), Object.entries(byStatus).map(([k, v]) => v + " " + k).join(", ") || "none"),
+      card("total-memory", "Memory", fmtMb(memUsed) + " / " + fmtMb(memTotal), capacityBar({ used: memUsed, total: memTotal })),
+      card("total-containers", "Containers", running + " / " + desired, "running / desired"),
+      card("total-pending", "Pending users", String(pending.length), pending.length ? "waiting for room" : "none waiting"),
+      priced.length
+        ? card("total-cost", "Est. cost", fmtMoney(hourly, 4) + " /h",
+          "≈ " + fmtMoney(hourly * MONTH_HOURS, 2) + " /month (× " + MONTH_HOURS + " h, net, provider currency)" +
+          (unpriced ? "; " + unpriced + " server(s) without a price" : ""))
+        : card("total-cost", "Est. cost", "—", live.length ? live.length + " server(s) without a price" : "no servers"),
+    );
+
+    const shown = state.showDeleted ? state.servers : live;
+    const deletedCount = state.servers.length - live.length;
+    const toggle = $("#show-deleted");
+    if (toggle) toggle.parentElement.hidden = deletedCount === 0;
+    const tbody = clear($("#servers tbody"));
+    if (!shown.length) tbody.append(h("tr", null, h("td", { colspan: 8, class: "empty full" }, "No servers yet. Workers appear here when they register.")));
+    for (const s of shown) {
+      const mem = s.capacity.memory_mb;
+      tbody.append(h("tr", { dataset: { serverId: s.id } },
+        cell("Server", link(serverHref(s.id), s.hostname || s.name || s.id), h("div", { class: "small muted mono" }, s.id)),
+        cell("Status", badge(s.status), s.cordoned ? h("span", { class: "badge flag s-unknown" }, s.draining ? "draining" : "cordoned") : null),
+        cell("Heartbeat", ageElement(s)),
+        cell("Type · location", h("span", null, [s.server_type, s.location].filter(Boolean).join(" · ") || "—"), h("div", { class: "small muted" }, s.provider || "")),
+        cell("Public IP", h("span", { class: "mono" }, dash(s.public_ip))),
+        cell("Agent", dash(s.agent_version)),
+        cell("Memory", h("div", null, capacityBar(mem))),
+        h("td", { "data-label": "Containers", class: "num containers" }, s.containers_running + " / " + s.containers_desired),
+      ));
+    }
+
+    const box = clear($("#pending"));
+    if (!pending.length) box.append(h("p", { class: "empty" }, "No user is waiting for capacity."));
+    else {
+      box.append(h("table", { class: "responsive" },
+        h("thead", null, h("tr", null, ["User", "Plan", "Waiting since"].map((t) => h("th", null, t)))),
+        h("tbody", null, pending.map((u) => h("tr", null,
+          cell("User", link("/dashboard/users?q=" + encodeURIComponent(u.user_id), u.user_id)),
+          cell("Plan", u.plan),
+          cell("Waiting since", fmtTime(u.updated_at))))),
+      ));
+    }
+  }
+
+  // --- server page ---------------------------------------------------------------
+  function skeletonServer(main) {
+    const id = state.route.id;
+    document.title = id + " · Clawfleet";
+    main.append(
+      h("p", { class: "small" }, link("/dashboard", "← Fleet")),
+      h("h1", { id: "server-title" }, id),
+      h("div", { class: "actions", id: "server-actions" }),
+      h("h2", null, "Server"),
+      h("div", { class: "panel", id: "server-detail" }),
+      h("h2", null, "Containers"),
+      h("div", { class: "panel" }, h("table", { class: "responsive", id: "containers" },
+        h("thead", null, h("tr", null, ["User", "State", "Health", "Image", "Restarts", "Started", "Last error"].map((t) => h("th", null, t)))),
+        h("tbody"))),
+    );
+  }
+
+  function renderServer() {
+    const s = state.servers.find((x) => x.id === state.route.id);
+    if (!s) {
+      if (state.fetchedAt) clear($("#server-detail")).append(h("p", { class: "empty" }, "No such server."));
+      return;
+    }
+    $("#server-title").textContent = s.hostname || s.name || s.id;
+    const path = "/v1/servers/" + encodeURIComponent(s.id) + "/";
+    const gone = s.status === "deleted" || s.status === "deleting";
+    clear($("#server-actions")).append(
+      h("button", { type: "button", id: "action-cordon", disabled: gone || s.cordoned,
+        onclick: () => act("Cordon " + s.id, "POST", path + "cordon") }, "Cordon"),
+      h("button", { type: "button", id: "action-uncordon", disabled: gone || !s.cordoned,
+        onclick: () => act("Uncordon " + s.id, "POST", path + "uncordon") }, "Uncordon"),
+      h("button", { type: "button", id: "action-drain", class: "danger", disabled: gone || s.draining,
+        onclick: () => { if (confirm("Drain " + (s.hostname || s.name || s.id) + "? Its users are moved away and it is emptied.")) act("Drain " + s.id, "POST", path + "drain"); } }, "Drain"),
+    );
+    const cpu = s.capacity.cpus;
+    const rows = [
+      ["Status", [badge(s.status), s.cordoned ? h("span", { class: "badge flag s-unknown" }, s.draining ? "draining" : "cordoned") : null]],
+      ["Id", h("span", { class: "mono" }, s.id + (s.name && s.name !== s.id ? " (" + s.name + ")" : ""))],
+      ["Heartbeat", [ageElement(s), h("span", { class: "muted small" }, s.heartbeat_interval ? " every " + Number(s.heartbeat_interval).toFixed(1) + "s" : "")]],
+      ["Provider", dash([s.provider, s.provider_id ? "(" + s.provider_id + ")" : ""].filter(Boolean).join(" "))],
+      ["Type · location", [s.server_type, s.location].filter(Boolean).join(" · ") || "—"],
+      ["Public IP", h("span", { class: "mono" }, dash(s.public_ip))],
+      ["Hostname", dash(s.hostname)],
+      ["Agent / Docker", dash(s.agent_version) + " / " + dash(s.docker_version)],
+      ["Metadata blocked", s.metadata_blocked === null || s.metadata_blocked === undefined ? "—" : s.metadata_blocked ? "yes" : "NO"],
+      ["Memory", h("div", null, capacityBar(s.capacity.memory_mb))],
+      ["CPUs", cpu.used + " / " + dash(cpu.total)],
+      ["Containers", s.containers_running + " running / " + s.containers_desired + " desired"],
+      ["Generation", s.applied_generation + " applied of " + s.generation],
+      ["Price", typeof s.hourly_price === "number" ? fmtMoney(s.hourly_price, 4) + " /h · ≈ " + fmtMoney(s.hourly_price * MONTH_HOURS, 2) + " /month" : "unknown"],
+      ["Registered", fmtTime(s.registered_at)],
+    ];
+    clear($("#server-detail")).append(h("dl", { class: "detail" }, rows.map(([k, v]) => [h("dt", null, k), h("dd", null, v)])));
+
+    const tbody = clear($("#containers tbody"));
+    if (!s.containers.length) tbody.append(h("tr", null, h("td", { colspan: 7, class: "empty full" }, "No containers.")));
+    for (const c of s.containers) {
+      tbody.append(h("tr", { dataset: { userId: c.user_id } },
+        cell("User", link("/dashboard/users?q=" + encodeURIComponent(c.user_id), c.user_id), c.desired ? null : h("div", { class: "small error" }, "not desired")),
+        cell("State", badge(c.state)),
+        cell("Health", badge(c.health)),
+        cell("Image", h("span", { class: "mono", title: c.image_id || "" }, c.image_id ? c.image_id.replace(/^sha256:/, "").slice(0, 12) : "—")),
+        h("td", { "data-label": "Restarts", class: "num" }, dash(c.restart_count)),
+        cell("Started", fmtTime(c.started_at)),
+        cell("Last error", c.error ? h("span", { class: "error" }, c.error) : "—"),
+      ));
+    }
+  }
+
+  // --- users page ----------------------------------------------------------------
+  function skeletonUsers(main) {
+    document.title = "Users · Clawfleet";
+    main.append(
+      h("h1", null, "Users"),
+      h("div", { class: "toolbar" },
+        h("input", { type: "search", id: "user-search", placeholder: "Search user, subdomain, server, state, plan…",
+          "aria-label": "Search users", value: state.route.q || "",
+          oninput: (ev) => {
+            state.route.q = ev.target.value;
+            const url = ev.target.value ? "/dashboard/users?q=" + encodeURIComponent(ev.target.value) : "/dashboard/users";
+            history.replaceState(null, "", url);
+            renderUsers();
+          } }),
+        h("span", { class: "small muted", id: "user-count" })),
+      h("div", { class: "panel" }, h("table", { class: "responsive", id: "users" },
+        h("thead", null, h("tr", null, ["User", "State", "Plan", "Server", "Address", "Container", "Actions"].map((t) => h("th", null, t)))),
+        h("tbody"))),
+    );
+  }
+
+  function userMatches(u, q) {
+    if (!q) return true;
+    const words = q.toLowerCase().split(/\s+/).filter(Boolean);
+    const hay = [u.user_id, u.subdomain, u.server_id, u.state, u.plan, u.billing_status].filter(Boolean).join(" ").toLowerCase();
+    return words.every((w) => hay.includes(w));
+  }
+
+  function renderUsers() {
+    const q = state.route.q || "";
+    const users = state.users.filter((u) => userMatches(u, q));
+    $("#user-count").textContent = users.length + " of " + state.users.length;
+    const tbody = $("#users tbody");
+    // Keep open panels' nodes (a half-chosen move target survives a poll).
+    const kept = new Map(state.panels);
+    clear(tbody);
+    if (!users.length) tbody.append(h("tr", null, h("td", { colspan: 7, class: "empty full" }, state.users.length ? "No user matches." : "No users yet.")));
+    for (const u of users) {
+      tbody.append(userRow(u));
+      const panel = kept.get(u.user_id);
+      if (panel) tbody.append(panel.node);
+    }
+  }
+
+  function userRow(u) {
+    const uid = encodeURIComponent(u.user_id);
+    const base = "/v1/users/" + uid + "/";
+    const url = state.baseDomain ? "https://" + u.subdomain + "." + state.baseDomain : null;
+    const server = state.servers.find((s) => s.id === u.server_id);
+    const c = u.container;
+    // Two sources: billing says whether the user may run, an operator's hold whether
+    // it will; only a resume lifts the hold (control/billing/rules.py).
+    const canSuspend = !u.hold && u.state !== "deprovisioned";
+    const canResume = Boolean(u.hold);
+    return h("tr", { dataset: { userId: u.user_id } },
+      cell("User", h("strong", null, u.user_id),
+        h("div", { class: "small muted user-billing" }, "billing: " + (u.billing_status || "none") + " (" + (u.billing_state || "?") + ")"),
+        u.hold ? h("div", { class: "small user-hold" }, "operator hold: " + u.hold) : null,
+        u.billing_conflict ? h("div", { class: "small error" }, u.billing_conflict) : null),
+      cell("State", h("span", { class: "user-state" }, badge(u.state)),
+        u.moving_from ? h("div", { class: "small muted" }, "moving from " + u.moving_from) : null,
+        u.error ? h("div", { class: "small error" }, u.error) : null),
+      cell("Plan", u.plan),
+      cell("Server", u.server_id ? link(serverHref(u.server_id), server ? server.hostname || server.name || u.server_id : u.server_id) : "—"),
+      cell("Address", url ? h("a", { href: url, target: "_blank", rel: "noopener noreferrer" }, u.subdomain + "." + state.baseDomain) : u.subdomain),
+      cell("Container", c ? [badge(c.state), " ", c.health && c.health !== "unknown" ? badge(c.health) : null] : "—"),
+      h("td", { "data-label": "Actions" }, h("div", { class: "actions" },
+        canSuspend ? h("button", { type: "button", class: "act-suspend",
+          onclick: () => { if (confirm("Suspend " + u.user_id + "? Their container stops; data is kept.")) act("Suspend " + u.user_id, "POST", base + "suspend"); } }, "Suspend") : null,
+        canResume ? h("button", { type: "button", class: "act-resume",
+          onclick: () => act("Resume " + u.user_id, "POST", base + "resume") }, "Resume") : null,
+        h("button", { type: "button", class: "act-move", disabled: !["running", "provisioning"].includes(u.state) || !u.server_id || Boolean(u.moving_from),
+          onclick: () => togglePanel(u, "move") }, "Move"),
+        h("button", { type: "button", class: "act-rotate",
+          onclick: () => { if (confirm("Rotate " + u.user_id + "'s gateway token? Their container restarts with the new one.")) act("Rotate token of " + u.user_id, "POST", base + "rotate-token").then((r) => { if (r && state.panels.get(u.user_id)?.kind === "access") showAccess(u, r); }); } }, "Rotate token"),
+        h("button", { type: "button", class: "act-access",
+          onclick: () => togglePanel(u, "access") }, "Show access"),
+      )),
+    );
+  }
+
+  function togglePanel(u, kind) {
+    const open = state.panels.get(u.user_id);
+    if (open) {
+      open.node.remove();
+      state.panels.delete(u.user_id);
+      if (open.kind === kind) return;
+    }
+    const td = h("td", { colspan: 7, class: "full" });
+    const node = h("tr", { class: "row-panel", dataset: { panelFor: u.user_id } }, td);
+    state.panels.set(u.user_id, { kind, node });
+    const row = [...document.querySelectorAll("#users tbody tr[data-user-id]")].find((r) => r.dataset.userId === u.user_id);
+    if (row) row.after(node);
+    if (kind === "access") {
+      td.append(h("div", { class: "inline-panel" }, "Loading access…"));
+      api("GET", "/v1/users/" + encodeURIComponent(u.user_id) + "/access")
+        .then((a) => showAccess(u, a))
+        .catch((err) => { clear(td).append(h("span", { class: "error" }, "Access failed: " + err.message)); });
+    } else {
+      const targets = state.servers.filter((s) => s.id !== u.server_id && s.status === "active" && !s.cordoned);
+      const select = h("select", { "aria-label": "Move " + u.user_id + " to", class: "move-target" },
+        h("option", { value: "" }, "best fit (any server with room)"),
+        targets.map((s) => h("option", { value: s.id }, (s.hostname || s.name || s.id) + " — " + fmtMb(s.capacity.memory_mb.used) + " / " + fmtMb(s.capacity.memory_mb.total))));
+      td.append(h("div", { class: "inline-panel" },
+        h("span", null, "Move " + u.user_id + " to"), select,
+        h("button", { type: "button", class: "primary act-move-go",
+          onclick: async () => {
+            const r = await act("Move " + u.user_id, "POST", "/v1/users/" + encodeURIComponent(u.user_id) + "/move", { server_id: select.value || null });
+            if (r) { node.remove(); state.panels.delete(u.user_id); }
+          } }, "Move"),
+        h("button", { type: "button", class: "link", onclick: () => togglePanel(u, "move") }, "Cancel")));
+    }
+  }
+
+  function showAccess(u, access) {
+    const open = state.panels.get(u.user_id);
+    if (!open || open.kind !== "access") return;
+    const td = clear(open.node.firstChild);
+    const url = /^https:\/\//.test(access.url) ? access.url : null;
+    td.append(h("div", { class: "inline-panel" },
+      h("span", null, "URL"), url ? h("a", { href: url, target: "_blank", rel: "noopener noreferrer" }, url) : access.url,
+      h("span", null, "Token"), h("code", { class: "access-token" }, access.token),
+      h("button", { type: "button", onclick: () => navigator.clipboard && navigator.clipboard.writeText(access.token).then(() => toast("Token copied"), () => toast("Copy failed", true)) }, "Copy"),
+      h("button", { type: "button", class: "link", onclick: () => togglePanel(u, "access") }, "Hide")));
+  }
+
+  // --- events page ---------------------------------------------------------------
+  function skeletonEvents(main) {
+    document.title = "Events · Clawfleet";
+    main.append(
+      h("h1", null, "Events"),
+      h("div", { class: "toolbar" },
+        h("input", { type: "search", id: "event-filter", placeholder: "Filter kind, server, user, message…", "aria-label": "Filter events",
+          oninput: renderEvents })),
+      h("div", { class: "panel" }, h("table", { class: "responsive", id: "events" },
+        h("thead", null, h("tr", null, ["#", "Time", "Kind", "Server", "User", "Message"].map((t) => h("th", null, t)))),
+        h("tbody"))),
+      h("div", { class: "more" }, h("button", { type: "button", id: "older", onclick: loadOlder }, "Load older")),
+    );
+  }
+
+  async function loadOlder() {
+    if (state.oldestEvent === null) return;
+    try {
+      const data = await api("GET", "/v1/events?limit=100&before=" + state.oldestEvent);
+      for (const e of data.events) state.events.set(e.id, e);
+      if (data.events.length) state.oldestEvent = data.events[data.events.length - 1].id;
+      state.moreEvents = data.events.length === 100;
+      renderEvents();
+    } catch (err) {
+      if (err.status !== 401) toast("Loading events failed: " + err.message, true);
+    }
+  }
+
+  function renderEvents() {
+    const q = ($("#event-filter") || { value: "" }).value.toLowerCase();
+    const all = [...state.events.values()].sort((a, b) => b.id - a.id);
+    const shown = all.filter((e) => !q || [e.kind, e.server_id, e.user_id, e.message].filter(Boolean).join(" ").toLowerCase().includes(q));
+    const tbody = clear($("#events tbody"));
+    if (!shown.length) tbody.append(h("tr", null, h("td", { colspan: 6, class: "empty full" }, all.length ? "No event matches." : "No events yet.")));
+    for (const e of shown) {
+      const failed = /fail|error|dead|unhealthy|theft|refus/i.test(e.kind);
+      tbody.append(h("tr", { dataset: { eventId: String(e.id) } },
+        h("td", { "data-label": "#", class: "num muted" }, e.id),
+        cell("Time", h("span", { title: e.at }, fmtTime(e.at))),
+        cell("Kind", h("span", { class: "badge " + (failed ? "s-failed" : "s-none") }, e.kind)),
+        cell("Server", e.server_id ? link(serverHref(e.server_id), e.server_id) : "—"),
+        cell("User", e.user_id ? link("/dashboard/users?q=" + encodeURIComponent(e.user_id), e.user_id) : "—"),
+        cell("Message", e.message),
+      ));
+    }
+    const older = $("#older");
+    if (older) older.disabled = !state.moreEvents;
+  }
+
+  function skeletonMissing(main) {
+    main.append(h("h1", null, "Not found"), h("p", null, link("/dashboard", "Back to the fleet")));
+  }
+
+  // --- start ---------------------------------------------------------------------
+  async function start() {
+    let info;
+    try {
+      info = await api("GET", "/dashboard/api/session");
+    } catch (err) {
+      if (err.status !== 401) toast("Cannot load the session: " + err.message, true);
+      return;
+    }
+    state.csrf = info.csrf_token;
+    state.baseDomain = info.base_domain;
+    state.pollMs = Math.max(1000, (info.poll_seconds || 3) * 1000);
+    $("#logout input[name=csrf_token]").value = state.csrf;
+    enter();
+    schedule();
+    setInterval(tick, 1000);
+  }
+  start();
+})();

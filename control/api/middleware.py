@@ -1,0 +1,144 @@
+"""Cross-cutting HTTP concerns: the one JSON error shape, body limits, admin auth.
+
+Every error leaves as `{"error": {"code": str, "message": str}}`: domain errors with
+their own status and code (and headers, e.g. `Retry-After` on 429 `rate_limited`),
+aiohttp's HTTP exceptions (unknown route, wrong method, oversized body) mapped to the
+same shape, anything unexpected as a 500 whose message reveals nothing (the
+traceback goes to the log).
+
+`admin_auth` is where presented credentials are checked for the admin API and for
+`/metrics`: an address that failed too often is refused with 429 before its
+credential is compared, and every wrong credential counts (control/api/ratelimit.py).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from control import metrics
+from control.api import sessions
+from control.api.ratelimit import AUTH_GUARD, RateLimited
+from control.errors import ClawfleetError, Forbidden, PayloadTooLarge, Unauthorized
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 1024 * 1024
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RateLimited as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    except ClawfleetError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = "request body is larger than 1 MiB" if exc.status == 413 else exc.reason
+        return error_response(exc.status, code, message)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error (see the control plane log)")
+
+
+@web.middleware
+async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # Refuse early on a declared length; aiohttp's client_max_size still guards
+    # chunked bodies when they are read.
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise PayloadTooLarge("request body is larger than 1 MiB")
+    return await handler(request)
+
+
+def admin_auth(token: str, metrics_token: str = "") -> Middleware:
+    """An admin request passes with `Authorization: Bearer <ADMIN_TOKEN>` or, when it
+    sends no Authorization header at all, with a live dashboard session cookie (a
+    wrong token is a failed guess, never rescued by a cookie); a cookie-authorized
+    unsafe method also needs the session's CSRF token in `X-CSRF-Token` (else 403
+    `csrf_failed`). `/metrics` passes per control/metrics.py `check`."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _is_admin_path(request.path):
+            await _check_admin(request, expected)
+        elif request.path == "/metrics":
+            await _guarded(request, "metrics token", lambda: metrics.check(request, metrics_token))
+        return await handler(request)
+
+    return check
+
+
+async def _check_admin(request: web.Request, expected: bytes) -> None:
+    presented = request.headers.get("Authorization")
+    if presented is not None:
+
+        def bearer() -> None:
+            if not hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), expected):
+                raise Unauthorized("admin API needs Authorization: Bearer <ADMIN_TOKEN>")
+
+        await _guarded(request, "admin token", bearer)
+        return
+    session = await sessions.session_of(request)
+    if session is None:
+        raise Unauthorized("admin API needs Authorization: Bearer <ADMIN_TOKEN>")
+    if request.method not in _SAFE_METHODS and not sessions.check_csrf(
+        session, request.headers.get(sessions.CSRF_HEADER)
+    ):
+        raise Forbidden(
+            f"dashboard actions need the session's {sessions.CSRF_HEADER} header",
+            code="csrf_failed",
+        )
+
+
+async def _guarded(request: web.Request, surface: str, verify: Callable[[], None]) -> None:
+    """Runs `verify` unless the caller's address is blocked; a refusal counts."""
+    guard = request.app.get(AUTH_GUARD)
+    if guard is None:
+        verify()
+        return
+    presents = "Authorization" in request.headers
+    if presents:
+        guard.refuse_if_blocked(request, surface)
+    try:
+        verify()
+    except (Unauthorized, Forbidden):
+        if presents:
+            await guard.failed(request, surface)
+        raise
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _is_admin_path(path: str) -> bool:
+    # Workers sign their own requests, Stripe signs its webhooks, and the agent wheel
+    # is public code its installer verifies by hash.
+    return path.startswith("/v1/") and not path.startswith(
+        ("/v1/agent/", "/v1/stripe/", "/v1/dist/")
+    )

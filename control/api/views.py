@@ -1,0 +1,219 @@
+"""JSON shapes of servers and users in the admin API (read side only)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from control.billing.rules import shown_billing_state
+from control.capacity import decisions
+from control.clock import iso
+from control.db.store import Row, Store
+from control.users.plans import Plan, plan_of
+from control.users.records import HELD_DATA_SQL, HOLDERS_SQL, Reserve
+
+if TYPE_CHECKING:
+    from control.fleet import Fleet
+
+SERVER_COLUMNS = (
+    "id, name, status, origin, provider, provider_id, public_ip, hostname, cordoned, draining, "
+    "cpus, memory_mb, disk_gb, agent_version, generation, applied_generation, heartbeat_interval, "
+    "server_type, location, known_cpus, known_memory_mb, known_disk_gb, capacity_source, "
+    "overclaim, overclaim_at, "
+    "last_heartbeat, registered_at, created_at, report"
+)
+
+
+def _reports(report: str | None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    data = json.loads(report) if report else {}
+    containers = {c["user_id"]: c for c in data.get("containers", [])}
+    return containers, data.get("host") or {}
+
+
+def server_view(
+    row: Row, users: list[Row], plans: dict[str, Plan], reserve: Reserve, now: float
+) -> dict[str, Any]:
+    reported, host = _reports(row["report"])
+    desired = {u["id"] for u in users}
+    containers = [
+        {"user_id": u["id"], "desired": True, **_container(reported.get(u["id"]))} for u in users
+    ] + [
+        {"user_id": uid, "desired": False, **_container(c)}
+        for uid, c in sorted(reported.items())
+        if uid not in desired
+    ]
+    used_mem = sum(plan_of(plans, u["plan"]).memory_mb for u in users)
+    used_cpu = sum(plan_of(plans, u["plan"]).cpus for u in users)
+    last = row["last_heartbeat"]
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "status": row["status"],
+        "origin": row["origin"],
+        "provider": row["provider"],
+        "provider_id": row["provider_id"],
+        "public_ip": row["public_ip"],
+        "hostname": row["hostname"],
+        "server_type": row["server_type"],
+        "location": row["location"],
+        "cordoned": bool(row["cordoned"]),
+        "draining": bool(row["draining"]),
+        # Set when its agent claimed more than the server has: no more users until an
+        # operator uncordons it (control/workers/trust.py).
+        "overclaim": row["overclaim"],
+        "overclaim_at": iso(row["overclaim_at"]),
+        # What the control plane knows the server has; capacity never exceeds it.
+        "known": {
+            "cpus": row["known_cpus"],
+            "memory_mb": row["known_memory_mb"],
+            "disk_gb": row["known_disk_gb"],
+        },
+        "capacity_source": row["capacity_source"],
+        "agent_version": row["agent_version"],
+        "last_heartbeat_age": None if last is None else round(max(0.0, now - last), 1),
+        "heartbeat_interval": row["heartbeat_interval"],
+        "generation": row["generation"],
+        "applied_generation": row["applied_generation"],
+        "capacity": {
+            "memory_mb": {"used": used_mem, "total": _less(row["memory_mb"], reserve.memory_mb)},
+            "cpus": {"used": used_cpu, "total": _less(row["cpus"], reserve.cpus)},
+            "users": len(users),
+        },
+        "containers_desired": len(users),
+        "containers_running": sum(
+            1 for c in containers if c["desired"] and c["state"] == "running"
+        ),
+        "containers": containers,
+        "metadata_blocked": host.get("metadata_blocked"),
+        "docker_version": host.get("docker_version"),
+        "created_at": iso(row["created_at"]),
+        "registered_at": iso(row["registered_at"]),
+    }
+
+
+def _less(total: float | None, reserve: float) -> float | None:
+    return None if total is None else max(0, total - reserve)
+
+
+def _container(report: dict[str, Any] | None) -> dict[str, Any]:
+    if report is None:
+        return {
+            "state": "unknown",
+            "health": "unknown",
+            "image_id": None,
+            "started_at": None,
+            "restart_count": None,
+            "error": None,
+        }
+    return {
+        k: report.get(k)
+        for k in ("state", "health", "image_id", "started_at", "restart_count", "error")
+    }
+
+
+async def servers(fleet: Fleet, server_id: str | None = None) -> list[dict[str, Any]]:
+    store, plans, reserve = fleet.store, fleet.plans, fleet.reserve
+    where, params = ("WHERE id = ?", (server_id,)) if server_id else ("", ())
+    rows = await store.fetch_all(
+        f"SELECT {SERVER_COLUMNS} FROM servers {where} ORDER BY created_at, id",
+        params,
+    )
+    users = await store.fetch_all(f"SELECT * FROM ({HOLDERS_SQL}) ORDER BY id")
+    held = decisions.held_by_server(
+        (r["holder"], r["kind"], r["purge_after"]) for r in await store.fetch_all(HELD_DATA_SQL)
+    )
+    by_server: dict[str, list[Row]] = {}
+    for u in users:
+        by_server.setdefault(u["holder"], []).append(u)
+    now = time.time()
+    views = [server_view(r, by_server.get(r["id"], []), plans, reserve, now) for r in rows]
+    for view in views:
+        gone = view["status"] == "deleted"
+        view["hourly_price"] = fleet.price_of(view["server_type"]) if not gone else None
+        # Why an empty server is not deleted (idle or drained): it holds users' data.
+        view["kept_because"] = None if gone else decisions.kept_because(held.get(view["id"]))
+    return views
+
+
+async def users(store: Store, user_id: str | None = None) -> list[dict[str, Any]]:
+    where, params = ("WHERE u.id = ?", (user_id,)) if user_id else ("", ())
+    rows = await store.fetch_all(
+        "SELECT u.*, s.report FROM users u LEFT JOIN servers s ON s.id = u.server_id "
+        f"{where} ORDER BY u.created_at, u.id",
+        params,
+    )
+    result = []
+    for r in rows:
+        reported, _ = _reports(r["report"])
+        result.append(
+            {
+                "user_id": r["id"],
+                "subdomain": r["subdomain"],
+                "plan": r["plan"],
+                "state": r["state"],
+                "server_id": r["server_id"],
+                "billing_status": r["billing_status"],
+                # Two sources (control/billing/rules.py): may billing let it run, and the
+                # operator's hold (suspended, deleted) until they resume it.
+                "billing_state": shown_billing_state(r),
+                "hold": r["hold"],
+                "billing_conflict": r["billing_conflict"],
+                "stripe_customer_id": r["stripe_customer_id"],
+                "stripe_subscription_id": r["stripe_subscription_id"],
+                "error": r["error"],
+                "data_server_id": r["data_server_id"],
+                "moving_from": r["moving_from"],
+                "purge_after": iso(r["purge_after"]),
+                "container": _container(reported.get(r["id"])) if r["server_id"] else None,
+                "created_at": iso(r["created_at"]),
+                "updated_at": iso(r["updated_at"]),
+            }
+        )
+    return result
+
+
+async def events(store: Store, limit: int, before: int | None) -> list[dict[str, Any]]:
+    where, params = ("WHERE id < ?", (before, limit)) if before else ("", (limit,))
+    rows = await store.fetch_all(
+        f"SELECT * FROM events {where} ORDER BY id DESC LIMIT ?",
+        params,
+    )
+    return [
+        {
+            "id": r["id"],
+            "at": iso(r["at"]),
+            "kind": r["kind"],
+            "server_id": r["server_id"],
+            "user_id": r["user_id"],
+            "message": r["message"],
+        }
+        for r in rows
+    ]
+
+
+async def metrics_snapshot(store: Store) -> dict[str, Any]:
+    """What /metrics reads from the database at scrape time."""
+    servers = await store.fetch_all("SELECT status, COUNT(*) AS n FROM servers GROUP BY status")
+    users = await store.fetch_all("SELECT state, COUNT(*) AS n FROM users GROUP BY state")
+    beats = await store.fetch_all(
+        "SELECT id, last_heartbeat FROM servers WHERE status IN ('active', 'unhealthy') "
+        "AND last_heartbeat IS NOT NULL"
+    )
+    oldest = await store.fetch_one(
+        "SELECT MIN(updated_at) AS t FROM users WHERE state = 'pending' AND error IS NULL"
+    )
+    kinds = await store.fetch_all("SELECT kind, COUNT(*) AS n FROM events GROUP BY kind")
+    reports = await store.fetch_all(
+        "SELECT report FROM servers WHERE status IN ('active', 'unhealthy') AND report IS NOT NULL"
+    )
+    errors = sum(1 for r in reports for c in _reports(r["report"])[0].values() if c.get("error"))
+    return {
+        "servers": {r["status"]: r["n"] for r in servers},
+        "users": {r["state"]: r["n"] for r in users},
+        "heartbeats": [(r["id"], r["last_heartbeat"]) for r in beats],
+        "oldest_pending": oldest["t"] if oldest else None,
+        "events": {r["kind"]: r["n"] for r in kinds},
+        "container_errors": errors,
+        "webhooks": {},
+    }

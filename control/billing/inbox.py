@@ -1,0 +1,501 @@
+"""The Stripe webhook inbox: verify, store durably, then process in order with retries.
+
+Contract:
+- `POST /v1/stripe/webhook` (`stripe_routes`, reading `request.app[INBOX]`) only
+  verifies and stores; it answers 200 `{"received": true, "duplicate": bool}` once the
+  raw event is committed, and wakes the processor. Errors are domain errors:
+  400 `missing_signature`, `bad_signature`, `stale_event`, `future_event`,
+  `malformed_event`, `wrong_mode`, `wrong_account` (nothing written); 503
+  `unavailable` / `not_configured` when the event cannot be stored, so that Stripe
+  retries the delivery.
+- The signature is checked by the `stripe` library (HMAC-SHA256 over "{t}.{body}");
+  a header that is not ASCII is a `bad_signature` before it reaches the library. The
+  age is checked here, in whole seconds: with `now = int(time.time())`, a `t` is
+  accepted when now - tolerance <= t <= now + tolerance (both edges inclusive).
+- An authentic event must also be for this deployment: its `livemode` equal to
+  `livemode` (a test-mode event never touches a live deployment, and the reverse),
+  and its `account`, when it has one (events of a Connect account), equal to
+  `account_id`; without `account_id`, events that carry an account are refused.
+- Stored: the raw body as received (UTF-8 text), under the event id (unique), status
+  'pending', due now. A repeated id changes nothing and is reported as a duplicate.
+- `process_due(apply)` takes due events ('pending' or 'failing', next_attempt_at <= now)
+  oldest first by (created, received_at, id), decodes each into a `BillingFact`
+  (control/billing/decode.py), re-fetches the subscription when an API key is set,
+  calls `apply(fact)`, and marks the event 'done'. When decoding, the re-fetch or
+  `apply` raises, the event stays due later: attempts + 1, `last_error`, next attempt
+  after `backoff(attempts)`, and status 'failing' from 5 attempts on (still retried).
+  Ignored event types are marked done without calling `apply`. Each event's
+  bookkeeping is its own transaction, after `apply` returns: delivery to `apply` is
+  at least once (a crash between the two applies the event again), so `apply` must
+  be idempotent. A failing event does not hold back later ones: `apply` orders
+  states by `fact.state_at`.
+- `run(apply, wake)` repeats `process_due` until cancelled, waiting for `wake` or
+  `interval` seconds between rounds.
+- `prune(now)` deletes events that are 'done' and were processed more than
+  `keep_done` seconds ago (default 7 days: Stripe retries a delivery for up to 3 days,
+  and a stored id is what makes a redelivery a duplicate), in bounded batches that
+  each are their own transaction. Pending and failing events are never pruned.
+- Neither the webhook secret nor the API key is ever logged or stored in `last_error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiosqlite
+import stripe
+from aiohttp import web
+
+from control.billing.decode import HANDLED_TYPES, BillingFact, DecodeError, decode, refreshed
+from control.clock import iso
+from control.db.store import Store
+from control.errors import BadRequest, ClawfleetError
+from shared.backoff import backoff_delay
+
+__all__ = [
+    "HANDLED_TYPES",
+    "INBOX",
+    "ApplyFn",
+    "BillingFact",
+    "DecodeError",
+    "StripeInbox",
+    "Unavailable",
+    "backoff",
+    "decode",
+    "stripe_routes",
+]
+
+log = logging.getLogger(__name__)
+
+ApplyFn = Callable[[BillingFact], Awaitable[None]]
+
+FAILING_AFTER = 5  # attempts after which an event is listed as 'failing'
+BACKOFF_BASE = 5.0  # seconds before the first retry
+REFETCH_TIMEOUT = 20.0  # seconds for one subscription re-fetch (also the HTTP timeout)
+_MAX_ERROR = 500  # characters of last_error kept
+_DUE_STATUSES = ("pending", "failing")
+_BATCH = 100  # events per round of run()
+KEEP_DONE = 7 * 86400.0  # seconds a processed event's id is kept for deduplication
+PRUNE_BATCH = 500  # rows per prune transaction: the writer is never held for long
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+
+
+class Unavailable(ClawfleetError):
+    """The event could not be stored: a 5xx makes Stripe deliver it again later."""
+
+    status = 503
+    code = "unavailable"
+
+
+def backoff(
+    attempts: int,
+    *,
+    base: float = BACKOFF_BASE,
+    cap: float = 3600.0,
+    jitter: float = 0.2,
+    rand: float | None = None,
+) -> float:
+    """Seconds to wait after the `attempts`-th failure: base * 2**(attempts-1), capped,
+    then shortened by up to `jitter` (a fraction, at most 0.5) so that events failing
+    together do not retry in lockstep. `rand` in [0, 1) fixes the jitter (tests); None
+    draws one. Never more than `cap`, never less than (1 - jitter) * min(cap, nominal).
+
+    The formula is shared/backoff.py's, whose jitter spans [d/2, d]: `rand` is mapped
+    onto the top 2 * jitter of that span, which keeps the inbox's narrower spread."""
+    u = random.random() if rand is None else min(max(rand, 0.0), 1.0)
+    spread = min(max(jitter, 0.0), 0.5)
+    return backoff_delay(attempts - 1, base=base, cap=cap, rand=1.0 - 2.0 * spread * u)
+
+
+class StripeInbox:
+    def __init__(
+        self,
+        store: Store,
+        webhook_secret: str,
+        *,
+        api_key: str = "",
+        api_base: str | None = None,
+        tolerance: int = 300,
+        max_backoff: float = 3600.0,
+        refetch_timeout: float = REFETCH_TIMEOUT,
+        livemode: bool = False,
+        account_id: str = "",
+        keep_done: float = KEEP_DONE,
+    ) -> None:
+        if tolerance <= 0:
+            # The library reads 0 as "no age check"; a replay window must exist.
+            raise ValueError("tolerance must be a positive number of seconds")
+        self.store = store
+        self._secret = webhook_secret
+        self._api_key = api_key
+        self._api_base = api_base
+        self.tolerance = tolerance
+        self.max_backoff = max_backoff
+        self.refetch_timeout = refetch_timeout
+        self.livemode = livemode
+        self.account_id = account_id
+        self.keep_done = keep_done
+        self._client: stripe.StripeClient | None = None
+        self._wake_event: asyncio.Event | None = None
+        # One processing round at a time: run() and an admin-triggered round must not
+        # hand the same event to apply() twice concurrently.
+        self._processing = asyncio.Lock()
+
+    # --- intake -------------------------------------------------------------------
+    async def receive(self, payload: bytes, signature: str | None) -> bool:
+        """Verify and store one delivery. True when stored, False for a duplicate id."""
+        try:
+            event = self._verify(payload, signature)
+        except ClawfleetError as exc:
+            # Operators diagnose signature trouble from this line (docs/stripe.md).
+            log.warning("refused Stripe delivery (%s): %s", exc.code, exc.message)
+            raise
+        text = payload.decode("utf-8")  # _verify proved it decodes
+        now = time.time()
+
+        async def insert(conn: aiosqlite.Connection) -> bool:
+            cursor = await conn.execute(
+                "INSERT INTO stripe_events (id, type, created, payload, received_at, status, "
+                "attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                (event["id"], event["type"], event["created"], text, now, now),
+            )
+            inserted = cursor.rowcount == 1
+            await cursor.close()
+            return inserted
+
+        try:
+            stored = await self.store.write(insert)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Name the database problem, never the payload (customer data).
+            log.error("cannot store Stripe event %s: %s", event["id"], self._scrub(repr(exc)))
+            raise Unavailable("cannot store the event now; Stripe will retry") from None
+        if stored:
+            log.info("stored Stripe event %s (%s)", event["id"], event["type"])
+            self.wake()
+        else:
+            log.info("duplicate Stripe event %s ignored", event["id"])
+        return stored
+
+    def _verify(self, payload: bytes, signature: str | None) -> dict[str, Any]:
+        if not self._secret.strip():
+            raise Unavailable("STRIPE_WEBHOOK_SECRET is not configured", code="not_configured")
+        if not signature:
+            raise BadRequest("missing Stripe-Signature header", code="missing_signature")
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("body is not UTF-8", code="malformed_event") from None
+        # A non-ASCII header would make the library's comparison raise TypeError.
+        timestamp = _header_timestamp(signature) if signature.isascii() else None
+        if timestamp is None or not self._authentic(text, signature):
+            raise BadRequest(
+                "Stripe-Signature does not match the body with this endpoint's signing "
+                "secret (wrong STRIPE_WEBHOOK_SECRET, or the body was altered)",
+                code="bad_signature",
+            )
+        self._check_age(timestamp, int(time.time()))
+        event = _parse_event(text)
+        self._check_origin(event)
+        return event
+
+    def _authentic(self, text: str, signature: str) -> bool:
+        try:
+            stripe.WebhookSignature.verify_header(text, signature, self._secret, None)
+        except stripe.SignatureVerificationError:
+            return False
+        return True
+
+    def _check_age(self, timestamp: int, now: int) -> None:
+        # Whole seconds on both sides: an event exactly `tolerance` s old is accepted
+        # whatever the fraction of the current second (the library compares floats).
+        if timestamp < now - self.tolerance:
+            raise BadRequest(
+                f"Stripe-Signature timestamp is more than {self.tolerance} s old "
+                "(replayed delivery or clock skew)",
+                code="stale_event",
+            )
+        if timestamp > now + self.tolerance:
+            raise BadRequest(
+                f"Stripe-Signature timestamp is more than {self.tolerance} s in the future "
+                "(check this host's clock)",
+                code="future_event",
+            )
+
+    def _check_origin(self, event: Mapping[str, Any]) -> None:
+        livemode = event.get("livemode")
+        if livemode is not self.livemode:
+            expected, got = _mode(self.livemode), _mode(livemode)
+            raise BadRequest(
+                f"a {got} event reached a {expected} deployment (STRIPE_LIVEMODE, "
+                "STRIPE_SECRET_KEY); check which endpoint's secret is configured",
+                code="wrong_mode",
+            )
+        account = event.get("account")
+        if account is not None and account != self.account_id:
+            expected = self.account_id or "none (STRIPE_ACCOUNT_ID is not set)"
+            raise BadRequest(
+                f"event of Stripe account {str(account)[:64]!r}, expected {expected}",
+                code="wrong_account",
+            )
+
+    def wake(self) -> None:
+        """Wake the processor (`run`) early; a no-op before `run` starts."""
+        if self._wake_event is not None:
+            self._wake_event.set()
+
+    # --- processing ---------------------------------------------------------------
+    async def process_due(
+        self, apply: ApplyFn, *, now: float | None = None, limit: int = 100
+    ) -> int:
+        """Process up to `limit` due events, oldest first; the number processed
+        (successfully or not)."""
+        async with self._processing:
+            at = time.time() if now is None else now
+            rows = await self.store.fetch_all(
+                "SELECT id FROM stripe_events WHERE status IN (?, ?) AND next_attempt_at <= ? "
+                "ORDER BY created, received_at, id LIMIT ?",
+                (*_DUE_STATUSES, at, limit),
+            )
+            for row in rows:
+                await self._process_one(str(row["id"]), apply, at)
+            return len(rows)
+
+    async def _process_one(self, event_id: str, apply: ApplyFn, now: float) -> None:
+        row = await self.store.fetch_one(
+            "SELECT type, payload, attempts FROM stripe_events WHERE id = ? AND status IN (?, ?)",
+            (event_id, *_DUE_STATUSES),
+        )
+        if row is None:
+            return
+        try:
+            fact = await self._fact(str(row["payload"]))
+            if fact is not None:
+                await apply(fact)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._record_failure(event_id, str(row["type"]), int(row["attempts"]), exc, now)
+            return
+        await self._mark_done(event_id, now)
+
+    async def _fact(self, payload: str) -> BillingFact | None:
+        try:
+            event = json.loads(payload)
+        except ValueError as exc:
+            raise DecodeError(f"stored payload is not JSON: {exc}") from None
+        if not isinstance(event, Mapping):
+            raise DecodeError("stored payload is not a JSON object")
+        fact = decode(event)
+        # A deleted subscription is final: a re-fetch would only say "canceled".
+        if (
+            fact is None
+            or fact.subscription_id is None
+            or not self._api_key
+            or fact.status == "deleted"
+        ):
+            return fact
+        subscription = await self._retrieve_subscription(fact.subscription_id)
+        return refreshed(fact, subscription, int(time.time()))
+
+    async def _retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
+        client = self._stripe_client()
+
+        def retrieve() -> dict[str, Any]:
+            return client.v1.subscriptions.retrieve(subscription_id).to_dict(for_json=True)
+
+        # The stripe client is synchronous: keep it off the event loop, and bound it
+        # (the HTTP client's timeout ends the thread; this one frees the coroutine).
+        async with asyncio.timeout(self.refetch_timeout):
+            return await asyncio.to_thread(retrieve)
+
+    def _stripe_client(self) -> stripe.StripeClient:
+        if self._client is None:
+            self._client = stripe.StripeClient(
+                self._api_key,
+                base_addresses={"api": self._api_base} if self._api_base else None,
+                # Our own backoff retries; the library's would hold the thread.
+                max_network_retries=0,
+                http_client=stripe.RequestsClient(timeout=self.refetch_timeout),
+            )
+        return self._client
+
+    async def _mark_done(self, event_id: str, now: float) -> None:
+        async def mark(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE stripe_events SET status = 'done', processed_at = ?, last_error = NULL "
+                "WHERE id = ? AND status IN (?, ?)",
+                (now, event_id, *_DUE_STATUSES),
+            )
+
+        await self.store.write(mark)
+
+    async def _record_failure(
+        self, event_id: str, event_type: str, attempts: int, exc: Exception, now: float
+    ) -> None:
+        attempts += 1
+        delay = backoff(attempts, cap=self.max_backoff)
+        status = "failing" if attempts >= FAILING_AFTER else "pending"
+        error = self._scrub(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR]
+
+        async def record(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE stripe_events SET attempts = ?, status = ?, last_error = ?, "
+                "next_attempt_at = ? WHERE id = ? AND status IN (?, ?)",
+                (attempts, status, error, now + delay, event_id, *_DUE_STATUSES),
+            )
+
+        await self.store.write(record)
+        log.warning(
+            "Stripe event %s (%s) failed (attempt %d, retry in %.0f s): %s",
+            event_id,
+            event_type,
+            attempts,
+            delay,
+            error,
+        )
+
+    def _scrub(self, text: str) -> str:
+        for secret in (self._secret, self._api_key):
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    async def run(self, apply: ApplyFn, wake: asyncio.Event, interval: float = 5.0) -> None:
+        """Process due events until cancelled, waking on `wake` or every `interval` s."""
+        self._wake_event = wake
+        while True:
+            # Clear before the round: a wake during the round makes the next wait return
+            # at once, so no stored event waits for the interval.
+            wake.clear()
+            processed = 0
+            try:
+                processed = await self.process_due(apply, limit=_BATCH)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Stripe inbox round failed; retrying in %.0f s", interval)
+            if processed >= _BATCH:
+                continue  # a full batch: more may be due right now
+            try:
+                async with asyncio.timeout(interval):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+
+    # --- retention ----------------------------------------------------------------
+    async def prune(self, now: float | None = None, batch: int = PRUNE_BATCH) -> int:
+        """Deletes done events processed more than `keep_done` s ago; the number deleted.
+        Each batch is a bounded DELETE through the (status, processed_at) index."""
+        cutoff = (time.time() if now is None else now) - self.keep_done
+        total = 0
+        while True:
+
+            async def delete(conn: aiosqlite.Connection) -> int:
+                cursor = await conn.execute(
+                    "DELETE FROM stripe_events WHERE id IN (SELECT id FROM stripe_events "
+                    "WHERE status = 'done' AND processed_at < ? LIMIT ?)",
+                    (cutoff, batch),
+                )
+                count = cursor.rowcount
+                await cursor.close()
+                return count
+
+            deleted = await self.store.write(delete)
+            total += deleted
+            if deleted < batch:
+                break
+        if total:
+            log.info("pruned %d processed Stripe events older than %.0f s", total, self.keep_done)
+        return total
+
+    async def prune_job(self) -> None:
+        """`prune` as a periodic job (control/app.py)."""
+        await self.prune()
+
+    # --- inspection ---------------------------------------------------------------
+    async def failing(self) -> list[dict[str, Any]]:
+        rows = await self.store.fetch_all(
+            "SELECT id, type, attempts, last_error, next_attempt_at FROM stripe_events "
+            "WHERE status = 'failing' ORDER BY created, received_at, id"
+        )
+        return [
+            {
+                "id": row["id"],
+                "type": row["type"],
+                "attempts": row["attempts"],
+                "last_error": row["last_error"],
+                "next_attempt_at": iso(row["next_attempt_at"]),
+            }
+            for row in rows
+        ]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.store.fetch_all(
+            "SELECT status, COUNT(*) AS n FROM stripe_events GROUP BY status"
+        )
+        counts = {"pending": 0, "failing": 0, "done": 0}
+        counts.update({str(row["status"]): int(row["n"]) for row in rows})
+        return counts
+
+
+def _header_timestamp(header: str) -> int | None:
+    """`t` as the library reads it (the first item whose key is exactly `t`), or None
+    unless it is plain decimal digits."""
+    for item in header.split(","):
+        key, _, value = item.partition("=")
+        if key == "t":
+            return int(value) if _TIMESTAMP.fullmatch(value) else None
+    return None
+
+
+def _mode(livemode: object) -> str:
+    if livemode is True:
+        return "live-mode"
+    return "test-mode" if livemode is False else "mode-less"
+
+
+def _parse_event(text: str) -> dict[str, Any]:
+    try:
+        event = json.loads(text)
+    except ValueError:
+        raise BadRequest("body is not JSON", code="malformed_event") from None
+    if not isinstance(event, dict):
+        raise BadRequest("body is not a JSON object", code="malformed_event")
+    if event.get("object", "event") != "event":
+        # e.g. a v2 thin event notification sent to a snapshot-event endpoint.
+        raise BadRequest(
+            f"not a snapshot event (object {event.get('object')!r})", code="malformed_event"
+        )
+    event_id, event_type, created = event.get("id"), event.get("type"), event.get("created")
+    if not isinstance(event_id, str) or not event_id or len(event_id) > 255:
+        raise BadRequest("event has no valid id", code="malformed_event")
+    if not isinstance(event_type, str) or not event_type:
+        raise BadRequest("event has no valid type", code="malformed_event")
+    if not isinstance(created, int) or isinstance(created, bool):
+        raise BadRequest("event has no integer created", code="malformed_event")
+    return event
+
+
+INBOX = web.AppKey("stripe_inbox", StripeInbox)
+stripe_routes = web.RouteTableDef()
+
+
+@stripe_routes.post("/v1/stripe/webhook")
+async def stripe_webhook(request: web.Request) -> web.Response:
+    """Stripe's deliveries: verify and store, reply at once; `run` does the work."""
+    inbox = request.app.get(INBOX)
+    if inbox is None:  # not wired (yet): a 5xx keeps the event queued at Stripe
+        raise Unavailable("the Stripe inbox is not running", code="not_configured")
+    payload = await request.read()
+    stored = await inbox.receive(payload, request.headers.get("Stripe-Signature"))
+    return web.json_response({"received": True, "duplicate": not stored})

@@ -1,0 +1,238 @@
+"""Autoscaling decisions: pure functions of a fleet snapshot, tested with tables.
+
+Nothing here performs I/O; control/capacity/scaler.py gathers the snapshot, applies the
+decisions and records each one as an event.
+
+- `servers_needed`: how many new servers pending users and the warm headroom need,
+  after counting room on servers that are already on the way.
+- `cap_creates`: MAX_SERVERS and MAX_CREATES_PER_RUN, never exceeded.
+- `idle_to_delete`: empty servers past SCALE_DOWN_IDLE, above MIN_SERVERS, not needed
+  for headroom, and (where the provider bills started hours) near the end of an hour.
+- `held_by_server`, `kept_because`: a server whose disk holds users' data (a cancelled
+  user's, kept RETENTION_DAYS; a suspended user's) is never deleted as idle nor finished
+  by a drain, until data can follow users; the reason is shown on the server.
+- `drain_action`: what a run does with a draining server.
+- `provision_expired`: created servers that never registered in time.
+- `retry_decision`: what a provider error means for the run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from control.capacity.providers.base import ErrorKind
+from control.clock import iso
+from control.users.placement import Demand, Room, place
+
+HOUR = 3600.0
+MAX_NEW_SERVERS_CONSIDERED = 1000  # a bound on the simulation, far above any cap
+
+
+def units(room: Room, unit: Demand) -> int:
+    """How many users of the unit's size still fit in a room."""
+    if not room.accepts_work or unit.memory_mb <= 0:
+        return 0
+    by_memory = room.memory_free_mb // unit.memory_mb
+    by_cpu = math.floor(room.cpus_free / unit.cpus + 1e-9) if unit.cpus > 0 else by_memory
+    return max(0, min(by_memory, by_cpu))
+
+
+@dataclass(frozen=True)
+class Need:
+    servers: int
+    infeasible: list[str] = field(default_factory=list)  # users no server type can ever hold
+    free_units: int = 0  # headroom the fleet will have, counting the new servers
+
+
+def servers_needed(
+    pending: list[Demand],
+    active: list[Room],
+    on_the_way: list[Room],
+    new_server: Room,
+    unit: Demand,
+    headroom: int,
+) -> Need:
+    """Pending users (and users to move off draining servers) take room on active and
+    booting servers first, then as many new servers as packing needs; then enough
+    more servers for the warm headroom."""
+    rooms = [*active, *on_the_way]
+    placed, left_ids = place(pending, rooms)
+    left_set = set(left_ids)
+    left = [d for d in pending if d.user_id in left_set]
+    infeasible = [d.user_id for d in left if units(new_server, d) < 1]
+    left = [d for d in left if units(new_server, d) >= 1]
+    new: list[Room] = []
+    while left and len(new) < MAX_NEW_SERVERS_CONSIDERED:
+        room = Room(
+            f"new-{len(new)}", True, new_server.memory_total_mb, 0, new_server.cpus_total, 0.0
+        )
+        into, still = place(left, [room])
+        new.append(_taken(room, [d for d in left if d.user_id in into]))
+        still_set = set(still)
+        left = [d for d in left if d.user_id in still_set]
+    after = [_taken(r, [d for d in pending if placed.get(d.user_id) == r.server_id]) for r in rooms]
+    free = sum(units(r, unit) for r in [*after, *new])
+    count = len(new)
+    per_server = units(new_server, unit)
+    if free < headroom and per_server > 0:
+        extra = math.ceil((headroom - free) / per_server)
+        count += extra
+        free += extra * per_server
+    return Need(servers=count, infeasible=infeasible, free_units=free)
+
+
+def _taken(room: Room, demands: list[Demand]) -> Room:
+    return Room(
+        room.server_id,
+        room.accepts_work,
+        room.memory_total_mb,
+        room.memory_used_mb + sum(d.memory_mb for d in demands),
+        room.cpus_total,
+        room.cpus_used + sum(d.cpus for d in demands),
+    )
+
+
+@dataclass(frozen=True)
+class Capped:
+    create: int
+    held_back: int
+    reason: str | None  # the cap that held demand back, if any
+
+
+def cap_creates(wanted: int, servers_now: int, max_servers: int, max_per_run: int) -> Capped:
+    room_total = max(0, max_servers - servers_now)
+    create = min(wanted, room_total, max_per_run)
+    if create >= wanted:
+        return Capped(create, 0, None)
+    reason = (
+        "MAX_SERVERS"
+        if room_total <= max_per_run and room_total < wanted
+        else "MAX_CREATES_PER_RUN"
+    )
+    return Capped(create, wanted - create, reason)
+
+
+@dataclass(frozen=True)
+class HeldData:
+    retained: int = 0  # deprovisioned users whose volumes wait for their purge
+    suspended: int = 0
+    retained_until: float | None = None  # the last of their purges
+
+
+def held_by_server(rows: Iterable[tuple[str, str, float | None]]) -> dict[str, HeldData]:
+    """(server id, 'retained' | 'suspended', purge_after) rows -> what each server holds."""
+    held: dict[str, HeldData] = {}
+    for server_id, kind, purge_after in rows:
+        h = held.get(server_id, HeldData())
+        if kind == "suspended":
+            held[server_id] = HeldData(h.retained, h.suspended + 1, h.retained_until)
+        else:
+            until = max(h.retained_until or 0.0, purge_after or 0.0) or None
+            held[server_id] = HeldData(h.retained + 1, h.suspended, until)
+    return held
+
+
+def kept_because(held: HeldData | None) -> str | None:
+    """Why a server must not be deleted although no container runs there, or None."""
+    if held is None or (held.retained == 0 and held.suspended == 0):
+        return None
+    parts = []
+    if held.retained:
+        until = f" until {iso(held.retained_until)}" if held.retained_until else ""
+        parts.append(f"{held.retained} cancelled user(s) kept{until} (RETENTION_DAYS)")
+    if held.suspended:
+        parts.append(f"{held.suspended} suspended user(s)")
+    return "holds the data of " + " and ".join(parts)
+
+
+DrainAction = Literal["move", "wait", "delete", "keep"]
+
+
+def drain_action(users_left: int, moving: bool, kept: str | None) -> DrainAction:
+    """Users move one at a time; an emptied server is deleted unless it holds data."""
+    if users_left == 0:
+        return "keep" if kept else "delete"
+    return "wait" if moving else "move"
+
+
+@dataclass(frozen=True)
+class IdleServer:
+    server_id: str
+    empty_since: float
+    billed_since: float  # when the provider started billing it (create confirmed)
+    free_units: int  # what it contributes to headroom
+    kept_because: str | None = None  # holds users' data: never deleted as idle
+
+
+def near_hour_end(billed_since: float, now: float, window: float) -> bool:
+    into_hour = (now - billed_since) % HOUR
+    return into_hour >= HOUR - window
+
+
+def idle_to_delete(
+    idle: list[IdleServer],
+    *,
+    now: float,
+    idle_after: float,
+    servers_now: int,
+    min_servers: int,
+    fleet_free_units: int,
+    headroom: int,
+    bills_hourly: bool,
+    billing_window: float,
+) -> list[str]:
+    """Empty servers to delete now, soonest-billed first. Each deletion must leave the
+    fleet at or above MIN_SERVERS and the warm headroom; a server holding users' data
+    is not empty."""
+    ready = [s for s in idle if now - s.empty_since >= idle_after and s.kept_because is None]
+    if bills_hourly:
+        # Deleting just after a billed hour starts wastes that hour: wait for its end.
+        ready = [s for s in ready if near_hour_end(s.billed_since, now, billing_window)]
+    ready.sort(key=lambda s: (HOUR - (now - s.billed_since) % HOUR, s.server_id))
+    chosen: list[str] = []
+    free = fleet_free_units
+    count = servers_now
+    for server in ready:
+        if count - 1 < min_servers or free - server.free_units < headroom:
+            continue
+        chosen.append(server.server_id)
+        free -= server.free_units
+        count -= 1
+    return chosen
+
+
+def provision_expired(
+    confirmed_at: float | None, registered_at: float | None, now: float, timeout: float
+) -> bool:
+    return registered_at is None and confirmed_at is not None and now - confirmed_at > timeout
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    next_pair: bool  # try the next (server type, location)
+    pause_scale_up: float  # seconds before creating again (0: not paused)
+    alert: bool  # the operator must act
+
+
+def retry_decision(
+    kind: ErrorKind, attempt: int, retry_after: float | None, rng: random.Random | None = None
+) -> RetryPlan:
+    jitter = (rng or random).uniform(0.8, 1.2)
+    if kind == "unavailable":
+        return RetryPlan(next_pair=True, pause_scale_up=0.0, alert=False)
+    if kind == "limit":
+        return RetryPlan(next_pair=False, pause_scale_up=HOUR, alert=True)
+    if kind == "rate_limited":
+        return RetryPlan(next_pair=False, pause_scale_up=max(retry_after or 60.0, 1.0), alert=False)
+    if kind == "invalid":
+        return RetryPlan(next_pair=False, pause_scale_up=600.0, alert=True)
+    # transient (and anything unexpected): capped exponential backoff with jitter.
+    return RetryPlan(
+        next_pair=False,
+        pause_scale_up=min(300.0, 5.0 * 2 ** min(attempt, 10)) * jitter,
+        alert=False,
+    )

@@ -1,0 +1,109 @@
+"""The provider interface the autoscaler drives.
+
+Contract:
+- `create` is idempotent by `name`: when a server with that name already exists
+  (a retry after a timeout, a crash between the call and the commit), it is adopted
+  and returned, never duplicated.
+- `delete` of a server that is already gone succeeds.
+- `list` returns every server carrying ALL the given labels.
+- Every failure raises `ProviderError` (or a subclass) carrying the provider's code,
+  message and correlation id; `kind` tells the autoscaler what to do about it (see
+  `retry_decision` in control/capacity/decisions.py).
+- Implementations never block the event loop: blocking SDKs run in a thread with a
+  timeout.
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+ErrorKind = Literal[
+    "unavailable",  # this (type, location) cannot be had now: try the next pair
+    "limit",  # account/project limit reached: stop scaling up, alert the operator
+    "rate_limited",  # back off until the reset time
+    "transient",  # 5xx, timeout, connection error: back off and retry
+    "invalid",  # our request is wrong (bad type, bad token): alert, do not retry blindly
+    "not_found",
+]
+
+
+class ProviderError(Exception):
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: ErrorKind,
+        code: str = "",
+        status: int | None = None,
+        correlation_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind: ErrorKind = kind
+        self.code = code
+        self.status = status
+        self.correlation_id = correlation_id
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        details = [f"code {self.code}"] if self.code else []
+        if self.correlation_id:
+            details.append(f"correlation id {self.correlation_id}")
+        return f"{self.message} ({', '.join(details)})" if details else self.message
+
+
+@dataclass(frozen=True)
+class ServerType:
+    name: str
+    cpus: int
+    memory_mb: int
+    disk_gb: int
+    hourly_price: float | None = None  # in the provider's currency, net
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    server_id: str  # ours; also a label
+    name: str  # deterministic and unique: the idempotency key
+    server_type: str
+    location: str
+    user_data: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ProviderServer:
+    provider_id: str
+    name: str
+    status: str  # the provider's own status word (e.g. initializing, running, off)
+    labels: dict[str, str] = field(default_factory=dict)
+    public_ip: str | None = None
+    server_type: str | None = None
+    location: str | None = None
+    created_at: float | None = None  # epoch seconds, when the provider reports it
+
+
+class Provider(Protocol):
+    name: str
+    bills_hourly: bool  # deletion waits for the end of a billed hour when True
+    max_servers: int | None  # what the provider can hold at most (None: MAX_SERVERS decides)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(server type, location) pairs to try, in order of preference."""
+
+    async def validate(self) -> None:
+        """Start-up checks (credentials, types, locations); raises ProviderError."""
+
+    def server_type(self, name: str) -> ServerType:
+        """Capacity and price of a server type (after `validate`)."""
+
+    async def create(self, request: CreateRequest) -> ProviderServer: ...
+
+    async def delete(self, provider_id: str) -> None: ...
+
+    async def list(self, labels: dict[str, str]) -> builtins.list[ProviderServer]: ...
+
+    async def close(self) -> None: ...

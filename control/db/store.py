@@ -1,0 +1,330 @@
+"""SQLite store: one writer, versioned migrations, snapshot reads, private files.
+
+Contract:
+- `open()`, in this order: creates the database's directory 0700 when it is missing;
+  takes an exclusive lock on `<db>.lock` (flock, held until `close()`: one control
+  plane per database); creates the database file 0600 before SQLite first opens it
+  and strips group/other bits from an existing database, `-wal` and `-shm` (SQLite
+  creates those two with the database file's mode); applies pending migrations; and
+  proves the database writable with a real write (`probe()`). Any failure closes what
+  it opened (no connection thread or lock outlives it) and raises `StoreUnavailable`
+  naming the cause: code `store_locked` when another process holds the lock,
+  `schema_too_new` for a database newer than this build, else `store_unavailable`.
+- `close()` is safe to call twice; it releases the lock.
+- `write(fn)` runs `fn(conn)` inside one transaction (BEGIN IMMEDIATE … COMMIT) on
+  the single write connection; writes never interleave, and an exception rolls the
+  whole function back. Callers get `fn`'s result only after COMMIT.
+- `fetch_all`/`fetch_one` read from a separate connection; WAL gives them a consistent
+  snapshot without waiting for the writer.
+- A failure of the database itself (read-only, I/O error, full disk, corrupt, busy
+  beyond the timeout) leaves `write`, `fetch_*` and `probe` as `StoreUnavailable`
+  (503 `store_unavailable`, with SQLite's cause), never as a raw sqlite3 error; any
+  other exception from `fn` propagates unchanged. `failure` names the cause of the
+  last failed write until a write succeeds again.
+- Only domain errors (control/errors.py) escape from functions built on this layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from control.db.migrations import MIGRATIONS
+from control.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Row = aiosqlite.Row
+WriteFn = Callable[[aiosqlite.Connection], Awaitable[T]]
+
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    # NORMAL in WAL mode: a power loss can lose the last commits but never corrupts;
+    # a process crash loses nothing committed.
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=5000",
+)
+# Primary result codes that say the database itself cannot be used right now; any
+# other error (a constraint, a bug in SQL) is not the store's to translate.
+_STORAGE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOLFS,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+# SQLite's companions of a database in WAL mode: they hold recent pages (raw Stripe
+# payloads among them), so they are as private as the database.
+COMPANIONS = ("-wal", "-shm")
+
+
+class StoreUnavailable(ServiceUnavailable):
+    code = "store_unavailable"
+
+
+def storage_failure(exc: BaseException) -> StoreUnavailable | None:
+    """The domain error for a failure of the database itself, else None."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or code is None or code & 0xFF not in _STORAGE_CODES:
+        return None
+    return StoreUnavailable(f"the database cannot be used: {exc}")
+
+
+class Store:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.failure: str | None = None  # cause of the last failed write, until one succeeds
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock_fd: int | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        try:
+            Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock_fd = _acquire_lock(self.path)
+            _make_private(self.path)
+            self._writer = await self._connect()
+            await self._migrate(self._writer)
+            self._reader = await self._connect()
+            await self._write(_rewrite_user_version)
+        except BaseException as exc:
+            # A connection left open keeps its non-daemon thread, and with it a process
+            # that failed to start, alive forever.
+            await self._close()
+            failure = _open_failure(self.path, exc)
+            if failure is exc:
+                raise
+            raise failure from exc
+
+    async def _connect(self) -> aiosqlite.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is
+        # exactly one write function.
+        conn = aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn
+        except BaseException:
+            # aiosqlite stops its thread without waiting: wait here, while the loop
+            # (about to close after a failed start) can still take the thread's reply.
+            await asyncio.to_thread(conn._thread.join)
+            raise
+        try:
+            conn.row_factory = aiosqlite.Row
+            for pragma in _PRAGMAS:
+                await conn.execute(pragma)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        async with conn.execute("SELECT MAX(version) FROM schema_migrations") as cur:
+            row = await cur.fetchone()
+        current = (row[0] if row else None) or 0
+        if current > len(MIGRATIONS):
+            raise StoreUnavailable(
+                f"database schema version {current} is newer than this build knows "
+                f"({len(MIGRATIONS)}): upgrade the control plane",
+                code="schema_too_new",
+            )
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(script):
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+                await conn.execute("COMMIT")
+            except BaseException:
+                await _rollback(conn)
+                raise
+            log.info("applied schema migration %d", version)
+
+    async def probe(self) -> None:
+        """A real write that changes nothing. Raises StoreUnavailable when the database
+        cannot be written."""
+        await self.write(_rewrite_user_version)
+
+    async def close(self) -> None:
+        # A shielded write may still be running for a caller that was cancelled:
+        # let it commit before the connection goes away.
+        async with self._lock:
+            await self._close()
+
+    async def _close(self) -> None:
+        try:
+            for attr in ("_reader", "_writer"):
+                conn = getattr(self, attr)
+                setattr(self, attr, None)
+                if conn is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        await conn.close()
+        finally:
+            fd, self._lock_fd = self._lock_fd, None
+            if fd is not None:
+                os.close(fd)  # releases the flock
+
+    async def write(self, fn: WriteFn[T]) -> T:
+        # Shielded: a caller that goes away (client disconnect, shutdown) must not
+        # leave a transaction half-applied or an acknowledged write unknown.
+        try:
+            result = await asyncio.shield(self._write(fn))
+        except sqlite3.Error as exc:
+            failure = storage_failure(exc)
+            if failure is None:
+                raise
+            if self.failure is None:  # one line per outage, not one per refused write
+                log.error("store: writes are failing: %s", failure.message)
+            self.failure = failure.message
+            raise failure from exc
+        if self.failure is not None:
+            log.warning("store: writes succeed again (after: %s)", self.failure)
+            self.failure = None
+        return result
+
+    async def _write(self, fn: WriteFn[T]) -> T:
+        conn = self._require(self._writer)
+        async with self._lock:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = await fn(conn)
+                await conn.execute("COMMIT")
+            except BaseException:
+                await _rollback(conn)
+                raise
+            return result
+
+    async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+        try:
+            return await fetch_all(self._require(self._reader), sql, params)
+        except sqlite3.Error as exc:
+            failure = storage_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+
+    async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    @staticmethod
+    def _require(conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
+        if conn is None:
+            raise RuntimeError("store is not open")
+        return conn
+
+
+async def _rewrite_user_version(conn: aiosqlite.Connection) -> None:
+    # Rewriting the header's user_version with its own value dirties a page, so the
+    # commit really writes, without touching any table.
+    row = await fetch_one(conn, "PRAGMA user_version")
+    await conn.execute(f"PRAGMA user_version = {int(row[0]) if row else 0}")
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    # SQLite ends the transaction itself on a full disk, a read-only file or an I/O
+    # error; a ROLLBACK then would fail and hide the error that matters.
+    if conn.in_transaction:
+        await conn.execute("ROLLBACK")
+
+
+def _acquire_lock(path: str) -> int:
+    lock_path = path + ".lock"
+    # Not inherited (PEP 446): local workers outlive the control plane and must not
+    # keep its lock.
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise StoreUnavailable(
+            f"another control plane (pid {holder or 'unknown'}) is using {path}: "
+            f"it holds {lock_path}; run one control plane per database",
+            code="store_locked",
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _make_private(path: str) -> None:
+    """0600 before SQLite first opens the database: SQLite creates -wal and -shm with
+    the database's mode, so a database born 0644 leaks through them."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for name in (path, *(path + suffix for suffix in COMPANIONS)):
+        try:
+            st = os.stat(name)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreUnavailable(f"{name} is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if not mode & 0o077:
+            continue
+        # Only ever narrower: a database an operator made read-only stays so, and
+        # the writability probe says so.
+        try:
+            os.chmod(name, mode & 0o600)
+        except PermissionError:
+            raise StoreUnavailable(
+                f"{name} is readable by other users (mode {mode:04o}) and this user cannot "
+                "change that: give it to the user the control plane runs as"
+            ) from None
+
+
+def _open_failure(path: str, exc: BaseException) -> BaseException:
+    """What open() raises for `exc`: a StoreUnavailable naming the database and the
+    cause when the database or its files are at fault, else `exc` itself."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if isinstance(exc, OSError):
+        where = exc.filename or path
+        return StoreUnavailable(f"database {path}: {exc.strerror or exc} ({where})")
+    if storage_failure(exc) is not None:
+        return StoreUnavailable(f"database {path}: {exc}")
+    return exc
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+async def fetch_one(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> Row | None:
+    """A read inside a write function (sees the transaction's own changes)."""
+    rows = await fetch_all(conn, sql, params)
+    return rows[0] if rows else None
+
+
+async def fetch_all(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+    # One round trip to SQLite's thread (execute + fetch + close in one call).
+    return list(await conn.execute_fetchall(sql, tuple(params)))

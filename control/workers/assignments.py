@@ -1,0 +1,98 @@
+"""Each worker's desired set, and the long-poll that delivers it.
+
+Contract: `desired_set` reads a worker's generation and complete set of container
+specs in one snapshot. `GenerationBoard.notify` is called after a commit that bumped
+a worker's generation and wakes every long-poll waiting on that worker; a waiter
+takes its event BEFORE re-reading the generation, so a change between the read and
+the wait is never missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from control.db.store import Row, Store
+from control.keyring import Keyring
+from control.settings import Settings
+from control.users.plans import Plan, plan_of
+from control.workers.specs import UserPlacement, build_spec
+from shared.protocol import Assignments
+
+
+class GenerationBoard:
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+        self._closed = False
+        # Called on every change of any worker's desired set (DNS follows assignments).
+        self.on_change: Callable[[], None] = lambda: None
+
+    def event(self, server_id: str) -> asyncio.Event:
+        event = self._events.get(server_id)
+        if event is None:
+            event = self._events[server_id] = asyncio.Event()
+            if self._closed:
+                event.set()
+        return event
+
+    def notify(self, *server_ids: str) -> None:
+        if server_ids:
+            self.on_change()
+        for server_id in server_ids:
+            event = self._events.pop(server_id, None)
+            if event is not None:
+                event.set()
+
+    def waiters(self) -> int:
+        return len(self._events)
+
+    def close(self) -> None:
+        """Wakes every waiter so shutdown never waits out a long-poll."""
+        self._closed = True
+        for event in self._events.values():
+            event.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+async def generation(store: Store, server_id: str) -> tuple[int, str]:
+    """The worker's generation and status (a long-poll stops for a revoked worker)."""
+    row = await store.fetch_one("SELECT generation, status FROM servers WHERE id = ?", (server_id,))
+    return (int(row["generation"]), str(row["status"])) if row else (0, "deleted")
+
+
+async def desired_set(
+    store: Store, settings: Settings, plans: dict[str, Plan], keyring: Keyring, server_id: str
+) -> Assignments:
+    rows = await store.fetch_all(
+        "SELECT s.generation, u.id, u.subdomain, u.plan, u.gateway_token_ciphertext FROM servers s "
+        "LEFT JOIN users u ON (u.server_id = s.id AND u.state IN ('provisioning', 'running')) "
+        "OR u.moving_from = s.id "
+        "WHERE s.id = ? ORDER BY u.id",
+        (server_id,),
+    )
+    gen = int(rows[0]["generation"]) if rows else 0
+    specs = [
+        build_spec(
+            UserPlacement(r["id"], r["subdomain"], plan_of(plans, r["plan"]), _env(keyring, r)),
+            settings,
+            server_id,
+        )
+        for r in rows
+        if r["id"] is not None
+    ]
+    purge = await store.fetch_all(
+        "SELECT id FROM users WHERE state = 'deprovisioned' AND data_server_id = ? "
+        "AND purge_generation IS NOT NULL ORDER BY id",
+        (server_id,),
+    )
+    return Assignments(generation=gen, containers=specs, purge=[r["id"] for r in purge])
+
+
+def _env(keyring: Keyring, row: Row) -> dict[str, str]:
+    # The gateway token travels only inside this worker-scoped, signed reply.
+    if row["gateway_token_ciphertext"] is None:
+        return {}
+    return {"OPENCLAW_GATEWAY_TOKEN": keyring.decrypt(row["gateway_token_ciphertext"])}

@@ -1,0 +1,233 @@
+"""Heartbeats, written with group commit.
+
+Contract: `HeartbeatWriter.submit` returns only after the heartbeat is committed
+(nonce, report, liveness and any user that became running, all in one transaction).
+The resources stored are the claim clamped to what the control plane knows of the
+worker; a worker that claims more is flagged and cordoned (control/workers/trust.py).
+Heartbeats that arrive while a transaction is in flight are queued and committed
+together in the next one, so a large fleet costs a handful of SQLite round trips
+per batch instead of per heartbeat. A revoked or unknown worker's heartbeat fails
+on its own (403/401) and writes nothing; it never fails the others in its batch. Nor
+does a heartbeat whose write fails: a failed batch is split and retried until the
+failing heartbeat is alone, and only its request gets the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from dataclasses import dataclass, field
+
+import aiosqlite
+import msgspec
+
+from control.db import events
+from control.db.store import Row, Store, fetch_all
+from control.errors import ClawfleetError, Forbidden, Unauthorized
+from control.workers import trust
+from control.workers.auth import REVOKED_STATUSES, AgentCaller
+from control.workers.nonces import expiry
+from shared.protocol import Heartbeat
+
+Outcome = tuple[int, list[str]]  # (worker's generation, servers whose desired set shrank)
+
+
+@dataclass
+class _Beat:
+    caller: AgentCaller
+    heartbeat: Heartbeat
+    interval: float
+    future: asyncio.Future[Outcome] = field(repr=False)
+
+    @property
+    def worker_id(self) -> str:
+        return self.caller.key_id
+
+    @property
+    def healthy(self) -> list[str]:
+        return [
+            c.user_id
+            for c in self.heartbeat.containers
+            if c.state == "running" and c.health == "healthy"
+        ]
+
+
+class HeartbeatWriter:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._queue: list[_Beat] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, caller: AgentCaller, heartbeat: Heartbeat, interval: float) -> Outcome:
+        beat = _Beat(caller, heartbeat, interval, asyncio.get_running_loop().create_future())
+        self._queue.append(beat)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="heartbeat-writer")
+        return await beat.future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Beat]) -> None:
+        """One transaction for the batch. If it fails, each half is retried in its own
+        transaction, down to the failing heartbeat alone: it fails only its own
+        request, for about 2*log2(batch) extra transactions, and the others commit."""
+        try:
+            outcomes = await self._store.write(
+                functools.partial(_apply, batch=batch, now=time.time())
+            )
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exc)
+                return
+            half = len(batch) // 2
+            await self._commit(batch[:half])
+            await self._commit(batch[half:])
+            return
+        for beat, outcome in zip(batch, outcomes, strict=True):
+            _settle(beat, outcome)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+
+
+def _settle(beat: _Beat, outcome: Outcome | BaseException) -> None:
+    if beat.future.done():  # its request went away
+        return
+    if isinstance(outcome, BaseException):
+        beat.future.set_exception(outcome)
+    else:
+        beat.future.set_result(outcome)
+
+
+async def _apply(
+    conn: aiosqlite.Connection, batch: list[_Beat], now: float
+) -> list[Outcome | ClawfleetError]:
+    ids = sorted({b.worker_id for b in batch})
+    marks = ", ".join("?" for _ in ids)
+    rows = {
+        r["id"]: r
+        for r in await fetch_all(
+            conn,
+            f"SELECT id, status, generation, {trust.CEILING_SQL} FROM servers WHERE id IN ({marks})",
+            ids,
+        )
+    }
+    outcomes: list[Outcome | ClawfleetError] = []
+    accepted: list[_Beat] = []
+    for beat in batch:
+        row = rows.get(beat.worker_id)
+        if row is None:
+            outcomes.append(Unauthorized("no registered worker has this id", code="unknown_worker"))
+        elif row["status"] in REVOKED_STATUSES:
+            outcomes.append(
+                Forbidden(f"worker {beat.worker_id} is {row['status']}", code="worker_revoked")
+            )
+        else:
+            outcomes.append((int(row["generation"]), []))
+            accepted.append(beat)
+    if not accepted:
+        return outcomes
+    await conn.executemany(
+        "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?, ?, ?) ON CONFLICT (key_id, nonce) DO NOTHING",
+        [(b.worker_id, b.caller.nonce, expiry(b.caller.timestamp)) for b in accepted],
+    )
+    await conn.executemany(
+        "UPDATE servers SET last_heartbeat = ?, agent_version = ?, applied_generation = ?, cpus = ?, "
+        "memory_mb = ?, disk_gb = ?, report = ?, heartbeat_interval = ?, "
+        "status = CASE WHEN status IN ('active', 'unhealthy') THEN 'active' ELSE status END, "
+        "status_changed_at = CASE WHEN status = 'unhealthy' THEN ? ELSE status_changed_at END WHERE id = ?",
+        [_server_update(b, rows[b.worker_id], now) for b in accepted],
+    )
+    for beat in accepted:
+        _, overclaim = trust.trust(_claim(beat), trust.ceiling_of(rows[beat.worker_id]))
+        if overclaim:
+            await trust.flag_overclaim(conn, beat.worker_id, overclaim, now)
+    for worker_id in sorted(
+        {b.worker_id for b in accepted if rows[b.worker_id]["status"] == "unhealthy"}
+    ):
+        await events.record(
+            conn,
+            "worker_status",
+            "unhealthy -> active: heartbeat received",
+            server_id=worker_id,
+            at=now,
+        )
+    released = await _users_now_healthy(conn, accepted, now)
+    return [
+        (outcome[0], released.get(beat.worker_id, []))
+        if not isinstance(outcome, ClawfleetError)
+        else outcome
+        for beat, outcome in zip(batch, outcomes, strict=True)
+    ]
+
+
+def _claim(beat: _Beat) -> trust.Capacity:
+    res = beat.heartbeat.resources
+    return trust.Capacity(res.cpus, res.memory_mb, res.disk_gb)
+
+
+def _server_update(beat: _Beat, row: Row, now: float) -> tuple[object, ...]:
+    hb = beat.heartbeat
+    # What placement counts on is what we know the worker has, never more.
+    trusted, _ = trust.trust(_claim(beat), trust.ceiling_of(row))
+    report = msgspec.json.encode(
+        {"containers": hb.containers, "host": hb.host, "resources": hb.resources}
+    ).decode()
+    return (
+        now,
+        hb.agent_version,
+        hb.applied_generation,
+        trusted.cpus,
+        trusted.memory_mb,
+        trusted.disk_gb,
+        report,
+        beat.interval,
+        now,
+        beat.worker_id,
+    )
+
+
+async def _users_now_healthy(
+    conn: aiosqlite.Connection, beats: list[_Beat], now: float
+) -> dict[str, list[str]]:
+    """Users reported running and healthy that were not yet `running` (or were being
+    moved) become running; a finished move lets the old server drop the container."""
+    healthy = {(b.worker_id, uid) for b in beats for uid in b.healthy}
+    if not healthy:
+        return {}
+    ids = sorted({w for w, _ in healthy})
+    marks = ", ".join("?" for _ in ids)
+    candidates = await fetch_all(
+        conn,
+        f"SELECT id, server_id, moving_from FROM users WHERE server_id IN ({marks}) "
+        "AND (state = 'provisioning' OR moving_from IS NOT NULL)",
+        ids,
+    )
+    released: dict[str, list[str]] = {}
+    for user in candidates:
+        if (user["server_id"], user["id"]) not in healthy:
+            continue
+        await conn.execute(
+            "UPDATE users SET state = 'running', moving_from = NULL, updated_at = ? WHERE id = ?",
+            (now, user["id"]),
+        )
+        message = "container reported running and healthy"
+        if user["moving_from"]:
+            # Make-before-break: only now may the old server remove its container.
+            await conn.execute(
+                "UPDATE servers SET generation = generation + 1 WHERE id = ?",
+                (user["moving_from"],),
+            )
+            released.setdefault(user["server_id"], []).append(user["moving_from"])
+            message += f"; move from {user['moving_from']} complete"
+        await events.record(
+            conn, "user_running", message, server_id=user["server_id"], user_id=user["id"], at=now
+        )
+    return released
