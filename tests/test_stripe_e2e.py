@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from control.billing.inbox import INBOX, StripeInbox
+from control.appkeys import FLEET, INBOX
+from control.billing.inbox import StripeInbox
 from control.db.store import Store
-from control.fleet import FLEET
 from control.users.plans import DEFAULT_PLAN, Plan
 from tests import stripe_events as se
 from tests.fixtures import ControlPlane
@@ -68,14 +68,18 @@ def subscription(
     )
 
 
+async def inbox_idle(control: ControlPlane) -> None:
+    """Until the app's own inbox loop has processed every delivery acknowledged so far."""
+    assert control.app is not None
+    async with asyncio.timeout(30):
+        await control.app[INBOX].idle.wait()
+
+
 async def until_state(control: ControlPlane, user: str, *states: str) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    for _ in range(60):
-        status, body = await control.admin("GET", f"/v1/users/{user}")
-        if status == 200 and body["state"] in states:
-            return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{user} never reached {states}: {body}")
+    await inbox_idle(control)
+    status, body = await control.admin("GET", f"/v1/users/{user}")
+    assert status == 200 and body["state"] in states, f"{user} is not in {states}: {body}"
+    return body
 
 
 async def test_payment_runs_the_user(plane: ControlPlane) -> None:
@@ -130,11 +134,8 @@ async def test_unknown_price_is_surfaced(plane: ControlPlane) -> None:
     await registered(plane)
     await deliver(plane, checkout("dan"))
     await deliver(plane, subscription("created", "active", price="price_unknown_9"))
-    for _ in range(60):
-        _, dan = await plane.admin("GET", "/v1/users/dan")
-        if dan.get("error") and "price_unknown_9" in dan["error"]:
-            break
-        await asyncio.sleep(0.1)
+    await inbox_idle(plane)
+    _, dan = await plane.admin("GET", "/v1/users/dan")
     assert dan["state"] == "pending" and "price_unknown_9" in dan["error"]
     _, evs = await plane.admin("GET", "/v1/events")
     assert any(e["kind"] == "billing_error" for e in evs["events"])
@@ -171,7 +172,7 @@ async def test_events_queued_across_a_restart_are_applied_once(
 
 async def test_events_that_keep_failing_are_listed(plane: ControlPlane) -> None:
     assert plane.app is not None
-    from control.billing.inbox import INBOX
+    from control.appkeys import INBOX
 
     inbox = plane.app[INBOX]
     # Stop the app's own processing so that only the broken apply below sees the event.

@@ -3,19 +3,12 @@
 Contract:
 - `POST /v1/stripe/webhook` (`stripe_routes`, reading `request.app[INBOX]`) only
   verifies and stores; it answers 200 `{"received": true, "duplicate": bool}` once the
-  raw event is committed, and wakes the processor. Errors are domain errors:
-  400 `missing_signature`, `bad_signature`, `stale_event`, `future_event`,
-  `malformed_event`, `wrong_mode`, `wrong_account` (nothing written); 503
-  `unavailable` / `not_configured` when the event cannot be stored, so that Stripe
-  retries the delivery.
-- The signature is checked by the `stripe` library (HMAC-SHA256 over "{t}.{body}");
-  a header that is not ASCII is a `bad_signature` before it reaches the library. The
-  age is checked here, in whole seconds: with `now = int(time.time())`, a `t` is
-  accepted when now - tolerance <= t <= now + tolerance (both edges inclusive).
-- An authentic event must also be for this deployment: its `livemode` equal to
-  `livemode` (a test-mode event never touches a live deployment, and the reverse),
-  and its `account`, when it has one (events of a Connect account), equal to
-  `account_id`; without `account_id`, events that carry an account are refused.
+  raw event is committed, and wakes the processor. What is refused, with which domain
+  error (400 `missing_signature`, `bad_signature`, `stale_event`, `future_event`,
+  `malformed_event`, `wrong_mode`, `wrong_account`; 503 `not_configured`), is
+  control/billing/verify.py's contract; nothing is written then. 503 `unavailable`
+  when the event cannot be stored, so that Stripe retries the delivery. The age is
+  judged against `int(time.time())`.
 - Stored: the raw body as received (UTF-8 text), under the event id (unique), status
   'pending', due now. A repeated id changes nothing and is reported as a duplicate.
 - `process_due(apply)` takes due events ('pending' or 'failing', next_attempt_at <= now)
@@ -30,7 +23,9 @@ Contract:
   be idempotent. A failing event does not hold back later ones: `apply` orders
   states by `fact.state_at`.
 - `run(apply, wake)` repeats `process_due` until cancelled, waiting for `wake` or
-  `interval` seconds between rounds.
+  `interval` seconds between rounds. `idle` is set while `run` waits with every
+  delivery stored before its last round processed (or failed and rescheduled); each
+  stored delivery (`wake`) clears it. Tests await it instead of polling.
 - `prune(now)` deletes events that are 'done' and were processed more than
   `keep_done` seconds ago (default 7 days: Stripe retries a delivery for up to 3 days,
   and a stored id is what makes a redelivery a duplicate), in bounded batches that
@@ -44,7 +39,6 @@ import asyncio
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -54,9 +48,10 @@ import stripe
 from aiohttp import web
 
 from control.billing.decode import HANDLED_TYPES, BillingFact, DecodeError, decode, refreshed
+from control.billing.verify import Endpoint, Unavailable, verify_delivery
 from control.clock import iso
 from control.db.store import Store
-from control.errors import BadRequest, ClawfleetError
+from control.errors import ClawfleetError
 from shared.backoff import backoff_delay
 
 __all__ = [
@@ -84,14 +79,6 @@ _DUE_STATUSES = ("pending", "failing")
 _BATCH = 100  # events per round of run()
 KEEP_DONE = 7 * 86400.0  # seconds a processed event's id is kept for deduplication
 PRUNE_BATCH = 500  # rows per prune transaction: the writer is never held for long
-_TIMESTAMP = re.compile(r"[0-9]{1,12}")
-
-
-class Unavailable(ClawfleetError):
-    """The event could not be stored: a 5xx makes Stripe deliver it again later."""
-
-    status = 503
-    code = "unavailable"
 
 
 def backoff(
@@ -133,17 +120,16 @@ class StripeInbox:
             # The library reads 0 as "no age check"; a replay window must exist.
             raise ValueError("tolerance must be a positive number of seconds")
         self.store = store
+        self._endpoint = Endpoint(webhook_secret, tolerance, livemode, account_id)
         self._secret = webhook_secret
         self._api_key = api_key
         self._api_base = api_base
-        self.tolerance = tolerance
         self.max_backoff = max_backoff
         self.refetch_timeout = refetch_timeout
-        self.livemode = livemode
-        self.account_id = account_id
         self.keep_done = keep_done
         self._client: stripe.StripeClient | None = None
         self._wake_event: asyncio.Event | None = None
+        self.idle = asyncio.Event()
         # One processing round at a time: run() and an admin-triggered round must not
         # hand the same event to apply() twice concurrently.
         self._processing = asyncio.Lock()
@@ -151,14 +137,14 @@ class StripeInbox:
     # --- intake -------------------------------------------------------------------
     async def receive(self, payload: bytes, signature: str | None) -> bool:
         """Verify and store one delivery. True when stored, False for a duplicate id."""
+        now = time.time()
         try:
-            event = self._verify(payload, signature)
+            event = verify_delivery(payload, signature, self._endpoint, int(now))
         except ClawfleetError as exc:
             # Operators diagnose signature trouble from this line (docs/stripe.md).
             log.warning("refused Stripe delivery (%s): %s", exc.code, exc.message)
             raise
-        text = payload.decode("utf-8")  # _verify proved it decodes
-        now = time.time()
+        text = payload.decode("utf-8")  # verify_delivery proved it decodes
 
         async def insert(conn: aiosqlite.Connection) -> bool:
             cursor = await conn.execute(
@@ -186,70 +172,9 @@ class StripeInbox:
             log.info("duplicate Stripe event %s ignored", event["id"])
         return stored
 
-    def _verify(self, payload: bytes, signature: str | None) -> dict[str, Any]:
-        if not self._secret.strip():
-            raise Unavailable("STRIPE_WEBHOOK_SECRET is not configured", code="not_configured")
-        if not signature:
-            raise BadRequest("missing Stripe-Signature header", code="missing_signature")
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest("body is not UTF-8", code="malformed_event") from None
-        # A non-ASCII header would make the library's comparison raise TypeError.
-        timestamp = _header_timestamp(signature) if signature.isascii() else None
-        if timestamp is None or not self._authentic(text, signature):
-            raise BadRequest(
-                "Stripe-Signature does not match the body with this endpoint's signing "
-                "secret (wrong STRIPE_WEBHOOK_SECRET, or the body was altered)",
-                code="bad_signature",
-            )
-        self._check_age(timestamp, int(time.time()))
-        event = _parse_event(text)
-        self._check_origin(event)
-        return event
-
-    def _authentic(self, text: str, signature: str) -> bool:
-        try:
-            stripe.WebhookSignature.verify_header(text, signature, self._secret, None)
-        except stripe.SignatureVerificationError:
-            return False
-        return True
-
-    def _check_age(self, timestamp: int, now: int) -> None:
-        # Whole seconds on both sides: an event exactly `tolerance` s old is accepted
-        # whatever the fraction of the current second (the library compares floats).
-        if timestamp < now - self.tolerance:
-            raise BadRequest(
-                f"Stripe-Signature timestamp is more than {self.tolerance} s old "
-                "(replayed delivery or clock skew)",
-                code="stale_event",
-            )
-        if timestamp > now + self.tolerance:
-            raise BadRequest(
-                f"Stripe-Signature timestamp is more than {self.tolerance} s in the future "
-                "(check this host's clock)",
-                code="future_event",
-            )
-
-    def _check_origin(self, event: Mapping[str, Any]) -> None:
-        livemode = event.get("livemode")
-        if livemode is not self.livemode:
-            expected, got = _mode(self.livemode), _mode(livemode)
-            raise BadRequest(
-                f"a {got} event reached a {expected} deployment (STRIPE_LIVEMODE, "
-                "STRIPE_SECRET_KEY); check which endpoint's secret is configured",
-                code="wrong_mode",
-            )
-        account = event.get("account")
-        if account is not None and account != self.account_id:
-            expected = self.account_id or "none (STRIPE_ACCOUNT_ID is not set)"
-            raise BadRequest(
-                f"event of Stripe account {str(account)[:64]!r}, expected {expected}",
-                code="wrong_account",
-            )
-
     def wake(self) -> None:
         """Wake the processor (`run`) early; a no-op before `run` starts."""
+        self.idle.clear()
         if self._wake_event is not None:
             self._wake_event.set()
 
@@ -386,6 +311,8 @@ class StripeInbox:
                 log.exception("Stripe inbox round failed; retrying in %.0f s", interval)
             if processed >= _BATCH:
                 continue  # a full batch: more may be due right now
+            if not wake.is_set():  # else a delivery arrived during the round
+                self.idle.set()
             try:
                 async with asyncio.timeout(interval):
                     await wake.wait()
@@ -446,44 +373,6 @@ class StripeInbox:
         counts = {"pending": 0, "failing": 0, "done": 0}
         counts.update({str(row["status"]): int(row["n"]) for row in rows})
         return counts
-
-
-def _header_timestamp(header: str) -> int | None:
-    """`t` as the library reads it (the first item whose key is exactly `t`), or None
-    unless it is plain decimal digits."""
-    for item in header.split(","):
-        key, _, value = item.partition("=")
-        if key == "t":
-            return int(value) if _TIMESTAMP.fullmatch(value) else None
-    return None
-
-
-def _mode(livemode: object) -> str:
-    if livemode is True:
-        return "live-mode"
-    return "test-mode" if livemode is False else "mode-less"
-
-
-def _parse_event(text: str) -> dict[str, Any]:
-    try:
-        event = json.loads(text)
-    except ValueError:
-        raise BadRequest("body is not JSON", code="malformed_event") from None
-    if not isinstance(event, dict):
-        raise BadRequest("body is not a JSON object", code="malformed_event")
-    if event.get("object", "event") != "event":
-        # e.g. a v2 thin event notification sent to a snapshot-event endpoint.
-        raise BadRequest(
-            f"not a snapshot event (object {event.get('object')!r})", code="malformed_event"
-        )
-    event_id, event_type, created = event.get("id"), event.get("type"), event.get("created")
-    if not isinstance(event_id, str) or not event_id or len(event_id) > 255:
-        raise BadRequest("event has no valid id", code="malformed_event")
-    if not isinstance(event_type, str) or not event_type:
-        raise BadRequest("event has no valid type", code="malformed_event")
-    if not isinstance(created, int) or isinstance(created, bool):
-        raise BadRequest("event has no integer created", code="malformed_event")
-    return event
 
 
 INBOX = web.AppKey("stripe_inbox", StripeInbox)

@@ -1,0 +1,102 @@
+"""What each `clawfleet` command asks the admin API and prints, by command group:
+servers (servers, server, cordon, uncordon, drain), users (users, user, suspend, resume,
+move, access, rotate-token), the event log, join tokens and simulate-payment.
+
+Contract: `run(args, api)` makes the command's requests, prints the result (JSON with
+`--json`) and returns EXIT_OK; failures raise `CliError`. Path segments from the command
+line are percent-encoded, so an id can never name another route.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import urllib.parse
+
+from control.cli.client import EXIT_OK, EXIT_USAGE, Api, CliError
+from control.cli.payment import simulate_payment
+from control.cli.render import (
+    SERVER_HEADERS,
+    USER_HEADERS,
+    print_json,
+    render_access,
+    render_events,
+    render_server,
+    render_servers,
+    render_user,
+    render_users,
+    server_row,
+    show,
+    table,
+    user_row,
+    wants_json,
+)
+
+SERVER_COMMANDS = frozenset({"servers", "server", "cordon", "uncordon", "drain"})
+USER_COMMANDS = frozenset({"users", "user", "suspend", "resume", "move", "access", "rotate-token"})
+
+
+def _seg(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+def run(args: argparse.Namespace, api: Api) -> int:
+    cmd = args.command
+    if cmd in SERVER_COMMANDS:
+        return _servers(cmd, args, api)
+    if cmd in USER_COMMANDS:
+        return _users(cmd, args, api)
+    if cmd == "events":
+        return _events(args, api)
+    if cmd == "join-token":
+        return _join_token(args, api)
+    if cmd == "simulate-payment":
+        return simulate_payment(api, args)
+    raise CliError(EXIT_USAGE, f"unknown command {cmd}")  # argparse already refuses these
+
+
+def _servers(cmd: str, args: argparse.Namespace, api: Api) -> int:
+    if cmd == "servers":
+        return show(args, api.call("GET", "/v1/servers"), render_servers)
+    if cmd == "server":
+        return show(args, api.call("GET", f"/v1/servers/{_seg(args.server)}"), render_server)
+    body = api.call("POST", f"/v1/servers/{_seg(args.server)}/{cmd}")  # cordon, uncordon, drain
+    return show(args, body, lambda s: table(SERVER_HEADERS, [server_row(s)]))
+
+
+def _users(cmd: str, args: argparse.Namespace, api: Api) -> int:
+    if cmd == "users":
+        return show(args, api.call("GET", "/v1/users"), render_users)
+    user = f"/v1/users/{_seg(args.user)}"
+    if cmd == "user":
+        return show(args, api.call("GET", user), render_user)
+    if cmd == "access":
+        return show(args, api.call("GET", f"{user}/access"), render_access)
+    if cmd == "rotate-token":
+        return show(args, api.call("POST", f"{user}/rotate-token"), render_access)
+    if cmd == "move":
+        body = api.call("POST", f"{user}/move", {"server_id": args.to} if args.to else {})
+    else:  # suspend, resume
+        body = api.call("POST", f"{user}/{cmd}")
+    return show(args, body, lambda u: table(USER_HEADERS, [user_row(u)]))
+
+
+def _events(args: argparse.Namespace, api: Api) -> int:
+    query: dict[str, int] = {"limit": args.limit}
+    if args.before is not None:
+        query["before"] = args.before
+    path = "/v1/events?" + urllib.parse.urlencode(query)
+    return show(args, api.call("GET", path), render_events)
+
+
+def _join_token(args: argparse.Namespace, api: Api) -> int:
+    stated = {"ttl_seconds": args.ttl, "cpus": args.cpus}
+    stated |= {"memory_mb": args.memory_mb, "disk_gb": args.disk_gb}
+    body = api.call("POST", "/v1/join-tokens", {k: v for k, v in stated.items() if v is not None})
+    if wants_json(args):
+        print_json(body)
+    else:
+        # The token alone on stdout, so that TOKEN=$(clawfleet join-token) works.
+        print(body["token"])
+        print(f"expires at {body.get('expires_at')}", file=sys.stderr)
+    return EXIT_OK
