@@ -16,7 +16,11 @@ POST /zones/{zone_id}/dns_records/batch (only an empty batch: the permission pro
 GET, PATCH, PUT, DELETE /zones/{zone_id}/dns_records/{id}. Every answer is the v4
 envelope `{"success", "errors": [{"code", "message"}], "messages", "result"}`, lists add
 `result_info` {page, per_page, count, total_count, total_pages} (per_page default 100,
-at most 5000).
+at most 5000). It also serves the edge endpoints (GET /ips, Origin CA /certificates,
+/zones/{zone_id}/settings/ssl, /zones/{zone_id}/origin_tls_client_auth), whose state is
+`fake.edge` and whose contract is tests/fakes/cloudflare_edge.py's docstring. Credentials:
+a request passes with the Bearer token; GET /ips with none; /certificates also with
+`X-Auth-User-Service-Key: <fake.edge.origin_ca_key>` (and then no scope is checked).
 
 List filters, as the `cloudflare` SDK sends them (nested filters are flattened with dots):
 `name` (legacy exact match), `name.exact`, `name.contains`, `name.startswith`,
@@ -30,7 +34,8 @@ Real behaviour reproduced:
   error" anywhere else. `token_status` ("active", "disabled", "expired") is what verify
   reports; `user_token=False` makes verify answer 401/1000 for the right token too (an
   account-owned token must be verified under /accounts/..., not /user/...).
-- Permissions: `scopes` (default {"zone:read", "dns:read", "dns:edit"}): without
+- Permissions: `scopes` (default {"zone:read", "dns:read", "dns:edit"} and the edge's
+  "ssl:read", "ssl:edit", "zone_settings:read", "zone_settings:edit"): without
   "zone:read", GET /zones/{id} is 403/10000; without "dns:read" and "dns:edit", DNS reads
   are 403/10000; without "dns:edit", every DNS write is 403/10000 (as a read-only token).
 - An unknown zone id: 404 code 7003 "Could not route to ...".
@@ -82,6 +87,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.fakes import cloudflare_edge
 from tests.fakes.common import endpoint_and_body
 
 PREFIX = "/client/v4"
@@ -99,8 +105,9 @@ ENDPOINTS = frozenset(
         "DELETE /zones/{zone_id}/dns_records/{id}",
     }
 )
+ENDPOINTS |= cloudflare_edge.ENDPOINTS  # IP ranges, Origin CA, SSL mode, origin pulls
 
-ALL_SCOPES = frozenset({"zone:read", "dns:read", "dns:edit"})
+ALL_SCOPES = frozenset({"zone:read", "dns:read", "dns:edit"}) | cloudflare_edge.SCOPES
 
 Json = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -146,6 +153,7 @@ class CloudflareFake:
     scopes: set[str] = field(default_factory=lambda: set(ALL_SCOPES))
     token_status: str = "active"
     user_token: bool = True
+    edge: cloudflare_edge.CloudflareEdge = field(default_factory=cloudflare_edge.CloudflareEdge)
     records: dict[str, Json] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     rate_limit: int = 1200
@@ -257,6 +265,9 @@ class CloudflareFake:
         app.router.add_patch(zone + "/dns_records/{id}", self._patch_record)
         app.router.add_put(zone + "/dns_records/{id}", self._put_record)
         app.router.add_delete(zone + "/dns_records/{id}", self._delete_record)
+        handlers = self.edge.handlers()
+        for method, path in cloudflare_edge.ROUTES:
+            app.router.add_route(method, PREFIX + path, self._edge(handlers[f"{method} {path}"]))
         return app
 
     # -- plumbing ---------------------------------------------------------------------
@@ -284,7 +295,8 @@ class CloudflareFake:
                 "Please wait and consider throttling your request speed",
                 retry_after=limited,
             )
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
+        how = self._authenticated(request, endpoint)
+        if how is None:
             if endpoint == "GET /user/tokens/verify":
                 return _error(401, 1000, "Invalid API Token")
             return _error(403, 10000, "Authentication error")
@@ -297,7 +309,7 @@ class CloudflareFake:
                 7003,
                 f"Could not route to /zones/{zone_id}, perhaps your object identifier is invalid?",
             )
-        denied = self._denied(endpoint)
+        denied = self._denied(endpoint) if how == "token" else None
         if denied is not None:
             return denied
         request[_BODY] = body
@@ -327,6 +339,31 @@ class CloudflareFake:
         self._recent.append(now)
         return None
 
+    def _authenticated(self, request: web.Request, endpoint: str) -> str | None:
+        """How the request is authenticated ("token", "public", "origin_ca_key"), or None."""
+        if request.headers.get("Authorization") == f"Bearer {self.token}":
+            return "token"
+        if endpoint in cloudflare_edge.PUBLIC_ENDPOINTS:
+            return "public"
+        key = request.headers.get("X-Auth-User-Service-Key")
+        if endpoint in cloudflare_edge.ORIGIN_CA_ENDPOINTS and key == self.edge.origin_ca_key:
+            return "origin_ca_key"
+        return None
+
+    def _edge(self, handler: cloudflare_edge.EdgeHandler) -> Handler:
+        async def serve(request: web.Request) -> web.StreamResponse:
+            params = dict(request.match_info)
+            call = cloudflare_edge.EdgeRequest(
+                self.zone_id, self.zone_name, request.query, params, request[_BODY]
+            )
+            try:
+                reply = handler(call)
+            except cloudflare_edge.ApiError as exc:
+                return _error(exc.status, exc.code, exc.message)
+            return _ok(reply.result, result_info=reply.result_info)
+
+        return serve
+
     def _denied(self, endpoint: str) -> web.Response | None:
         if endpoint == "GET /zones/{zone_id}":
             needed = {"zone:read"}
@@ -335,6 +372,8 @@ class CloudflareFake:
             needed = {"dns:read"} if "dns:edit" not in self.scopes else set()
         elif "/dns_records" in endpoint:
             needed = {"dns:edit"}
+        elif endpoint in cloudflare_edge.ENDPOINTS:
+            needed = cloudflare_edge.needed_scopes(endpoint, self.scopes)
         else:
             needed = set()
         if needed - self.scopes:
