@@ -13,6 +13,9 @@ What it serves (under `/v1`, JSON bodies and error envelopes as in the OpenAPI d
 GET /server_types, GET /locations, GET /ssh_keys (filter `name`), GET /servers (filters
 `name` and `label_selector` with `k=v`, `k==v`, `k!=v`, `k`, `!k`), POST /servers,
 GET and DELETE /servers/{id}, GET /actions/{id}, GET /servers/{id}/actions/{action_id}.
+Volumes (tests/fakes/hetzner_volumes.py) and firewalls (tests/fakes/hetzner_firewalls.py)
+plug into the same app, with the same faults, budget and envelopes; their actions run for
+`action_seconds` and lock what they touch meanwhile (tests/fakes/hetzner_actions.py).
 Lists paginate with `page`/`per_page` (default 25, at most 50) and `meta.pagination`.
 Every reply carries `RateLimit-Limit`/`RateLimit-Remaining`/`RateLimit-Reset` and
 `X-Correlation-Id`. The budget is a token bucket as the real API's: one request used per
@@ -32,7 +35,11 @@ State and inspection:
 - `calls`: every request as `Call(method, endpoint, query, body, status, correlation_id)`;
   `count(endpoint)` counts them. An endpoint is named like "POST /servers" or
   "DELETE /servers/{id}" (see `ENDPOINTS`).
-- `add_server(name, labels, ...)`: seed an existing server.
+- `add_server(name, labels, ...)`: seed an existing server. Deleting a server detaches
+  its volumes (they are kept) and removes it from the firewalls applied to it directly.
+- `volumes`, `firewalls`: {id: object}, as the API shows them.
+- `action_seconds`: how long volume and firewall actions run (0: over at once; `math.inf`:
+  until `finish_actions()`); `action_until`: {action id: epoch seconds it runs until}.
 - `rate_limit_remaining`, `rate_limit_limit`: the current budget (set them to simulate).
 
 Injection (each applies to the next `times` calls of that endpoint, in order queued):
@@ -247,7 +254,11 @@ class HetznerFake:
         ]
     )
     servers: dict[int, Json] = field(default_factory=dict)
+    volumes: dict[int, Json] = field(default_factory=dict)
+    firewalls: dict[int, Json] = field(default_factory=dict)
     actions: dict[int, Json] = field(default_factory=dict)
+    action_until: dict[int, float] = field(default_factory=dict)
+    action_seconds: float = 0.0
     create_requests: list[Json] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     rate_limit_limit: int = 3600
@@ -325,6 +336,10 @@ class HetznerFake:
     ) -> None:
         self._action_failures.extend([(code, message)] * times)
 
+    def finish_actions(self) -> None:
+        """Ends every action's running window now: the resources they locked are free."""
+        self.action_until = dict.fromkeys(self.action_until, 0.0)
+
     def count(self, endpoint: str) -> int:
         _check_endpoint(endpoint)
         return sum(1 for call in self.calls if call.endpoint == endpoint)
@@ -366,6 +381,10 @@ class HetznerFake:
         app.router.add_delete("/v1/servers/{id}", self._delete_server)
         app.router.add_get("/v1/actions/{id}", self._get_action)
         app.router.add_get("/v1/servers/{id}/actions/{action_id}", self._get_action)
+        from tests.fakes import hetzner_firewalls, hetzner_volumes  # they import this module
+
+        hetzner_volumes.register(app, self)
+        hetzner_firewalls.register(app, self)
         return app
 
     # -- plumbing ---------------------------------------------------------------------
@@ -573,6 +592,13 @@ class HetznerFake:
         server_id = _int(request.match_info["id"])
         if self.servers.pop(server_id, None) is None:
             return _error(404, "not_found", "server not found")
+        for volume in self.volumes.values():  # the real API detaches them and keeps them
+            if volume["server"] == server_id:
+                volume["server"] = None
+        for firewall in self.firewalls.values():
+            firewall["applied_to"] = [
+                a for a in firewall["applied_to"] if a.get("server", {}).get("id") != server_id
+            ]
         return web.json_response({"action": self._action("delete_server", server_id, None)})
 
     async def _get_action(self, request: web.Request) -> web.StreamResponse:
@@ -580,7 +606,9 @@ class HetznerFake:
         action = self.actions.get(_int(key))
         if action is None:
             return _error(404, "not_found", "action not found")
-        if action["status"] == "running":  # polled actions finish on the first look
+        running_until = self.action_until.get(action["id"], 0.0)  # see hetzner_actions
+        if action["status"] == "running" and running_until <= time.time():
+            # polled actions finish on the first look, once their window is over
             action.update(status="success", progress=100, finished=_now_iso())
         return web.json_response({"action": action})
 
@@ -675,8 +703,12 @@ class HetznerFake:
 
 
 def _check_endpoint(endpoint: str) -> None:
-    if endpoint not in ENDPOINTS:
-        raise ValueError(f"unknown endpoint {endpoint!r}; one of {sorted(ENDPOINTS)}")
+    from tests.fakes.hetzner_firewalls import FIREWALL_ENDPOINTS  # it imports this module
+    from tests.fakes.hetzner_volumes import VOLUME_ENDPOINTS
+
+    known = ENDPOINTS | VOLUME_ENDPOINTS | FIREWALL_ENDPOINTS
+    if endpoint not in known:
+        raise ValueError(f"unknown endpoint {endpoint!r}; one of {sorted(known)}")
 
 
 def _int(raw: str) -> int:
