@@ -18,6 +18,7 @@ import aiohttp
 import msgspec
 from yarl import URL
 
+from agent.errors import AgentError
 from shared.backoff import backoff_delay as shared_backoff
 from shared.protocol import (
     MAX_TEXT,
@@ -36,14 +37,19 @@ from shared.signing import sign_request
 T = TypeVar("T")
 
 
-class ControlPlaneError(Exception):
-    """A request failed. status 0: transport failure or unparseable answer."""
+class ControlPlaneError(AgentError):
+    """A request failed. `status` is the control plane's HTTP status (0: transport failure
+    or unparseable answer), `code` and `message` its error's, `correlation_id` the
+    `X-Request-Id` it answered with (None when no answer came)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
+    def __init__(
+        self, status: int, code: str, message: str, correlation_id: str | None = None
+    ) -> None:
+        super().__init__(message, code=code, correlation_id=correlation_id)
         self.status = status
-        self.code = code
-        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
 
 
 class _ErrorBody(msgspec.Struct):
@@ -131,6 +137,7 @@ class ControlClient:
             ) as resp:
                 payload = await resp.read()
                 status = resp.status
+                request_id = resp.headers.get("X-Request-Id")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise ControlPlaneError(0, "unreachable", type(exc).__name__) from None
         if status >= 400:
@@ -141,7 +148,7 @@ class ControlClient:
                 code, message = envelope.error.code, envelope.error.message[:MAX_TEXT]
             except ProtocolError:
                 pass
-            raise ControlPlaneError(status, code, message)
+            raise ControlPlaneError(status, code, message, request_id)
         return status, payload
 
     @staticmethod

@@ -23,10 +23,11 @@ from typing import Any
 
 from agent import client as cp
 from agent.config import Settings
+from agent.errors import AgentError
 from agent.metadata_block import MetadataBlock
 from agent.ownership import MAX_PREVIOUS, Owner
 from agent.reconcile import Reconciler, ReconcilerOptions
-from agent.runtime import DockerRuntime, RuntimeError_
+from agent.runtime import DockerError, DockerRuntime
 from agent.state import Credentials, StateStore
 from agent.traefik import RouteOptions
 from shared.protocol import Heartbeat, HostReport, RegisterRequest, Resources
@@ -40,7 +41,11 @@ EXIT_REVOKED = 3
 DEFAULT_HEARTBEAT = 10.0
 
 
-class _Fatal(Exception):
+class _Fatal(AgentError):
+    """The daemon must stop with exit `status` (no credentials, revoked)."""
+
+    code = "fatal"
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -249,7 +254,7 @@ class Daemon:
             self.store.save_desired(got)
             try:
                 await self.reconciler.reconcile(got)
-            except RuntimeError_ as exc:
+            except DockerError as exc:
                 log.error("reconcile failed: %s", exc)
 
     async def _reconcile_loop(self) -> None:
@@ -259,7 +264,7 @@ class Daemon:
                 await self.reconciler.reconcile()
                 attempt = 0
                 delay = cp.jittered(self.s.reconcile_interval)
-            except RuntimeError_ as exc:
+            except DockerError as exc:
                 delay = min(
                     self.s.reconcile_interval,
                     cp.backoff_delay(attempt, self.s.backoff_base, self.s.backoff_max),
@@ -274,7 +279,7 @@ class Daemon:
             if self._docker_version is None:
                 self._docker_version = await self.runtime.version()
                 self._disk_path = await self.runtime.root_dir()
-        except RuntimeError_ as exc:
+        except DockerError as exc:
             log.warning("docker unavailable for heartbeat: %s", exc)
             self._docker_version = None
             containers = []

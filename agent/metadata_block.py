@@ -15,13 +15,17 @@ import asyncio
 import subprocess
 from collections.abc import Sequence
 
+from agent.errors import AgentError
+
 CHAIN = "DOCKER-USER"
 METADATA_IP = "169.254.169.254/32"
 RULE = ("-d", METADATA_IP, "-j", "REJECT")
 
 
-class MetadataBlockError(RuntimeError):
-    pass
+class MetadataBlockError(AgentError):
+    """The metadata block rule could not be checked or put in place (iptables failed)."""
+
+    code = "metadata_block_failed"
 
 
 def _run(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:

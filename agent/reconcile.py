@@ -33,7 +33,7 @@ from agent import health, ownership, traefik
 from agent.client import backoff_delay
 from agent.metadata_block import MetadataBlock, MetadataBlockError
 from agent.ownership import Owner
-from agent.runtime import DockerRuntime, Observed, RuntimeError_, Tagged
+from agent.runtime import DockerError, DockerRuntime, Observed, Tagged
 from shared.protocol import Assignments, ContainerReport, ContainerSpec
 
 log = logging.getLogger("agent.reconcile")
@@ -332,7 +332,7 @@ class Reconciler:
                 await self._apply(action, view.owner)
             except _RolledBack:
                 pass  # already recorded with its own message and retry delay
-            except (RuntimeError_, ValueError) as exc:
+            except (DockerError, ValueError) as exc:
                 if isinstance(action, Create | Replace):
                     self._fail(action.spec, str(exc))
                 else:
@@ -373,7 +373,7 @@ class Reconciler:
         try:
             log.info("user %s: pulling %s", spec.user_id, spec.image)
             await self.runtime.pull(spec.image)
-        except RuntimeError_:
+        except DockerError:
             # A worker cut off from the registry keeps working with what it has.
             if not present:
                 raise
@@ -415,7 +415,7 @@ class Reconciler:
                     gate=self.opts.health_gate,
                     probe_timeout=self.opts.health_timeout,
                 )
-        except RuntimeError_ as exc:
+        except DockerError as exc:
             reason = str(exc)
         if not healthy:
             await self._roll_back(spec, old, new_id, reason)
@@ -437,7 +437,7 @@ class Reconciler:
             upgrade=True,
         )
         # The failure is recorded; stop the caller from treating this as success.
-        raise _RolledBack()
+        raise _RolledBack("rolled back after a failed upgrade")
 
     # -- routes and reports ---------------------------------------------------------------
 
@@ -520,5 +520,5 @@ class Reconciler:
         return reports
 
 
-class _RolledBack(RuntimeError_):
+class _RolledBack(DockerError):
     """Raised after a rollback; the failure is already recorded."""

@@ -21,6 +21,7 @@ import docker
 import docker.errors
 from docker.types import Mount
 
+from agent.errors import AgentError
 from agent.ownership import (
     LABEL_MANAGED,
     LABEL_USER,
@@ -39,11 +40,13 @@ LABEL_IMAGE = "clawfleet.image"
 MANAGED_FILTER = f"{LABEL_MANAGED}=true"
 
 
-class RuntimeError_(Exception):
+class DockerError(AgentError):
     """A Docker operation failed; the message is safe to log and report."""
 
+    code = "docker_error"
 
-class ForeignObjectError(RuntimeError_):
+
+class ForeignObjectError(DockerError):
     """An object the spec names exists but does not carry this user's labels."""
 
 
@@ -173,19 +176,19 @@ class DockerRuntime:
             except docker.errors.NotFound:
                 raise
             except docker.errors.APIError as exc:
-                raise RuntimeError_(str(exc.explanation or exc)) from None
+                raise DockerError(str(exc.explanation or exc)) from None
             except docker.errors.DockerException as exc:
                 self._reset()
-                raise RuntimeError_(f"docker: {exc}") from None
+                raise DockerError(f"docker: {exc}") from None
             except (OSError, ConnectionError) as exc:
                 self._reset()
-                raise RuntimeError_(f"docker unreachable: {exc}") from None
+                raise DockerError(f"docker unreachable: {exc}") from None
 
         future = loop.run_in_executor(self._pool, call)
         try:
             return await asyncio.wait_for(future, limit or self._timeout)
         except TimeoutError:
-            raise RuntimeError_(f"docker call {fn.__name__} timed out") from None
+            raise DockerError(f"docker call {fn.__name__} timed out") from None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -251,13 +254,13 @@ class DockerRuntime:
         repo, tag = docker.utils.parse_repository_tag(ref)
         for event in self._api().pull(repo, tag=tag or "latest", stream=True, decode=True):
             if isinstance(event, dict) and event.get("error"):
-                raise RuntimeError_(f"pull {ref}: {event['error']}")
+                raise DockerError(f"pull {ref}: {event['error']}")
 
     async def pull(self, ref: str, limit: float = 900.0) -> None:
         try:
             await self._run(self._pull, ref, limit=limit)
         except docker.errors.NotFound:
-            raise RuntimeError_(f"pull {ref}: not found") from None
+            raise DockerError(f"pull {ref}: not found") from None
 
     # -- per-user network and volumes -----------------------------------------------------
 
@@ -312,7 +315,7 @@ class DockerRuntime:
             parse_container_user(spec.user)
         except ValueError as exc:
             # The last line of defence: whatever the control plane says, never root.
-            raise RuntimeError_(f"spec for {spec.user_id} refused: user {exc}") from None
+            raise DockerError(f"spec for {spec.user_id} refused: user {exc}") from None
         api = self._api()
         labels = dict(spec.labels)
         # Ownership labels last, so a spec can never overwrite them.

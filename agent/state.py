@@ -18,14 +18,17 @@ from pathlib import Path
 
 import msgspec
 
+from agent.errors import AgentError
 from shared.protocol import Assignments, ProtocolError, decode, encode
 
 CREDENTIALS = "credentials.json"
 DESIRED = "desired.json"
 
 
-class StateError(RuntimeError):
+class StateError(AgentError):
     """A state file exists but cannot be read or parsed."""
+
+    code = "state_unreadable"
 
 
 class Credentials(msgspec.Struct, frozen=True):

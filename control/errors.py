@@ -1,19 +1,34 @@
-"""Domain errors. Each carries the HTTP status and a stable machine-readable code;
-the error middleware (control/api/middleware.py) renders them. The data layer raises
-these, never aiohttp's HTTP exceptions."""
+"""Domain errors: every error the control plane raises on purpose is a `ClawfleetError`.
+
+Each carries a stable machine-readable `code`, a `message` (safe to show: never a
+secret) and the HTTP `status` the error middleware (control/api/middleware.py) answers
+with when one reaches a request; the data layer raises these, never aiohttp's HTTP
+exceptions. Errors of an integration (Hetzner, Cloudflare, Stripe) are
+`IntegrationError`s: they also carry what the upstream said (`upstream_status`, 0 when
+no answer came; `correlation_id`, the upstream's request id to quote to its support;
+`retry_after`, the seconds it asked us to wait).
+
+Catch the narrowest class that means what the handler handles: a handler of
+`ClawfleetError` takes every deliberate failure and nothing else (a bug stays a bug).
+"""
 
 from __future__ import annotations
 
 
 class ClawfleetError(Exception):
+    """The root: `code`, `message` and, for integrations, the upstream's correlation id."""
+
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, correlation_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        self.correlation_id = correlation_id
 
 
 class BadRequest(ClawfleetError):
@@ -52,3 +67,29 @@ class ServiceUnavailable(ClawfleetError):
 
     status = 503
     code = "service_unavailable"
+
+
+class IntegrationError(ServiceUnavailable):
+    """An upstream service failed or refused (see the module docstring)."""
+
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        upstream_status: int | None = None,
+        correlation_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, correlation_id=correlation_id)
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+
+class ConfigurationError(ClawfleetError):
+    """A setting or a file the operator provides is missing or malformed; the message
+    names it. Raised at start-up (exit 2) and by the CLI, never inside a request."""
+
+    code = "configuration_error"

@@ -123,7 +123,7 @@ async def test_verify_without_dns_edit_names_the_permission(
     message = info.value.message
     assert "CLOUDFLARE_API_TOKEN lacks Zone:DNS:Edit on example.com" in message
     assert cloudflare_fake.zone_id in message
-    assert info.value.status == 403 and info.value.code == 10000
+    assert info.value.upstream_status == 403 and info.value.upstream_code == 10000
     assert cloudflare_fake.token not in message
     assert cloudflare_fake.records == {}
 
@@ -147,7 +147,7 @@ async def test_verify_unknown_zone(make: Factory) -> None:
     with pytest.raises(DnsError) as info:
         await make(zone_id="0" * 32).verify()
     assert f"CLOUDFLARE_ZONE_ID {'0' * 32} is not a zone" in info.value.message
-    assert info.value.code == 7003
+    assert info.value.upstream_code == 7003
 
 
 @pytest.mark.parametrize("status", ["disabled", "expired"])
@@ -252,7 +252,7 @@ async def test_already_exists_that_never_shows_up_gives_up(
     cloudflare_fake.inject(POST, 400, 81058, times=10)
     with pytest.raises(DnsError, match="did not settle") as info:
         await make().upsert(ALICE, "203.0.113.7")
-    assert info.value.code == 81058
+    assert info.value.upstream_code == 81058
     assert cloudflare_fake.count(POST) == cloudflare.UPSERT_ROUNDS
 
 
@@ -305,7 +305,7 @@ async def test_a_record_without_our_marker_is_a_conflict_and_untouched(
     before = dict(theirs)
     with pytest.raises(DnsError, match="without our marker") as info:
         await make().upsert(ALICE, "203.0.113.7")
-    assert info.value.status == 409
+    assert info.value.upstream_status == 409
     assert cloudflare_fake.records == {theirs["id"]: before}
     assert cloudflare_fake.count(POST) == 0
 
@@ -430,7 +430,7 @@ async def test_a_lasting_rate_limit_gives_up_after_max_attempts(
     cloudflare_fake.rate_window = 2.0  # Retry-After: 2 (a 5-minute one is past the deadline)
     with pytest.raises(DnsError) as info:
         await make().list_ours()
-    assert info.value.status == 429 and info.value.code == 971
+    assert info.value.upstream_status == 429 and info.value.upstream_code == 971
     assert len(cloudflare_fake.calls) == MAX_ATTEMPTS
     assert sleeps == [2.0] * (MAX_ATTEMPTS - 1)  # the fake's Retry-After, honoured
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from control.capacity.providers.base import CreateRequest, ErrorKind, ProviderError, ServerType
-from control.capacity.providers.hetzner import HetznerProvider, classify
+from control.capacity.providers.hetzner import HetznerProvider
+from control.capacity.providers.hetzner_errors import classify
 from tests.fakes.hetzner import HetznerFake, hetzner_fake_fixture  # noqa: F401
 
 Factory = Callable[..., HetznerProvider]
@@ -124,7 +125,7 @@ async def test_no_pair_left_is_an_error(make: Factory) -> None:
 async def test_bad_token_is_a_clear_error_without_the_token(make: Factory) -> None:
     token = "wrong-token-" + "z" * 40
     err = await expect_error(make(token=token).validate())
-    assert (err.kind, err.code, err.status) == ("invalid", "unauthorized", 401)
+    assert (err.kind, err.code, err.upstream_status) == ("invalid", "unauthorized", 401)
     assert "HETZNER_API_TOKEN" in err.message
     assert token not in str(err)
     assert err.correlation_id
@@ -265,7 +266,7 @@ async def test_injected_create_errors_map_to_kinds(
     hetzner_fake.inject("POST /servers", status, code, "it went wrong")
     err = await expect_error(make().create(req()))
     post = next(c for c in hetzner_fake.calls if c.endpoint == "POST /servers")
-    assert (err.kind, err.code, err.status) == (kind, code, status)
+    assert (err.kind, err.code, err.upstream_status) == (kind, code, status)
     assert "it went wrong" in err.message
     assert err.correlation_id == post.correlation_id
     assert err.correlation_id in str(err)

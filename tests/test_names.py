@@ -16,12 +16,12 @@ import pytest
 from agent import traefik
 from control import cli, settings
 from control.capacity.providers.base import ProviderError
-from control.capacity.providers.hetzner import _check_name, check_labels
+from control.capacity.providers.hetzner_catalog import check_labels, check_name
 from control.dns import provider
 from control.errors import BadRequest
 from control.settings import Settings, SettingsError
 from control.users.plans import PlanError, parse_plans
-from control.users.records import validate_subdomain, validate_user_id
+from control.users.names import validate_subdomain, validate_user_id
 from shared import names
 from tests.fixtures import ControlPlane
 
@@ -76,7 +76,7 @@ VALIDATORS: list[tuple[str, str, Callable[[str], object], bool]] = [
     ("provider.fqdn base", "example.com", lambda v: provider.fqdn("vic2", v), False),
     ("hetzner.label", "prod", _raises(lambda v: check_labels({"clawfleet-cluster": v})), True),
     ("hetzner.label key", "cluster", _raises(lambda v: check_labels({v: "x"})), True),
-    ("hetzner.name", "clawfleet-prod-1", _raises(_check_name), True),
+    ("hetzner.name", "clawfleet-prod-1", _raises(check_name), True),
     ("cli.plan", "pro", cli._PLAN_NAME.fullmatch, True),
     ("traefik.route host", "vic2.example.com", _host, True),
     ("names.user_id", "vic2", names.user_id_ok, True),
@@ -198,8 +198,8 @@ def test_agent_user_setting_accepts_numbers() -> None:
 
 
 def test_domain_pattern_lookahead_is_whole_value() -> None:
-    assert settings._DOMAIN.fullmatch("a" * 63 + "." + "b" * 63)
-    assert not settings._DOMAIN.fullmatch("example.com\n")
+    assert settings.rules.DOMAIN.fullmatch("a" * 63 + "." + "b" * 63)
+    assert not settings.rules.DOMAIN.fullmatch("example.com\n")
 
 
 @pytest.mark.parametrize("subdomain", ["vic2\n", "vic2\r", "vic2 ", "v\u0456c2", "VIC2"])

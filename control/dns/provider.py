@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from control.errors import IntegrationError
 from shared.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -65,24 +66,29 @@ class DnsRecord:
     ours: bool = True  # carries our marker (e.g. the Cloudflare comment of this cluster)
 
 
-class DnsError(Exception):
-    """A DNS provider failure. `code` is the provider's error code (e.g. Cloudflare 81044),
-    `status` the HTTP status (0: no answer), `retry_after` seconds the provider asked us
-    to wait. The message never contains a credential."""
+class DnsError(IntegrationError):
+    """A DNS provider failure. `upstream_code` is the provider's error code (e.g. Cloudflare
+    81044), `upstream_status` the HTTP status (0: no answer), `retry_after` seconds the
+    provider asked us to wait. The message never contains a credential."""
+
+    code = "dns_error"
 
     def __init__(
         self,
         message: str,
         *,
-        code: int | None = None,
-        status: int | None = None,
+        upstream_code: int | None = None,
+        upstream_status: int | None = None,
         retry_after: float | None = None,
+        correlation_id: str | None = None,
     ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status = status
-        self.retry_after = retry_after
+        super().__init__(
+            message,
+            upstream_status=upstream_status,
+            correlation_id=correlation_id,
+            retry_after=retry_after,
+        )
+        self.upstream_code = upstream_code
 
 
 @runtime_checkable
@@ -223,14 +229,14 @@ def is_refusal(error: DnsError) -> bool:
     provider answered a 4xx other than 408/429 (token refused, no permission, unknown
     zone), or the check found the answer itself wrong (status None: an inactive token,
     BASE_DOMAIN outside the zone)."""
-    return not is_transient(error.status)
+    return not is_transient(error.upstream_status)
 
 
 def verify_delay(attempt: int, error: DnsError | None, rand: float) -> float:
     """Seconds before start-up check `attempt` + 1 after an outage: the provider's
     Retry-After after a 429 (capped at RETRY_AFTER_CAP), else backoff with jitter
     between VERIFY_BASE and VERIFY_CAP."""
-    if error is not None and error.status == 429 and error.retry_after is not None:
+    if error is not None and error.upstream_status == 429 and error.retry_after is not None:
         return min(RETRY_AFTER_CAP, max(0.0, error.retry_after))
     return backoff_delay(attempt - 1, base=VERIFY_BASE, cap=VERIFY_CAP, rand=rand)
 

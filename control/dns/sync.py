@@ -17,7 +17,7 @@ permission, unknown zone, BASE_DOMAIN outside it) sets "invalid" and ends it; an
 outage (no answer, 408, 429, 5xx) keeps "validating" and retries after `verify_delay`
 (Retry-After, else backoff with jitter), for as long as it takes. `refused_within`
 lets start-up fail on a refusal that comes within its wait, as for Hetzner
-(control/capacity/providers/health.py).
+(control/capacity/providers/health.py); `ProviderHealth` is in control/health.py.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 
 import aiosqlite
 
-from control.capacity.providers.health import ProviderHealth
 from control.db import events
 from control.db.store import Store
 from control.dns.provider import (
@@ -44,6 +43,7 @@ from control.dns.provider import (
     reconcile_dns,
     verify_delay,
 )
+from control.health import ProviderHealth
 from control.settings import Settings
 
 log = logging.getLogger(__name__)

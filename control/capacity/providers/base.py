@@ -6,8 +6,8 @@ Contract:
   and returned, never duplicated.
 - `delete` of a server that is already gone succeeds.
 - `list` returns every server carrying ALL the given labels.
-- Every failure raises `ProviderError` (or a subclass) carrying the provider's code,
-  message and correlation id; `kind` tells the autoscaler what to do about it (see
+- Every failure raises `ProviderError` (an `IntegrationError`, control/errors.py)
+  carrying the provider's code, message, HTTP status and correlation id; `kind` tells the autoscaler what to do about it (see
   `retry_decision` in control/capacity/decisions.py).
 - Implementations never block the event loop: blocking SDKs run in a thread with a
   timeout.
@@ -19,6 +19,8 @@ import builtins
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from control.errors import IntegrationError
+
 ErrorKind = Literal[
     "unavailable",  # this (type, location) cannot be had now: try the next pair
     "limit",  # account/project limit reached: stop scaling up, alert the operator
@@ -29,24 +31,31 @@ ErrorKind = Literal[
 ]
 
 
-class ProviderError(Exception):
+class ProviderError(IntegrationError):
+    """A provider call failed. `kind` says what the autoscaler should do about it; `code`
+    is the provider's error code ("" when it gave none), `upstream_status` its HTTP status,
+    `correlation_id` its request id (control/errors.py)."""
+
+    code = "provider_error"
+
     def __init__(
         self,
         message: str,
         *,
         kind: ErrorKind,
         code: str = "",
-        status: int | None = None,
+        upstream_status: int | None = None,
         correlation_id: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(
+            message,
+            code=code,
+            upstream_status=upstream_status,
+            correlation_id=correlation_id,
+            retry_after=retry_after,
+        )
         self.kind: ErrorKind = kind
-        self.code = code
-        self.status = status
-        self.correlation_id = correlation_id
-        self.retry_after = retry_after
 
     def __str__(self) -> str:
         details = [f"code {self.code}"] if self.code else []

@@ -1,15 +1,14 @@
-"""Whether the provider can be used right now: the outcome of its validation.
+"""The cloud provider's validation, which keeps its `ProviderHealth` (control/health.py)
+up to date.
 
-Contract: one `ProviderHealth` per app, under `appkeys.PROVIDER_HEALTH`, created with
-the app (so readers never miss it) and updated only by the app's provider validation
-(control/app.py). `state` is
-- "validating" until `provider.validate()` has succeeded: the first attempt, and then
-  transient failures (5xx, 429, timeouts, connection errors) retried in the background
-  with backoff; `detail` names the last failure;
-- "ok" once it has succeeded: the autoscaler may create servers;
-- "invalid" when the provider definitely refused the configuration (unknown or
-  deprecated server type, unknown location, refused token): an operator must act.
-/healthz, /readyz, the dashboard's data and /metrics read it; only "ok" is usable.
+Contract: the provider's `ProviderHealth` lives under `appkeys.PROVIDER_HEALTH` and is
+updated only here. `state` is "validating" until `provider.validate()` has succeeded
+(transient failures, 5xx, 429, timeouts, connection errors, are retried in the
+background with backoff; `detail` names the last one), "ok" once it has (the autoscaler
+may create servers) and "invalid" when the provider definitely refused the
+configuration (unknown or deprecated server type, unknown location, refused token).
+`ProviderHealth`, `ProviderState` and `PROVIDER_STATES` are re-exported for the modules
+that have always imported them from here.
 
 `start_validation(provider, health, wait)` is what start-up calls: a refusal within
 `wait` seconds (PROVIDER_STARTUP_WAIT) is raised, so start-up fails with exit 2; any
@@ -26,49 +25,24 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Literal
 
 from control.capacity.providers.base import Provider, ProviderError
+from control.health import PROVIDER_STATES, ProviderHealth, ProviderState
 from shared.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 VALIDATE_BASE = 2.0  # seconds before the second attempt
 VALIDATE_CAP = 60.0  # an outage's end is noticed within a minute
 
-ProviderState = Literal["ok", "validating", "invalid"]
-PROVIDER_STATES: tuple[ProviderState, ...] = ("ok", "validating", "invalid")
-
-
-@dataclass
-class ProviderHealth:
-    state: ProviderState = "validating"
-    detail: str = "not validated yet"
-    attempts: int = 0  # validation attempts so far
-    since: float = field(default_factory=time.time)  # when `state` last changed
-    next_attempt_at: float | None = None  # epoch seconds of the next validation attempt
-
-    @property
-    def usable(self) -> bool:
-        return self.state == "ok"
-
-    def update(
-        self, state: ProviderState, detail: str, next_attempt_at: float | None = None
-    ) -> None:
-        if state != self.state:
-            self.since = time.time()
-        self.state = state
-        self.detail = detail
-        self.next_attempt_at = next_attempt_at
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "state": self.state,
-            "detail": self.detail,
-            "attempts": self.attempts,
-            "since": self.since,
-            "next_attempt_at": self.next_attempt_at,
-        }
+__all__ = [
+    "PROVIDER_STATES",
+    "ProviderHealth",
+    "ProviderState",
+    "is_refusal",
+    "retry_delay",
+    "start_validation",
+    "validate_until_ok",
+]
 
 
 def is_refusal(exc: ProviderError) -> bool:

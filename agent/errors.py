@@ -1,0 +1,27 @@
+"""The agent's errors: every error the agent raises on purpose is an `AgentError`.
+
+Each carries a stable `code` and a `message` that is safe to log and to report to the
+control plane (never a secret); an error from the control plane (`ControlPlaneError`,
+agent/client.py) also carries its HTTP status and the request id the control plane
+answered with (`correlation_id`, to find the request in its log). Subclasses:
+`ConfigError` (agent/config.py), `ControlPlaneError`, `DockerError` and
+`ForeignObjectError` (agent/runtime.py), `StateError` (agent/state.py),
+`MetadataBlockError` (agent/metadata_block.py) and the daemon's fatal stop.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """The root: `code`, `message` and, for the control plane's errors, its request id."""
+
+    code = "agent_error"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, correlation_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.correlation_id = correlation_id

@@ -1,0 +1,90 @@
+"""The control plane's own value rules: the parsers of its special variables and the
+checks that involve more than one variable, raising `SettingsError`.
+
+Contract: every parser here takes the stripped text of one variable and returns its value
+or raises `shared.config.Invalid` (control/settings/__init__.py adds the name);
+`check_together(settings)` and `stripe_livemode(...)` raise `SettingsError` naming the
+variable that must change. No message repeats a secret's value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from control.errors import ConfigurationError
+from control.plans import Plan, PlanError, parse_plans
+from shared.config import Invalid
+from shared.names import parse_container_user
+
+if TYPE_CHECKING:
+    from control.settings import Settings
+
+
+class SettingsError(ConfigurationError):
+    """A setting is missing or malformed; the message names the variable."""
+
+    code = "invalid_setting"
+
+
+SECRET_MIN = 32
+DAY = 86400
+VERSION = re.compile(r"^[0-9][0-9A-Za-z.+_-]{0,31}$")
+EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+$")
+LABEL = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,64}")
+DOMAIN = re.compile(
+    r"^(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
+
+
+def agent_user(value: str) -> str:
+    # Numbers as numbers: "00" is uid 0. Workers check the same rule (shared/names.py).
+    try:
+        parse_container_user(value)
+    except ValueError as exc:
+        raise Invalid(f"agent containers never run as root: {exc}") from None
+    return value
+
+
+def plans(value: str) -> dict[str, Plan]:
+    try:
+        return parse_plans(value)
+    except PlanError as exc:
+        raise Invalid(exc.message) from None
+
+
+def check_together(settings: Settings) -> None:
+    """The rules that involve more than one variable."""
+    if settings.provider == "hetzner":
+        url = urlsplit(settings.public_url)
+        if url.scheme != "https" or url.hostname in ("127.0.0.1", "localhost", "::1"):
+            # Remote workers must reach it, and the registration reply carries a secret.
+            raise SettingsError(
+                "PUBLIC_URL: with PROVIDER=hetzner it must be the https URL workers reach"
+            )
+    if settings.dns_provider == "cloudflare":
+        for name, value in (
+            ("CLOUDFLARE_API_TOKEN", settings.cloudflare_api_token),
+            ("CLOUDFLARE_ZONE_ID", settings.cloudflare_zone_id),
+        ):
+            if not value:
+                raise SettingsError(f"{name}: required when DNS_PROVIDER=cloudflare")
+    if settings.provider == "hetzner" and not settings.hetzner_api_token:
+        raise SettingsError("HETZNER_API_TOKEN: required when PROVIDER=hetzner")
+    if settings.min_servers > settings.max_servers:
+        raise SettingsError("MIN_SERVERS: must not exceed MAX_SERVERS")
+    if settings.dead_after <= 3 * settings.heartbeat_interval:
+        raise SettingsError("DEAD_AFTER: must be longer than 3 x HEARTBEAT_INTERVAL")
+
+
+def stripe_livemode(mode: str, key: str, provider: str) -> bool:
+    """Live or test. The key's own mode is authoritative; a stated mode must agree
+    with it. Without a key, a real deployment (Hetzner) is live unless told otherwise."""
+    key_mode = next((m for m in ("live", "test") if key.startswith((f"sk_{m}_", f"rk_{m}_"))), None)
+    if mode == "auto":
+        return (key_mode or ("live" if provider == "hetzner" else "test")) == "live"
+    if key_mode is not None and key_mode != mode:
+        raise SettingsError(f"STRIPE_LIVEMODE: {mode}, but STRIPE_SECRET_KEY is a {key_mode} key")
+    return mode == "live"
