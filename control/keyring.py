@@ -17,8 +17,10 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from control.errors import ClawfleetError
 
-class SecretUnreadable(Exception):
+
+class SecretUnreadable(ClawfleetError):
     """Ciphertext that this master secret did not produce (or that was tampered with)."""
 
 

@@ -21,7 +21,7 @@ Contract:
     `subscription_details.metadata`); customer from `customer`.
 - `state_at` is the event's `created`; `refreshed(fact, subscription, at)` replaces the
   subscription state with a freshly retrieved subscription (refetched=True).
-- A handled event whose shape is wrong raises `DecodeError` (a ValueError): the inbox
+- A handled event whose shape is wrong raises `DecodeError` (a ClawfleetError): the inbox
   keeps it and retries, so a decoder fix plus a restart still processes it.
 """
 
@@ -31,6 +31,8 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from control.errors import ClawfleetError
 
 CHECKOUT_COMPLETED = "checkout.session.completed"
 SUBSCRIPTION_TYPES = frozenset(
@@ -44,8 +46,10 @@ INVOICE_TYPES = frozenset({"invoice.paid", "invoice.payment_failed"})
 HANDLED_TYPES = frozenset({CHECKOUT_COMPLETED, *SUBSCRIPTION_TYPES, *INVOICE_TYPES})
 
 
-class DecodeError(ValueError):
+class DecodeError(ClawfleetError):
     """A handled event type whose payload does not have the expected shape."""
+
+    code = "malformed_event"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import IO, Any
 
+from control.errors import ClawfleetError
+
 EXIT_OK = 0
 EXIT_API = 1
 EXIT_USAGE = 2
@@ -30,13 +32,14 @@ EXIT_UNREACHABLE = 3
 EXIT_AUTH = 4
 
 
-class CliError(Exception):
+class CliError(ClawfleetError):
     """A failure with its exit code; the message is printed after `clawfleet: `."""
+
+    code = "cli_error"
 
     def __init__(self, exit_code: int, message: str) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-        self.message = message
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -10,19 +10,24 @@ and its one-time bootstrap token; the wheel is fetched from PUBLIC_URL/v1/dist/.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import web
-
 from cloud_init.render import WorkerBootstrap, render_user_data
-from control.capacity.scaler import UserDataRenderer
+from control.errors import ConfigurationError
 from control.settings import Settings
 from shared.version import __version__
 
+# (server id, bootstrap token) -> the user data a new server boots from. The autoscaler
+# is given one at construction (control/capacity/scaler.py) and never builds its own.
+UserDataRenderer = Callable[[str, str], str]
 
-class DistMissing(RuntimeError):
-    pass
+
+class DistMissing(ConfigurationError):
+    """The agent wheel of this version is not in AGENT_DIST_DIR (`make dist`)."""
+
+    code = "dist_missing"
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,6 @@ class AgentDist:
             )
         path = candidates[-1]
         return cls(path, hashlib.sha256(path.read_bytes()).hexdigest())
-
-
-DIST = web.AppKey("dist", AgentDist)
 
 
 def hetzner_user_data(settings: Settings, dist: AgentDist) -> UserDataRenderer:

@@ -1,0 +1,77 @@
+"""One root exception per program: every exception class the control plane defines is a
+`ClawfleetError` and every one the agent defines is an `AgentError`, so a handler of the
+root takes every deliberate failure; integrations' errors carry the upstream's word."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+
+import agent
+import control
+from agent.client import ControlPlaneError
+from agent.errors import AgentError
+from control.capacity.providers.base import ProviderError
+from control.dns.provider import DnsError
+from control.errors import ClawfleetError, IntegrationError
+
+
+def _exception_classes(package: object) -> list[type[BaseException]]:
+    found: list[type[BaseException]] = []
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):  # type: ignore[attr-defined]
+        if info.name.endswith("__main__"):
+            continue  # entry points parse argv when imported
+        module = importlib.import_module(info.name)
+        found.extend(
+            obj
+            for obj in vars(module).values()
+            if inspect.isclass(obj)
+            and issubclass(obj, BaseException)
+            and obj.__module__ == module.__name__
+        )
+    return found
+
+
+@pytest.mark.parametrize(
+    ("package", "root"), [(control, ClawfleetError), (agent, AgentError)], ids=["control", "agent"]
+)
+def test_every_exception_class_has_the_programs_root(
+    package: object, root: type[BaseException]
+) -> None:
+    classes = _exception_classes(package)
+    assert len(classes) > 5  # the walk found the modules
+    outside = sorted(f"{c.__module__}.{c.__qualname__}" for c in classes if not issubclass(c, root))
+    assert outside == []
+
+
+def test_integration_errors_carry_code_message_and_correlation_id() -> None:
+    provider = ProviderError(
+        "boom", kind="transient", code="server_error", upstream_status=500, correlation_id="c1"
+    )
+    dns = DnsError("refused", upstream_code=10000, upstream_status=403, correlation_id="c2")
+    for error in (provider, dns):
+        assert isinstance(error, IntegrationError)
+        assert error.status == 503  # what the error middleware would answer with
+    assert (provider.code, provider.message, provider.correlation_id) == (
+        "server_error",
+        "boom",
+        "c1",
+    )
+    assert (provider.upstream_status, dns.upstream_status, dns.upstream_code) == (500, 403, 10000)
+    assert (dns.code, dns.correlation_id) == ("dns_error", "c2")
+    assert str(provider) == "boom (code server_error, correlation id c1)"
+
+
+def test_the_agents_control_plane_error_keeps_its_shape() -> None:
+    err = ControlPlaneError(503, "service_unavailable", "database busy", "req-1")
+    assert isinstance(err, AgentError)
+    assert (err.status, err.code, err.message, err.correlation_id) == (
+        503,
+        "service_unavailable",
+        "database busy",
+        "req-1",
+    )
+    assert str(err) == "503 service_unavailable: database busy"
