@@ -10,20 +10,9 @@ from typing import Any
 
 import pytest
 
-from control.billing.rules import (
-    Hold,
-    OperatorAction,
-    Owner,
-    Payer,
-    SubState,
-    Target,
-    claim,
-    combine,
-    derive_subdomain,
-    next_hold,
-    supersedes,
-    target,
-)
+from control.billing.claims import Owner, Payer, claim, derive_subdomain
+from control.billing.rules import Hold, OperatorAction, Target, combine, next_hold, target
+from control.billing.subscriptions import SubState, supersedes
 from control.fleet import FLEET
 from control.users.plans import DEFAULT_PLAN, Plan
 from tests.fixtures import ControlPlane

@@ -12,7 +12,7 @@ import pytest
 from multidict import CIMultiDict
 
 from control.fleet import FLEET
-from control.workers import nonces, registration
+from control.workers import nonces, servers
 from control.workers.auth import REVOKED_STATUSES
 from shared import signing
 from tests.fixtures import ControlPlane
@@ -540,5 +540,5 @@ def test_a_nonce_is_remembered_exactly_while_its_timestamp_is_fresh(timestamp: i
 
 
 def test_revoked_is_exactly_retired() -> None:
-    # Two names because control/workers/registration.py imports agent_auth; one meaning.
-    assert set(REVOKED_STATUSES) == set(registration.RETIRED_STATUSES)
+    # auth.py names servers.py's retired statuses for the requests it refuses: one meaning.
+    assert set(REVOKED_STATUSES) == set(servers.RETIRED_STATUSES)

@@ -11,7 +11,7 @@ from control.capacity import decisions
 from control.clock import iso
 from control.db.store import Row, Store
 from control.users.plans import Plan, plan_of
-from control.users.records import HELD_DATA_SQL, HOLDERS_SQL, Reserve
+from control.users.rooms import HELD_DATA_SQL, HOLDERS_SQL, Reserve
 
 if TYPE_CHECKING:
     from control.fleet import Fleet

@@ -1,5 +1,5 @@
-"""Billing facts → users: who a payment is for, which plan it buys, and whether the
-user should run, be suspended or be deprovisioned; and operators' holds on top.
+"""Billing facts → users: which plan a payment buys and whether the user should run,
+be suspended or be deprovisioned; and operators' holds on top.
 
 Contract:
 - Two sources decide what a user does. Billing says whether the customer *may* run
@@ -10,73 +10,44 @@ Contract:
   billing event never undoes an operator's order and a held (deleted) user is never
   resurrected by any event. Both are stored on the user and shown by the admin API.
 - `apply_fact` runs inside one store transaction and is idempotent (the webhook
-  outbox delivers at least once). Subscription state is kept per subscription in
-  `subscriptions`; a fact replaces it only when `supersedes` says it is newer (by
-  `state_at`, then, within one second, by what the payload says), so delivery order
-  does not matter. Identity and linking (a checkout) are not subscription state: a
-  checkout that arrives after its subscription events links the user to the state
-  those events left.
-- Who a payment may act on (`claim`): the user linked to its subscription; else the
-  user it names, only if that user is linked to the same Stripe customer (a renewal)
-  or was created by billing without a customer; else a new user it creates. It never
-  takes over a user linked to another customer or created by an operator (no
-  customer): that is a `billing_conflict` event plus `billing_conflict` on the named
-  user, and the payment is linked to nobody. A subscription whose user an operator
-  deleted stays unlinked after the user is purged (`subscriptions.held_user`).
+  outbox delivers at least once): the fact's subscription state is recorded
+  (control/billing/subscriptions.py), the user it may act on is found or created
+  (control/billing/claims.py), and the user converges. Identity and linking (a
+  checkout) are not subscription state: a checkout that arrives after its
+  subscription events links the user to the state those events left.
+- Every function returns `Applied`: the servers whose desired set changed (the caller
+  bumps their generation in the same transaction, control/workers/assignments.py
+  `commit`) and whether placement should run. Users are written only through
+  control/users/records.py.
 - An unknown price is an error shown on the user and in the event log; the user is
   not started. Nothing here raises for bad billing data: retrying would not fix it.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import aiosqlite
 
+from control.billing import claims, subscriptions
+from control.billing.claims import STRIPE
+from control.billing.claims import derive_subdomain as derive_subdomain  # the CLI's import
+from control.billing.decode import BillingFact
+from control.billing.subscriptions import END_STATUSES, RUN_STATUSES, SUSPEND_STATUSES
 from control.db import events
-from control.db.store import Row, fetch_one
+from control.db.store import Row, Store, fetch_one
 from control.errors import NotFound
 from control.keyring import Keyring
+from control.users import records
 from control.users.plans import Plan
-from control.users.records import RESERVED_SUBDOMAINS, SUBDOMAIN, USER_ID, bump_generation
 
 Target = Literal["run", "suspend", "deprovision", "wait"]
 Hold = Literal["suspended", "deleted"]
 OperatorAction = Literal["suspend", "delete", "resume"]
-RUN_STATUSES = ("active", "trialing")
-SUSPEND_STATUSES = ("unpaid", "paused")
-END_STATUSES = ("canceled", "incomplete_expired", "deleted")
-STRIPE = "stripe"  # users.created_by of a user a payment created
-
-
-class Fact(Protocol):
-    """What control/billing/inbox.py's BillingFact carries."""
-
-    @property
-    def event_id(self) -> str: ...
-    @property
-    def event_type(self) -> str: ...
-    @property
-    def state_at(self) -> int: ...
-    @property
-    def user_id(self) -> str | None: ...
-    @property
-    def subdomain(self) -> str | None: ...
-    @property
-    def customer_id(self) -> str | None: ...
-    @property
-    def subscription_id(self) -> str | None: ...
-    @property
-    def status(self) -> str | None: ...
-    @property
-    def price_id(self) -> str | None: ...
-    @property
-    def current_period_end(self) -> int | None: ...
-    @property
-    def previous_status(self) -> str | None: ...
+Fact = BillingFact
+SYNTHETIC_PRICE_PREFIX = "price_clawfleet_"
 
 
 def target(status: str | None, past_due_since: float | None, now: float, grace: float) -> Target:
@@ -130,101 +101,6 @@ def shown_billing_state(user: Row) -> str:
     return "wait"
 
 
-# --- ordering subscription states -----------------------------------------------------
-@dataclass(frozen=True)
-class SubState:
-    state_at: int
-    status: str | None
-    previous_status: str | None = None
-    current_period_end: int | None = None
-
-
-# Within one second, the order a subscription's status normally moves in: created
-# incomplete, then paid (active) or failing; a failing one recovers to active.
-_PROGRESS = {"incomplete": 0, "paused": 1, "unpaid": 1, "past_due": 2, "trialing": 3, "active": 3}
-
-
-def supersedes(new: SubState, old: SubState) -> bool:
-    """Whether `new` replaces the stored `old` state of the same subscription.
-
-    An ended subscription never comes back (Stripe cannot reactivate it), so an end
-    always wins over a live state and a live state never replaces an end. Otherwise
-    the later `state_at` wins. Within the same second (no API key to re-fetch), the
-    payload decides where it can: a state that was the other's previous status is
-    older; a later billing period is newer; else the usual progress of a
-    subscription (incomplete → failing → active). A true tie keeps the later
-    delivery, which also makes re-applying the same fact a no-op."""
-    new_end, old_end = new.status in END_STATUSES, old.status in END_STATUSES
-    if new_end != old_end:
-        return new_end
-    if new_end:  # both ended: "deleted" (gone) is final over "canceled"
-        return new.status == "deleted" or old.status != "deleted"
-    if new.state_at != old.state_at:
-        return new.state_at > old.state_at
-    return _later_within_second(new, old)
-
-
-def _later_within_second(new: SubState, old: SubState) -> bool:
-    if new.status == old.status:
-        return True
-    if old.previous_status == new.status and new.previous_status != old.status:
-        return False  # old moved away from new's status: new is the older change
-    if new.previous_status == old.status and old.previous_status != new.status:
-        return True
-    if new.current_period_end and old.current_period_end:
-        if new.current_period_end != old.current_period_end:
-            return new.current_period_end > old.current_period_end
-    return _PROGRESS.get(new.status or "", -1) >= _PROGRESS.get(old.status or "", -1)
-
-
-# --- who a payment may act on ---------------------------------------------------------
-@dataclass(frozen=True)
-class Owner:
-    """A user a payment names, as far as ownership goes."""
-
-    customer: str | None
-    created_by_stripe: bool
-    subscription: str | None
-    subscription_ended: bool
-
-
-@dataclass(frozen=True)
-class Payer:
-    customer: str | None
-    subscription: str | None
-    subscription_ended: bool
-
-
-Claim = Literal["link", "relink", "ignore", "conflict"]
-
-
-def claim(owner: Owner, payer: Payer) -> tuple[Claim, str]:
-    """Whether a payment may act on the user it names (not linked to its subscription
-    yet), and why not. "relink": the same customer's new subscription replaces an
-    ended one (a renewal); "ignore": an ended subscription of the same customer that
-    the user has moved on from."""
-    if owner.customer is None and not owner.created_by_stripe:
-        return "conflict", "the user was created by an operator, not by a payment"
-    if owner.customer is not None and payer.customer != owner.customer:
-        return "conflict", f"the user belongs to Stripe customer {owner.customer}"
-    if payer.subscription and owner.subscription and payer.subscription != owner.subscription:
-        if payer.subscription_ended:
-            return "ignore", "an ended subscription the user no longer has"
-        if owner.subscription_ended:
-            return "relink", "renewed with a new subscription"
-        return "conflict", f"the user already has the live subscription {owner.subscription}"
-    return "link", ""
-
-
-def derive_subdomain(user_id: str) -> str:
-    """A DNS label from a user id: lower case, runs of other characters as '-'."""
-    label = re.sub(r"[^a-z0-9]+", "-", user_id.lower()).strip("-")[:50].strip("-")
-    return label or "user"
-
-
-SYNTHETIC_PRICE_PREFIX = "price_clawfleet_"
-
-
 def plan_for_price(plans: dict[str, Plan], price_id: str) -> Plan | None:
     """The plan a price buys: listed in a plan's `stripe_price_ids`, or the explicit
     `price_clawfleet_<plan>` that `clawfleet simulate-payment` uses for plans without
@@ -253,190 +129,22 @@ class Policy:
 
 async def apply_fact(
     conn: aiosqlite.Connection,
-    fact: Fact,
-    *,
-    plans: dict[str, Plan],
+    fact: BillingFact,
+    policy: Policy,
     keyring: Keyring,
-    grace: float,
-    retention: float,
+    *,
     now: float | None = None,
 ) -> Applied:
     now = time.time() if now is None else now
     if fact.subscription_id and fact.status is not None:
-        await _record_subscription(conn, fact, now)
-    sub = await _subscription(conn, fact.subscription_id)
-    user, how = await _resolve(conn, fact, sub, keyring, now)
+        await subscriptions.record(conn, fact, now)
+    sub = await subscriptions.get(conn, fact.subscription_id)
+    user = await claims.resolve(conn, fact, sub, keyring, now)
     if user is None:
         # Nobody yet, or nobody it may act on: its state waits in `subscriptions`.
         return Applied(None, set(), False)
-    user = await _link(conn, user, fact, renew=how == "relink", now=now)
-    sub = await _subscription(conn, user["stripe_subscription_id"])
-    return await converge(conn, user["id"], sub, Policy(plans, grace, retention), now=now)
-
-
-async def _subscription(conn: aiosqlite.Connection, sub_id: str | None) -> Row | None:
-    if not sub_id:
-        return None
-    return await fetch_one(conn, "SELECT * FROM subscriptions WHERE id = ?", (sub_id,))
-
-
-async def _record_subscription(conn: aiosqlite.Connection, fact: Fact, now: float) -> None:
-    stored = await _subscription(conn, fact.subscription_id)
-    new = SubState(fact.state_at, fact.status, fact.previous_status, fact.current_period_end)
-    if stored is not None:
-        old = SubState(
-            stored["state_at"],
-            stored["status"],
-            stored["previous_status"],
-            stored["current_period_end"],
-        )
-        if not supersedes(new, old):
-            return
-    await conn.execute(
-        "INSERT INTO subscriptions (id, customer_id, status, previous_status, price_id, "
-        "current_period_end, state_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (id) DO UPDATE SET "
-        "customer_id = COALESCE(excluded.customer_id, subscriptions.customer_id), "
-        "status = excluded.status, previous_status = excluded.previous_status, "
-        # Without an API key the price comes from whichever subscription event carried it.
-        "price_id = COALESCE(excluded.price_id, subscriptions.price_id), "
-        "current_period_end = COALESCE(excluded.current_period_end, subscriptions.current_period_end), "
-        "state_at = excluded.state_at, updated_at = excluded.updated_at",
-        (
-            fact.subscription_id,
-            fact.customer_id,
-            fact.status,
-            fact.previous_status,
-            fact.price_id,
-            fact.current_period_end,
-            fact.state_at,
-            now,
-        ),
-    )
-
-
-async def _resolve(
-    conn: aiosqlite.Connection, fact: Fact, sub: Row | None, keyring: Keyring, now: float
-) -> tuple[Row | None, Claim]:
-    """The user this fact may act on (None: nobody yet, or a refused claim), and how."""
-    if fact.subscription_id:
-        row = await fetch_one(
-            conn, "SELECT * FROM users WHERE stripe_subscription_id = ?", (fact.subscription_id,)
-        )
-        if row is not None:
-            return row, "link"
-        if sub is not None and sub["held_user"]:
-            return None, "ignore"  # its user was deleted by an operator: never brought back
-    if not fact.user_id:
-        return None, "ignore"
-    row = await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (fact.user_id,))
-    if row is None:
-        return await _create_user(conn, fact, keyring, now), "link"
-    verdict, why = claim(await _owner(conn, row), _payer(fact, sub))
-    if verdict == "conflict":
-        await _conflict(conn, row, fact, why, now)
-    return (row if verdict in ("link", "relink") else None), verdict
-
-
-async def _owner(conn: aiosqlite.Connection, user: Row) -> Owner:
-    sub = await _subscription(conn, user["stripe_subscription_id"])
-    return Owner(
-        customer=user["stripe_customer_id"],
-        created_by_stripe=user["created_by"] == STRIPE,
-        subscription=user["stripe_subscription_id"],
-        subscription_ended=sub is not None and sub["status"] in END_STATUSES,
-    )
-
-
-def _payer(fact: Fact, sub: Row | None) -> Payer:
-    status = sub["status"] if sub is not None else fact.status
-    return Payer(fact.customer_id, fact.subscription_id, status in END_STATUSES)
-
-
-async def _conflict(
-    conn: aiosqlite.Connection, user: Row, fact: Fact, why: str, now: float
-) -> None:
-    message = (
-        f"Stripe event {fact.event_id} ({fact.event_type}) names this user for customer "
-        f"{fact.customer_id}, subscription {fact.subscription_id}: not linked, {why}"
-    )
-    if user["billing_conflict"] == message:
-        return  # the same fact again (at-least-once delivery): already shown
-    await conn.execute("UPDATE users SET billing_conflict = ? WHERE id = ?", (message, user["id"]))
-    await events.record(conn, "billing_conflict", message, user_id=user["id"], at=now)
-
-
-async def _create_user(
-    conn: aiosqlite.Connection, fact: Fact, keyring: Keyring, now: float
-) -> Row | None:
-    assert fact.user_id is not None
-    if not USER_ID.fullmatch(fact.user_id):
-        await events.record(
-            conn,
-            "billing_error",
-            f"event {fact.event_id}: user id {fact.user_id!r} is not valid",
-            at=now,
-        )
-        return None
-    subdomain = await _free_subdomain(conn, fact.subdomain, fact.user_id)
-    await conn.execute(
-        "INSERT INTO users (id, subdomain, plan, state, created_at, updated_at, "
-        "gateway_token_ciphertext, created_by, error) VALUES (?, ?, 'default', 'pending', ?, ?, ?, ?, ?)",
-        # Not placed until its subscription says so.
-        (
-            fact.user_id,
-            subdomain,
-            now,
-            now,
-            keyring.encrypt(keyring.new_secret()),
-            STRIPE,
-            AWAITING,
-        ),
-    )
-    await events.record(
-        conn,
-        "user_created",
-        f"from Stripe event {fact.event_id}, subdomain {subdomain}",
-        user_id=fact.user_id,
-        at=now,
-    )
-    return await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (fact.user_id,))
-
-
-AWAITING = "awaiting an active subscription"
-
-
-async def _free_subdomain(conn: aiosqlite.Connection, requested: str | None, user_id: str) -> str:
-    candidates = []
-    if requested and SUBDOMAIN.fullmatch(requested) and requested not in RESERVED_SUBDOMAINS:
-        candidates.append(requested)
-    base = derive_subdomain(user_id)
-    candidates += [base] if base not in RESERVED_SUBDOMAINS else []
-    candidates += [f"{base}-{i}" for i in range(2, 50)]
-    for label in candidates:
-        if await fetch_one(conn, "SELECT 1 FROM users WHERE subdomain = ?", (label,)) is None:
-            return label
-    return f"{base[:40]}-{int(time.time())}"
-
-
-async def _link(
-    conn: aiosqlite.Connection, user: Row, fact: Fact, *, renew: bool, now: float
-) -> Row:
-    """Links the user to the fact's customer and subscription where it has none yet,
-    or (`renew`) to its own customer's new subscription when its old one ended."""
-    customer = user["stripe_customer_id"] or fact.customer_id
-    subscription = user["stripe_subscription_id"] or fact.subscription_id
-    if renew:
-        subscription = fact.subscription_id
-    if (customer, subscription) == (user["stripe_customer_id"], user["stripe_subscription_id"]):
-        return user
-    await conn.execute(
-        "UPDATE users SET stripe_customer_id = ?, stripe_subscription_id = ?, updated_at = ? WHERE id = ?",
-        (customer, subscription, now, user["id"]),
-    )
-    linked = await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (user["id"],))
-    assert linked is not None
-    return linked
+    sub = await subscriptions.get(conn, user["stripe_subscription_id"])
+    return await converge(conn, user["id"], sub, policy, now=now)
 
 
 async def operator_action(
@@ -454,25 +162,13 @@ async def operator_action(
         raise NotFound(f"no user {user_id}")
     hold = next_hold(user["hold"], action)
     if hold != user["hold"]:
-        await conn.execute(
-            "UPDATE users SET hold = ?, hold_at = ?, updated_at = ? WHERE id = ?",
-            (hold, now, now, user_id),
-        )
+        await records.set_hold(conn, user_id, hold, now)
         await events.record(conn, "user_hold", f"operator: {action}; hold {hold}", user_id=user_id)
     if user["stripe_subscription_id"]:
         # Remembered on the subscription too, so that its events do not create the user
         # again once its data is purged.
-        await conn.execute(
-            "INSERT INTO subscriptions (id, customer_id, state_at, updated_at, held_user) "
-            "VALUES (?, ?, 0, ?, ?) ON CONFLICT (id) DO UPDATE SET held_user = excluded.held_user",
-            (
-                user["stripe_subscription_id"],
-                user["stripe_customer_id"],
-                now,
-                user_id if hold == "deleted" else None,
-            ),
-        )
-    sub = await _subscription(conn, user["stripe_subscription_id"])
+        await subscriptions.hold_user(conn, user, user_id if hold == "deleted" else None, now)
+    sub = await subscriptions.get(conn, user["stripe_subscription_id"])
     return await converge(conn, user_id, sub, policy, now=now, reason="operator")
 
 
@@ -492,7 +188,7 @@ async def converge(
     assert user is not None
     verdict = billing_verdict(user, now, policy.grace)
     if user["billing_state"] != verdict:
-        await conn.execute("UPDATE users SET billing_state = ? WHERE id = ?", (verdict, user_id))
+        await records.set_billing_state(conn, user_id, verdict)
     goal = combine(verdict, user["hold"])
     if error and goal == "run":
         return Applied(user_id, set(), False)  # an unknown price never starts a user
@@ -518,12 +214,9 @@ async def _record_billing(
             error = f"unknown Stripe price {sub['price_id']}: map it to a plan in PLANS"
         else:
             plan_name = plan.name
-    await conn.execute(
-        "UPDATE users SET billing_status = ?, past_due_since = ?, plan = ?, updated_at = ? WHERE id = ?",
-        (status, past_due_since, plan_name, now, user_id),
-    )
+    await records.set_billing_status(conn, user_id, status, past_due_since, plan_name, now)
     if error and user["error"] != error:
-        await conn.execute("UPDATE users SET error = ? WHERE id = ?", (error, user_id))
+        await records.set_error(conn, user_id, error)
         await events.record(conn, "billing_error", error, user_id=user_id, at=now)
     return error
 
@@ -537,8 +230,19 @@ async def refresh(
     )
     if user is None:
         return Applied(None, set(), False)
-    sub = await _subscription(conn, user["stripe_subscription_id"])
+    sub = await subscriptions.get(conn, user["stripe_subscription_id"])
     return await converge(conn, user_id, sub, policy, now=now, reason=reason)
+
+
+async def overdue(store: Store, now: float, grace: float) -> list[str]:
+    """Users past_due for longer than the grace, whose verdict is not yet `suspend`
+    (a held user is re-evaluated too, so a resume sees the verdict)."""
+    rows = await store.fetch_all(
+        "SELECT id FROM users WHERE billing_status = 'past_due' AND past_due_since <= ? "
+        "AND COALESCE(billing_state, '') <> 'suspend'",
+        (now - grace,),
+    )
+    return [row["id"] for row in rows]
 
 
 async def set_target(
@@ -554,40 +258,10 @@ async def set_target(
     user = await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (user_id,))
     assert user is not None
     state, server = user["state"], user["server_id"]
-    touched: set[str] = set()
-    place = False
-    if goal == "run":
-        if user["error"]:
-            await conn.execute("UPDATE users SET error = NULL WHERE id = ?", (user_id,))
-        if state == "suspended" and server:
-            # Back on the same server: its volume holds the user's data.
-            await _state(conn, user_id, "provisioning", server, now)
-            touched.add(server)
-        elif state in ("suspended", "deprovisioned") or (state == "pending" and user["error"]):
-            await _state(conn, user_id, "pending", None, now)
-            place = True
-        elif state == "pending":
-            place = True
-    elif goal == "suspend" and state in ("provisioning", "running", "pending"):
-        # The container stops (the worker drops it from its set), the volume and the
-        # reserved room stay, so a payment brings the user back on the same data.
-        await _state(conn, user_id, "suspended", server, now)
-        touched |= {server} if server else set()
-    elif goal == "suspend" and state == "deprovisioned":
-        # An operator lifted a delete while billing says unpaid: kept like any unpaid
-        # user (no retention clock), placed again once it pays.
-        await _state(conn, user_id, "suspended", None, now)
-    elif goal == "deprovision" and state != "deprovisioned":
-        await conn.execute(
-            "UPDATE users SET state = 'deprovisioned', server_id = NULL, moving_from = NULL, "
-            "data_server_id = COALESCE(?, data_server_id), purge_after = ?, updated_at = ? WHERE id = ?",
-            (server, now + retention, now, user_id),
-        )
-        touched |= {server} if server else set()
-    else:
-        return Applied(user_id, set(), place)
-    for s in touched:
-        await bump_generation(conn, s)
+    moved = await _move_towards(conn, user, goal, retention=retention, now=now)
+    if moved is None:
+        return Applied(user_id, set(), False)
+    touched, place = moved
     after = await fetch_one(conn, "SELECT state FROM users WHERE id = ?", (user_id,))
     if touched or place or (after is not None and after["state"] != state):
         await events.record(
@@ -601,10 +275,34 @@ async def set_target(
     return Applied(user_id, touched, place)
 
 
-async def _state(
-    conn: aiosqlite.Connection, user_id: str, state: str, server: str | None, now: float
-) -> None:
-    await conn.execute(
-        "UPDATE users SET state = ?, server_id = ?, updated_at = ? WHERE id = ?",
-        (state, server, now, user_id),
-    )
+async def _move_towards(
+    conn: aiosqlite.Connection, user: Row, goal: Target, *, retention: float, now: float
+) -> tuple[set[str], bool] | None:
+    """The writes that move `user` towards `goal`: (servers touched, place?), or None
+    when the goal asks nothing of a user in its state."""
+    user_id, state, server = user["id"], user["state"], user["server_id"]
+    if goal == "run":
+        if user["error"]:
+            await records.set_error(conn, user_id, None)
+        if state == "suspended" and server:
+            # Back on the same server: its volume holds the user's data.
+            await records.set_state(conn, user_id, "provisioning", server, now)
+            return {server}, False
+        if state in ("suspended", "deprovisioned") or (state == "pending" and user["error"]):
+            await records.set_state(conn, user_id, "pending", None, now)
+            return set(), True
+        return set(), state == "pending"
+    if goal == "suspend" and state in ("provisioning", "running", "pending"):
+        # The container stops (the worker drops it from its set), the volume and the
+        # reserved room stay, so a payment brings the user back on the same data.
+        await records.set_state(conn, user_id, "suspended", server, now)
+        return ({server} if server else set()), False
+    if goal == "suspend" and state == "deprovisioned":
+        # An operator lifted a delete while billing says unpaid: kept like any unpaid
+        # user (no retention clock), placed again once it pays.
+        await records.set_state(conn, user_id, "suspended", None, now)
+        return set(), False
+    if goal == "deprovision" and state != "deprovisioned":
+        await records.deprovision(conn, user_id, server, now + retention, now)
+        return ({server} if server else set()), False
+    return None

@@ -1,7 +1,10 @@
 """Each worker's desired set, and the long-poll that delivers it.
 
-Contract: `desired_set` reads a worker's generation and complete set of container
-specs in one snapshot. `GenerationBoard.notify` is called after a commit that bumped
+Contract: `commit` runs a change to users in one transaction and, in that same
+transaction, bumps the generation of every server whose desired set the change
+returns as touched (control/workers/servers.py), once per change: so a worker's
+generation moves exactly when what it must run does. `desired_set` reads a worker's
+generation and complete set of container specs in one snapshot. `GenerationBoard.notify` is called after a commit that bumped
 a worker's generation and wakes every long-poll waiting on that worker; a waiter
 takes its event BEFORE re-reading the generation, so a change between the read and
 the wait is never missed.
@@ -10,22 +13,30 @@ the wait is never missed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import aiosqlite
 
 from control.db.store import Row, Store
 from control.keyring import Keyring
 from control.settings import Settings
 from control.users.plans import Plan, plan_of
+from control.workers import servers
+from control.workers.auth import check_not_revoked
 from control.workers.specs import UserPlacement, build_spec
 from shared.protocol import Assignments
 
+T = TypeVar("T")
+
 
 class GenerationBoard:
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
         self._events: dict[str, asyncio.Event] = {}
         self._closed = False
         # Called on every change of any worker's desired set (DNS follows assignments).
-        self.on_change: Callable[[], None] = lambda: None
+        self.on_change = on_change
 
     def event(self, server_id: str) -> asyncio.Event:
         event = self._events.get(server_id)
@@ -55,6 +66,50 @@ class GenerationBoard:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+async def commit(
+    store: Store,
+    change: Callable[[aiosqlite.Connection], Awaitable[T]],
+    touched: Callable[[T], Iterable[str | None]],
+) -> T:
+    """Runs `change` and bumps the generation of each server `touched(result)` lists
+    (a server listed twice is bumped twice; None is skipped), in one transaction."""
+
+    async def apply(conn: aiosqlite.Connection) -> T:
+        result = await change(conn)
+        for server_id in touched(result):
+            if server_id:
+                await servers.bump_generation(conn, server_id)
+        return result
+
+    return await store.write(apply)
+
+
+async def long_poll(
+    store: Store,
+    board: GenerationBoard,
+    server_id: str,
+    after: int,
+    wait: float,
+    read: Callable[[], Awaitable[Assignments]],
+) -> Assignments | None:
+    """`read()` once the worker's generation exceeds `after`, else None after
+    `wait` seconds or when the board closes. A revoked worker gets 403."""
+    deadline = time.monotonic() + wait
+    while True:
+        event = board.event(server_id)
+        current, status = await generation(store, server_id)
+        check_not_revoked(server_id, status)
+        if current > after:
+            return await read()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or board.closed:
+            return None
+        try:
+            await asyncio.wait_for(event.wait(), remaining)
+        except TimeoutError:
+            return None
 
 
 async def generation(store: Store, server_id: str) -> tuple[int, str]:

@@ -27,6 +27,7 @@ from control.errors import Forbidden, Unauthorized
 from control.keyring import Keyring, SecretUnreadable
 from control.workers import nonces
 from control.workers.nonces import NonceLedger
+from control.workers.servers import RETIRED_STATUSES
 from shared import signing
 from shared.protocol import WORKER_ID_PATTERN
 
@@ -37,8 +38,8 @@ TOKEN_ID = re.compile(r"[a-z0-9]{6,16}")
 WORKER_ID = re.compile(WORKER_ID_PATTERN)
 _NONCE = re.compile(r"[0-9a-fA-F]{32,128}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
-# Retired servers (control/workers/registration.py RETIRED_STATUSES): one being deleted is already gone.
-REVOKED_STATUSES = ("dead", "deleting", "deleted")
+# Retired servers are revoked: one being deleted is already gone.
+REVOKED_STATUSES = RETIRED_STATUSES
 
 
 @dataclass(frozen=True)

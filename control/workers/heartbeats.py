@@ -26,9 +26,9 @@ import msgspec
 from control.db import events
 from control.db.store import Row, Store, fetch_all
 from control.errors import ClawfleetError, Forbidden, Unauthorized
-from control.workers import trust
+from control.users import records
+from control.workers import nonces, servers, trust
 from control.workers.auth import REVOKED_STATUSES, AgentCaller
-from control.workers.nonces import expiry
 from shared.protocol import Heartbeat
 
 Outcome = tuple[int, list[str]]  # (worker's generation, servers whose desired set shrank)
@@ -134,21 +134,16 @@ async def _apply(
             accepted.append(beat)
     if not accepted:
         return outcomes
-    await conn.executemany(
-        "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?, ?, ?) ON CONFLICT (key_id, nonce) DO NOTHING",
-        [(b.worker_id, b.caller.nonce, expiry(b.caller.timestamp)) for b in accepted],
+    await nonces.persist_many(
+        conn, [(b.worker_id, b.caller.nonce, b.caller.timestamp) for b in accepted]
     )
-    await conn.executemany(
-        "UPDATE servers SET last_heartbeat = ?, agent_version = ?, applied_generation = ?, cpus = ?, "
-        "memory_mb = ?, disk_gb = ?, report = ?, heartbeat_interval = ?, "
-        "status = CASE WHEN status IN ('active', 'unhealthy') THEN 'active' ELSE status END, "
-        "status_changed_at = CASE WHEN status = 'unhealthy' THEN ? ELSE status_changed_at END WHERE id = ?",
-        [_server_update(b, rows[b.worker_id], now) for b in accepted],
+    await servers.record_heartbeats(
+        conn, [_server_update(b, rows[b.worker_id], now) for b in accepted]
     )
     for beat in accepted:
         _, overclaim = trust.trust(_claim(beat), trust.ceiling_of(rows[beat.worker_id]))
         if overclaim:
-            await trust.flag_overclaim(conn, beat.worker_id, overclaim, now)
+            await servers.flag_overclaim(conn, beat.worker_id, overclaim, now)
     for worker_id in sorted(
         {b.worker_id for b in accepted if rows[b.worker_id]["status"] == "unhealthy"}
     ):
@@ -202,32 +197,10 @@ async def _users_now_healthy(
     healthy = {(b.worker_id, uid) for b in beats for uid in b.healthy}
     if not healthy:
         return {}
-    ids = sorted({w for w, _ in healthy})
-    marks = ", ".join("?" for _ in ids)
-    candidates = await fetch_all(
-        conn,
-        f"SELECT id, server_id, moving_from FROM users WHERE server_id IN ({marks}) "
-        "AND (state = 'provisioning' OR moving_from IS NOT NULL)",
-        ids,
-    )
     released: dict[str, list[str]] = {}
-    for user in candidates:
-        if (user["server_id"], user["id"]) not in healthy:
-            continue
-        await conn.execute(
-            "UPDATE users SET state = 'running', moving_from = NULL, updated_at = ? WHERE id = ?",
-            (now, user["id"]),
-        )
-        message = "container reported running and healthy"
-        if user["moving_from"]:
+    for server_id, _user, moved_from in await records.mark_running(conn, healthy, now):
+        if moved_from:
             # Make-before-break: only now may the old server remove its container.
-            await conn.execute(
-                "UPDATE servers SET generation = generation + 1 WHERE id = ?",
-                (user["moving_from"],),
-            )
-            released.setdefault(user["server_id"], []).append(user["moving_from"])
-            message += f"; move from {user['moving_from']} complete"
-        await events.record(
-            conn, "user_running", message, server_id=user["server_id"], user_id=user["id"], at=now
-        )
+            await servers.bump_generation(conn, moved_from)
+            released.setdefault(server_id, []).append(moved_from)
     return released

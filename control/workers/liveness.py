@@ -4,9 +4,22 @@
 its heartbeat intervals and dead once DEAD_AFTER has passed. `last_seen` is never
 earlier than the control plane's own start: after a restart every worker gets a
 fresh grace, so a restart can never mass-declare the fleet dead.
+
+`sweep` applies it to every live worker in one transaction, recording each change
+as a `worker_status` event; a worker found dead has its bootstrap tokens revoked
+(control/workers/servers.py `set_status`). The caller releases the dead workers'
+users and places again.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+from control.db import events
+from control.db.store import Store, fetch_all
+from control.workers import servers
 
 LIVE_STATUSES = ("active", "unhealthy")
 MISSED_INTERVALS = 3
@@ -39,3 +52,49 @@ def heartbeat_interval(
     that three missed intervals come well before DEAD_AFTER."""
     stretched = max(base, live_workers / max_rate)
     return min(stretched, dead_after / (MISSED_INTERVALS + 1))
+
+
+@dataclass(frozen=True)
+class Swept:
+    dead: list[str]  # newly dead: their users must be released
+    unhealthy: list[str]  # newly unhealthy: a heartbeat that revives one makes room
+    active: list[str]  # back to active: room may have appeared
+
+
+async def sweep(store: Store, now: float, started_at: float, dead_after: float) -> Swept:
+    """Applies `next_status` to every live worker, in one transaction."""
+
+    async def apply(conn: aiosqlite.Connection) -> Swept:
+        rows = await fetch_all(
+            conn,
+            "SELECT id, status, last_heartbeat, registered_at, heartbeat_interval FROM servers "
+            "WHERE status IN ('active', 'unhealthy')",
+        )
+        swept = Swept([], [], [])
+        for row in rows:
+            last_seen = row["last_heartbeat"] or row["registered_at"] or 0.0
+            new = next_status(
+                row["status"],
+                last_seen,
+                now,
+                interval=row["heartbeat_interval"],
+                dead_after=dead_after,
+                started_at=started_at,
+            )
+            if new == row["status"]:
+                continue
+            await servers.set_status(conn, row["id"], new, now)  # dead: tokens revoked
+            age = now - max(last_seen, started_at)
+            await events.record(
+                conn,
+                "worker_status",
+                f"{row['status']} -> {new}: no heartbeat for {age:.0f}s",
+                server_id=row["id"],
+                at=now,
+            )
+            {"dead": swept.dead, "unhealthy": swept.unhealthy}.get(new, swept.active).append(
+                row["id"]
+            )
+        return swept
+
+    return await store.write(apply)

@@ -2,12 +2,15 @@
 
 `claim` checks and reserves a pair in memory synchronously, so two copies of one
 request racing in the same process cannot both pass; `persist` writes the pair in
-the caller's transaction, and `load` reads back the pairs still inside the clock
+the caller's transaction (`persist_many` for a batch of heartbeats), and `load` reads back the pairs still inside the clock
 window at start-up, so the guarantee holds across restarts. A pair only needs
-remembering until its timestamp is too old to be accepted anyway.
+remembering until its timestamp is too old to be accepted anyway. This module is
+the only writer of the `nonces` table.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import aiosqlite
 
@@ -44,10 +47,15 @@ def expiry(timestamp: int) -> float:
 
 
 async def persist(conn: aiosqlite.Connection, key_id: str, nonce: str, timestamp: int) -> None:
-    await conn.execute(
+    await persist_many(conn, [(key_id, nonce, timestamp)])
+
+
+async def persist_many(conn: aiosqlite.Connection, pairs: Iterable[tuple[str, str, int]]) -> None:
+    """(key id, nonce, timestamp) of each accepted request, in one statement."""
+    await conn.executemany(
         "INSERT INTO nonces (key_id, nonce, expires_at) VALUES (?, ?, ?) "
         "ON CONFLICT (key_id, nonce) DO NOTHING",
-        (key_id, nonce, expiry(timestamp)),
+        [(key_id, nonce, expiry(timestamp)) for key_id, nonce, timestamp in pairs],
     )
 
 

@@ -4,25 +4,23 @@ never for what it claims (docs/capacity.md, "Capacity you can trust").
 Contract:
 - The ceiling of a server is known before its agent ever speaks: for a server the
   autoscaler created, its server type's cores, memory and disk (recorded with the
-  create, control/capacity/scaler.py); for a joined server, what the operator stated when
+  create, control/capacity/provisioning.py); for a joined server, what the operator stated when
   minting the join token. A value nobody stated (a join token without it, a server
   type without a disk size) is fixed by the claim at registration and can never be
   raised by a later claim.
 - `trust` is pure: the capacity stored (and used by placement) is the claim clamped
   to the ceiling, since an honest worker may have less (the kernel keeps some
   memory); any value above the ceiling is an over-claim, described for the operator.
-- `flag_overclaim` records an over-claim once: the server's `overclaim` column, a
-  `worker_overclaim` event, and a cordon, so placement gives it no more users until
-  an operator has looked at it and uncordons it (which clears the flag).
+- An over-claim is recorded once (control/workers/servers.py `flag_overclaim`): the
+  server's `overclaim` column, a `worker_overclaim` event, and a cordon, so placement
+  gives it no more users until an operator has looked at it and uncordons it (which
+  clears the flag).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
-
-from control.db import events
 from control.db.store import Row
 
 FIELDS = ("cpus", "memory_mb", "disk_gb")
@@ -89,38 +87,6 @@ def trust(claim: Capacity, ceiling: Capacity) -> tuple[Capacity, str | None]:
     stored = Capacity(*(min(c, k) for _, c, k in pairs))
     over = [f"{name} {c} (has {k})" for name, c, k in pairs if c > k]
     return stored, (f"claims more than it has: {', '.join(over)}" if over else None)
-
-
-async def flag_overclaim(
-    conn: aiosqlite.Connection, server_id: str, message: str, now: float
-) -> bool:
-    """Flags and cordons a server the first time it over-claims; True if newly flagged."""
-    cursor = await conn.execute(
-        "UPDATE servers SET overclaim = ?, overclaim_at = ?, cordoned = 1 "
-        "WHERE id = ? AND overclaim IS NULL",
-        (message, now, server_id),
-    )
-    if cursor.rowcount != 1:
-        return False
-    await events.record(
-        conn,
-        "worker_overclaim",
-        f"{message}; cordoned: no more users until an operator uncordons it",
-        server_id=server_id,
-        at=now,
-    )
-    return True
-
-
-async def set_known(
-    conn: aiosqlite.Connection, server_id: str, stated: Stated, source: str
-) -> None:
-    """Records what the control plane knows of a server (a created server's type)."""
-    await conn.execute(
-        "UPDATE servers SET known_cpus = ?, known_memory_mb = ?, known_disk_gb = ?, "
-        "capacity_source = ? WHERE id = ?",
-        (*stated.values(), source, server_id),
-    )
 
 
 def of_type(cpus: int, memory_mb: int, disk_gb: int) -> Stated:

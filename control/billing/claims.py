@@ -1,0 +1,188 @@
+"""Who a payment may act on.
+
+Contract (`claim` is the pure rule, `resolve` applies it in the fact's transaction):
+the user linked to the payment's subscription; else the user it names, only if that
+user is linked to the same Stripe customer (a renewal) or was created by billing
+without a customer; else a new user it creates (pending, with AWAITING as its error
+until its subscription lets it run). It never takes over a user linked to another
+customer or created by an operator (no customer): that is a `billing_conflict` event
+plus `billing_conflict` on the named user, and the payment is linked to nobody. A
+subscription whose user an operator deleted stays unlinked after the user is purged
+(`subscriptions.held_user`). Users are written through control/users/records.py.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import aiosqlite
+
+from control.billing import subscriptions
+from control.billing.decode import BillingFact
+from control.billing.subscriptions import END_STATUSES
+from control.db import events
+from control.db.store import Row, fetch_one
+from control.keyring import Keyring
+from control.users import records
+from control.users.names import RESERVED_SUBDOMAINS, SUBDOMAIN, USER_ID
+
+STRIPE = "stripe"  # users.created_by of a user a payment created
+AWAITING = "awaiting an active subscription"
+Claim = Literal["link", "relink", "ignore", "conflict"]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A user a payment names, as far as ownership goes."""
+
+    customer: str | None
+    created_by_stripe: bool
+    subscription: str | None
+    subscription_ended: bool
+
+
+@dataclass(frozen=True)
+class Payer:
+    customer: str | None
+    subscription: str | None
+    subscription_ended: bool
+
+
+def claim(owner: Owner, payer: Payer) -> tuple[Claim, str]:
+    """Whether a payment may act on the user it names (not linked to its subscription
+    yet), and why not. "relink": the same customer's new subscription replaces an
+    ended one (a renewal); "ignore": an ended subscription of the same customer that
+    the user has moved on from."""
+    if owner.customer is None and not owner.created_by_stripe:
+        return "conflict", "the user was created by an operator, not by a payment"
+    if owner.customer is not None and payer.customer != owner.customer:
+        return "conflict", f"the user belongs to Stripe customer {owner.customer}"
+    if payer.subscription and owner.subscription and payer.subscription != owner.subscription:
+        if payer.subscription_ended:
+            return "ignore", "an ended subscription the user no longer has"
+        if owner.subscription_ended:
+            return "relink", "renewed with a new subscription"
+        return "conflict", f"the user already has the live subscription {owner.subscription}"
+    return "link", ""
+
+
+def derive_subdomain(user_id: str) -> str:
+    """A DNS label from a user id: lower case, runs of other characters as '-'."""
+    label = re.sub(r"[^a-z0-9]+", "-", user_id.lower()).strip("-")[:50].strip("-")
+    return label or "user"
+
+
+async def resolve(
+    conn: aiosqlite.Connection, fact: BillingFact, sub: Row | None, keyring: Keyring, now: float
+) -> Row | None:
+    """The user this fact may act on, linked to the fact's customer and subscription
+    (None: nobody yet, or a refused claim)."""
+    if fact.subscription_id:
+        row = await fetch_one(
+            conn, "SELECT * FROM users WHERE stripe_subscription_id = ?", (fact.subscription_id,)
+        )
+        if row is not None:
+            return await _link(conn, row, fact, renew=False, now=now)
+        if sub is not None and sub["held_user"]:
+            return None  # its user was deleted by an operator: never brought back
+    if not fact.user_id:
+        return None
+    row = await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (fact.user_id,))
+    if row is None:
+        row = await _create_user(conn, fact, keyring, now)
+        return await _link(conn, row, fact, renew=False, now=now) if row else None
+    verdict, why = claim(await _owner(conn, row), _payer(fact, sub))
+    if verdict == "conflict":
+        await _conflict(conn, row, fact, why, now)
+    if verdict not in ("link", "relink"):
+        return None
+    return await _link(conn, row, fact, renew=verdict == "relink", now=now)
+
+
+async def _owner(conn: aiosqlite.Connection, user: Row) -> Owner:
+    sub = await subscriptions.get(conn, user["stripe_subscription_id"])
+    return Owner(
+        customer=user["stripe_customer_id"],
+        created_by_stripe=user["created_by"] == STRIPE,
+        subscription=user["stripe_subscription_id"],
+        subscription_ended=sub is not None and sub["status"] in END_STATUSES,
+    )
+
+
+def _payer(fact: BillingFact, sub: Row | None) -> Payer:
+    status = sub["status"] if sub is not None else fact.status
+    return Payer(fact.customer_id, fact.subscription_id, status in END_STATUSES)
+
+
+async def _conflict(
+    conn: aiosqlite.Connection, user: Row, fact: BillingFact, why: str, now: float
+) -> None:
+    message = (
+        f"Stripe event {fact.event_id} ({fact.event_type}) names this user for customer "
+        f"{fact.customer_id}, subscription {fact.subscription_id}: not linked, {why}"
+    )
+    if user["billing_conflict"] == message:
+        return  # the same fact again (at-least-once delivery): already shown
+    await records.set_billing_conflict(conn, user["id"], message)
+    await events.record(conn, "billing_conflict", message, user_id=user["id"], at=now)
+
+
+async def _create_user(
+    conn: aiosqlite.Connection, fact: BillingFact, keyring: Keyring, now: float
+) -> Row | None:
+    assert fact.user_id is not None
+    if not USER_ID.fullmatch(fact.user_id):
+        await events.record(
+            conn,
+            "billing_error",
+            f"event {fact.event_id}: user id {fact.user_id!r} is not valid",
+            at=now,
+        )
+        return None
+    subdomain = await _free_subdomain(conn, fact.subdomain, fact.user_id)
+    token = keyring.encrypt(keyring.new_secret())
+    # Not placed until its subscription says so.
+    await records.insert(
+        conn, fact.user_id, subdomain, "default", token, now=now, created_by=STRIPE, error=AWAITING
+    )
+    await events.record(
+        conn,
+        "user_created",
+        f"from Stripe event {fact.event_id}, subdomain {subdomain}",
+        user_id=fact.user_id,
+        at=now,
+    )
+    return await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (fact.user_id,))
+
+
+async def _free_subdomain(conn: aiosqlite.Connection, requested: str | None, user_id: str) -> str:
+    candidates = []
+    if requested and SUBDOMAIN.fullmatch(requested) and requested not in RESERVED_SUBDOMAINS:
+        candidates.append(requested)
+    base = derive_subdomain(user_id)
+    candidates += [base] if base not in RESERVED_SUBDOMAINS else []
+    candidates += [f"{base}-{i}" for i in range(2, 50)]
+    for label in candidates:
+        if await fetch_one(conn, "SELECT 1 FROM users WHERE subdomain = ?", (label,)) is None:
+            return label
+    return f"{base[:40]}-{int(time.time())}"
+
+
+async def _link(
+    conn: aiosqlite.Connection, user: Row, fact: BillingFact, *, renew: bool, now: float
+) -> Row:
+    """Links the user to the fact's customer and subscription where it has none yet,
+    or (`renew`) to its own customer's new subscription when its old one ended."""
+    customer = user["stripe_customer_id"] or fact.customer_id
+    subscription = user["stripe_subscription_id"] or fact.subscription_id
+    if renew:
+        subscription = fact.subscription_id
+    if (customer, subscription) == (user["stripe_customer_id"], user["stripe_subscription_id"]):
+        return user
+    await records.link_billing(conn, user["id"], customer, subscription, now)
+    linked = await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (user["id"],))
+    assert linked is not None
+    return linked

@@ -1,0 +1,314 @@
+"""Creating and deleting servers at the provider, as the autoscaler's steps do it.
+
+Contract:
+- A create is recorded (server row + bootstrap token) BEFORE the provider is called,
+  under a deterministic name, so a crash or timeout at any point is repaired by a
+  later run adopting the server by name, never by creating a second one. Its user
+  data comes from the renderer given at construction (control/workers/bootstrap.py).
+- A delete marks the row `deleting` first, so a crash mid-way is finished by the next
+  run; retiring a server revokes its bootstrap tokens (control/workers/servers.py).
+- Every provider call that failed has its own backoff per resource (our server id, or
+  the provider's id for orphans; `shared.backoff.backoff_delay`, or the rate-limit wait
+  for a 429): no run, however triggered, calls again for that resource before it is
+  due. An expected provider error is one log line with its kind, code and correlation
+  id, never a traceback.
+- What the autoscaler remembers between runs is `ScalerState`, in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiosqlite
+
+from cloud_init.render import user_data_hash
+from control.capacity import decisions
+from control.capacity.providers.base import CreateRequest, Provider, ProviderError
+from control.db import events
+from control.db.store import Row, Store
+from control.keyring import Keyring
+from control.settings import Settings
+from control.users import records
+from control.users.placement import Demand, Room
+from control.users.plans import plan_of
+from control.users.rooms import Reserve, rooms
+from control.workers import servers, tokens, trust
+from control.workers.bootstrap import UserDataRenderer
+from shared.backoff import backoff_delay
+
+log = logging.getLogger(__name__)
+PAIR_COOLDOWN = 600.0
+RETRY_BASE = 5.0  # seconds: first backoff after a failed call for one resource
+RETRY_CAP = 300.0
+
+
+@dataclass
+class Retry:
+    failures: int
+    not_before: float  # epoch seconds
+
+
+@dataclass
+class ScalerState:
+    """What the autoscaler remembers between runs (in memory: a restart only makes it
+    more careful, e.g. orphan counts start again from zero)."""
+
+    paused_until: float = 0.0
+    transient_failures: int = 0
+    pair_cooldown: dict[tuple[str, str], float] = field(default_factory=dict)
+    orphan_sightings: dict[str, int] = field(default_factory=dict)
+    held_back: int = 0  # demand the caps held back in the last run (a metric)
+    alert: str | None = None
+    retries: dict[str, Retry] = field(default_factory=dict)  # per resource, after a failure
+    runs: int = 0  # runs done since start (coalesced triggers do not add one)
+
+
+def said(exc: ProviderError) -> str:
+    """An expected provider error as one log line's worth: message, kind, code, id."""
+    return f"{exc} [{exc.kind}]"
+
+
+class Provisioner:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        keyring: Keyring,
+        provider: Provider,
+        render_user_data: UserDataRenderer,
+        notify: Callable[..., None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.keyring = keyring
+        self.provider = provider
+        self.render_user_data = render_user_data
+        self.notify = notify
+        self.state = ScalerState()
+        self.reserve = Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
+        limit = provider.max_servers
+        self.max_servers = (
+            min(settings.max_servers, limit) if limit is not None else settings.max_servers
+        )
+        self.labels = {"managed-by": "clawfleet", "clawfleet-cluster": settings.cluster_name}
+
+    # --- backoff per resource --------------------------------------------------------
+    def due(self, key: str, now: float) -> bool:
+        retry = self.state.retries.get(key)
+        return retry is None or now >= retry.not_before
+
+    def failed(self, key: str, what: str, exc: ProviderError) -> None:
+        """One log line, and no call for `key` before its backoff has passed."""
+        previous = self.state.retries.get(key)
+        failures = previous.failures + 1 if previous else 1
+        delay = backoff_delay(failures - 1, base=RETRY_BASE, cap=RETRY_CAP, rand=random.random())
+        if exc.kind == "rate_limited":  # not this resource's fault: wait for the bucket only
+            delay = exc.retry_after if exc.retry_after is not None else 1.0
+        self.state.retries[key] = Retry(failures, time.time() + delay)
+        log.warning("autoscaler: %s: %s; next try in %.1f s", what, said(exc), delay)
+
+    def succeeded(self, key: str) -> None:
+        self.state.retries.pop(key, None)
+
+    # --- what the fleet looks like to the decisions ----------------------------------
+    def type_room(self, server_type: str, name: str) -> Room:
+        st = self.provider.server_type(server_type)
+        return Room(
+            name,
+            True,
+            max(0, st.memory_mb - self.reserve.memory_mb),
+            0,
+            max(0.0, st.cpus - self.reserve.cpus),
+            0.0,
+        )
+
+    def unit(self) -> Demand:
+        plan = self.settings.plans["default"]
+        return Demand("unit", plan.memory_mb, plan.cpus)
+
+    def usable_pairs(self, now: float) -> list[tuple[str, str]]:
+        return [p for p in self.provider.pairs() if self.state.pair_cooldown.get(p, 0) <= now]
+
+    async def snapshot(self) -> tuple[list[Demand], list[Room], list[Room], int]:
+        """(users needing room, active rooms, rooms on the way, servers that exist)."""
+        plans = self.settings.plans
+        pending = [
+            Demand(r["id"], plan_of(plans, r["plan"]).memory_mb, plan_of(plans, r["plan"]).cpus)
+            for r in await self.store.fetch_all(
+                "SELECT u.id, u.plan FROM users u LEFT JOIN servers s ON s.id = u.server_id "
+                "WHERE (u.state = 'pending' AND u.error IS NULL) OR (s.draining = 1 AND u.moving_from IS NULL "
+                "AND u.state IN ('provisioning', 'running')) ORDER BY u.created_at, u.id"
+            )
+        ]
+
+        async def read(conn: aiosqlite.Connection) -> list[Room]:
+            return await rooms(conn, plans, self.reserve)
+
+        active = await self.store.write(read)
+        on_the_way = [
+            self.type_room(r["server_type"] or "local", r["id"])
+            for r in await self.store.fetch_all(
+                "SELECT id, server_type FROM servers WHERE status = 'provisioning' AND origin = 'provider'"
+            )
+        ]
+        # Dead servers still exist at the provider until their delete succeeded.
+        row = await self.store.fetch_one(
+            "SELECT COUNT(*) AS n FROM servers WHERE status != 'deleted'"
+        )
+        return pending, active, on_the_way, int(row["n"]) if row else 0
+
+    # --- recording ---------------------------------------------------------------------
+    async def event(self, kind: str, message: str, server_id: str | None = None) -> None:
+        async def apply(conn: aiosqlite.Connection) -> None:
+            await events.record(conn, kind, message, server_id=server_id)
+
+        await self.store.write(apply)
+
+    async def set_status(self, server_id: str, status: str, kind: str, reason: str) -> None:
+        now = time.time()
+
+        async def apply(conn: aiosqlite.Connection) -> None:
+            await servers.set_status(conn, server_id, status, now)
+            await events.record(conn, kind, reason, server_id=server_id, at=now)
+
+        await self.store.write(apply)
+
+    async def _record_known(
+        self, conn: aiosqlite.Connection, server_id: str, server_type: str
+    ) -> None:
+        """What the server's agent may claim at most: its type's resources."""
+        try:
+            st = self.provider.server_type(server_type)
+        except Exception:  # a type the provider does not list: held to its first claim
+            log.warning("server type %s unknown to %s", server_type, self.provider.name)
+            return
+        stated = trust.of_type(st.cpus, st.memory_mb, st.disk_gb)
+        await servers.set_known(conn, server_id, stated, f"server type {server_type}")
+
+    # --- deleting ------------------------------------------------------------------------
+    async def delete(self, row: Row, kind: str, reason: str) -> bool:
+        """Deletes a server we know; the row is marked `deleting` first so a crash
+        mid-way is finished by the next run. False when the delete failed or is not due
+        (the row stays `deleting`, retried after its backoff)."""
+        if not self.due(row["id"], time.time()):
+            return False
+        if row["status"] != "deleting":
+            await self.set_status(row["id"], "deleting", kind, reason)
+        if row["provider_id"]:
+            try:
+                await self.provider.delete(row["provider_id"])
+            except ProviderError as exc:
+                self.failed(row["id"], f"delete of {row['name']}", exc)
+                return False
+            self.succeeded(row["id"])
+        # Suspended users' data goes with the server; on resume they are placed anew.
+        await self.store.write(lambda conn: records.forget_suspended_on(conn, row["id"]))
+        await self.set_status(
+            row["id"], "deleted", "server_deleted", f"deleted at {self.provider.name}"
+        )
+        return True
+
+    # --- creating ------------------------------------------------------------------------
+    async def create_one(self, reason: str) -> bool:
+        now = time.time()
+        pairs = self.usable_pairs(now)
+        if not pairs:
+            return False
+        server_type, location = pairs[0]
+        server_id = servers.new_server_id()
+        name = f"clawfleet-{self.settings.cluster_name}-{server_id.removeprefix('srv-')}"
+
+        async def record(conn: aiosqlite.Connection) -> None:
+            await servers.insert_created(
+                conn, server_id, name, self.provider.name, (server_type, location), now
+            )
+            await self._record_known(conn, server_id, server_type)
+            await events.record(
+                conn,
+                "scale_up",
+                f"creating {name} ({server_type} in {location}): {reason}",
+                server_id=server_id,
+                at=now,
+            )
+
+        await self.store.write(record)
+        return await self.call_create(server_id, name, server_type, location)
+
+    async def call_create(self, server_id: str, name: str, server_type: str, location: str) -> bool:
+        ttl = max(self.settings.bootstrap_token_ttl, self.settings.provision_timeout + 60)
+        token = await tokens.for_server(self.store, self.keyring, server_id, ttl)
+        user_data = self.render_user_data(server_id, token)
+        # The user-data hash tells, on the provider's side, which bootstrap a server got.
+        labels = {
+            **self.labels,
+            "clawfleet-server": server_id,
+            "clawfleet-userdata": user_data_hash(user_data),
+        }
+        pair: tuple[str, str] | None = (server_type, location)
+        tried: set[tuple[str, str]] = set()
+        while pair is not None:
+            tried.add(pair)
+            request = CreateRequest(server_id, name, pair[0], pair[1], user_data, labels)
+            try:
+                created = await self.provider.create(request)
+            except ProviderError as exc:
+                if not await self._handle_create_error(server_id, pair, exc):
+                    return False
+                # Next pair in preference order that is neither cooling down nor tried.
+                pair = next((p for p in self.usable_pairs(time.time()) if p not in tried), None)
+                continue
+            # An adopted server may sit on an earlier pair than this attempt's.
+            adopted = (created.server_type or pair[0], created.location or pair[1])
+            await self.confirm(server_id, created.provider_id, created.public_ip, adopted)
+            self.state.transient_failures = 0
+            self.succeeded(server_id)
+            return True
+        return False
+
+    async def _handle_create_error(
+        self, server_id: str, pair: tuple[str, str], exc: ProviderError
+    ) -> bool:
+        """Records the failure; True when the next pair should be tried."""
+        plan = decisions.retry_decision(exc.kind, self.state.transient_failures, exc.retry_after)
+        if exc.kind == "transient":
+            self.state.transient_failures += 1
+        if exc.kind in ("transient", "rate_limited"):  # outcome unknown: retried when due
+            self.failed(server_id, f"create of {server_id} ({pair[0]} in {pair[1]})", exc)
+        now = time.time()
+        if plan.next_pair:
+            self.state.pair_cooldown[pair] = now + PAIR_COOLDOWN
+        if plan.pause_scale_up:
+            self.state.paused_until = max(self.state.paused_until, now + plan.pause_scale_up)
+        if plan.alert:
+            self.state.alert = f"{exc.kind}: {exc}"
+            log.error("autoscaler needs the operator: %s", exc)
+        await self.event("create_failed", f"{pair[0]} in {pair[1]}: {exc} [{exc.kind}]", server_id)
+        if exc.kind in ("unavailable", "limit", "invalid"):
+            # The provider refused: no server exists under this name, so nothing to adopt.
+            if not plan.next_pair or not self.usable_pairs(now):
+                await self.set_status(
+                    server_id, "deleted", "create_abandoned", f"provider refused: {exc.kind}"
+                )
+        return plan.next_pair and bool(self.usable_pairs(now))
+
+    async def confirm(
+        self, server_id: str, provider_id: str, ip: str | None, pair: tuple[str, str]
+    ) -> None:
+        now = time.time()
+
+        async def apply(conn: aiosqlite.Connection) -> None:
+            await servers.confirm_created(conn, server_id, provider_id, ip, pair, now)
+            await self._record_known(conn, server_id, pair[0])  # an adopted server's own type
+            await events.record(
+                conn,
+                "server_created",
+                f"created at {self.provider.name} as {provider_id}",
+                server_id=server_id,
+                at=now,
+            )
+
+        await self.store.write(apply)

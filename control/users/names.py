@@ -1,0 +1,57 @@
+"""What a user id and a subdomain may look like.
+
+Contract: `validate_user_id` and `validate_subdomain` return the value or raise
+`BadRequest` (400) saying what is allowed; a subdomain is one DNS label and never one
+of RESERVED_SUBDOMAINS (names the control plane or a mail setup may need).
+"""
+
+from __future__ import annotations
+
+import re
+
+from control.errors import BadRequest
+
+USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+RESERVED_SUBDOMAINS = frozenset(
+    {
+        "www",
+        "api",
+        "admin",
+        "mail",
+        "smtp",
+        "imap",
+        "pop",
+        "ftp",
+        "ns1",
+        "ns2",
+        "dashboard",
+        "app",
+        "status",
+        "metrics",
+        "control",
+        "webhook",
+        "webhooks",
+        "auth",
+        "login",
+        "static",
+    }
+)
+
+
+def validate_user_id(user_id: str) -> str:
+    if not USER_ID.fullmatch(user_id):
+        raise BadRequest(
+            "user_id: 1-63 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+        )
+    return user_id
+
+
+def validate_subdomain(subdomain: str) -> str:
+    if not SUBDOMAIN.fullmatch(subdomain):
+        raise BadRequest(
+            "subdomain: a DNS label of 1-63 characters a-z 0-9 -, not starting or ending with -"
+        )
+    if subdomain in RESERVED_SUBDOMAINS:
+        raise BadRequest(f"subdomain: {subdomain!r} is reserved")
+    return subdomain

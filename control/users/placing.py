@@ -1,0 +1,116 @@
+"""Placing users on servers and moving them, as store transactions.
+
+Contract: each function runs in the caller's transaction, decides with the pure
+rules of control/users/placement.py over `rooms.rooms`, writes through
+control/users/records.py and records each decision as an event. It returns the
+servers whose desired set changed; the caller bumps their generation in the same
+transaction (control/workers/assignments.py `commit`) and wakes them after.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import aiosqlite
+
+from control.db import events
+from control.db.store import Row, fetch_all, fetch_one
+from control.errors import Conflict, NotFound
+from control.users import records
+from control.users.placement import Demand, place
+from control.users.plans import Plan, plan_of
+from control.users.rooms import Reserve, rooms
+
+
+@dataclass(frozen=True)
+class PlacementResult:
+    placed: dict[str, str]  # user id -> server id
+    pending: list[str]
+
+    @property
+    def touched_servers(self) -> set[str]:
+        return set(self.placed.values())
+
+
+async def place_pending(
+    conn: aiosqlite.Connection, plans: dict[str, Plan], reserve: Reserve
+) -> PlacementResult:
+    """Places every pending user that fits somewhere, oldest first."""
+    now = time.time()
+    pending = await fetch_all(
+        # A user with an error (e.g. an unknown Stripe price) waits for the operator.
+        conn,
+        "SELECT id, plan FROM users WHERE state = 'pending' AND error IS NULL "
+        "ORDER BY created_at, id",
+    )
+    if not pending:
+        return PlacementResult({}, [])
+    demands = [
+        Demand(u["id"], plan_of(plans, u["plan"]).memory_mb, plan_of(plans, u["plan"]).cpus)
+        for u in pending
+    ]
+    placed, waiting = place(demands, await rooms(conn, plans, reserve))
+    for user_id, server_id in placed.items():
+        await records.set_state(conn, user_id, "provisioning", server_id, now)
+        await events.record(
+            conn,
+            "user_placed",
+            f"placed on {server_id}",
+            server_id=server_id,
+            user_id=user_id,
+            at=now,
+        )
+    return PlacementResult(placed, waiting)
+
+
+async def start_move(
+    conn: aiosqlite.Connection,
+    plans: dict[str, Plan],
+    reserve: Reserve,
+    user_id: str,
+    target: str | None,
+    reason: str,
+) -> tuple[str, str] | None:
+    """Make-before-break: the user is assigned to `target` (or the best fit elsewhere)
+    while its old server keeps running it until the new container reports healthy
+    (control/workers/heartbeats.py). Returns (source, target), or None when nothing
+    has room."""
+    user = await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (user_id,))
+    if user is None:
+        raise NotFound(f"no user {user_id}")
+    source = user["server_id"]
+    _check_movable(user, target)
+    candidates = [r for r in await rooms(conn, plans, reserve) if r.server_id != source]
+    if target is not None:
+        candidates = [r for r in candidates if r.server_id == target]
+        if not candidates:
+            raise Conflict(
+                f"server {target} is not active and accepting work", code="target_unavailable"
+            )
+    plan = plan_of(plans, user["plan"])
+    placed, _ = place([Demand(user_id, plan.memory_mb, plan.cpus)], candidates)
+    chosen = placed.get(user_id)
+    if chosen is None:
+        if target is not None:
+            raise Conflict(f"server {target} has no room for plan {plan.name}", code="no_room")
+        return None
+    await records.begin_move(conn, user_id, source, chosen, time.time())
+    await events.record(
+        conn, "user_moving", f"{reason}: {source} -> {chosen}", server_id=source, user_id=user_id
+    )
+    return source, chosen
+
+
+def _check_movable(user: Row, target: str | None) -> None:
+    user_id, source = user["id"], user["server_id"]
+    if user["state"] not in ("provisioning", "running") or source is None:
+        raise Conflict(
+            f"user {user_id} is {user['state']}: only a placed user can move", code="not_movable"
+        )
+    if user["moving_from"] is not None:
+        raise Conflict(
+            f"user {user_id} is already moving from {user['moving_from']}", code="move_in_progress"
+        )
+    if target == source:
+        raise Conflict(f"user {user_id} is already on {source}", code="same_server")
