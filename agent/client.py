@@ -20,6 +20,7 @@ from yarl import URL
 
 from agent.errors import AgentError
 from shared.backoff import backoff_delay as shared_backoff
+from shared.backoff import jittered as shared_jittered
 from shared.protocol import (
     MAX_TEXT,
     Assignments,
@@ -86,7 +87,7 @@ def backoff_delay(
 
 def jittered(interval: float, rand: Callable[[], float] = random.random) -> float:
     """An interval spread by +-10% so a fleet restarted together does not beat in step."""
-    return interval * (0.9 + 0.2 * rand())
+    return shared_jittered(interval, spread=0.1, rand=rand())
 
 
 def split_token(token: str) -> tuple[str, str]:

@@ -27,6 +27,7 @@ from typing import Literal
 from control.capacity.providers.base import ErrorKind
 from control.clock import iso
 from control.users.placement import Demand, Room, place
+from shared.backoff import backoff_delay
 
 HOUR = 3600.0
 MAX_NEW_SERVERS_CONSIDERED = 1000  # a bound on the simulation, far above any cap
@@ -221,7 +222,6 @@ class RetryPlan:
 def retry_decision(
     kind: ErrorKind, attempt: int, retry_after: float | None, rng: random.Random | None = None
 ) -> RetryPlan:
-    jitter = (rng or random).uniform(0.8, 1.2)
     if kind == "unavailable":
         return RetryPlan(next_pair=True, pause_scale_up=0.0, alert=False)
     if kind == "limit":
@@ -230,9 +230,7 @@ def retry_decision(
         return RetryPlan(next_pair=False, pause_scale_up=max(retry_after or 60.0, 1.0), alert=False)
     if kind == "invalid":
         return RetryPlan(next_pair=False, pause_scale_up=600.0, alert=True)
-    # transient (and anything unexpected): capped exponential backoff with jitter.
-    return RetryPlan(
-        next_pair=False,
-        pause_scale_up=min(300.0, 5.0 * 2 ** min(attempt, 10)) * jitter,
-        alert=False,
-    )
+    # transient (and anything unexpected): the shared backoff, 5 s doubling up to 300 s,
+    # each +-20% (base 6 and cap 360 with a third of spread are exactly that range).
+    pause = backoff_delay(attempt, base=6.0, cap=360.0, rand=(rng or random).random(), spread=1 / 3)
+    return RetryPlan(next_pair=False, pause_scale_up=pause, alert=False)
