@@ -1,6 +1,9 @@
 """Users: the `users` table, plans, and where each user's container goes.
 
-Owns: the `users` table (records.py is its only writer), plans (plans.py), and the
-pure placement decision (placement.py).
+Owns: the `users` table (records.py is its only writer), plans (plans.py), names
+(names.py), the pure placement decision (placement.py) over the room each server has
+(rooms.py), placing and moving users (placing.py), and a user's gateway access
+(access.py). Nothing here writes `servers`: functions return the servers whose
+desired set they changed, and control/workers/assignments.py bumps them.
 May import: the foundation modules and control.db.
 """

@@ -3,7 +3,8 @@ authentication and nonces, heartbeats (group commit), liveness, capacity trust, 
 worker's desired set and the long-poll that delivers it, and the user data and agent
 wheel a new server boots from.
 
-Owns: the `servers` rows' registration and liveness columns, `bootstrap_tokens`,
-`nonces`.
+Owns: the `servers` table (servers.py is its only writer), `bootstrap_tokens`
+(tokens.py), `nonces` (nonces.py), and the generation bump that goes with every change
+to a worker's desired set (assignments.py `commit`).
 May import: the foundation modules, control.db and control.users.
 """
