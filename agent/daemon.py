@@ -28,7 +28,7 @@ from agent.metadata_block import MetadataBlock
 from agent.ownership import MAX_PREVIOUS, Owner
 from agent.reconcile import Reconciler, ReconcilerOptions
 from agent.runtime import DockerError, DockerRuntime
-from agent.state import Credentials, StateStore
+from agent.state import Credentials, StateError, StateStore
 from agent.traefik import RouteOptions
 from shared.protocol import Heartbeat, HostReport, RegisterRequest, Resources
 from shared.version import PROTOCOL_VERSION, __version__
@@ -304,7 +304,7 @@ class Daemon:
             self.store.ensure_dir()
             self._set_creds(self.store.load_credentials())
             self.reconciler.desired = self.store.load_desired()
-        except Exception as exc:
+        except (StateError, OSError) as exc:
             log.error("state: %s", exc)
             return EXIT_CONFIG
         if self.creds is None and self.bootstrap_token() is None:

@@ -271,5 +271,9 @@ class Fleet:
             await asyncio.sleep(period)
             try:
                 await self.sweep()
-            except Exception:
-                log.exception("liveness sweep failed; retrying next period")
+            except Exception as exc:
+                # Last resort, on purpose: this loop must never die (no sweep, no dead
+                # workers noticed); one line, and the next period retries.
+                log.error(
+                    "liveness sweep failed (%s: %s); retrying next period", type(exc).__name__, exc
+                )

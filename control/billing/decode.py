@@ -21,7 +21,7 @@ Contract:
     `subscription_details.metadata`); customer from `customer`.
 - `state_at` is the event's `created`; `refreshed(fact, subscription, at)` replaces the
   subscription state with a freshly retrieved subscription (refetched=True).
-- A handled event whose shape is wrong raises `DecodeError` (a ClawfleetError): the inbox
+- A handled event whose shape is wrong raises `DecodeError` (a ClawfleetError and a ValueError): the inbox
   keeps it and retries, so a decoder fix plus a restart still processes it.
 """
 
@@ -46,8 +46,9 @@ INVOICE_TYPES = frozenset({"invoice.paid", "invoice.payment_failed"})
 HANDLED_TYPES = frozenset({CHECKOUT_COMPLETED, *SUBSCRIPTION_TYPES, *INVOICE_TYPES})
 
 
-class DecodeError(ClawfleetError):
-    """A handled event type whose payload does not have the expected shape."""
+class DecodeError(ClawfleetError, ValueError):
+    """A handled event type whose payload does not have the expected shape (also a
+    ValueError: a malformed value, as callers of a decoder expect)."""
 
     code = "malformed_event"
 

@@ -162,7 +162,9 @@ class StripeInbox:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # Name the database problem, never the payload (customer data).
+            # Broad on purpose: whatever kept the event from being stored (a closed or
+            # failing database, a refused insert), Stripe must deliver it again, so the
+            # answer is 503. Name the database problem, never the payload (customer data).
             log.error("cannot store Stripe event %s: %s", event["id"], self._scrub(repr(exc)))
             raise Unavailable("cannot store the event now; Stripe will retry") from None
         if stored:
@@ -208,7 +210,7 @@ class StripeInbox:
                 await apply(fact)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # any failure of one event is recorded and retried later
             await self._record_failure(event_id, str(row["type"]), int(row["attempts"]), exc, now)
             return
         await self._mark_done(event_id, now)
@@ -307,8 +309,14 @@ class StripeInbox:
                 processed = await self.process_due(apply, limit=_BATCH)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("Stripe inbox round failed; retrying in %.0f s", interval)
+            except Exception as exc:
+                # Last resort, on purpose: the inbox loop must never die; one line, and the
+                # next round retries.
+                log.error(
+                    "Stripe inbox round failed (%s); retrying in %.0f s",
+                    self._scrub(f"{type(exc).__name__}: {exc}"),
+                    interval,
+                )
             if processed >= _BATCH:
                 continue  # a full batch: more may be due right now
             if not wake.is_set():  # else a delivery arrived during the round

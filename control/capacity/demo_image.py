@@ -60,7 +60,7 @@ def ensure_agent_image(settings: Settings) -> Settings:
 
         client = docker.from_env(timeout=PULL_TIMEOUT)
         client.ping()
-    except Exception as exc:
+    except Exception as exc:  # best effort at start-up: no Docker is a warning, not a failure
         log.warning(
             "Docker is not reachable (%s): the local worker cannot run containers",
             type(exc).__name__,
@@ -76,7 +76,7 @@ def ensure_agent_image(settings: Settings) -> Settings:
             log.info("pulling %s (up to %ss)", settings.agent_image, PULL_TIMEOUT)
             client.images.pull(settings.agent_image)
             return settings
-        except Exception as exc:
+        except Exception as exc:  # any pull failure falls back to the demo image
             reason = type(exc).__name__
         try:
             client.images.get(DEMO_TAG)

@@ -183,7 +183,7 @@ class Provisioner:
         """What the server's agent may claim at most: its type's resources."""
         try:
             st = self.provider.server_type(server_type)
-        except Exception:  # a type the provider does not list: held to its first claim
+        except ProviderError:  # a type the provider does not list: held to its first claim
             log.warning("server type %s unknown to %s", server_type, self.provider.name)
             return
         stated = trust.of_type(st.cpus, st.memory_mb, st.disk_gb)

@@ -126,13 +126,22 @@ class Scaler:
                 log.warning(
                     "autoscaler step %s: %s; the next run retries", step.__name__, said(exc)
                 )
-            except Exception:
-                log.exception("autoscaler step %s failed; the next run retries", step.__name__)
+            except Exception as exc:
+                # Last resort, on purpose: one broken step must not stop the others nor the
+                # scheduled runs; one line, and the next run retries.
+                log.error(
+                    "autoscaler step %s failed (%s: %s); the next run retries",
+                    step.__name__,
+                    type(exc).__name__,
+                    exc,
+                )
         if sweep:
             try:
                 await orphans.sweep(self.provisioner)
-            except Exception:
-                log.exception("orphan sweep failed; counts kept")
+            except Exception as exc:
+                # Last resort, on purpose: the sweep only counts and reports; a failure
+                # keeps the last counts and must not fail the run. One line.
+                log.error("orphan sweep failed (%s: %s); counts kept", type(exc).__name__, exc)
 
 
 async def _place_pending(p: Provisioner) -> None:

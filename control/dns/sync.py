@@ -119,7 +119,10 @@ class DnsSync:
                     log.error("dns: %s refused the configuration: %s", self.provider.name, exc)
                     return exc
                 failure, said = exc, exc.message
-            except Exception as exc:  # e.g. a proxy's HTML page where JSON was due
+            except Exception as exc:
+                # Last resort, on purpose: verification runs in the background until it
+                # succeeds, so anything unexpected (e.g. a proxy's HTML page where JSON was
+                # due) counts as an outage; it is logged as one line below and retried.
                 failure, said = None, f"{type(exc).__name__}: {exc}"
             else:
                 health.update("ok", "verified" if self.provider.name != "none" else "no DNS")

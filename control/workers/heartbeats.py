@@ -80,7 +80,7 @@ class HeartbeatWriter:
             outcomes = await self._store.write(
                 functools.partial(_apply, batch=batch, now=time.time())
             )
-        except Exception as exc:
+        except Exception as exc:  # whatever it is, it belongs to one heartbeat: find it
             if len(batch) == 1:
                 _settle(batch[0], exc)
                 return

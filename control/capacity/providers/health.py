@@ -70,7 +70,10 @@ async def validate_until_ok(provider: Provider, health: ProviderHealth) -> Provi
                 log.error("provider %s refused the configuration: %s", provider.name, exc)
                 return exc
             failure, said = exc, f"{exc} [{exc.kind}]"
-        except Exception as exc:  # e.g. a proxy's HTML page where JSON was due: an outage
+        except Exception as exc:
+            # Last resort, on purpose: validation runs in the background until it succeeds,
+            # so anything unexpected (e.g. a proxy's HTML page where JSON was due) counts as
+            # an outage; it is logged as one line below and retried with backoff.
             failure, said = None, f"{type(exc).__name__}: {exc}"
         else:
             health.update("ok", "validated")
