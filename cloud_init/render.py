@@ -400,7 +400,11 @@ exit 0
 
 
 class UserDataTooLarge(ValueError):
-    """The rendered script is over `MAX_USER_DATA` bytes."""
+    """The rendered script is over `MAX_USER_DATA` bytes.
+
+    A ValueError, not a ClawfleetError: cloud_init/ is a library below the control plane
+    and imports nothing from it; to its caller it is a value (the settings that shape
+    the script) that is too big."""
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,12 @@ Text = Annotated[str, Meta(max_length=MAX_TEXT)]
 
 
 class ProtocolError(ValueError):
-    """A message did not match its schema."""
+    """A message did not match its schema.
+
+    A ValueError, not a subclass of either program's root (ClawfleetError, AgentError):
+    shared/ is below both programs and imports neither, and a malformed message is a bad
+    value like any other decoder's. Each side turns it into its own error where it is
+    caught (the control plane's 400, the agent's ControlPlaneError)."""
 
 
 class Resources(msgspec.Struct, frozen=True):

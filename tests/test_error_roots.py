@@ -9,6 +9,7 @@ import inspect
 import pkgutil
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,3 +104,30 @@ def test_every_broad_except_says_why() -> None:
                 if "#" not in line and not following.strip().startswith("#"):
                     unexplained.append(f"{rel}:{number + 1}")
     assert unexplained == []
+
+
+async def test_the_agent_keeps_the_control_planes_request_id(aiohttp_server: Any) -> None:
+    """A failed request's ControlPlaneError carries the X-Request-Id the control plane
+    answered with, so an operator finds that request in the control plane's log."""
+    from aiohttp import web
+
+    from agent.client import ControlClient
+
+    async def busy(request: web.Request) -> web.Response:
+        body = {"error": {"code": "service_unavailable", "message": "database busy"}}
+        return web.json_response(body, status=503, headers={"X-Request-Id": "req-42"})
+
+    app = web.Application()
+    app.router.add_get("/v1/agent/assignments", busy)
+    server = await aiohttp_server(app)
+    client = ControlClient(str(server.make_url("")).rstrip("/"))
+    try:
+        with pytest.raises(ControlPlaneError) as info:
+            await client._request("GET", "/v1/agent/assignments", "key", "secret")
+    finally:
+        await client.close()
+    assert (info.value.status, info.value.code, info.value.correlation_id) == (
+        503,
+        "service_unavailable",
+        "req-42",
+    )

@@ -203,3 +203,30 @@ def test_plans_extend_and_override_the_default() -> None:
     assert s.plans["pro"].stripe_price_ids == ("price_1",)
     assert s.plans["default"].memory_mb == 512
     assert Settings.from_env(GOOD).plans["default"].memory_mb == 1024
+
+
+def test_each_variable_is_declared_once_and_the_rest_is_derived() -> None:
+    """The Settings field, the variable and its documentation are one declaration: the
+    field default is what an empty environment gives, and VARIABLES lists the fields."""
+    from shared.config import variables
+
+    declared = variables(Settings)
+    assert declared == VARIABLES
+    assert len({v.name for v in declared}) == len(declared) == len({v.field for v in declared})
+    empty = Settings.from_env(GOOD)
+    direct = Settings(admin_token=GOOD["ADMIN_TOKEN"], internal_secret=GOOD["INTERNAL_SECRET"])
+    assert empty == direct
+    hidden = [v.field for v in declared if v.secret]
+    assert hidden and [f for f in hidden if f"{f}=" in repr(direct)] == []
+
+
+def test_the_agents_variables_are_declared_once_and_documented() -> None:
+    from agent.config import Settings as AgentSettings
+    from agent.config import load_settings
+    from shared.config import variables
+
+    declared = variables(AgentSettings)
+    doc = (Path(__file__).parent.parent / "docs" / "agent.md").read_text()
+    assert [v.name for v in declared if f"`{v.name}`" not in doc] == []
+    url = "https://cp.example.com"
+    assert load_settings({"CONTROL_URL": url}) == AgentSettings(control_url=url)
