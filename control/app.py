@@ -1,14 +1,27 @@
 """The aiohttp application factory.
 
-Contract: `create_app(settings)` builds the whole control plane and nothing runs
-until the app starts. One cleanup context owns every long-lived resource: it opens
-the store, starts validating the provider (control/capacity/providers/health.py) and verifying
-the DNS provider (control/dns/sync.py) at once (only a refusal within
-PROVIDER_STARTUP_WAIT stops start-up; an outage is retried in the background while
-everything else serves), starts the liveness loop and the autoscaler's
-scheduler, and on shutdown stops the scheduler and waits for a run in progress,
-wakes long-polls, cancels and awaits the loops, closes the provider and then the
-store, in that order.
+Contract: `create_app(settings)` builds the whole control plane and nothing runs until
+the app starts. Every long-lived resource has its own cleanup context, which opens it
+and puts it under its key (control/appkeys.py) on start-up and closes it on shutdown;
+aiohttp runs them in this order and unwinds them in reverse:
+1. the store;
+2. the provider (metered), then the DNS sync with its DNS provider;
+3. the start-up checks: the provider's validation (control/capacity/providers/health.py)
+   and the DNS provider's verification (control/dns/sync.py) run at once, and only a
+   refusal within PROVIDER_STARTUP_WAIT stops start-up; an outage is retried in the
+   background while everything else serves (a DNS provider verified late triggers a
+   DNS round at once);
+4. the Fleet facade (its long-poll board and heartbeat writer), then the autoscaler
+   (and the agent wheel under DIST, with a real provider), then the liveness sweeps;
+5. the Stripe inbox processor;
+6. the scheduler's jobs (autoscale, DNS rounds, Stripe pruning), started last.
+On shutdown, long-polls are woken first (`on_shutdown`), then the contexts unwind: the
+scheduler stops, the inbox processor and the sweeps are cancelled and awaited, the
+autoscaler's run in progress is waited for, the heartbeat writer flushes, the start-up
+checks still running are cancelled, and the DNS provider, the provider and the store
+close, in that order. The Fleet's collaborators that act later (the autoscaler, the
+scheduler's DNS round) are reached through the app, and act only once the scheduler
+runs, which is after everything is wired.
 """
 
 from __future__ import annotations
@@ -23,30 +36,47 @@ from typing import Any
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from control import logs
 from control.api import middleware
+from control.api.admin_routes import admin_routes
+from control.api.agent_routes import agent_routes
 from control.api.dashboard import install_dashboard
+from control.api.metrics_endpoint import install_metrics
 from control.api.ratelimit import install_auth_guard
 from control.api.readiness import install_readiness
-from control.api.routes import routes
-from control.appkeys import DNS_HEALTH, DNS_SYNC, PROVIDER_HEALTH, SCALER, SETTINGS
-from control.billing.inbox import INBOX, StripeInbox, stripe_routes
+from control.api.stripe_webhook import stripe_routes
+from control.appkeys import (
+    DIST,
+    DNS_HEALTH,
+    DNS_SYNC,
+    FLEET,
+    INBOX,
+    METRICS,
+    PROVIDER,
+    PROVIDER_FACTORY,
+    PROVIDER_HEALTH,
+    SCALER,
+    SCHEDULER,
+    SETTINGS,
+    STORE,
+    ProviderFactory,
+)
+from control.billing.inbox import StripeInbox
 from control.capacity.providers import build_provider
 from control.capacity.providers.base import Provider, ProviderError
 from control.capacity.providers.health import ProviderHealth, start_validation
-from control.capacity.scaler import Scaler, UserDataRenderer
+from control.capacity.scaler import Scaler
 from control.db.store import Store
 from control.dns.cloudflare import CloudflareDns
-from control.dns.provider import DnsError, DnsProvider, NoDns
+from control.dns.provider import DnsProvider, NoDns
 from control.dns.sync import DnsSync
-from control.fleet import FLEET, Fleet
+from control.fleet import Fleet
 from control.keyring import Keyring
-from control.metrics import METRICS, MeteredProvider, install_metrics
+from control.metrics import MeteredProvider
 from control.settings import Settings
-from control.workers.bootstrap import DIST, AgentDist, hetzner_user_data
+from control.workers.bootstrap import AgentDist, UserDataRenderer, hetzner_user_data
 
-ProviderFactory = Callable[[Settings], Provider]
-PROVIDER_FACTORY: web.AppKey[ProviderFactory] = web.AppKey("provider_factory")
+__all__ = ["ProviderFactory", "build_dns", "create_app", "local_user_data"]
+STRIPE_PRUNE_INTERVAL = 3600.0  # processed Stripe events are kept for deduplication
 
 
 def create_app(
@@ -54,7 +84,7 @@ def create_app(
 ) -> web.Application:
     app = web.Application(
         middlewares=[
-            logs.request_ids,
+            middleware.request_ids,
             middleware.errors,
             middleware.body_limit,
             middleware.admin_auth(settings.admin_token, settings.metrics_token),
@@ -66,16 +96,173 @@ def create_app(
     install_metrics(app, settings)  # logs at start-up who may read /metrics
     app[PROVIDER_HEALTH] = ProviderHealth()
     app[DNS_HEALTH] = ProviderHealth()  # the DNS provider's verification (control/dns/sync.py)
-    install_auth_guard(app, settings, lambda: app[FLEET].store, app[METRICS].auth_refused_by)
-    app.add_routes(routes)
+    app[SCHEDULER] = AsyncIOScheduler()  # started by the last context, once all is wired
+    install_auth_guard(app, settings, lambda: app[STORE], app[METRICS].auth_refused_by)
+    app.add_routes(agent_routes)
+    app.add_routes(admin_routes)
     app.add_routes(stripe_routes)
     install_dashboard(app)
     install_readiness(app)
-    app.cleanup_ctx.append(_fleet_context)
+    app.cleanup_ctx.extend(
+        [
+            _store,
+            _provider,
+            _dns_sync,
+            _startup_checks,
+            _fleet,
+            _scaler,
+            _liveness_sweeps,
+            _stripe_inbox,
+            _scheduled_jobs,
+        ]
+    )
     app.on_shutdown.append(_wake_long_polls)
     return app
 
 
+# --- one cleanup context per resource, in start-up order ----------------------------
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE] = Store(app[SETTINGS].database_path)
+    await store.open()
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def _provider(app: web.Application) -> AsyncIterator[None]:
+    provider = MeteredProvider(app[PROVIDER_FACTORY](app[SETTINGS]), app[METRICS])
+    app[PROVIDER] = provider
+    try:
+        yield
+    finally:
+        await provider.close()
+
+
+async def _dns_sync(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    dns_sync = DnsSync(settings, app[STORE], build_dns(settings), app[DNS_HEALTH])
+    app[DNS_SYNC] = dns_sync
+    try:
+        yield
+    finally:
+        async with dns_sync.stopped():  # no round starts while its provider closes
+            await dns_sync.provider.close()
+
+
+async def _startup_checks(app: web.Application) -> AsyncIterator[None]:
+    """The provider's validation and the DNS provider's verification, both started at
+    once so that start-up waits for them one wait in all; either goes on in the
+    background after an outage, until shutdown cancels it."""
+    dns_sync, wait = app[DNS_SYNC], app[SETTINGS].provider_startup_wait
+    dns_check = dns_sync.start_verification()
+    validation: asyncio.Task[ProviderError | None] | None = None
+    try:
+        wait_until = asyncio.get_running_loop().time() + wait
+        validation = await start_validation(app[PROVIDER], app[PROVIDER_HEALTH], wait)
+        await DnsSync.refused_within(dns_check, wait_until - asyncio.get_running_loop().time())
+        if not dns_check.done():  # verified late, after an outage: publish at once then
+            dns_check.add_done_callback(lambda _: _dns_now(app))
+        yield
+    finally:
+        await _cancelled(validation, dns_check)
+
+
+async def _fleet(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    fleet = Fleet(
+        settings,
+        app[STORE],
+        Keyring(settings.internal_secret),
+        app[METRICS],
+        on_pending=lambda: _autoscale_now(app),
+        on_change=lambda: _dns_now(app),
+        price_of=_price_lookup(app[PROVIDER]),
+    )
+    await fleet.start()
+    app[FLEET] = fleet
+    try:
+        yield
+    finally:
+        fleet.board.close()
+        await fleet.heartbeats.close()  # writes the heartbeats still buffered
+
+
+async def _scaler(app: web.Application) -> AsyncIterator[None]:
+    settings, provider = app[SETTINGS], app[PROVIDER]
+    scaler = Scaler(
+        settings,
+        app[STORE],
+        Keyring(settings.internal_secret),
+        provider,
+        _user_data(app, settings, provider),
+        app[FLEET].board.notify,
+        health=app[PROVIDER_HEALTH],
+    )
+    app[SCALER] = scaler
+    try:
+        yield
+    finally:
+        await scaler.stopped()  # waits for a run in progress
+
+
+async def _liveness_sweeps(app: web.Application) -> AsyncIterator[None]:
+    sweeper = asyncio.create_task(app[FLEET].run_sweeps(), name="liveness-sweeps")
+    try:
+        yield
+    finally:
+        await _cancelled(sweeper)
+
+
+async def _stripe_inbox(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    inbox = StripeInbox(
+        app[STORE],
+        settings.stripe_webhook_secret,
+        api_key=settings.stripe_secret_key,
+        api_base=settings.stripe_api_base or None,
+        livemode=settings.stripe_livemode,
+        account_id=settings.stripe_account_id,
+    )
+    app[INBOX] = inbox
+    processor = asyncio.create_task(
+        inbox.run(app[FLEET].apply_billing, asyncio.Event()), name="stripe-inbox"
+    )
+    try:
+        yield
+    finally:
+        await _cancelled(processor)
+
+
+async def _scheduled_jobs(app: web.Application) -> AsyncIterator[None]:
+    settings, scheduler = app[SETTINGS], app[SCHEDULER]
+    _every(scheduler, settings.autoscale_interval, "autoscale", app[SCALER].tick, scheduled=True)
+    _every(scheduler, settings.dns_reconcile_interval, "dns", app[DNS_SYNC].tick)
+    _every(scheduler, STRIPE_PRUNE_INTERVAL, "stripe-prune", app[INBOX].prune_job)
+    scheduler.start()
+    try:
+        yield
+    finally:
+        # Jobs already running are not waited for here: each resource's own context
+        # waits for its work (the autoscaler's run, a DNS round) as it unwinds.
+        scheduler.shutdown(wait=False)
+
+
+async def _wake_long_polls(app: web.Application) -> None:
+    if FLEET in app:
+        app[FLEET].board.close()
+
+
+async def _cancelled(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancels each background task and waits until it has finished."""
+    for task in tasks:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# --- collaborators ----------------------------------------------------------------
 def _user_data(app: web.Application, settings: Settings, provider: Provider) -> UserDataRenderer:
     if provider.name == "local":
         return local_user_data(settings)
@@ -93,82 +280,28 @@ def local_user_data(settings: Settings) -> UserDataRenderer:
     return render
 
 
-async def _fleet_context(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    store = Store(settings.database_path)
-    await store.open()
-    keyring = Keyring(settings.internal_secret)
-    fleet = Fleet(settings, store, keyring, app[METRICS])
-    provider: Provider | None = None
-    scheduler = AsyncIOScheduler()
-    sweeper: asyncio.Task[None] | None = None
-    stripe_task: asyncio.Task[None] | None = None
-    validation: asyncio.Task[ProviderError | None] | None = None
-    dns_check: asyncio.Task[DnsError | None] | None = None
-    try:
-        provider = MeteredProvider(app[PROVIDER_FACTORY](settings), app[METRICS])
-        dns_sync = app[DNS_SYNC] = DnsSync(settings, store, build_dns(settings), app[DNS_HEALTH])
-        # Both checks run at once, so start-up waits for them one wait in all.
-        dns_check = dns_sync.start_verification()
-        wait_until = asyncio.get_running_loop().time() + settings.provider_startup_wait
-        validation = await start_validation(
-            provider, app[PROVIDER_HEALTH], settings.provider_startup_wait
+def build_dns(settings: Settings) -> DnsProvider:
+    if settings.dns_provider == "cloudflare":
+        return CloudflareDns(
+            settings.cloudflare_api_token,
+            settings.cloudflare_zone_id,
+            settings.base_domain,
+            settings.cluster_name,
+            api_base=settings.cloudflare_api_base,
         )
-        await DnsSync.refused_within(dns_check, wait_until - asyncio.get_running_loop().time())
-        if not dns_check.done():  # verified late, after an outage: publish at once then
-            dns_check.add_done_callback(lambda _: _soon(scheduler, dns_sync.tick, "dns-now"))
-        scaler = Scaler(
-            settings,
-            store,
-            keyring,
-            provider,
-            _user_data(app, settings, provider),
-            fleet.board.notify,
-            health=app[PROVIDER_HEALTH],
-        )
-        await fleet.start()
-        fleet.board.on_change = lambda: _soon(scheduler, dns_sync.tick, "dns-now")
-        fleet.on_pending = lambda: _nudge(scheduler, scaler)
-        fleet.price_of = _price_lookup(provider)
-        app[FLEET] = fleet
-        app[SCALER] = scaler
-        sweeper = asyncio.create_task(fleet.run_sweeps(), name="liveness-sweeps")
-        inbox = StripeInbox(
-            store,
-            settings.stripe_webhook_secret,
-            api_key=settings.stripe_secret_key,
-            api_base=settings.stripe_api_base or None,
-            livemode=settings.stripe_livemode,
-            account_id=settings.stripe_account_id,
-        )
-        app[INBOX] = inbox
-        stripe_task = asyncio.create_task(
-            inbox.run(fleet.apply_billing, asyncio.Event()), name="stripe-inbox"
-        )
-        _every(scheduler, settings.autoscale_interval, "autoscale", scaler.tick, scheduled=True)
-        _every(scheduler, settings.dns_reconcile_interval, "dns", dns_sync.tick)
-        # Processed Stripe events are kept for deduplication, then deleted.
-        _every(scheduler, 3600, "stripe-prune", inbox.prune_job)
-        scheduler.start()
-        yield
-    finally:
-        if scheduler.running:
-            scheduler.shutdown(wait=False)
-        if SCALER in app:
-            await app[SCALER].stopped()
-        fleet.board.close()
-        await fleet.heartbeats.close()
-        for task in (validation, dns_check, sweeper, stripe_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if DNS_SYNC in app:
-            async with app[DNS_SYNC].stopped():
-                await app[DNS_SYNC].provider.close()
-        if provider is not None:
-            await provider.close()
-        await store.close()
+    return NoDns()
+
+
+def _price_lookup(provider: Provider) -> Callable[[str | None], float | None]:
+    def price(server_type: str | None) -> float | None:
+        if not server_type:
+            return None
+        try:
+            return provider.server_type(server_type).hourly_price
+        except ProviderError:  # a type the provider no longer lists: unknown price
+            return None
+
+    return price
 
 
 def _every(
@@ -191,41 +324,20 @@ def _every(
     )
 
 
-def _price_lookup(provider: Provider) -> Callable[[str | None], float | None]:
-    def price(server_type: str | None) -> float | None:
-        if not server_type:
-            return None
-        try:
-            return provider.server_type(server_type).hourly_price
-        except Exception:  # a type the provider no longer lists: unknown price
-            return None
-
-    return price
-
-
-def build_dns(settings: Settings) -> DnsProvider:
-    if settings.dns_provider == "cloudflare":
-        return CloudflareDns(
-            settings.cloudflare_api_token,
-            settings.cloudflare_zone_id,
-            settings.base_domain,
-            settings.cluster_name,
-            api_base=settings.cloudflare_api_base,
-        )
-    return NoDns()
-
-
-def _soon(scheduler: AsyncIOScheduler, job: Callable[[], Awaitable[None]], job_id: str) -> None:
+def _dns_now(app: web.Application) -> None:
+    """Assignments changed (or DNS was verified late): a DNS round now, not at the next tick."""
+    scheduler = app[SCHEDULER]
     if scheduler.running:
-        scheduler.add_job(job, id=job_id, replace_existing=True, max_instances=2)
+        scheduler.add_job(app[DNS_SYNC].tick, id="dns-now", replace_existing=True, max_instances=2)
 
 
-def _nudge(scheduler: AsyncIOScheduler, scaler: Scaler) -> None:
+def _autoscale_now(app: web.Application) -> None:
     """A placement left users pending: run the autoscaler now, not at the next tick.
     Not a scheduled sweep, so it does not count towards orphan sightings."""
+    scheduler = app[SCHEDULER]
     if scheduler.running:
         scheduler.add_job(
-            scaler.tick,
+            app[SCALER].tick,
             id="autoscale-now",
             replace_existing=True,
             kwargs={"scheduled": False},
@@ -233,8 +345,3 @@ def _nudge(scheduler: AsyncIOScheduler, scaler: Scaler) -> None:
             # so a user left pending during a run is still seen by a run after it.
             max_instances=2,
         )
-
-
-async def _wake_long_polls(app: web.Application) -> None:
-    if FLEET in app:
-        app[FLEET].board.close()

@@ -2,10 +2,10 @@
 and a request id on every line logged while serving a request.
 
 Contract: `setup(level, fmt)` configures the root logger once, from `__main__`, with
-`handler(fmt)`. `request_ids` is the middleware: it takes a sane `X-Request-Id` from
-the caller (1-64 of `A-Za-z0-9._-`, whole value, or it makes one), exposes it to every
-log record through a context variable, returns it in the response header, and logs one
-access line per request. Secrets never reach here: nothing logs headers or bodies.
+`handler(fmt)`. Every record carries the `REQUEST_ID` context variable: the HTTP layer
+sets it per request (control/api/middleware.py `request_ids`), elsewhere it is `-`.
+A foundation module: it imports nothing from control/. Secrets never reach here:
+nothing logs headers or bodies.
 
 One record is one line, whatever a caller put in it: both formatters pass every field
 through `escape` (shared/logsafe.py, also used by the agent), which writes control and
@@ -20,23 +20,15 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import re
-import secrets
-import time
 from datetime import UTC, datetime
 from typing import TextIO
 
-from aiohttp import web
-
-from control.api.middleware import Handler
 from shared.logsafe import CONTINUATION as CONTINUATION  # re-exported: tests, callers
 from shared.logsafe import SafeTextFormatter, escape_lines
 from shared.logsafe import escape as escape
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-_SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-access = logging.getLogger("clawfleet.access")
 
 
 class _RequestIdFilter(logging.Filter):
@@ -81,34 +73,3 @@ def setup(level: str, fmt: str) -> None:
     # Our own access line (with the request id) replaces aiohttp's.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-
-
-@web.middleware
-async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
-    presented = request.headers.get("X-Request-Id", "")
-    request_id = presented if _SANE_ID.fullmatch(presented) else secrets.token_hex(8)
-    token = REQUEST_ID.set(request_id)
-    started = time.monotonic()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        response.headers["X-Request-Id"] = request_id
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        exc.headers["X-Request-Id"] = request_id
-        raise
-    finally:
-        # The path only: query strings can carry nothing secret today, but never log them.
-        # Heartbeats and long-polls are the bulk of the traffic: logged when they fail.
-        quiet = request.path.startswith("/v1/agent/") and status < 400
-        access.log(
-            logging.DEBUG if quiet else logging.INFO,
-            "%s %s %d %.1fms",
-            request.method,
-            request.path,
-            status,
-            (time.monotonic() - started) * 1000,
-        )
-        REQUEST_ID.reset(token)

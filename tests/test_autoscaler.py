@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 
 from cloud_init.render import user_data_hash
-from control.appkeys import SCALER
+from control.appkeys import FLEET, SCALER
 from control.capacity.providers.local import agent_env_from_user_data
-from control.fleet import FLEET
 from tests.fakes.hetzner import HetznerFake, agent_dist, provider_with_timeout
 from tests.fixtures import ControlPlane
 from tests.worker import FakeWorker

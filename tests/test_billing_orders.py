@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from control.appkeys import FLEET
 from control.billing.rules import Target
-from control.fleet import FLEET
 from control.users import records as users_module
 from tests.fixtures import ControlPlane
 from tests.test_billing import PLANS, Fact, apply, checkout, sub, user

@@ -12,8 +12,9 @@ import asyncio
 import time
 from typing import Any
 
+from control.appkeys import FLEET
 from control.capacity.providers.local import agent_env_from_user_data
-from control.fleet import FLEET, Fleet
+from control.fleet import Fleet
 from tests.fakes.hetzner import HetznerFake
 from tests.fixtures import ControlPlane
 from tests.test_autoscaler import (

@@ -8,7 +8,8 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from control.fleet import FLEET, Fleet
+from control.appkeys import FLEET
+from control.fleet import Fleet
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered, server
 

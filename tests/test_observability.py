@@ -16,7 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from yarl import URL
 
-from control import logs, metrics
+from control import logs
+from control.api import metrics_endpoint, middleware
 from control.settings import Settings, SettingsError
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered
@@ -69,7 +70,7 @@ async def test_metrics_reflect_the_fleet(control: ControlPlane) -> None:
     ],
 )
 def test_metrics_access_mode(host: str, public_url: str, token: str, mode: str) -> None:
-    assert metrics.access_mode(host, 8080, public_url, token) == mode
+    assert metrics_endpoint.access_mode(host, 8080, public_url, token) == mode
 
 
 @pytest.mark.parametrize(
@@ -89,9 +90,9 @@ def test_metrics_access_mode(host: str, public_url: str, token: str, mode: str) 
     ],
 )
 def test_metrics_access(
-    mode: metrics.MetricsMode, remote: str, authorization: str, token: str, expected: bool
+    mode: metrics_endpoint.MetricsMode, remote: str, authorization: str, token: str, expected: bool
 ) -> None:
-    assert metrics.allowed(mode, remote, authorization, token) is expected
+    assert metrics_endpoint.allowed(mode, remote, authorization, token) is expected
 
 
 @pytest.mark.parametrize(
@@ -121,7 +122,7 @@ async def test_metrics_behind_a_proxy_need_the_token(
     """The test client is on loopback, exactly like a reverse proxy on the same host."""
     control = control_factory(**overrides)
     await control.start()
-    lines = [r.getMessage() for r in caplog.records if r.name == "control.metrics"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "control.api.metrics_endpoint"]
     assert len(lines) == 1 and lines[0].startswith("/metrics: ") and says in lines[0]
     status, _ = await scrape(control)
     assert status == anonymous
@@ -264,7 +265,7 @@ async def test_a_request_id_with_a_trailing_newline_is_replaced() -> None:
 
     for presented in ("abc\n", "a" * 65, "abc def"):
         request = make_mocked_request("GET", "/healthz", headers={"X-Request-Id": presented})
-        response = await logs.request_ids(request, ok)
+        response = await middleware.request_ids(request, ok)
         assert response.headers["X-Request-Id"] != presented
         assert re.fullmatch(r"[0-9a-f]{16}", response.headers["X-Request-Id"])
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-from control.fleet import FLEET
+from control.appkeys import FLEET
 from control.workers import nonces, servers
 from control.workers.auth import REVOKED_STATUSES
 from shared import signing

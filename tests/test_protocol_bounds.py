@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from agent.client import ControlClient, ControlPlaneError
-from control.fleet import FLEET
+from control.appkeys import FLEET
 from control.users.plans import Plan
 from control.workers.auth import AgentCaller
 from control.workers.specs import UserPlacement, build_spec

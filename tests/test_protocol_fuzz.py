@@ -33,8 +33,8 @@ from urllib.parse import unquote
 
 import pytest
 
+from control.appkeys import FLEET
 from control.capacity.scaler import Scaler
-from control.fleet import FLEET
 from control.workers.auth import AgentCaller
 from shared import protocol, signing
 from tests.fixtures import ControlPlane

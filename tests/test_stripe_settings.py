@@ -82,7 +82,7 @@ async def test_a_live_deployment_refuses_test_events_and_stores_nothing(
     status, body = await _deliver(plane, foreign)
     assert (status, body["error"]["code"]) == (400, "wrong_account")
     assert plane.app is not None
-    from control.billing.inbox import INBOX
+    from control.appkeys import INBOX
 
     assert await plane.app[INBOX].counts() in (
         {"pending": 1, "failing": 0, "done": 0},

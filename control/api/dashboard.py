@@ -36,19 +36,17 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from control.api.ratelimit import AUTH_GUARD, RateLimited
+from control.api.ratelimit import RateLimited
 from control.api.sessions import (
     COOKIE_NAME,
     CSRF_HEADER,
-    SESSIONS,
     check_admin_token,
     check_csrf,
     install_sessions,
     session_of,
 )
-from control.appkeys import SETTINGS
+from control.appkeys import AUTH_GUARD, SESSIONS, SETTINGS, STORE
 from control.errors import Forbidden, Unauthorized
-from control.fleet import FLEET
 
 STATIC_DIR = Path(__file__).with_name("dashboard_static")
 POLL_SECONDS = 3.0
@@ -74,7 +72,7 @@ dashboard_routes = web.RouteTableDef()
 
 
 def install_dashboard(app: web.Application) -> None:
-    install_sessions(app, lambda: app[FLEET].store, app[SETTINGS].internal_secret)
+    install_sessions(app, lambda: app[STORE], app[SETTINGS].internal_secret)
     app.add_routes(dashboard_routes)
     app.on_response_prepare.append(_security_headers)
 
@@ -158,7 +156,7 @@ async def login(request: web.Request) -> web.Response:
         return response
     form = await request.post()
     presented = form.get("token")
-    expected = request.app[FLEET].settings.admin_token
+    expected = request.app[SETTINGS].admin_token
     if not isinstance(presented, str) or not check_admin_token(presented.strip(), expected):
         await guard.failed(request, "dashboard sign-in")
         return _html(_page("login.html").replace("<!--error-->", LOGIN_FAILED), status=401)
@@ -196,7 +194,7 @@ async def session_info(request: web.Request) -> web.Response:
     session = await session_of(request)
     if session is None:
         raise Unauthorized("sign in at /dashboard/login")
-    settings = request.app[FLEET].settings
+    settings = request.app[SETTINGS]
     return web.json_response(
         {
             "csrf_token": session.csrf_token,

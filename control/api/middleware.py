@@ -1,4 +1,11 @@
-"""Cross-cutting HTTP concerns: the one JSON error shape, body limits, admin auth.
+"""Cross-cutting HTTP concerns: request ids, the one JSON error shape, body limits,
+admin auth. `create_app` installs them in that order (outermost first).
+
+`request_ids` takes a sane `X-Request-Id` from the caller (1-64 of `A-Za-z0-9._-`,
+whole value, or it makes one), sets it in `logs.REQUEST_ID` so every record logged
+while serving carries it, returns it in the response header (error responses too),
+and logs one access line per request: the method, the path (never the query), the
+status and the time; agent calls that succeed at DEBUG, the rest at INFO.
 
 Every error leaves as `{"error": {"code": str, "message": str}}`: domain errors with
 their own status and code (and headers, e.g. `Retry-After` on 429 `rate_limited`),
@@ -15,17 +22,23 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
+import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from control import metrics
-from control.api import sessions
-from control.api.ratelimit import AUTH_GUARD, RateLimited
+from control import logs
+from control.api import metrics_endpoint, sessions
+from control.api.ratelimit import RateLimited
+from control.appkeys import AUTH_GUARD
 from control.errors import ClawfleetError, Forbidden, PayloadTooLarge, Unauthorized
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("clawfleet.access")
+_SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 1024 * 1024
 _HTTP_CODES = {
@@ -37,6 +50,37 @@ _HTTP_CODES = {
     409: "conflict",
     413: "payload_too_large",
 }
+
+
+@web.middleware
+async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
+    presented = request.headers.get("X-Request-Id", "")
+    request_id = presented if _SANE_ID.fullmatch(presented) else secrets.token_hex(8)
+    token = logs.REQUEST_ID.set(request_id)
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers["X-Request-Id"] = request_id
+        raise
+    finally:
+        # The path only: query strings can carry nothing secret today, but never log them.
+        # Heartbeats and long-polls are the bulk of the traffic: logged when they fail.
+        quiet = request.path.startswith("/v1/agent/") and status < 400
+        access.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "%s %s %d %.1fms",
+            request.method,
+            request.path,
+            status,
+            (time.monotonic() - started) * 1000,
+        )
+        logs.REQUEST_ID.reset(token)
 
 
 def error_response(
@@ -61,7 +105,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         code = _HTTP_CODES.get(exc.status, "http_error")
         message = "request body is larger than 1 MiB" if exc.status == 413 else exc.reason
         return error_response(exc.status, code, message)
-    except Exception:
+    except Exception:  # anything else is a bug: one 500 that reveals nothing, and the log
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal error (see the control plane log)")
 
@@ -80,7 +124,7 @@ def admin_auth(token: str, metrics_token: str = "") -> Middleware:
     sends no Authorization header at all, with a live dashboard session cookie (a
     wrong token is a failed guess, never rescued by a cookie); a cookie-authorized
     unsafe method also needs the session's CSRF token in `X-CSRF-Token` (else 403
-    `csrf_failed`). `/metrics` passes per control/metrics.py `check`."""
+    `csrf_failed`). `/metrics` passes per control/api/metrics_endpoint.py `check`."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
@@ -88,7 +132,9 @@ def admin_auth(token: str, metrics_token: str = "") -> Middleware:
         if _is_admin_path(request.path):
             await _check_admin(request, expected)
         elif request.path == "/metrics":
-            await _guarded(request, "metrics token", lambda: metrics.check(request, metrics_token))
+            await _guarded(
+                request, "metrics token", lambda: metrics_endpoint.check(request, metrics_token)
+            )
         return await handler(request)
 
     return check

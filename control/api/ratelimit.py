@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from control.api import edge
+from control.appkeys import AUTH_GUARD
 from control.db import events
 from control.db.store import Store
 from control.errors import ClawfleetError
@@ -174,9 +175,6 @@ class AuthGuard:
             message += f"; {left_out} more blocks not recorded"
         log.warning("%s", message)
         await self._record_event(message)
-
-
-AUTH_GUARD = web.AppKey("auth_guard", AuthGuard)
 
 
 def install_auth_guard(

@@ -28,9 +28,8 @@ from dataclasses import asdict, dataclass
 
 from aiohttp import web
 
-from control.appkeys import DNS_HEALTH, DNS_SYNC, PROVIDER_HEALTH, SETTINGS
+from control.appkeys import DNS_HEALTH, DNS_SYNC, FLEET, PROVIDER_HEALTH, SETTINGS, STORE_PROBE
 from control.db.store import Store, StoreUnavailable
-from control.fleet import FLEET
 
 PROBE_INTERVAL = 1.0  # seconds an answer of the store probe is reused
 PROBE_TIMEOUT = 10.0  # seconds a probe may wait for the writer (busy_timeout is 5 s)
@@ -81,9 +80,6 @@ async def _probe(store: Store) -> Check:
     except RuntimeError as exc:  # closed: the control plane is stopping
         return Check(False, str(exc), required=True)
     return Check(True, "writable", required=True)
-
-
-STORE_PROBE = web.AppKey("store_probe", StoreProbe)
 
 
 async def store_check(app: web.Application) -> Check:

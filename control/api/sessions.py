@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import aiosqlite
 from aiohttp import web
 
+from control.appkeys import SESSIONS
 from control.db.store import Store, fetch_one
 
 COOKIE_NAME = "clawfleet_session"
@@ -155,9 +156,6 @@ class SessionStore:
     def _csrf(self, session_id: str) -> str:
         digest = hmac.new(self._csrf_key, _bytes(session_id), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-SESSIONS = web.AppKey("dashboard_sessions", SessionStore)
 
 
 def install_sessions(

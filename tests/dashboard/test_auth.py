@@ -274,7 +274,7 @@ async def test_static_assets_hold_no_inline_script_and_no_external_url(
 
 
 def _store(control: ControlPlane) -> SessionStore:
-    from control.api.sessions import SESSIONS
+    from control.appkeys import SESSIONS
 
     assert control.app is not None
     return control.app[SESSIONS]

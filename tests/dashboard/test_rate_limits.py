@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from control.api import edge
-from control.api.ratelimit import AUTH_GUARD, EVENT_BURST, EventGate, FailureLimiter
-from control.fleet import FLEET
+from control.api.ratelimit import EVENT_BURST, EventGate, FailureLimiter
+from control.appkeys import AUTH_GUARD, FLEET
 from tests.dashboard.http import call, sign_in
 from tests.fixtures import ControlPlane
 

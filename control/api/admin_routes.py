@@ -1,0 +1,173 @@
+"""The admin API (`/v1/*` outside the agent, Stripe and dist paths) and `/healthz`.
+
+Contract: every admin route needs the admin token or a dashboard session (checked by
+control/api/middleware.py `admin_auth` before a handler runs). Handlers stay thin:
+decode and validate the body (400 on any shape error, before anything is written),
+call one Fleet operation, answer with the JSON shapes of control/api/views.py; an
+unknown server or user is 404. `/healthz` is liveness only and needs no credential:
+it answers 200 with the provider's and the DNS provider's states, whatever they are.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from aiohttp import web
+
+from control.api import views
+from control.api.bodies import decode_body, query_number
+from control.appkeys import DNS_HEALTH, FLEET, INBOX, PROVIDER_HEALTH
+from control.billing import rules
+from control.clock import iso
+from control.errors import BadRequest, NotFound
+from control.workers.trust import Stated
+
+admin_routes = web.RouteTableDef()
+
+
+class CreateUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    user_id: str
+    subdomain: str
+    plan: str = "default"
+
+
+class JoinTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    ttl_seconds: int | None = None
+    # What the server has: the most its agent may claim (docs/capacity.md).
+    cpus: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None
+    memory_mb: Annotated[int, msgspec.Meta(ge=1, le=16 * 1024 * 1024)] | None = None
+    disk_gb: Annotated[int, msgspec.Meta(ge=1, le=1024 * 1024)] | None = None
+
+
+class MoveUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    server_id: str | None = None
+
+
+@admin_routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    # Liveness only: a provider or DNS outage is a detail here, not a failure.
+    return web.json_response(
+        {
+            "status": "ok",
+            "provider": request.app[PROVIDER_HEALTH].as_json(),
+            "dns": request.app[DNS_HEALTH].as_json(),
+        }
+    )
+
+
+@admin_routes.post("/v1/join-tokens")
+async def create_join_token(request: web.Request) -> web.Response:
+    req = decode_body(await request.read(), JoinTokenRequest, empty_ok=True)
+    if req.ttl_seconds is not None and not 60 <= req.ttl_seconds <= 7 * 86400:
+        raise BadRequest("ttl_seconds: must be between 60 and 604800")
+    stated = Stated(req.cpus, req.memory_mb, req.disk_gb)
+    minted = await request.app[FLEET].mint_join_token(req.ttl_seconds, stated)
+    return web.json_response(
+        {"token": minted.token, "expires_at": iso(minted.expires_at)}, status=201
+    )
+
+
+@admin_routes.get("/v1/servers")
+async def list_servers(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    provider = request.app[PROVIDER_HEALTH].as_json()  # the dashboard polls this call
+    dns = request.app[DNS_HEALTH].as_json()
+    return web.json_response(
+        {"servers": await views.servers(fleet), "provider": provider, "dns": dns}
+    )
+
+
+@admin_routes.get("/v1/servers/{server_id}")
+async def get_server(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    found = await views.servers(fleet, request.match_info["server_id"])
+    if not found:
+        raise NotFound(f"no server {request.match_info['server_id']}")
+    return web.json_response(found[0])
+
+
+@admin_routes.post(r"/v1/servers/{server_id}/{action:cordon|uncordon|drain}")
+async def server_action(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    server_id = request.match_info["server_id"]
+    await fleet.set_server_flag(server_id, request.match_info["action"])
+    return web.json_response((await views.servers(fleet, server_id))[0])
+
+
+@admin_routes.post("/v1/users")
+async def create_user(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    req = decode_body(await request.read(), CreateUser)
+    await fleet.create_user(req.user_id, req.subdomain, req.plan)
+    return web.json_response((await views.users(fleet.store, req.user_id))[0], status=201)
+
+
+@admin_routes.get("/v1/users")
+async def list_users(request: web.Request) -> web.Response:
+    return web.json_response({"users": await views.users(request.app[FLEET].store)})
+
+
+@admin_routes.get("/v1/users/{user_id}")
+async def get_user(request: web.Request) -> web.Response:
+    found = await views.users(request.app[FLEET].store, request.match_info["user_id"])
+    if not found:
+        raise NotFound(f"no user {request.match_info['user_id']}")
+    return web.json_response(found[0])
+
+
+@admin_routes.delete("/v1/users/{user_id}")
+async def delete_user(request: web.Request) -> web.Response:
+    """The user's container goes away; its data stays RETENTION_DAYS, then is purged."""
+    return await _user_action(request, "deprovision")
+
+
+@admin_routes.post(r"/v1/users/{user_id}/{action:suspend|resume}")
+async def user_action(request: web.Request) -> web.Response:
+    goal: rules.Target = "suspend" if request.match_info["action"] == "suspend" else "run"
+    return await _user_action(request, goal)
+
+
+async def _user_action(request: web.Request, goal: rules.Target) -> web.Response:
+    fleet = request.app[FLEET]
+    user_id = request.match_info["user_id"]
+    await fleet.set_user_target(user_id, goal, reason="operator")
+    return web.json_response((await views.users(fleet.store, user_id))[0])
+
+
+@admin_routes.post("/v1/users/{user_id}/move")
+async def move_user(request: web.Request) -> web.Response:
+    """Moves a running user (make-before-break) to `server_id`, or the best fit."""
+    fleet = request.app[FLEET]
+    user_id = request.match_info["user_id"]
+    req = decode_body(await request.read(), MoveUser, empty_ok=True)
+    await fleet.move_user(user_id, req.server_id)
+    return web.json_response((await views.users(fleet.store, user_id))[0])
+
+
+@admin_routes.get("/v1/users/{user_id}/access")
+async def user_access(request: web.Request) -> web.Response:
+    """What the operator's platform hands its customer: the agent's URL and gateway token."""
+    return web.json_response(await request.app[FLEET].access(request.match_info["user_id"]))
+
+
+@admin_routes.post("/v1/users/{user_id}/rotate-token")
+async def rotate_token(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET]
+    user_id = request.match_info["user_id"]
+    await fleet.rotate_token(user_id)
+    return web.json_response(await fleet.access(user_id))
+
+
+@admin_routes.get("/v1/events")
+async def list_events(request: web.Request) -> web.Response:
+    limit = min(query_number(request, "limit", 100), 1000)
+    before = query_number(request, "before", 0) or None
+    failing = await request.app[INBOX].failing() if INBOX in request.app else []
+    return web.json_response(
+        {
+            "events": await views.events(request.app[FLEET].store, limit, before),
+            # Stripe events accepted but failing to apply, still being retried.
+            "failing_webhooks": failing,
+        }
+    )
