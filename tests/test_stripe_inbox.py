@@ -19,13 +19,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from control.api.middleware import errors
+from control.api.stripe_webhook import stripe_routes
+from control.appkeys import INBOX
 from control.billing.inbox import (
-    INBOX,
     BillingFact,
     StripeInbox,
     backoff,
     decode,
-    stripe_routes,
 )
 from control.db.store import Store
 from tests import stripe_events as se

@@ -1,9 +1,9 @@
 """The Stripe webhook inbox: verify, store durably, then process in order with retries.
 
 Contract:
-- `POST /v1/stripe/webhook` (`stripe_routes`, reading `request.app[INBOX]`) only
-  verifies and stores; it answers 200 `{"received": true, "duplicate": bool}` once the
-  raw event is committed, and wakes the processor. What is refused, with which domain
+- `receive(payload, signature)`, called by `POST /v1/stripe/webhook`
+  (control/api/stripe_webhook.py), only verifies and stores: it returns once the raw
+  event is committed (False for a duplicate), and wakes the processor. What is refused, with which domain
   error (400 `missing_signature`, `bad_signature`, `stale_event`, `future_event`,
   `malformed_event`, `wrong_mode`, `wrong_account`; 503 `not_configured`), is
   control/billing/verify.py's contract; nothing is written then. 503 `unavailable`
@@ -45,7 +45,6 @@ from typing import Any
 
 import aiosqlite
 import stripe
-from aiohttp import web
 
 from control.billing.decode import HANDLED_TYPES, BillingFact, DecodeError, decode, refreshed
 from control.billing.verify import Endpoint, Unavailable, verify_delivery
@@ -56,7 +55,6 @@ from shared.backoff import backoff_delay
 
 __all__ = [
     "HANDLED_TYPES",
-    "INBOX",
     "ApplyFn",
     "BillingFact",
     "DecodeError",
@@ -64,7 +62,6 @@ __all__ = [
     "Unavailable",
     "backoff",
     "decode",
-    "stripe_routes",
 ]
 
 log = logging.getLogger(__name__)
@@ -381,18 +378,3 @@ class StripeInbox:
         counts = {"pending": 0, "failing": 0, "done": 0}
         counts.update({str(row["status"]): int(row["n"]) for row in rows})
         return counts
-
-
-INBOX = web.AppKey("stripe_inbox", StripeInbox)
-stripe_routes = web.RouteTableDef()
-
-
-@stripe_routes.post("/v1/stripe/webhook")
-async def stripe_webhook(request: web.Request) -> web.Response:
-    """Stripe's deliveries: verify and store, reply at once; `run` does the work."""
-    inbox = request.app.get(INBOX)
-    if inbox is None:  # not wired (yet): a 5xx keeps the event queued at Stripe
-        raise Unavailable("the Stripe inbox is not running", code="not_configured")
-    payload = await request.read()
-    stored = await inbox.receive(payload, request.headers.get("Stripe-Signature"))
-    return web.json_response({"received": True, "duplicate": not stored})
