@@ -23,12 +23,10 @@ from collections.abc import Callable
 
 from control.billing import rules
 from control.db.store import Store
-from control.errors import BadRequest, Conflict
 from control.keyring import Keyring
 from control.metrics import Metrics
 from control.settings import Settings
-from control.users import access, placing, records
-from control.users.plans import Plan
+from control.users import access, names, placing, records
 from control.users.rooms import Reserve
 from control.workers import assignments, liveness, nonces, registration, servers, tokens
 from control.workers.auth import AgentCaller, Authenticator
@@ -76,7 +74,7 @@ class Fleet:
         self.keyring = keyring
         self.on_pending = on_pending
         self.price_of = price_of
-        self.plans: dict[str, Plan] = dict(settings.plans)
+        self.plans = dict(settings.plans)
         self.reserve = Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
         self.billing_policy = rules.Policy(
             self.plans, settings.past_due_grace, settings.retention_days * 86400
@@ -107,11 +105,6 @@ class Fleet:
 
     # --- workers -----------------------------------------------------------------
     async def register(self, caller: AgentCaller, req: RegisterRequest) -> RegisterReply:
-        if req.protocol != 1:
-            raise BadRequest(
-                f"protocol {req.protocol} is not supported (this control plane speaks 1)",
-                code="unsupported_protocol",
-            )
         interval = self.interval()
         done = await registration.register(self.store, self.keyring, caller, req, interval)
         self._live_workers += 1
@@ -158,17 +151,9 @@ class Fleet:
             await self.place()
 
     # --- users -------------------------------------------------------------------
-    def plan(self, name: str) -> Plan:
-        plan = self.plans.get(name)
-        if plan is None:
-            raise BadRequest(
-                f"plan: unknown plan {name!r} (known: {', '.join(sorted(self.plans))})",
-                code="unknown_plan",
-            )
-        return plan
-
     async def create_user(self, user_id: str, subdomain: str, plan_name: str) -> None:
-        await records.create(self.store, self.keyring, user_id, subdomain, self.plan(plan_name))
+        plan = names.known_plan(self.plans, plan_name)
+        await records.create(self.store, self.keyring, user_id, subdomain, plan)
         await self.place()
 
     async def set_user_target(self, user_id: str, goal: rules.Target, reason: str) -> None:
@@ -198,18 +183,15 @@ class Fleet:
 
     async def move_user(self, user_id: str, target: str | None) -> str:
         change = functools.partial(
-            placing.start_move,
+            placing.operator_move,
             plans=self.plans,
             reserve=self.reserve,
             user_id=user_id,
             target=target,
-            reason="operator",
         )
-        moved = await assignments.commit(self.store, change, lambda m: m[1:] if m else ())
-        if moved is None:
-            raise Conflict(f"no other server has room for {user_id}", code="no_room")
-        self.board.notify(moved[1], moved[0])
-        return moved[1]
+        source, chosen = await assignments.commit(self.store, change, lambda m: [m[1]])
+        self.board.notify(chosen, source)
+        return chosen
 
     async def access(self, user_id: str) -> dict[str, str]:
         return await access.gateway(self.store, self.keyring, self.settings.base_domain, user_id)

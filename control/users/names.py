@@ -1,8 +1,8 @@
-"""What a user id and a subdomain may look like.
+"""What a user id, a subdomain and a plan name may be.
 
-Contract: `validate_user_id` and `validate_subdomain` return the value or raise
-`BadRequest` (400) saying what is allowed; a subdomain is one DNS label and never one
-of RESERVED_SUBDOMAINS (names the control plane or a mail setup may need).
+Contract: `validate_user_id`, `validate_subdomain` and `known_plan` return the value
+or raise `BadRequest` (400) saying what is allowed; a subdomain is one DNS label and
+never one of RESERVED_SUBDOMAINS (names the control plane or a mail setup may need).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from control.errors import BadRequest
+from control.users.plans import Plan
 
 USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
@@ -55,3 +56,13 @@ def validate_subdomain(subdomain: str) -> str:
     if subdomain in RESERVED_SUBDOMAINS:
         raise BadRequest(f"subdomain: {subdomain!r} is reserved")
     return subdomain
+
+
+def known_plan(plans: dict[str, Plan], name: str) -> Plan:
+    plan = plans.get(name)
+    if plan is None:
+        raise BadRequest(
+            f"plan: unknown plan {name!r} (known: {', '.join(sorted(plans))})",
+            code="unknown_plan",
+        )
+    return plan

@@ -102,6 +102,20 @@ async def start_move(
     return source, chosen
 
 
+async def operator_move(
+    conn: aiosqlite.Connection,
+    plans: dict[str, Plan],
+    reserve: Reserve,
+    user_id: str,
+    target: str | None,
+) -> tuple[str, str]:
+    """An operator's move: as `start_move`, but no room anywhere is a 409 `no_room`."""
+    moved = await start_move(conn, plans, reserve, user_id, target, "operator")
+    if moved is None:
+        raise Conflict(f"no other server has room for {user_id}", code="no_room")
+    return moved
+
+
 def _check_movable(user: Row, target: str | None) -> None:
     user_id, source = user["id"], user["server_id"]
     if user["state"] not in ("provisioning", "running") or source is None:

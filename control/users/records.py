@@ -27,7 +27,8 @@ from control.users.plans import Plan
 
 
 async def create(store: Store, keyring: Keyring, user_id: str, subdomain: str, plan: Plan) -> None:
-    """An operator's user: validated, with a fresh gateway token, waiting for placement."""
+    """An operator's user: validated, with a fresh gateway token, waiting for placement.
+    The caller has checked the plan (control/users/names.py `known_plan`)."""
     validate_user_id(user_id)
     validate_subdomain(subdomain)
     token = keyring.encrypt(keyring.new_secret())

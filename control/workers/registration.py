@@ -2,6 +2,7 @@
 server with its own secret.
 
 Contract:
+- A request for another protocol version than 1 is a 400 `unsupported_protocol`.
 - Registration succeeds only for a token that is known, unused, unexpired and not
   revoked (control/workers/tokens.py), and (for a token bound to a created server)
   only while that server is `provisioning`: a server that was deleted, or is dead,
@@ -22,7 +23,7 @@ import aiosqlite
 
 from control.db import events
 from control.db.store import Row, Store, fetch_one
-from control.errors import Forbidden
+from control.errors import BadRequest, Forbidden
 from control.keyring import Keyring
 from control.workers import servers, tokens, trust
 from control.workers.auth import AgentCaller
@@ -41,6 +42,11 @@ class Registered:
 async def register(
     store: Store, keyring: Keyring, caller: AgentCaller, req: RegisterRequest, interval: float
 ) -> Registered:
+    if req.protocol != 1:
+        raise BadRequest(
+            f"protocol {req.protocol} is not supported (this control plane speaks 1)",
+            code="unsupported_protocol",
+        )
     secret = keyring.new_secret()
     ciphertext = keyring.encrypt(secret)
     now = time.time()
