@@ -1,8 +1,13 @@
-"""The HTTP layer: admin and agent routes, the JSON error middleware, views (the JSON
-shapes of the admin API), the dashboard and its sessions, rate limits on credentials,
-/metrics access, and /readyz.
+"""The HTTP layer: the routes (admin_routes: admin API and /healthz; agent_routes: the
+worker protocol and the agent wheel; stripe_webhook; metrics_endpoint: /metrics and who
+may read it; readiness: /readyz; dashboard), the middleware (request ids, the one JSON
+error shape, body limit, admin auth), bodies (request decoding shared by the routes),
+views (the JSON shapes of the admin API), the dashboard's sessions, rate limits on
+credentials, and edge (how callers reach us).
 
 Owns: the `dashboard_sessions` table, and every HTTP shape.
 May import: everything below it (foundation, db, the domain packages, capacity, the
-Fleet facade); nothing imports it except the app factory.
+Fleet facade, metrics) and control/appkeys.py, where the app's state is named;
+nothing imports it except the app factory (appkeys names its types for the type
+checker only).
 """
