@@ -6,11 +6,12 @@ Contract: this module only names keys. The types are imported for the type check
 alone (the keys carry them as annotations), so importing it imports none of the
 modules it names. Who sets each key, and when:
 - at construction (`create_app`): SETTINGS, PROVIDER_FACTORY, METRICS, METRICS_MODE,
-  PROVIDER_HEALTH, DNS_HEALTH, AUTH_GUARD, SESSIONS, STORE_PROBE;
+  PROVIDER_HEALTH, DNS_HEALTH, AUTH_GUARD, SESSIONS, STORE_PROBE, SCHEDULER (started
+  only once everything below runs);
 - by the cleanup context that owns the resource, on start-up, in this order: STORE,
-  PROVIDER, DNS_SYNC, SCHEDULER, BOARD, SCALER (and DIST with a real provider),
-  FLEET, INBOX. A key is absent until its resource is running: readers that may run
-  earlier (the webhook, /readyz, /metrics) test `key in app` first.
+  PROVIDER, DNS_SYNC, FLEET, SCALER (and DIST with a real provider), INBOX. A key is
+  absent until its resource is running: readers that may run earlier (the webhook,
+  /readyz, /metrics) test `key in app` first.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from control.fleet import Fleet
     from control.metrics import Metrics
     from control.settings import Settings
-    from control.workers.assignments import GenerationBoard
     from control.workers.bootstrap import AgentDist
 
 ProviderFactory: TypeAlias = "Callable[[Settings], Provider]"
@@ -51,13 +51,12 @@ DNS_HEALTH: web.AppKey[ProviderHealth] = web.AppKey("dns_health")  # DNS verific
 AUTH_GUARD: web.AppKey[AuthGuard] = web.AppKey("auth_guard")
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("dashboard_sessions")
 STORE_PROBE: web.AppKey[StoreProbe] = web.AppKey("store_probe")
+SCHEDULER: web.AppKey[AsyncIOScheduler] = web.AppKey("scheduler")
 
 # Set by each resource's cleanup context once it runs.
 STORE: web.AppKey[Store] = web.AppKey("store")
 PROVIDER: web.AppKey[Provider] = web.AppKey("provider")  # metered
 DNS_SYNC: web.AppKey[DnsSync] = web.AppKey("dns_sync")
-SCHEDULER: web.AppKey[AsyncIOScheduler] = web.AppKey("scheduler")
-BOARD: web.AppKey[GenerationBoard] = web.AppKey("generation_board")
 SCALER: web.AppKey[Scaler] = web.AppKey("scaler")
 DIST: web.AppKey[AgentDist] = web.AppKey("dist")  # the agent wheel, real providers only
 FLEET: web.AppKey[Fleet] = web.AppKey("fleet")
