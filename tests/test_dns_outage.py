@@ -107,7 +107,12 @@ def test_is_refusal(status: int | None, refusal: bool) -> None:
         (3, DnsError("x", upstream_status=0), 1.0, 8.0),
         (30, DnsError("x", upstream_status=503), 1.0, VERIFY_CAP),
         (1, DnsError("x", upstream_status=429, retry_after=7.0), 0.0, 7.0),  # the provider's word
-        (1, DnsError("x", upstream_status=429, retry_after=9000.0), 0.0, 300.0),  # capped: 5 minutes
+        (
+            1,
+            DnsError("x", upstream_status=429, retry_after=9000.0),
+            0.0,
+            300.0,
+        ),  # capped: 5 minutes
         (2, DnsError("x", upstream_status=429), 1.0, 4.0),  # no Retry-After: backoff
         (1, None, 1.0, 2.0),  # not a DnsError at all (an HTML page): backoff
     ],

@@ -308,15 +308,13 @@ async def test_long_poll_wakes_on_change_and_304s_on_timeout(control: ControlPla
     poll = asyncio.create_task(worker.assignments(after=1, wait=30))
     await asyncio.sleep(0.3)
     assert not poll.done()
-    started = time.monotonic()
     await control.admin("POST", "/v1/users", {"user_id": "bob", "subdomain": "bob"})
+    # Woken by the change: the poll's own 30 s would answer 304, not the new set
+    # (latency itself is measured in bench/).
     reply = await asyncio.wait_for(poll, 30)
-    woke_after = time.monotonic() - started
     assert reply.status == 200
     assert reply.body["generation"] == 2
     assert [c["user_id"] for c in reply.body["containers"]] == ["bob"]
-    # Woken by the change, not by the 30 s timeout (latency itself is measured in bench/).
-    assert woke_after < 15
 
 
 async def test_generation_increases_on_every_change_and_reply_is_the_full_set(

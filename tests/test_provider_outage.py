@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from control.appkeys import PROVIDER_HEALTH, SCALER
-from control.capacity.providers.base import ProviderError
 from control.capacity.orphans import ORPHAN_DELETES_PER_SWEEP, ORPHAN_SWEEPS
+from control.capacity.providers.base import ProviderError
 from tests.fakes.hetzner import HetznerFake, agent_dist, provider_with_timeout
 from tests.fixtures import ControlPlane
 
