@@ -36,6 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from shared.names import abs_path_ok, email_ok
+
 MAX_USER_DATA = 32 * 1024  # Hetzner Cloud's user-data limit, in bytes
 
 IMAGES = ("ubuntu-24.04", "debian-12")
@@ -433,8 +435,6 @@ _TOKEN = re.compile(r"[a-z0-9]{6,16}\.[A-Za-z0-9_-]{32,256}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _VERSION = re.compile(r"[0-9][0-9A-Za-z.+!_-]{0,63}")
 _URL_CHARS = re.compile(r"[A-Za-z0-9._~:/?&=%+,\[\]-]{1,2048}")
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+")
-_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|PRIVATE|CREDENTIAL|(^|_)KEY$")
 _WHEEL_NAME = re.compile(r"clawfleet-([^-/]+)(-[^-/]+)?-[^-/]+-[^-/]+-[^-/]+\.whl")
@@ -485,7 +485,7 @@ def _version(name: str, value: str) -> str:
 
 def _path(name: str, value: str) -> str:
     _plain(name, value)
-    if not _PATH.fullmatch(value) or "/../" in f"{value}/" or "/./" in f"{value}/":
+    if not abs_path_ok(value):
         raise ValueError(f"{name}: expected an absolute path of [A-Za-z0-9._-], got {value!r}")
     return value
 
@@ -548,7 +548,7 @@ def validate(params: WorkerBootstrap) -> None:
         _version("traefik_version", params.traefik_version)
     if params.acme_email is not None:
         _plain("acme_email", params.acme_email)
-        if len(params.acme_email) > 254 or not _EMAIL.fullmatch(params.acme_email):
+        if not email_ok(params.acme_email):
             raise ValueError(f"acme_email: not an email address: {params.acme_email!r}")
     if (params.tls_cert_file is None) != (params.tls_key_file is None):
         raise ValueError("tls_cert_file, tls_key_file: give both or neither")

@@ -26,6 +26,8 @@ _LABEL_VALUE = re.compile(r"[\x20-\x7e]{0,256}")
 ABS_PATH = re.compile(r"(?:/[A-Za-z0-9._-]{1,255}){1,32}")
 URL_PATH = re.compile(r"/[A-Za-z0-9._~/%-]{0,255}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# An address as ACME and Stripe take it; 254 characters at most (RFC 5321's path limit).
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+")
 _ID = r"(?:0|[1-9][0-9]{0,9})"
 CONTAINER_USER = re.compile(rf"({_ID}):({_ID})")
 
@@ -77,6 +79,10 @@ def url_path_ok(value: str) -> bool:
 
 def env_name_ok(value: str) -> bool:
     return ENV_NAME.fullmatch(value) is not None
+
+
+def email_ok(value: str) -> bool:
+    return len(value) <= 254 and EMAIL.fullmatch(value) is not None
 
 
 def parse_container_user(value: str) -> tuple[int, int]:

@@ -88,6 +88,7 @@ VALIDATORS: list[tuple[str, str, Callable[[str], object], bool]] = [
     ("names.abs_path", "/home/node", names.abs_path_ok, True),
     ("names.url_path", "/healthz", names.url_path_ok, True),
     ("names.env_name", "OPENCLAW_GATEWAY_TOKEN", names.env_name_ok, True),
+    ("names.email", "ops@example.com", names.email_ok, True),
     ("CLUSTER_NAME", "prod", _setting("CLUSTER_NAME"), False),
     ("BASE_DOMAIN", "example.com", _setting("BASE_DOMAIN"), False),
     ("AGENT_IMAGE", "ghcr.io/openclaw/openclaw:1", _setting("AGENT_IMAGE"), False),

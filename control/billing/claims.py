@@ -27,7 +27,8 @@ from control.db import events
 from control.db.store import Row, fetch_one
 from control.keyring import Keyring
 from control.users import records
-from control.users.names import RESERVED_SUBDOMAINS, SUBDOMAIN, USER_ID
+from control.users.names import RESERVED_SUBDOMAINS
+from shared.names import dns_label_ok, user_id_ok
 
 STRIPE = "stripe"  # users.created_by of a user a payment created
 AWAITING = "awaiting an active subscription"
@@ -134,7 +135,7 @@ async def _create_user(
     conn: aiosqlite.Connection, fact: BillingFact, keyring: Keyring, now: float
 ) -> Row | None:
     assert fact.user_id is not None
-    if not USER_ID.fullmatch(fact.user_id):
+    if not user_id_ok(fact.user_id):
         await events.record(
             conn,
             "billing_error",
@@ -160,7 +161,7 @@ async def _create_user(
 
 async def _free_subdomain(conn: aiosqlite.Connection, requested: str | None, user_id: str) -> str:
     candidates = []
-    if requested and SUBDOMAIN.fullmatch(requested) and requested not in RESERVED_SUBDOMAINS:
+    if requested and dns_label_ok(requested) and requested not in RESERVED_SUBDOMAINS:
         candidates.append(requested)
     base = derive_subdomain(user_id)
     candidates += [base] if base not in RESERVED_SUBDOMAINS else []

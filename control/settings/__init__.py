@@ -42,7 +42,7 @@ from shared.config import (
     variables,
     whole,
 )
-from shared.names import image_ref_ok, url_path_ok
+from shared.names import EMAIL, image_ref_ok, url_path_ok
 
 DEFAULT_AGENT_IMAGE = "ghcr.io/openclaw/openclaw:2026.11.20"
 
@@ -347,7 +347,7 @@ class Settings:
     acme_email: str = setting(
         "ACME_EMAIL",
         "",
-        optional(matching(rules.EMAIL.fullmatch, "an e-mail address")),
+        optional(matching(EMAIL.fullmatch, "an e-mail address")),
         "Workers get Let's Encrypt certificates (HTTP-01) under this e-mail; empty: TLS ends in front (e.g. Cloudflare) or at an origin certificate the operator installs.",
     )
 

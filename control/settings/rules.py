@@ -31,7 +31,6 @@ class SettingsError(ConfigurationError):
 SECRET_MIN = 32
 DAY = 86400
 VERSION = re.compile(r"^[0-9][0-9A-Za-z.+_-]{0,31}$")
-EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+$")
 LABEL = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,64}")
 DOMAIN = re.compile(

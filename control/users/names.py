@@ -3,17 +3,15 @@
 Contract: `validate_user_id`, `validate_subdomain` and `known_plan` return the value
 or raise `BadRequest` (400) saying what is allowed; a subdomain is one DNS label and
 never one of RESERVED_SUBDOMAINS (names the control plane or a mail setup may need).
+The shapes are shared.names' (the agent checks the same ones), only the 400 is here.
 """
 
 from __future__ import annotations
 
-import re
-
 from control.errors import BadRequest
 from control.users.plans import Plan
+from shared.names import dns_label_ok, user_id_ok
 
-USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
-SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 RESERVED_SUBDOMAINS = frozenset(
     {
         "www",
@@ -41,7 +39,7 @@ RESERVED_SUBDOMAINS = frozenset(
 
 
 def validate_user_id(user_id: str) -> str:
-    if not USER_ID.fullmatch(user_id):
+    if not user_id_ok(user_id):
         raise BadRequest(
             "user_id: 1-63 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
         )
@@ -49,7 +47,7 @@ def validate_user_id(user_id: str) -> str:
 
 
 def validate_subdomain(subdomain: str) -> str:
-    if not SUBDOMAIN.fullmatch(subdomain):
+    if not dns_label_ok(subdomain):
         raise BadRequest(
             "subdomain: a DNS label of 1-63 characters a-z 0-9 -, not starting or ending with -"
         )
