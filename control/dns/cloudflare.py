@@ -267,32 +267,27 @@ class CloudflareDns:
         record_id = str(field(keep, "id"))
         updated = await self.api.request(
             f"update {name}",
-            lambda: self.api.client.dns.records.edit(
-                record_id,
-                zone_id=self.api.zone_id,
-                name=name,
-                type="A",
-                content=ip,
-                ttl=TTL_AUTO,
-                proxied=True,
-                comment=self.marker,
-            ),
+            lambda: self.api.client.dns.records.edit(record_id, **self._a_record(name, ip)),
         )
         log.info("dns: %s -> %s (updated %s)", name, ip, record_id)
         return self._record(updated) if updated is not None else DnsRecord(name, ip, record_id)
 
+    def _a_record(self, name: str, ip: str) -> dict[str, Any]:
+        """What a created or updated record holds: proxied, automatic TTL, our marker."""
+        return {
+            "zone_id": self.api.zone_id,
+            "name": name,
+            "type": "A",
+            "content": ip,
+            "ttl": TTL_AUTO,
+            "proxied": True,
+            "comment": self.marker,
+        }
+
     async def _create(self, name: str, ip: str) -> DnsRecord:
         created = await self.api.request(
             f"create {name}",
-            lambda: self.api.client.dns.records.create(
-                zone_id=self.api.zone_id,
-                name=name,
-                type="A",
-                content=ip,
-                ttl=TTL_AUTO,
-                proxied=True,
-                comment=self.marker,
-            ),
+            lambda: self.api.client.dns.records.create(**self._a_record(name, ip)),
             repeatable=False,
         )
         if created is None:  # success without a body: look it up on the next round
