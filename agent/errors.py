@@ -11,17 +11,10 @@ answered with (`correlation_id`, to find the request in its log). Subclasses:
 
 from __future__ import annotations
 
+from shared.errors import CodedError
 
-class AgentError(Exception):
+
+class AgentError(CodedError):
     """The root: `code`, `message` and, for the control plane's errors, its request id."""
 
     code = "agent_error"
-
-    def __init__(
-        self, message: str, *, code: str | None = None, correlation_id: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-        self.correlation_id = correlation_id

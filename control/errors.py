@@ -14,21 +14,14 @@ Catch the narrowest class that means what the handler handles: a handler of
 
 from __future__ import annotations
 
+from shared.errors import CodedError
 
-class ClawfleetError(Exception):
+
+class ClawfleetError(CodedError):
     """The root: `code`, `message` and, for integrations, the upstream's correlation id."""
 
     status = 500
     code = "internal_error"
-
-    def __init__(
-        self, message: str, *, code: str | None = None, correlation_id: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-        self.correlation_id = correlation_id
 
 
 class BadRequest(ClawfleetError):

@@ -20,6 +20,7 @@ from agent.errors import AgentError
 from control.capacity.providers.base import ProviderError
 from control.dns.provider import DnsError
 from control.errors import ClawfleetError, IntegrationError
+from shared.errors import CodedError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,3 +132,15 @@ async def test_the_agent_keeps_the_control_planes_request_id(aiohttp_server: Any
         "service_unavailable",
         "req-42",
     )
+
+
+@pytest.mark.parametrize("root", [ClawfleetError, AgentError])
+def test_each_root_carries_code_message_and_correlation_id_from_the_shared_base(
+    root: type[CodedError],
+) -> None:
+    plain, coded = root("plain"), root("coded", code="custom", correlation_id="r-9")
+    assert (plain.code, plain.message, plain.correlation_id) == (root.code, "plain", None)
+    assert (coded.code, coded.message, coded.correlation_id) == ("custom", "coded", "r-9")
+    # One root per program: neither root catches the other program's errors.
+    other = AgentError if root is ClawfleetError else ClawfleetError
+    assert not issubclass(root, other) and not issubclass(other, root)
