@@ -15,11 +15,14 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
 from agent.errors import AgentError
 from shared.protocol import Assignments, ProtocolError, decode, encode
+
+T = TypeVar("T")
 
 CREDENTIALS = "credentials.json"
 DESIRED = "desired.json"
@@ -78,15 +81,19 @@ class StateStore:
         except OSError as exc:
             raise StateError(f"cannot read {path}: {exc.strerror}") from None
 
-    def load_credentials(self) -> Credentials | None:
-        path = self.dir / CREDENTIALS
-        raw = self._read(CREDENTIALS)
+    def _load(self, name: str, kind: type[T], advice: str = "") -> T | None:
+        """The file decoded; None when it does not exist, StateError when it cannot be
+        read or is corrupt."""
+        raw = self._read(name)
         if raw is None:
             return None
         try:
-            return msgspec.json.decode(raw, type=Credentials)
-        except msgspec.DecodeError:
-            raise StateError(f"{path} is corrupt; remove it to re-register") from None
+            return decode(raw, kind)
+        except ProtocolError:
+            raise StateError(f"{self.dir / name} is corrupt{advice}") from None
+
+    def load_credentials(self) -> Credentials | None:
+        return self._load(CREDENTIALS, Credentials, "; remove it to re-register")
 
     def save_credentials(self, creds: Credentials) -> None:
         atomic_write(self.dir / CREDENTIALS, msgspec.json.encode(creds))
@@ -96,14 +103,7 @@ class StateStore:
             (self.dir / CREDENTIALS).unlink()
 
     def load_desired(self) -> Assignments | None:
-        path = self.dir / DESIRED
-        raw = self._read(DESIRED)
-        if raw is None:
-            return None
-        try:
-            return decode(raw, Assignments)
-        except ProtocolError:
-            raise StateError(f"{path} is corrupt") from None
+        return self._load(DESIRED, Assignments)
 
     def save_desired(self, assignments: Assignments) -> None:
         # The desired set carries container env (secrets), hence 0600 too.
