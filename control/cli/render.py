@@ -78,11 +78,16 @@ def server_row(s: dict[str, Any]) -> list[object]:
     ]
 
 
+def listing(
+    body: dict[str, Any], key: str, headers: Sequence[str], row: Callable[[Any], list[object]]
+) -> str:
+    """`body[key]` as a table of one row each, or `no <key>` when it is empty."""
+    items = body[key]
+    return table(headers, [row(item) for item in items]) if items else f"no {key}"
+
+
 def render_servers(body: dict[str, Any]) -> str:
-    servers = body["servers"]
-    if not servers:
-        return "no servers"
-    return table(SERVER_HEADERS, [server_row(s) for s in servers])
+    return listing(body, "servers", SERVER_HEADERS, server_row)
 
 
 def render_server(s: dict[str, Any]) -> str:
@@ -170,10 +175,7 @@ def user_row(u: dict[str, Any]) -> list[object]:
 
 
 def render_users(body: dict[str, Any]) -> str:
-    users = body["users"]
-    if not users:
-        return "no users"
-    return table(USER_HEADERS, [user_row(u) for u in users])
+    return listing(body, "users", USER_HEADERS, user_row)
 
 
 def render_user(u: dict[str, Any]) -> str:
@@ -206,22 +208,19 @@ def render_user(u: dict[str, Any]) -> str:
     )
 
 
-def render_events(body: dict[str, Any]) -> str:
-    events = body["events"]
-    if not events:
-        return "no events"
-    rows = [
-        [
-            e["id"],
-            e.get("at"),
-            e.get("kind"),
-            e.get("server_id"),
-            e.get("user_id"),
-            e.get("message"),
-        ]
-        for e in events
+def event_row(e: dict[str, Any]) -> list[object]:
+    return [
+        e["id"],
+        e.get("at"),
+        e.get("kind"),
+        e.get("server_id"),
+        e.get("user_id"),
+        e.get("message"),
     ]
-    return table(("ID", "AT", "KIND", "SERVER", "USER", "MESSAGE"), rows)
+
+
+def render_events(body: dict[str, Any]) -> str:
+    return listing(body, "events", ("ID", "AT", "KIND", "SERVER", "USER", "MESSAGE"), event_row)
 
 
 def render_access(body: dict[str, Any]) -> str:
