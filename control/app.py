@@ -67,6 +67,7 @@ from control.capacity.providers.health import ProviderHealth, start_validation
 from control.capacity.scaler import Scaler
 from control.db.store import Store
 from control.dns.cloudflare import CloudflareDns
+from control.dns.cloudflare_api import CloudflareApi
 from control.dns.provider import DnsProvider, NoDns
 from control.dns.sync import DnsSync
 from control.fleet import Fleet
@@ -282,13 +283,12 @@ def local_user_data(settings: Settings) -> UserDataRenderer:
 
 def build_dns(settings: Settings) -> DnsProvider:
     if settings.dns_provider == "cloudflare":
-        return CloudflareDns(
+        api = CloudflareApi(
             settings.cloudflare_api_token,
             settings.cloudflare_zone_id,
-            settings.base_domain,
-            settings.cluster_name,
             api_base=settings.cloudflare_api_base,
         )
+        return CloudflareDns(api, settings.base_domain, settings.cluster_name)
     return NoDns()
 
 

@@ -13,6 +13,7 @@ from cloudflare import AsyncCloudflare, BadRequestError
 
 from control.dns import cloudflare
 from control.dns.cloudflare import CloudflareDns, RateLimiter, parse_retry_after
+from control.dns.cloudflare_api import CloudflareApi
 from control.dns.provider import (
     MAX_ATTEMPTS,
     DnsError,
@@ -67,7 +68,8 @@ async def make(cloudflare_fake: CloudflareFake, sleeps: Sleeps) -> AsyncIterator
         kwargs.setdefault("limiter", RateLimiter(budget=10**6, window=1.0, burst=10**6))
         # The top of the jitter range: waits are the nominal back-off, asserted exactly.
         kwargs.setdefault("rand", lambda: 1.0)
-        provider = CloudflareDns(**kwargs)
+        base_domain, cluster = kwargs.pop("base_domain"), kwargs.pop("cluster")
+        provider = CloudflareDns(CloudflareApi(**kwargs), base_domain, cluster)
         made.append(provider)
         return provider
 
@@ -176,9 +178,9 @@ async def test_verify_base_domain_outside_the_zone(make: Factory) -> None:
 
 def test_empty_settings_are_refused() -> None:
     with pytest.raises(DnsError, match="CLOUDFLARE_API_TOKEN is empty"):
-        CloudflareDns("", "zone", BASE, "prod")
+        CloudflareApi("", "zone")
     with pytest.raises(DnsError, match="CLOUDFLARE_ZONE_ID is empty"):
-        CloudflareDns("t", "", BASE, "prod")
+        CloudflareApi("t", "")
 
 
 # -- upsert -------------------------------------------------------------------------------
@@ -767,7 +769,7 @@ async def test_no_dns_does_nothing() -> None:
 
 
 async def test_cloudflare_dns_is_a_dns_provider() -> None:
-    dns = CloudflareDns("t", "z", BASE, "prod")
+    dns = CloudflareDns(CloudflareApi("t", "z"), BASE, "prod")
     assert isinstance(dns, DnsProvider)
     assert dns.name == "cloudflare"
     await dns.close()

@@ -17,6 +17,7 @@ import pytest
 from control.appkeys import DNS_HEALTH, DNS_SYNC
 from control.db.store import Store
 from control.dns.cloudflare import CloudflareDns, RateLimiter
+from control.dns.cloudflare_api import CloudflareApi
 from control.dns.provider import VERIFY_CAP, DnsError, is_refusal, verify_delay
 from control.dns.sync import DnsSync
 from tests.fakes.cloudflare import CloudflareFake
@@ -64,7 +65,7 @@ async def make_sync(
         token = kwargs.pop("token", cloudflare_fake.token)
         zone_id = kwargs.pop("zone_id", cloudflare_fake.zone_id)
         base = kwargs.pop("base_domain", ZONE)
-        provider = CloudflareDns(token, zone_id, base, "prod", **kwargs)
+        provider = CloudflareDns(CloudflareApi(token, zone_id, **kwargs), base, "prod")
         made.append(provider)
         # The store is never opened: verification and held rounds must not need it.
         return DnsSync(

@@ -21,7 +21,8 @@ Contract (on top of `control.dns.provider.DnsProvider`):
   and keeps ours.
 - `verify()` (start-up, and again in the background until it succeeds) is
   control/dns/cloudflare_verify.py's check of the token, the zone and the DNS rights.
-- Requests, the rate limit, retries and errors are control/dns/cloudflare_api.py's:
+- Requests, the rate limit, retries and errors are control/dns/cloudflare_api.py's
+  `CloudflareApi`, built by the caller and passed in (it owns the token and zone id):
   every failure is a `DnsError` with the Cloudflare code, HTTP status and Retry-After,
   and every operation gives up after MAX_ATTEMPTS tries per request or `deadline`
   seconds, whichever first. The API token is never logged nor put into a message.
@@ -29,11 +30,9 @@ Contract (on top of `control.dns.provider.DnsProvider`):
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from control.dns.cloudflare_api import (
@@ -41,7 +40,6 @@ from control.dns.cloudflare_api import (
     RECORD_MISSING,
     CloudflareApi,
     RateLimiter,
-    Sleep,
     field,
     parse_retry_after,
 )
@@ -62,44 +60,16 @@ NAME_PAGES = 3  # pages when listing one name (a name has a handful of records a
 class CloudflareDns:
     name = "cloudflare"
 
-    def __init__(
-        self,
-        token: str,
-        zone_id: str,
-        base_domain: str,
-        cluster: str,
-        api_base: str | None = None,
-        timeout: float = 10.0,
-        *,
-        deadline: float = 120.0,
-        sleep: Sleep = asyncio.sleep,
-        limiter: RateLimiter | None = None,
-        rand: Callable[[], float] = random.random,
-    ) -> None:
-        if not token:
-            raise DnsError("CLOUDFLARE_API_TOKEN is empty; DNS_PROVIDER=cloudflare needs it")
-        if not zone_id:
-            raise DnsError("CLOUDFLARE_ZONE_ID is empty; DNS_PROVIDER=cloudflare needs it")
+    def __init__(self, api: CloudflareApi, base_domain: str, cluster: str) -> None:
         if not cluster or " " in cluster:
             raise DnsError(f"cluster name {cluster!r} must be non-empty without spaces")
-        self.zone_id = zone_id
+        self.zone_id = api.zone_id
         self.base_domain = base_domain.strip().rstrip(".").lower()
         self.cluster = cluster
         self.marker = f"managed-by=clawfleet cluster={cluster}"
         if len(self.marker) > 100:  # the comment limit of the Free plan
             raise DnsError(f"cluster name {cluster!r} is too long for a DNS record comment")
-        # max_retries=0 inside: the SDK would otherwise retry POSTs on timeouts (a
-        # duplicate record) and sleep on 429s on its own; retries and waits are ours.
-        self.api = CloudflareApi(
-            token,
-            zone_id,
-            api_base,
-            timeout,
-            deadline=deadline,
-            sleep=sleep,
-            limiter=limiter,
-            rand=rand,
-        )
+        self.api = api
 
     def __repr__(self) -> str:
         return f"CloudflareDns(zone_id={self.zone_id!r}, base_domain={self.base_domain!r})"

@@ -147,6 +147,10 @@ class CloudflareApi:
         limiter: RateLimiter | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
+        if not token:
+            raise DnsError("CLOUDFLARE_API_TOKEN is empty; DNS_PROVIDER=cloudflare needs it")
+        if not zone_id:
+            raise DnsError("CLOUDFLARE_ZONE_ID is empty; DNS_PROVIDER=cloudflare needs it")
         self.zone_id = zone_id
         self.zone_name: str | None = None  # known once verify has read the zone
         self._deadline = deadline

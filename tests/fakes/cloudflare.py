@@ -5,8 +5,9 @@ Use it through the `cloudflare_fake` fixture: add `"tests.fakes.cloudflare"` to
 `from tests.fakes.cloudflare import cloudflare_fake_fixture  # noqa: F401`:
 
     async def test_x(cloudflare_fake: CloudflareFake) -> None:
-        dns = CloudflareDns(cloudflare_fake.token, cloudflare_fake.zone_id, "example.com",
-                            "prod", api_base=cloudflare_fake.url)
+        api = CloudflareApi(cloudflare_fake.token, cloudflare_fake.zone_id,
+                            api_base=cloudflare_fake.url)
+        dns = CloudflareDns(api, "example.com", "prod")
         cloudflare_fake.inject("POST /zones/{zone_id}/dns_records", 429, 971, retry_after=2)
         ...
 
