@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections.abc import Callable
@@ -232,27 +231,27 @@ async def test_rotating_the_token_replaces_the_container_spec(plane: ControlPlan
 async def test_deprovisioned_data_is_purged_after_retention(
     control_factory: Callable[..., ControlPlane],
 ) -> None:
-    plane = control_factory(retention_days=1 / 86400, heartbeat_interval=1.0, dead_after=60.0)
+    # A day of retention, crossed by sweeps at injected times; dead_after outlasts it so
+    # the purge goes through the worker, not through its server being declared gone.
+    plane = control_factory(retention_days=1.0, heartbeat_interval=1.0, dead_after=10 * 86400.0)
     await plane.start()
+    assert plane.app is not None
+    fleet = plane.app[FLEET]
     worker = await registered(plane)
     await plane.admin("POST", "/v1/users", {"user_id": "di", "subdomain": "di"})
+    before = time.time()
     await plane.admin("DELETE", "/v1/users/di")
+    after = time.time()
+    await fleet.sweep(now=before + 86400 - 1)  # retention not yet over
+    assert (await worker.assignments()).body["purge"] == []
     assert (await user(plane, "di"))["state"] == "deprovisioned"  # readable until purged
-    purge: list[str] = []
-    for _ in range(40):
-        reply = await worker.assignments()
-        purge = reply.body["purge"]
-        if purge:
-            break
-        await asyncio.sleep(0.25)
-    assert purge == ["di"]
+    await fleet.sweep(now=after + 86400 + 1)
+    reply = await worker.assignments()
+    assert reply.body["purge"] == ["di"]
+    assert (await user(plane, "di"))["state"] == "deprovisioned"  # until the worker applies it
     await worker.heartbeat(generation=reply.body["generation"])
-    status = 200
-    for _ in range(40):
-        status, _ = await plane.admin("GET", "/v1/users/di")
-        if status == 404:
-            break
-        await asyncio.sleep(0.25)
+    await fleet.sweep(now=after + 86400 + 2)
+    status, _ = await plane.admin("GET", "/v1/users/di")
     assert status == 404
     _, evs = await plane.admin("GET", "/v1/events")
     assert any(e["kind"] == "user_purged" for e in evs["events"])
