@@ -64,6 +64,7 @@ from control.billing.inbox import StripeInbox
 from control.capacity.providers import build_provider
 from control.capacity.providers.base import Provider, ProviderError
 from control.capacity.providers.health import ProviderHealth, start_validation
+from control.capacity.provisioning import Provisioner
 from control.capacity.scaler import Scaler
 from control.db.store import Store
 from control.dns.cloudflare import CloudflareDns
@@ -191,15 +192,15 @@ async def _fleet(app: web.Application) -> AsyncIterator[None]:
 
 async def _scaler(app: web.Application) -> AsyncIterator[None]:
     settings, provider = app[SETTINGS], app[PROVIDER]
-    scaler = Scaler(
+    provisioner = Provisioner(
         settings,
         app[STORE],
         Keyring(settings.internal_secret),
         provider,
         _user_data(app, settings, provider),
         app[FLEET].board.notify,
-        health=app[PROVIDER_HEALTH],
     )
+    scaler = Scaler(provisioner, health=app[PROVIDER_HEALTH])
     app[SCALER] = scaler
     try:
         yield

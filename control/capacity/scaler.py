@@ -14,8 +14,9 @@ Contract:
 - Until the provider is validated (`health.usable`), runs do only what needs no
   catalogue of server types: provisioning timeouts, deleting dead servers and drains.
   No create, no retry of an unconfirmed create, no scale-down.
-- The user data of a new server comes from the renderer given at construction
-  (control/workers/bootstrap.py); the scaler never builds it.
+- The scaler acts through the `Provisioner` given at construction, which holds the
+  provider, the store and the user-data renderer (control/workers/bootstrap.py); the
+  scaler never builds user data.
 """
 
 from __future__ import annotations
@@ -27,36 +28,19 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from control.capacity import lifecycle, orphans, scale_down, scale_up
-from control.capacity.providers.base import Provider, ProviderError
+from control.capacity.providers.base import ProviderError
 from control.capacity.providers.health import ProviderHealth
 from control.capacity.provisioning import Provisioner, ScalerState, said
-from control.db.store import Store
-from control.keyring import Keyring
-from control.settings import Settings
 from control.users import placing
 from control.workers import assignments
-from control.workers.bootstrap import UserDataRenderer
 
 log = logging.getLogger(__name__)
 Step = Callable[[Provisioner], Awaitable[None]]
 
 
 class Scaler:
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        keyring: Keyring,
-        provider: Provider,
-        render_user_data: UserDataRenderer,
-        notify: Callable[..., None],
-        health: ProviderHealth | None = None,
-    ) -> None:
-        self.provisioner = Provisioner(settings, store, keyring, provider, render_user_data, notify)
-        self.settings = settings
-        self.store = store
-        self.provider = provider
-        self.notify = notify
+    def __init__(self, provisioner: Provisioner, health: ProviderHealth | None = None) -> None:
+        self.provisioner = provisioner
         self.health = health or ProviderHealth(state="ok", detail="")
         self._lock = asyncio.Lock()
         self._queued: asyncio.Future[None] | None = None  # the run waiting behind this one
