@@ -177,17 +177,25 @@ class Provisioner:
 
         await self.store.write(apply)
 
-    async def _record_known(
-        self, conn: aiosqlite.Connection, server_id: str, server_type: str
+    async def _record_typed(
+        self,
+        conn: aiosqlite.Connection,
+        server_id: str,
+        server_type: str,
+        event: tuple[str, str],
+        now: float,
     ) -> None:
-        """What the server's agent may claim at most: its type's resources."""
+        """Records what the server's agent may claim at most (its type's resources), then
+        the event (kind, message) that says why, in the caller's transaction."""
         try:
             st = self.provider.server_type(server_type)
         except ProviderError:  # a type the provider does not list: held to its first claim
             log.warning("server type %s unknown to %s", server_type, self.provider.name)
-            return
-        stated = trust.of_type(st.cpus, st.memory_mb, st.disk_gb)
-        await servers.set_known(conn, server_id, stated, f"server type {server_type}")
+        else:
+            stated = trust.of_type(st.cpus, st.memory_mb, st.disk_gb)
+            await servers.set_known(conn, server_id, stated, f"server type {server_type}")
+        kind, message = event
+        await events.record(conn, kind, message, server_id=server_id, at=now)
 
     # --- deleting ------------------------------------------------------------------------
     async def delete(self, row: Row, kind: str, reason: str) -> bool:
@@ -226,14 +234,8 @@ class Provisioner:
             await servers.insert_created(
                 conn, server_id, name, self.provider.name, (server_type, location), now
             )
-            await self._record_known(conn, server_id, server_type)
-            await events.record(
-                conn,
-                "scale_up",
-                f"creating {name} ({server_type} in {location}): {reason}",
-                server_id=server_id,
-                at=now,
-            )
+            message = f"creating {name} ({server_type} in {location}): {reason}"
+            await self._record_typed(conn, server_id, server_type, ("scale_up", message), now)
 
         await self.store.write(record)
         return await self.call_create(server_id, name, server_type, location)
@@ -302,13 +304,8 @@ class Provisioner:
 
         async def apply(conn: aiosqlite.Connection) -> None:
             await servers.confirm_created(conn, server_id, provider_id, ip, pair, now)
-            await self._record_known(conn, server_id, pair[0])  # an adopted server's own type
-            await events.record(
-                conn,
-                "server_created",
-                f"created at {self.provider.name} as {provider_id}",
-                server_id=server_id,
-                at=now,
-            )
+            message = f"created at {self.provider.name} as {provider_id}"
+            # An adopted server's own type, which may differ from the one asked for.
+            await self._record_typed(conn, server_id, pair[0], ("server_created", message), now)
 
         await self.store.write(apply)
