@@ -303,10 +303,14 @@ async def test_assignment_spec_has_the_contract_fields(control: ControlPlane) ->
 
 async def test_long_poll_wakes_on_change_and_304s_on_timeout(control: ControlPlane) -> None:
     worker = await registered(control)
+    # A real second: `wait` is a whole number of seconds in the protocol (docs/protocol.md),
+    # and this pins the route's 304 after it, not only the function's None.
     timed_out = await worker.assignments(after=1, wait=1)
     assert timed_out.status == 304
     poll = asyncio.create_task(worker.assignments(after=1, wait=30))
-    await asyncio.sleep(0.3)
+    assert control.app is not None
+    board = control.app[FLEET].board
+    await asyncio.wait_for(board.until_parked(worker.key_id), 30)
     assert not poll.done()
     await control.admin("POST", "/v1/users", {"user_id": "bob", "subdomain": "bob"})
     # Woken by the change: the poll's own 30 s would answer 304, not the new set

@@ -7,14 +7,17 @@ generation moves exactly when what it must run does. `desired_set` reads a worke
 generation and complete set of container specs in one snapshot. `GenerationBoard.notify` is called after a commit that bumped
 a worker's generation and wakes every long-poll waiting on that worker; a waiter
 takes its event BEFORE re-reading the generation, so a change between the read and
-the wait is never missed.
+the wait is never missed. `until_parked` lets a caller (a test) await the moment a
+long-poll is waiting on its event, instead of sleeping and hoping it got there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TypeVar
 
 import aiosqlite
@@ -35,6 +38,8 @@ class GenerationBoard:
     def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
         self._events: dict[str, asyncio.Event] = {}
         self._closed = False
+        self._parked: Counter[str] = Counter()  # long-polls waiting on each worker's event
+        self._parked_changed = asyncio.Event()
         # Called on every change of any worker's desired set (DNS follows assignments).
         self.on_change = on_change
 
@@ -56,6 +61,29 @@ class GenerationBoard:
 
     def waiters(self) -> int:
         return len(self._events)
+
+    @contextlib.contextmanager
+    def parked(self, server_id: str) -> Iterator[None]:
+        """Counts a long-poll as waiting on `server_id` for the duration of the block."""
+        self._parked[server_id] += 1
+        self._announce_parking()
+        try:
+            yield
+        finally:
+            self._parked[server_id] -= 1
+            if not self._parked[server_id]:
+                del self._parked[server_id]
+            self._announce_parking()
+
+    async def until_parked(self, server_id: str, count: int = 1) -> None:
+        """Returns once at least `count` long-polls wait on `server_id`."""
+        while self._parked[server_id] < count:
+            await self._parked_changed.wait()
+
+    def _announce_parking(self) -> None:
+        # A fresh event per change: every `until_parked` wakes once and re-checks.
+        self._parked_changed.set()
+        self._parked_changed = asyncio.Event()
 
     def close(self) -> None:
         """Wakes every waiter so shutdown never waits out a long-poll."""
@@ -107,7 +135,8 @@ async def long_poll(
         if remaining <= 0 or board.closed:
             return None
         try:
-            await asyncio.wait_for(event.wait(), remaining)
+            with board.parked(server_id):
+                await asyncio.wait_for(event.wait(), remaining)
         except TimeoutError:
             return None
 
