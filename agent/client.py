@@ -19,6 +19,7 @@ import msgspec
 from yarl import URL
 
 from agent.errors import AgentError
+from agent.session import LazySession
 from shared.backoff import backoff_delay as shared_backoff
 from shared.backoff import jittered as shared_jittered
 from shared.protocol import (
@@ -100,20 +101,10 @@ class ControlClient:
         self._base = base_url.rstrip("/")
         self._prefix = urlsplit(self._base).path.rstrip("/")
         self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._session = LazySession(limit=4, headers={"User-Agent": "clawfleet-agent"})
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=4),
-                headers={"User-Agent": "clawfleet-agent"},
-            )
-        return self._session
+        await self._session.close()
 
     async def _request(
         self,
@@ -133,7 +124,7 @@ class ControlClient:
         url = URL(self._base + endpoint + (f"?{query}" if query else ""), encoded=True)
         client_timeout = aiohttp.ClientTimeout(total=request_timeout or self._timeout)
         try:
-            async with self._http().request(
+            async with self._session.get().request(
                 method, url, data=body or None, headers=headers, timeout=client_timeout
             ) as resp:
                 payload = await resp.read()

@@ -27,13 +27,12 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import aiohttp
-
 from agent import health, ownership, traefik
 from agent.client import backoff_delay
 from agent.metadata_block import MetadataBlock, MetadataBlockError
 from agent.ownership import Owner
 from agent.runtime import DockerError, DockerRuntime, Observed, Tagged
+from agent.session import LazySession
 from shared.protocol import Assignments, ContainerReport, ContainerSpec
 
 log = logging.getLogger("agent.reconcile")
@@ -224,17 +223,10 @@ class Reconciler:
         self.refused: Mapping[str, str] = {}
         self._failures: dict[str, _Failure] = {}
         self._lock = asyncio.Lock()
-        self._http: aiohttp.ClientSession | None = None
+        self._http = LazySession(limit=8)  # the health checks' probes
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
-
-    def http(self) -> aiohttp.ClientSession:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
-        return self._http
+        await self._http.close()
 
     @property
     def applied_generation(self) -> int:
@@ -409,7 +401,7 @@ class Reconciler:
             port = new.host_ports.get(spec.health.port) if new else None
             if port is not None:
                 healthy = await health.wait_healthy(
-                    self.http(),
+                    self._http.get(),
                     port,
                     spec.health.path,
                     gate=self.opts.health_gate,
@@ -500,7 +492,7 @@ class Reconciler:
                 c.running
                 and port is not None
                 and await health.probe(
-                    self.http(), port, spec.health.path, self.opts.health_timeout
+                    self._http.get(), port, spec.health.path, self.opts.health_timeout
                 )
             )
             word = health.classify(
