@@ -198,6 +198,17 @@ class Daemon:
             log.error("control plane does not know this worker and no bootstrap token is left")
         return False
 
+    async def _after_failure(self, what: str, err: cp.ControlPlaneError, attempt: int) -> int:
+        """The retry rule of the loops that call the control plane: after an auth error
+        that re-registered, retry at once; else one log line and the backoff of
+        `attempt`. Returns the attempt number of the next failure."""
+        if await self._handle_auth_error(err):
+            return attempt
+        delay = cp.backoff_delay(attempt, self.s.backoff_base, self.s.backoff_max)
+        log.warning("%s failed (%s); retry in %.1fs", what, err, delay)
+        await asyncio.sleep(delay)
+        return attempt + 1
+
     # -- loops ----------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
@@ -208,17 +219,13 @@ class Daemon:
                 beat = await self._build_heartbeat()
                 assert self.creds is not None
                 reply = await self.client.heartbeat(self.creds.worker_id, self.creds.secret, beat)
-                attempt = 0
-                if reply.heartbeat_interval > 0:
-                    self.heartbeat_interval = reply.heartbeat_interval
-                delay = cp.jittered(self.heartbeat_interval)
             except cp.ControlPlaneError as err:
-                if await self._handle_auth_error(err):
-                    continue
-                delay = cp.backoff_delay(attempt, self.s.backoff_base, self.s.backoff_max)
-                attempt += 1
-                log.warning("heartbeat failed (%s); retry in %.1fs", err, delay)
-            await asyncio.sleep(delay)
+                attempt = await self._after_failure("heartbeat", err, attempt)
+                continue
+            attempt = 0
+            if reply.heartbeat_interval > 0:
+                self.heartbeat_interval = reply.heartbeat_interval
+            await asyncio.sleep(cp.jittered(self.heartbeat_interval))
 
     async def _poll_loop(self) -> None:
         await self._registered.wait()
@@ -234,12 +241,7 @@ class Daemon:
                 )
                 attempt = 0
             except cp.ControlPlaneError as err:
-                if await self._handle_auth_error(err):
-                    continue
-                delay = cp.backoff_delay(attempt, self.s.backoff_base, self.s.backoff_max)
-                attempt += 1
-                log.warning("assignments poll failed (%s); retry in %.1fs", err, delay)
-                await asyncio.sleep(delay)
+                attempt = await self._after_failure("assignments poll", err, attempt)
                 continue
             if got is None:
                 continue
