@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -240,7 +240,9 @@ async def _scheduled_jobs(app: web.Application) -> AsyncIterator[None]:
     settings, scheduler = app[SETTINGS], app[SCHEDULER]
     _every(scheduler, settings.autoscale_interval, "autoscale", app[SCALER].tick, scheduled=True)
     _every(scheduler, settings.dns_reconcile_interval, "dns", app[DNS_SYNC].tick)
-    _every(scheduler, STRIPE_PRUNE_INTERVAL, "stripe-prune", app[INBOX].prune_job)
+    # Pruning can wait its first interval: at start-up it would only race shutdown in
+    # short-lived processes, and apscheduler reports a cancelled job as an error.
+    _every(scheduler, STRIPE_PRUNE_INTERVAL, "stripe-prune", app[INBOX].prune_job, now=False)
     scheduler.start()
     try:
         yield
@@ -310,9 +312,11 @@ def _every(
     seconds: float,
     job_id: str,
     job: Callable[..., Awaitable[None]],
+    now: bool = True,
     **kwargs: Any,
 ) -> None:
-    """A periodic job that starts at once and never runs twice at a time."""
+    """A periodic job that never runs twice at a time, first run at once (`now`) or
+    after one interval."""
     scheduler.add_job(
         job,
         "interval",
@@ -321,7 +325,7 @@ def _every(
         kwargs=kwargs,
         max_instances=1,
         coalesce=True,
-        next_run_time=datetime.now(),
+        next_run_time=datetime.now() if now else datetime.now() + timedelta(seconds=seconds),
     )
 
 

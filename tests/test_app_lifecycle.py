@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import datetime
 
 import pytest
 
@@ -39,6 +40,20 @@ async def test_every_resource_runs_and_shutdown_leaves_no_task(control: ControlP
     assert not app[SCHEDULER].running
     with pytest.raises(RuntimeError):  # closed, not merely idle
         await store.fetch_one("SELECT 1")
+
+
+async def test_periodic_jobs_are_scheduled_and_pruning_waits_its_interval(
+    control: ControlPlane,
+) -> None:
+    app = control.app
+    assert app is not None
+    jobs = {job.id: job for job in app[SCHEDULER].get_jobs()}
+    assert {"autoscale", "dns", "stripe-prune"} <= set(jobs)
+    now = datetime.now(jobs["stripe-prune"].next_run_time.tzinfo)
+    # Pruning's first run is one interval away, so a short-lived process never has it
+    # cancelled at shutdown.
+    wait = (jobs["stripe-prune"].next_run_time - now).total_seconds()
+    assert app_module.STRIPE_PRUNE_INTERVAL - 60 < wait <= app_module.STRIPE_PRUNE_INTERVAL
 
 
 class _Catalog(LocalProvider):
