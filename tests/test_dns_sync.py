@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 
-from control.appkeys import DNS_SYNC
+from control.appkeys import DNS_SYNC, SCHEDULER
 from control.dns.provider import DnsError
 from tests.fakes.cloudflare import CloudflareFake
 from tests.fixtures import ControlPlane
@@ -129,15 +130,28 @@ async def test_drift_is_repaired_and_foreign_records_left_alone(
     assert "ghost.example.com" not in a_records(cloudflare_fake)
 
 
+def job_ends(control: ControlPlane) -> asyncio.Queue[str]:
+    """The id of each scheduler job as it ends: what a test awaits instead of sleeping."""
+    ends: asyncio.Queue[str] = asyncio.Queue()
+
+    def ended(event: JobExecutionEvent) -> None:
+        ends.put_nowait(event.job_id)
+
+    assert control.app is not None
+    control.app[SCHEDULER].add_listener(ended, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+    return ends
+
+
 async def test_a_changed_assignment_triggers_a_round(
     plane: ControlPlane, cloudflare_fake: CloudflareFake
 ) -> None:
     await worker_at(plane, "203.0.113.30", "a")
+    ends = job_ends(plane)
     await plane.admin("POST", "/v1/users", {"user_id": "cat", "subdomain": "cat"})
-    for _ in range(40):  # no explicit sync: the placement's change schedules one
-        if "cat.example.com" in a_records(cloudflare_fake):
-            break
-        await asyncio.sleep(0.1)
+    # No explicit sync: the placement's change schedules a round; other jobs (the
+    # start-up round, the autoscaler) may end first, so look again after each.
+    while "cat.example.com" not in a_records(cloudflare_fake):
+        await asyncio.wait_for(ends.get(), 10)
     assert a_records(cloudflare_fake) == {"cat.example.com": "203.0.113.30"}
 
 
@@ -173,10 +187,9 @@ async def test_last_error_is_the_last_rounds_and_clears_after_a_clean_one(
     """/readyz reads it: before the fix one failed round left DNS "not ready" for good."""
     assert plane.app is not None
     counters = plane.app[DNS_SYNC].counters
-    for _ in range(100):  # the scheduler's start-up round, so it cannot take the fault
-        if counters.rounds:
-            break
-        await asyncio.sleep(0.05)
+    ends = job_ends(plane)
+    while not counters.rounds:  # the scheduler's start-up round, so it cannot take the fault
+        await asyncio.wait_for(ends.get(), 10)
     async with plane.app[DNS_SYNC].stopped():
         pass  # ... and until it has finished
     cloudflare_fake.inject("GET /zones/{zone_id}/dns_records", 400, 1004, "bad filter")
