@@ -140,7 +140,7 @@ def test_local_secrets_are_generated_once_with_mode_0600(tmp_path: Path) -> None
                         assert r.status == 200
                         break
                 except OSError:
-                    time.sleep(0.2)
+                    time.sleep(0.2)  # a subprocess we do not control: poll its port
             else:
                 pytest.fail("control plane did not answer /healthz")
         finally:
