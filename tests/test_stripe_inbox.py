@@ -32,7 +32,8 @@ from tests import stripe_events as se
 from tests.fakes.stripe_api import StripeFake, stripe_fake_fixture  # noqa: F401
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
-REFERENCE = Path("/work/shared/reference/stripe")
+# Stripe's example objects, in the shared/ folder laid beside the checkout (CI's too).
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "stripe"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
