@@ -14,6 +14,7 @@ import pytest
 from control.capacity.providers.base import CreateRequest, ErrorKind, ProviderError, ServerType
 from control.capacity.providers.hetzner import HetznerProvider
 from control.capacity.providers.hetzner_errors import classify
+from control.capacity.providers.hetzner_ratelimit import RateBudget
 from tests.fakes.hetzner import HetznerFake, hetzner_fake_fixture  # noqa: F401
 
 Factory = Callable[..., HetznerProvider]
@@ -291,15 +292,24 @@ async def test_a_429_waits_for_one_request_not_for_a_full_bucket(
 async def test_calls_after_a_429_wait_for_the_bucket_instead_of_hitting_it(
     make: Factory, hetzner_fake: HetznerFake
 ) -> None:
-    provider = make()
+    now = time.time()  # the budget's clock: it moves only when the budget sleeps
+    waits: list[tuple[float, int]] = []  # (seconds asked for, calls the fake had seen)
+
+    async def sleep(seconds: float) -> None:
+        nonlocal now
+        waits.append((seconds, len(hetzner_fake.calls)))
+        now += seconds
+        hetzner_fake.rate_limit_remaining = 1  # the one request the wait was for is back
+
+    provider = make(budget=RateBudget(clock=lambda: now, sleep=sleep))
     hetzner_fake.inject("GET /servers", 429, "rate_limit_exceeded")
-    await expect_error(provider.list({"clawfleet": "worker"}))
-    started = time.monotonic()
+    err = await expect_error(provider.list({"clawfleet": "worker"}))
+    assert err.retry_after is not None and 1.0 <= err.retry_after <= 1.5  # one request
     assert await provider.list({"clawfleet": "worker"}) == []
-    waited = time.monotonic() - started
-    assert 0.9 <= waited <= 2.0  # one request's refill (+ jitter), not an hour
-    assert [c.status for c in hetzner_fake.calls] == [429, 200]  # nothing sent into the void
-    assert hetzner_fake.calls[1].at - hetzner_fake.calls[0].at >= 0.9
+    # One wait, for exactly the 429's retry_after (one request's refill, not an hour),
+    # asked for before the second call went out: nothing was sent into the empty bucket.
+    assert waits == [(pytest.approx(err.retry_after, abs=1e-6), 1)]
+    assert [c.status for c in hetzner_fake.calls] == [429, 200]
 
 
 async def test_rate_limit_headers_are_tracked(make: Factory, hetzner_fake: HetznerFake) -> None:

@@ -98,6 +98,7 @@ class HetznerProvider:
         image: str = "ubuntu-24.04",
         ssh_keys: tuple[str, ...] = (),
         timeout: float = 30.0,
+        budget: RateBudget | None = None,  # tests pass one with their clock
     ) -> None:
         if not token:
             raise ProviderError("HETZNER_API_TOKEN is empty", kind="invalid")
@@ -112,7 +113,7 @@ class HetznerProvider:
         self.image = image
         self.ssh_keys = ssh_keys
         self.timeout = timeout
-        self.budget = RateBudget()
+        self.budget = budget or RateBudget()
         self._types: dict[str, TypeInfo] = {}
         self._pairs: builtins.list[tuple[str, str]] = []
         self._validated = False

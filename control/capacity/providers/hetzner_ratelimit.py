@@ -11,7 +11,8 @@ before every request: once a 429 (`refused`) or a reply saying no request is lef
 (`answered`) has set a time before which no request may go, it waits until then when
 that is at most `longest` seconds away, and otherwise raises ProviderError
 "rate_limited" with that `retry_after` at once: none is sent into a known-empty bucket.
-The wait for one request is `shared.backoff.rate_limit_wait`.
+The wait for one request is `shared.backoff.rate_limit_wait`. `clock` (epoch seconds) and
+`sleep` are constructor parameters, real by default, so tests can drive the wait.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,13 @@ def float_header(headers: Mapping[str, str], name: str) -> float | None:
 class RateBudget:
     """The request bucket of one Hetzner project (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.clock = clock
+        self.sleep = sleep
         self.limit: int | None = None
         self.remaining: int | None = None
         self.reset: float | None = None
@@ -93,18 +100,19 @@ class RateBudget:
     def refused(self, exc: ProviderError) -> None:
         """A call failed: after a 429, nothing goes out before its `retry_after`."""
         if exc.kind == "rate_limited" and exc.retry_after is not None:
-            self._not_before = max(self._not_before, time.time() + exc.retry_after)
+            self._not_before = max(self._not_before, self.clock() + exc.retry_after)
 
     def answered(self) -> None:
         """A call succeeded: when the bucket is empty, wait for the next request."""
         if self.remaining == 0:
-            reset_in = None if self.reset is None else self.reset - time.time()
+            now = self.clock()
+            reset_in = None if self.reset is None else self.reset - now
             wait = rate_limit_wait(self.limit, self.remaining, reset_in, rand=random.random())
-            self._not_before = max(self._not_before, time.time() + wait)
+            self._not_before = max(self._not_before, now + wait)
 
     async def hold(self, what: str, longest: float) -> None:
         """Waits until a request may go, or raises "rate_limited" when that is too far."""
-        wait = self._not_before - time.time()
+        wait = self._not_before - self.clock()
         if wait <= 0:
             return
         if wait > longest:
@@ -114,4 +122,4 @@ class RateBudget:
                 code="rate_limit_exceeded",
                 retry_after=wait,
             )
-        await asyncio.sleep(wait)
+        await self.sleep(wait)
