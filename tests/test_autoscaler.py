@@ -18,6 +18,7 @@ import pytest
 
 from cloud_init.render import user_data_hash
 from control.appkeys import FLEET, SCALER
+from control.capacity.providers.hetzner_ratelimit import RateBudget
 from control.capacity.providers.local import agent_env_from_user_data
 from tests.fakes.hetzner import HetznerFake, agent_dist, provider_with_timeout
 from tests.fixtures import ControlPlane
@@ -32,9 +33,8 @@ def cloud(
     control_factory: Callable[..., ControlPlane], hetzner_fake: HetznerFake, tmp_path: Path
 ) -> Start:
     dist = agent_dist(tmp_path / "dist")
-    provider = provider_with_timeout(2.0)
 
-    async def start(**overrides: Any) -> ControlPlane:
+    async def start(budget: RateBudget | None = None, **overrides: Any) -> ControlPlane:
         settings: dict[str, Any] = {
             "provider": "hetzner",
             "hetzner_api_token": hetzner_fake.token,
@@ -47,12 +47,29 @@ def cloud(
             "warm_headroom": 0,
         }
         settings.update(overrides)
-        plane = control_factory(provider, **settings)
+        plane = control_factory(provider_with_timeout(2.0, budget), **settings)
         await plane.start()
         await run(plane)  # let the start-up run finish before the test acts
         return plane
 
     return start
+
+
+class BucketClock:
+    """Epoch seconds that move only when slept on; each sleep (the wait for one request,
+    `shared.backoff.rate_limit_wait`) gives the fake's bucket that one request back, as
+    its wall-clock refill would have."""
+
+    def __init__(self, fake: HetznerFake) -> None:
+        self.fake = fake
+        self.at = time.time()
+
+    def now(self) -> float:
+        return self.at
+
+    async def sleep(self, seconds: float) -> None:
+        self.at += seconds
+        self.fake.rate_limit_remaining += 1
 
 
 async def run(control: ControlPlane, scheduled: bool = True) -> None:
@@ -230,17 +247,21 @@ async def test_resource_limit_stops_scaling_up(cloud: Start, hetzner_fake: Hetzn
 async def test_rate_limit_backs_off_until_one_request_is_back(
     cloud: Start, hetzner_fake: HetznerFake
 ) -> None:
-    control = await cloud()
+    clock = BucketClock(hetzner_fake)
+    control = await cloud(budget=RateBudget(clock=clock.now, sleep=clock.sleep))
+    assert control.app is not None
+    control.app[SCALER].provisioner.clock = clock.now
     hetzner_fake.inject("POST /servers", 429, "rate_limit_exceeded")  # reset: in an hour
     await add_users(control, "erin")
     await run(control, scheduled=False)
     await run(control, scheduled=False)
     assert hetzner_fake.count("POST /servers") == 1
-    assert control.app is not None
     # One request is back after a second: not the hour until the bucket is full.
-    paused_until = control.app[SCALER].state.paused_until
-    assert time.time() + 0.3 < paused_until < time.time() + 1.6
-    await asyncio.sleep(paused_until - time.time())  # the fake's bucket runs on this clock
+    paused_for = control.app[SCALER].state.paused_until - clock.now()
+    assert 0.99 <= paused_for <= 1.5  # RateLimit-Reset is in whole seconds
+    await run(control, scheduled=False)
+    assert hetzner_fake.count("POST /servers") == 1  # still paused: no time has passed
+    await clock.sleep(paused_for)
     await run(control, scheduled=False)
     assert len(hetzner_fake.servers) == 1
 

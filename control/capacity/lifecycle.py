@@ -14,8 +14,6 @@ Contract:
 
 from __future__ import annotations
 
-import time
-
 from control.capacity import decisions
 from control.capacity.providers.base import ProviderError
 from control.capacity.provisioning import Provisioner
@@ -23,7 +21,7 @@ from control.db.store import Row
 
 
 async def expire_provisioning(p: Provisioner) -> None:
-    now = time.time()
+    now = p.clock()
     rows = await p.store.fetch_all(
         "SELECT * FROM servers WHERE status = 'provisioning' AND origin = 'provider'"
     )
@@ -54,7 +52,7 @@ async def delete_dead(p: Provisioner) -> None:
 async def retry_unconfirmed(p: Provisioner) -> None:
     """Creates whose outcome we never learned (timeout, crash): call create again;
     the provider adopts the server by name if it exists."""
-    now = time.time()
+    now = p.clock()
     rows = await p.store.fetch_all(
         "SELECT * FROM servers WHERE status = 'provisioning' AND origin = 'provider' "
         "AND create_confirmed_at IS NULL"

@@ -12,8 +12,6 @@ recorded after the delete succeeded. Sighted orphans count against MAX_SERVERS
 
 from __future__ import annotations
 
-import time
-
 from control.capacity.providers.base import ProviderError
 from control.capacity.provisioning import Provisioner
 
@@ -24,7 +22,7 @@ SWEEP_KEY = "orphan-sweep"  # the sweep's listing backs off like any resource
 
 
 async def sweep(p: Provisioner) -> None:
-    if not p.due(SWEEP_KEY, time.time()):
+    if not p.due(SWEEP_KEY, p.clock()):
         return
     try:
         seen = await p.provider.list(p.labels)
@@ -50,7 +48,7 @@ async def sweep(p: Provisioner) -> None:
         count = sightings[server.provider_id] = (
             p.state.orphan_sightings.get(server.provider_id, 0) + 1
         )
-        if count < ORPHAN_SWEEPS or budget <= 0 or not p.due(server.provider_id, time.time()):
+        if count < ORPHAN_SWEEPS or budget <= 0 or not p.due(server.provider_id, p.clock()):
             continue
         budget -= 1
         try:

@@ -13,6 +13,8 @@ Contract:
   due. An expected provider error is one log line with its kind, code and correlation
   id, never a traceback.
 - What the autoscaler remembers between runs is `ScalerState`, in memory.
+- Every step reads "now" from `Provisioner.clock` (epoch seconds, `time.time` unless a
+  test injects one), so backoffs and pauses can be passed without waiting for them.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Provisioner:
         provider: Provider,
         render_user_data: UserDataRenderer,
         notify: Callable[..., None],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -88,6 +91,7 @@ class Provisioner:
         self.provider = provider
         self.render_user_data = render_user_data
         self.notify = notify
+        self.clock = clock  # epoch seconds for every step's "now"; tests inject one
         self.state = ScalerState()
         self.reserve = Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
         limit = provider.max_servers
@@ -108,7 +112,7 @@ class Provisioner:
         delay = backoff_delay(failures - 1, base=RETRY_BASE, cap=RETRY_CAP, rand=random.random())
         if exc.kind == "rate_limited":  # not this resource's fault: wait for the bucket only
             delay = exc.retry_after if exc.retry_after is not None else 1.0
-        self.state.retries[key] = Retry(failures, time.time() + delay)
+        self.state.retries[key] = Retry(failures, self.clock() + delay)
         log.warning("autoscaler: %s: %s; next try in %.1f s", what, said(exc), delay)
 
     def succeeded(self, key: str) -> None:
@@ -169,7 +173,7 @@ class Provisioner:
         await self.store.write(apply)
 
     async def set_status(self, server_id: str, status: str, kind: str, reason: str) -> None:
-        now = time.time()
+        now = self.clock()
 
         async def apply(conn: aiosqlite.Connection) -> None:
             await servers.set_status(conn, server_id, status, now)
@@ -202,7 +206,7 @@ class Provisioner:
         """Deletes a server we know; the row is marked `deleting` first so a crash
         mid-way is finished by the next run. False when the delete failed or is not due
         (the row stays `deleting`, retried after its backoff)."""
-        if not self.due(row["id"], time.time()):
+        if not self.due(row["id"], self.clock()):
             return False
         if row["status"] != "deleting":
             await self.set_status(row["id"], "deleting", kind, reason)
@@ -222,7 +226,7 @@ class Provisioner:
 
     # --- creating ------------------------------------------------------------------------
     async def create_one(self, reason: str) -> bool:
-        now = time.time()
+        now = self.clock()
         pairs = self.usable_pairs(now)
         if not pairs:
             return False
@@ -261,7 +265,7 @@ class Provisioner:
                 if not await self._handle_create_error(server_id, pair, exc):
                     return False
                 # Next pair in preference order that is neither cooling down nor tried.
-                pair = next((p for p in self.usable_pairs(time.time()) if p not in tried), None)
+                pair = next((p for p in self.usable_pairs(self.clock()) if p not in tried), None)
                 continue
             # An adopted server may sit on an earlier pair than this attempt's.
             adopted = (created.server_type or pair[0], created.location or pair[1])
@@ -280,7 +284,7 @@ class Provisioner:
             self.state.transient_failures += 1
         if exc.kind in ("transient", "rate_limited"):  # outcome unknown: retried when due
             self.failed(server_id, f"create of {server_id} ({pair[0]} in {pair[1]})", exc)
-        now = time.time()
+        now = self.clock()
         if plan.next_pair:
             self.state.pair_cooldown[pair] = now + PAIR_COOLDOWN
         if plan.pause_scale_up:
@@ -300,7 +304,7 @@ class Provisioner:
     async def confirm(
         self, server_id: str, provider_id: str, ip: str | None, pair: tuple[str, str]
     ) -> None:
-        now = time.time()
+        now = self.clock()
 
         async def apply(conn: aiosqlite.Connection) -> None:
             await servers.confirm_created(conn, server_id, provider_id, ip, pair, now)

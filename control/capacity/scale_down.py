@@ -16,7 +16,6 @@ Contract:
 from __future__ import annotations
 
 import functools
-import time
 
 import aiosqlite
 
@@ -40,7 +39,7 @@ async def held(p: Provisioner) -> dict[str, decisions.HeldData]:
 
 
 async def scale_down(p: Provisioner) -> None:
-    now = time.time()
+    now = p.clock()
     pending, active, _, servers_now = await p.snapshot()
     if pending:
         return

@@ -12,7 +12,6 @@ is cooling down.
 from __future__ import annotations
 
 import logging
-import time
 
 from control.capacity import decisions
 from control.capacity.provisioning import Provisioner
@@ -21,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 async def scale_up(p: Provisioner) -> None:
-    now = time.time()
+    now = p.clock()
     pairs = p.usable_pairs(now)
     if now < p.state.paused_until or not pairs:
         return

@@ -82,6 +82,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from control.capacity.providers.hetzner import HetznerProvider
+from control.capacity.providers.hetzner_ratelimit import RateBudget
 from control.settings import Settings
 from shared.version import __version__
 from tests.fakes.common import endpoint_and_body
@@ -805,9 +806,12 @@ async def hetzner_fake_fixture() -> AsyncIterator[HetznerFake]:
         await fake.close()
 
 
-def provider_with_timeout(timeout: float) -> Callable[[Settings], HetznerProvider]:
+def provider_with_timeout(
+    timeout: float, budget: RateBudget | None = None
+) -> Callable[[Settings], HetznerProvider]:
     """A provider factory for the app (like control.capacity.providers.build_provider), with a
-    short timeout so tests of slow or lost replies finish quickly."""
+    short timeout so tests of slow or lost replies finish quickly, and optionally a rate
+    budget on the test's clock."""
 
     def build(settings: Settings) -> HetznerProvider:
         return HetznerProvider(
@@ -816,6 +820,7 @@ def provider_with_timeout(timeout: float) -> Callable[[Settings], HetznerProvide
             settings.hetzner_server_types,
             settings.hetzner_locations,
             timeout=timeout,
+            budget=budget,
         )
 
     return build
