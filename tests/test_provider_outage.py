@@ -233,6 +233,8 @@ async def test_a_create_whose_answer_was_lost_counts_until_the_provider_says_it_
     assert len(hetzner_fake.servers) == 1
     assert control.app is not None
     scaler = control.app[SCALER]
+    # Real time on purpose: the fake holds the create's reply for 3 s and the client gives
+    # up after 1 s; both are wall-clock, so PROVISION_TIMEOUT must pass for real too.
     deadline = time.monotonic() + 2.5
     while time.monotonic() < deadline:  # past PROVISION_TIMEOUT, runs keep coming
         scaler.state.retries.clear()
