@@ -108,6 +108,11 @@ async def test_create_with_rules_applied_by_label_selector(
     assert [f.status for f in some(some(seen.public_net).firewalls)] == ["applied"]
     found = await run(client.firewalls.get_all, label_selector="managed-by=clawfleet")
     assert [f.id for f in found] == [firewall.id]
+    error = await api_error(client.firewalls.get_all, label_selector="(x)")
+    assert (error.code, error.message) == (
+        "invalid_input",
+        "invalid label_selector: unsupported term '(x)'",
+    )
 
 
 async def test_set_rules_replaces_them_and_reapplies(

@@ -125,6 +125,23 @@ async def test_list_filters_by_label_selector_and_name_and_paginates(client: Cli
     assert some(page.meta.pagination).previous_page == 1
 
 
+async def test_list_filters_by_status_and_refuses_a_bad_selector(
+    client: Client, hetzner_fake: HetznerFake
+) -> None:
+    ready = await make_volume(client, "ready")
+    hetzner_fake.action_seconds = math.inf  # the next one stays `creating`
+    await run(client.volumes.create, size=10, name="new", location=Location(name="nbg1"))
+    creating = await run(client.volumes.get_all, status=["creating"])
+    assert [v.name for v in creating] == ["new"]
+    both = await run(client.volumes.get_all, status=["available", "creating"])
+    assert [v.name for v in both] == [ready.name, "new"]
+    error = await api_error(client.volumes.get_all, label_selector="a b")
+    assert (error.code, error.message) == (
+        "invalid_input",
+        "invalid label_selector: unsupported term 'a b'",
+    )
+
+
 async def test_attaching_to_a_server_in_another_location_is_refused(
     client: Client, hetzner_fake: HetznerFake
 ) -> None:

@@ -71,7 +71,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -500,17 +500,7 @@ class HetznerFake:
         return _page(request, "ssh_keys", _by_name(request, self.ssh_keys))
 
     async def _list_servers(self, request: web.Request) -> web.StreamResponse:
-        servers = sorted(self.servers.values(), key=lambda s: int(s["id"]))
-        if "name" in request.query:
-            servers = [s for s in servers if s["name"] == request.query["name"]]
-        selector = request.query.get("label_selector")
-        if selector:
-            try:
-                match = _parse_selector(selector)
-            except ValueError as exc:
-                return _error(400, "invalid_input", f"invalid label_selector: {exc}")
-            servers = [s for s in servers if match(s["labels"])]
-        return _page(request, "servers", servers)
+        return _filtered_page(request, "servers", self.servers.values())
 
     async def _create_server(self, request: web.Request) -> web.StreamResponse:
         body = request[_BODY]
@@ -763,6 +753,30 @@ def _page(request: web.Request, key: str, items: list[Json]) -> web.Response:
         "total_entries": len(items),
     }
     return web.json_response({key: chunk, "meta": {"pagination": pagination}})
+
+
+def _filtered_page(
+    request: web.Request,
+    key: str,
+    items: Iterable[Json],
+    keep: Callable[[Json], bool] | None = None,
+) -> web.Response:
+    """A labelled resource's list (servers, volumes, firewalls): by id, narrowed by the
+    query's `name` and `label_selector` (a bad one is 400 `invalid_input`) and by `keep`
+    (a resource's own filters), then paginated."""
+    selected = sorted(items, key=lambda item: int(item["id"]))
+    if keep is not None:
+        selected = [item for item in selected if keep(item)]
+    if "name" in request.query:
+        selected = [item for item in selected if item["name"] == request.query["name"]]
+    selector = request.query.get("label_selector")
+    if selector:
+        try:
+            match = _parse_selector(selector)
+        except ValueError as exc:
+            return _error(400, "invalid_input", f"invalid label_selector: {exc}")
+        selected = [item for item in selected if match(item["labels"])]
+    return _page(request, key, selected)
 
 
 def _parse_selector(selector: str) -> Callable[[dict[str, str]], bool]:

@@ -48,10 +48,10 @@ from tests.fakes.hetzner import (
     Json,
     _error,
     _field,
+    _filtered_page,
     _int,
     _invalid,
     _now_iso,
-    _page,
     _parse_selector,
 )
 from tests.fakes.hetzner_actions import busy, start_action
@@ -186,17 +186,7 @@ class _FirewallRoutes:
             ]
 
     async def list_all(self, request: web.Request) -> web.StreamResponse:
-        firewalls = sorted(self.fake.firewalls.values(), key=lambda f: int(f["id"]))
-        if "name" in request.query:
-            firewalls = [f for f in firewalls if f["name"] == request.query["name"]]
-        selector = request.query.get("label_selector")
-        if selector:
-            try:
-                match = _parse_selector(selector)
-            except ValueError as exc:
-                return _error(400, "invalid_input", f"invalid label_selector: {exc}")
-            firewalls = [f for f in firewalls if match(f["labels"])]
-        return _page(request, "firewalls", firewalls)
+        return _filtered_page(request, "firewalls", self.fake.firewalls.values())
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         firewall = self._firewall(request)

@@ -44,11 +44,10 @@ from tests.fakes.hetzner import (
     Json,
     _error,
     _field,
+    _filtered_page,
     _int,
     _invalid,
     _now_iso,
-    _page,
-    _parse_selector,
 )
 from tests.fakes.hetzner_actions import busy, settle, start_action
 
@@ -107,20 +106,13 @@ class _VolumeRoutes:
         return response
 
     async def list_all(self, request: web.Request) -> web.StreamResponse:
-        volumes = sorted(self.fake.volumes.values(), key=lambda v: int(v["id"]))
-        if "name" in request.query:
-            volumes = [v for v in volumes if v["name"] == request.query["name"]]
         statuses = request.query.getall("status", [])
-        if statuses:
-            volumes = [v for v in volumes if v["status"] in statuses]
-        selector = request.query.get("label_selector")
-        if selector:
-            try:
-                match = _parse_selector(selector)
-            except ValueError as exc:
-                return _error(400, "invalid_input", f"invalid label_selector: {exc}")
-            volumes = [v for v in volumes if match(v["labels"])]
-        return _page(request, "volumes", volumes)
+        return _filtered_page(
+            request,
+            "volumes",
+            self.fake.volumes.values(),
+            lambda volume: not statuses or volume["status"] in statuses,
+        )
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         volume = self._volume(request)
