@@ -66,6 +66,7 @@ Sleeps end early when the fake closes, so teardown never waits for them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import random
 import secrets
@@ -75,7 +76,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest_asyncio
 from aiohttp import web
@@ -726,6 +727,34 @@ def _invalid(name: str, message: str) -> web.Response:
     return _error(
         422, "invalid_input", f"invalid input in field '{name}': {message}", _field(name, message)
     )
+
+
+class _Routes(Protocol):
+    fake: HetznerFake
+
+
+R = TypeVar("R", bound=_Routes)
+FoundHandler = Callable[[R, web.Request, Json], Awaitable[web.StreamResponse]]
+RouteHandler = Callable[[R, web.Request], Awaitable[web.StreamResponse]]
+
+
+def _found(
+    kind: str, table: Callable[[HetznerFake], dict[int, Json]]
+) -> Callable[[FoundHandler[R]], RouteHandler[R]]:
+    """A route method on /<kind>s/{id}: it gets the object the path names, and a missing one
+    is answered 404 `not_found` ("<kind> not found") before the method runs."""
+
+    def decorate(handler: FoundHandler[R]) -> RouteHandler[R]:
+        @functools.wraps(handler)
+        async def route(routes: R, request: web.Request) -> web.StreamResponse:
+            found = table(routes.fake).get(_int(request.match_info["id"]))
+            if found is None:
+                return _error(404, "not_found", f"{kind} not found")
+            return await handler(routes, request, found)
+
+        return route
+
+    return decorate
 
 
 def _by_name(request: web.Request, items: list[Json]) -> list[Json]:

@@ -49,7 +49,7 @@ from tests.fakes.hetzner import (
     _error,
     _field,
     _filtered_page,
-    _int,
+    _found,
     _invalid,
     _now_iso,
     _parse_selector,
@@ -152,6 +152,9 @@ def _port_ok(port: Any) -> bool:
     return 1 <= low <= high <= 65535
 
 
+_firewall_route = _found("firewall", lambda fake: fake.firewalls)
+
+
 class _FirewallRoutes:
     def __init__(self, fake: HetznerFake) -> None:
         self.fake = fake
@@ -188,10 +191,8 @@ class _FirewallRoutes:
     async def list_all(self, request: web.Request) -> web.StreamResponse:
         return _filtered_page(request, "firewalls", self.fake.firewalls.values())
 
-    async def get(self, request: web.Request) -> web.StreamResponse:
-        firewall = self._firewall(request)
-        if firewall is None:
-            return _not_found()
+    @_firewall_route
+    async def get(self, request: web.Request, firewall: Json) -> web.StreamResponse:
         return web.json_response({"firewall": firewall})
 
     async def create(self, request: web.Request) -> web.StreamResponse:
@@ -220,10 +221,8 @@ class _FirewallRoutes:
         actions = [self._apply(firewall, entry) for entry in apply_to]
         return web.json_response({"firewall": firewall, "actions": actions}, status=201)
 
-    async def update(self, request: web.Request) -> web.StreamResponse:
-        firewall = self._firewall(request)
-        if firewall is None:
-            return _not_found()
+    @_firewall_route
+    async def update(self, request: web.Request, firewall: Json) -> web.StreamResponse:
         body = request[_BODY]
         if not isinstance(body, dict):
             return _error(400, "json_error", "invalid JSON in request body")
@@ -234,10 +233,8 @@ class _FirewallRoutes:
         firewall["labels"] = dict(body["labels"] if "labels" in body else firewall["labels"])
         return web.json_response({"firewall": firewall})
 
-    async def delete(self, request: web.Request) -> web.StreamResponse:
-        firewall = self._firewall(request)
-        if firewall is None:
-            return _not_found()
+    @_firewall_route
+    async def delete(self, request: web.Request, firewall: Json) -> web.StreamResponse:
         problem = self._conflict(firewall)
         if problem is not None:
             return problem
@@ -246,10 +243,8 @@ class _FirewallRoutes:
         del self.fake.firewalls[firewall["id"]]
         return web.Response(status=204)
 
-    async def set_rules(self, request: web.Request) -> web.StreamResponse:
-        firewall = self._firewall(request)
-        if firewall is None:
-            return _not_found()
+    @_firewall_route
+    async def set_rules(self, request: web.Request, firewall: Json) -> web.StreamResponse:
         body = request[_BODY]
         rules = body.get("rules") if isinstance(body, dict) else None
         problem = _rules_problem(rules) or self._conflict(firewall)
@@ -264,10 +259,8 @@ class _FirewallRoutes:
         ]
         return web.json_response({"actions": actions}, status=201)
 
-    async def apply(self, request: web.Request) -> web.StreamResponse:
-        firewall = self._firewall(request)
-        if firewall is None:
-            return _not_found()
+    @_firewall_route
+    async def apply(self, request: web.Request, firewall: Json) -> web.StreamResponse:
         body = request[_BODY]
         apply_to = body.get("apply_to") if isinstance(body, dict) else None
         problem = self._targets_problem(apply_to, firewall, missing_status=404)
@@ -277,10 +270,8 @@ class _FirewallRoutes:
         actions = [self._apply(firewall, entry) for entry in apply_to]
         return web.json_response({"actions": actions}, status=201)
 
-    async def remove(self, request: web.Request) -> web.StreamResponse:
-        firewall = self._firewall(request)
-        if firewall is None:
-            return _not_found()
+    @_firewall_route
+    async def remove(self, request: web.Request, firewall: Json) -> web.StreamResponse:
         body = request[_BODY]
         remove_from = body.get("remove_from") if isinstance(body, dict) else None
         if not isinstance(remove_from, list) or any(_target_key(e) is None for e in remove_from):
@@ -386,9 +377,6 @@ class _FirewallRoutes:
             return _error(409, "conflict", "firewall has a running action, please retry")
         return None
 
-    def _firewall(self, request: web.Request) -> Json | None:
-        return self.fake.firewalls.get(_int(request.match_info["id"]))
-
 
 def _rules_problem(rules: Any) -> web.Response | None:
     if not isinstance(rules, list):
@@ -413,7 +401,3 @@ def _target_key(entry: Any) -> tuple[str, Any] | None:
         selector = entry["label_selector"].get("selector")
         return ("label_selector", selector) if isinstance(selector, str) and selector else None
     return None
-
-
-def _not_found() -> web.Response:
-    return _error(404, "not_found", "firewall not found")

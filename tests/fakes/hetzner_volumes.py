@@ -45,7 +45,7 @@ from tests.fakes.hetzner import (
     _error,
     _field,
     _filtered_page,
-    _int,
+    _found,
     _invalid,
     _now_iso,
 )
@@ -91,6 +91,9 @@ def bad_labels(labels: Any) -> bool:
     )
 
 
+_volume_route = _found("volume", lambda fake: fake.volumes)
+
+
 class _VolumeRoutes:
     def __init__(self, fake: HetznerFake) -> None:
         self.fake = fake
@@ -114,10 +117,8 @@ class _VolumeRoutes:
             lambda volume: not statuses or volume["status"] in statuses,
         )
 
-    async def get(self, request: web.Request) -> web.StreamResponse:
-        volume = self._volume(request)
-        if volume is None:
-            return _not_found()
+    @_volume_route
+    async def get(self, request: web.Request, volume: Json) -> web.StreamResponse:
         return web.json_response({"volume": volume})
 
     async def create(self, request: web.Request) -> web.StreamResponse:
@@ -180,10 +181,8 @@ class _VolumeRoutes:
             return _invalid("server", "server not found")
         return self._attach_problem(server)
 
-    async def update(self, request: web.Request) -> web.StreamResponse:
-        volume = self._volume(request)
-        if volume is None:
-            return _not_found()
+    @_volume_route
+    async def update(self, request: web.Request, volume: Json) -> web.StreamResponse:
         body = request[_BODY]
         if not isinstance(body, dict):
             return _error(400, "json_error", "invalid JSON in request body")
@@ -199,10 +198,8 @@ class _VolumeRoutes:
         volume["labels"] = dict(body["labels"] if "labels" in body else volume["labels"])
         return web.json_response({"volume": volume})
 
-    async def delete(self, request: web.Request) -> web.StreamResponse:
-        volume = self._volume(request)
-        if volume is None:
-            return _not_found()
+    @_volume_route
+    async def delete(self, request: web.Request, volume: Json) -> web.StreamResponse:
         if busy(self.fake, "volume", volume["id"]):
             return _locked("volume")
         if volume["protection"]["delete"]:
@@ -212,10 +209,8 @@ class _VolumeRoutes:
         del self.fake.volumes[volume["id"]]
         return web.Response(status=204)
 
-    async def attach(self, request: web.Request) -> web.StreamResponse:
-        volume = self._volume(request)
-        if volume is None:
-            return _not_found()
+    @_volume_route
+    async def attach(self, request: web.Request, volume: Json) -> web.StreamResponse:
         body = request[_BODY]
         if not isinstance(body, dict):
             return _error(400, "json_error", "invalid JSON in request body")
@@ -252,10 +247,8 @@ class _VolumeRoutes:
         touched = [("server", server["id"]), ("volume", volume["id"])]
         return start_action(self.fake, "attach_volume", touched)
 
-    async def detach(self, request: web.Request) -> web.StreamResponse:
-        volume = self._volume(request)
-        if volume is None:
-            return _not_found()
+    @_volume_route
+    async def detach(self, request: web.Request, volume: Json) -> web.StreamResponse:
         if busy(self.fake, "volume", volume["id"]):
             return _locked("volume")
         server_id = volume["server"]
@@ -272,10 +265,8 @@ class _VolumeRoutes:
             {"action": start_action(self.fake, "detach_volume", touched)}, status=201
         )
 
-    async def resize(self, request: web.Request) -> web.StreamResponse:
-        volume = self._volume(request)
-        if volume is None:
-            return _not_found()
+    @_volume_route
+    async def resize(self, request: web.Request, volume: Json) -> web.StreamResponse:
         body = request[_BODY]
         size = body.get("size") if isinstance(body, dict) else None
         if not _size_ok(size):
@@ -288,10 +279,8 @@ class _VolumeRoutes:
         action = start_action(self.fake, "resize_volume", [("volume", volume["id"])])
         return web.json_response({"action": action}, status=201)
 
-    async def protect(self, request: web.Request) -> web.StreamResponse:
-        volume = self._volume(request)
-        if volume is None:
-            return _not_found()
+    @_volume_route
+    async def protect(self, request: web.Request, volume: Json) -> web.StreamResponse:
         body = request[_BODY]
         delete = body.get("delete") if isinstance(body, dict) else None
         if delete is not None and not isinstance(delete, bool):
@@ -302,9 +291,6 @@ class _VolumeRoutes:
             volume["protection"]["delete"] = delete
         action = start_action(self.fake, "change_protection", [("volume", volume["id"])])
         return web.json_response({"action": action}, status=201)
-
-    def _volume(self, request: web.Request) -> Json | None:
-        return self.fake.volumes.get(_int(request.match_info["id"]))
 
     def _location(self, id_or_name: Any) -> Json | None:
         return next(
@@ -319,10 +305,6 @@ class _VolumeRoutes:
 
 def _size_ok(size: Any) -> bool:
     return isinstance(size, int) and not isinstance(size, bool) and MIN_SIZE <= size <= MAX_SIZE
-
-
-def _not_found() -> web.Response:
-    return _error(404, "not_found", "volume not found")
 
 
 def _locked(what: str) -> web.Response:
