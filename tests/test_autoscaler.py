@@ -20,7 +20,7 @@ from cloud_init.render import user_data_hash
 from control.appkeys import FLEET, SCALER
 from control.capacity.providers.hetzner_ratelimit import RateBudget
 from control.capacity.providers.local import agent_env_from_user_data
-from tests.fakes.hetzner import HetznerFake, agent_dist, provider_with_timeout
+from tests.fakes.hetzner import HetznerFake, agent_dist, fleet_settings, provider_with_timeout
 from tests.fixtures import ControlPlane
 from tests.worker import FakeWorker
 
@@ -35,18 +35,7 @@ def cloud(
     dist = agent_dist(tmp_path / "dist")
 
     async def start(budget: RateBudget | None = None, **overrides: Any) -> ControlPlane:
-        settings: dict[str, Any] = {
-            "provider": "hetzner",
-            "hetzner_api_token": hetzner_fake.token,
-            "hetzner_api_endpoint": hetzner_fake.url,
-            "hetzner_locations": ("nbg1", "fsn1"),
-            "agent_dist_dir": dist,
-            "autoscale_interval": 3600.0,
-            "max_servers": 10,
-            "max_creates_per_run": 2,
-            "warm_headroom": 0,
-        }
-        settings.update(overrides)
+        settings = fleet_settings(hetzner_fake, dist) | overrides
         plane = control_factory(provider_with_timeout(2.0, budget), **settings)
         await plane.start()
         await run(plane)  # let the start-up run finish before the test acts

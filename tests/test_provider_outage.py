@@ -19,7 +19,7 @@ import pytest
 from control.appkeys import PROVIDER_HEALTH, SCALER
 from control.capacity.orphans import ORPHAN_DELETES_PER_SWEEP, ORPHAN_SWEEPS
 from control.capacity.providers.base import ProviderError
-from tests.fakes.hetzner import HetznerFake, agent_dist, provider_with_timeout
+from tests.fakes.hetzner import HetznerFake, agent_dist, fleet_settings, provider_with_timeout
 from tests.fixtures import ControlPlane
 
 OURS = {"managed-by": "clawfleet", "clawfleet-cluster": "default"}
@@ -33,19 +33,7 @@ def cloud(
     dist = agent_dist(tmp_path / "dist")
 
     async def start(**overrides: Any) -> ControlPlane:
-        settings: dict[str, Any] = {
-            "provider": "hetzner",
-            "hetzner_api_token": hetzner_fake.token,
-            "hetzner_api_endpoint": hetzner_fake.url,
-            "hetzner_locations": ("nbg1", "fsn1"),
-            "agent_dist_dir": dist,
-            "autoscale_interval": 3600.0,
-            "max_servers": 10,
-            "max_creates_per_run": 2,
-            "warm_headroom": 0,
-            "provider_startup_wait": 0.5,
-        }
-        settings.update(overrides)
+        settings = fleet_settings(hetzner_fake, dist) | {"provider_startup_wait": 0.5} | overrides
         plane = control_factory(provider_with_timeout(1.0), **settings)
         await plane.start()
         if plane.app is not None and plane.app[PROVIDER_HEALTH].usable:

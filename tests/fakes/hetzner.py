@@ -869,6 +869,23 @@ def provider_with_timeout(
     return build
 
 
+def fleet_settings(fake: HetznerFake, dist: str) -> dict[str, Any]:
+    """Settings for a control plane whose provider is this fake, for tests that trigger the
+    autoscaler's runs themselves (its interval job is an hour apart): locations nbg1 and fsn1,
+    at most 10 servers and 2 creates a run, no warm headroom. `dist` is from `agent_dist`."""
+    return {
+        "provider": "hetzner",
+        "hetzner_api_token": fake.token,
+        "hetzner_api_endpoint": fake.url,
+        "hetzner_locations": ("nbg1", "fsn1"),
+        "agent_dist_dir": dist,
+        "autoscale_interval": 3600.0,
+        "max_servers": 10,
+        "max_creates_per_run": 2,
+        "warm_headroom": 0,
+    }
+
+
 def agent_dist(directory: Path) -> str:
     """A stand-in agent wheel where the control plane looks for one (AGENT_DIST_DIR)."""
     directory.mkdir(exist_ok=True)
