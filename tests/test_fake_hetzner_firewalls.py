@@ -1,17 +1,15 @@
 """The fake Hetzner API's firewalls, driven by the real hcloud client: what a caller sees must
 be what it would see against api.hetzner.cloud (objects, action commands, APIException codes).
 
-hcloud is synchronous; each call runs in a thread so the fake keeps serving on this loop."""
+The client, `run` (a call in a thread) and `api_error` are tests/fakes/hcloud_client.py's."""
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from hcloud import APIException, Client
+from hcloud import Client
 from hcloud.firewalls import (
     BoundFirewall,
     Firewall,
@@ -21,17 +19,9 @@ from hcloud.firewalls import (
 )
 from hcloud.servers import Server
 
+from tests.fakes.hcloud_client import api_error, hcloud_client_fixture, run, some  # noqa: F401
 from tests.fakes.hetzner import HetznerFake, hetzner_fake_fixture  # noqa: F401
 from tests.fakes.hetzner_firewalls import rule_problem
-
-T = TypeVar("T")
-
-
-def some(value: T | None) -> T:
-    """The value hcloud types as optional but the API always sends here."""
-    assert value is not None
-    return value
-
 
 CLOUDFLARE = ["173.245.48.0/20", "2400:cb00::/32"]
 WORKERS = FirewallResource(
@@ -44,23 +34,6 @@ def https_in(sources: list[str] = CLOUDFLARE) -> FirewallRule:
     return FirewallRule(
         direction="in", protocol="tcp", port="443", source_ips=sources, description="https"
     )
-
-
-@pytest.fixture
-async def client(hetzner_fake: HetznerFake) -> AsyncIterator[Client]:
-    api = Client(token=hetzner_fake.token, api_endpoint=hetzner_fake.url, poll_interval=0.01)
-    api._client._retry_max_retries = 0  # show every error as the first call got it
-    yield api
-
-
-async def run(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return await asyncio.to_thread(call, *args, **kwargs)
-
-
-async def api_error(call: Callable[..., Any], *args: Any, **kwargs: Any) -> APIException:
-    with pytest.raises(APIException) as info:
-        await run(call, *args, **kwargs)
-    return info.value
 
 
 def server_ids(firewall: BoundFirewall) -> list[int]:
