@@ -136,6 +136,33 @@ _LabelName = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9][A-Za-z0-9._/-]{0,127}\Z
 _Value = Annotated[str, Meta(max_length=65536)]
 
 
+# A path inside a volume: relative, no "..", no empty or hidden-traversal segments.
+_REL_PATH = r"\A(?!.*(?:\A|/)\.\.(?:/|\Z))[A-Za-z0-9._-]{1,128}(/[A-Za-z0-9._-]{1,128}){0,7}\Z"
+_JSON_TEXT = Annotated[str, Meta(max_length=65536)]
+
+
+class ConfigFileSpec(msgspec.Struct, frozen=True):
+    """A JSON config file in one of the spec's volumes, prepared before each start:
+    `seed` (a JSON object) is written only when the file is absent; `owned` (a JSON
+    object) is deep-merged over the file every time, so the platform's keys stay in
+    sync and the customer's other keys are kept. In `owned`, the text
+    `{{network_gateway}}` stands for the gateway address of the user's network."""
+
+    volume: Annotated[str, Meta(pattern=_DOCKER_NAME)]
+    path: Annotated[str, Meta(pattern=_REL_PATH)]
+    seed: _JSON_TEXT
+    owned: _JSON_TEXT
+
+
+class SecretFileSpec(msgspec.Struct, frozen=True):
+    """A file written (replaced) in one of the spec's volumes before each start, mode
+    0600 and owned by the container's user; its content appears nowhere else."""
+
+    volume: Annotated[str, Meta(pattern=_DOCKER_NAME)]
+    path: Annotated[str, Meta(pattern=_REL_PATH)]
+    content: Annotated[str, Meta(max_length=65536)]
+
+
 class ContainerSpec(msgspec.Struct, frozen=True):
     user_id: UserId
     name: Annotated[str, Meta(pattern=_DOCKER_NAME)]
@@ -152,6 +179,17 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     spec_hash: Annotated[str, Meta(pattern=r"\A[0-9a-f]{1,128}\Z")]
     # Full host name Traefik routes to this container, e.g. "alice.example.com".
     route_host: Annotated[str, Meta(pattern=_ROUTE_HOST)] = ""
+    config_files: Annotated[list[ConfigFileSpec], Meta(max_length=8)] = msgspec.field(
+        default_factory=list
+    )
+    secret_files: Annotated[list[SecretFileSpec], Meta(max_length=8)] = msgspec.field(
+        default_factory=list
+    )
+    # Sign-in gate (docs/signin.md): empty means the route goes straight to the
+    # container; otherwise the worker's verifier checks tickets and sessions with this
+    # key and passes the user's id to the container in `identity_header`.
+    signin_key: Annotated[str, Meta(pattern=r"\A([0-9a-f]{64})?\Z")] = ""
+    identity_header: Annotated[str, Meta(pattern=r"\A([A-Za-z][A-Za-z0-9-]{0,63})?\Z")] = ""
 
 
 class Assignments(msgspec.Struct, frozen=True):
