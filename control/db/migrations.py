@@ -145,7 +145,8 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX dashboard_sessions_last_seen ON dashboard_sessions(last_seen);
     """,
-    # 5: provider resilience: unknown creates, per-resource backoff (issue 10, capacity)
+    # 5: reserved for provider resilience, which needed no schema change (left empty so
+    # that the numbering of the migrations after it stays as applied)
     """
     """,
 )
