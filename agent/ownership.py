@@ -17,7 +17,8 @@ legacy container once, so the replacement carries the labels. Everything here is
 
 `refusal(spec, owner)` says why the agent will not run a spec (None: accepted): every
 name is full-matched (shared/names.py), the user is numeric `uid:gid` and never root,
-and the spec may not name another worker or cluster.
+config and secret files go only into the spec's own volumes along plain relative
+paths, and the spec may not name another worker or cluster.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from agent.tenant_files import parts_of
 from shared import names
-from shared.protocol import ContainerSpec
+from shared.protocol import ConfigFileSpec, ContainerSpec, SecretFileSpec
 
 LABEL_MANAGED = "clawfleet.managed"
 LABEL_USER = "clawfleet.user"
@@ -123,6 +125,7 @@ def refusal(spec: ContainerSpec, owner: Owner) -> str | None:
         (_ports_ok(spec), "ports"),
         (_volumes_ok(spec), "volumes"),
         (_labels_ok(spec), "labels"),
+        (_files_ok(spec), "config or secret files"),
     )
     for ok, what in checks:
         if not ok:
@@ -148,6 +151,20 @@ def _volumes_ok(spec: ContainerSpec) -> bool:
         and names.abs_path_ok(v.target)
         for v in spec.volumes
     )
+
+
+def _files_ok(spec: ContainerSpec) -> bool:
+    """Files go only into the spec's own volumes, along plain relative paths."""
+    mounted = {v.name for v in spec.volumes}
+    files: list[ConfigFileSpec | SecretFileSpec] = [*spec.config_files, *spec.secret_files]
+    for f in files:
+        try:
+            parts_of(f.path)
+        except ValueError:
+            return False
+        if f.volume not in mounted:
+            return False
+    return True
 
 
 def _labels_ok(spec: ContainerSpec) -> bool:

@@ -8,7 +8,9 @@ desired state: removals first, then starts, creates and replaces. A running cont
 whose spec hash matches is never touched (re-adoption means zero restarts).
 
 `Reconciler` applies a plan: it checks the metadata block before starting anything,
-pulls before replacing, gates upgrades on health and rolls back, keeps per-user errors
+pulls before replacing, writes the spec's config and secret files into its volumes
+before each container it creates (agent/tenant_files.py; a refused file means no
+start), gates upgrades on health and rolls back, keeps per-user errors
 and backoff, keeps Traefik routes in step, and builds the heartbeat's reports. It acts
 only as its `owner` (agent/ownership.py): without one (not registered yet) a pass does
 nothing; the containers, networks, volumes and route files it sees are those the owner
@@ -27,12 +29,14 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from agent import health, ownership, traefik
+from agent import health, ownership, tenant_files, traefik
 from agent.client import backoff_delay
 from agent.metadata_block import MetadataBlock, MetadataBlockError
 from agent.ownership import Owner
 from agent.runtime import DockerError, DockerRuntime, Observed, Tagged
 from agent.session import LazySession
+from agent.tenant_files import TenantFileError
+from shared.names import parse_container_user
 from shared.protocol import Assignments, ContainerReport, ContainerSpec
 
 log = logging.getLogger("agent.reconcile")
@@ -324,7 +328,7 @@ class Reconciler:
                 await self._apply(action, view.owner)
             except _RolledBack:
                 pass  # already recorded with its own message and retry delay
-            except (DockerError, ValueError) as exc:
+            except (DockerError, TenantFileError, ValueError) as exc:
                 if isinstance(action, Create | Replace):
                     self._fail(action.spec, str(exc))
                 else:
@@ -379,6 +383,7 @@ class Reconciler:
         await self._ensure_image(spec, None)
         net = await self.runtime.ensure_network(spec.user_id, owner)
         await self.runtime.ensure_volumes(spec, owner)
+        await self._write_files(spec, net)
         cid = await self.runtime.create(spec, self.applied_generation, net, owner)
         log.info("user %s: created container %s (%s)", spec.user_id, cid[:12], spec.image)
         await self.runtime.start(cid)
@@ -395,6 +400,8 @@ class Reconciler:
         healthy = False
         reason = f"not healthy within {self.opts.health_gate:g}s"
         try:
+            # Written once the old container has stopped, so it never sees them change.
+            await self._write_files(spec, net)
             new_id = await self.runtime.create(spec, self.applied_generation, net, owner)
             await self.runtime.start(new_id)
             new = await self.runtime.inspect(new_id)
@@ -407,13 +414,38 @@ class Reconciler:
                     gate=self.opts.health_gate,
                     probe_timeout=self.opts.health_timeout,
                 )
-        except DockerError as exc:
+        except (DockerError, TenantFileError) as exc:
             reason = str(exc)
         if not healthy:
             await self._roll_back(spec, old, new_id, reason)
         await self.runtime.remove(old.id)
         log.info("user %s: upgrade to %s healthy", spec.user_id, spec.image)
         self._succeed(spec.user_id)
+
+    async def _write_files(self, spec: ContainerSpec, network_id: str) -> None:
+        """The spec's config and secret files, in its volumes (already ensured and
+        checked as this user's), before its container starts."""
+        if not spec.config_files and not spec.secret_files:
+            return
+        uid, gid = parse_container_user(spec.user)
+        gateway = await self.runtime.network_gateway(network_id) if spec.config_files else ""
+        mounts: dict[str, Path] = {}
+        for name in {f.volume for f in spec.config_files} | {f.volume for f in spec.secret_files}:
+            mounts[name] = Path(await self.runtime.volume_mountpoint(name))
+        plan = tenant_files.FilePlan(
+            uid,
+            gid,
+            gateway,
+            tuple(
+                tenant_files.ConfigFile(mounts[f.volume], f.path, f.seed, f.owned)
+                for f in spec.config_files
+            ),
+            tuple(
+                tenant_files.SecretFile(mounts[f.volume], f.path, f.content)
+                for f in spec.secret_files
+            ),
+        )
+        await asyncio.to_thread(tenant_files.prepare, plan)
 
     async def _roll_back(
         self, spec: ContainerSpec, old: Observed, new_id: str | None, reason: str

@@ -296,6 +296,26 @@ class DockerRuntime:
         for vol in spec.volumes:
             await self._run(self._ensure_volume, spec.user_id, vol.name, owner)
 
+    def _volume_mountpoint(self, name: str) -> str:
+        return str(self._api().inspect_volume(name).get("Mountpoint") or "")
+
+    async def volume_mountpoint(self, name: str) -> str:
+        """The host directory of a volume `ensure_volumes` has checked (the agent runs
+        as root on the worker, so it can write there)."""
+        mountpoint = await self._run(self._volume_mountpoint, name)
+        if not mountpoint.startswith("/"):
+            raise DockerError(f"volume {name} has no host directory")
+        return mountpoint
+
+    async def network_gateway(self, network_id: str) -> str:
+        """The IPv4 gateway of a network: the address the host (and Traefik) has on it."""
+        data = await self._api_call("inspect_network", network_id)
+        for config in (data.get("IPAM") or {}).get("Config") or []:
+            gateway = str(config.get("Gateway") or "")
+            if gateway.count(".") == 3:
+                return gateway
+        raise DockerError(f"network {network_id[:12]} has no IPv4 gateway")
+
     async def remove_network(self, network_id: str) -> None:
         try:
             await self._api_call("remove_network", network_id)
