@@ -93,6 +93,9 @@ class Settings:
         "TRAEFIK_ENTRYPOINTS", "websecure", items(at_least_one=False), "Routers' entry points."
     )
     traefik_tls: bool = setting("TRAEFIK_TLS", "true", flag, "Adds tls to each router.")
+    auth_port: int = setting(
+        "AUTH_PORT", "8099", whole(1, 65535), "Sign-in verifier's port on 127.0.0.1."
+    )
     traefik_cert_resolver: str = setting(
         "TRAEFIK_CERT_RESOLVER", "", text, "ACME resolver name for tls.certResolver."
     )

@@ -6,7 +6,8 @@ desired set kept in STATE_DIR, independent of the control plane. Control-plane o
 never change a container. 403 (revoked) stops every loop, leaves containers as they
 are, and returns EXIT_REVOKED. 401 unknown_worker re-registers only with a usable
 bootstrap token. `stop()` (SIGTERM) cancels and awaits the loops without touching
-containers.
+containers. The sign-in verifier (agent/verifier.py) is one of the loops: it follows
+the reconciler's accepted specs, so it answers from the saved desired set too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from agent.reconcile import Reconciler, ReconcilerOptions
 from agent.runtime import DockerError, DockerRuntime
 from agent.state import Credentials, StateError, StateStore
 from agent.traefik import RouteOptions
+from agent.verifier import Verifier, serve
 from shared.protocol import Heartbeat, HostReport, RegisterRequest, Resources
 from shared.version import PROTOCOL_VERSION, __version__
 
@@ -103,9 +105,12 @@ class Daemon:
                     settings.traefik_entrypoints,
                     settings.traefik_tls,
                     settings.traefik_cert_resolver,
+                    settings.auth_port,
                 ),
             ),
         )
+        self.verifier = Verifier()
+        self.reconciler.on_specs = self.verifier.set_specs
         self.creds: Credentials | None = None
         self.heartbeat_interval = DEFAULT_HEARTBEAT
         self._token: str | None = settings.bootstrap_token
@@ -275,6 +280,30 @@ class Daemon:
                 log.error("reconcile failed: %s; retry in %.1fs", exc, delay)
             await asyncio.sleep(delay)
 
+    async def _verifier_loop(self) -> None:
+        """Serves the sign-in verifier on 127.0.0.1:AUTH_PORT; a taken port is logged
+        and retried (containers keep running; only gated sign-ins wait)."""
+        attempt = 0
+        while True:
+            try:
+                runner = await serve(self.verifier, self.s.auth_port)
+                break
+            except OSError as exc:
+                delay = cp.backoff_delay(attempt, self.s.backoff_base, self.s.backoff_max)
+                log.error(
+                    "sign-in verifier on 127.0.0.1:%d: %s; retry in %.1fs",
+                    self.s.auth_port,
+                    exc.strerror,
+                    delay,
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+        log.info("sign-in verifier listening on 127.0.0.1:%d", self.s.auth_port)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
     async def _build_heartbeat(self) -> Heartbeat:
         try:
             containers = await self.reconciler.reports()
@@ -319,6 +348,8 @@ class Daemon:
             if self._token_file is not None and self._token_file.exists():
                 self._forget_token()  # already registered: the token is no longer needed
         if self.reconciler.desired is not None:
+            # Sign-ins work from the saved desired set before anything else answers.
+            self.verifier.set_specs(self.reconciler.desired.containers)
             log.info(
                 "restored desired set generation %d (%d containers)",
                 self.reconciler.desired.generation,
@@ -332,6 +363,7 @@ class Daemon:
 
         loops: list[Callable[[], Coroutine[Any, Any, None]]] = [
             register_once,
+            self._verifier_loop,
             self._reconcile_loop,
             self._heartbeat_loop,
             self._poll_loop,

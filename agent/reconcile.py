@@ -228,6 +228,9 @@ class Reconciler:
         self._failures: dict[str, _Failure] = {}
         self._lock = asyncio.Lock()
         self._http = LazySession(limit=8)  # the health checks' probes
+        # Told the accepted specs at the start of every pass (the sign-in verifier),
+        # before any Docker call, so it follows the desired set even with Docker down.
+        self.on_specs: Callable[[Collection[ContainerSpec]], None] | None = None
 
     async def close(self) -> None:
         await self._http.close()
@@ -287,6 +290,8 @@ class Reconciler:
             if self.refused.get(user) != reason:
                 log.error("user %s: spec refused: %s", user, reason)
         self.refused = view.refused
+        if self.on_specs is not None:
+            self.on_specs(list(view.accepted.values()))
         purge = set(self.desired.purge) if self.desired else set()
         try:
             await self.metadata.ensure()
@@ -480,8 +485,15 @@ class Reconciler:
                 continue
             keep.add(c.user_id)
             try:
+                gate = traefik.Gate(spec.identity_header) if spec.signin_key else None
                 if traefik.write_route(
-                    directory, worker, c.user_id, spec.route_host, port, self.opts.route_options
+                    directory,
+                    worker,
+                    c.user_id,
+                    spec.route_host,
+                    port,
+                    self.opts.route_options,
+                    gate,
                 ):
                     log.info("user %s: route %s -> 127.0.0.1:%d", c.user_id, spec.route_host, port)
             except (OSError, ValueError) as exc:

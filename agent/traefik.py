@@ -3,7 +3,10 @@
 Contract: `route_file(worker_id, user_id)` is
 `<TRAEFIK_DYNAMIC_DIR>/clawfleet-<user_id>@<worker_id>.yaml` (`@` never occurs in a user
 or worker id, so the name parses one way); its content routes `Host(<route_host>)` to
-`http://127.0.0.1:<published port>`. The file is JSON (a subset of YAML, so no YAML
+`http://127.0.0.1:<published port>`. A gated route (a spec with a sign-in key) adds a
+router for `Host(<route_host>) && PathPrefix(/_clawfleet/)` to the agent's sign-in
+verifier and puts the main router behind forward auth to that verifier, after deleting
+any client-sent identity header (docs/signin.md). The file is JSON (a subset of YAML, so no YAML
 library and no escaping surprises), written atomically and only when its content
 changes, so Traefik reloads only on real change. An agent prunes only files of its own
 worker ids, so agents sharing a directory leave each other's routes alone; a file of
@@ -28,6 +31,7 @@ from shared.names import dns_name_ok, user_id_ok
 PREFIX = "clawfleet-"
 SUFFIX = ".yaml"
 _WORKER = re.compile(r"[a-z0-9-]{1,64}")
+_HEADER = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class RouteOptions:
     entrypoints: tuple[str, ...] = ("websecure",)
     tls: bool = True
     cert_resolver: str = ""
+    auth_port: int = 8099  # the sign-in verifier (agent/verifier.py) on 127.0.0.1
 
 
 def _checked(worker_id: str, user_id: str) -> None:
@@ -52,36 +57,96 @@ def legacy_route_file(directory: Path, user_id: str) -> Path:
     return directory / f"{PREFIX}{user_id}{SUFFIX}"
 
 
-def render(worker_id: str, user_id: str, host: str, port: int, options: RouteOptions) -> bytes:
+@dataclass(frozen=True)
+class Gate:
+    """The route is behind the sign-in verifier; it sets `identity_header` (may be "")."""
+
+    identity_header: str = ""
+
+
+def _router(rule: str, service: str, options: RouteOptions) -> dict[str, Any]:
+    router: dict[str, Any] = {
+        "rule": rule,
+        "service": service,
+        "entryPoints": list(options.entrypoints),
+    }
+    if options.tls:
+        router["tls"] = {"certResolver": options.cert_resolver} if options.cert_resolver else {}
+    return router
+
+
+def _service(url: str) -> dict[str, Any]:
+    return {"loadBalancer": {"servers": [{"url": url}]}}
+
+
+def render(
+    worker_id: str,
+    user_id: str,
+    host: str,
+    port: int,
+    options: RouteOptions,
+    gate: Gate | None = None,
+) -> bytes:
     _checked(worker_id, user_id)
     if not dns_name_ok(host):
         raise ValueError(f"route host {host!r} is not a host name")
     # Unique per agent, so two agents' routers never collide in one Traefik.
     name = f"{PREFIX}{user_id}-{worker_id}"
-    router: dict[str, Any] = {
-        "rule": f"Host(`{host}`)",
-        "service": name,
-        "entryPoints": list(options.entrypoints),
+    router = _router(f"Host(`{host}`)", name, options)
+    http: dict[str, Any] = {
+        "routers": {name: router},
+        "services": {name: _service(f"http://127.0.0.1:{port}")},
     }
-    if options.tls:
-        router["tls"] = {"certResolver": options.cert_resolver} if options.cert_resolver else {}
-    doc = {
-        "http": {
-            "routers": {name: router},
-            "services": {
-                name: {"loadBalancer": {"servers": [{"url": f"http://127.0.0.1:{port}"}]}}
-            },
+    if gate is not None:
+        _add_gate(http, name, host, options, gate)
+    return (json.dumps({"http": http}, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _add_gate(
+    http: dict[str, Any], name: str, host: str, options: RouteOptions, gate: Gate
+) -> None:
+    """Sign-in paths go to the verifier; everything else passes forward auth first.
+    The client's own identity header is deleted before forward auth, which then sets
+    it from the verifier's answer: a forged one never reaches the container."""
+    if gate.identity_header and not _HEADER.fullmatch(gate.identity_header):
+        raise ValueError(f"identity header {gate.identity_header!r} is not a header name")
+    verifier_url = f"http://127.0.0.1:{options.auth_port}"
+    signin = _router(f"Host(`{host}`) && PathPrefix(`/_clawfleet/`)", f"{name}-signin", options)
+    signin["priority"] = 10_000  # above the host's catch-all router
+    http["routers"][f"{name}-signin"] = signin
+    http["services"][f"{name}-signin"] = _service(verifier_url)
+    middlewares: dict[str, Any] = {
+        f"{name}-auth": {
+            "forwardAuth": {
+                "address": f"{verifier_url}/_clawfleet/auth",
+                "trustForwardHeader": False,
+                "authResponseHeaders": [gate.identity_header] if gate.identity_header else [],
+            }
         }
     }
-    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    chain = [f"{name}-auth"]
+    if gate.identity_header:
+        # An empty value makes Traefik delete the header.
+        middlewares[f"{name}-strip"] = {
+            "headers": {"customRequestHeaders": {gate.identity_header: ""}}
+        }
+        chain.insert(0, f"{name}-strip")
+    http["middlewares"] = middlewares
+    http["routers"][name]["middlewares"] = chain
 
 
 def write_route(
-    directory: Path, worker_id: str, user_id: str, host: str, port: int, options: RouteOptions
+    directory: Path,
+    worker_id: str,
+    user_id: str,
+    host: str,
+    port: int,
+    options: RouteOptions,
+    gate: Gate | None = None,
 ) -> bool:
     """True when the file changed."""
     path = route_file(directory, worker_id, user_id)
-    content = render(worker_id, user_id, host, port, options)
+    content = render(worker_id, user_id, host, port, options, gate)
     try:
         if path.read_bytes() == content:
             return False
