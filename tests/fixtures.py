@@ -13,7 +13,7 @@ from aiohttp import web
 
 from control.app import ProviderFactory, create_app
 from control.capacity.providers import build_provider
-from control.settings import Settings
+from control.settings import Settings, profiles
 
 ADMIN_TOKEN = "test-admin-token-" + "a" * 24
 INTERNAL_SECRET = "test-internal-secret-" + "b" * 24
@@ -39,6 +39,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         # No autoscaling unless a test asks for it: workers come from the test itself.
         max_servers=0,
         warm_headroom=0,
+        # Busybox stand-ins: no command, config or sign-in gate (OpenClaw tests override).
+        tenant_profile=profiles.load("generic"),
     )
     return base.with_overrides(**overrides)
 

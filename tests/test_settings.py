@@ -197,6 +197,8 @@ def test_plans_extend_and_override_the_default() -> None:
             **GOOD,
             "PLANS": '{"pro": {"memory_mb": 4096, "cpus": 2, "pids": 2048, "disk_gb": 40, "stripe_price_ids": ["price_1"]},'
             ' "default": {"memory_mb": 512, "cpus": 0.25, "pids": 256, "disk_gb": 2}}',
+            # 512 MB is below OpenClaw's minimum (tests/test_profiles.py).
+            "TENANT_PROFILE": "generic",
         }
     )
     assert set(s.plans) == {"default", "pro"}

@@ -10,6 +10,8 @@ it answers 200 with the provider's and the DNS provider's states, whatever they 
 
 from __future__ import annotations
 
+import functools
+import time
 from typing import Annotated
 
 import msgspec
@@ -21,6 +23,8 @@ from control.appkeys import DNS_HEALTH, FLEET, INBOX, PROVIDER_HEALTH
 from control.billing import rules
 from control.clock import iso
 from control.errors import BadRequest, NotFound
+from control.users import access, secrets, signin_links
+from control.workers import assignments
 from control.workers.trust import Stated
 
 admin_routes = web.RouteTableDef()
@@ -148,7 +152,11 @@ async def move_user(request: web.Request) -> web.Response:
 @admin_routes.get("/v1/users/{user_id}/access")
 async def user_access(request: web.Request) -> web.Response:
     """What the operator's platform hands its customer: the agent's URL and gateway token."""
-    return web.json_response(await request.app[FLEET].access(request.match_info["user_id"]))
+    fleet = request.app[FLEET]
+    user_id = request.match_info["user_id"]
+    return web.json_response(
+        await access.details(fleet.store, fleet.keyring, fleet.settings, user_id)
+    )
 
 
 @admin_routes.post("/v1/users/{user_id}/rotate-token")
@@ -156,7 +164,45 @@ async def rotate_token(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     user_id = request.match_info["user_id"]
     await fleet.rotate_token(user_id)
-    return web.json_response(await fleet.access(user_id))
+    return web.json_response(
+        await access.details(fleet.store, fleet.keyring, fleet.settings, user_id)
+    )
+
+
+@admin_routes.post("/v1/users/{user_id}/signin-link")
+async def signin_link(request: web.Request) -> web.Response:
+    """A one-time sign-in URL for the user's gated gateway (docs/tenants.md)."""
+    fleet = request.app[FLEET]
+    link = await signin_links.signin_link(
+        fleet.store, fleet.keyring, fleet.settings, request.match_info["user_id"], time.time()
+    )
+    return web.json_response({"url": link.url, "expires_at": iso(link.expires_at)}, status=201)
+
+
+@admin_routes.get("/v1/users/{user_id}/secrets")
+async def list_secrets(request: web.Request) -> web.Response:
+    """Names only: no reply ever carries a secret's value."""
+    fleet = request.app[FLEET]
+    names = await secrets.names(fleet.store, fleet.keyring, request.match_info["user_id"])
+    allowed = list(fleet.settings.tenant_profile.secret_names)
+    return web.json_response({"names": names, "allowed": allowed})
+
+
+@admin_routes.put("/v1/users/{user_id}/secrets")
+async def put_secrets(request: web.Request) -> web.Response:
+    """Merges {"NAME": "value" | null}; a change restarts the container with its state."""
+    fleet = request.app[FLEET]
+    user_id = request.match_info["user_id"]
+    changes = decode_body(await request.read(), dict[str, str | None])
+    secrets.check_changes(changes, fleet.settings.tenant_profile.secret_names)
+    change = functools.partial(
+        secrets.change, keyring=fleet.keyring, user_id=user_id, changes=changes
+    )
+    names, server = await assignments.commit(fleet.store, change, lambda r: [r[1]])
+    if server:
+        fleet.board.notify(server)
+    allowed = list(fleet.settings.tenant_profile.secret_names)
+    return web.json_response({"names": names, "allowed": allowed})
 
 
 @admin_routes.get("/v1/events")

@@ -149,4 +149,8 @@ MIGRATIONS: tuple[str, ...] = (
     # that the numbering of the migrations after it stays as applied)
     """
     """,
+    # 6: per-customer secrets and settings, one Fernet-encrypted JSON object (issue 12)
+    """
+    ALTER TABLE users ADD COLUMN secrets_ciphertext TEXT;
+    """,
 )

@@ -24,6 +24,7 @@ from typing import Any
 
 from control.plans import Plan
 from control.settings import rules
+from control.settings.profiles import Profile
 from control.settings.rules import SettingsError
 from shared.config import (
     check,
@@ -195,6 +196,12 @@ class Settings:
         "1000:1000",
         rules.agent_user,
         "Numeric uid:gid the agent container runs as; neither may be 0 (workers refuse root too).",
+    )
+    tenant_profile: Profile = setting(
+        "TENANT_PROFILE",
+        "openclaw",
+        rules.tenant_profile,
+        "What each user's container runs (docs/tenants.md): a shipped profile (openclaw, generic) or the path of an operator's TOML profile. Start-up fails when a plan has less memory than the profile's min_memory_mb.",
     )
     heartbeat_interval: float = setting(
         "HEARTBEAT_INTERVAL", "10", number(1, 3600), "Base seconds between worker heartbeats."

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from control.errors import ConfigurationError
 from control.plans import Plan, PlanError, parse_plans
+from control.settings import profiles
 from shared.config import Invalid
 from shared.names import parse_container_user
 
@@ -54,6 +55,10 @@ def plans(value: str) -> dict[str, Plan]:
         raise Invalid(exc.message) from None
 
 
+def tenant_profile(value: str) -> profiles.Profile:
+    return profiles.load(value)
+
+
 def check_together(settings: Settings) -> None:
     """The rules that involve more than one variable."""
     if settings.provider == "hetzner":
@@ -76,6 +81,17 @@ def check_together(settings: Settings) -> None:
         raise SettingsError("MIN_SERVERS: must not exceed MAX_SERVERS")
     if settings.dead_after <= 3 * settings.heartbeat_interval:
         raise SettingsError("DEAD_AFTER: must be longer than 3 x HEARTBEAT_INTERVAL")
+    check_plans_fit(settings.plans, settings.tenant_profile)
+
+
+def check_plans_fit(plans: dict[str, Plan], profile: profiles.Profile) -> None:
+    """Every plan gives the tenant at least what its profile needs to start."""
+    for plan in sorted(plans.values(), key=lambda p: p.name):
+        if plan.memory_mb < profile.min_memory_mb:
+            raise SettingsError(
+                f"PLANS: plan {plan.name} has {plan.memory_mb} MB, below the "
+                f"{profile.min_memory_mb} MB TENANT_PROFILE {profile.name} needs"
+            )
 
 
 def stripe_livemode(mode: str, key: str, provider: str) -> bool:

@@ -85,6 +85,28 @@ async def set_gateway_token(
     return str(row["server_id"]) if row["server_id"] else None
 
 
+async def set_secrets(
+    conn: aiosqlite.Connection,
+    user_id: str,
+    ciphertext: str | None,
+    changed: list[str],
+    now: float,
+) -> str | None:
+    """The user's encrypted secrets (control/users/secrets.py); the event names the
+    changed names, never a value. Returns the server that must restart the container."""
+    row = await fetch_one(conn, "SELECT server_id FROM users WHERE id = ?", (user_id,))
+    if row is None:
+        raise NotFound(f"no user {user_id}")
+    await conn.execute(
+        "UPDATE users SET secrets_ciphertext = ?, updated_at = ? WHERE id = ?",
+        (ciphertext, now, user_id),
+    )
+    await events.record(
+        conn, "secrets_changed", f"changed: {', '.join(changed)}", user_id=user_id, at=now
+    )
+    return str(row["server_id"]) if row["server_id"] else None
+
+
 async def set_state(
     conn: aiosqlite.Connection, user_id: str, state: str, server: str | None, now: float
 ) -> None:

@@ -26,9 +26,10 @@ from control.db.store import Row, Store
 from control.keyring import Keyring
 from control.settings import Settings
 from control.users.plans import Plan, plan_of
+from control.users.secrets import stored_secrets
 from control.workers import servers
 from control.workers.auth import check_not_revoked
-from control.workers.specs import UserPlacement, build_spec
+from control.workers.specs import GATEWAY_TOKEN_ENV, UserPlacement, build_spec
 from shared.protocol import Assignments
 
 T = TypeVar("T")
@@ -151,7 +152,8 @@ async def desired_set(
     store: Store, settings: Settings, plans: dict[str, Plan], keyring: Keyring, server_id: str
 ) -> Assignments:
     rows = await store.fetch_all(
-        "SELECT s.generation, u.id, u.subdomain, u.plan, u.gateway_token_ciphertext FROM servers s "
+        "SELECT s.generation, u.id, u.subdomain, u.plan, u.gateway_token_ciphertext, "
+        "u.secrets_ciphertext FROM servers s "
         "LEFT JOIN users u ON (u.server_id = s.id AND u.state IN ('provisioning', 'running')) "
         "OR u.moving_from = s.id "
         "WHERE s.id = ? ORDER BY u.id",
@@ -160,7 +162,13 @@ async def desired_set(
     gen = int(rows[0]["generation"]) if rows else 0
     specs = [
         build_spec(
-            UserPlacement(r["id"], r["subdomain"], plan_of(plans, r["plan"]), _env(keyring, r)),
+            UserPlacement(
+                r["id"],
+                r["subdomain"],
+                plan_of(plans, r["plan"]),
+                _env(keyring, r),
+                stored_secrets(keyring, r["secrets_ciphertext"]),
+            ),
             settings,
             server_id,
         )
@@ -179,4 +187,4 @@ def _env(keyring: Keyring, row: Row) -> dict[str, str]:
     # The gateway token travels only inside this worker-scoped, signed reply.
     if row["gateway_token_ciphertext"] is None:
         return {}
-    return {"OPENCLAW_GATEWAY_TOKEN": keyring.decrypt(row["gateway_token_ciphertext"])}
+    return {GATEWAY_TOKEN_ENV: keyring.decrypt(row["gateway_token_ciphertext"])}

@@ -8,27 +8,41 @@ carry the worker the spec is for and the cluster (`clawfleet.worker`,
 `clawfleet.cluster`): an agent refuses a spec for another worker, and owns only Docker
 objects carrying its own worker id and cluster (docs/agent.md, "Ownership"), so several
 agents can share one Docker engine. The spec of one user therefore differs per worker.
+
+What the container runs comes from the tenant profile (TENANT_PROFILE,
+control/settings/profiles.py, docs/tenants.md): command (`{port}` filled), static env
+plus `NODE_OPTIONS=--max-old-space-size=<plan MB x heap_fraction>`, volumes, health
+path, the config file (owned keys rendered with the user's origin, the port and the
+identity header), the sign-in key (`shared.signin.signin_key` of the gateway token, when
+the profile's gate is on) and the secret file (the user's secrets as KEY=value lines;
+absent when there are none). Secret values are only ever in `secret_files`, never in
+env or labels; the hash covers them, so changing a secret replaces the container.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from control.settings import Settings
+from control.settings.profiles import Profile, render_owned
+from control.users.access import user_url
 from control.users.plans import Plan
 from shared.protocol import (
+    ConfigFileSpec,
     ContainerSpec,
     HealthSpec,
     PortSpec,
     ResourceSpec,
+    SecretFileSpec,
     VolumeSpec,
     to_builtins,
 )
+from shared.signin import signin_key
 
-# OpenClaw keeps its state and config here (uid 1000 `node`).
-STATE_MOUNTS = (("state", "/home/node/.openclaw"), ("config", "/home/node/.config/openclaw"))
+GATEWAY_TOKEN_ENV = "OPENCLAW_GATEWAY_TOKEN"  # noqa: S105 (a variable's name, not a secret)
 
 
 @dataclass(frozen=True)
@@ -36,26 +50,78 @@ class UserPlacement:
     user_id: str
     subdomain: str
     plan: Plan
-    env: dict[str, str]
+    env: dict[str, str]  # the gateway token (GATEWAY_TOKEN_ENV), when the user has one
+    secrets: dict[str, str] = field(default_factory=dict)
+
+
+def _volume(user: UserPlacement, kind: str) -> str:
+    return f"clawfleet-{user.user_id}-{kind}"
+
+
+def _env(user: UserPlacement, profile: Profile) -> dict[str, str]:
+    env = dict(profile.env) | dict(user.env)
+    if profile.heap_fraction:
+        heap = int(user.plan.memory_mb * profile.heap_fraction)
+        env["NODE_OPTIONS"] = f"--max-old-space-size={heap}"
+    return env
+
+
+def _files(user: UserPlacement, settings: Settings) -> dict[str, Any]:
+    """The config file, secret file and sign-in gate of the user's spec."""
+    profile = settings.tenant_profile
+    found: dict[str, Any] = {"config_files": [], "secret_files": []}
+    if profile.config is not None:
+        owned = render_owned(
+            profile,
+            user_url(settings, user.subdomain),
+            settings.agent_port,
+            profile.identity_header,
+        )
+        found["config_files"].append(
+            ConfigFileSpec(
+                volume=_volume(user, profile.config.volume),
+                path=profile.config.path,
+                seed=profile.config.seed,
+                owned=owned,
+            )
+        )
+    if user.secrets and profile.secret_volume:
+        content = "".join(f"{name}={value}\n" for name, value in sorted(user.secrets.items()))
+        found["secret_files"].append(
+            SecretFileSpec(
+                volume=_volume(user, profile.secret_volume),
+                path=profile.secret_path,
+                content=content,
+            )
+        )
+    token = user.env.get(GATEWAY_TOKEN_ENV, "")
+    gated = profile.signin and bool(token)
+    found["signin_key"] = signin_key(token) if gated else ""
+    found["identity_header"] = profile.identity_header if gated else ""
+    # Left out when empty (the protocol's defaults): a spec without them keeps the hash
+    # it had before these fields existed, so an upgrade restarts no container.
+    return {key: value for key, value in found.items() if value}
 
 
 def build_spec(user: UserPlacement, settings: Settings, worker_id: str) -> ContainerSpec:
+    profile = settings.tenant_profile
+    port = settings.agent_port
+    command = [a.replace("{port}", str(port)) for a in profile.command or ()] or None
     fields = {
         "user_id": user.user_id,
         "name": f"clawfleet-{user.user_id}",
         "image": settings.agent_image,
         "user": settings.agent_user,
-        "command": None,
-        "env": dict(user.env),
-        "ports": [PortSpec(container_port=settings.agent_port)],
+        "command": command,
+        "env": _env(user, profile),
+        "ports": [PortSpec(container_port=port)],
         "volumes": [
-            VolumeSpec(name=f"clawfleet-{user.user_id}-{kind}", target=target)
-            for kind, target in STATE_MOUNTS
+            VolumeSpec(name=_volume(user, kind), target=target) for kind, target in profile.volumes
         ],
         "resources": ResourceSpec(
             memory_mb=user.plan.memory_mb, cpus=user.plan.cpus, pids=user.plan.pids
         ),
-        "health": HealthSpec(path=settings.agent_health_path, port=settings.agent_port),
+        "health": HealthSpec(path=profile.health_path or settings.agent_health_path, port=port),
         "labels": {
             "clawfleet.plan": user.plan.name,
             "clawfleet.subdomain": user.subdomain,
@@ -64,8 +130,9 @@ def build_spec(user: UserPlacement, settings: Settings, worker_id: str) -> Conta
         },
         "hostname": user.subdomain,
         "route_host": f"{user.subdomain}.{settings.base_domain}",
+        **_files(user, settings),
     }
     digest = hashlib.sha256(
         json.dumps(to_builtins(fields), sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
-    return ContainerSpec(spec_hash=digest, **fields)  # type: ignore[arg-type]
+    return ContainerSpec(spec_hash=digest, **fields)
