@@ -133,3 +133,33 @@ async def test_a_profile_without_secrets_refuses_them(control: ControlPlane) -> 
     await control.admin("POST", "/v1/users", {"user_id": "bob", "subdomain": "bob"})
     status, reply = await control.admin("PUT", "/v1/users/bob/secrets", {"GEMINI_API_KEY": "g"})
     assert status == 400 and reply["error"]["code"] == "no_secrets"  # generic profile
+
+
+async def test_cli_sets_from_stdin_lists_names_and_prints_login_links(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from tests.test_cli import cli
+
+    monkeypatch.setenv("CLAWFLEET_URL", plane.url)
+    monkeypatch.setenv("ADMIN_TOKEN", plane.admin_token)
+    await registered(plane)
+    await plane.admin("POST", "/v1/users", {"user_id": "alice", "subdomain": "alice"})
+    monkeypatch.setattr("sys.stdin", io.StringIO(VALUE + "\n"))
+    run = await cli(capsys, "secrets", "alice", "set", "ANTHROPIC_API_KEY")
+    assert (run.code, run.out) == (0, "ANTHROPIC_API_KEY\n") and VALUE not in run.out + run.err
+    run = await cli(capsys, "secrets", "alice", "list")
+    assert run.out == "ANTHROPIC_API_KEY\n"
+    run = await cli(capsys, "secrets", "alice", "set", "NOPE")
+    assert run.code == 1 and "unknown_secret" in run.err
+    run = await cli(capsys, "secrets", "alice", "unset")
+    assert run.code == 2
+    run = await cli(capsys, "secrets", "alice", "unset", "ANTHROPIC_API_KEY")
+    assert (run.code, run.out) == (0, "(none)\n")
+    run = await cli(capsys, "login-link", "alice")
+    assert (
+        run.code == 0
+        and run.out.startswith("http")
+        and "/_clawfleet/signin?ticket=t1.alice." in run.out
+    )

@@ -33,7 +33,9 @@ from control.cli.render import (
 )
 
 SERVER_COMMANDS = frozenset({"servers", "server", "cordon", "uncordon", "drain"})
-USER_COMMANDS = frozenset({"users", "user", "suspend", "resume", "move", "access", "rotate-token"})
+USER_COMMANDS = frozenset(
+    {"users", "user", "suspend", "resume", "move", "access", "rotate-token", "login-link"}
+)
 
 
 def _seg(value: str) -> str:
@@ -46,6 +48,8 @@ def run(args: argparse.Namespace, api: Api) -> int:
         return _servers(cmd, args, api)
     if cmd in USER_COMMANDS:
         return _users(cmd, args, api)
+    if cmd == "secrets":
+        return _secrets(args, api)
     if cmd == "events":
         return _events(args, api)
     if cmd == "join-token":
@@ -74,11 +78,30 @@ def _users(cmd: str, args: argparse.Namespace, api: Api) -> int:
         return show(args, api.call("GET", f"{user}/access"), render_access)
     if cmd == "rotate-token":
         return show(args, api.call("POST", f"{user}/rotate-token"), render_access)
+    if cmd == "login-link":
+        link = api.call("POST", f"{user}/signin-link")
+        return show(args, link, lambda b: str(b["url"]))
     if cmd == "move":
         body = api.call("POST", f"{user}/move", {"server_id": args.to} if args.to else {})
     else:  # suspend, resume
         body = api.call("POST", f"{user}/{cmd}")
     return show(args, body, lambda u: table(USER_HEADERS, [user_row(u)]))
+
+
+def _secrets(args: argparse.Namespace, api: Api) -> int:
+    """The value of `set` comes from stdin, never argv (argv shows in `ps` and history)."""
+    path = f"/v1/users/{_seg(args.user)}/secrets"
+    if args.action != "list" and not args.name:
+        raise CliError(EXIT_USAGE, f"secrets {args.action}: NAME is required")
+    if args.action == "list":
+        body = api.call("GET", path)
+    elif args.action == "unset":
+        body = api.call("PUT", path, {args.name: None})
+    else:
+        value = sys.stdin.read()
+        value = value[:-1] if value.endswith("\n") else value
+        body = api.call("PUT", path, {args.name: value})
+    return show(args, body, lambda b: "\n".join(b["names"]) or "(none)")
 
 
 def _events(args: argparse.Namespace, api: Api) -> int:

@@ -130,6 +130,13 @@ def _user_commands(add: Add) -> None:
         "user", type=_nonempty
     )
     add("access", "print a user's agent URL and gateway token").add_argument("user", type=_nonempty)
+    add("login-link", "print a one-time sign-in URL for a user's agent (5 minutes)").add_argument(
+        "user", type=_nonempty
+    )
+    secrets = add("secrets", "a user's secrets: list names, set NAME (value on stdin), unset NAME")
+    secrets.add_argument("user", type=_nonempty)
+    secrets.add_argument("action", choices=("list", "set", "unset"))
+    secrets.add_argument("name", nargs="?", type=_nonempty, help="for set and unset")
 
 
 def _other_commands(add: Add) -> None:
