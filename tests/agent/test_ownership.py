@@ -21,7 +21,14 @@ from agent.ownership import (
 from agent.reconcile import owned_containers, view_of
 from agent.runtime import Observed
 from agent.state import Credentials, StateStore
-from shared.protocol import ContainerSpec, HealthSpec, PortSpec, VolumeSpec
+from shared.protocol import (
+    ConfigFileSpec,
+    ContainerSpec,
+    HealthSpec,
+    PortSpec,
+    SecretFileSpec,
+    VolumeSpec,
+)
 from tests.agent.specs import make_spec
 
 ME = Owner("srv-me", "prod", frozenset({"srv-before"}))
@@ -152,6 +159,26 @@ OK_LABELS = {**ALICE.labels, LABEL_WORKER: "srv-me", LABEL_CLUSTER: "prod"}
             with_(ALICE, volumes=[VolumeSpec("clawfleet-alice-state", "/data/../etc")]),
             "volumes",
             id="dotdot-target",
+        ),
+        pytest.param(
+            with_(ALICE, secret_files=[SecretFileSpec("clawfleet-bob-state", "k", "v")]),
+            "files",
+            id="secret-in-other-volume",
+        ),
+        pytest.param(
+            with_(ALICE, config_files=[ConfigFileSpec("clawfleet-alice-x", "c.json", "{}", "{}")]),
+            "files",
+            id="config-in-unmounted-volume",
+        ),
+        pytest.param(
+            with_(ALICE, config_files=[ConfigFileSpec(ALICE.volumes[0].name, "./c", "{}", "{}")]),
+            "files",
+            id="dot-config-path",
+        ),
+        pytest.param(
+            with_(ALICE, secret_files=[SecretFileSpec(ALICE.volumes[0].name, "s/k", "v")]),
+            None,
+            id="secret-in-own-volume",
         ),
         pytest.param(
             with_(ALICE, labels={**ALICE.labels, "clawfleet.managed": "false"}),
