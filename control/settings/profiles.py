@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from control.errors import ConfigurationError
 from shared.config import Invalid
 
 SHIPPED = Path(__file__).resolve().parent / "tenant_profiles"
@@ -72,10 +73,10 @@ def load(ref: str) -> Profile:
     try:
         return _profile(path.stem, raw)
     except _Bad as exc:
-        raise Invalid(f"{path}: {exc}") from None
+        raise Invalid(f"{path}: {exc.message}") from None
 
 
-class _Bad(Exception):
+class _Bad(ConfigurationError):
     """A key of the file is wrong; `load` adds the file's name."""
 
 
