@@ -107,8 +107,7 @@ def test_openclaw_spec() -> None:
         "18789",
         "--allow-unconfigured",
     ]
-    assert spec.env == {
-        "OPENCLAW_GATEWAY_TOKEN": "tok",
+    assert spec.env == {  # no gateway token: trusted-proxy mode refuses to start with one
         "OPENCLAW_DISABLE_BONJOUR": "1",
         "NODE_OPTIONS": "--max-old-space-size=1536",
     }
@@ -123,9 +122,16 @@ def test_openclaw_spec() -> None:
     )
     assert json.loads(config.owned) == {
         "gateway": {
+            "mode": "local",
             "port": 18789,
             "bind": "lan",
-            "auth": {"mode": "trusted-proxy", "trustedProxy": {"userHeader": "X-Clawfleet-User"}},
+            "auth": {
+                "mode": "trusted-proxy",
+                "trustedProxy": {
+                    "userHeader": "X-Clawfleet-User",
+                    "deviceAutoApprove": {"enabled": True},
+                },
+            },
             "trustedProxies": ["{{network_gateway}}"],
             "controlUi": {"allowedOrigins": ["https://alice.clawfleet.localhost"]},
         }

@@ -11,7 +11,8 @@ agents can share one Docker engine. The spec of one user therefore differs per w
 
 What the container runs comes from the tenant profile (TENANT_PROFILE,
 control/settings/profiles.py, docs/tenants.md): command (`{port}` filled), static env
-plus `NODE_OPTIONS=--max-old-space-size=<plan MB x heap_fraction>`, volumes, health
+plus `NODE_OPTIONS=--max-old-space-size=<plan MB x heap_fraction>` (and the gateway
+token, unless the sign-in gate is on: then it only derives the key), volumes, health
 path, the config file (owned keys rendered with the user's origin, the port and the
 identity header), the sign-in key (`shared.signin.signin_key` of the gateway token, when
 the profile's gate is on) and the secret file (the user's secrets as KEY=value lines;
@@ -60,6 +61,10 @@ def _volume(user: UserPlacement, kind: str) -> str:
 
 def _env(user: UserPlacement, profile: Profile) -> dict[str, str]:
     env = dict(profile.env) | dict(user.env)
+    if profile.signin:
+        # Behind the sign-in gate the token only derives the key: OpenClaw refuses to
+        # start in trusted-proxy mode with a token set (docs/openclaw-config.md, 1).
+        env.pop(GATEWAY_TOKEN_ENV, None)
     if profile.heap_fraction:
         heap = int(user.plan.memory_mb * profile.heap_fraction)
         env["NODE_OPTIONS"] = f"--max-old-space-size={heap}"
