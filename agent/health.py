@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 
 import aiohttp
 
+from shared.protocol import HealthSpec
+
 
 async def probe(session: aiohttp.ClientSession, port: int, path: str, probe_timeout: float) -> bool:
     url = f"http://127.0.0.1:{port}{path if path.startswith('/') else '/' + path}"
@@ -66,3 +68,9 @@ def classify(running: bool, probed_ok: bool, age: float | None, gate: float) -> 
     if age is not None and age < gate:
         return "starting"
     return "unhealthy"
+
+
+def gate_for(spec: HealthSpec, default: float) -> float:
+    """Seconds a tenant may take to get healthy: its profile's own allowance when it
+    states one (the real gateway needs longer than a stand-in), else HEALTH_GATE."""
+    return float(spec.start_seconds) if spec.start_seconds else default

@@ -403,7 +403,8 @@ class Reconciler:
         await self.runtime.rename(old.id, f"{spec.name}-prev-{old.id[:12]}")
         new_id: str | None = None
         healthy = False
-        reason = f"not healthy within {self.opts.health_gate:g}s"
+        gate = health.gate_for(spec.health, self.opts.health_gate)
+        reason = f"not healthy within {gate:g}s"
         try:
             # Written once the old container has stopped, so it never sees them change.
             await self._write_files(spec, net)
@@ -416,7 +417,7 @@ class Reconciler:
                     self._http.get(),
                     port,
                     spec.health.path,
-                    gate=self.opts.health_gate,
+                    gate=gate,
                     probe_timeout=self.opts.health_timeout,
                 )
         except (DockerError, TenantFileError) as exc:
@@ -540,7 +541,10 @@ class Reconciler:
                 )
             )
             word = health.classify(
-                c.running, ok, health.seconds_since(c.started_at), self.opts.health_gate
+                c.running,
+                ok,
+                health.seconds_since(c.started_at),
+                health.gate_for(spec.health, self.opts.health_gate),
             )
             reports.append(
                 ContainerReport(

@@ -126,9 +126,12 @@ class ResourceSpec(msgspec.Struct, frozen=True):
     pids: Annotated[int, Meta(ge=1, le=2**22)]
 
 
-class HealthSpec(msgspec.Struct, frozen=True):
+class HealthSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     path: Annotated[str, Meta(pattern=r"\A/\S{0,1023}\Z")]
     port: Port
+    # How long the tenant may take to become healthy after a start (the profile's
+    # allowance); 0 leaves it to the agent's HEALTH_GATE.
+    start_seconds: Annotated[int, Meta(ge=0, le=3600)] = 0
 
 
 _EnvName = Annotated[str, Meta(pattern=r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")]

@@ -14,6 +14,7 @@ from control.users.plans import DEFAULT_PLAN
 from control.workers.specs import UserPlacement, build_spec
 from shared import signin
 from shared.config import Invalid
+from shared.protocol import to_builtins
 
 GOOD = {"ADMIN_TOKEN": "a" * 32, "INTERNAL_SECRET": "b" * 32}
 # No local router: the user URL is https://<subdomain>.<BASE_DOMAIN>.
@@ -37,7 +38,7 @@ MINIMAL = 'min_memory_mb = 64\n[volumes]\nstate = "/data"\n'
         ("command = ['x', '{host}']\n" + MINIMAL, "unknown placeholder {host}"),
         (MINIMAL + "[env]\nNODE_OPTIONS = 'x'\n", "env.NODE_OPTIONS"),
         (MINIMAL + "[env]\nA = 1\n", "env.A"),
-        (MINIMAL + "[health]\nstartup_seconds = 0\n", "health.startup_seconds"),
+        (MINIMAL + "[health]\nstartup_seconds = -1\n", "health.startup_seconds"),
         (MINIMAL + "[health]\npath = 'healthz'\n", "health.path"),
         (MINIMAL + "[config]\nvolume = 'other'\npath = 'c.json'\nowned = '{}'\n", "config.volume"),
         (MINIMAL + "[config]\nvolume = 'state'\npath = '../c'\nowned = '{}'\n", "config.path"),
@@ -143,6 +144,7 @@ def test_openclaw_spec() -> None:
         "A_KEY=v\n",
     )
     assert "v\n" not in str(spec.env) + str(spec.labels)
+    assert spec.health.start_seconds == 120  # the real gateway's allowance reaches the worker
 
 
 def test_spec_hash_covers_secrets_token_and_plan_memory() -> None:
@@ -163,3 +165,6 @@ def test_generic_spec_is_the_image_as_it_is() -> None:
     assert spec.command is None and spec.env == {"OPENCLAW_GATEWAY_TOKEN": "tok"}
     assert spec.config_files == [] and spec.secret_files == [] and spec.signin_key == ""
     assert spec.health.path == GENERIC.agent_health_path
+    # No allowance stated: the worker's HEALTH_GATE applies, and the spec (so its hash)
+    # is as it was before the field existed.
+    assert spec.health.start_seconds == 0 and "start_seconds" not in to_builtins(spec.health)

@@ -123,9 +123,10 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
     )
     volumes = _volumes(top["volumes"])
     health = _table(top.get("health", {}), "health", {"path": False, "startup_seconds": False})
-    startup = _number(health, "startup_seconds", "health.startup_seconds", 60)
-    if not 1 <= startup <= 3600:
-        raise _Bad("health.startup_seconds: must be between 1 and 3600")
+    # 0 (unstated): the worker's own HEALTH_GATE applies.
+    startup = _number(health, "startup_seconds", "health.startup_seconds", 0)
+    if not 0 <= startup <= 3600:
+        raise _Bad("health.startup_seconds: must be between 0 and 3600")
     memory = _get(top, "min_memory_mb", int, "min_memory_mb", 0)
     fraction = _number(top, "heap_fraction", "heap_fraction", 0)
     if not 16 <= memory <= 1024 * 1024 or not 0 <= fraction < 1:

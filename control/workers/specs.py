@@ -126,7 +126,11 @@ def build_spec(user: UserPlacement, settings: Settings, worker_id: str) -> Conta
         "resources": ResourceSpec(
             memory_mb=user.plan.memory_mb, cpus=user.plan.cpus, pids=user.plan.pids
         ),
-        "health": HealthSpec(path=profile.health_path or settings.agent_health_path, port=port),
+        "health": HealthSpec(
+            path=profile.health_path or settings.agent_health_path,
+            port=port,
+            start_seconds=round(profile.startup_seconds),
+        ),
         "labels": {
             "clawfleet.plan": user.plan.name,
             "clawfleet.subdomain": user.subdomain,

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from agent import client as cp
+from agent import health
 from agent.config import ConfigError, load_settings, parse_env_file, read_environment
 from agent.metadata_block import rule_position
 from agent.reconcile import Create, PurgeVolumes, Remove, RemoveNetwork, Replace, Start, plan
 from agent.runtime import Observed, is_root_user
 from agent.state import Credentials, StateStore
 from agent.traefik import RouteOptions, prune, render, write_route
-from shared.protocol import Assignments
+from shared.protocol import Assignments, HealthSpec
 from tests.agent.specs import make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -325,3 +326,14 @@ def test_route_render_and_prune(tmp_path: Path) -> None:
 )
 def test_rule_position(listing: str, expected: tuple[int | None, int | None]) -> None:
     assert rule_position(listing) == expected
+
+
+@pytest.mark.parametrize(
+    ("start_seconds", "default", "gate"),
+    [(0, 60.0, 60.0), (120, 60.0, 120.0), (5, 60.0, 5.0), (0, 20.0, 20.0)],
+)
+def test_health_gate_is_the_profiles_allowance_when_stated(
+    start_seconds: int, default: float, gate: float
+) -> None:
+    spec = HealthSpec(path="/healthz", port=18789, start_seconds=start_seconds)
+    assert health.gate_for(spec, default) == gate
