@@ -183,6 +183,21 @@ def merged_config(current: bytes | None, item: ConfigFile, gateway: str) -> byte
     return (json.dumps(merged, indent=2, ensure_ascii=False) + "\n").encode()
 
 
+def _claim_fresh_root(mountpoint: Path, uid: int, gid: int) -> None:
+    """Gives a fresh volume's root to the container's user. Docker copies the image's
+    directory (owner and mode) into a volume only while it is empty at its first mount;
+    once we have written into it first, that never happens, and a root-owned root
+    would keep the tenant from creating its own state. A root the tenant already
+    owns is left as it is."""
+    fd = os.open(mountpoint, _DIR_FLAGS)
+    try:
+        if os.fstat(fd).st_uid == 0 and uid != 0:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
 def prepare(plan: FilePlan) -> None:
     """Writes every file of `plan`, or none when a config file is refused."""
     writes: list[tuple[Path, str, bytes]] = []
@@ -199,6 +214,11 @@ def prepare(plan: FilePlan) -> None:
         except OSError as exc:
             raise TenantFileError(f"config file {item.path}: {exc.strerror}") from None
     writes.extend((s.mountpoint, s.path, s.content.encode()) for s in plan.secrets)
+    for mountpoint in dict.fromkeys(m for m, _, _ in writes):
+        try:
+            _claim_fresh_root(mountpoint, plan.uid, plan.gid)
+        except OSError as exc:
+            raise TenantFileError(f"volume root: {exc.strerror}") from None
     for mountpoint, path, data in writes:
         parts = _checked_parts(path)
         try:

@@ -84,6 +84,25 @@ def test_seed_written_when_absent_then_owned_merged(tmp_path: Path) -> None:
     assert stat.S_IMODE(info.st_mode) == 0o600 and (info.st_uid, info.st_gid) == (1000, 1001)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a directory as root")
+def test_a_fresh_root_owned_volume_is_given_to_the_container_user(tmp_path: Path) -> None:
+    """Docker's copy-up of the image's state directory never happens once we wrote into
+    the volume first, so the root itself must become the tenant's (found with the real
+    gateway: EACCES on mkdir under a root-owned volume)."""
+    volume = tmp_path / "volume"
+    volume.mkdir(mode=0o755)
+    assert volume.stat().st_uid == 0
+    prepare(plan(volume, config=(config(volume),)))
+    info = volume.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (1000, 1001, 0o700)
+    # A root the tenant already owns keeps its owner and mode.
+    os.chown(volume, 1234, 1234)
+    os.chmod(volume, 0o750)
+    prepare(plan(volume, config=(config(volume),)))
+    info = volume.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (1234, 0o750)
+
+
 def test_customer_keys_survive_and_platform_keys_are_put_back(tmp_path: Path) -> None:
     target = tmp_path / "openclaw.json"
     target.write_text(
