@@ -63,7 +63,7 @@ from control.appkeys import (
 from control.billing.inbox import StripeInbox
 from control.capacity.providers import build_provider
 from control.capacity.providers.base import Provider, ProviderError
-from control.capacity.providers.health import ProviderHealth, start_validation
+from control.capacity.providers.health import start_validation
 from control.capacity.provisioning import Provisioner
 from control.capacity.scaler import Scaler
 from control.db.store import Store
@@ -72,6 +72,7 @@ from control.dns.cloudflare_api import CloudflareApi
 from control.dns.provider import DnsProvider, NoDns
 from control.dns.sync import DnsSync
 from control.fleet import Fleet
+from control.health import ProviderHealth
 from control.keyring import Keyring
 from control.metrics import MeteredProvider
 from control.settings import Settings

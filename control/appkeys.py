@@ -30,11 +30,11 @@ if TYPE_CHECKING:
     from control.api.sessions import SessionStore
     from control.billing.inbox import StripeInbox
     from control.capacity.providers.base import Provider
-    from control.capacity.providers.health import ProviderHealth
     from control.capacity.scaler import Scaler
     from control.db.store import Store
     from control.dns.sync import DnsSync
     from control.fleet import Fleet
+    from control.health import ProviderHealth
     from control.metrics import Metrics
     from control.settings import Settings
     from control.workers.bootstrap import AgentDist

@@ -14,7 +14,7 @@ from control.appkeys import FLEET
 from control.billing.claims import Owner, Payer, claim, derive_subdomain
 from control.billing.rules import Hold, OperatorAction, Target, combine, next_hold, target
 from control.billing.subscriptions import SubState, supersedes
-from control.users.plans import DEFAULT_PLAN, Plan
+from control.plans import DEFAULT_PLAN, Plan
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered
 

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from control.billing.decode import decode
 from control.cli import config, main
-from control.users.plans import parse_plans
+from control.plans import parse_plans
 from tests.fixtures import ControlPlane, free_port
 from tests.test_protocol import registered
 from tests.test_stripe_e2e import inbox_idle

@@ -19,9 +19,9 @@ from control.capacity.providers.base import ProviderError
 from control.capacity.providers.hetzner_catalog import check_labels, check_name
 from control.dns import provider
 from control.errors import BadRequest
+from control.plans import PlanError, parse_plans
 from control.settings import Settings, SettingsError
 from control.users.names import validate_subdomain, validate_user_id
-from control.users.plans import PlanError, parse_plans
 from shared import names
 from tests.fixtures import ControlPlane
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from control.plans import Plan
+from control.plans import DEFAULT_PLAN, Plan
 from control.settings import Settings, SettingsError, profiles
-from control.users.plans import DEFAULT_PLAN
 from control.workers.specs import UserPlacement, build_spec
 from shared import signin
 from shared.config import Invalid

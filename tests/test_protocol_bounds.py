@@ -17,7 +17,7 @@ from aiohttp import web
 
 from agent.client import ControlClient, ControlPlaneError
 from control.appkeys import FLEET
-from control.users.plans import Plan
+from control.plans import Plan
 from control.workers.auth import AgentCaller
 from control.workers.specs import UserPlacement, build_spec
 from shared import protocol, signing

@@ -11,10 +11,10 @@ from aiohttp import web
 
 from control.api.readiness import Check, StoreProbe, dns_check, provider_check, verdict
 from control.appkeys import DNS_HEALTH, DNS_SYNC, FLEET, PROVIDER_HEALTH, SETTINGS
-from control.capacity.providers.health import ProviderHealth, ProviderState
 from control.db.store import Store
 from control.dns.provider import NoDns
 from control.dns.sync import DnsSync
+from control.health import ProviderHealth, ProviderState
 from tests.fixtures import ControlPlane, make_settings
 
 OK, DOWN = Check(True, "fine"), Check(False, "down")

@@ -3,8 +3,8 @@ its own Docker objects from another agent's on a shared engine."""
 
 from __future__ import annotations
 
+from control.plans import DEFAULT_PLAN
 from control.settings import Settings
-from control.users.plans import DEFAULT_PLAN
 from control.workers.specs import UserPlacement, build_spec
 
 SETTINGS = Settings(admin_token="a" * 32, internal_secret="b" * 32, cluster_name="prod")

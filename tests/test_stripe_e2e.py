@@ -14,7 +14,7 @@ import pytest
 from control.appkeys import FLEET, INBOX
 from control.billing.inbox import StripeInbox
 from control.db.store import Store
-from control.users.plans import DEFAULT_PLAN, Plan
+from control.plans import DEFAULT_PLAN, Plan
 from tests import stripe_events as se
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered

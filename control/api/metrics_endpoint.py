@@ -41,8 +41,8 @@ from control.appkeys import (
     SCALER,
     SETTINGS,
 )
-from control.capacity.providers.health import PROVIDER_STATES
 from control.errors import Forbidden, Unauthorized
+from control.health import PROVIDER_STATES
 from control.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ from control.billing.rules import shown_billing_state
 from control.capacity import decisions
 from control.clock import iso
 from control.db.store import Row, Store
-from control.users.plans import Plan, plan_of
+from control.plans import Plan
+from control.users.plans import plan_of
 from control.users.rooms import HELD_DATA_SQL, HOLDERS_SQL, Reserve
 
 if TYPE_CHECKING:

@@ -40,8 +40,8 @@ from control.db import events
 from control.db.store import Row, Store, fetch_one
 from control.errors import NotFound
 from control.keyring import Keyring
+from control.plans import Plan
 from control.users import records
-from control.users.plans import Plan
 
 Target = Literal["run", "suspend", "deprovision", "wait"]
 Hold = Literal["suspended", "deleted"]

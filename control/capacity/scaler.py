@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable
 
 from control.capacity import lifecycle, orphans, scale_down, scale_up
 from control.capacity.providers.base import ProviderError
-from control.capacity.providers.health import ProviderHealth
 from control.capacity.provisioning import Provisioner, ScalerState, said
+from control.health import ProviderHealth
 from control.users import placing
 from control.workers import assignments
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from control.cli.client import EXIT_OK, EXIT_USAGE, Api, CliError
 from control.cli.render import print_json, table, wants_json
-from control.users.plans import PlanError, parse_plans
+from control.plans import PlanError, parse_plans
 
 DEFAULT_WEBHOOK_SECRET_FILE = Path("data/stripe_webhook_secret")
 # What tests/stripe_events.py and docs/stripe.md use; the inbox accepts any version.

@@ -9,7 +9,7 @@ The shapes are shared.names' (the agent checks the same ones), only the 400 is h
 from __future__ import annotations
 
 from control.errors import BadRequest
-from control.users.plans import Plan
+from control.plans import Plan
 from shared.names import dns_label_ok, user_id_ok
 
 RESERVED_SUBDOMAINS = frozenset(

@@ -17,9 +17,10 @@ import aiosqlite
 from control.db import events
 from control.db.store import Row, fetch_all, fetch_one
 from control.errors import Conflict, NotFound
+from control.plans import Plan
 from control.users import records
 from control.users.placement import Demand, place
-from control.users.plans import Plan, plan_of
+from control.users.plans import plan_of
 from control.users.rooms import Reserve, rooms
 
 

@@ -22,8 +22,8 @@ from control.db import events
 from control.db.store import Store, fetch_all, fetch_one
 from control.errors import Conflict, NotFound
 from control.keyring import Keyring
+from control.plans import Plan
 from control.users.names import validate_subdomain, validate_user_id
-from control.users.plans import Plan
 
 
 async def create(store: Store, keyring: Keyring, user_id: str, subdomain: str, plan: Plan) -> None:

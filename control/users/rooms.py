@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import aiosqlite
 
 from control.db.store import fetch_all
+from control.plans import Plan
 from control.users.placement import Room
-from control.users.plans import Plan, plan_of
+from control.users.plans import plan_of
 
 
 @dataclass(frozen=True)

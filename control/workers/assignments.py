@@ -24,8 +24,9 @@ import aiosqlite
 
 from control.db.store import Row, Store
 from control.keyring import Keyring
+from control.plans import Plan
 from control.settings import Settings
-from control.users.plans import Plan, plan_of
+from control.users.plans import plan_of
 from control.users.secrets import stored_secrets
 from control.workers import servers
 from control.workers.auth import check_not_revoked

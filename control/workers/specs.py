@@ -27,10 +27,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from control.plans import Plan
 from control.settings import Settings
 from control.settings.profiles import Profile, render_owned
 from control.users.access import user_url
-from control.users.plans import Plan
 from shared.protocol import (
     ConfigFileSpec,
     ContainerSpec,

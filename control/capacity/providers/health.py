@@ -7,8 +7,6 @@ updated only here. `state` is "validating" until `provider.validate()` has succe
 background with backoff; `detail` names the last one), "ok" once it has (the autoscaler
 may create servers) and "invalid" when the provider definitely refused the
 configuration (unknown or deprecated server type, unknown location, refused token).
-`ProviderHealth`, `ProviderState` and `PROVIDER_STATES` are re-exported for the modules
-that have always imported them from here.
 
 `start_validation(provider, health, wait)` is what start-up calls: a refusal within
 `wait` seconds (PROVIDER_STARTUP_WAIT) is raised, so start-up fails with exit 2; any
@@ -27,22 +25,12 @@ import random
 import time
 
 from control.capacity.providers.base import Provider, ProviderError
-from control.health import PROVIDER_STATES, ProviderHealth, ProviderState
+from control.health import ProviderHealth
 from shared.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 VALIDATE_BASE = 2.0  # seconds before the second attempt
 VALIDATE_CAP = 60.0  # an outage's end is noticed within a minute
-
-__all__ = [
-    "PROVIDER_STATES",
-    "ProviderHealth",
-    "ProviderState",
-    "is_refusal",
-    "retry_delay",
-    "start_validation",
-    "validate_until_ok",
-]
 
 
 def is_refusal(exc: ProviderError) -> bool:
