@@ -26,7 +26,7 @@ from control.db.store import Store
 from control.keyring import Keyring
 from control.metrics import Metrics
 from control.settings import Settings
-from control.users import access, names, placing, records
+from control.users import names, placing, records
 from control.users.rooms import Reserve
 from control.workers import assignments, liveness, nonces, registration, servers, tokens
 from control.workers.auth import AgentCaller, Authenticator
@@ -192,9 +192,6 @@ class Fleet:
         source, chosen = await assignments.commit(self.store, change, lambda m: [m[1]])
         self.board.notify(chosen, source)
         return chosen
-
-    async def access(self, user_id: str) -> dict[str, str]:
-        return await access.gateway(self.store, self.keyring, self.settings.base_domain, user_id)
 
     async def rotate_token(self, user_id: str) -> None:
         """A new gateway token; the user's container is replaced to pick it up."""

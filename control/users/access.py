@@ -31,12 +31,6 @@ async def details(
     return {"url": user_url(settings, subdomain), "token": token}
 
 
-async def gateway(store: Store, keyring: Keyring, base_domain: str, user_id: str) -> dict[str, str]:
-    """The https form, for callers without the settings (prefer `details`)."""
-    subdomain, token = await _read(store, keyring, user_id)
-    return {"url": f"https://{subdomain}.{base_domain}", "token": token}
-
-
 async def _read(store: Store, keyring: Keyring, user_id: str) -> tuple[str, str]:
     row = await store.fetch_one(
         "SELECT subdomain, gateway_token_ciphertext FROM users WHERE id = ?", (user_id,)
