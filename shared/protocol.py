@@ -134,13 +134,20 @@ class HealthSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     start_seconds: Annotated[int, Meta(ge=0, le=3600)] = 0
 
 
-_EnvName = Annotated[str, Meta(pattern=r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")]
+# Shared with the tenant profiles' checks (control/settings/profiles.py), which must
+# accept exactly what a worker will.
+ENV_NAME_PATTERN = r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z"
+_HEADER_NAME = r"[A-Za-z][A-Za-z0-9-]{0,63}"
+HEADER_NAME_PATTERN = rf"\A{_HEADER_NAME}\Z"
+_EnvName = Annotated[str, Meta(pattern=ENV_NAME_PATTERN)]
 _LabelName = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9][A-Za-z0-9._/-]{0,127}\Z")]
 _Value = Annotated[str, Meta(max_length=65536)]
 
 
 # A path inside a volume: relative, no "..", no empty or hidden-traversal segments.
-_REL_PATH = r"\A(?!.*(?:\A|/)\.\.(?:/|\Z))[A-Za-z0-9._-]{1,128}(/[A-Za-z0-9._-]{1,128}){0,7}\Z"
+REL_PATH_PATTERN = (
+    r"\A(?!.*(?:\A|/)\.\.(?:/|\Z))[A-Za-z0-9._-]{1,128}(/[A-Za-z0-9._-]{1,128}){0,7}\Z"
+)
 _JSON_TEXT = Annotated[str, Meta(max_length=65536)]
 
 
@@ -152,7 +159,7 @@ class ConfigFileSpec(msgspec.Struct, frozen=True):
     `{{network_gateway}}` stands for the gateway address of the user's network."""
 
     volume: Annotated[str, Meta(pattern=_DOCKER_NAME)]
-    path: Annotated[str, Meta(pattern=_REL_PATH)]
+    path: Annotated[str, Meta(pattern=REL_PATH_PATTERN)]
     seed: _JSON_TEXT
     owned: _JSON_TEXT
 
@@ -162,7 +169,7 @@ class SecretFileSpec(msgspec.Struct, frozen=True):
     0600 and owned by the container's user; its content appears nowhere else."""
 
     volume: Annotated[str, Meta(pattern=_DOCKER_NAME)]
-    path: Annotated[str, Meta(pattern=_REL_PATH)]
+    path: Annotated[str, Meta(pattern=REL_PATH_PATTERN)]
     content: Annotated[str, Meta(max_length=65536)]
 
 
@@ -192,7 +199,7 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     # container; otherwise the worker's verifier checks tickets and sessions with this
     # key and passes the user's id to the container in `identity_header`.
     signin_key: Annotated[str, Meta(pattern=r"\A([0-9a-f]{64})?\Z")] = ""
-    identity_header: Annotated[str, Meta(pattern=r"\A([A-Za-z][A-Za-z0-9-]{0,63})?\Z")] = ""
+    identity_header: Annotated[str, Meta(pattern=rf"\A({_HEADER_NAME})?\Z")] = ""
 
 
 class Assignments(msgspec.Struct, frozen=True):

@@ -21,14 +21,15 @@ from typing import Any
 
 from control.errors import ConfigurationError
 from shared.config import Invalid
+from shared.protocol import ENV_NAME_PATTERN, HEADER_NAME_PATTERN, REL_PATH_PATTERN
 
 SHIPPED = Path(__file__).resolve().parent / "tenant_profiles"
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-_ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_ENV = re.compile(ENV_NAME_PATTERN)
 _KIND = re.compile(r"[a-z][a-z0-9]{0,15}")
 _TARGET = re.compile(r"/[^\s]{0,1023}")
-_REL = re.compile(r"(?!.*(?:\A|/)\.\.(?:/|\Z))[A-Za-z0-9._-]{1,128}(/[A-Za-z0-9._-]{1,128}){0,7}")
-_HEADER = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,63}")
+_REL = re.compile(REL_PATH_PATTERN)
+_HEADER = re.compile(HEADER_NAME_PATTERN)
 # `{name}` but not `{{name}}`: the doubled form is the agent's placeholder.
 _PLACEHOLDER = re.compile(r"(?<!\{)\{([a-z_]+)\}(?!\})")
 PLACEHOLDERS = ("origin", "port", "identity_header")
