@@ -384,7 +384,7 @@ def reference_markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from `control/settings.py` by `make docs`; a test fails when they differ.",
+        "Generated from `control/settings/` by `make docs`; a test fails when they differ.",
         "The control plane reads these from the environment, and from `./.env` when present",
         "(see `.env.example`). A missing or malformed value stops start-up with one line",
         "naming the variable (exit code 2). Secrets are never logged or echoed.",
