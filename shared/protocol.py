@@ -14,7 +14,7 @@ a path-qualified message ("... - at `$.resources.cpus`").
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -36,6 +36,13 @@ _VERSION = r"\A[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}\Z"
 _WORD = r"\A[a-z][a-z_-]{0,31}\Z"  # container states and health words
 _PRINTABLE = r"\A[\x21-\x7e]*\Z"  # printable ASCII, no space: image ids, timestamps
 _DOCKER_NAME = r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z"
+# It names a directory under the agent's mounts: never "." or "..".
+BLOCK_VOLUME_ID_PATTERN = r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"
+BLOCK_DEVICE_PATTERN = (
+    r"\A(/dev/disk/by-id/[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}|loop:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})\Z"
+)
+MAX_VOLUMES = 64  # volumes in one heartbeat; Hetzner attaches at most 16 per server
+MAX_VOLUME_ERROR = 300
 
 Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 Generation = Annotated[int, Meta(ge=0, le=GENERATION_MAX)]
@@ -50,6 +57,8 @@ Hostname = Annotated[str, Meta(pattern=_HOSTNAME)]
 Version = Annotated[str, Meta(pattern=_VERSION)]
 Word = Annotated[str, Meta(pattern=_WORD)]
 Text = Annotated[str, Meta(max_length=MAX_TEXT)]
+BlockVolumeId = Annotated[str, Meta(pattern=BLOCK_VOLUME_ID_PATTERN)]
+VolumeState = Literal["mounted", "missing", "error"]
 
 
 class ProtocolError(ValueError):
@@ -97,12 +106,25 @@ class HostReport(msgspec.Struct, frozen=True):
     metadata_blocked: bool | None = None
 
 
+class VolumeReport(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One block volume the agent holds or waits for (issue 13): `mounted` once it is
+    mounted where the user's container will find it, `missing` while its device does not
+    exist, `error` when it exists but cannot be attached, checked or mounted."""
+
+    id: BlockVolumeId
+    state: VolumeState
+    error: Annotated[str, Meta(max_length=MAX_VOLUME_ERROR)] = ""
+
+
 class Heartbeat(msgspec.Struct, frozen=True):
     agent_version: Version
     applied_generation: Generation
     resources: Resources
     containers: Annotated[list[ContainerReport], Meta(max_length=MAX_CONTAINERS)]
     host: HostReport | None = None
+    volumes: Annotated[list[VolumeReport], Meta(max_length=MAX_VOLUMES)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class HeartbeatReply(msgspec.Struct, frozen=True):
@@ -118,6 +140,18 @@ class PortSpec(msgspec.Struct, frozen=True):
 class VolumeSpec(msgspec.Struct, frozen=True):
     name: Annotated[str, Meta(pattern=_DOCKER_NAME)]
     target: Annotated[str, Meta(pattern=r"\A/\S{0,1023}\Z")]
+
+
+class BlockVolumeSpec(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The block volume that holds a user's state (issue 13's contract `VolumeSpec`;
+    named apart from the named-volume `VolumeSpec` above). `device` is a Hetzner
+    `linux_device` under /dev/disk/by-id/, or `loop:<name>` for a sparse file the agent
+    attaches to a loop device (the local provider). Only these two forms decode: the
+    agent never formats or mounts any other path."""
+
+    id: BlockVolumeId
+    device: Annotated[str, Meta(pattern=BLOCK_DEVICE_PATTERN)]
+    size_gb: Annotated[int, Meta(ge=1, le=10240)]
 
 
 class ResourceSpec(msgspec.Struct, frozen=True):
@@ -200,6 +234,9 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     # key and passes the user's id to the container in `identity_header`.
     signin_key: Annotated[str, Meta(pattern=r"\A([0-9a-f]{64})?\Z")] = ""
     identity_header: Annotated[str, Meta(pattern=rf"\A({_HEADER_NAME})?\Z")] = ""
+    # Issue 13: None keeps the named Docker volumes; otherwise they become directories
+    # on this block volume, and the container is created only once it is mounted.
+    volume: BlockVolumeSpec | None = None
 
 
 class Assignments(msgspec.Struct, frozen=True):
@@ -255,15 +292,25 @@ def decode(data: bytes, kind: type[T]) -> T:
 
 
 def clip_errors(beat: Heartbeat) -> Heartbeat:
-    """`beat` with each container's error cut to MAX_TEXT characters: the agent's
-    free text (Docker's messages) must never get its heartbeat refused."""
-    if all(c.error is None or len(c.error) <= MAX_TEXT for c in beat.containers):
+    """`beat` with each container's error cut to MAX_TEXT characters and each volume's
+    to MAX_VOLUME_ERROR: the agent's free text (Docker's messages, mount's) must never
+    get its heartbeat refused."""
+    if all(c.error is None or len(c.error) <= MAX_TEXT for c in beat.containers) and all(
+        len(v.error) <= MAX_VOLUME_ERROR for v in beat.volumes
+    ):
         return beat
     containers = [
-        c if c.error is None else msgspec.structs.replace(c, error=c.error[: MAX_TEXT - 1] + "…")
+        c if c.error is None else msgspec.structs.replace(c, error=_clip(c.error, MAX_TEXT))
         for c in beat.containers
     ]
-    return msgspec.structs.replace(beat, containers=containers)
+    volumes = [
+        msgspec.structs.replace(v, error=_clip(v.error, MAX_VOLUME_ERROR)) for v in beat.volumes
+    ]
+    return msgspec.structs.replace(beat, containers=containers, volumes=volumes)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def encode(message: Any) -> bytes:

@@ -21,7 +21,14 @@ from control.plans import Plan
 from control.workers.auth import AgentCaller
 from control.workers.specs import UserPlacement, build_spec
 from shared import protocol, signing
-from shared.protocol import MAX_CONTAINERS, MAX_DEPTH, MAX_TEXT, ProtocolError
+from shared.protocol import (
+    MAX_CONTAINERS,
+    MAX_DEPTH,
+    MAX_TEXT,
+    MAX_VOLUME_ERROR,
+    MAX_VOLUMES,
+    ProtocolError,
+)
 from tests.fixtures import ControlPlane, free_port, make_settings
 from tests.worker import FakeWorker
 
@@ -35,6 +42,7 @@ REPORT = {
     "restart_count": 0,
     "error": None,
 }
+VOLUME_REPORT = {"id": "102938", "state": "error", "error": "mount: wrong fs type"}
 HEARTBEAT: dict[str, Any] = {
     "agent_version": "0.1.0",
     "applied_generation": 3,
@@ -47,6 +55,7 @@ HEARTBEAT: dict[str, Any] = {
     },
     "containers": [REPORT],
     "host": {"docker_version": "26.1.5+dfsg1", "metadata_blocked": True},
+    "volumes": [VOLUME_REPORT],
 }
 REGISTER: dict[str, Any] = {
     "protocol": 1,
@@ -69,6 +78,7 @@ SPEC: dict[str, Any] = {
     "hostname": "alice",
     "route_host": "alice.agents.example.com",
     "spec_hash": "9c1f" * 16,
+    "volume": {"id": "102938", "device": "/dev/disk/by-id/scsi-0HC_Volume_102938", "size_gb": 10},
 }
 ASSIGNMENTS: dict[str, Any] = {"generation": 4, "purge": ["bob"], "containers": [SPEC]}
 
@@ -126,6 +136,12 @@ HEARTBEAT_CASES = [
     ("agent_version", "", "$.agent_version"),
     ("host.docker_version", "26.1.5 é", "$.host.docker_version"),
     ("extra", nested(MAX_DEPTH + 1), "nested deeper than"),
+    ("volumes.0.id", "..", "$.volumes[0].id"),
+    ("volumes.0.id", "v" * 65, "$.volumes[0].id"),
+    ("volumes.0.id", "a/b", "$.volumes[0].id"),
+    ("volumes.0.state", "unmounted", "$.volumes[0].state"),
+    ("volumes.0.error", "e" * (MAX_VOLUME_ERROR + 1), "$.volumes[0].error"),
+    ("volumes", [VOLUME_REPORT] * (MAX_VOLUMES + 1), "$.volumes"),
 ]
 REGISTER_CASES = [
     ("protocol", BIG, "$.protocol"),
@@ -164,6 +180,15 @@ ASSIGNMENT_CASES = [
     ("containers.0.resources.cpus", 0, "$.containers[0].resources.cpus"),
     ("containers.0.resources.pids", -1, "$.containers[0].resources.pids"),
     ("containers.0.health.path", "healthz", "$.containers[0].health.path"),
+    ("containers.0.volume.id", "..", "$.containers[0].volume.id"),
+    ("containers.0.volume.id", "1\n", "$.containers[0].volume.id"),
+    ("containers.0.volume.device", "/dev/sda", "$.containers[0].volume.device"),
+    ("containers.0.volume.device", "/dev/disk/by-id/x/../../sda", "$.containers[0].volume.device"),
+    ("containers.0.volume.device", "/dev/disk/by-id/..", "$.containers[0].volume.device"),
+    ("containers.0.volume.device", "loop:../x", "$.containers[0].volume.device"),
+    ("containers.0.volume.device", "loop:", "$.containers[0].volume.device"),
+    ("containers.0.volume.size_gb", 0, "$.containers[0].volume.size_gb"),
+    ("containers.0.volume.size_gb", 10241, "$.containers[0].volume.size_gb"),
 ]
 
 
@@ -201,11 +226,30 @@ def test_what_the_agent_decodes_is_bounded_too(path: str, value: Any, fragment: 
             mutated(ASSIGNMENTS, "containers.0.route_host", ""),
             protocol.Assignments,
         ),
+        ({**HEARTBEAT, "volumes": [VOLUME_REPORT] * MAX_VOLUMES}, protocol.Heartbeat),
+        (mutated(HEARTBEAT, "volumes.0", {"id": "v", "state": "mounted"}), protocol.Heartbeat),
+        (mutated(ASSIGNMENTS, "containers.0.volume", None), protocol.Assignments),
+        (
+            mutated(
+                ASSIGNMENTS, "containers.0.volume", {"id": "a", "device": "loop:a", "size_gb": 1}
+            ),
+            protocol.Assignments,
+        ),
     ],
 )
 def test_messages_within_bounds_decode(message: dict[str, Any] | bytes, kind: type[Any]) -> None:
     data = message if isinstance(message, bytes) else json.dumps(message).encode()
     protocol.decode(data, kind)
+
+
+def test_old_peers_messages_decode_without_the_volume_fields() -> None:
+    beat = {k: v for k, v in HEARTBEAT.items() if k != "volumes"}
+    assert protocol.decode(json.dumps(beat).encode(), protocol.Heartbeat).volumes == []
+    spec = {k: v for k, v in SPEC.items() if k != "volume"}
+    old = protocol.decode(
+        json.dumps({**ASSIGNMENTS, "containers": [spec]}).encode(), protocol.Assignments
+    )
+    assert old.containers[0].volume is None
 
 
 @pytest.mark.parametrize(
@@ -245,6 +289,19 @@ def test_agent_clips_long_errors_so_its_heartbeat_is_never_refused() -> None:
     assert len(clipped.containers[0].error) == MAX_TEXT
     assert clipped.containers[1] == beat.containers[0]
     assert protocol.clip_errors(beat) is beat
+
+
+def test_agent_clips_long_volume_errors_too() -> None:
+    beat = protocol.decode(json.dumps(HEARTBEAT).encode(), protocol.Heartbeat)
+    report = msgspec.structs.replace(beat.volumes[0], error="mount says " + "x" * 1000)
+    long = msgspec.structs.replace(beat, volumes=[report, beat.volumes[0]])
+    with pytest.raises(ProtocolError, match="volumes"):
+        protocol.decode(protocol.encode(long), protocol.Heartbeat)
+    clipped = protocol.decode(protocol.encode(protocol.clip_errors(long)), protocol.Heartbeat)
+    assert clipped.volumes[0].error.startswith("mount says x")
+    assert len(clipped.volumes[0].error) == MAX_VOLUME_ERROR
+    assert clipped.volumes[1] == beat.volumes[0]
+    assert clipped.containers == beat.containers
 
 
 # --- at the edge: a 400 naming the field, and nothing written ----------------------------
