@@ -1,8 +1,8 @@
 """Config and secret files in a tenant's volumes, written before its container starts.
 
-Contract: `owned_over(current, owned)` is the pure deep merge (objects merge key by key,
-recursively; any other value in `owned` replaces the file's; keys absent from `owned`
-are kept as the customer left them) and `fill_gateway` puts the user's network gateway
+Contract: the owned keys are merged over the file as a JSON merge patch
+(shared/merge_patch.py, RFC 7386: keys absent from `owned` are kept as the customer left
+them; `null` deletes a customer key that would stop the gateway) and `fill_gateway` puts the user's network gateway
 in place of `{{network_gateway}}` in `owned`'s strings. `prepare(plan)` then does the
 file work in two phases: it first reads and merges every config file, and only when
 all of them are usable does it write anything, so a refusal leaves every file as it
@@ -25,12 +25,13 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
+from shared.merge_patch import merge_patch
 
 PLACEHOLDER = "{{network_gateway}}"
 MAX_FILE = 1 << 20  # a config file bigger than this is refused, not read
@@ -41,18 +42,6 @@ class TenantFileError(AgentError):
     """A tenant file cannot be prepared; the message names the file, never its content."""
 
     code = "tenant_file"
-
-
-def owned_over(current: Mapping[str, Any], owned: Mapping[str, Any]) -> dict[str, Any]:
-    """`current` with `owned` deep-merged over it (neither argument is changed)."""
-    merged = dict(current)
-    for key, value in owned.items():
-        below = merged.get(key)
-        if isinstance(value, dict) and isinstance(below, dict):
-            merged[key] = owned_over(below, value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def fill_gateway(value: Any, gateway: str) -> Any:
@@ -179,7 +168,7 @@ def merged_config(current: bytes | None, item: ConfigFile, gateway: str) -> byte
         owned = None
     if not isinstance(owned, dict):
         raise TenantFileError("the spec's owned keys are not a JSON object")
-    merged = owned_over(base, fill_gateway(owned, gateway))
+    merged = merge_patch(base, fill_gateway(owned, gateway))
     return (json.dumps(merged, indent=2, ensure_ascii=False) + "\n").encode()
 
 

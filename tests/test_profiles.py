@@ -127,6 +127,8 @@ def test_openclaw_spec() -> None:
             "bind": "lan",
             "auth": {
                 "mode": "trusted-proxy",
+                "token": None,  # deleted from the customer's file (RFC 7386)
+                "password": None,
                 "trustedProxy": {
                     "userHeader": "X-Clawfleet-User",
                     "deviceAutoApprove": {"enabled": True},

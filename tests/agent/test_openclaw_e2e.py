@@ -415,6 +415,12 @@ async def test_restarts_keep_the_customers_config_and_resync_the_platforms(
     assert await stack.reaches_gateway(user, cookie)  # and the session
     assert state_config(dclient, user)["ui"] == {"seamColor": "#3366ff"}
 
+    # A customer key that would stop a trusted-proxy gateway (docs/openclaw-config.md, 1):
+    # the owned config's null deletes it when the next container is created.
+    config = state_config(dclient, user)
+    config["gateway"]["auth"]["token"] = "customer-set-token"
+    write_config(the_container(dclient, user), config)
+
     # A new container (here: a secret changed) merges the platform's keys back.
     status, body = await stack.plane.admin(
         "PUT", f"/v1/users/{user}/secrets", json={"OPENAI_API_KEY": "sk-openai-e2e"}
@@ -425,6 +431,7 @@ async def test_restarts_keep_the_customers_config_and_resync_the_platforms(
     assert after["ui"] == {"seamColor": "#3366ff"}
     assert after["gateway"]["controlUi"]["allowedOrigins"] == [origin]
     assert after["gateway"]["auth"]["mode"] == "trusted-proxy"
+    assert "token" not in after["gateway"]["auth"]
     await until(lambda: stack.reaches_gateway(user, cookie), "signed in after replace", 60)
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,38 +16,11 @@ from agent.tenant_files import (
     SecretFile,
     TenantFileError,
     fill_gateway,
-    owned_over,
     parts_of,
     prepare,
 )
 
 OWNED = {"gateway": {"auth": {"mode": "trusted-proxy"}, "trustedProxies": ["{{network_gateway}}"]}}
-
-
-@pytest.mark.parametrize(
-    ("current", "owned", "expected"),
-    [
-        ({}, {"a": 1}, {"a": 1}),
-        ({"a": 1, "b": 2}, {"a": 3}, {"a": 3, "b": 2}),
-        ({"g": {"x": 1, "y": 2}}, {"g": {"x": 9}}, {"g": {"x": 9, "y": 2}}),
-        (
-            {"g": {"x": {"deep": 1, "keep": 2}}},
-            {"g": {"x": {"deep": 0}}},
-            {"g": {"x": {"deep": 0, "keep": 2}}},
-        ),
-        ({"g": "scalar"}, {"g": {"x": 1}}, {"g": {"x": 1}}),
-        ({"g": {"x": 1}}, {"g": "scalar"}, {"g": "scalar"}),
-        ({"l": [1, 2, 3]}, {"l": [4]}, {"l": [4]}),
-        ({"customer": {"model": "m"}}, {}, {"customer": {"model": "m"}}),
-        ({"a": None}, {"a": {"b": 1}}, {"a": {"b": 1}}),
-    ],
-)
-def test_owned_keys_merge_over_the_customer_config(
-    current: dict[str, Any], owned: dict[str, Any], expected: dict[str, Any]
-) -> None:
-    before = json.dumps(current)
-    assert owned_over(current, owned) == expected
-    assert json.dumps(current) == before  # the input is not changed
 
 
 def test_gateway_placeholder_is_filled_in_strings_lists_and_objects() -> None:
