@@ -78,6 +78,12 @@ class Settings:
     state_dir: Path = setting(
         "STATE_DIR", "/var/lib/clawfleet", absolute_path, "Credentials and last desired set."
     )
+    loop_volume_dir: Path | None = setting(
+        "LOOP_VOLUME_DIR",
+        "",
+        _maybe(absolute_path),
+        "Files of loop:<name> volumes (default STATE_DIR/volumes).",
+    )
     # Never printed: repr=False (secret=True) keeps it out of logs and tracebacks.
     bootstrap_token: str | None = setting(
         "BOOTSTRAP_TOKEN", "", _token, "<id>.<secret> join token (first start).", secret=True

@@ -32,6 +32,7 @@ from agent.runtime import DockerError, DockerRuntime
 from agent.state import Credentials, StateError, StateStore
 from agent.traefik import RouteOptions
 from agent.verifier import Verifier, serve
+from agent.volumes import BlockVolumes
 from shared.protocol import Heartbeat, HostReport, RegisterRequest, Resources
 from shared.version import PROTOCOL_VERSION, __version__
 
@@ -107,6 +108,10 @@ class Daemon:
                     settings.traefik_cert_resolver,
                     settings.auth_port,
                 ),
+            ),
+            volumes=BlockVolumes(
+                settings.state_dir / "mounts",
+                settings.loop_volume_dir or settings.state_dir / "volumes",
             ),
         )
         self.verifier = Verifier()
@@ -314,6 +319,11 @@ class Daemon:
             log.warning("docker unavailable for heartbeat: %s", exc)
             self._docker_version = None
             containers = []
+        try:
+            volumes = await self.reconciler.volume_reports()
+        except OSError as exc:
+            log.warning("volumes unreadable for heartbeat: %s", exc)
+            volumes = []
         return Heartbeat(
             agent_version=__version__,
             applied_generation=self.reconciler.applied_generation,
@@ -323,6 +333,7 @@ class Daemon:
                 docker_version=self._docker_version,
                 metadata_blocked=self.reconciler.metadata_blocked,
             ),
+            volumes=volumes,
         )
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -8,7 +8,10 @@ desired state: removals first, then starts, creates and replaces. A running cont
 whose spec hash matches is never touched (re-adoption means zero restarts).
 
 `Reconciler` applies a plan: it checks the metadata block before starting anything,
-pulls before replacing, writes the spec's config and secret files into its volumes
+pulls before replacing, mounts a spec's block volume before it creates, replaces or
+starts its container (agent/volumes.py; no mount means no container, the error is
+reported and retried with backoff) and unmounts those no spec names and no container
+uses, writes the spec's config and secret files into its volumes
 before each container it creates (agent/tenant_files.py; a refused file means no
 start), gates upgrades on health and rolls back, keeps per-user errors
 and backoff, keeps Traefik routes in step, and builds the heartbeat's reports. It acts
@@ -36,8 +39,9 @@ from agent.ownership import Owner
 from agent.runtime import DockerError, DockerRuntime, Observed, Tagged
 from agent.session import LazySession
 from agent.tenant_files import TenantFileError
+from agent.volumes import LABEL_VOLUME, BlockVolumes, VolumeError
 from shared.names import parse_container_user
-from shared.protocol import Assignments, ContainerReport, ContainerSpec
+from shared.protocol import Assignments, ContainerReport, ContainerSpec, VolumeReport
 
 log = logging.getLogger("agent.reconcile")
 
@@ -214,12 +218,14 @@ class Reconciler:
         metadata: MetadataBlock,
         options: ReconcilerOptions,
         owner: Owner | None = None,
+        volumes: BlockVolumes | None = None,
     ) -> None:
         # Set by the daemon once it has credentials; replaced when it re-registers.
         self.owner = owner
         self.runtime = runtime
         self.metadata = metadata
         self.opts = options
+        self.volumes = volumes
         self.desired: Assignments | None = None
         self.errors: dict[str, str] = {}
         self.activity: dict[str, str] = {}
@@ -333,13 +339,14 @@ class Reconciler:
                 await self._apply(action, view.owner)
             except _RolledBack:
                 pass  # already recorded with its own message and retry delay
-            except (DockerError, TenantFileError, ValueError) as exc:
+            except (DockerError, TenantFileError, VolumeError, ValueError) as exc:
                 if isinstance(action, Create | Replace):
                     self._fail(action.spec, str(exc))
                 else:
                     user = action.user_id
                     self.errors[user] = str(exc)
                     log.warning("user %s: %s failed: %s", user, type(action).__name__, exc)
+        await self._release_volumes(view)
         await self._sync_routes(view)
         # Tests await this line to know a pass has run (rather than sleeping for one).
         log.debug("reconcile pass done: %d actions", len(actions))
@@ -359,6 +366,7 @@ class Reconciler:
                     await self.runtime.remove_volume(name)
             case Start(user_id, cid):
                 log.info("user %s: starting stopped container %s", user_id, cid[:12])
+                await self._volume_binds(self._specs().get(user_id))  # never on an empty dir
                 await self.runtime.start(cid)
             case Create(spec):
                 await self._create(spec, owner)
@@ -385,16 +393,18 @@ class Reconciler:
             self.activity.pop(spec.user_id, None)
 
     async def _create(self, spec: ContainerSpec, owner: Owner) -> None:
+        binds = await self._volume_binds(spec)
         await self._ensure_image(spec, None)
         net = await self.runtime.ensure_network(spec.user_id, owner)
         await self.runtime.ensure_volumes(spec, owner)
-        await self._write_files(spec, net)
-        cid = await self.runtime.create(spec, self.applied_generation, net, owner)
+        await self._write_files(spec, net, binds)
+        cid = await self.runtime.create(spec, self.applied_generation, net, owner, binds)
         log.info("user %s: created container %s (%s)", spec.user_id, cid[:12], spec.image)
         await self.runtime.start(cid)
         self._succeed(spec.user_id)
 
     async def _replace(self, spec: ContainerSpec, old: Observed, owner: Owner) -> None:
+        binds = await self._volume_binds(spec)  # before the old one stops
         await self._ensure_image(spec, old.image_ref)
         net = await self.runtime.ensure_network(spec.user_id, owner)
         await self.runtime.ensure_volumes(spec, owner)
@@ -407,8 +417,8 @@ class Reconciler:
         reason = f"not healthy within {gate:g}s"
         try:
             # Written once the old container has stopped, so it never sees them change.
-            await self._write_files(spec, net)
-            new_id = await self.runtime.create(spec, self.applied_generation, net, owner)
+            await self._write_files(spec, net, binds)
+            new_id = await self.runtime.create(spec, self.applied_generation, net, owner, binds)
             await self.runtime.start(new_id)
             new = await self.runtime.inspect(new_id)
             port = new.host_ports.get(spec.health.port) if new else None
@@ -428,16 +438,19 @@ class Reconciler:
         log.info("user %s: upgrade to %s healthy", spec.user_id, spec.image)
         self._succeed(spec.user_id)
 
-    async def _write_files(self, spec: ContainerSpec, network_id: str) -> None:
+    async def _write_files(
+        self, spec: ContainerSpec, network_id: str, binds: Mapping[str, str]
+    ) -> None:
         """The spec's config and secret files, in its volumes (already ensured and
-        checked as this user's), before its container starts."""
+        checked as this user's; `binds` are those on its block volume), before its
+        container starts."""
         if not spec.config_files and not spec.secret_files:
             return
         uid, gid = parse_container_user(spec.user)
         gateway = await self.runtime.network_gateway(network_id) if spec.config_files else ""
         mounts: dict[str, Path] = {}
         for name in {f.volume for f in spec.config_files} | {f.volume for f in spec.secret_files}:
-            mounts[name] = Path(await self.runtime.volume_mountpoint(name))
+            mounts[name] = Path(binds.get(name) or await self.runtime.volume_mountpoint(name))
         plan = tenant_files.FilePlan(
             uid,
             gid,
@@ -468,6 +481,38 @@ class Reconciler:
         )
         # The failure is recorded; stop the caller from treating this as success.
         raise _RolledBack("rolled back after a failed upgrade")
+
+    # -- block volumes (agent/volumes.py) -----------------------------------------------
+
+    async def _volume_binds(self, spec: ContainerSpec | None) -> dict[str, str]:
+        """Mounts the spec's block volume and makes its directories: volume name ->
+        host directory, {} for a spec without one. VolumeError while it cannot."""
+        if spec is None or spec.volume is None:
+            return {}
+        if self.volumes is None:
+            raise VolumeError("this agent has no block volume support configured")
+        await self.volumes.ensure(spec.volume)
+        uid, gid = parse_container_user(spec.user)
+        return await self.volumes.tenant_dirs(spec.volume, [v.name for v in spec.volumes], uid, gid)
+
+    async def _release_volumes(self, view: View) -> None:
+        """Unmounts the volumes no desired spec names and no container uses any more
+        (any container on the engine: a removal that failed keeps its volume)."""
+        if self.volumes is None:
+            return
+        keep = [s.volume for s in view.specs.values() if s.volume is not None]
+        try:
+            in_use = {c.labels.get(LABEL_VOLUME, "") for c in await self.runtime.list_managed()}
+            for volume_id in await self.volumes.release(keep, in_use):
+                log.info("volume %s: unmounted (no longer assigned)", volume_id)
+        except (DockerError, VolumeError, OSError) as exc:
+            log.warning("releasing volumes: %s", exc)
+
+    async def volume_reports(self) -> list[VolumeReport]:
+        if self.volumes is None:
+            return []
+        desired = [s.volume for s in self._specs().values() if s.volume is not None]
+        return await self.volumes.reports(desired)
 
     # -- routes and reports ---------------------------------------------------------------
 

@@ -6,7 +6,9 @@ shutdown. The agent only ever lists objects carrying `clawfleet.managed=true`, a
 on those its `Owner` claims (agent/ownership.py: its worker id and cluster), and acts on
 the ids it inspected, never on names it guessed. `create_container` is the one place
 the tenant isolation profile is written down (docs/agent.md, "Isolation profile"), and
-it refuses any user that is not numeric `uid:gid` with both ids non-zero.
+it refuses any user that is not numeric `uid:gid` with both ids non-zero. A spec with a
+block volume gets bind mounts of the directories the caller made on it (agent/volumes.py)
+and never a named volume: without those directories it is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from agent.ownership import (
     claims,
     network_name,
 )
+from agent.volumes import volume_labels
 from shared.names import parse_container_user
 from shared.protocol import ContainerSpec
 
@@ -110,6 +113,15 @@ def _host_ports(inspect: Mapping[str, Any]) -> dict[int, int]:
                 ports[container_port] = int(bind["HostPort"])
                 break
     return ports
+
+
+def _mounts(spec: ContainerSpec, binds: Mapping[str, str]) -> list[Mount]:
+    if spec.volume is None:
+        return [Mount(v.target, v.name, type="volume") for v in spec.volumes]
+    missing = [v.name for v in spec.volumes if v.name not in binds]
+    if missing:
+        raise DockerError(f"volume {spec.volume.id} is not mounted for {', '.join(missing)}")
+    return [Mount(v.target, binds[v.name], type="bind") for v in spec.volumes]
 
 
 def observed_from_inspect(data: Mapping[str, Any]) -> Observed:
@@ -293,6 +305,8 @@ class DockerRuntime:
             raise ForeignObjectError(f"volume {name} exists and does not belong to {user_id}")
 
     async def ensure_volumes(self, spec: ContainerSpec, owner: Owner) -> None:
+        if spec.volume is not None:
+            return  # directories on the user's block volume instead (agent/volumes.py)
         for vol in spec.volumes:
             await self._run(self._ensure_volume, spec.user_id, vol.name, owner)
 
@@ -330,7 +344,14 @@ class DockerRuntime:
 
     # -- containers -----------------------------------------------------------------------
 
-    def _create(self, spec: ContainerSpec, generation: int, network_id: str, owner: Owner) -> str:
+    def _create(
+        self,
+        spec: ContainerSpec,
+        generation: int,
+        network_id: str,
+        owner: Owner,
+        binds: Mapping[str, str],
+    ) -> str:
         try:
             parse_container_user(spec.user)
         except ValueError as exc:
@@ -343,6 +364,7 @@ class DockerRuntime:
         labels[LABEL_HASH] = spec.spec_hash
         labels[LABEL_GENERATION] = str(generation)
         labels[LABEL_IMAGE] = spec.image
+        labels.update(volume_labels(spec.volume))
         ports = sorted({p.container_port for p in spec.ports} | {spec.health.port})
         host_config = api.create_host_config(
             cap_drop=["ALL"],
@@ -356,7 +378,7 @@ class DockerRuntime:
             restart_policy={"Name": "unless-stopped"},
             # Loopback only, host port chosen by Docker; Traefik is the only way in.
             port_bindings={f"{p}/tcp": ("127.0.0.1", None) for p in ports},
-            mounts=[Mount(v.target, v.name, type="volume") for v in spec.volumes],
+            mounts=_mounts(spec, binds),
             network_mode=network_id,
         )
         networking = api.create_networking_config({network_id: api.create_endpoint_config()})
@@ -376,9 +398,17 @@ class DockerRuntime:
         return str(created["Id"])
 
     async def create(
-        self, spec: ContainerSpec, generation: int, network_id: str, owner: Owner
+        self,
+        spec: ContainerSpec,
+        generation: int,
+        network_id: str,
+        owner: Owner,
+        binds: Mapping[str, str] | None = None,
     ) -> str:
-        return await self._run(self._create, spec, generation, network_id, owner)
+        """`binds` (volume name -> host directory) replaces the spec's named volumes
+        when it has a block volume; without it such a spec is refused, never given
+        fresh named volumes."""
+        return await self._run(self._create, spec, generation, network_id, owner, binds or {})
 
     async def start(self, container_id: str) -> None:
         await self._api_call("start", container_id)

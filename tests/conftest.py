@@ -1,10 +1,12 @@
 """Suite-wide fixtures and the Docker rule: a test marked `docker` is skipped when no
-engine answers, except under CI=true, where that skip becomes a failure."""
+engine answers, except under CI=true, where that skip becomes a failure. The same rule
+holds for `blockdev` (root, loop devices, mkfs and mount)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -30,7 +32,30 @@ def docker_available() -> bool:
         return False
 
 
+def blockdev_available() -> bool:
+    """Root, loop devices and the tools the agent's block volumes use (agent/volumes.py)."""
+    tools = ("losetup", "blkid", "mkfs.ext4", "mount", "umount")
+    return (
+        os.geteuid() == 0
+        and os.path.exists("/dev/loop-control")
+        and all(shutil.which(t) for t in tools)
+    )
+
+
+def _blockdev_rule(items: list[pytest.Item]) -> None:
+    """The `blockdev` marker's rule, the Docker rule's twin."""
+    marked = [item for item in items if item.get_closest_marker("blockdev")]
+    if not marked or blockdev_available():
+        return
+    if os.environ.get("CI") == "true":
+        raise pytest.UsageError("CI=true but loop devices or root are missing: blockdev tests")
+    skip = pytest.mark.skip(reason="needs root and loop devices (set CI=true to make this fail)")
+    for item in marked:
+        item.add_marker(skip)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _blockdev_rule(items)
     if not any(item.get_closest_marker("docker") for item in items):
         return
     if docker_available():
