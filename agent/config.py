@@ -10,6 +10,7 @@ repeats a secret's value; `__main__` prints it as one line and exits with status
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 from collections.abc import Callable, Mapping
@@ -60,6 +61,19 @@ def _maybe(parse: Callable[[str], T]) -> Callable[[str], T | None]:
     return lambda value: parse(value) if value else None
 
 
+def _maybe_address(value: str) -> str:
+    """Empty, or an IP address that is not loopback (the point is to not be loopback)."""
+    if not value:
+        return ""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise Invalid("expected an IP address") from None
+    if address.is_loopback:
+        raise Invalid("a loopback address is what this setting replaces")
+    return str(address)
+
+
 def _argv(value: str) -> tuple[str, ...]:
     try:
         argv = tuple(shlex.split(value))
@@ -101,6 +115,12 @@ class Settings:
     traefik_tls: bool = setting("TRAEFIK_TLS", "true", flag, "Adds tls to each router.")
     auth_port: int = setting(
         "AUTH_PORT", "8099", whole(1, 65535), "Sign-in verifier's port on 127.0.0.1."
+    )
+    traefik_client_address: str = setting(
+        "TRAEFIK_CLIENT_ADDRESS",
+        "",
+        _maybe_address,
+        "Local demo only: the client address routes claim in X-Forwarded-For.",
     )
     traefik_cert_resolver: str = setting(
         "TRAEFIK_CERT_RESOLVER", "", text, "ACME resolver name for tls.certResolver."

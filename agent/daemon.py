@@ -107,6 +107,7 @@ class Daemon:
                     settings.traefik_tls,
                     settings.traefik_cert_resolver,
                     settings.auth_port,
+                    settings.traefik_client_address,
                 ),
             ),
             volumes=BlockVolumes(

@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ class RouteOptions:
     tls: bool = True
     cert_resolver: str = ""
     auth_port: int = 8099  # the sign-in verifier (agent/verifier.py) on 127.0.0.1
+    # Local demo only (TRAEFIK_CLIENT_ADDRESS): the X-Forwarded-For every request claims,
+    # because a gateway behind a proxy refuses the loopback client a local browser is.
+    client_address: str = ""
 
 
 def _checked(worker_id: str, user_id: str) -> None:
@@ -99,6 +103,12 @@ def render(
     }
     if gate is not None:
         _add_gate(http, name, host, options, gate)
+    if options.client_address:
+        ip_address(options.client_address)  # ValueError before it reaches a header
+        http.setdefault("middlewares", {})[f"{name}-client"] = {
+            "headers": {"customRequestHeaders": {"X-Forwarded-For": options.client_address}}
+        }
+        router["middlewares"] = [f"{name}-client", *router.get("middlewares", [])]
     return (json.dumps({"http": http}, indent=2, sort_keys=True) + "\n").encode()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from control.plans import DEFAULT_PLAN, Plan
-from control.settings import Settings, SettingsError, profiles
+from control.settings import Settings, SettingsError, profiles, rules
 from control.workers.specs import UserPlacement, build_spec
 from shared import signin
 from shared.config import Invalid
@@ -169,3 +169,49 @@ def test_generic_spec_is_the_image_as_it_is() -> None:
     # No allowance stated: the worker's HEALTH_GATE applies, and the spec (so its hash)
     # is as it was before the field existed.
     assert spec.health.start_seconds == 0 and "start_seconds" not in to_builtins(spec.health)
+
+
+@pytest.mark.parametrize(
+    ("provider", "router", "loopback"),
+    [
+        ("local", "127.0.0.1:8000", True),
+        ("local", "localhost:8000", True),
+        ("local", "[::1]:8000", True),
+        ("local", "127.1.2.3:80", True),
+        ("local", "", False),  # no router
+        ("local", "172.17.0.1:8000", False),  # browsers arrive with a real address
+        ("local", "0.0.0.0:8000", False),
+        ("hetzner", "127.0.0.1:8000", False),  # production never fakes a client
+    ],
+)
+def test_loopback_router(provider: str, router: str, loopback: bool) -> None:
+    settings = OPENCLAW.with_overrides(provider=provider, local_router_address=router)
+    assert rules.loopback_router(settings) is loopback
+
+
+def test_only_a_loopback_demo_trusts_loopback() -> None:
+    """`make run`'s router on 127.0.0.1: the gateway also trusts 127.0.0.1 (Traefik
+    appends it); anywhere else it trusts only the user's network gateway."""
+
+    def proxies(settings: Settings) -> list[str]:
+        (config,) = build_spec(ALICE, settings, "srv-abcd").config_files
+        return list(json.loads(config.owned)["gateway"]["trustedProxies"])
+
+    demo = OPENCLAW.with_overrides(provider="local", local_router_address="127.0.0.1:8000")
+    assert proxies(demo) == ["{{network_gateway}}", "127.0.0.1"]
+    assert proxies(OPENCLAW) == ["{{network_gateway}}"]
+    assert proxies(demo.with_overrides(local_router_address="172.17.0.1:8000")) == [
+        "{{network_gateway}}"
+    ]
+    (config,) = build_spec(ALICE, demo, "srv-abcd").config_files
+    assert json.loads(config.owned)["gateway"]["auth"]["mode"] == "trusted-proxy"  # the rest kept
+
+
+def test_loopback_owned_must_be_a_json_object(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(
+        MINIMAL + '[config]\nvolume = "state"\npath = "c.json"\nowned = "{}"\n'
+        "loopback_owned = '[1]'\n"
+    )
+    with pytest.raises(Invalid, match=r"config\.loopback_owned: expected a JSON object"):
+        profiles.load(str(path))

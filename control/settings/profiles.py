@@ -21,6 +21,7 @@ from typing import Any
 
 from control.errors import ConfigurationError
 from shared.config import Invalid
+from shared.merge_patch import merge_patch
 from shared.protocol import ENV_NAME_PATTERN, HEADER_NAME_PATTERN, REL_PATH_PATTERN
 
 SHIPPED = Path(__file__).resolve().parent / "tenant_profiles"
@@ -41,6 +42,8 @@ class ConfigFile:
     path: str
     seed: str  # JSON object text, written when the file is absent
     owned: str  # JSON object text with placeholders, merged over the file each start
+    # Merged over `owned` only when the local demo's router listens on loopback.
+    loopback_owned: str = ""
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,7 @@ def _kind(value: str, volumes: tuple[tuple[str, str], ...], where: str) -> str:
 def _config(raw: Any, volumes: tuple[tuple[str, str], ...]) -> ConfigFile | None:
     if raw is None:
         return None
-    keys = {"volume": True, "path": True, "seed": False, "owned": True}
+    keys = {"volume": True, "path": True, "seed": False, "owned": True, "loopback_owned": False}
     table = _table(raw, "config", keys)
     volume = _kind(_get(table, "volume", str, "config.volume", ""), volumes, "config.volume")
     seed = _get(table, "seed", str, "config.seed", "{}")
@@ -212,6 +215,7 @@ def _config(raw: Any, volumes: tuple[tuple[str, str], ...]) -> ConfigFile | None
         path=_text(table, "path", "config.path", _REL),
         seed=seed,
         owned=_get(table, "owned", str, "config.owned", ""),
+        loopback_owned=_get(table, "loopback_owned", str, "config.loopback_owned", ""),
     )
 
 
@@ -233,9 +237,12 @@ def _json(text: str, where: str) -> Any:
         raise _Bad(f"{where}: not JSON ({exc.msg} at {exc.pos})") from None
 
 
-def render_owned(profile: Profile, origin: str, port: int, identity_header: str) -> str:
+def render_owned(
+    profile: Profile, origin: str, port: int, identity_header: str, loopback: bool = False
+) -> str:
     """The profile's owned config as JSON text, placeholders filled (text stays JSON
-    strings: values are JSON-escaped inside them, `{port}` is a bare number)."""
+    strings: values are JSON-escaped inside them, `{port}` is a bare number); with
+    `loopback`, `loopback_owned` is merge-patched over it."""
     if profile.config is None:
         return ""
     values = {
@@ -249,8 +256,17 @@ def render_owned(profile: Profile, origin: str, port: int, identity_header: str)
             raise _Bad(f"config.owned: unknown placeholder {match.group(0)}")
         return values[match.group(1)]
 
-    text = _PLACEHOLDER.sub(fill, profile.config.owned)
-    owned = _json(text, "config.owned")
-    if not isinstance(owned, dict):
-        raise _Bad("config.owned: expected a JSON object")
+    owned = _object(_PLACEHOLDER.sub(fill, profile.config.owned), "config.owned")
+    extra = _object(
+        _PLACEHOLDER.sub(fill, profile.config.loopback_owned or "{}"), "config.loopback_owned"
+    )
+    if loopback:
+        owned = merge_patch(owned, extra)
     return json.dumps(owned, sort_keys=True, separators=(",", ":"))
+
+
+def _object(text: str, where: str) -> dict[str, Any]:
+    found = _json(text, where)
+    if not isinstance(found, dict):
+        raise _Bad(f"{where}: expected a JSON object")
+    return found

@@ -23,6 +23,20 @@ if TYPE_CHECKING:
     from control.settings import Settings
 
 
+# The client address the local router claims for browsers on this machine: the gateway
+# refuses a loopback client behind a proxy (docs/openclaw-config.md, 3). TEST-NET-1, so it
+# is never a real peer.
+LOOPBACK_CLIENT_ADDRESS = "192.0.2.255"
+
+
+def loopback_router(settings: Settings) -> bool:
+    """PROVIDER=local with its router on a loopback address: every browser is local."""
+    if settings.provider != "local" or not settings.local_router_address:
+        return False
+    host = settings.local_router_address.rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 class SettingsError(ConfigurationError):
     """A setting is missing or malformed; the message names the variable."""
 

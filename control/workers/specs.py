@@ -30,6 +30,7 @@ from typing import Any
 from control.plans import Plan
 from control.settings import Settings
 from control.settings.profiles import Profile, render_owned
+from control.settings.rules import loopback_router
 from control.users.access import user_url
 from shared.protocol import (
     ConfigFileSpec,
@@ -81,6 +82,7 @@ def _files(user: UserPlacement, settings: Settings) -> dict[str, Any]:
             user_url(settings, user.subdomain),
             settings.agent_port,
             profile.identity_header,
+            loopback=loopback_router(settings),
         )
         found["config_files"].append(
             ConfigFileSpec(

@@ -19,7 +19,7 @@ from agent.metadata_block import rule_position
 from agent.reconcile import Create, PurgeVolumes, Remove, RemoveNetwork, Replace, Start, plan
 from agent.runtime import Observed, is_root_user
 from agent.state import Credentials, StateStore
-from agent.traefik import RouteOptions, prune, render, write_route
+from agent.traefik import Gate, RouteOptions, prune, render, write_route
 from shared.protocol import Assignments, HealthSpec
 from tests.agent.specs import make_spec
 
@@ -306,6 +306,45 @@ def test_route_render_and_prune(tmp_path: Path) -> None:
         "clawfleet-u9.yaml",
         "other.yaml",
     ]
+
+
+@pytest.mark.parametrize("gate", [None, Gate("X-Clawfleet-User")])
+def test_local_demo_client_address_comes_first_on_the_main_router(gate: Gate | None) -> None:
+    """The router claims TRAEFIK_CLIENT_ADDRESS before anything else runs, so forward
+    auth and the tenant both see it; a route without the option claims nothing."""
+    name = "clawfleet-u1-srv-w1"
+    options = RouteOptions(("web",), False, client_address="192.0.2.255")
+    doc = json.loads(render("srv-w1", "u1", "alice.example.com", 1, options, gate))
+    router = doc["http"]["routers"][name]
+    assert router["middlewares"][0] == f"{name}-client"
+    assert len(router["middlewares"]) == (3 if gate else 1)
+    claimed = doc["http"]["middlewares"][f"{name}-client"]["headers"]["customRequestHeaders"]
+    assert claimed == {"X-Forwarded-For": "192.0.2.255"}
+    plain = json.loads(render("srv-w1", "u1", "alice.example.com", 1, RouteOptions(), gate))
+    assert "X-Forwarded-For" not in json.dumps(plain)
+    with pytest.raises(ValueError):
+        render("srv-w1", "u1", "a.example.com", 1, RouteOptions(client_address="1.2.3.4\nX: y"))
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("", True),
+        ("192.0.2.255", True),
+        ("2001:db8::1", True),
+        ("192.0.2.255 ", True),
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("host.example", False),
+    ],
+)
+def test_client_address_setting(value: str, ok: bool) -> None:
+    env = {"CONTROL_URL": "http://x", "TRAEFIK_CLIENT_ADDRESS": value}
+    if ok:
+        assert load_settings(env).traefik_client_address == value.strip()
+    else:
+        with pytest.raises(ConfigError, match="TRAEFIK_CLIENT_ADDRESS"):
+            load_settings(env)
 
 
 @pytest.mark.parametrize(

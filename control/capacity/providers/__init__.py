@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from control.capacity.providers.base import Provider
-from control.settings import Settings
+from control.settings import Settings, rules
 
 
 def build_provider(settings: Settings) -> Provider:
@@ -21,4 +21,9 @@ def build_provider(settings: Settings) -> Provider:
         )
     from control.capacity.providers.local import LocalProvider
 
-    return LocalProvider(settings.local_workers_dir, router_address=settings.local_router_address)
+    loopback = rules.loopback_router(settings)
+    return LocalProvider(
+        settings.local_workers_dir,
+        router_address=settings.local_router_address,
+        client_address=rules.LOOPBACK_CLIENT_ADDRESS if loopback else "",
+    )

@@ -82,12 +82,15 @@ class LocalProvider:
         python: str = sys.executable,
         extra_env: dict[str, str] | None = None,
         router_address: str = "",
+        client_address: str = "",
     ) -> None:
         self.root = Path(workers_dir).resolve()  # agents run with their own cwd
         self.python = python
         self.extra_env = extra_env or {}
         # Where this machine's Traefik listens for users' routes ("" = no router).
         self.router_address = router_address
+        # The client address the router claims for every request ("" = the real one).
+        self.client_address = client_address
 
     async def validate(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -120,6 +123,8 @@ class LocalProvider:
             "STATE_DIR": str(home / "state"),
             "TRAEFIK_DYNAMIC_DIR": str(home / "traefik"),
         }
+        if self.client_address:
+            agent_env["TRAEFIK_CLIENT_ADDRESS"] = self.client_address
         # Like /etc/clawfleet/agent.env on a real worker: the token lives in a 0600 file,
         # not in the process environment.
         fd = os.open(home / "agent.env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
