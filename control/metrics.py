@@ -13,6 +13,7 @@ truth. `MeteredProvider` is its provider in every other respect.
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from control.capacity.providers.base import (
     Provider,
     ProviderError,
     ProviderServer,
+    ProviderVolume,
     ServerType,
 )
 
@@ -175,6 +177,24 @@ class MeteredProvider:
 
     async def close(self) -> None:
         await self.inner.close()
+
+    async def create_volume(
+        self, name: str, size_gb: int, location: str, labels: dict[str, str]
+    ) -> ProviderVolume:
+        make = self.inner.create_volume
+        return await self._call("create_volume", lambda: make(name, size_gb, location, labels))
+
+    async def attach(self, volume: ProviderVolume, server_provider_id: str) -> None:
+        await self._call("attach", lambda: self.inner.attach(volume, server_provider_id))
+
+    async def detach(self, volume: ProviderVolume) -> None:
+        await self._call("detach", lambda: self.inner.detach(volume))
+
+    async def delete_volume(self, volume: ProviderVolume) -> None:
+        await self._call("delete_volume", lambda: self.inner.delete_volume(volume))
+
+    async def list_volumes(self, labels: dict[str, str]) -> builtins.list[ProviderVolume]:
+        return await self._call("list_volumes", lambda: self.inner.list_volumes(labels))
 
 
 async def refresh(metrics: Metrics, snapshot: dict[str, Any]) -> None:

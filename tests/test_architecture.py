@@ -16,10 +16,11 @@ MAX_FUNCTION_LINES = 60
 # Layers, lowest first. A module may import its own layer and the ones below it,
 # never one above. The foundation is control's top-level helper modules.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "clock", "settings", "keyring", "logs", "health", "plans"),
+    # backups: pure decisions the settings use too (BACKUP_RETENTION), like plans.
+    ("errors", "clock", "settings", "keyring", "logs", "health", "plans", "backups"),
     ("db",),
     ("users", "workers", "billing", "dns"),
-    ("capacity",),
+    ("capacity", "volumes"),
     ("metrics", "fleet"),
     # appkeys names the app's state for the routes, so it sits with them.
     ("api", "appkeys"),

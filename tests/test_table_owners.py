@@ -25,6 +25,7 @@ OWNERS: dict[str, str] = {
     "stripe_events": "control/billing/inbox.py",
     "events": "control/db/events.py",
     "dashboard_sessions": "control/api/sessions.py",
+    "volumes": "control/volumes/records.py",
     # The store records which migrations ran; the migrations create every table.
     "schema_migrations": "control/db/store.py",
 }

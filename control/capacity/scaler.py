@@ -8,7 +8,8 @@ Contract:
   every further trigger joins that waiting run (a scheduled trigger makes it sweep
   for orphans, control/capacity/orphans.py).
 - Every run first places pending users (a safety net for room no trigger saw), then
-  repairs (control/capacity/lifecycle.py), drains and scales
+  repairs (control/capacity/lifecycle.py), moves users' volumes
+  (control/volumes/runner.py), drains and scales
   (control/capacity/scale_up.py, scale_down.py). Creating and deleting at the
   provider, and the backoff per resource, are control/capacity/provisioning.py's.
 - Until the provider is validated (`health.usable`), runs do only what needs no
@@ -32,6 +33,7 @@ from control.capacity.providers.base import ProviderError
 from control.capacity.provisioning import Provisioner, ScalerState, said
 from control.health import ProviderHealth
 from control.users import placing
+from control.volumes import runner as volumes
 from control.workers import assignments
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class Scaler:
                 _place_pending,
                 lifecycle.expire_provisioning,
                 lifecycle.delete_dead,
+                volumes.run,  # volumes need no catalogue of server types
                 scale_down.drain,
             ]
         return [
@@ -96,6 +99,7 @@ class Scaler:
             lifecycle.expire_provisioning,
             lifecycle.delete_dead,
             lifecycle.retry_unconfirmed,
+            volumes.run,
             scale_down.drain,
             scale_up.scale_up,
             scale_down.scale_down,

@@ -153,4 +153,24 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE users ADD COLUMN secrets_ciphertext TEXT;
     """,
+    # 7: one block volume per user that follows the user between servers (issue 13)
+    """
+    CREATE TABLE volumes (
+        user_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        provider TEXT NOT NULL,
+        provider_id TEXT,
+        location TEXT NOT NULL,
+        size_gb INTEGER NOT NULL,
+        device TEXT,
+        server_id TEXT,
+        state TEXT NOT NULL,
+        last_error TEXT,
+        failures INTEGER NOT NULL DEFAULT 0,
+        not_before REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX volumes_server ON volumes(server_id);
+    """,
 )

@@ -2,7 +2,7 @@
 
 Owns: the configuration (every variable, its default, parser and meaning) and the
 PLANS parser's use; control/settings/rules.py holds the control plane's own value rules.
-May import: control.errors, control.plans and shared/ only (it is the foundation).
+May import: control.errors, control.plans, control.backups and shared/ only (foundation).
 
 Contract: `Settings.from_env(env)` is the only place that reads configuration (it is
 called from `__main__` and by tests with a plain dict). Every variable is declared once,
@@ -24,11 +24,13 @@ from typing import Any
 
 from control.plans import Plan
 from control.settings import rules
+from control.settings.backups import BackupSettings
 from control.settings.profiles import Profile
 from control.settings.rules import SettingsError
 from shared.config import (
     check,
     choice,
+    flag,
     items,
     matching,
     number,
@@ -49,7 +51,7 @@ DEFAULT_AGENT_IMAGE = "ghcr.io/openclaw/openclaw:2026.11.20"
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(BackupSettings):
     admin_token: str = setting(
         "ADMIN_TOKEN",
         None,
@@ -228,7 +230,7 @@ class Settings:
         "PLANS",
         "",
         rules.plans,
-        'JSON {"<plan>": {"memory_mb": int, "cpus": number, "pids": int, "disk_gb": int, "stripe_price_ids": [str]}}; adds to (or overrides) the built-in plan `default` (1024 MB, 0.5 cpus, 512 pids, 5 GB).',
+        'JSON {"<plan>": {"memory_mb": int, "cpus": number, "pids": int, "disk_gb": int, "stripe_price_ids": [str], "backup_minutes": int (optional, 5-10080, default 15)}}; adds to (or overrides) the built-in plan `default` (1024 MB, 0.5 cpus, 512 pids, 5 GB, a snapshot every 15 minutes).',
     )
     system_reserve_mb: int = setting(
         "SYSTEM_RESERVE_MB",
@@ -345,6 +347,7 @@ class Settings:
         number(0, 3650),
         "Days a deprovisioned user's data is kept before it is purged.",
     )
+    user_volumes: bool = setting("USER_VOLUMES", "false", flag, rules.USER_VOLUMES_DOC)
     traefik_version: str = setting(
         "TRAEFIK_VERSION",
         "3.7.15",

@@ -96,6 +96,7 @@ def check_together(settings: Settings) -> None:
     if settings.dead_after <= 3 * settings.heartbeat_interval:
         raise SettingsError("DEAD_AFTER: must be longer than 3 x HEARTBEAT_INTERVAL")
     check_plans_fit(settings.plans, settings.tenant_profile)
+    settings.check_backups()
 
 
 def check_plans_fit(plans: dict[str, Plan], profile: profiles.Profile) -> None:
@@ -117,3 +118,11 @@ def stripe_livemode(mode: str, key: str, provider: str) -> bool:
     if key_mode is not None and key_mode != mode:
         raise SettingsError(f"STRIPE_LIVEMODE: {mode}, but STRIPE_SECRET_KEY is a {key_mode} key")
     return mode == "live"
+
+
+# USER_VOLUMES's meaning, kept here so that the settings module stays on one screen.
+USER_VOLUMES_DOC = (
+    "One provider volume per user (a Hetzner Volume; a loop device locally) that follows "
+    "the user between servers; a user's container starts only once its volume is mounted "
+    "(docs/capacity.md). Needs agents that mount block volumes."
+)

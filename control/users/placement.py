@@ -7,6 +7,12 @@ autoscaler can delete them. Ties go to the lower server id, so a decision can be
 replayed. `place` packs many users at once in O(users x log servers) (bisect over
 servers sorted by free memory), fast enough for 100,000 users over 1,000 servers
 well under a second (bench/placement.py).
+
+Volumes (issue 13): a user whose data is on a volume (`Demand.location`) only goes to
+servers in that location, and a user that needs a volume attached (`Demand.volume`)
+only to a server with a free attachment slot (`Room.volume_slots`: Hetzner attaches at
+most MAX_VOLUMES_PER_SERVER to a server), counted like memory and CPU. A room whose
+location is not known (a server not yet created) is taken to be anywhere.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+MAX_VOLUMES_PER_SERVER = 16  # Hetzner's limit (docs.hetzner.com/cloud/volumes/faq)
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,8 @@ class Room:
     memory_used_mb: int
     cpus_total: float = 1e9
     cpus_used: float = 0.0
+    location: str | None = None  # None: not known yet, any location fits
+    volume_slots: int = MAX_VOLUMES_PER_SERVER  # volumes it can still have attached
 
     @property
     def memory_free_mb(self) -> int:
@@ -39,17 +49,30 @@ class Demand:
     user_id: str
     memory_mb: int
     cpus: float = 0.0
+    location: str | None = None  # where its volume is: only servers there will do
+    volume: bool = False  # takes one of the server's volume attachment slots
 
 
 # Float CPU sums (0.1 + 0.2 ...) must not make an exact fit look like overcommit.
 _EPSILON = 1e-9
 
 
-def choose_server(rooms: Iterable[Room], memory_mb: int, cpus: float = 0.0) -> str | None:
-    """The best-fitting server for one user, or None when nothing fits."""
+def _volume_fits(location: str | None, slots: int, demand: Demand) -> bool:
+    if demand.location is not None and location is not None and location != demand.location:
+        return False
+    return slots > 0 or not demand.volume
+
+
+def choose_server(
+    rooms: Iterable[Room], memory_mb: int, cpus: float = 0.0, demand: Demand | None = None
+) -> str | None:
+    """The best-fitting server for one user (`demand` adds its volume's needs), or None
+    when nothing fits."""
     best: Room | None = None
     for room in rooms:
         if not room.accepts_work or room.memory_free_mb < memory_mb:
+            continue
+        if demand is not None and not _volume_fits(room.location, room.volume_slots, demand):
             continue
         if room.cpus_free + _EPSILON < cpus:
             continue
@@ -65,18 +88,23 @@ def place(demands: Iterable[Demand], rooms: Iterable[Room]) -> tuple[dict[str, s
     """Places users in the order given. Returns (user id -> server id, unplaced ids)."""
     # Sorted by (free memory, id); each entry's room is updated as users land on it.
     free: dict[str, tuple[int, float]] = {}
+    where: dict[str, tuple[str | None, int]] = {}  # location and free volume slots
     order: list[tuple[int, str]] = []
     for room in rooms:
         if room.accepts_work:
             free[room.server_id] = (room.memory_free_mb, room.cpus_free)
+            where[room.server_id] = (room.location, room.volume_slots)
             order.append((room.memory_free_mb, room.server_id))
     order.sort()
     placed: dict[str, str] = {}
     unplaced: list[str] = []
     for demand in demands:
         i = bisect.bisect_left(order, (demand.memory_mb, ""))
-        while i < len(order) and free[order[i][1]][1] + _EPSILON < demand.cpus:
-            i += 1  # fits in memory but not in CPU: try the next larger room
+        while i < len(order) and (
+            free[order[i][1]][1] + _EPSILON < demand.cpus
+            or not _volume_fits(*where[order[i][1]], demand)
+        ):
+            i += 1  # fits in memory but not in CPU or volumes: try the next larger room
         if i == len(order):
             unplaced.append(demand.user_id)
             continue
@@ -84,5 +112,8 @@ def place(demands: Iterable[Demand], rooms: Iterable[Room]) -> tuple[dict[str, s
         cpus = free[server_id][1]
         free[server_id] = (mem - demand.memory_mb, cpus - demand.cpus)
         bisect.insort(order, (mem - demand.memory_mb, server_id))
+        if demand.volume:
+            location, slots = where[server_id]
+            where[server_id] = (location, slots - 1)
         placed[demand.user_id] = server_id
     return placed, unplaced

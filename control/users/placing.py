@@ -34,6 +34,14 @@ class PlacementResult:
         return set(self.placed.values())
 
 
+def demand(plans: dict[str, Plan], user: Row) -> Demand:
+    """What a user needs of a server: its plan's memory and CPU, and, when its data is
+    on a volume (issue 13), a server in the volume's location with a free volume slot."""
+    plan = plan_of(plans, user["plan"])
+    location = user["location"]
+    return Demand(user["id"], plan.memory_mb, plan.cpus, location, location is not None)
+
+
 async def place_pending(
     conn: aiosqlite.Connection, plans: dict[str, Plan], reserve: Reserve
 ) -> PlacementResult:
@@ -42,15 +50,12 @@ async def place_pending(
     pending = await fetch_all(
         # A user with an error (e.g. an unknown Stripe price) waits for the operator.
         conn,
-        "SELECT id, plan FROM users WHERE state = 'pending' AND error IS NULL "
-        "ORDER BY created_at, id",
+        "SELECT u.id, u.plan, v.location FROM users u LEFT JOIN volumes v ON v.user_id = u.id "
+        "WHERE u.state = 'pending' AND u.error IS NULL ORDER BY u.created_at, u.id",
     )
     if not pending:
         return PlacementResult({}, [])
-    demands = [
-        Demand(u["id"], plan_of(plans, u["plan"]).memory_mb, plan_of(plans, u["plan"]).cpus)
-        for u in pending
-    ]
+    demands = [demand(plans, u) for u in pending]
     placed, waiting = place(demands, await rooms(conn, plans, reserve))
     for user_id, server_id in placed.items():
         await records.set_state(conn, user_id, "provisioning", server_id, now)
@@ -77,7 +82,12 @@ async def start_move(
     while its old server keeps running it until the new container reports healthy
     (control/workers/heartbeats.py). Returns (source, target), or None when nothing
     has room."""
-    user = await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (user_id,))
+    user = await fetch_one(
+        conn,
+        "SELECT u.*, v.location FROM users u LEFT JOIN volumes v ON v.user_id = u.id "
+        "WHERE u.id = ?",
+        (user_id,),
+    )
     if user is None:
         raise NotFound(f"no user {user_id}")
     source = user["server_id"]
@@ -90,7 +100,7 @@ async def start_move(
                 f"server {target} is not active and accepting work", code="target_unavailable"
             )
     plan = plan_of(plans, user["plan"])
-    placed, _ = place([Demand(user_id, plan.memory_mb, plan.cpus)], candidates)
+    placed, _ = place([demand(plans, user)], candidates)
     chosen = placed.get(user_id)
     if chosen is None:
         if target is not None:

@@ -3,7 +3,8 @@
 Contract: read-only. `rooms` is the snapshot placement decides on
 (control/users/placement.py); HOLDERS_SQL lists every server that must run a user's
 container (its own, and during a move the one it is leaving), HELD_DATA_SQL every
-server whose disk holds user data that must outlive the container.
+server whose disk holds user data that must outlive the container (not a volume's),
+VOLUME_USE_SQL how many volume attachments each server has or is about to have.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import aiosqlite
 
 from control.db.store import fetch_all
 from control.plans import Plan
-from control.users.placement import Room
+from control.users.placement import MAX_VOLUMES_PER_SERVER, Room
 from control.users.plans import plan_of
 
 
@@ -40,8 +41,22 @@ HOLDERS_SQL = (
 HELD_DATA_SQL = (
     "SELECT data_server_id AS holder, 'retained' AS kind, purge_after FROM users "
     "WHERE state = 'deprovisioned' AND data_server_id IS NOT NULL "
+    # Data on a volume (issue 13) outlives the server: the volume is detached and kept.
+    "AND id NOT IN (SELECT user_id FROM volumes WHERE provider_id IS NOT NULL) "
     "UNION ALL SELECT server_id AS holder, 'suspended' AS kind, NULL AS purge_after "
     "FROM users WHERE state = 'suspended' AND server_id IS NOT NULL"
+)
+
+
+# Each server's volume attachments: volumes attached there (or on their way in or out)
+# and the volumes of users placed there, wherever those volumes are now.
+VOLUME_USE_SQL = (
+    "SELECT server, COUNT(DISTINCT user_id) AS n FROM ("
+    "SELECT server_id AS server, user_id FROM volumes "
+    "WHERE server_id IS NOT NULL AND state != 'detached' "
+    "UNION SELECT u.server_id AS server, u.id AS user_id FROM users u "
+    "JOIN volumes v ON v.user_id = u.id WHERE u.server_id IS NOT NULL "
+    "AND u.state IN ('provisioning', 'running', 'suspended')) GROUP BY server"
 )
 
 
@@ -56,7 +71,7 @@ async def rooms(
     marks = ", ".join("?" for _ in statuses)
     servers = await fetch_all(
         conn,
-        "SELECT id, status, cordoned, draining, overclaim, memory_mb, cpus FROM servers "
+        "SELECT id, status, cordoned, draining, overclaim, memory_mb, cpus, location FROM servers "
         f"WHERE status IN ({marks})",
         statuses,
     )
@@ -65,6 +80,7 @@ async def rooms(
         plan = plan_of(plans, row["plan"])
         mem, cpu = used.get(row["holder"], (0, 0.0))
         used[row["holder"]] = (mem + plan.memory_mb, cpu + plan.cpus)
+    volumes = {r["server"]: int(r["n"]) for r in await fetch_all(conn, VOLUME_USE_SQL)}
     return [
         Room(
             server_id=s["id"],
@@ -77,6 +93,8 @@ async def rooms(
             memory_used_mb=used.get(s["id"], (0, 0.0))[0],
             cpus_total=max(0.0, (s["cpus"] or 0) - reserve.cpus),
             cpus_used=used.get(s["id"], (0, 0.0))[1],
+            location=s["location"],
+            volume_slots=max(0, MAX_VOLUMES_PER_SERVER - volumes.get(s["id"], 0)),
         )
         for s in servers
     ]

@@ -4,7 +4,8 @@ Contract: `commit` runs a change to users in one transaction and, in that same
 transaction, bumps the generation of every server whose desired set the change
 returns as touched (control/workers/servers.py), once per change: so a worker's
 generation moves exactly when what it must run does. `desired_set` reads a worker's
-generation and complete set of container specs in one snapshot. `GenerationBoard.notify` is called after a commit that bumped
+generation and complete set of container specs in one snapshot; with USER_VOLUMES a user
+is in it only on the server its volume is attached to, and its spec carries the volume. `GenerationBoard.notify` is called after a commit that bumped
 a worker's generation and wakes every long-poll waiting on that worker; a waiter
 takes its event BEFORE re-reading the generation, so a change between the read and
 the wait is never missed. `until_parked` lets a caller (a test) await the moment a
@@ -31,7 +32,7 @@ from control.users.secrets import stored_secrets
 from control.workers import servers
 from control.workers.auth import check_not_revoked
 from control.workers.specs import GATEWAY_TOKEN_ENV, UserPlacement, build_spec
-from shared.protocol import Assignments
+from shared.protocol import Assignments, BlockVolumeSpec
 
 T = TypeVar("T")
 
@@ -154,13 +155,21 @@ async def desired_set(
 ) -> Assignments:
     rows = await store.fetch_all(
         "SELECT s.generation, u.id, u.subdomain, u.plan, u.gateway_token_ciphertext, "
-        "u.secrets_ciphertext FROM servers s "
+        "u.secrets_ciphertext, u.server_id AS user_server, v.provider_id AS volume_id, "
+        "v.device, v.size_gb, "
+        "v.server_id AS volume_server, v.state AS volume_state FROM servers s "
         "LEFT JOIN users u ON (u.server_id = s.id AND u.state IN ('provisioning', 'running')) "
         "OR u.moving_from = s.id "
+        "LEFT JOIN volumes v ON v.user_id = u.id "
         "WHERE s.id = ? ORDER BY u.id",
         (server_id,),
     )
     gen = int(rows[0]["generation"]) if rows else 0
+    if settings.user_volumes:
+        # A user runs only where its volume is attached: never on an empty directory
+        # while its data is elsewhere, and never on both sides of a move (the volume
+        # follows the user break-before-make, control/volumes/steps.py).
+        rows = [r for r in rows if r["id"] is not None and _volume_here(r, server_id)]
     specs = [
         build_spec(
             UserPlacement(
@@ -169,6 +178,7 @@ async def desired_set(
                 plan_of(plans, r["plan"]),
                 _env(keyring, r),
                 stored_secrets(keyring, r["secrets_ciphertext"]),
+                _block_volume(r) if settings.user_volumes else None,
             ),
             settings,
             server_id,
@@ -182,6 +192,15 @@ async def desired_set(
         (server_id,),
     )
     return Assignments(generation=gen, containers=specs, purge=[r["id"] for r in purge])
+
+
+def _volume_here(row: Row, server_id: str) -> bool:
+    here = row["user_server"] == server_id and row["volume_server"] == server_id
+    return bool(here and row["volume_state"] == "attached")
+
+
+def _block_volume(row: Row) -> BlockVolumeSpec:
+    return BlockVolumeSpec(id=row["volume_id"], device=row["device"], size_gb=row["size_gb"])
 
 
 def _env(keyring: Keyring, row: Row) -> dict[str, str]:

@@ -173,7 +173,13 @@ def _server_update(beat: _Beat, row: Row, now: float) -> tuple[object, ...]:
     # What placement counts on is what we know the worker has, never more.
     trusted, _ = trust.trust(_claim(beat), trust.ceiling_of(row))
     report = msgspec.json.encode(
-        {"containers": hb.containers, "host": hb.host, "resources": hb.resources}
+        {
+            "containers": hb.containers,
+            "host": hb.host,
+            "resources": hb.resources,
+            # Block volumes' mounts (issue 13): control/volumes/runner.py reads them.
+            "volumes": hb.volumes,
+        }
     ).decode()
     return (
         now,

@@ -16,8 +16,10 @@ token, unless the sign-in gate is on: then it only derives the key), volumes, he
 path, the config file (owned keys rendered with the user's origin, the port and the
 identity header), the sign-in key (`shared.signin.signin_key` of the gateway token, when
 the profile's gate is on) and the secret file (the user's secrets as KEY=value lines;
-absent when there are none). Secret values are only ever in `secret_files`, never in
-env or labels; the hash covers them, so changing a secret replaces the container.
+absent when there are none), and the user's block volume when it is attached to the
+worker the spec is for (control/volumes/). Secret values are only ever in
+`secret_files`, never in env or labels; the hash covers them, so changing a secret
+replaces the container.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from control.settings.profiles import Profile, render_owned
 from control.settings.rules import loopback_router
 from control.users.access import user_url
 from shared.protocol import (
+    BlockVolumeSpec,
     ConfigFileSpec,
     ContainerSpec,
     HealthSpec,
@@ -54,6 +57,8 @@ class UserPlacement:
     plan: Plan
     env: dict[str, str]  # the gateway token (GATEWAY_TOKEN_ENV), when the user has one
     secrets: dict[str, str] = field(default_factory=dict)
+    # The user's block volume, set only on the server it is attached to (issue 13).
+    volume: BlockVolumeSpec | None = None
 
 
 def _volume(user: UserPlacement, kind: str) -> str:
@@ -142,6 +147,8 @@ def build_spec(user: UserPlacement, settings: Settings, worker_id: str) -> Conta
         "hostname": user.subdomain,
         "route_host": f"{user.subdomain}.{settings.base_domain}",
         **_files(user, settings),
+        # Left out when None, as the files are: a spec without a volume keeps its hash.
+        **({"volume": user.volume} if user.volume is not None else {}),
     }
     digest = hashlib.sha256(
         json.dumps(to_builtins(fields), sort_keys=True, separators=(",", ":")).encode()

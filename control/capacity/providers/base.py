@@ -9,6 +9,12 @@ Contract:
 - Every failure raises `ProviderError` (an `IntegrationError`, control/errors.py)
   carrying the provider's code, message, HTTP status and correlation id; `kind` tells the autoscaler what to do about it (see
   `retry_decision` in control/capacity/decisions.py).
+- Volumes (one per user, issue 13): `create_volume` is idempotent by name as `create`
+  is; `attach` to the server already holding the volume, `detach` of a detached volume
+  and `delete_volume` of a missing one succeed; none waits for the provider's action
+  (the agent reports the mount). A server in another location is kind "invalid", code
+  `location_mismatch`; the per-server attachment limit is kind "limit"; a volume busy
+  with another action (`locked`) is "transient".
 - Implementations never block the event loop: blocking SDKs run in a thread with a
   timeout.
 """
@@ -95,6 +101,20 @@ class ProviderServer:
     created_at: float | None = None  # epoch seconds, when the provider reports it
 
 
+@dataclass(frozen=True)
+class ProviderVolume:
+    """A block volume at the provider (control/capacity/providers/base.py)."""
+
+    provider_id: str
+    name: str
+    location: str
+    size_gb: int
+    device: str  # where the agent finds it: a stable /dev path, or `loop:<name>` locally
+    server_id: str | None = None  # the PROVIDER's id of the server it is attached to
+    labels: dict[str, str] = field(default_factory=dict)
+    status: str = "available"
+
+
 class Provider(Protocol):
     name: str
     bills_hourly: bool  # deletion waits for the end of a billed hour when True
@@ -116,3 +136,16 @@ class Provider(Protocol):
     async def list(self, labels: dict[str, str]) -> builtins.list[ProviderServer]: ...
 
     async def close(self) -> None: ...
+
+    # Volumes (one per user; contract in control/capacity/providers/base.py).
+    async def create_volume(
+        self, name: str, size_gb: int, location: str, labels: dict[str, str]
+    ) -> ProviderVolume: ...
+
+    async def attach(self, volume: ProviderVolume, server_provider_id: str) -> None: ...
+
+    async def detach(self, volume: ProviderVolume) -> None: ...
+
+    async def delete_volume(self, volume: ProviderVolume) -> None: ...
+
+    async def list_volumes(self, labels: dict[str, str]) -> builtins.list[ProviderVolume]: ...

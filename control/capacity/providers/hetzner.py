@@ -1,4 +1,4 @@
-"""Hetzner Cloud provider: creates, lists and deletes worker servers through hcloud-python.
+"""Hetzner Cloud provider: worker servers here, users' volumes in hetzner_volumes.py (hcloud).
 
 Contract (on top of `control.capacity.providers.base`):
 - `validate()` runs once at start-up. It checks the token (401 -> kind "invalid"), every
@@ -71,6 +71,7 @@ from control.capacity.providers.hetzner_catalog import (
 )
 from control.capacity.providers.hetzner_errors import action_error, api_error, request_error
 from control.capacity.providers.hetzner_ratelimit import RateBudget
+from control.capacity.providers.hetzner_volumes import HetznerVolumes
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ _MAX_PAGES = 200  # 200 pages x 50 servers: far beyond any fleet; bounds a buggy
 _USER_DATA_MAX = 32 * 1024  # the API's limit on user_data
 
 
-class HetznerProvider:
+class HetznerProvider(HetznerVolumes):
     """The `Provider` for Hetzner Cloud (see the module docstring for the contract)."""
 
     name = "hetzner"

@@ -5,7 +5,8 @@ state directory under LOCAL_WORKERS_DIR/<name>, using the local Docker engine, w
 the CONTROL_URL and BOOTSTRAP_TOKEN that the user data carries, and is idempotent
 by name (a live process is adopted). `delete` stops that process (SIGTERM, then
 SIGKILL after 10 s). Agents run in their own session, so they outlive a restart of
-the control plane just as a real server would. Nothing is billed.
+the control plane just as a real server would. Nothing is billed. Users' volumes are
+local_volumes.py's (a name each; the agent backs it by a loop device).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 from control.capacity.providers.base import CreateRequest, ProviderError, ProviderServer, ServerType
+from control.capacity.providers.local_volumes import LocalVolumes
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def _stop(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-class LocalProvider:
+class LocalProvider(LocalVolumes):
     name = "local"
     bills_hourly = False
     # One machine is one server: a second agent on the same Docker engine would only

@@ -1,0 +1,10 @@
+"""Volumes: one block volume per user that follows the user between servers (issue 13).
+
+Owns: the `volumes` table (records.py is its only writer), the pure decision of a
+volume's next step (steps.py) and the run that applies those steps through the provider
+(runner.py, called by the autoscaler every run). The desired set reads the table to put
+a volume in a user's spec only where it is attached (control/workers/assignments.py).
+May import: the foundation modules, control.db, the domain packages (users, workers) and
+control.capacity (the provider interface and the autoscaler's provisioner), never the
+HTTP layer.
+"""
