@@ -26,6 +26,7 @@ class Plan:
     pids: int
     disk_gb: int
     stripe_price_ids: tuple[str, ...] = ()
+    backup_minutes: int = 15  # scheduled snapshot interval (control/backups/schedule.py)
 
 
 # OpenClaw's gateway is one Node.js process that mostly waits on model APIs: 1 GiB
@@ -37,6 +38,9 @@ _LIMITS = {
     "pids": (16, 1_000_000),
     "disk_gb": (1, 100_000),
 }
+# Optional, unlike _LIMITS: PLANS written before backups existed stay valid. restic needs
+# a few seconds to minutes per snapshot, so more often than every 5 minutes only piles up.
+BACKUP_MINUTES = (5, 7 * 24 * 60)
 
 
 class PlanError(ConfigurationError):
@@ -68,7 +72,7 @@ def _plan(name: str, body: object) -> Plan:
         raise PlanError(f"plan name {name!r}: 1-32 characters a-z 0-9 _ -")
     if not isinstance(body, dict):
         raise PlanError(f"plan {name}: expected an object")
-    unknown = set(body) - {*_LIMITS, "stripe_price_ids"}
+    unknown = set(body) - {*_LIMITS, "stripe_price_ids", "backup_minutes"}
     if unknown:
         raise PlanError(f"plan {name}: unknown field(s) {', '.join(sorted(unknown))}")
     values: dict[str, float] = {}
@@ -94,4 +98,12 @@ def _plan(name: str, body: object) -> Plan:
         pids=int(values["pids"]),
         disk_gb=int(values["disk_gb"]),
         stripe_price_ids=tuple(prices),
+        backup_minutes=_backup_minutes(name, body.get("backup_minutes", 15)),
     )
+
+
+def _backup_minutes(name: str, value: object) -> int:
+    low, high = BACKUP_MINUTES
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PlanError(f"plan {name}: backup_minutes must be a whole number from {low} to {high}")
+    return value

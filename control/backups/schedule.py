@@ -1,0 +1,52 @@
+"""Which users are due for a scheduled snapshot.
+
+Contract: `due_for_snapshot(candidates, plans, now, limit=None)` is a pure function. A
+candidate is due when it is running, has no snapshot in flight, and its last successful
+snapshot is at least its plan's `backup_minutes` old (or it has none yet). A plan the
+candidate names that is not configured any more falls back to `default`'s interval,
+so a removed plan never stops a user's backups. Result: user ids, most overdue first
+(never backed up before any that was), ties by user id; at most `limit` of them, so a
+caller can spread the load of many users over several rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from control.plans import DEFAULT_PLAN, Plan
+
+
+@dataclass(frozen=True)
+class Candidate:
+    user_id: str
+    plan: str
+    state: str  # the user's state: only "running" users have live state to snapshot
+    last_snapshot_at: float | None  # epoch seconds of the last successful snapshot
+    in_flight: bool = False  # a snapshot was asked for and has not finished
+
+
+def _interval(plans: Mapping[str, Plan], name: str) -> float:
+    plan = plans.get(name) or plans.get("default") or DEFAULT_PLAN
+    return plan.backup_minutes * 60.0
+
+
+def due_for_snapshot(
+    candidates: Iterable[Candidate],
+    plans: Mapping[str, Plan],
+    now: float,
+    limit: int | None = None,
+) -> list[str]:
+    overdue: list[tuple[float, str]] = []
+    for c in candidates:
+        if c.state != "running" or c.in_flight:
+            continue
+        if c.last_snapshot_at is None:
+            overdue.append((float("inf"), c.user_id))
+            continue
+        late = now - c.last_snapshot_at - _interval(plans, c.plan)
+        if late >= 0:
+            overdue.append((late, c.user_id))
+    overdue.sort(key=lambda item: (-item[0], item[1]))
+    chosen = overdue if limit is None else overdue[: max(0, limit)]
+    return [user_id for _, user_id in chosen]

@@ -1,0 +1,61 @@
+"""When a final snapshot is owed: before the data a user's state lives on may go away.
+
+Contract: `final_snapshot_reason(user, now, lead_seconds)` is a pure function of one
+user's state and returns the first reason that applies, or None:
+- `operator`: an operator asked for a snapshot and none finished since they asked;
+- `drain`: the server holding the user's state is draining (a drain deletes the server)
+  and no snapshot finished since the drain began;
+- `retention_ending`: the user is deprovisioned (cancelled), their retention ends
+  (`purge_after`) within `lead_seconds`, and no snapshot finished since that window
+  opened. The state no longer changes then, so that snapshot is the final one;
+  `purge_may_proceed(user, lead_seconds)` is True only once it exists, and the purge
+  (which deletes the volume) must wait for it when backups are on.
+A snapshot "finished since" T means `last_snapshot_at >= T`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class FinalReason(StrEnum):
+    OPERATOR = "operator"
+    DRAIN = "drain"
+    RETENTION_ENDING = "retention_ending"
+
+
+@dataclass(frozen=True)
+class UserBackupState:
+    user_id: str
+    state: str  # pending, provisioning, running, suspended, deprovisioned
+    last_snapshot_at: float | None = None
+    operator_requested_at: float | None = None
+    server_draining_since: float | None = None  # of the server holding the user's state
+    purge_after: float | None = None  # deprovisioned users: when their retention ends
+
+
+def _since(user: UserBackupState, moment: float) -> bool:
+    return user.last_snapshot_at is not None and user.last_snapshot_at >= moment
+
+
+def final_snapshot_reason(
+    user: UserBackupState, now: float, lead_seconds: float
+) -> FinalReason | None:
+    if user.operator_requested_at is not None and not _since(user, user.operator_requested_at):
+        return FinalReason.OPERATOR
+    # Whatever the user's state: a cancelled user's retained data dies with the server too.
+    if user.server_draining_since is not None and not _since(user, user.server_draining_since):
+        return FinalReason.DRAIN
+    if user.state == "deprovisioned" and user.purge_after is not None:
+        window = user.purge_after - lead_seconds
+        if now >= window and not _since(user, window):
+            return FinalReason.RETENTION_ENDING
+    return None
+
+
+def purge_may_proceed(user: UserBackupState, lead_seconds: float) -> bool:
+    """True once the final snapshot of a cancelled user's retention exists."""
+    if user.purge_after is None:
+        return False
+    return _since(user, user.purge_after - lead_seconds)
