@@ -39,7 +39,7 @@ async def sweep(p: Provisioner) -> None:
         if key
     }
     sightings: dict[str, int] = {}
-    budget = _budget(p)
+    budget = budget_left(p)
     for server in seen:
         if any(server.labels.get(k) != v for k, v in p.labels.items()):
             continue  # never a server without both labels
@@ -66,7 +66,7 @@ async def sweep(p: Provisioner) -> None:
     p.state.orphan_sightings = sightings
 
 
-def _budget(p: Provisioner) -> int:
+def budget_left(p: Provisioner) -> int:
     """Orphan deletes this sweep may make: a few, and none that would spend the
     requests kept for creates (when the provider reports its budget)."""
     remaining = getattr(p.provider, "rate_limit_remaining", None)

@@ -63,6 +63,7 @@ class ScalerState:
     transient_failures: int = 0
     pair_cooldown: dict[tuple[str, str], float] = field(default_factory=dict)
     orphan_sightings: dict[str, int] = field(default_factory=dict)
+    volume_sightings: dict[str, int] = field(default_factory=dict)  # orphan volumes
     held_back: int = 0  # demand the caps held back in the last run (a metric)
     alert: str | None = None
     retries: dict[str, Retry] = field(default_factory=dict)  # per resource, after a failure

@@ -6,10 +6,10 @@ Contract:
   catches its own provider errors, so one failing step does not stop the others.
 - On-demand runs coalesce: while a run is in progress, at most one more waits, and
   every further trigger joins that waiting run (a scheduled trigger makes it sweep
-  for orphans, control/capacity/orphans.py).
+  for orphans, control/capacity/orphans.py and control/volumes/orphans.py).
 - Every run first places pending users (a safety net for room no trigger saw), then
-  repairs (control/capacity/lifecycle.py), moves users' volumes
-  (control/volumes/runner.py), drains and scales
+  repairs (control/capacity/lifecycle.py), drains, moves users' volumes
+  (control/volumes/runner.py) and scales
   (control/capacity/scale_up.py, scale_down.py). Creating and deleting at the
   provider, and the backoff per resource, are control/capacity/provisioning.py's.
 - Until the provider is validated (`health.usable`), runs do only what needs no
@@ -33,6 +33,7 @@ from control.capacity.providers.base import ProviderError
 from control.capacity.provisioning import Provisioner, ScalerState, said
 from control.health import ProviderHealth
 from control.users import placing
+from control.volumes import orphans as volume_orphans
 from control.volumes import runner as volumes
 from control.workers import assignments
 
@@ -91,16 +92,16 @@ class Scaler:
                 _place_pending,
                 lifecycle.expire_provisioning,
                 lifecycle.delete_dead,
-                volumes.run,  # volumes need no catalogue of server types
                 scale_down.drain,
+                volumes.run,  # volumes need no catalogue of server types
             ]
         return [
             _place_pending,
             lifecycle.expire_provisioning,
             lifecycle.delete_dead,
             lifecycle.retry_unconfirmed,
-            volumes.run,
             scale_down.drain,
+            volumes.run,  # after the drain: a user it moves has its volume follow at once
             scale_up.scale_up,
             scale_down.scale_down,
         ]
@@ -126,6 +127,7 @@ class Scaler:
         if sweep:
             try:
                 await orphans.sweep(self.provisioner)
+                await volume_orphans.sweep(self.provisioner)
             except Exception as exc:
                 # Last resort, on purpose: the sweep only counts and reports; a failure
                 # keeps the last counts and must not fail the run. One line.
