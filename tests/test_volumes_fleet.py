@@ -185,6 +185,8 @@ async def test_an_attach_failure_leaves_the_user_waiting_never_started_without_i
     assert row["state"] == "attaching" and says in row["last_error"]
     assert row["not_before"] > time.time()
     assert "volume_failed" in await event_kinds(control)
+    _, alice = await control.admin("GET", "/v1/users/alice")  # the operator sees why
+    assert alice["volume"]["state"] == "attaching" and says in alice["volume"]["error"]
     await run(control)  # not due yet: no call
     assert hetzner_fake.count("POST /volumes/{id}/actions/attach") == 1
     await asyncio.to_thread(db, control, "UPDATE volumes SET not_before = 0")  # time passes

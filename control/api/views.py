@@ -140,7 +140,10 @@ async def servers(fleet: Fleet, server_id: str | None = None) -> list[dict[str, 
 async def users(store: Store, user_id: str | None = None) -> list[dict[str, Any]]:
     where, params = ("WHERE u.id = ?", (user_id,)) if user_id else ("", ())
     rows = await store.fetch_all(
-        "SELECT u.*, s.report FROM users u LEFT JOIN servers s ON s.id = u.server_id "
+        "SELECT u.*, s.report, v.state AS volume_state, v.location AS volume_location, "
+        "v.server_id AS volume_server, v.size_gb AS volume_size, v.last_error AS volume_error "
+        "FROM users u LEFT JOIN servers s ON s.id = u.server_id "
+        "LEFT JOIN volumes v ON v.user_id = u.id "
         f"{where} ORDER BY u.created_at, u.id",
         params,
     )
@@ -167,11 +170,25 @@ async def users(store: Store, user_id: str | None = None) -> list[dict[str, Any]
                 "moving_from": r["moving_from"],
                 "purge_after": iso(r["purge_after"]),
                 "container": _container(reported.get(r["id"])) if r["server_id"] else None,
+                # USER_VOLUMES: where the user's data is, and why it waits (control/volumes/).
+                "volume": _volume(r),
                 "created_at": iso(r["created_at"]),
                 "updated_at": iso(r["updated_at"]),
             }
         )
     return result
+
+
+def _volume(row: Row) -> dict[str, Any] | None:
+    if row["volume_state"] is None:
+        return None
+    return {
+        "state": row["volume_state"],
+        "location": row["volume_location"],
+        "server_id": row["volume_server"],
+        "size_gb": row["volume_size"],
+        "error": row["volume_error"],
+    }
 
 
 async def events(store: Store, limit: int, before: int | None) -> list[dict[str, Any]]:
