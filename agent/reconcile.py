@@ -41,7 +41,13 @@ from agent.session import LazySession
 from agent.tenant_files import TenantFileError
 from agent.volumes import LABEL_VOLUME, BlockVolumes, VolumeError
 from shared.names import parse_container_user
-from shared.protocol import Assignments, ContainerReport, ContainerSpec, VolumeReport
+from shared.protocol import (
+    Assignments,
+    BlockVolumeSpec,
+    ContainerReport,
+    ContainerSpec,
+    VolumeReport,
+)
 
 log = logging.getLogger("agent.reconcile")
 
@@ -366,7 +372,7 @@ class Reconciler:
                     await self.runtime.remove_volume(name)
             case Start(user_id, cid):
                 log.info("user %s: starting stopped container %s", user_id, cid[:12])
-                await self._volume_binds(self._specs().get(user_id))  # never on an empty dir
+                await self._volume_binds(self._specs().get(user_id), owner)  # never empty
                 await self.runtime.start(cid)
             case Create(spec):
                 await self._create(spec, owner)
@@ -393,7 +399,7 @@ class Reconciler:
             self.activity.pop(spec.user_id, None)
 
     async def _create(self, spec: ContainerSpec, owner: Owner) -> None:
-        binds = await self._volume_binds(spec)
+        binds = await self._volume_binds(spec, owner)
         await self._ensure_image(spec, None)
         net = await self.runtime.ensure_network(spec.user_id, owner)
         await self.runtime.ensure_volumes(spec, owner)
@@ -404,7 +410,8 @@ class Reconciler:
         self._succeed(spec.user_id)
 
     async def _replace(self, spec: ContainerSpec, old: Observed, owner: Owner) -> None:
-        binds = await self._volume_binds(spec)  # before the old one stops
+        if spec.volume is not None:
+            await self._mount(spec.volume)  # before the old one stops: no mount, no stop
         await self._ensure_image(spec, old.image_ref)
         net = await self.runtime.ensure_network(spec.user_id, owner)
         await self.runtime.ensure_volumes(spec, owner)
@@ -417,6 +424,7 @@ class Reconciler:
         reason = f"not healthy within {gate:g}s"
         try:
             # Written once the old container has stopped, so it never sees them change.
+            binds = await self._volume_binds(spec, owner)  # copies in stopped Docker volumes
             await self._write_files(spec, net, binds)
             new_id = await self.runtime.create(spec, self.applied_generation, net, owner, binds)
             await self.runtime.start(new_id)
@@ -430,7 +438,7 @@ class Reconciler:
                     gate=gate,
                     probe_timeout=self.opts.health_timeout,
                 )
-        except (DockerError, TenantFileError) as exc:
+        except (DockerError, TenantFileError, VolumeError) as exc:
             reason = str(exc)
         if not healthy:
             await self._roll_back(spec, old, new_id, reason)
@@ -484,16 +492,24 @@ class Reconciler:
 
     # -- block volumes (agent/volumes.py) -----------------------------------------------
 
-    async def _volume_binds(self, spec: ContainerSpec | None) -> dict[str, str]:
-        """Mounts the spec's block volume and makes its directories: volume name ->
-        host directory, {} for a spec without one. VolumeError while it cannot."""
+    async def _volume_binds(self, spec: ContainerSpec | None, owner: Owner) -> dict[str, str]:
+        """Mounts the spec's block volume and makes its directories (from the user's
+        Docker volumes here, if any): volume name -> host directory, {} for a spec
+        without one. VolumeError while it cannot."""
         if spec is None or spec.volume is None:
             return {}
+        volumes = await self._mount(spec.volume)
+        uid, gid = parse_container_user(spec.user)
+        names = [v.name for v in spec.volumes]
+        adopt = {n: await self.runtime.owned_volume_dir(spec.user_id, n, owner) for n in names}
+        found = {n: d for n, d in adopt.items() if d is not None}
+        return await volumes.tenant_dirs(spec.volume, names, uid, gid, found)
+
+    async def _mount(self, volume: BlockVolumeSpec) -> BlockVolumes:
         if self.volumes is None:
             raise VolumeError("this agent has no block volume support configured")
-        await self.volumes.ensure(spec.volume)
-        uid, gid = parse_container_user(spec.user)
-        return await self.volumes.tenant_dirs(spec.volume, [v.name for v in spec.volumes], uid, gid)
+        await self.volumes.ensure(volume)
+        return self.volumes
 
     async def _release_volumes(self, view: View) -> None:
         """Unmounts the volumes no desired spec names and no container uses any more

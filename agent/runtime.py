@@ -310,6 +310,22 @@ class DockerRuntime:
         for vol in spec.volumes:
             await self._run(self._ensure_volume, spec.user_id, vol.name, owner)
 
+    def _owned_volume_dir(self, user_id: str, name: str, owner: Owner) -> str | None:
+        try:
+            vol = self._api().inspect_volume(name)
+        except docker.errors.NotFound:
+            return None
+        labels = vol.get("Labels") or {}
+        if labels.get(LABEL_USER) != user_id or not claims(owner, labels, legacy_ok=True):
+            return None
+        mountpoint = str(vol.get("Mountpoint") or "")
+        return mountpoint if mountpoint.startswith("/") else None
+
+    async def owned_volume_dir(self, user_id: str, name: str, owner: Owner) -> str | None:
+        """The host directory of `user_id`'s Docker volume `name`, None when there is
+        no such volume of theirs (what a block volume adopts, agent/volumes.py)."""
+        return await self._run(self._owned_volume_dir, user_id, name, owner)
+
     def _volume_mountpoint(self, name: str) -> str:
         return str(self._api().inspect_volume(name).get("Mountpoint") or "")
 

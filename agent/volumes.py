@@ -10,7 +10,9 @@ a Hetzner `/dev/disk/by-id/...` path, or `loop:<name>`: a sparse file
 no signature at all AND the device's first MiB is zeros; any signature (a file system of
 another type, a partition table, an ambiguous probe) is refused and left untouched.
 `tenant_dirs` makes `<mount>/<volume name>` for each of the spec's named volumes (owned
-by the container's user, 0700, only on a mounted volume, never through a link).
+by the container's user, 0700, only on a mounted volume, never through a link), first
+copying in the user's Docker volume of that name when there is one and the directory is
+new (a user moving from Docker volumes keeps its state; the Docker volume is kept).
 `release(keep)` unmounts every volume under `<mounts>` whose id is not in `keep`, and
 detaches the loop devices backing files in the loop dir that nothing mounts, so the
 control plane can detach the volume. Nothing here ever deletes a volume's data or file.
@@ -27,6 +29,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import stat
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +46,7 @@ HEAD_BYTES = 1 << 20  # what must be zeros, besides blkid's verdict, before a fo
 PROBE_TIMEOUT = 30.0
 MKFS_TIMEOUT = 600.0
 MOUNT_TIMEOUT = 120.0
+COPY_TIMEOUT = 3600.0  # adopting a Docker volume's content (tenant_dirs)
 MOUNT_OPTIONS = "nodev,nosuid"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -277,15 +281,26 @@ class BlockVolumes:
             await checked(["mkfs.ext4", "-q", "-m", "0", str(device)], MKFS_TIMEOUT, "mkfs.ext4")
 
     async def tenant_dirs(
-        self, spec: BlockVolumeSpec, names: Iterable[str], uid: int, gid: int
+        self,
+        spec: BlockVolumeSpec,
+        names: Iterable[str],
+        uid: int,
+        gid: int,
+        adopt: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
-        """Name -> `<mount>/<name>` for bind mounts, made on the mounted volume."""
+        """Name -> `<mount>/<name>` for bind mounts, made on the mounted volume. A
+        directory not there yet is first made a copy of `adopt[name]` when given (the
+        user's Docker volume on this worker from before it had a block volume), so a
+        user moving onto a block volume never starts empty."""
         target = self.target(spec.id)
         entries = await asyncio.to_thread(_read_mountinfo)
         if mounted_at(entries, target) is None:
             raise VolumeError(f"volume {spec.id} is not mounted")
         dirs = {}
         for name in names:
+            source = (adopt or {}).get(name)
+            if source is not None and not await asyncio.to_thread(os.path.lexists, target / name):
+                await _copy_in(Path(source), target, name)
             await asyncio.to_thread(_tenant_dir, target, name, uid, gid)
             dirs[name] = str(target / name)
         return dirs
@@ -351,6 +366,18 @@ class BlockVolumes:
             failure = self.failures.get(volume_id)
             out[volume_id] = VolumeReport(volume_id, "mounted", failure.message if failure else "")
         return [out[k] for k in sorted(out)]
+
+
+async def _copy_in(source: Path, mount: Path, name: str) -> None:
+    """`<mount>/<name>` becomes a copy of `source` (owners, modes and links kept, never
+    followed), all at once: the copy is made aside and renamed into place, so a copy cut
+    short is made again from the start rather than taken for the data."""
+    staging = mount / f".{name}.adopting"
+    await asyncio.to_thread(shutil.rmtree, staging, True)  # a cut-short copy, not data
+    await checked(
+        ["cp", "-a", "--", f"{source}/.", str(staging)], COPY_TIMEOUT, f"copy of volume {name}"
+    )
+    await asyncio.to_thread(os.rename, staging, mount / name)
 
 
 def _attached_device(device: Path) -> Path:

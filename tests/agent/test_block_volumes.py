@@ -259,3 +259,28 @@ async def test_a_link_planted_on_the_volume_is_refused(
     with pytest.raises(VolumeError, match="not a directory"):
         await volumes.tenant_dirs(spec, ["state"], 1000, 1000)
     assert os.stat(outside).st_uid == 0
+
+
+@blockdev
+async def test_a_new_directory_adopts_a_docker_volume_once_and_whole(
+    volumes: BlockVolumes, tmp_path: Path
+) -> None:
+    spec = loop("v5")
+    target = await volumes.ensure(spec)
+    source = tmp_path / "docker-volume"
+    (source / "ws").mkdir(parents=True)
+    (source / "ws" / "memory.md").write_text("kept")
+    (source / "link").symlink_to("/etc/shadow")  # copied as a link, never followed
+    (target / ".state.adopting").mkdir()  # a copy cut short by a crash: not taken as data
+    (target / ".state.adopting" / "half").write_text("partial")
+
+    await volumes.tenant_dirs(spec, ["state"], 1000, 1000, {"state": str(source)})
+    state = target / "state"
+    assert sorted(p.name for p in state.iterdir()) == ["link", "ws"]
+    assert (state / "ws" / "memory.md").read_text() == "kept"
+    assert os.readlink(state / "link") == "/etc/shadow"
+    assert not (target / ".state.adopting").exists()
+    # Once there, the directory is the volume's: never copied over again.
+    (source / "ws" / "memory.md").write_text("newer on the old side")
+    await volumes.tenant_dirs(spec, ["state"], 1000, 1000, {"state": str(source)})
+    assert (state / "ws" / "memory.md").read_text() == "kept"

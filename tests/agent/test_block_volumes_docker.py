@@ -7,6 +7,7 @@ removal and re-creation; a missing device means no container and a `missing` rep
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -173,3 +174,38 @@ async def test_a_stopped_container_is_not_started_until_its_volume_is_back(
     assert c.attrs["State"]["Running"] is True
     assert _mounts_under(state_dir) == [str(target)]
     assert c.exec_run(["/bin/busybox", "cat", "/data/memory.md"]).output == b"kept\n"
+
+
+async def test_a_user_moving_onto_a_block_volume_keeps_its_docker_volume_state(
+    daemon: Daemon, state_dir: Path, dclient: docker.DockerClient, users: list[str]
+) -> None:
+    """The first spec with a volume replaces a container on Docker volumes: the new one
+    starts with a copy of them (made once the old one stopped), never empty."""
+    user = new_user()
+    users.append(user)
+    plain = make_spec(user, GOOD)
+    await reconcile(daemon.reconciler, 1, plain)
+    [old] = containers_of(dclient, user)
+    # Written from the host: a fresh Docker volume's root is root's, as Docker makes it.
+    data = Path(dclient.volumes.get(f"clawfleet-{user}-state").attrs["Mountpoint"])
+    (data / "ws").mkdir(mode=0o755)
+    (data / "ws" / "memory.md").write_text("kept\n")
+    for path in (data / "ws", data / "ws" / "memory.md"):
+        os.chown(path, 1000, 1000)
+    assert old.attrs["State"]["Running"] is True
+
+    volume = BlockVolumeSpec(id=f"vol-{user}", device=f"loop:{user}", size_gb=1)
+    await reconcile(daemon.reconciler, 2, with_volume(plain, volume))
+    [new] = containers_of(dclient, user)
+    assert new.id != old.id and new.attrs["Mounts"][0]["Type"] == "bind"
+    assert new.exec_run(["/bin/busybox", "cat", "/data/ws/memory.md"]).output == b"kept\n"
+    code, out = new.exec_run(["/bin/busybox", "stat", "-c", "%u:%g %a", "/data", "/data/ws"])
+    assert (code, out.split(b"\n")[:2]) == (0, [b"1000:1000 700", b"1000:1000 755"])
+    copied = state_dir / "mounts" / volume.id / f"clawfleet-{user}-state"
+    assert sorted(p.name for p in copied.parent.iterdir()) == [
+        "clawfleet-" + user + "-state",
+        "lost+found",
+    ]
+    # The Docker volume is kept as it was (its data is never deleted here).
+    [kept] = dclient.volumes.list(filters={"label": f"clawfleet.user={user}"})
+    assert kept.name == f"clawfleet-{user}-state"
