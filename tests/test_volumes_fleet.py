@@ -286,3 +286,29 @@ async def test_a_cancelled_users_volume_is_detached_and_kept_then_deleted_after_
     await run(control)
     assert hetzner_fake.volumes == {} and volume_row(control, "alice") == {}
     assert "volume_deleted" in await event_kinds(control)
+
+
+async def test_a_volume_the_agent_cannot_mount_shows_on_the_user_until_it_is_mounted(
+    cloud: Start, hetzner_fake: HetznerFake
+) -> None:
+    control = await cloud()
+    worker = await placed_with_volume(control, hetzner_fake)
+    (volume,) = hetzner_fake.volumes.values()
+    generation = (await worker.assignments()).body["generation"]
+    body = {
+        "agent_version": "0.1.0",
+        "applied_generation": generation,
+        "resources": worker.resources,
+        "containers": [],
+        "volumes": [{"id": str(volume["id"]), "state": "error", "error": "mount: bad superblock"}],
+    }
+    assert (await worker.request("POST", "/v1/agent/heartbeat", body)).status == 200
+    await run(control)
+    _, alice = await control.admin("GET", "/v1/users/alice")
+    assert alice["volume"]["error"] == (
+        f"the agent on {worker.key_id} reports it error: mount: bad superblock"
+    )
+    await beat(worker, ["alice"], [str(volume["id"])])
+    await run(control)
+    _, alice = await control.admin("GET", "/v1/users/alice")
+    assert alice["volume"]["error"] is None and alice["volume"]["state"] == "attached"
