@@ -33,7 +33,7 @@ from agent.ownership import (
 )
 from agent.volumes import volume_labels
 from shared.names import parse_container_user
-from shared.protocol import ContainerSpec
+from shared.protocol import ContainerSpec, ResourceSpec
 
 T = TypeVar("T")
 
@@ -41,6 +41,14 @@ LABEL_HASH = "clawfleet.spec_hash"
 LABEL_GENERATION = "clawfleet.generation"
 LABEL_IMAGE = "clawfleet.image"
 MANAGED_FILTER = f"{LABEL_MANAGED}=true"
+
+
+def cpu_options(resources: ResourceSpec) -> dict[str, int]:
+    """A weight proportional to the reserved CPUs (1024 = one CPU, Docker's own scale),
+    or with `cpu_limit` a hard quota of exactly that."""
+    if resources.cpu_limit:
+        return {"nano_cpus": int(resources.cpus * 1_000_000_000)}
+    return {"cpu_shares": max(2, round(resources.cpus * 1024))}
 
 
 class DockerError(AgentError):
@@ -389,7 +397,7 @@ class DockerRuntime:
             privileged=False,
             mem_limit=f"{spec.resources.memory_mb}m",
             memswap_limit=f"{spec.resources.memory_mb}m",
-            nano_cpus=int(spec.resources.cpus * 1_000_000_000),
+            **cpu_options(spec.resources),
             pids_limit=spec.resources.pids,
             restart_policy={"Name": "unless-stopped"},
             # Loopback only, host port chosen by Docker; Traefik is the only way in.

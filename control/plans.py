@@ -27,6 +27,9 @@ class Plan:
     disk_gb: int
     stripe_price_ids: tuple[str, ...] = ()
     backup_minutes: int = 15  # scheduled snapshot interval (control/backups/schedule.py)
+    # False: `cpus` is reserved (placement) and a weight, and idle CPU may be used beyond
+    # it; True: `cpus` is also a hard cap (docs/capacity.md, "CPU").
+    cpu_limit: bool = False
 
 
 # OpenClaw's gateway is one Node.js process that mostly waits on model APIs: 1 GiB
@@ -72,7 +75,7 @@ def _plan(name: str, body: object) -> Plan:
         raise PlanError(f"plan name {name!r}: 1-32 characters a-z 0-9 _ -")
     if not isinstance(body, dict):
         raise PlanError(f"plan {name}: expected an object")
-    unknown = set(body) - {*_LIMITS, "stripe_price_ids", "backup_minutes"}
+    unknown = set(body) - {*_LIMITS, "stripe_price_ids", "backup_minutes", "cpu_limit"}
     if unknown:
         raise PlanError(f"plan {name}: unknown field(s) {', '.join(sorted(unknown))}")
     values: dict[str, float] = {}
@@ -99,7 +102,14 @@ def _plan(name: str, body: object) -> Plan:
         disk_gb=int(values["disk_gb"]),
         stripe_price_ids=tuple(prices),
         backup_minutes=_backup_minutes(name, body.get("backup_minutes", 15)),
+        cpu_limit=_flag(name, "cpu_limit", body.get("cpu_limit", False)),
     )
+
+
+def _flag(name: str, field: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise PlanError(f"plan {name}: {field} must be true or false")
+    return value
 
 
 def _backup_minutes(name: str, value: object) -> int:

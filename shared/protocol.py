@@ -154,10 +154,16 @@ class BlockVolumeSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     size_gb: Annotated[int, Meta(ge=1, le=10240)]
 
 
-class ResourceSpec(msgspec.Struct, frozen=True):
+class ResourceSpec(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`cpus` is the tenant's reserved share: its CPU weight, so under contention it gets
+    at least that much, and it may use idle CPU beyond it (a Node gateway starts in half
+    the time). `cpu_limit` makes `cpus` a hard cap as well (CFS quota), as Nomad's
+    `cpu_hard_limit` does. Omitted when false, so older specs keep their hash."""
+
     memory_mb: Annotated[int, Meta(ge=1, le=16 * 1024 * 1024)]
     cpus: Annotated[float, Meta(gt=0, le=4096)]
     pids: Annotated[int, Meta(ge=1, le=2**22)]
+    cpu_limit: bool = False
 
 
 class HealthSpec(msgspec.Struct, frozen=True, omit_defaults=True):

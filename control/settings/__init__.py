@@ -230,7 +230,7 @@ class Settings(BackupSettings):
         "PLANS",
         "",
         rules.plans,
-        'JSON {"<plan>": {"memory_mb": int, "cpus": number, "pids": int, "disk_gb": int, "stripe_price_ids": [str], "backup_minutes": int (optional, 5-10080, default 15)}}; adds to (or overrides) the built-in plan `default` (1024 MB, 0.5 cpus, 512 pids, 5 GB, a snapshot every 15 minutes).',
+        'JSON {"<plan>": {"memory_mb": int, "cpus": number, "pids": int, "disk_gb": int, "stripe_price_ids": [str], "backup_minutes": int (optional, 5-10080, default 15), "cpu_limit": bool (optional, default false: cpus is a reserved weight, not a cap; docs/capacity.md)}}; adds to (or overrides) the built-in plan `default` (1024 MB, 0.5 cpus, 512 pids, 5 GB, a snapshot every 15 minutes).',
     )
     system_reserve_mb: int = setting(
         "SYSTEM_RESERVE_MB",

@@ -131,7 +131,10 @@ def build_spec(user: UserPlacement, settings: Settings, worker_id: str) -> Conta
             VolumeSpec(name=_volume(user, kind), target=target) for kind, target in profile.volumes
         ],
         "resources": ResourceSpec(
-            memory_mb=user.plan.memory_mb, cpus=user.plan.cpus, pids=user.plan.pids
+            memory_mb=user.plan.memory_mb,
+            cpus=user.plan.cpus,
+            pids=user.plan.pids,
+            cpu_limit=user.plan.cpu_limit,
         ),
         "health": HealthSpec(
             path=profile.health_path or settings.agent_health_path,

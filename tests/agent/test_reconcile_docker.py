@@ -97,7 +97,8 @@ async def test_assignment_runs_hardened_container(
     assert hc["Init"] is True
     assert hc["Privileged"] is False
     assert hc["Memory"] == 64 * 2**20
-    assert hc["NanoCpus"] == 500_000_000
+    # Half a CPU reserved: a weight of 512, no quota, so idle CPU speeds a start-up.
+    assert (hc["CpuShares"], hc["NanoCpus"]) == (512, 0)
     assert hc["PidsLimit"] == 64
     assert hc["RestartPolicy"]["Name"] == "unless-stopped"
     assert hc["NetworkMode"] not in ("host", "default", "bridge")

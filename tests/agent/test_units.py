@@ -17,10 +17,10 @@ from agent import health
 from agent.config import ConfigError, load_settings, parse_env_file, read_environment
 from agent.metadata_block import rule_position
 from agent.reconcile import Create, PurgeVolumes, Remove, RemoveNetwork, Replace, Start, plan
-from agent.runtime import Observed, is_root_user
+from agent.runtime import Observed, cpu_options, is_root_user
 from agent.state import Credentials, StateStore
 from agent.traefik import Gate, RouteOptions, prune, render, write_route
-from shared.protocol import Assignments, HealthSpec
+from shared.protocol import Assignments, HealthSpec, ResourceSpec
 from tests.agent.specs import make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -306,6 +306,23 @@ def test_route_render_and_prune(tmp_path: Path) -> None:
         "clawfleet-u9.yaml",
         "other.yaml",
     ]
+
+
+@pytest.mark.parametrize(
+    ("cpus", "limit", "expected"),
+    [
+        (0.5, False, {"cpu_shares": 512}),
+        (2, False, {"cpu_shares": 2048}),
+        (0.001, False, {"cpu_shares": 2}),  # Docker's minimum weight
+        (0.5, True, {"nano_cpus": 500_000_000}),
+        (1.25, True, {"nano_cpus": 1_250_000_000}),
+    ],
+)
+def test_cpus_are_a_weight_unless_the_plan_caps_them(
+    cpus: float, limit: bool, expected: dict[str, int]
+) -> None:
+    resources = ResourceSpec(memory_mb=64, cpus=cpus, pids=64, cpu_limit=limit)
+    assert cpu_options(resources) == expected
 
 
 @pytest.mark.parametrize("gate", [None, Gate("X-Clawfleet-User")])
