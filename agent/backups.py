@@ -13,7 +13,9 @@ Contract:
   before it is raised or logged, and bounded to `MESSAGE_MAX` characters.
 - restic is a blocking subprocess run in a thread (`asyncio.to_thread`), with an explicit
   timeout per call; on timeout it is interrupted (SIGINT: restic removes its lock), then
-  killed. Its stdout and stderr go to unlinked temporary files, so memory stays bounded
+  killed. A cancelled call interrupts restic too and returns only once it has exited.
+  Calls on one `Restic` run one at a time (restic's exclusive prune lock would refuse an
+  overlapping one). Its stdout and stderr go to unlinked temporary files, so memory stays bounded
   whatever it prints; more than `OUTPUT_MAX` bytes of output is an error. JSON output is
   decoded with msgspec into bounded structs.
 - `init_if_missing()` is idempotent (True when it created the repository); a wrong
@@ -33,6 +35,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -41,6 +44,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -187,6 +191,8 @@ class Restic:
         self._cache = cache_dir
         self._timeout = timeout  # backup, restore, prune: they move data
         self._quick = quick_timeout  # init, listing: they read a few small objects
+        # One restic at a time per repository: prune's exclusive lock would refuse the rest.
+        self._lock = asyncio.Lock()
 
     def argv(self, *args: str) -> list[str]:
         """The full command line of one restic call: never a secret (tests read it)."""
@@ -294,9 +300,26 @@ class Restic:
     async def _call(
         self, args: tuple[str, ...], seconds: float, cwd: Path | None = None
     ) -> _Result:
-        return await asyncio.to_thread(self._run, args, seconds, cwd)
+        async with self._lock:
+            process = _Process()
+            run = asyncio.ensure_future(asyncio.to_thread(self._run, args, seconds, cwd, process))
+            try:
+                return await asyncio.shield(run)
+            except asyncio.CancelledError:
+                # A thread cannot be cancelled: interrupt restic (it releases its lock) and
+                # wait for it, so that nothing writes once the caller has moved on.
+                process.interrupt()
+                with contextlib.suppress(Exception):
+                    await run
+                raise
 
-    def _run(self, args: tuple[str, ...], timeout: float, cwd: Path | None) -> _Result:
+    def _run(
+        self,
+        args: tuple[str, ...],
+        timeout: float,
+        cwd: Path | None,
+        process: _Process,
+    ) -> _Result:
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
@@ -309,6 +332,7 @@ class Restic:
                 )
             except OSError as exc:
                 raise BackupError(f"cannot run {self._binary}: {exc.strerror}") from None
+            process.started(proc)
             returncode = _wait(proc, timeout)
             stdout, stderr = _head(out, OUTPUT_MAX + 1), _tail(err, 4096)
         if returncode is None:
@@ -334,6 +358,28 @@ class Restic:
             if value:
                 text = text.replace(value, "***")
         return text
+
+
+class _Process:
+    """The restic process of one call, interruptible from the event loop's thread even
+    before the worker thread has started it (then it is interrupted as it starts)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._interrupted = False
+
+    def started(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._guard:
+            self._proc = proc
+            if self._interrupted:
+                proc.send_signal(signal.SIGINT)
+
+    def interrupt(self) -> None:
+        with self._guard:
+            self._interrupted = True
+            if self._proc is not None:
+                self._proc.send_signal(signal.SIGINT)
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int | None:

@@ -6,7 +6,8 @@ agent/client.py) also carries its HTTP status and the request id the control pla
 answered with (`correlation_id`, to find the request in its log). Subclasses:
 `ConfigError` (agent/config.py), `ControlPlaneError`, `DockerError` and
 `ForeignObjectError` (agent/runtime.py), `StateError` (agent/state.py),
-`MetadataBlockError` (agent/metadata_block.py) and the daemon's fatal stop.
+`MetadataBlockError` (agent/metadata_block.py), `BackupError` and its kinds
+(agent/backups.py) and the daemon's fatal stop.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ mode, tests/s3server.py) on 127.0.0.1: one server per session, one repository pe
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
@@ -211,6 +212,24 @@ async def test_a_restic_that_overruns_its_timeout_is_stopped(
     slow.chmod(0o700)
     with pytest.raises(BackupError, match=r"timed out after 0\.5 s"):
         await Restic(repo, binary=str(slow), quick_timeout=0.5).snapshots()
+
+
+async def test_a_cancelled_call_stops_restic_before_it_returns(
+    repo: Repository, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    slow = tmp_path / "slow-restic"
+    slow.write_text(f"#!/bin/sh\necho $$ > {fifo}\nexec sleep 3600\n")
+    slow.chmod(0o700)
+    call = asyncio.create_task(Restic(repo, binary=str(slow)).snapshots())
+    pid = int(await asyncio.to_thread(fifo.read_text))  # returns once the process runs
+    call.cancel()
+    async with asyncio.timeout(30):  # an uninterrupted restic would hold it for an hour
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    with pytest.raises(ProcessLookupError):  # exited and reaped, not left running
+        os.kill(pid, 0)
 
 
 @pytest.mark.parametrize(
