@@ -15,12 +15,20 @@ import pytest
 from agent import client as cp
 from agent import health
 from agent.config import ConfigError, load_settings, parse_env_file, read_environment
+from agent.daemon import next_beat
 from agent.metadata_block import rule_position
 from agent.reconcile import Create, PurgeVolumes, Remove, RemoveNetwork, Replace, Start, plan
 from agent.runtime import Observed, cpu_options, is_root_user
 from agent.state import Credentials, StateStore
 from agent.traefik import Gate, RouteOptions, prune, render, write_route
-from shared.protocol import Assignments, HealthSpec, ResourceSpec
+from shared.protocol import (
+    Assignments,
+    ContainerReport,
+    HealthSpec,
+    Heartbeat,
+    Resources,
+    ResourceSpec,
+)
 from tests.agent.specs import make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -306,6 +314,29 @@ def test_route_render_and_prune(tmp_path: Path) -> None:
         "clawfleet-u9.yaml",
         "other.yaml",
     ]
+
+
+@pytest.mark.parametrize(
+    ("interval", "healths", "expected"),
+    [
+        (10.0, [], 10.0),
+        (10.0, ["healthy", "none"], 10.0),
+        (10.0, ["healthy", "starting"], 1.0),  # a start: heard within a second
+        (50.0, ["starting"], 5.0),  # a big fleet's stretched interval stays a budget
+        (0.5, ["starting"], 0.5),  # never slower than the interval itself
+        (10.0, ["unhealthy"], 10.0),  # past its allowance: nothing to hurry for
+    ],
+)
+def test_heartbeats_come_sooner_while_a_container_starts(
+    interval: float, healths: list[str], expected: float
+) -> None:
+    beat = Heartbeat(
+        agent_version="0.1.0",
+        applied_generation=1,
+        resources=Resources(cpus=2, memory_mb=4096, disk_gb=40),
+        containers=[ContainerReport(f"u{i}", "running", h) for i, h in enumerate(healths)],
+    )
+    assert next_beat(interval, beat) == expected
 
 
 @pytest.mark.parametrize(
