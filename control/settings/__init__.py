@@ -25,6 +25,7 @@ from typing import Any
 from control.plans import Plan
 from control.settings import rules
 from control.settings.backups import BackupSettings
+from control.settings.local import LocalSettings
 from control.settings.profiles import Profile
 from control.settings.rules import SettingsError
 from shared.config import (
@@ -51,7 +52,7 @@ DEFAULT_AGENT_IMAGE = "ghcr.io/openclaw/openclaw:2026.11.20"
 
 
 @dataclass(frozen=True)
-class Settings(BackupSettings):
+class Settings(BackupSettings, LocalSettings):
     admin_token: str = setting(
         "ADMIN_TOKEN",
         None,

@@ -4,9 +4,20 @@ Contract (control/capacity/providers/base.py): `create` starts `python -m agent`
 state directory under LOCAL_WORKERS_DIR/<name>, using the local Docker engine, with
 the CONTROL_URL and BOOTSTRAP_TOKEN that the user data carries, and is idempotent
 by name (a live process is adopted). `delete` stops that process (SIGTERM, then
-SIGKILL after 10 s). Agents run in their own session, so they outlive a restart of
-the control plane just as a real server would. Nothing is billed. Users' volumes are
-local_volumes.py's (a name each; the agent backs it by a loop device).
+SIGKILL after 10 s) and then does what a server's deletion does to what it held
+(local_machine.power_off: its containers, networks and mounts go). Agents run in their
+own session, so they outlive a restart of the control plane just as a real server would.
+Nothing is billed. Users' volumes are local_volumes.py's (a name each; the agent backs
+it by a loop device).
+
+Up to LOCAL_MAX_SERVERS workers share this machine (default 1; 2 lets a user move
+between them). They share what must be one per machine: the loop files of users'
+volumes (LOOP_VOLUME_DIR=<LOCAL_WORKERS_DIR>/volumes, so a volume is the same file on
+every worker) and one Traefik on LOCAL_ROUTER_ADDRESS watching one route directory
+(<LOCAL_WORKERS_DIR>/traefik; route files and router names carry the worker id, so
+agents never touch each other's). The router belongs to the machine, not to a worker:
+started with the first live worker, stopped with the last. Each worker gets its own
+sign-in verifier port (AUTH_PORT), a free one at creation.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import time
 from pathlib import Path
 
 from control.capacity.providers.base import CreateRequest, ProviderError, ProviderServer, ServerType
+from control.capacity.providers.local_machine import free_port, power_off
 from control.capacity.providers.local_volumes import LocalVolumes
 
 log = logging.getLogger(__name__)
@@ -74,8 +86,8 @@ def _stop(pid: int) -> None:
 class LocalProvider(LocalVolumes):
     name = "local"
     bills_hourly = False
-    # One machine is one server: a second agent on the same Docker engine would only
-    # count the same memory twice (and the two would share container names).
+    # One machine is one server by default: each agent reports the machine's whole memory,
+    # so a second one counts it twice (LOCAL_MAX_SERVERS says how many anyway).
     max_servers: int | None = 1
 
     def __init__(
@@ -85,7 +97,9 @@ class LocalProvider(LocalVolumes):
         extra_env: dict[str, str] | None = None,
         router_address: str = "",
         client_address: str = "",
+        max_servers: int = 1,
     ) -> None:
+        self.max_servers = max_servers
         self.root = Path(workers_dir).resolve()  # agents run with their own cwd
         self.python = python
         self.extra_env = extra_env or {}
@@ -116,14 +130,17 @@ class LocalProvider(LocalVolumes):
             return existing
         env = agent_env_from_user_data(request.user_data)
         (home / "state").mkdir(parents=True, exist_ok=True, mode=0o700)
-        (home / "traefik").mkdir(parents=True, exist_ok=True)
+        (self.root / "traefik").mkdir(parents=True, exist_ok=True)
         agent_env = {
             **env,
             # Plain HTTP on the local router; TLS belongs to a real worker's Traefik.
             "TRAEFIK_ENTRYPOINTS": "web",
             "TRAEFIK_TLS": "false",
             "STATE_DIR": str(home / "state"),
-            "TRAEFIK_DYNAMIC_DIR": str(home / "traefik"),
+            "TRAEFIK_DYNAMIC_DIR": str(self.root / "traefik"),
+            # Every worker finds a user's volume in the same file (local_volumes.py).
+            "LOOP_VOLUME_DIR": str(self.root / "volumes"),
+            "AUTH_PORT": str(free_port()),
         }
         if self.client_address:
             agent_env["TRAEFIK_CLIENT_ADDRESS"] = self.client_address
@@ -152,10 +169,10 @@ class LocalProvider(LocalVolumes):
             "name": request.name,
             "labels": request.labels,
             "pid": proc.pid,
-            "router_pid": self._start_router(home),
             "created_at": created_at,
         }
         (home / "server.json").write_text(json.dumps(meta))
+        self._ensure_router()
         return ProviderServer(
             provider_id=request.name,
             name=request.name,
@@ -167,8 +184,28 @@ class LocalProvider(LocalVolumes):
             created_at=created_at,
         )
 
+    def _ensure_router(self) -> None:
+        """One Traefik for the machine (one per port), started unless one runs."""
+        record = self.root / "router.json"
+        try:
+            pid: int | None = int(json.loads(record.read_text())["pid"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            pid = None
+        if pid is not None and _alive(pid):
+            return
+        started = self._start_router(self.root)
+        if started is not None:
+            record.write_text(json.dumps({"pid": started}))
+
+    def _stop_router_when_idle(self) -> None:
+        record = self.root / "router.json"
+        if not record.exists() or any(s.status == "running" for s in self._list({})):
+            return
+        _stop(int(json.loads(record.read_text())["pid"]))
+        record.unlink()
+
     def _start_router(self, home: Path) -> int | None:
-        """Traefik with its file provider on the routes the agent writes, as systemd
+        """Traefik with its file provider on the routes the agents write, as systemd
         runs it on a real worker (never with the Docker socket)."""
         if not self.router_address:
             return None
@@ -207,10 +244,13 @@ class LocalProvider(LocalVolumes):
         if not meta_path.exists():
             return
         meta = json.loads(meta_path.read_text())
+        # router_pid: a worker made before the router was the machine's had its own.
         for pid in (meta["pid"], meta.get("router_pid")):
             if pid is not None:
                 _stop(int(pid))
+        power_off(home)
         meta_path.rename(home / "server.deleted.json")
+        self._stop_router_when_idle()
 
     async def list(self, labels: dict[str, str]) -> list[ProviderServer]:
         return await asyncio.to_thread(self._list, labels)
