@@ -16,6 +16,11 @@ new (a user moving from Docker volumes keeps its state; the Docker volume is kep
 `release(keep)` unmounts every volume under `<mounts>` whose id is not in `keep`, and
 detaches the loop devices backing files in the loop dir that nothing mounts, so the
 control plane can detach the volume. Nothing here ever deletes a volume's data or file.
+Agents may share a loop dir (two local workers on one machine): an agent holds an
+exclusive flock on a loop file from attaching its loop device until it is mounted, and
+detaches an idle loop device only while it holds that lock itself (never blocking for
+it), so one agent never detaches, and the kernel never hands to another file, a device
+another agent is about to format or mount.
 
 Every command runs as a subprocess with an explicit timeout (killed when it passes), off
 the event loop. Failures are `VolumeError` (`state` "error") or `VolumeMissing` (`state`
@@ -26,6 +31,7 @@ characters, at most MAX_VOLUME_ERROR characters, never a secret (none is involve
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import re
@@ -235,6 +241,18 @@ class BlockVolumes:
         return target
 
     async def _ensure(self, spec: BlockVolumeSpec) -> Path:
+        backing = self.loop_file(spec)
+        if backing is None:
+            return await self._mount(spec)
+        await asyncio.to_thread(_create_sparse, backing, spec.size_gb)
+        fd = await asyncio.to_thread(_lock, backing, fcntl.LOCK_EX)
+        assert fd is not None  # a blocking lock is taken or raises
+        try:
+            return await self._mount(spec)
+        finally:
+            os.close(fd)
+
+    async def _mount(self, spec: BlockVolumeSpec) -> Path:
         device = await self._device(spec)
         rdev = _rdev(device)
         target = self.target(spec.id)
@@ -338,17 +356,29 @@ class BlockVolumes:
             loops = json.loads(out or "{}").get("loopdevices") or []
         except ValueError:
             raise VolumeError("losetup --list printed no JSON") from None
-        in_use = {e.device for e in await asyncio.to_thread(_read_mountinfo)}
         for loop in loops:
             back = str(loop.get("back-file") or "").removesuffix(" (deleted)")
             if Path(back).parent != self.loop_dir or Path(back) in keep:
                 continue  # not one of ours, or wanted
             try:
-                if _rdev(Path(loop["name"])) in in_use:
-                    continue
-            except (OSError, VolumeError):
-                continue
-            await checked(["losetup", "-d", loop["name"]], PROBE_TIMEOUT, "losetup -d")
+                fd = await asyncio.to_thread(_lock, Path(back), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # the file is gone: nothing to hold the device for
+            if fd is None:
+                continue  # an agent is attaching or mounting it right now
+            try:
+                await self._detach_if_unmounted(loop["name"])
+            finally:
+                os.close(fd)
+
+    async def _detach_if_unmounted(self, name: str) -> None:
+        in_use = {e.device for e in await asyncio.to_thread(_read_mountinfo)}
+        try:
+            if _rdev(Path(name)) in in_use:
+                return
+        except (OSError, VolumeError):
+            return
+        await checked(["losetup", "-d", name], PROBE_TIMEOUT, "losetup -d")
 
     async def reports(self, desired: Iterable[BlockVolumeSpec]) -> list[VolumeReport]:
         """One report per desired volume and per volume still held."""
@@ -384,6 +414,21 @@ def _attached_device(device: Path) -> Path:
     if not device.exists():
         raise VolumeMissing(f"device {device} not found (is the volume attached?)")
     return device.resolve()
+
+
+def _lock(backing: Path, flags: int) -> int | None:
+    """An open descriptor of `backing` holding the flock `flags` ask for; None when a
+    non-blocking lock is held by someone else."""
+    fd = os.open(backing, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, flags)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _create_sparse(backing: Path, size_gb: int) -> None:

@@ -5,6 +5,7 @@ Every loop device and mount a test makes is undone by the `volumes` fixture, pas
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import subprocess
@@ -18,6 +19,8 @@ from agent.volumes import (
     Decision,
     VolumeError,
     VolumeMissing,
+    _create_sparse,
+    _lock,
     format_decision,
     mounted_at,
     one_line,
@@ -284,3 +287,31 @@ async def test_a_new_directory_adopts_a_docker_volume_once_and_whole(
     (source / "ws" / "memory.md").write_text("newer on the old side")
     await volumes.tenant_dirs(spec, ["state"], 1000, 1000, {"state": str(source)})
     assert (state / "ws" / "memory.md").read_text() == "kept"
+
+
+@blockdev
+async def test_an_agent_sharing_the_loop_dir_never_detaches_a_device_another_is_mounting(
+    volumes: BlockVolumes, tmp_path: Path
+) -> None:
+    """Two local workers share one loop dir: while one agent has attached a volume's
+    loop device and not yet mounted it (mkfs can take seconds), the other's release must
+    leave the device alone, or the mount fails or lands on whatever file the kernel
+    hands that device to next."""
+    other = BlockVolumes(tmp_path / "other-mounts", volumes.loop_dir)
+    spec = loop("shared")
+    backing = volumes.loop_dir / "shared.img"
+    _create_sparse(backing, 1)
+    held = _lock(backing, fcntl.LOCK_EX)  # what `ensure` holds from attach to mount
+    assert held is not None
+    try:
+        device = await volumes._device(spec)
+        await other.release([], in_use=())
+        assert await volumes.loop_devices_of(backing) == [device]
+    finally:
+        os.close(held)
+    target = await volumes.ensure(spec)  # the same device, now mounted
+    await other.release([], in_use=())  # mounted: still not other's to detach
+    assert await volumes.loop_devices_of(backing) == [device]
+    assert mounted_at(parse_mountinfo(Path("/proc/self/mountinfo").read_text()), target)
+    assert await volumes.release([], in_use=()) == ["shared"]
+    assert await volumes.loop_devices_of(backing) == []  # idle and unlocked: detached
