@@ -41,7 +41,7 @@ dist: $(STAMP)
 # Local workers (PROVIDER=local) outlive `make run`, as real servers outlive the
 # control plane; this stops them.
 stop-workers:
-	@for f in data/workers/*/server.json; do [ -f "$$f" ] && $(PY) -c 'import json, os, signal, sys; m = json.load(open(sys.argv[1])); [os.kill(p, signal.SIGTERM) for p in (m.get("pid"), m.get("router_pid")) if p]' "$$f" 2>/dev/null; done; true
+	@for f in data/workers/*/server.json data/workers/router.json; do [ -f "$$f" ] && $(PY) -c 'import json, os, signal, sys; m = json.load(open(sys.argv[1])); [os.kill(p, signal.SIGTERM) for p in (m.get("pid"), m.get("router_pid")) if p]' "$$f" 2>/dev/null; done; true
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
