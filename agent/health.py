@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import aiohttp
@@ -16,11 +17,20 @@ import aiohttp
 from shared.protocol import HealthSpec
 
 
-async def probe(session: aiohttp.ClientSession, port: int, path: str, probe_timeout: float) -> bool:
+async def probe(
+    session: aiohttp.ClientSession,
+    port: int,
+    path: str,
+    probe_timeout: float,
+    headers: Mapping[str, str] | None = None,
+) -> bool:
     url = f"http://127.0.0.1:{port}{path if path.startswith('/') else '/' + path}"
     try:
         async with session.get(
-            url, timeout=aiohttp.ClientTimeout(total=probe_timeout), allow_redirects=False
+            url,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=probe_timeout),
+            allow_redirects=False,
         ) as resp:
             return 200 <= resp.status < 300
     except (aiohttp.ClientError, TimeoutError, OSError):
@@ -35,10 +45,11 @@ async def wait_healthy(
     gate: float,
     probe_timeout: float,
     interval: float = 0.5,
+    headers: Mapping[str, str] | None = None,
 ) -> bool:
     deadline = time.monotonic() + gate
     while True:
-        if await probe(session, port, path, probe_timeout):
+        if await probe(session, port, path, probe_timeout, headers):
             return True
         if time.monotonic() >= deadline:
             return False

@@ -437,6 +437,7 @@ class Reconciler:
                     spec.health.path,
                     gate=gate,
                     probe_timeout=self.opts.health_timeout,
+                    headers=spec.health.headers,
                 )
         except (DockerError, TenantFileError, VolumeError) as exc:
             reason = str(exc)
@@ -598,7 +599,11 @@ class Reconciler:
                 c.running
                 and port is not None
                 and await health.probe(
-                    self._http.get(), port, spec.health.path, self.opts.health_timeout
+                    self._http.get(),
+                    port,
+                    spec.health.path,
+                    self.opts.health_timeout,
+                    spec.health.headers,
                 )
             )
             word = health.classify(

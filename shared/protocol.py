@@ -166,12 +166,21 @@ class ResourceSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     cpu_limit: bool = False
 
 
+_HealthHeader = Annotated[str, Meta(pattern=r"\A[A-Za-z][A-Za-z0-9-]{0,63}\Z")]
+_HeaderValue = Annotated[str, Meta(max_length=256, pattern=r"\A[\x20-\x7e]*\Z")]
+
+
 class HealthSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     path: Annotated[str, Meta(pattern=r"\A/\S{0,1023}\Z")]
     port: Port
     # How long the tenant may take to become healthy after a start (the profile's
     # allowance); 0 leaves it to the agent's HEALTH_GATE.
     start_seconds: Annotated[int, Meta(ge=0, le=3600)] = 0
+    # Sent with every probe: OpenClaw's startup probe answers a proxied caller only when
+    # it names a client (X-Forwarded-For); /healthz says "live" seconds before sessions work.
+    headers: Annotated[dict[_HealthHeader, _HeaderValue], Meta(max_length=8)] = msgspec.field(
+        default_factory=dict
+    )
 
 
 # Shared with the tenant profiles' checks (control/settings/profiles.py), which must

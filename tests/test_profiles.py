@@ -39,6 +39,9 @@ MINIMAL = 'min_memory_mb = 64\n[volumes]\nstate = "/data"\n'
         (MINIMAL + "[env]\nA = 1\n", "env.A"),
         (MINIMAL + "[health]\nstartup_seconds = -1\n", "health.startup_seconds"),
         (MINIMAL + "[health]\npath = 'healthz'\n", "health.path"),
+        (MINIMAL + "[health]\nheaders = {'X A' = '1'}\n", "health.headers"),
+        (MINIMAL + '[health]\nheaders = {X-A = "a\\nb"}\n', "health.headers"),
+        (MINIMAL + "[health]\nheaders = {X-A = 1}\n", "health.headers"),
         (MINIMAL + "[config]\nvolume = 'other'\npath = 'c.json'\nowned = '{}'\n", "config.volume"),
         (MINIMAL + "[config]\nvolume = 'state'\npath = '../c'\nowned = '{}'\n", "config.path"),
         (
@@ -146,6 +149,11 @@ def test_openclaw_spec() -> None:
     )
     assert "v\n" not in str(spec.env) + str(spec.labels)
     assert spec.health.start_seconds == 120  # the real gateway's allowance reaches the worker
+    # The startup probe, with the client attribution the gateway wants from a proxy.
+    assert (spec.health.path, spec.health.headers) == (
+        "/startupz",
+        {"X-Forwarded-For": "192.0.2.1"},
+    )
 
 
 def test_spec_hash_covers_secrets_token_and_plan_memory() -> None:

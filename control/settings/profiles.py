@@ -31,6 +31,7 @@ _KIND = re.compile(r"[a-z][a-z0-9]{0,15}")
 _TARGET = re.compile(r"/[^\s]{0,1023}")
 _REL = re.compile(REL_PATH_PATTERN)
 _HEADER = re.compile(HEADER_NAME_PATTERN)
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 # `{name}` but not `{{name}}`: the doubled form is the agent's placeholder.
 _PLACEHOLDER = re.compile(r"(?<!\{)\{([a-z_]+)\}(?!\})")
 PLACEHOLDERS = ("origin", "port", "identity_header")
@@ -53,6 +54,7 @@ class Profile:
     env: tuple[tuple[str, str], ...]
     volumes: tuple[tuple[str, str], ...]  # (kind, target in the container)
     health_path: str  # empty: AGENT_HEALTH_PATH
+    health_headers: tuple[tuple[str, str], ...]  # sent with every probe
     startup_seconds: float
     min_memory_mb: int
     heap_fraction: float  # 0: no NODE_OPTIONS
@@ -126,7 +128,11 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
         | {"heap_fraction": False, "config": False, "signin": False, "secrets": False},
     )
     volumes = _volumes(top["volumes"])
-    health = _table(top.get("health", {}), "health", {"path": False, "startup_seconds": False})
+    health = _table(
+        top.get("health", {}),
+        "health",
+        {"path": False, "startup_seconds": False, "headers": False},
+    )
     # 0 (unstated): the worker's own HEALTH_GATE applies.
     startup = _number(health, "startup_seconds", "health.startup_seconds", 0)
     if not 0 <= startup <= 3600:
@@ -143,6 +149,7 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
         env=_env(top.get("env", {})),
         volumes=volumes,
         health_path=_text(health, "path", "health.path", _TARGET),
+        health_headers=_headers(health.get("headers", {})),
         startup_seconds=float(startup),
         min_memory_mb=memory,
         heap_fraction=float(fraction),
@@ -178,6 +185,17 @@ def _env(raw: Any) -> tuple[tuple[str, str], ...]:
             raise _Bad(f'env.{key}: expected NAME = "text"')
         if key == "NODE_OPTIONS":
             raise _Bad("env.NODE_OPTIONS: set by heap_fraction, not here")
+    return tuple(sorted(table.items()))
+
+
+def _headers(raw: Any) -> tuple[tuple[str, str], ...]:
+    table = _get({"h": raw}, "h", dict, "health.headers", {})
+    if len(table) > 8:
+        raise _Bad("health.headers: at most 8")
+    for key, value in table.items():
+        ok = isinstance(value, str) and len(value) <= 256 and _HEADER_VALUE.fullmatch(value)
+        if not _HEADER.fullmatch(key) or not ok:
+            raise _Bad(f'health.headers.{key}: expected Header-Name = "printable text"')
     return tuple(sorted(table.items()))
 
 

@@ -140,6 +140,7 @@ def build_spec(user: UserPlacement, settings: Settings, worker_id: str) -> Conta
             path=profile.health_path or settings.agent_health_path,
             port=port,
             start_seconds=round(profile.startup_seconds),
+            headers=dict(profile.health_headers),
         ),
         "labels": {
             "clawfleet.plan": user.plan.name,
