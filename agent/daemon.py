@@ -126,7 +126,7 @@ class Daemon:
                 settings.loop_volume_dir or settings.state_dir / "volumes",
             ),
         )
-        self.verifier = Verifier()
+        self.verifier = Verifier(spent=settings.state_dir / "signin-spent")
         self.reconciler.on_specs = self.verifier.set_specs
         self.creds: Credentials | None = None
         self.heartbeat_interval = DEFAULT_HEARTBEAT

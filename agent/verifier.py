@@ -7,7 +7,10 @@ down), which user and sign-in key each route host belongs to (`set_specs`).
 - `GET /_clawfleet/signin?ticket=...` for host h: the ticket must be valid
   (shared/signin.py) for h's user and key and not used before (nonces are remembered
   until their ticket expires, at most MAX_NONCES at once: when full, sign-in is
-  refused with 503 rather than forgetting a live nonce). Then it sets a host-only
+  refused with 503 rather than forgetting a live nonce). With a `spent` file (the
+  daemon's STATE_DIR/signin-spent) each used nonce is appended and fsynced before the
+  cookie is set, and read back at start, so a restarted agent refuses a link used
+  before the restart too. Then it sets a host-only
   session cookie (never a Domain attribute, so no other subdomain ever receives it;
   `Secure` when X-Forwarded-Proto is https) and answers 303 to `/`.
 - `GET /_clawfleet/auth` (Traefik's forwardAuth): 200 with `<identity_header>:
@@ -23,12 +26,17 @@ Nothing here logs a ticket, cookie or key. The clock is injected for tests.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
+from agent.state import atomic_write
 from shared import signin
 from shared.protocol import ContainerSpec
 
@@ -65,11 +73,38 @@ def request_host(request: web.Request) -> str:
     return host.rsplit(":", 1)[0].lower() if ":" in host else host.lower()
 
 
+_SPENT_LINE = re.compile(r"([0-9a-f]{32}) ([0-9]{1,12})")
+
+
 class Verifier:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, spent: Path | None = None) -> None:
         self.clock = clock
         self._gates: dict[str, Gate] = {}
         self._used: dict[str, float] = {}  # ticket nonce -> its expiry
+        self._spent = spent
+        if spent is not None:
+            self._load(spent)
+
+    def _load(self, spent: Path) -> None:
+        """The nonces still live in `spent`; the file is rewritten with only those."""
+        now = self.clock()
+        with contextlib.suppress(FileNotFoundError):
+            for line in spent.read_text(errors="replace").splitlines()[-MAX_NONCES:]:
+                found = _SPENT_LINE.fullmatch(line)
+                if found and int(found[2]) >= now:
+                    self._used[found[1]] = float(found[2])
+        text = "".join(f"{n} {int(e)}\n" for n, e in self._used.items())
+        atomic_write(spent, text.encode(), mode=0o600)
+
+    def _persist(self, nonce: str, expires: float) -> None:
+        if self._spent is None:
+            return
+        fd = os.open(self._spent, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, f"{nonce} {int(expires)}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def set_specs(self, specs: Iterable[ContainerSpec]) -> None:
         self._gates = gates(specs)
@@ -96,6 +131,7 @@ class Verifier:
                 del self._used[gone]
             if len(self._used) >= MAX_NONCES:
                 raise web.HTTPServiceUnavailable(text="Too many sign-ins; try again shortly.\n")
+        self._persist(nonce, expires)  # before the cookie: a crash after it forgets nothing
         self._used[nonce] = expires
         return True
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -213,3 +214,34 @@ def test_the_app_serves_only_the_two_paths() -> None:
     paths = {r.resource.canonical for r in Verifier().app().router.routes() if r.resource}
     assert paths == {"/_clawfleet/signin", "/_clawfleet/auth"}
     assert isinstance(Verifier().app(), web.Application)
+
+
+async def test_a_link_used_before_a_restart_stays_used(tmp_path: Path) -> None:
+    """The spent nonces outlive the agent: a new Verifier on the same file refuses a ticket
+    the old one accepted, forgets nonces whose tickets have expired, and keeps the file
+    private."""
+    spent = tmp_path / "signin-spent"
+    clock = Clock()
+    first = Verifier(clock, spent=spent)
+    first.set_specs(specs())
+    used, fresh = ticket(), ticket()
+    port = free_port()
+    runner = await serve(first, port)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        served = Served(f"http://127.0.0.1:{port}", http, clock, first)
+        assert (await sign_in(served, used)).status == 303
+    await runner.cleanup()
+    assert spent.stat().st_mode & 0o777 == 0o600
+
+    spent.write_text(spent.read_text() + f"{'ab' * 16} {int(NOW) - 1}\ngarbage line\n")
+    second = Verifier(clock, spent=spent)
+    second.set_specs(specs())
+    port = free_port()
+    runner = await serve(second, port)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        served = Served(f"http://127.0.0.1:{port}", http, clock, second)
+        assert (await sign_in(served, used)).status == 403
+        assert (await sign_in(served, fresh)).status == 303
+    await runner.cleanup()
+    lines = spent.read_text().splitlines()
+    assert len(lines) == 2 and not any("ab" * 16 in line or "garbage" in line for line in lines)
