@@ -43,6 +43,8 @@ BLOCK_DEVICE_PATTERN = (
 )
 MAX_VOLUMES = 64  # volumes in one heartbeat; Hetzner attaches at most 16 per server
 MAX_VOLUME_ERROR = 300
+MAX_BACKUPS = 64  # backup jobs in one assignments reply, reports in one heartbeat
+MAX_BACKUP_ERROR = 300
 
 Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 Generation = Annotated[int, Meta(ge=0, le=GENERATION_MAX)]
@@ -59,6 +61,10 @@ Word = Annotated[str, Meta(pattern=_WORD)]
 Text = Annotated[str, Meta(max_length=MAX_TEXT)]
 BlockVolumeId = Annotated[str, Meta(pattern=BLOCK_VOLUME_ID_PATTERN)]
 VolumeState = Literal["mounted", "missing", "error"]
+BackupJobId = Annotated[str, Meta(pattern=r"\A[a-z0-9-]{1,40}\Z")]
+BackupTag = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.:-]{1,64}\Z")]
+Retention = Annotated[int, Meta(ge=0, le=1000)]
+SnapshotId = Annotated[str, Meta(pattern=r"\A([0-9a-f]{8,64})?\Z")]  # restic's, or empty
 
 
 class ProtocolError(ValueError):
@@ -116,6 +122,19 @@ class VolumeReport(msgspec.Struct, frozen=True, omit_defaults=True):
     error: Annotated[str, Meta(max_length=MAX_VOLUME_ERROR)] = ""
 
 
+class BackupReport(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How one backup job the agent received is going (issue 13): `running` until restic
+    is done, then `done` (with the snapshot's id and bytes added, for a snapshot) or
+    `failed` (`error` says why, one line, no secret). `finished_at` is the agent's clock."""
+
+    id: BackupJobId
+    state: Literal["running", "done", "failed"]
+    snapshot_id: SnapshotId = ""
+    bytes_added: Annotated[int, Meta(ge=0, le=GENERATION_MAX)] = 0
+    finished_at: Annotated[float, Meta(ge=0, le=1e11)] = 0
+    error: Annotated[str, Meta(max_length=MAX_BACKUP_ERROR)] = ""
+
+
 class Heartbeat(msgspec.Struct, frozen=True):
     agent_version: Version
     applied_generation: Generation
@@ -123,6 +142,9 @@ class Heartbeat(msgspec.Struct, frozen=True):
     containers: Annotated[list[ContainerReport], Meta(max_length=MAX_CONTAINERS)]
     host: HostReport | None = None
     volumes: Annotated[list[VolumeReport], Meta(max_length=MAX_VOLUMES)] = msgspec.field(
+        default_factory=list
+    )
+    backups: Annotated[list[BackupReport], Meta(max_length=MAX_BACKUPS)] = msgspec.field(
         default_factory=list
     )
 
@@ -254,11 +276,39 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     volume: BlockVolumeSpec | None = None
 
 
+_Secret = Annotated[str, Meta(pattern=_PRINTABLE)]
+
+
+class BackupJob(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One snapshot or restore of a user's block volume, for the worker where that volume
+    is mounted (docs/backups.md). It carries the repository's password and the bucket's
+    S3 keys: the agent keeps jobs in memory only and never logs those three. The keep_*
+    counts are the retention applied after a successful snapshot (all 0: no prune)."""
+
+    id: BackupJobId
+    user_id: UserId
+    kind: Literal["snapshot", "restore"]
+    volume_id: BlockVolumeId
+    repository: Annotated[str, Meta(max_length=512, pattern=r"\As3:http[\x21-\x7e]*\Z")]
+    password: Annotated[_Secret, Meta(min_length=16, max_length=128)]
+    access_key: Annotated[_Secret, Meta(max_length=128)]
+    secret_key: Annotated[_Secret, Meta(max_length=256)]
+    snapshot_id: SnapshotId = ""
+    tags: Annotated[list[BackupTag], Meta(max_length=8)] = msgspec.field(default_factory=list)
+    keep_hourly: Retention = 0
+    keep_daily: Retention = 0
+    keep_weekly: Retention = 0
+
+
 class Assignments(msgspec.Struct, frozen=True):
     generation: Generation
     containers: Annotated[list[ContainerSpec], Meta(max_length=MAX_CONTAINERS)]
     # Users whose volumes the worker deletes once their container is gone.
     purge: Annotated[list[UserId], Meta(max_length=MAX_CONTAINERS)] = msgspec.field(
+        default_factory=list
+    )
+    # Backup jobs: not part of any spec (no spec hash changes), never written to disk.
+    backups: Annotated[list[BackupJob], Meta(max_length=MAX_BACKUPS)] = msgspec.field(
         default_factory=list
     )
 
@@ -308,10 +358,12 @@ def decode(data: bytes, kind: type[T]) -> T:
 
 def clip_errors(beat: Heartbeat) -> Heartbeat:
     """`beat` with each container's error cut to MAX_TEXT characters and each volume's
-    to MAX_VOLUME_ERROR: the agent's free text (Docker's messages, mount's) must never
-    get its heartbeat refused."""
-    if all(c.error is None or len(c.error) <= MAX_TEXT for c in beat.containers) and all(
-        len(v.error) <= MAX_VOLUME_ERROR for v in beat.volumes
+    and backup's to MAX_VOLUME_ERROR and MAX_BACKUP_ERROR: the agent's free text
+    (Docker's messages, mount's, restic's) must never get its heartbeat refused."""
+    if (
+        all(c.error is None or len(c.error) <= MAX_TEXT for c in beat.containers)
+        and all(len(v.error) <= MAX_VOLUME_ERROR for v in beat.volumes)
+        and all(len(b.error) <= MAX_BACKUP_ERROR for b in beat.backups)
     ):
         return beat
     containers = [
@@ -321,7 +373,10 @@ def clip_errors(beat: Heartbeat) -> Heartbeat:
     volumes = [
         msgspec.structs.replace(v, error=_clip(v.error, MAX_VOLUME_ERROR)) for v in beat.volumes
     ]
-    return msgspec.structs.replace(beat, containers=containers, volumes=volumes)
+    backups = [
+        msgspec.structs.replace(b, error=_clip(b.error, MAX_BACKUP_ERROR)) for b in beat.backups
+    ]
+    return msgspec.structs.replace(beat, containers=containers, volumes=volumes, backups=backups)
 
 
 def _clip(text: str, limit: int) -> str:

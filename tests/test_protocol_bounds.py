@@ -22,6 +22,8 @@ from control.workers.auth import AgentCaller
 from control.workers.specs import UserPlacement, build_spec
 from shared import protocol, signing
 from shared.protocol import (
+    MAX_BACKUP_ERROR,
+    MAX_BACKUPS,
     MAX_CONTAINERS,
     MAX_DEPTH,
     MAX_TEXT,
@@ -43,6 +45,13 @@ REPORT = {
     "error": None,
 }
 VOLUME_REPORT = {"id": "102938", "state": "error", "error": "mount: wrong fs type"}
+BACKUP_REPORT = {
+    "id": "job-1",
+    "state": "done",
+    "snapshot_id": "4f1c" * 16,
+    "bytes_added": 92160,
+    "finished_at": 1796112000.5,
+}
 HEARTBEAT: dict[str, Any] = {
     "agent_version": "0.1.0",
     "applied_generation": 3,
@@ -56,6 +65,7 @@ HEARTBEAT: dict[str, Any] = {
     "containers": [REPORT],
     "host": {"docker_version": "26.1.5+dfsg1", "metadata_blocked": True},
     "volumes": [VOLUME_REPORT],
+    "backups": [BACKUP_REPORT],
 }
 REGISTER: dict[str, Any] = {
     "protocol": 1,
@@ -80,7 +90,27 @@ SPEC: dict[str, Any] = {
     "spec_hash": "9c1f" * 16,
     "volume": {"id": "102938", "device": "/dev/disk/by-id/scsi-0HC_Volume_102938", "size_gb": 10},
 }
-ASSIGNMENTS: dict[str, Any] = {"generation": 4, "purge": ["bob"], "containers": [SPEC]}
+BACKUP_JOB: dict[str, Any] = {
+    "id": "job-1",
+    "user_id": "alice",
+    "kind": "restore",
+    "volume_id": "102938",
+    "repository": "s3:https://fsn1.your-objectstorage.com/bucket/prod/alice",
+    "password": "p" * 43,
+    "access_key": "AKIAEXAMPLE",
+    "secret_key": "s" * 40,
+    "snapshot_id": "4f1c2b3a",
+    "tags": ["scheduled", "plan:default"],
+    "keep_hourly": 24,
+    "keep_daily": 7,
+    "keep_weekly": 4,
+}
+ASSIGNMENTS: dict[str, Any] = {
+    "generation": 4,
+    "purge": ["bob"],
+    "containers": [SPEC],
+    "backups": [BACKUP_JOB],
+}
 
 
 def mutated(message: dict[str, Any], path: str, value: Any) -> bytes:
@@ -142,6 +172,19 @@ HEARTBEAT_CASES = [
     ("volumes.0.state", "unmounted", "$.volumes[0].state"),
     ("volumes.0.error", "e" * (MAX_VOLUME_ERROR + 1), "$.volumes[0].error"),
     ("volumes", [VOLUME_REPORT] * (MAX_VOLUMES + 1), "$.volumes"),
+    ("backups", [BACKUP_REPORT] * (MAX_BACKUPS + 1), "$.backups"),
+    ("backups.0.id", "Job-1", "$.backups[0].id"),
+    ("backups.0.id", "j" * 41, "$.backups[0].id"),
+    ("backups.0.id", "job-1\n", "$.backups[0].id"),
+    ("backups.0.state", "pending", "$.backups[0].state"),
+    ("backups.0.snapshot_id", "4F1C2B3A", "$.backups[0].snapshot_id"),
+    ("backups.0.snapshot_id", "4f1c2b3", "$.backups[0].snapshot_id"),
+    ("backups.0.snapshot_id", "4" * 65, "$.backups[0].snapshot_id"),
+    ("backups.0.bytes_added", -1, "$.backups[0].bytes_added"),
+    ("backups.0.bytes_added", BIG, "$.backups[0].bytes_added"),
+    ("backups.0.finished_at", -1.0, "$.backups[0].finished_at"),
+    ("backups.0.finished_at", 1e300, "$.backups[0].finished_at"),
+    ("backups.0.error", "e" * (MAX_BACKUP_ERROR + 1), "$.backups[0].error"),
 ]
 REGISTER_CASES = [
     ("protocol", BIG, "$.protocol"),
@@ -193,6 +236,35 @@ ASSIGNMENT_CASES = [
     ("containers.0.volume.device", "loop:", "$.containers[0].volume.device"),
     ("containers.0.volume.size_gb", 0, "$.containers[0].volume.size_gb"),
     ("containers.0.volume.size_gb", 10241, "$.containers[0].volume.size_gb"),
+    ("backups", [BACKUP_JOB] * (MAX_BACKUPS + 1), "$.backups"),
+    ("backups.0.id", "job_1", "$.backups[0].id"),
+    ("backups.0.id", "", "$.backups[0].id"),
+    ("backups.0.user_id", "../alice", "$.backups[0].user_id"),
+    ("backups.0.kind", "delete", "$.backups[0].kind"),
+    ("backups.0.volume_id", "..", "$.backups[0].volume_id"),
+    ("backups.0.volume_id", "a/b", "$.backups[0].volume_id"),
+    ("backups.0.repository", "/srv/restic/alice", "$.backups[0].repository"),
+    ("backups.0.repository", "sftp:host:/alice", "$.backups[0].repository"),
+    ("backups.0.repository", "s3:https://h/b a", "$.backups[0].repository"),
+    ("backups.0.repository", "s3:https://h/" + "b" * 500, "$.backups[0].repository"),
+    ("backups.0.password", "p" * 15, "$.backups[0].password"),
+    ("backups.0.password", "p" * 129, "$.backups[0].password"),
+    ("backups.0.password", "p" * 20 + "\n", "$.backups[0].password"),
+    ("backups.0.password", "pässwörd" * 3, "$.backups[0].password"),
+    ("backups.0.access_key", "a" * 129, "$.backups[0].access_key"),
+    ("backups.0.access_key", "key with space", "$.backups[0].access_key"),
+    ("backups.0.secret_key", "s" * 257, "$.backups[0].secret_key"),
+    ("backups.0.secret_key", "s\x00", "$.backups[0].secret_key"),
+    ("backups.0.snapshot_id", "latest", "$.backups[0].snapshot_id"),
+    ("backups.0.snapshot_id", "4f1c", "$.backups[0].snapshot_id"),
+    ("backups.0.snapshot_id", "4f1c2b3a\n", "$.backups[0].snapshot_id"),
+    ("backups.0.tags", ["t"] * 9, "$.backups[0].tags"),
+    ("backups.0.tags", ["a,b"], "$.backups[0].tags[0]"),
+    ("backups.0.tags", [""], "$.backups[0].tags[0]"),
+    ("backups.0.tags", ["t" * 65], "$.backups[0].tags[0]"),
+    ("backups.0.keep_hourly", -1, "$.backups[0].keep_hourly"),
+    ("backups.0.keep_daily", 1001, "$.backups[0].keep_daily"),
+    ("backups.0.keep_weekly", BIG, "$.backups[0].keep_weekly"),
 ]
 
 
@@ -233,6 +305,14 @@ def test_what_the_agent_decodes_is_bounded_too(path: str, value: Any, fragment: 
         ({**HEARTBEAT, "volumes": [VOLUME_REPORT] * MAX_VOLUMES}, protocol.Heartbeat),
         (mutated(HEARTBEAT, "volumes.0", {"id": "v", "state": "mounted"}), protocol.Heartbeat),
         (mutated(ASSIGNMENTS, "containers.0.volume", None), protocol.Assignments),
+        ({**ASSIGNMENTS, "backups": [BACKUP_JOB] * MAX_BACKUPS}, protocol.Assignments),
+        ({**HEARTBEAT, "backups": [BACKUP_REPORT] * MAX_BACKUPS}, protocol.Heartbeat),
+        (mutated(HEARTBEAT, "backups.0", {"id": "j", "state": "running"}), protocol.Heartbeat),
+        (mutated(ASSIGNMENTS, "backups.0.snapshot_id", ""), protocol.Assignments),
+        (
+            mutated(ASSIGNMENTS, "backups.0.repository", "s3:http://127.0.0.1:9000/b/a"),
+            protocol.Assignments,
+        ),
         (
             mutated(
                 ASSIGNMENTS, "containers.0.volume", {"id": "a", "device": "loop:a", "size_gb": 1}
@@ -254,6 +334,30 @@ def test_old_peers_messages_decode_without_the_volume_fields() -> None:
         json.dumps({**ASSIGNMENTS, "containers": [spec]}).encode(), protocol.Assignments
     )
     assert old.containers[0].volume is None
+
+
+def test_old_peers_messages_decode_without_the_backup_fields() -> None:
+    beat = {k: v for k, v in HEARTBEAT.items() if k != "backups"}
+    assert protocol.decode(json.dumps(beat).encode(), protocol.Heartbeat).backups == []
+    assignments = {k: v for k, v in ASSIGNMENTS.items() if k != "backups"}
+    assert protocol.decode(json.dumps(assignments).encode(), protocol.Assignments).backups == []
+    job = {k: v for k, v in BACKUP_JOB.items() if not k.startswith(("keep_", "tags", "snap"))}
+    decoded = protocol.decode(
+        json.dumps({**ASSIGNMENTS, "backups": [job]}).encode(), protocol.Assignments
+    ).backups[0]
+    assert (decoded.snapshot_id, decoded.tags, decoded.keep_hourly, decoded.keep_weekly) == (
+        "",
+        [],
+        0,
+        0,
+    )
+
+
+def test_a_report_encodes_only_what_it_says() -> None:
+    """omit_defaults: a running report is two fields, and decodes back the same."""
+    report = protocol.BackupReport(id="job-1", state="running")
+    assert json.loads(protocol.encode(report)) == {"id": "job-1", "state": "running"}
+    assert protocol.decode(protocol.encode(report), protocol.BackupReport) == report
 
 
 @pytest.mark.parametrize(
@@ -306,6 +410,18 @@ def test_agent_clips_long_volume_errors_too() -> None:
     assert len(clipped.volumes[0].error) == MAX_VOLUME_ERROR
     assert clipped.volumes[1] == beat.volumes[0]
     assert clipped.containers == beat.containers
+
+
+def test_agent_clips_long_backup_errors_too() -> None:
+    beat = protocol.decode(json.dumps(HEARTBEAT).encode(), protocol.Heartbeat)
+    report = msgspec.structs.replace(beat.backups[0], state="failed", error="restic " + "x" * 999)
+    long = msgspec.structs.replace(beat, backups=[report, beat.backups[0]])
+    with pytest.raises(ProtocolError, match="backups"):
+        protocol.decode(protocol.encode(long), protocol.Heartbeat)
+    clipped = protocol.decode(protocol.encode(protocol.clip_errors(long)), protocol.Heartbeat)
+    assert clipped.backups[0].error.startswith("restic x")
+    assert len(clipped.backups[0].error) == MAX_BACKUP_ERROR
+    assert clipped.backups[1] == beat.backups[0]
 
 
 # --- at the edge: a 400 naming the field, and nothing written ----------------------------
