@@ -112,6 +112,7 @@ def test_openclaw_spec() -> None:
     ]
     assert spec.env == {  # no gateway token: trusted-proxy mode refuses to start with one
         "OPENCLAW_DISABLE_BONJOUR": "1",
+        "TINI_SUBREAPER": "1",
         "NODE_OPTIONS": "--max-old-space-size=1536",
     }
     assert (
