@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # backups: pure decisions the settings use too (BACKUP_RETENTION), like plans.
     ("errors", "clock", "settings", "keyring", "logs", "health", "plans", "backups"),
     ("db",),
-    ("users", "workers", "billing", "dns"),
+    ("users", "workers", "billing", "dns", "backup_jobs"),
     ("capacity", "volumes"),
     ("metrics", "fleet"),
     # appkeys names the app's state for the routes, so it sits with them.
@@ -30,9 +30,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # Within the domain layer, who may use whom (the rest of that layer is off limits).
 DOMAIN_USES: dict[str, set[str]] = {
     "users": set(),
-    "workers": {"users"},
+    "workers": {"users", "backup_jobs"},
     "billing": {"users"},
     "dns": set(),
+    "backup_jobs": set(),
 }
 
 

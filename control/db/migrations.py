@@ -173,4 +173,29 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX volumes_server ON volumes(server_id);
     """,
+    # 8: backup jobs (issue 13): snapshots and restores asked of the worker holding a
+    # user's volume; the done snapshots are the user's list of snapshots
+    """
+    CREATE TABLE backup_jobs (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        snapshot_id TEXT,
+        server_id TEXT,
+        volume_id TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        retry_after REAL,
+        error TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        reported_at REAL,
+        finished_at REAL,
+        result_snapshot_id TEXT,
+        bytes_added INTEGER
+    );
+    CREATE INDEX backup_jobs_user ON backup_jobs(user_id, created_at);
+    CREATE INDEX backup_jobs_open ON backup_jobs(server_id, state);
+    """,
 )

@@ -6,5 +6,6 @@ wheel a new server boots from.
 Owns: the `servers` table (servers.py is its only writer), `bootstrap_tokens`
 (tokens.py), `nonces` (nonces.py), and the generation bump that goes with every change
 to a worker's desired set (assignments.py `commit`).
-May import: the foundation modules, control.db and control.users.
+May import: the foundation modules, control.db, control.users and control.backup_jobs
+(the desired set carries a worker's backup jobs; its heartbeats report them).
 """
