@@ -39,6 +39,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from control.api import middleware
 from control.api.admin_routes import admin_routes
 from control.api.agent_routes import agent_routes
+from control.api.backup_routes import backup_routes
 from control.api.dashboard import install_dashboard
 from control.api.metrics_endpoint import install_metrics
 from control.api.ratelimit import install_auth_guard
@@ -103,6 +104,7 @@ def create_app(
     install_auth_guard(app, settings, lambda: app[STORE], app[METRICS].auth_refused_by)
     app.add_routes(agent_routes)
     app.add_routes(admin_routes)
+    app.add_routes(backup_routes)
     app.add_routes(stripe_routes)
     install_dashboard(app)
     install_readiness(app)

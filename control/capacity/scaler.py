@@ -9,7 +9,8 @@ Contract:
   for orphans, control/capacity/orphans.py and control/volumes/orphans.py).
 - Every run first places pending users (a safety net for room no trigger saw), then
   repairs (control/capacity/lifecycle.py), drains, moves users' volumes
-  (control/volumes/runner.py) and scales
+  (control/volumes/runner.py), asks for backups where volumes are mounted
+  (control/volumes/backups.py) and scales
   (control/capacity/scale_up.py, scale_down.py). Creating and deleting at the
   provider, and the backoff per resource, are control/capacity/provisioning.py's.
 - Until the provider is validated (`health.usable`), runs do only what needs no
@@ -33,6 +34,7 @@ from control.capacity.providers.base import ProviderError
 from control.capacity.provisioning import Provisioner, ScalerState, said
 from control.health import ProviderHealth
 from control.users import placing
+from control.volumes import backups as volume_backups
 from control.volumes import orphans as volume_orphans
 from control.volumes import runner as volumes
 from control.workers import assignments
@@ -94,6 +96,7 @@ class Scaler:
                 lifecycle.delete_dead,
                 scale_down.drain,
                 volumes.run,  # volumes need no catalogue of server types
+                volume_backups.run,
             ]
         return [
             _place_pending,
@@ -102,6 +105,7 @@ class Scaler:
             lifecycle.retry_unconfirmed,
             scale_down.drain,
             volumes.run,  # after the drain: a user it moves has its volume follow at once
+            volume_backups.run,  # after the volume step: jobs go where volumes are now
             scale_up.scale_up,
             scale_down.scale_down,
         ]

@@ -14,8 +14,9 @@ Contract:
 - An attach bumps the generation of the server it attached to, whose desired set now
   carries the volume; an old server still running a moved user's container after
   applying its latest set is bumped once more, so it re-reads a set without it.
-- Before a volume is deleted (retention over) `final_backup_before_delete` is awaited:
-  the backups' hook (control/backups/, another change) plugs in there.
+- A volume is deleted (retention over) only once `final_backup_before_delete` says so:
+  with backups on, after its final snapshot (control/volumes/backups.py); until then
+  it waits, kept, with that reason on the user's volume.
 """
 
 from __future__ import annotations
@@ -32,17 +33,19 @@ from control.capacity.provisioning import Provisioner
 from control.db import events
 from control.db.store import Row
 from control.users.plans import plan_of
-from control.volumes import records, steps
+from control.volumes import backups, records, steps
 from control.workers import servers
 
 log = logging.getLogger(__name__)
 MAX_STEPS = 4
 ALIVE = ("provisioning", "active", "unhealthy")
+NO_FINAL_SNAPSHOT = "kept until its final snapshot is done (docs/backups.md)"
 
 
-async def final_backup_before_delete(p: Provisioner, user_id: str) -> None:
-    """The call point for a final backup before a volume is deleted (issue 13, point 5).
-    Backups are not wired in yet: nothing is awaited."""
+async def final_backup_before_delete(p: Provisioner, user_id: str) -> bool:
+    """Whether the volume may be deleted now: with backups on, only once its final
+    snapshot is done (control/volumes/backups.py `may_delete`)."""
+    return await backups.may_delete(p, user_id)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,9 @@ async def _advance(p: Provisioner, user: _User) -> bool:
         return False
     if step.kind == "wait":
         await _wait(p, user.id, row, step)
+        return False
+    if step.kind == "delete" and not await final_backup_before_delete(p, user.id):
+        await _wait(p, user.id, row, steps.Step("wait", reason=NO_FINAL_SNAPSHOT))
         return False
     try:
         await _apply(p, user, row, step)
@@ -173,7 +179,6 @@ async def _apply(p: Provisioner, user: _User, row: Row | None, step: steps.Step)
         await _record(p, user.id, "detached", None, ("volume_detached", f"from {source} ({how})"))
     elif step.kind == "delete":
         await _record(p, user.id, "deleting", None)
-        await final_backup_before_delete(p, user.id)
         await p.provider.delete_volume(volume)
         await p.store.write(lambda conn: _forget(conn, user.id, p.clock()))
 

@@ -5,10 +5,14 @@ transaction, bumps the generation of every server whose desired set the change
 returns as touched (control/workers/servers.py), once per change: so a worker's
 generation moves exactly when what it must run does. `desired_set` reads a worker's
 generation and complete set of container specs in one snapshot; with USER_VOLUMES a user
-is in it only on the server its volume is attached to, and its spec carries the volume. `GenerationBoard.notify` is called after a commit that bumped
-a worker's generation and wakes every long-poll waiting on that worker; a waiter
-takes its event BEFORE re-reading the generation, so a change between the read and
-the wait is never missed. `until_parked` lets a caller (a test) await the moment a
+is in it only on the server its volume is attached to, and its spec carries the volume.
+A user with a restore pending or running is in no set (nothing may write its state
+while it is replaced), and the set carries the worker's open backup jobs of volumes
+attached to it (control/backup_jobs/; none while backups are off).
+`GenerationBoard.notify` is called after a commit that bumped a worker's generation
+and wakes every long-poll waiting on that worker; a waiter takes
+its event BEFORE re-reading the generation, so a change between the read and the wait
+is never missed. `until_parked` lets a caller (a test) await the moment a
 long-poll is waiting on its event, instead of sleeping and hoping it got there.
 """
 
@@ -23,6 +27,7 @@ from typing import TypeVar
 
 import aiosqlite
 
+from control.backup_jobs.messages import backup_job
 from control.db.store import Row, Store
 from control.keyring import Keyring
 from control.plans import Plan
@@ -32,7 +37,7 @@ from control.users.secrets import stored_secrets
 from control.workers import servers
 from control.workers.auth import check_not_revoked
 from control.workers.specs import GATEWAY_TOKEN_ENV, UserPlacement, build_spec
-from shared.protocol import Assignments, BlockVolumeSpec
+from shared.protocol import MAX_BACKUPS, Assignments, BackupJob, BlockVolumeSpec
 
 T = TypeVar("T")
 
@@ -165,6 +170,9 @@ async def desired_set(
         (server_id,),
     )
     gen = int(rows[0]["generation"]) if rows else 0
+    restoring = {r["user_id"] for r in await store.fetch_all(RESTORING_SQL)}
+    # The container stays away while its state is replaced (docs/backups.md, Restore).
+    rows = [r for r in rows if r["id"] not in restoring]
     if settings.user_volumes:
         # A user runs only where its volume is attached: never on an empty directory
         # while its data is elsewhere, and never on both sides of a move (the volume
@@ -191,7 +199,32 @@ async def desired_set(
         "AND purge_generation IS NOT NULL ORDER BY id",
         (server_id,),
     )
-    return Assignments(generation=gen, containers=specs, purge=[r["id"] for r in purge])
+    jobs = await _backup_jobs(store, settings, keyring, server_id)
+    return Assignments(
+        generation=gen, containers=specs, purge=[r["id"] for r in purge], backups=jobs
+    )
+
+
+RESTORING_SQL = (
+    "SELECT DISTINCT user_id FROM backup_jobs WHERE kind = 'restore' "
+    "AND state IN ('pending', 'running')"
+)
+
+
+async def _backup_jobs(
+    store: Store, settings: Settings, keyring: Keyring, server_id: str
+) -> list[BackupJob]:
+    """Its open backup jobs of volumes still attached to it, oldest first."""
+    if not settings.backups_enabled:
+        return []
+    rows = await store.fetch_all(
+        "SELECT j.* FROM backup_jobs j JOIN volumes v ON v.user_id = j.user_id "
+        "AND v.server_id = j.server_id AND v.provider_id = j.volume_id "
+        "WHERE j.server_id = ? AND j.state IN ('pending', 'running') "
+        "AND v.state = 'attached' ORDER BY j.created_at, j.id LIMIT ?",
+        (server_id, MAX_BACKUPS),
+    )
+    return [backup_job(r, settings, keyring) for r in rows]
 
 
 def _volume_here(row: Row, server_id: str) -> bool:

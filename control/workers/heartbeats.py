@@ -4,6 +4,9 @@ Contract: `HeartbeatWriter.submit` returns only after the heartbeat is committed
 (nonce, report, liveness and any user that became running, all in one transaction).
 The resources stored are the claim clamped to what the control plane knows of the
 worker; a worker that claims more is flagged and cordoned (control/workers/trust.py).
+A heartbeat's backup reports are recorded on the jobs given to that worker, in the same
+transaction (control/backup_jobs/reports.py); a job they finish bumps the worker's
+generation, and the worker is among the outcome's servers to wake.
 Heartbeats that arrive while a transaction is in flight are queued and committed
 together in the next one, so a large fleet costs a handful of SQLite round trips
 per batch instead of per heartbeat. A revoked or unknown worker's heartbeat fails
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 import aiosqlite
 import msgspec
 
+from control.backup_jobs import reports as backup_reports
 from control.db import events
 from control.db.store import Row, Store, fetch_all
 from control.errors import ClawfleetError, Forbidden, Unauthorized
@@ -31,7 +35,8 @@ from control.workers import nonces, servers, trust
 from control.workers.auth import REVOKED_STATUSES, AgentCaller
 from shared.protocol import Heartbeat
 
-Outcome = tuple[int, list[str]]  # (worker's generation, servers whose desired set shrank)
+# (worker's generation, servers whose desired set shrank or lost a finished backup job)
+Outcome = tuple[int, list[str]]
 
 
 @dataclass
@@ -155,6 +160,8 @@ async def _apply(
             at=now,
         )
     released = await _users_now_healthy(conn, accepted, now)
+    for worker_id in await _backup_reports(conn, accepted, now):
+        released.setdefault(worker_id, []).append(worker_id)
     return [
         (outcome[0], released.get(beat.worker_id, []))
         if not isinstance(outcome, ClawfleetError)
@@ -193,6 +200,20 @@ def _server_update(beat: _Beat, row: Row, now: float) -> tuple[object, ...]:
         now,
         beat.worker_id,
     )
+
+
+async def _backup_reports(conn: aiosqlite.Connection, beats: list[_Beat], now: float) -> set[str]:
+    """Records each worker's backup reports on the jobs it was given; returns the
+    workers a finished job leaves, bumped: their long-polls drop it (and give back a
+    restored user's container)."""
+    changed: set[str] = set()
+    for beat in beats:
+        if beat.heartbeat.backups and await backup_reports.record(
+            conn, beat.worker_id, beat.heartbeat.backups, now
+        ):
+            await servers.bump_generation(conn, beat.worker_id)
+            changed.add(beat.worker_id)
+    return changed
 
 
 async def _users_now_healthy(

@@ -1,0 +1,120 @@
+"""The admin API of users' backups (docs/backups.md): list, snapshot now, restore.
+
+Contract (admin token or dashboard session, as every /v1 admin route):
+- `GET /v1/users/{id}/backups`: whether backups are on, the user's snapshots (its done
+  snapshot jobs, newest first: restic's retention may have forgotten the oldest) and
+  its RECENT_JOBS latest jobs.
+- `POST /v1/users/{id}/backups`: a snapshot now, 202 with the job.
+- `POST /v1/users/{id}/restore` `{"snapshot_id": ...}`: a restore of one of the user's
+  snapshots, 202 with the job; the user's container stays stopped until it is done.
+An unknown user is 404; 409 when backups are off, the user's volume is not attached and
+mounted, or a job of the user is still open; 400 for a snapshot id that is not one of
+the user's (control/volumes/backups.py `request`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from control.api.bodies import decode_body
+from control.appkeys import FLEET
+from control.backup_jobs.records import COLUMNS
+from control.clock import iso
+from control.db.store import Row, Store
+from control.errors import NotFound
+from control.fleet import Fleet
+from control.volumes import backups
+
+backup_routes = web.RouteTableDef()
+RECENT_JOBS = 20
+
+
+class RestoreRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    snapshot_id: str
+
+
+def job_view(row: Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "kind": row["kind"],
+        "reason": row["reason"],
+        "state": row["state"],
+        "server_id": row["server_id"],
+        "snapshot_id": row["result_snapshot_id"] or row["snapshot_id"],
+        "bytes_added": row["bytes_added"],
+        "attempts": row["attempts"],
+        "error": row["error"],
+        "created_at": iso(row["created_at"]),
+        "finished_at": iso(row["finished_at"]),
+        "retry_after": iso(row["retry_after"]),
+    }
+
+
+async def user_backups(store: Store, user_id: str) -> dict[str, list[dict[str, Any]]]:
+    snapshots = await store.fetch_all(
+        "SELECT result_snapshot_id, finished_at, bytes_added, reason FROM backup_jobs "
+        "WHERE user_id = ? AND kind = 'snapshot' AND state = 'done' "
+        "ORDER BY finished_at DESC, id",
+        (user_id,),
+    )
+    jobs = await store.fetch_all(
+        f"SELECT {COLUMNS} FROM backup_jobs WHERE user_id = ? ORDER BY created_at DESC, id LIMIT ?",
+        (user_id, RECENT_JOBS),
+    )
+    return {
+        "snapshots": [
+            {
+                "id": r["result_snapshot_id"],
+                "at": iso(r["finished_at"]),
+                "bytes_added": r["bytes_added"],
+                "reason": r["reason"],
+            }
+            for r in snapshots
+        ],
+        "jobs": [job_view(r) for r in jobs],
+    }
+
+
+async def _known(fleet: Fleet, user_id: str) -> None:
+    if await fleet.store.fetch_one("SELECT id FROM users WHERE id = ?", (user_id,)) is None:
+        raise NotFound(f"no user {user_id}")
+
+
+@backup_routes.get("/v1/users/{user_id}/backups")
+async def list_backups(request: web.Request) -> web.Response:
+    fleet, user_id = request.app[FLEET], request.match_info["user_id"]
+    await _known(fleet, user_id)
+    found = await user_backups(fleet.store, user_id)
+    enabled = fleet.settings.backups_enabled
+    return web.json_response({"user_id": user_id, "backups_enabled": enabled, **found})
+
+
+async def _job_reply(fleet: Fleet, job_id: str) -> web.Response:
+    row = await fleet.store.fetch_one(f"SELECT {COLUMNS} FROM backup_jobs WHERE id = ?", (job_id,))
+    assert row is not None  # just created
+    return web.json_response({"job": job_view(row)}, status=202)
+
+
+@backup_routes.post("/v1/users/{user_id}/backups")
+async def snapshot_now(request: web.Request) -> web.Response:
+    fleet, user_id = request.app[FLEET], request.match_info["user_id"]
+    await _known(fleet, user_id)
+    job_id = await backups.request(
+        fleet.store, fleet.settings, fleet.board.notify, user_id, None, time.time()
+    )
+    return await _job_reply(fleet, job_id)
+
+
+@backup_routes.post("/v1/users/{user_id}/restore")
+async def restore(request: web.Request) -> web.Response:
+    fleet, user_id = request.app[FLEET], request.match_info["user_id"]
+    req = decode_body(await request.read(), RestoreRequest)
+    await _known(fleet, user_id)
+    job_id = await backups.request(
+        fleet.store, fleet.settings, fleet.board.notify, user_id, req.snapshot_id, time.time()
+    )
+    return await _job_reply(fleet, job_id)

@@ -1,0 +1,284 @@
+"""Backup jobs where a user's volume is mounted: the autoscaler's backup step, the
+operator's requests, and the final snapshot a volume's deletion waits for.
+
+Contract:
+- `run(p)` is one of the autoscaler's steps (after the volume step). It first fails
+  every open job no report mentioned for decide.JOB_TIMEOUT (whatever the settings).
+  Then, with BACKUP_S3_ENDPOINT set, it asks for the final snapshots
+  (control/backups/triggers.py: a draining holder, a cancelled user) and, at most
+  PER_RUN a run, the scheduled ones (control/backups/schedule.py) of users whose
+  volume is attached to a server whose agent reports it mounted. A user with a job
+  open, or whose last automatic job failed less than its back-off ago, is not asked
+  again; the next try counts the attempts in a row.
+- A job is created in one transaction with a bump of its server's generation, and that
+  server is notified: its long-poll returns with the job (control/workers/assignments.py).
+- `request(...)`: the operator's snapshot or restore. Conflict when backups are off,
+  the user's volume is not attached and mounted, or a job of the user is open;
+  BadRequest for a snapshot id that is not one of the user's done snapshots.
+- `may_delete(p, user_id)`: with backups on, a volume is deleted only after a snapshot
+  that finished after its final snapshot was asked for (`purge_may_proceed`); the
+  final snapshot is asked for while the cancelled user's volume is still mounted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiosqlite
+
+from control.backup_jobs import decide, records
+from control.backup_jobs.decide import History
+from control.backup_jobs.reports import job_of
+from control.backups import (
+    Candidate,
+    FinalReason,
+    UserBackupState,
+    due_for_snapshot,
+    final_snapshot_reason,
+    purge_may_proceed,
+)
+from control.capacity.provisioning import Provisioner
+from control.db import events
+from control.db.store import Row, Store
+from control.errors import BadRequest, Conflict
+from control.settings import Settings
+from control.workers import servers
+
+PER_RUN = 20  # scheduled snapshots asked for in one run: many users spread over runs
+SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
+DAY = 86400.0
+
+MOUNTED_SQL = (
+    "SELECT v.user_id, v.provider_id, v.server_id, u.state, u.plan, u.purge_after, "
+    "s.draining, s.report FROM volumes v JOIN users u ON u.id = v.user_id "
+    "JOIN servers s ON s.id = v.server_id WHERE v.state = 'attached' "
+    "AND s.status IN ('active', 'unhealthy')"
+)
+HISTORY_SQL = (
+    f"SELECT {records.COLUMNS}, (SELECT MAX(d.finished_at) FROM backup_jobs d "
+    "WHERE d.user_id = j.user_id AND d.kind = 'snapshot' AND d.state = 'done') AS last_done "
+    "FROM backup_jobs j WHERE j.created_at = (SELECT MAX(k.created_at) FROM backup_jobs k "
+    "WHERE k.user_id = j.user_id) ORDER BY j.user_id, j.id"
+)
+
+
+@dataclass(frozen=True)
+class Mounted:
+    user_id: str
+    volume_id: str
+    server_id: str
+    state: str
+    plan: str
+    purge_after: float | None
+    draining: bool
+
+
+def _mounted_here(row: Row) -> bool:
+    try:
+        report = json.loads(row["report"] or "{}")
+    except ValueError:
+        return False
+    volumes = report.get("volumes") or []
+    return any(v.get("id") == row["provider_id"] and v.get("state") == "mounted" for v in volumes)
+
+
+async def mounted(store: Store) -> dict[str, Mounted]:
+    """Users whose volume is attached to a live server whose agent reports it mounted."""
+    return {
+        r["user_id"]: Mounted(
+            r["user_id"],
+            r["provider_id"],
+            r["server_id"],
+            r["state"],
+            r["plan"],
+            r["purge_after"],
+            bool(r["draining"]),
+        )
+        for r in await store.fetch_all(MOUNTED_SQL)
+        if r["provider_id"] and _mounted_here(r)
+    }
+
+
+async def histories(store: Store, now: float) -> dict[str, History]:
+    """Each user's history of jobs, from its latest job (the last by id on a tie)."""
+    return {
+        r["user_id"]: decide.history(r["last_done"], job_of(r), now)
+        for r in await store.fetch_all(HISTORY_SQL)
+    }
+
+
+async def create_job(
+    store: Store,
+    notify: Callable[..., None],
+    user: Mounted,
+    kind: decide.Kind,
+    reason: decide.Reason,
+    now: float,
+    snapshot_id: str | None = None,
+    attempts: int = 1,
+) -> str:
+    async def apply(conn: aiosqlite.Connection) -> str:
+        job_id = await records.create(
+            conn,
+            user_id=user.user_id,
+            kind=kind,
+            reason=reason,
+            server_id=user.server_id,
+            volume_id=user.volume_id,
+            now=now,
+            snapshot_id=snapshot_id,
+            attempts=attempts,
+        )
+        await servers.bump_generation(conn, user.server_id)  # its long-poll brings the job
+        what = f"{kind} {job_id} ({reason}) on {user.server_id}"
+        await events.record(conn, "backup_requested", what, user_id=user.user_id, at=now)
+        return job_id
+
+    job_id = await store.write(apply)
+    notify(user.server_id)
+    return job_id
+
+
+async def run(p: Provisioner) -> None:
+    now = p.clock()
+    await time_out(p.store, p.notify, now)
+    if not p.settings.backups_enabled:
+        return
+    users = await mounted(p.store)
+    history = await histories(p.store, now)
+    asked = await _finals(p, users, history, now)
+    candidates = [
+        Candidate(
+            u.user_id,
+            u.plan,
+            u.state,
+            history.get(u.user_id, History()).last_done,
+            history.get(u.user_id, History()).in_flight or u.user_id in asked,
+        )
+        for u in users.values()
+    ]
+    for user_id in due_for_snapshot(candidates, p.settings.plans, now, PER_RUN):
+        attempts = history.get(user_id, History()).attempts
+        await create_job(
+            p.store, p.notify, users[user_id], "snapshot", "scheduled", now, attempts=attempts
+        )
+
+
+async def _finals(
+    p: Provisioner, users: dict[str, Mounted], history: dict[str, History], now: float
+) -> set[str]:
+    """Asks for the final snapshots that are owed; returns the users asked."""
+    lead = p.settings.retention_days * DAY  # the window opens when the user is cancelled
+    asked: set[str] = set()
+    for user in users.values():
+        past = history.get(user.user_id, History())
+        if past.in_flight:
+            continue
+        since = await _first_final(p.store, user, "final-drain") if user.draining else None
+        state = UserBackupState(
+            user.user_id,
+            user.state,
+            last_snapshot_at=past.last_done,
+            server_draining_since=(since or now) if user.draining else None,
+            purge_after=user.purge_after,
+        )
+        reason = final_snapshot_reason(state, now, lead)
+        if reason is None or reason is FinalReason.OPERATOR:
+            continue
+        why: decide.Reason = "final-drain" if reason is FinalReason.DRAIN else "final-retention"
+        await create_job(p.store, p.notify, user, "snapshot", why, now, attempts=past.attempts)
+        asked.add(user.user_id)
+    return asked
+
+
+async def _first_final(store: Store, user: Mounted, reason: str) -> float | None:
+    """When the first final snapshot of this kind was asked for: what a later snapshot
+    must have finished after (for a drain, on the server draining now)."""
+    row = await store.fetch_one(
+        "SELECT MIN(created_at) AS first FROM backup_jobs WHERE user_id = ? AND reason = ? "
+        "AND (? = 'final-retention' OR server_id = ?)",
+        (user.user_id, reason, reason, user.server_id),
+    )
+    return row["first"] if row and row["first"] is not None else None
+
+
+async def time_out(store: Store, notify: Callable[..., None], now: float) -> None:
+    rows = await store.fetch_all(
+        f"SELECT {records.COLUMNS} FROM backup_jobs WHERE state IN ('pending', 'running')"
+    )
+    stale = [r for r in rows if decide.stale(job_of(r), now)]
+    if not stale:
+        return
+
+    async def apply(conn: aiosqlite.Connection) -> None:
+        for r in stale:
+            minutes = decide.JOB_TIMEOUT / 60
+            error = f"no report from {r['server_id']} for {minutes:.0f} min"
+            await records.apply(conn, r["id"], decide.failed(job_of(r), error, now), now)
+            await events.record(
+                conn, "backup_failed", f"{r['id']}: {error}", user_id=r["user_id"], at=now
+            )
+            if r["server_id"]:
+                await servers.bump_generation(conn, r["server_id"])
+
+    await store.write(apply)
+    notify(*sorted({r["server_id"] for r in stale if r["server_id"]}))
+
+
+async def request(
+    store: Store,
+    settings: Settings,
+    notify: Callable[..., None],
+    user_id: str,
+    snapshot_id: str | None,
+    now: float,
+) -> str:
+    """The operator's snapshot (`snapshot_id` None) or restore of `snapshot_id`."""
+    if not settings.backups_enabled:
+        raise Conflict("backups are off: BACKUP_S3_ENDPOINT is not set", code="backups_off")
+    user = (await mounted(store)).get(user_id)
+    if user is None:
+        raise Conflict(
+            f"{user_id} has no volume attached and mounted: nothing to back up or restore onto",
+            code="no_volume",
+        )
+    if (await histories(store, now)).get(user_id, History()).in_flight:
+        raise Conflict(f"a backup job of {user_id} is still open", code="backup_in_flight")
+    if snapshot_id is None:
+        return await create_job(store, notify, user, "snapshot", "operator", now)
+    if not SNAPSHOT_ID.fullmatch(snapshot_id) or not await _has_snapshot(
+        store, user_id, snapshot_id
+    ):
+        raise BadRequest(f"snapshot_id: not a snapshot of {user_id}", code="unknown_snapshot")
+    return await create_job(store, notify, user, "restore", "operator", now, snapshot_id)
+
+
+async def _has_snapshot(store: Store, user_id: str, snapshot_id: str) -> bool:
+    row = await store.fetch_one(
+        "SELECT 1 AS found FROM backup_jobs WHERE user_id = ? AND kind = 'snapshot' "
+        "AND state = 'done' AND result_snapshot_id = ?",
+        (user_id, snapshot_id),
+    )
+    return row is not None
+
+
+async def may_delete(p: Provisioner, user_id: str) -> bool:
+    """Whether the volume of `user_id` (purged) may be deleted: backups are off, or its
+    final snapshot is done."""
+    if not p.settings.backups_enabled:
+        return True
+    row = await p.store.fetch_one(
+        "SELECT MIN(CASE WHEN reason = 'final-retention' THEN created_at END) AS asked, "
+        "MAX(CASE WHEN kind = 'snapshot' AND state = 'done' THEN finished_at END) AS done "
+        "FROM backup_jobs WHERE user_id = ?",
+        (user_id,),
+    )
+    if row is None or row["asked"] is None:
+        return False
+    state = UserBackupState(
+        user_id, "purged", last_snapshot_at=row["done"], purge_after=row["asked"]
+    )
+    return purge_may_proceed(state, 0.0)
