@@ -8,8 +8,11 @@ and a cancelled user's volume is deleted only after its final snapshot."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from control.keyring import Keyring
 from tests.fakes.hetzner import HetznerFake, agent_dist, fleet_settings, provider_with_timeout
 from tests.fixtures import ControlPlane
 from tests.test_autoscaler import add_users, event_kinds, run
+from tests.test_cli import cli, parse_table
 from tests.test_protocol import token
 from tests.test_volumes_fleet import placed_with_volume, running, specs, volume_row
 from tests.worker import FakeWorker
@@ -327,3 +331,53 @@ async def test_operator_requests_that_cannot_be_done_are_refused(
     await add_users(control, "bob")  # pending: no server, no volume
     got, reply = await control.admin("POST", path, body)
     assert (got, reply["error"]["code"]) == (status, code)
+
+
+@pytest.fixture
+def operator_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[ControlPlane], None]:
+    def use(control: ControlPlane) -> None:
+        for name in ("CLAWFLEET_TIMEOUT", "STRIPE_WEBHOOK_SECRET", "PLANS"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("CLAWFLEET_URL", control.url)
+        monkeypatch.setenv("ADMIN_TOKEN", control.admin_token)
+
+    return use
+
+
+async def test_the_cli_lists_snapshots_asks_for_one_and_restores(
+    backed_up: Start,
+    hetzner_fake: HetznerFake,
+    operator_env: Callable[[ControlPlane], None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    control = await backed_up()
+    operator_env(control)
+    worker, vid = await mounted_alice(control, hetzner_fake)
+    await add_users(control, "bob")
+    ran = await cli(capsys, "backup", "alice")
+    assert ran.code == 0, ran.err
+    assert re.fullmatch(
+        rf"snapshot job-[0-9a-f]{{16}} asked of {worker.key_id} \(pending\)\n", ran.out
+    )
+    (job,) = await jobs(worker)
+    await beat(worker, ["alice"], [vid], [{"id": job["id"], "state": "done", "snapshot_id": SNAP1}])
+    ran = await cli(capsys, "backups", "alice")
+    assert ran.code == 0, ran.err
+    (snapshot,) = parse_table(ran.out)
+    assert (snapshot["SNAPSHOT"], snapshot["REASON"]) == (SNAP1, "operator")
+    assert "recent jobs:" in ran.out
+    ran = await cli(capsys, "--json", "backups", "alice")
+    assert json.loads(ran.out) == await listed(control)
+    for argv, code, error in [
+        (("restore", "alice", "nothex"), 1, "unknown_snapshot"),
+        (("backup", "bob"), 1, "no_volume"),
+        (("backups", "nobody"), 1, "not_found"),
+        (("restore", "alice"), 2, "snapshot"),
+    ]:
+        ran = await cli(capsys, *argv)
+        assert (ran.code, error in ran.err) == (code, True), (argv, ran)
+    ran = await cli(capsys, "restore", "alice", SNAP1)
+    assert ran.code == 0, ran.err
+    assert ran.out.startswith("restore job-")
+    assert "alice" not in await specs(worker)

@@ -1,6 +1,7 @@
 """What each `clawfleet` command asks the admin API and prints, by command group:
 servers (servers, server, cordon, uncordon, drain), users (users, user, suspend, resume,
-move, access, rotate-token), the event log, join tokens and simulate-payment.
+move, access, rotate-token), backups (control/cli/backups.py), the event log, join
+tokens and simulate-payment.
 
 Contract: `run(args, api)` makes the command's requests, prints the result (JSON with
 `--json`) and returns EXIT_OK; failures raise `CliError`. Path segments from the command
@@ -13,6 +14,7 @@ import argparse
 import sys
 import urllib.parse
 
+from control.cli.backups import BACKUP_COMMANDS, run_backups
 from control.cli.client import EXIT_OK, EXIT_USAGE, Api, CliError
 from control.cli.payment import simulate_payment
 from control.cli.render import (
@@ -50,6 +52,8 @@ def run(args: argparse.Namespace, api: Api) -> int:
         return _users(cmd, args, api)
     if cmd == "secrets":
         return _secrets(args, api)
+    if cmd in BACKUP_COMMANDS:
+        return run_backups(cmd, args, api)
     if cmd == "events":
         return _events(args, api)
     if cmd == "join-token":

@@ -137,6 +137,11 @@ def _user_commands(add: Add) -> None:
     secrets.add_argument("user", type=_nonempty)
     secrets.add_argument("action", choices=("list", "set", "unset"))
     secrets.add_argument("name", nargs="?", type=_nonempty, help="for set and unset")
+    add("backups", "a user's snapshots and recent backup jobs").add_argument("user", type=_nonempty)
+    add("backup", "ask for a snapshot of a user's volume now").add_argument("user", type=_nonempty)
+    restore = add("restore", "restore a user's volume to a snapshot (its container is stopped)")
+    restore.add_argument("user", type=_nonempty)
+    restore.add_argument("snapshot", type=_nonempty, help="a snapshot id from `backups USER`")
 
 
 def _other_commands(add: Add) -> None:
