@@ -14,10 +14,12 @@ from control.backup_jobs.decide import (
     Report,
     Update,
     history,
+    kept_for,
     on_report,
     retry_delay,
     stale,
 )
+from control.backups.retention import Retention
 
 NOW = 1_000_000.0
 SNAP = "0123abcd"
@@ -129,3 +131,18 @@ def test_a_users_latest_job_says_whether_another_may_start(
     latest: Job | None, expected: History
 ) -> None:
     assert history(5.0, latest, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("retention", "days"),
+    [
+        (Retention(hourly=24, daily=7, weekly=4), 29),
+        (Retention(hourly=48), 3),
+        (Retention(daily=10, weekly=1), 11),
+        (Retention(hourly=1), 1 + 1 / 24),
+    ],
+)
+def test_finished_jobs_are_kept_as_long_as_their_snapshots_may_be(
+    retention: Retention, days: float
+) -> None:
+    assert kept_for(retention) == pytest.approx(days * 86400)

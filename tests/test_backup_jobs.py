@@ -381,3 +381,28 @@ async def test_the_cli_lists_snapshots_asks_for_one_and_restores(
     assert ran.code == 0, ran.err
     assert ran.out.startswith("restore job-")
     assert "alice" not in await specs(worker)
+
+
+def db_insert_finished(control: ControlPlane, job_id: str, reason: str, finished: float) -> None:
+    with sqlite3.connect(control.settings.database_path, timeout=10) as conn:
+        conn.execute(
+            "INSERT INTO backup_jobs (id, user_id, kind, reason, state, created_at, "
+            "finished_at, result_snapshot_id) VALUES (?, 'alice', 'snapshot', ?, 'done', ?, ?, ?)",
+            (job_id, reason, finished, finished, SNAP2),
+        )
+
+
+async def test_finished_jobs_older_than_the_retention_are_forgotten_but_final_ones(
+    backed_up: Start, hetzner_fake: HetznerFake
+) -> None:
+    control = await backed_up(backup_s3_endpoint="")
+    await add_users(control, "alice")
+    now = time.time()
+    for job_id, reason, age_days in [
+        ("job-old", "scheduled", 30),
+        ("job-recent", "scheduled", 28),
+        ("job-final", "final-retention", 400),
+    ]:
+        await asyncio.to_thread(db_insert_finished, control, job_id, reason, now - age_days * 86400)
+    await run(control)  # the default retention keeps 4 weekly snapshots: 29 days
+    assert [j["id"] for j in (await listed(control))["jobs"]] == ["job-recent", "job-final"]

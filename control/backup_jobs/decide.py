@@ -12,6 +12,8 @@ Contract:
 - `retry_delay(attempts, rand)`: shared/backoff.py, RETRY_BASE doubling up to RETRY_CAP
   by the number of attempts in a row that failed; operator jobs are never retried.
 - `stale(job, now)`: an open job no report mentioned for JOB_TIMEOUT seconds.
+- `kept_for(retention)`: how long a finished job is kept: as long as restic may keep
+  the oldest snapshot BACKUP_RETENTION keeps, and a day more.
 - `history(last_done, latest, now)`: what a user's jobs say for the next one: in flight
   while its latest job is open or failed less than its back-off ago, and the attempt
   number of the next automatic job (1 after a success or an operator's job).
@@ -22,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from control.backups.retention import Retention
 from shared.backoff import backoff_delay
 
 Kind = Literal["snapshot", "restore"]
@@ -32,6 +35,7 @@ AUTOMATIC: tuple[Reason, ...] = ("scheduled", "final-drain", "final-retention")
 JOB_TIMEOUT = 30 * 60.0
 RETRY_BASE = 60.0
 RETRY_CAP = 6 * 3600.0
+DAY = 86400.0
 
 
 @dataclass(frozen=True)
@@ -111,3 +115,8 @@ def history(last_done: float | None, latest: Job | None, now: float) -> History:
     waiting = latest.retry_after is not None and latest.retry_after > now
     again = latest.attempts + 1 if latest.reason in AUTOMATIC else 1
     return History(last_done, in_flight=waiting, attempts=again)
+
+
+def kept_for(retention: Retention) -> float:
+    oldest = max(retention.weekly * 7 * DAY, retention.daily * DAY, retention.hourly * 3600.0)
+    return oldest + DAY

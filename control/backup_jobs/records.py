@@ -7,7 +7,8 @@ for the server its user's volume is attached to and the volume's provider id;
 (last heard of), `started_at` (first `running` or `done`) and `finished_at` (done or failed,
 the control plane's clock, which the schedule compares with). A finished row is
 history: it is never changed again, and a done snapshot row is a snapshot the
-operator can restore.
+operator can restore. `prune` forgets finished rows older than a moment, except the
+`final-retention` ones a volume's deletion waits on (control/volumes/backups.py).
 """
 
 from __future__ import annotations
@@ -87,4 +88,12 @@ async def apply(conn: aiosqlite.Connection, job_id: str, update: Update, now: fl
             update.retry_after,
             job_id,
         ),
+    )
+
+
+async def prune(conn: aiosqlite.Connection, before: float) -> None:
+    await conn.execute(
+        "DELETE FROM backup_jobs WHERE state IN ('done', 'failed') AND finished_at < ? "
+        "AND reason != 'final-retention'",
+        (before,),
     )

@@ -196,6 +196,8 @@ MIGRATIONS: tuple[str, ...] = (
         bytes_added INTEGER
     );
     CREATE INDEX backup_jobs_user ON backup_jobs(user_id, created_at);
-    CREATE INDEX backup_jobs_open ON backup_jobs(server_id, state);
+    CREATE INDEX backup_jobs_done ON backup_jobs(user_id, kind, state, finished_at);
+    CREATE INDEX backup_jobs_server ON backup_jobs(server_id, state);
+    CREATE INDEX backup_jobs_state ON backup_jobs(state, finished_at);
     """,
 )

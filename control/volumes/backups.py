@@ -3,7 +3,8 @@ operator's requests, and the final snapshot a volume's deletion waits for.
 
 Contract:
 - `run(p)` is one of the autoscaler's steps (after the volume step). It first fails
-  every open job no report mentioned for decide.JOB_TIMEOUT (whatever the settings).
+  every open job no report mentioned for decide.JOB_TIMEOUT (whatever the settings)
+  and forgets finished ones older than BACKUP_RETENTION keeps snapshots (`kept_for`).
   Then, with BACKUP_S3_ENDPOINT set, it asks for the final snapshots
   (control/backups/triggers.py: a draining holder, a cancelled user) and, at most
   PER_RUN a run, the scheduled ones (control/backups/schedule.py) of users whose
@@ -57,11 +58,14 @@ MOUNTED_SQL = (
     "JOIN servers s ON s.id = v.server_id WHERE v.state = 'attached' "
     "AND s.status IN ('active', 'unhealthy')"
 )
+# Per attached volume, indexed lookups only: the table keeps weeks of jobs per user.
 HISTORY_SQL = (
-    f"SELECT {records.COLUMNS}, (SELECT MAX(d.finished_at) FROM backup_jobs d "
+    f"SELECT {', '.join('j.' + c for c in records.COLUMNS.split(', '))}, "
+    "(SELECT MAX(d.finished_at) FROM backup_jobs d "
     "WHERE d.user_id = j.user_id AND d.kind = 'snapshot' AND d.state = 'done') AS last_done "
-    "FROM backup_jobs j WHERE j.created_at = (SELECT MAX(k.created_at) FROM backup_jobs k "
-    "WHERE k.user_id = j.user_id) ORDER BY j.user_id, j.id"
+    "FROM volumes v JOIN backup_jobs j ON j.id = (SELECT k.id FROM backup_jobs k "
+    "WHERE k.user_id = v.user_id ORDER BY k.created_at DESC, k.id DESC LIMIT 1) "
+    "WHERE v.state = 'attached'"
 )
 
 
@@ -103,7 +107,7 @@ async def mounted(store: Store) -> dict[str, Mounted]:
 
 
 async def histories(store: Store, now: float) -> dict[str, History]:
-    """Each user's history of jobs, from its latest job (the last by id on a tie)."""
+    """The job history of each user with an attached volume, from its latest job."""
     return {
         r["user_id"]: decide.history(r["last_done"], job_of(r), now)
         for r in await store.fetch_all(HISTORY_SQL)
@@ -145,6 +149,8 @@ async def create_job(
 async def run(p: Provisioner) -> None:
     now = p.clock()
     await time_out(p.store, p.notify, now)
+    before = now - decide.kept_for(p.settings.backup_retention)
+    await p.store.write(lambda conn: records.prune(conn, before))
     if not p.settings.backups_enabled:
         return
     users = await mounted(p.store)
