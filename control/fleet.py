@@ -28,6 +28,7 @@ from control.metrics import Metrics
 from control.settings import Settings
 from control.users import names, placing, records
 from control.users.rooms import Reserve
+from control.volumes import backups as volume_backups
 from control.workers import assignments, liveness, nonces, registration, servers, tokens
 from control.workers.auth import AgentCaller, Authenticator
 from control.workers.heartbeats import HeartbeatWriter
@@ -176,6 +177,12 @@ class Fleet:
         await self._after(await assignments.commit(self.store, change, _applied))
 
     async def _after(self, applied: rules.Applied) -> None:
+        if applied.user_id is not None:
+            # Before the workers hear of it: a cancelled user's final snapshot must reach
+            # its worker with the set that removes the container (docs/backups.md).
+            await volume_backups.on_cancelled(
+                self.store, self.settings, self.board.notify, applied.user_id, time.time()
+            )
         self.board.notify(*applied.touched)
         # Any change to a user may have made room: it left, or its plan changed.
         if applied.place or applied.user_id is not None:

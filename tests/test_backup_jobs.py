@@ -284,10 +284,15 @@ async def test_a_cancelled_users_volume_is_deleted_only_after_its_final_snapshot
     await snapshot_done(control, worker, vid, SNAP1)  # an earlier snapshot is not final
     status, _ = await control.admin("DELETE", "/v1/users/alice")
     assert status in (200, 202)
-    await beat(worker, [], [vid])  # the container is gone, the volume still mounted
-    await run(control)
-    (final,) = await jobs(worker)
+    # The set that removes the container carries the final snapshot: the agent keeps
+    # the volume mounted for it rather than unmounting it with the container.
+    reply = await worker.assignments()
+    assert reply.body["containers"] == []
+    (final,) = reply.body["backups"]
     assert "reason:final-retention" in final["tags"]
+    await beat(worker, [], [vid])
+    await run(control)
+    assert [j["id"] for j in await jobs(worker)] == [final["id"]]  # asked once
     await beat(worker, [], [])  # unmounted: the volume detaches
     await run(control)
     await asyncio.to_thread(purge_now, control)

@@ -16,9 +16,11 @@ Contract:
 - `request(...)`: the operator's snapshot or restore. Conflict when backups are off,
   the user's volume is not attached and mounted, or a job of the user is open;
   BadRequest for a snapshot id that is not one of the user's done snapshots.
+- `on_cancelled(...)`: the facade calls it right after a change to a user and before
+  notifying the workers; a user it finds just cancelled, with its volume mounted and no
+  job open, gets its final snapshot asked for then (the step above is the backstop).
 - `may_delete(p, user_id)`: with backups on, a volume is deleted only after a snapshot
-  that finished after its final snapshot was asked for (`purge_may_proceed`); the
-  final snapshot is asked for while the cancelled user's volume is still mounted.
+  that finished after its final snapshot was asked for (`purge_may_proceed`).
 """
 
 from __future__ import annotations
@@ -288,3 +290,19 @@ async def may_delete(p: Provisioner, user_id: str) -> bool:
         user_id, "purged", last_snapshot_at=row["done"], purge_after=row["asked"]
     )
     return purge_may_proceed(state, 0.0)
+
+
+async def on_cancelled(
+    store: Store, settings: Settings, notify: Callable[..., None], user_id: str, now: float
+) -> None:
+    """Asks for a just-cancelled user's final snapshot before its worker hears of the
+    cancellation: the job then comes with the set that removes the container, and the
+    agent keeps the volume mounted for it instead of unmounting it first."""
+    if not settings.backups_enabled:
+        return
+    user = (await mounted(store)).get(user_id)
+    if user is None or user.state != "deprovisioned":
+        return
+    if (await histories(store, now)).get(user_id, History()).in_flight:
+        return
+    await create_job(store, notify, user, "snapshot", "final-retention", now)
