@@ -82,6 +82,11 @@ class Mounted:
     draining: bool
 
 
+def _only(sql: str, user_id: str | None) -> tuple[str, tuple[str, ...]]:
+    """`sql` (over volumes v) narrowed to one user's volume, when one is named."""
+    return (sql, ()) if user_id is None else (f"{sql} AND v.user_id = ?", (user_id,))
+
+
 def _mounted_here(row: Row) -> bool:
     try:
         report = json.loads(row["report"] or "{}")
@@ -91,7 +96,7 @@ def _mounted_here(row: Row) -> bool:
     return any(v.get("id") == row["provider_id"] and v.get("state") == "mounted" for v in volumes)
 
 
-async def mounted(store: Store) -> dict[str, Mounted]:
+async def mounted(store: Store, user_id: str | None = None) -> dict[str, Mounted]:
     """Users whose volume is attached to a live server whose agent reports it mounted."""
     return {
         r["user_id"]: Mounted(
@@ -103,16 +108,16 @@ async def mounted(store: Store) -> dict[str, Mounted]:
             r["purge_after"],
             bool(r["draining"]),
         )
-        for r in await store.fetch_all(MOUNTED_SQL)
+        for r in await store.fetch_all(*_only(MOUNTED_SQL, user_id))
         if r["provider_id"] and _mounted_here(r)
     }
 
 
-async def histories(store: Store, now: float) -> dict[str, History]:
+async def histories(store: Store, now: float, user_id: str | None = None) -> dict[str, History]:
     """The job history of each user with an attached volume, from its latest job."""
     return {
         r["user_id"]: decide.history(r["last_done"], job_of(r), now)
-        for r in await store.fetch_all(HISTORY_SQL)
+        for r in await store.fetch_all(*_only(HISTORY_SQL, user_id))
     }
 
 
@@ -247,13 +252,13 @@ async def request(
     """The operator's snapshot (`snapshot_id` None) or restore of `snapshot_id`."""
     if not settings.backups_enabled:
         raise Conflict("backups are off: BACKUP_S3_ENDPOINT is not set", code="backups_off")
-    user = (await mounted(store)).get(user_id)
+    user = (await mounted(store, user_id)).get(user_id)
     if user is None:
         raise Conflict(
             f"{user_id} has no volume attached and mounted: nothing to back up or restore onto",
             code="no_volume",
         )
-    if (await histories(store, now)).get(user_id, History()).in_flight:
+    if (await histories(store, now, user_id)).get(user_id, History()).in_flight:
         raise Conflict(f"a backup job of {user_id} is still open", code="backup_in_flight")
     if snapshot_id is None:
         return await create_job(store, notify, user, "snapshot", "operator", now)
@@ -300,9 +305,9 @@ async def on_cancelled(
     agent keeps the volume mounted for it instead of unmounting it first."""
     if not settings.backups_enabled:
         return
-    user = (await mounted(store)).get(user_id)
+    user = (await mounted(store, user_id)).get(user_id)
     if user is None or user.state != "deprovisioned":
         return
-    if (await histories(store, now)).get(user_id, History()).in_flight:
+    if (await histories(store, now, user_id)).get(user_id, History()).in_flight:
         return
     await create_job(store, notify, user, "snapshot", "final-retention", now)
