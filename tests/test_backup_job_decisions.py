@@ -111,8 +111,8 @@ def test_an_open_job_no_report_mentions_for_the_timeout_is_stale(job: Job, expec
     ("latest", "expected"),
     [
         (None, History(5.0)),
-        (Job("snapshot", "scheduled", "pending"), History(5.0, in_flight=True)),
-        (Job("restore", "operator", "running"), History(5.0, in_flight=True)),
+        (Job("snapshot", "scheduled", "pending"), History(5.0, in_flight=True, open=True)),
+        (Job("restore", "operator", "running"), History(5.0, in_flight=True, open=True)),
         (Job("snapshot", "scheduled", "done", attempts=3), History(5.0)),
         # Failed: waits out its back-off, then the next try counts one more attempt.
         (

@@ -244,6 +244,19 @@ async def test_a_failed_scheduled_snapshot_is_retried_after_its_backoff(
     assert (await listed(control))["jobs"][0]["attempts"] == 2
 
 
+async def test_an_operator_need_not_wait_out_a_scheduled_snapshots_backoff(
+    backed_up: Start, hetzner_fake: HetznerFake
+) -> None:
+    control = await backed_up()
+    worker, vid = await mounted_alice(control, hetzner_fake)
+    await run(control)
+    (job,) = await jobs(worker)
+    await beat(worker, ["alice"], [vid], [{"id": job["id"], "state": "failed", "error": "x"}])
+    status, body = await control.admin("POST", "/v1/users/alice/backups")
+    assert status == 202, body
+    assert [j["id"] for j in await jobs(worker)] == [body["job"]["id"]]
+
+
 async def test_a_job_nobody_reports_on_for_30_minutes_fails(
     backed_up: Start, hetzner_fake: HetznerFake
 ) -> None:

@@ -15,8 +15,9 @@ Contract:
 - `kept_for(retention)`: how long a finished job is kept: as long as restic may keep
   the oldest snapshot BACKUP_RETENTION keeps, and a day more.
 - `history(last_done, latest, now)`: what a user's jobs say for the next one: in flight
-  while its latest job is open or failed less than its back-off ago, and the attempt
-  number of the next automatic job (1 after a success or an operator's job).
+  while its latest job is open or failed less than its back-off ago (an operator may
+  ask during a back-off, not while a job is open), and the attempt number of the next
+  automatic job (1 after a success or an operator's job).
 """
 
 from __future__ import annotations
@@ -101,15 +102,16 @@ def stale(job: Job, now: float) -> bool:
 @dataclass(frozen=True)
 class History:
     last_done: float | None = None  # when the user's last snapshot finished
-    in_flight: bool = False
+    in_flight: bool = False  # no automatic job now: one is open or backing off
     attempts: int = 1  # of the next automatic job
+    open: bool = False  # a job is pending or running: no other job now, not even asked
 
 
 def history(last_done: float | None, latest: Job | None, now: float) -> History:
     if latest is None:
         return History(last_done)
     if latest.state in OPEN:
-        return History(last_done, in_flight=True)
+        return History(last_done, in_flight=True, open=True)
     if latest.state != "failed":
         return History(last_done)
     waiting = latest.retry_after is not None and latest.retry_after > now

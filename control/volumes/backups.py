@@ -258,7 +258,7 @@ async def request(
             f"{user_id} has no volume attached and mounted: nothing to back up or restore onto",
             code="no_volume",
         )
-    if (await histories(store, now, user_id)).get(user_id, History()).in_flight:
+    if (await histories(store, now, user_id)).get(user_id, History()).open:
         raise Conflict(f"a backup job of {user_id} is still open", code="backup_in_flight")
     if snapshot_id is None:
         return await create_job(store, notify, user, "snapshot", "operator", now)
