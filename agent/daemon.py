@@ -8,6 +8,9 @@ are, and returns EXIT_REVOKED. 401 unknown_worker re-registers only with a usabl
 bootstrap token. `stop()` (SIGTERM) cancels and awaits the loops without touching
 containers. The sign-in verifier (agent/verifier.py) is one of the loops: it follows
 the reconciler's accepted specs, so it answers from the saved desired set too.
+Backup jobs (agent/backup_jobs.py) follow each assignments reply, after its reconcile
+pass; they are never saved, so the first poll after a start asks for the current set
+(after=0) to get pending jobs back. `stop()` interrupts and awaits running jobs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import client as cp
+from agent.backup_jobs import BackupJobs
 from agent.config import Settings
 from agent.errors import AgentError
 from agent.metadata_block import MetadataBlock
@@ -127,6 +131,7 @@ class Daemon:
             ),
         )
         self.verifier = Verifier(spent=settings.state_dir / "signin-spent")
+        self.backups = BackupJobs(settings.state_dir / "mounts", self.runtime)
         self.reconciler.on_specs = self.verifier.set_specs
         self.creds: Credentials | None = None
         self.heartbeat_interval = DEFAULT_HEARTBEAT
@@ -252,14 +257,14 @@ class Daemon:
     async def _poll_loop(self) -> None:
         await self._registered.wait()
         attempt = 0
+        # The first poll asks for the current set whatever was saved: backup jobs are
+        # never saved, so a restarted agent gets its pending ones back at once.
+        after = 0
         while True:
             try:
                 assert self.creds is not None
                 got = await self.client.assignments(
-                    self.creds.worker_id,
-                    self.creds.secret,
-                    self.reconciler.applied_generation,
-                    self.s.poll_wait,
+                    self.creds.worker_id, self.creds.secret, after, self.s.poll_wait
                 )
                 attempt = 0
             except cp.ControlPlaneError as err:
@@ -267,19 +272,28 @@ class Daemon:
                 continue
             if got is None:
                 continue
-            if got.generation == self.reconciler.applied_generation and self.reconciler.desired:
+            if got.generation <= self.reconciler.applied_generation and self.reconciler.desired:
+                # Only the first poll sees an older set (after a control-plane restore):
+                # its jobs are current, its containers wait for a newer generation as before.
+                self.backups.update(got.backups)
+                after = self.reconciler.applied_generation
                 continue
             log.info(
-                "assignments generation %d: %d containers, %d purges",
+                "assignments generation %d: %d containers, %d purges, %d backup jobs",
                 got.generation,
                 len(got.containers),
                 len(got.purge),
+                len(got.backups),
             )
             self.store.save_desired(got)
             try:
                 await self.reconciler.reconcile(got)
             except DockerError as exc:
                 log.error("reconcile failed: %s", exc)
+            # After the pass: a restore that comes with its user's spec withheld finds
+            # the container removed (the pass keeps the job's volume mounted).
+            self.backups.update(got.backups)
+            after = got.generation
 
     async def _reconcile_loop(self) -> None:
         attempt = 0
@@ -346,6 +360,7 @@ class Daemon:
                 metadata_blocked=self.reconciler.metadata_blocked,
             ),
             volumes=volumes,
+            backups=self.backups.reports(),
         )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -419,6 +434,7 @@ class Daemon:
             for task in pending:
                 task.cancel()
             await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), timeout=5)
+            await self.backups.close()  # interrupts restic, waits for it to exit
             await self.reconciler.close()
             await self.client.close()
             self.runtime.close()

@@ -10,7 +10,8 @@ whose spec hash matches is never touched (re-adoption means zero restarts).
 `Reconciler` applies a plan: it checks the metadata block before starting anything,
 pulls before replacing, mounts a spec's block volume before it creates, replaces or
 starts its container (agent/volumes.py; no mount means no container, the error is
-reported and retried with backoff) and unmounts those no spec names and no container
+reported and retried with backoff) and unmounts those no spec names, no backup job of
+the assignments names (a restore runs with its user's spec withheld) and no container
 uses, writes the spec's config and secret files into its volumes
 before each container it creates (agent/tenant_files.py; a refused file means no
 start), gates upgrades on health and rolls back, keeps per-user errors
@@ -513,13 +514,17 @@ class Reconciler:
         return self.volumes
 
     async def _release_volumes(self, view: View) -> None:
-        """Unmounts the volumes no desired spec names and no container uses any more
-        (any container on the engine: a removal that failed keeps its volume)."""
+        """Unmounts the volumes no desired spec names, no backup job names and no
+        container uses any more (any container on the engine: a removal that failed keeps
+        its volume)."""
         if self.volumes is None:
             return
         keep = [s.volume for s in view.specs.values() if s.volume is not None]
+        # A backup job's volume stays mounted: a restore comes with its user's spec withheld.
+        jobs = {j.volume_id for j in self.desired.backups} if self.desired else set()
         try:
             in_use = {c.labels.get(LABEL_VOLUME, "") for c in await self.runtime.list_managed()}
+            in_use |= jobs
             for volume_id in await self.volumes.release(keep, in_use):
                 log.info("volume %s: unmounted (no longer assigned)", volume_id)
         except (DockerError, VolumeError, OSError) as exc:

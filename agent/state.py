@@ -4,7 +4,8 @@ Contract: `credentials.json` holds the worker id and secret, and the ids this ag
 before it re-registered (so it still owns, and replaces, what it made under them);
 `desired.json` holds the
 last Assignments message received (the desired set the agent keeps enforcing while
-the control plane is away). Every file is written atomically (temp file in the same
+the control plane is away), without its backup jobs, whose secrets stay in memory.
+Every file is written atomically (temp file in the same
 directory, fsync, rename, fsync of the directory) with mode 0600, so a crash leaves
 either the old or the new content, never a torn file and never a readable secret.
 """
@@ -106,5 +107,7 @@ class StateStore:
         return self._load(DESIRED, Assignments)
 
     def save_desired(self, assignments: Assignments) -> None:
-        # The desired set carries container env (secrets), hence 0600 too.
-        atomic_write(self.dir / DESIRED, encode(assignments))
+        # The desired set carries container env (secrets), hence 0600 too. Backup jobs
+        # carry repository passwords and S3 keys that must never reach the disk at all.
+        kept = msgspec.structs.replace(assignments, backups=[])
+        atomic_write(self.dir / DESIRED, encode(kept))
