@@ -183,6 +183,7 @@ async def _fleet(app: web.Application) -> AsyncIterator[None]:
         on_pending=lambda: _autoscale_now(app),
         on_change=lambda: _dns_now(app),
         price_of=_price_lookup(app[PROVIDER]),
+        volume_price=app[PROVIDER].volume_price,
     )
     await fleet.start()
     app[FLEET] = fleet

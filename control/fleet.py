@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from control.billing import rules
+from control.capacity.providers.base import VolumePrice
 from control.db.store import Store
 from control.keyring import Keyring
 from control.metrics import Metrics
@@ -48,6 +49,7 @@ _OPERATOR_ACTIONS: dict[rules.Target, rules.OperatorAction] = {
     "run": "resume",
 }
 PriceLookup = Callable[[str | None], float | None]
+VolumePriceLookup = Callable[[], VolumePrice | None]
 
 
 def _applied(result: rules.Applied) -> set[str]:
@@ -65,16 +67,19 @@ class Fleet:
         on_pending: Callable[[], None] = lambda: None,
         on_change: Callable[[], None] = lambda: None,
         price_of: PriceLookup = lambda server_type: None,
+        volume_price: VolumePriceLookup = lambda: None,
     ) -> None:
         """`on_pending`: asks the autoscaler for a run when users are left pending;
         `on_change`: any worker's desired set changed (DNS follows assignments);
-        `price_of`: hourly price of a server type, if the provider knows it."""
+        `price_of`: hourly price of a server type, if the provider knows it;
+        `volume_price`: the provider's price of a GB of volume per month, if it knows it."""
         self.metrics = metrics or Metrics()
         self.settings = settings
         self.store = store
         self.keyring = keyring
         self.on_pending = on_pending
         self.price_of = price_of
+        self.volume_price = volume_price
         self.plans = dict(settings.plans)
         self.reserve = Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
         self.billing_policy = rules.Policy(

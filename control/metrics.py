@@ -27,6 +27,7 @@ from control.capacity.providers.base import (
     ProviderServer,
     ProviderVolume,
     ServerType,
+    VolumePrice,
 )
 
 T = TypeVar("T")
@@ -165,6 +166,9 @@ class MeteredProvider:
 
     def server_type(self, name: str) -> ServerType:
         return self.inner.server_type(name)
+
+    def volume_price(self) -> VolumePrice | None:
+        return self.inner.volume_price()
 
     async def create(self, request: CreateRequest) -> ProviderServer:
         return await self._call("create", lambda: self.inner.create(request))

@@ -78,7 +78,12 @@ async def list_servers(request: web.Request) -> web.Response:
     provider = request.app[PROVIDER_HEALTH].as_json()  # the dashboard polls this call
     dns = request.app[DNS_HEALTH].as_json()
     return web.json_response(
-        {"servers": await views.servers(fleet), "provider": provider, "dns": dns}
+        {
+            "servers": await views.servers(fleet),
+            "volume_cost": await views.volume_cost(fleet),  # shown beside the servers' cost
+            "provider": provider,
+            "dns": dns,
+        }
     )
 
 
@@ -104,17 +109,17 @@ async def create_user(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     req = decode_body(await request.read(), CreateUser)
     await fleet.create_user(req.user_id, req.subdomain, req.plan)
-    return web.json_response((await views.users(fleet.store, req.user_id))[0], status=201)
+    return web.json_response((await views.users(fleet, req.user_id))[0], status=201)
 
 
 @admin_routes.get("/v1/users")
 async def list_users(request: web.Request) -> web.Response:
-    return web.json_response({"users": await views.users(request.app[FLEET].store)})
+    return web.json_response({"users": await views.users(request.app[FLEET])})
 
 
 @admin_routes.get("/v1/users/{user_id}")
 async def get_user(request: web.Request) -> web.Response:
-    found = await views.users(request.app[FLEET].store, request.match_info["user_id"])
+    found = await views.users(request.app[FLEET], request.match_info["user_id"])
     if not found:
         raise NotFound(f"no user {request.match_info['user_id']}")
     return web.json_response(found[0])
@@ -136,7 +141,7 @@ async def _user_action(request: web.Request, goal: rules.Target) -> web.Response
     fleet = request.app[FLEET]
     user_id = request.match_info["user_id"]
     await fleet.set_user_target(user_id, goal, reason="operator")
-    return web.json_response((await views.users(fleet.store, user_id))[0])
+    return web.json_response((await views.users(fleet, user_id))[0])
 
 
 @admin_routes.post("/v1/users/{user_id}/move")
@@ -146,7 +151,7 @@ async def move_user(request: web.Request) -> web.Response:
     user_id = request.match_info["user_id"]
     req = decode_body(await request.read(), MoveUser, empty_ok=True)
     await fleet.move_user(user_id, req.server_id)
-    return web.json_response((await views.users(fleet.store, user_id))[0])
+    return web.json_response((await views.users(fleet, user_id))[0])
 
 
 @admin_routes.get("/v1/users/{user_id}/access")

@@ -1,4 +1,9 @@
-"""JSON shapes of servers and users in the admin API (read side only)."""
+"""JSON shapes of servers and users in the admin API (read side only).
+
+Costs are the provider's list prices, net of VAT, in its currency, None when it gave
+none: a server's `hourly_price`, a user's `volume.monthly_price` (size x the price of a
+GB-month) and, beside the servers listing, `volume_cost` (every volume row, one SUM per
+listing: never read on a hot path)."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from control.billing.rules import shown_billing_state
 from control.capacity import decisions
+from control.capacity.providers.base import VolumePrice
 from control.clock import iso
 from control.db.store import Row, Store
 from control.plans import Plan
@@ -137,7 +143,27 @@ async def servers(fleet: Fleet, server_id: str | None = None) -> list[dict[str, 
     return views
 
 
-async def users(store: Store, user_id: str | None = None) -> list[dict[str, Any]]:
+async def volume_cost(fleet: Fleet) -> dict[str, Any]:
+    """What the users' volumes cost together per month, for the servers listing."""
+    row = await fleet.store.fetch_one(
+        "SELECT COUNT(*) AS count, COALESCE(SUM(size_gb), 0) AS size_gb FROM volumes"
+    )
+    count, size_gb = (row["count"], row["size_gb"]) if row else (0, 0)
+    price = fleet.volume_price()
+    return {
+        "count": count,
+        "size_gb": size_gb,
+        "monthly_price": _monthly(size_gb, price),
+        "currency": price.currency if price else None,
+    }
+
+
+def _monthly(size_gb: int, price: VolumePrice | None) -> float | None:
+    return round(size_gb * price.per_gb_month, 4) if price is not None else None
+
+
+async def users(fleet: Fleet, user_id: str | None = None) -> list[dict[str, Any]]:
+    store, price = fleet.store, fleet.volume_price()
     where, params = ("WHERE u.id = ?", (user_id,)) if user_id else ("", ())
     rows = await store.fetch_all(
         "SELECT u.*, s.report, v.state AS volume_state, v.location AS volume_location, "
@@ -171,7 +197,7 @@ async def users(store: Store, user_id: str | None = None) -> list[dict[str, Any]
                 "purge_after": iso(r["purge_after"]),
                 "container": _container(reported.get(r["id"])) if r["server_id"] else None,
                 # USER_VOLUMES: where the user's data is, and why it waits (control/volumes/).
-                "volume": _volume(r),
+                "volume": _volume(r, price),
                 "created_at": iso(r["created_at"]),
                 "updated_at": iso(r["updated_at"]),
             }
@@ -179,7 +205,7 @@ async def users(store: Store, user_id: str | None = None) -> list[dict[str, Any]
     return result
 
 
-def _volume(row: Row) -> dict[str, Any] | None:
+def _volume(row: Row, price: VolumePrice | None) -> dict[str, Any] | None:
     if row["volume_state"] is None:
         return None
     return {
@@ -188,6 +214,8 @@ def _volume(row: Row) -> dict[str, Any] | None:
         "server_id": row["volume_server"],
         "size_gb": row["volume_size"],
         "error": row["volume_error"],
+        "monthly_price": _monthly(row["volume_size"], price),
+        "currency": price.currency if price else None,
     }
 
 

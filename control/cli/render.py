@@ -87,7 +87,31 @@ def listing(
 
 
 def render_servers(body: dict[str, Any]) -> str:
-    return listing(body, "servers", SERVER_HEADERS, server_row)
+    listed = listing(body, "servers", SERVER_HEADERS, server_row)
+    # An API older than volume prices sends no `volume_cost`: no cost line then.
+    return listed + "\n\n" + cost_line(body) if "volume_cost" in body else listed
+
+
+MONTH_HOURS = 730  # as the dashboard: hourly x 730, ignoring Hetzner's monthly cap
+
+
+def cost_line(body: dict[str, Any]) -> str:
+    """The servers' and the volumes' list prices side by side (net, provider currency)."""
+    live = [s for s in body["servers"] if s.get("status") != "deleted"]
+    prices = [s["hourly_price"] for s in live if isinstance(s.get("hourly_price"), int | float)]
+    hourly = sum(prices)
+    servers = (
+        f"servers {hourly:.4f}/h ≈ {hourly * MONTH_HOURS:.2f}/month" if prices else "servers -"
+    )
+    if len(prices) < len(live):
+        servers += f" ({len(live) - len(prices)} without a price)"
+    cost = body["volume_cost"] or {}
+    count, monthly = cost.get("count") or 0, cost.get("monthly_price")
+    volumes = "-" if monthly is None else f"{monthly:.2f}/month"
+    if count:
+        volumes += f" ({count} volume{'s' if count != 1 else ''}, {cost.get('size_gb')} GB)"
+    currency = cost.get("currency") or "provider currency"
+    return f"cost (net, {currency}): {servers}; volumes {volumes}"
 
 
 def render_server(s: dict[str, Any]) -> str:

@@ -12,7 +12,9 @@ in tests/conftest.py, or import it into a test module with
 What it serves (under `/v1`, JSON bodies and error envelopes as in the OpenAPI document):
 GET /server_types, GET /locations, GET /ssh_keys (filter `name`), GET /servers (filters
 `name` and `label_selector` with `k=v`, `k==v`, `k!=v`, `k`, `!k`), POST /servers,
-GET and DELETE /servers/{id}, GET /actions/{id}, GET /servers/{id}/actions/{action_id}.
+GET and DELETE /servers/{id}, GET /actions/{id}, GET /servers/{id}/actions/{action_id},
+GET /pricing (tests/fakes/hetzner_pricing.py: `pricing_currency`, `pricing_vat_rate`,
+`volume_price_per_gb_month` set what it says).
 Volumes (tests/fakes/hetzner_volumes.py) and firewalls (tests/fakes/hetzner_firewalls.py)
 plug into the same app, with the same faults, budget and envelopes; their actions run for
 `action_seconds` and lock what they touch meanwhile (tests/fakes/hetzner_actions.py).
@@ -265,6 +267,9 @@ class HetznerFake:
     calls: list[Call] = field(default_factory=list)
     rate_limit_limit: int = 3600
     rate_limit_remaining: int = 3600
+    pricing_currency: str = "EUR"
+    pricing_vat_rate: str = "19.00"
+    volume_price_per_gb_month: float | None = 0.044  # net; None: no `volume` in /pricing
     enforce_rate_limit: bool = True
     url: str = ""  # the API endpoint, e.g. http://127.0.0.1:PORT/v1, once started
 
@@ -383,10 +388,12 @@ class HetznerFake:
         app.router.add_delete("/v1/servers/{id}", self._delete_server)
         app.router.add_get("/v1/actions/{id}", self._get_action)
         app.router.add_get("/v1/servers/{id}/actions/{action_id}", self._get_action)
-        from tests.fakes import hetzner_firewalls, hetzner_volumes  # they import this module
+        # They import this module.
+        from tests.fakes import hetzner_firewalls, hetzner_pricing, hetzner_volumes
 
         hetzner_volumes.register(app, self)
         hetzner_firewalls.register(app, self)
+        hetzner_pricing.register(app, self)
         return app
 
     # -- plumbing ---------------------------------------------------------------------
@@ -696,9 +703,10 @@ class HetznerFake:
 
 def _check_endpoint(endpoint: str) -> None:
     from tests.fakes.hetzner_firewalls import FIREWALL_ENDPOINTS  # it imports this module
+    from tests.fakes.hetzner_pricing import PRICING_ENDPOINTS
     from tests.fakes.hetzner_volumes import VOLUME_ENDPOINTS
 
-    known = ENDPOINTS | VOLUME_ENDPOINTS | FIREWALL_ENDPOINTS
+    known = ENDPOINTS | VOLUME_ENDPOINTS | FIREWALL_ENDPOINTS | PRICING_ENDPOINTS
     if endpoint not in known:
         raise ValueError(f"unknown endpoint {endpoint!r}; one of {sorted(known)}")
 

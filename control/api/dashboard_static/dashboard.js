@@ -12,6 +12,7 @@
     baseDomain: "",
     pollMs: 3000,
     servers: [],
+    volumeCost: null, // {count, size_gb, monthly_price, currency} from GET /v1/servers
     users: [],
     health: {}, // {provider, dns}: each {state, detail, ...} from GET /v1/servers
     fetchedAt: 0, // Date.now() when servers were fetched: ages tick from there
@@ -218,6 +219,7 @@
       } else {
         const [servers, users] = await Promise.all([api("GET", "/v1/servers"), api("GET", "/v1/users")]);
         state.servers = servers.servers;
+        state.volumeCost = servers.volume_cost || null;
         state.health = { provider: servers.provider, dns: servers.dns };
         state.users = users.users;
         state.fetchedAt = Date.now();
@@ -291,6 +293,17 @@
     );
   }
 
+  // Users' volumes are billed per GB-month, beside the servers: an operator sees both.
+  function volumeCostCard(card, vc, serversMonthly) {
+    if (!vc) return card("total-volumes", "Volumes", "—", "not reported");
+    const monthly = typeof vc.monthly_price === "number" ? vc.monthly_price : null;
+    const sizes = vc.count + " volume(s), " + vc.size_gb + " GB";
+    if (monthly === null) return card("total-volumes", "Volumes", "—", sizes + "; no price from the provider");
+    const both = serversMonthly === null ? "" : "; with servers ≈ " + fmtMoney(serversMonthly + monthly, 2) + " /month";
+    return card("total-volumes", "Volumes", fmtMoney(monthly, 2) + " /month",
+      sizes + " (net, " + (vc.currency || "provider currency") + ")" + both);
+  }
+
   function renderFleet() {
     const live = state.servers.filter((s) => s.status !== "deleted");
     const counted = live.filter((s) => s.status !== "dead");
@@ -316,6 +329,7 @@
           "≈ " + fmtMoney(hourly * MONTH_HOURS, 2) + " /month (× " + MONTH_HOURS + " h, net, provider currency)" +
           (unpriced ? "; " + unpriced + " server(s) without a price" : ""))
         : card("total-cost", "Est. cost", "—", live.length ? live.length + " server(s) without a price" : "no servers"),
+      volumeCostCard(card, state.volumeCost, priced.length ? hourly * MONTH_HOURS : null),
     );
 
     const shown = state.showDeleted ? state.servers : live;

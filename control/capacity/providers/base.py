@@ -15,6 +15,8 @@ Contract:
   (the agent reports the mount). A server in another location is kind "invalid", code
   `location_mismatch`; the per-server attachment limit is kind "limit"; a volume busy
   with another action (`locked`) is "transient".
+- `volume_price()` is what a GB of volume costs per month, as read at `validate` (None
+  when the provider has no price or could not say: a price never fails start-up).
 - Implementations never block the event loop: blocking SDKs run in a thread with a
   timeout.
 """
@@ -80,6 +82,12 @@ class ServerType:
 
 
 @dataclass(frozen=True)
+class VolumePrice:
+    per_gb_month: float  # net of VAT
+    currency: str  # ISO 4217, the provider account's currency
+
+
+@dataclass(frozen=True)
 class CreateRequest:
     server_id: str  # ours; also a label
     name: str  # deterministic and unique: the idempotency key
@@ -128,6 +136,9 @@ class Provider(Protocol):
 
     def server_type(self, name: str) -> ServerType:
         """Capacity and price of a server type (after `validate`)."""
+
+    def volume_price(self) -> VolumePrice | None:
+        """Price of a GB of volume per month (after `validate`; None: unknown)."""
 
     async def create(self, request: CreateRequest) -> ProviderServer: ...
 

@@ -3,8 +3,8 @@
 Contract (on top of `control.capacity.providers.base`):
 - `validate()` runs once at start-up. It checks the token (401 -> kind "invalid"), every
   configured location, every configured server type and which (type, location) pairs can
-  be ordered (the rule is `plan_pairs` in control/capacity/providers/hetzner_catalog.py),
-  and the break-glass SSH key names.
+  be ordered (`plan_pairs`, control/capacity/providers/hetzner_catalog.py), the SSH key
+  names, and reads the volume price (GET /pricing; a failed read leaves it None).
 - `pairs()` is the ordered list of valid (type, location) pairs for the autoscaler to try:
   type-major, in the order of `HETZNER_SERVER_TYPE` and `HETZNER_LOCATION`. A type that
   is merely sold out right now stays in the list: create answers `resource_unavailable`
@@ -164,8 +164,8 @@ class HetznerProvider(HetznerVolumes):
                     f"HETZNER_SSH_KEYS: no SSH key named {key!r} in the Hetzner project",
                     kind="invalid",
                 )
-        self._types = types
-        self._pairs = pairs
+        await self._read_volume_price()  # never raises: a price is for display only
+        self._types, self._pairs = types, pairs
         self._validated = True
         log.info("hetzner: validated; pairs in order: %s", self._pairs_text())
 

@@ -15,12 +15,18 @@ Contract (control/capacity/providers/base.py states what every provider promises
   (16 volumes on the server) is "limit", a volume or server that is gone is "not_found",
   and a server in another location than the volume is "invalid" with code
   `location_mismatch` (the API says `invalid_input`; the message tells them apart).
+- `volume_price()` is `GET /pricing`'s volume price per GB-month (net, in the account's
+  currency), read by `validate` through hcloud's generic `Client.request` (hcloud has no
+  pricing client). A failed call or a reply without that price leaves it None, logged: a
+  price informs the operator and must never stop start-up.
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 from hcloud import Client
@@ -28,9 +34,10 @@ from hcloud.locations import Location
 from hcloud.servers import Server
 from hcloud.volumes import Volume
 
-from control.capacity.providers.base import ProviderError, ProviderVolume
+from control.capacity.providers.base import ProviderError, ProviderVolume, VolumePrice
 from control.capacity.providers.hetzner_catalog import check_labels
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 _MAX_PAGES = 200
 _NAME_MAX = 64  # Hetzner's rule for a resource name
@@ -45,6 +52,19 @@ def volume_name(cluster: str, user_id: str) -> str:
 def location_mismatch(exc: ProviderError) -> bool:
     """The API's answer to attaching a volume to a server in another location."""
     return exc.code == "invalid_input" and "same location" in exc.message
+
+
+def volume_price_of(payload: Mapping[str, Any]) -> VolumePrice | None:
+    """The volume price in a `GET /pricing` reply; None when it is missing or not a price."""
+    try:
+        pricing = payload["pricing"]
+        net = Decimal(str(pricing["volume"]["price_per_gb_month"]["net"]))
+        currency = pricing["currency"]
+    except (KeyError, TypeError, InvalidOperation):
+        return None
+    if not net.is_finite() or net < 0 or not isinstance(currency, str) or not currency:
+        return None
+    return VolumePrice(per_gb_month=float(net), currency=currency)
 
 
 def to_volume(model: Any) -> ProviderVolume:
@@ -67,9 +87,25 @@ class HetznerVolumes:
 
     _client: Client
     page_size: int
+    _volume_price: VolumePrice | None = None
 
     async def _call(self, fn: Callable[..., T], *args: Any, what: str) -> T:
         raise NotImplementedError  # HetznerProvider._call
+
+    def volume_price(self) -> VolumePrice | None:
+        return self._volume_price
+
+    async def _read_volume_price(self) -> None:
+        """Called by `validate`; see the module docstring for why a failure is only logged."""
+        try:
+            payload = await self._call(self._pricing, what="read prices")
+        except ProviderError as exc:
+            self._volume_price = None
+            log.warning("hetzner: volume price unknown: %s", exc)
+            return
+        self._volume_price = volume_price_of(payload)
+        if self._volume_price is None:
+            log.warning("hetzner: volume price unknown: no volume price in GET /pricing")
 
     async def create_volume(
         self, name: str, size_gb: int, location: str, labels: dict[str, str]
@@ -151,6 +187,9 @@ class HetznerVolumes:
         )
 
     # -- blocking code, run on the pool by `_call` ---------------------------------------
+
+    def _pricing(self) -> dict[str, Any]:
+        return self._client.request("GET", "/pricing")
 
     def _volume_named(self, name: str) -> ProviderVolume | None:
         volumes, _ = self._client.volumes.get_list(name=name)

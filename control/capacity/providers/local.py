@@ -36,7 +36,13 @@ import sys
 import time
 from pathlib import Path
 
-from control.capacity.providers.base import CreateRequest, ProviderError, ProviderServer, ServerType
+from control.capacity.providers.base import (
+    CreateRequest,
+    ProviderError,
+    ProviderServer,
+    ServerType,
+    VolumePrice,
+)
 from control.capacity.providers.local_machine import free_port, power_off
 from control.capacity.providers.local_volumes import LocalVolumes
 
@@ -119,6 +125,9 @@ class LocalProvider(LocalVolumes):
         return ServerType(
             name="local", cpus=os.cpu_count() or 1, memory_mb=pages // (1024 * 1024), disk_gb=0
         )
+
+    def volume_price(self) -> VolumePrice | None:
+        return None  # a loop file on this machine's disk: nothing is billed for it
 
     async def create(self, request: CreateRequest) -> ProviderServer:
         return await asyncio.to_thread(self._create, request)
