@@ -35,7 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-INPUTS = ("versions.toml", "Dockerfile", "package.json", "package-lock.json", "build.py")
+INPUTS = (
+    "versions.toml",
+    "Dockerfile",
+    "warm-compile-cache.sh",
+    "package.json",
+    "package-lock.json",
+    "build.py",
+)
 NPM_FILES = ("package.json", "package-lock.json")
 # Part of the npm tree's cache key: bump it when the steps that make the tree change.
 NPM_RECIPE = "ci-ignore-scripts+lifecycle"
@@ -304,7 +311,8 @@ def _docker_build(
     try:
         shutil.copytree(node, ctx / "node", symlinks=True, copy_function=os.link)
         shutil.copytree(tree, ctx / "openclaw", symlinks=True, copy_function=os.link)
-        shutil.copyfile(HERE / "Dockerfile", ctx / "Dockerfile")
+        for name in ("Dockerfile", "warm-compile-cache.sh"):
+            shutil.copyfile(HERE / name, ctx / name)
         labels = {
             LABEL_INPUTS: digest,
             "clawfleet.openclaw.version": versions.openclaw,

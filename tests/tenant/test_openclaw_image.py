@@ -153,3 +153,21 @@ def test_state_lands_in_the_volume_owned_by_node(gateway: Gateway) -> None:
     code, out = gateway.container.exec_run(["ls", STATE])
     assert code == 0, out
     assert "state" in out.decode().split()
+
+
+def test_image_ships_a_compile_cache_and_no_state(
+    openclaw_image: str, dclient: docker.DockerClient
+) -> None:
+    """The build warmed V8's compile cache by starting the gateway once, and left nothing
+    of that run behind: an empty state dir (Docker copies it into every new volume), no
+    throw-away state in /tmp."""
+    script = (
+        "find /opt/openclaw/compile-cache -type f | wc -l; "
+        "find /home/node/.openclaw /tmp -mindepth 1 | wc -l; echo $NODE_COMPILE_CACHE"
+    )
+    out = dclient.containers.run(
+        openclaw_image, ["sh", "-c", script], entrypoint=[], remove=True, labels=TEST_LABEL
+    )
+    cached, leftovers, env = out.decode().split()
+    assert int(cached) > 100, cached
+    assert (int(leftovers), env) == (0, "/opt/openclaw/compile-cache")
