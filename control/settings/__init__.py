@@ -28,10 +28,10 @@ from control.settings.backups import BackupSettings
 from control.settings.local import LocalSettings
 from control.settings.profiles import Profile
 from control.settings.rules import SettingsError
+from control.settings.volumes import VolumeSettings, resolve_user_volumes
 from shared.config import (
     check,
     choice,
-    flag,
     items,
     matching,
     number,
@@ -52,7 +52,7 @@ DEFAULT_AGENT_IMAGE = "ghcr.io/openclaw/openclaw:2026.11.20"
 
 
 @dataclass(frozen=True)
-class Settings(BackupSettings, LocalSettings):
+class Settings(BackupSettings, LocalSettings, VolumeSettings):
     admin_token: str = setting(
         "ADMIN_TOKEN",
         None,
@@ -348,7 +348,6 @@ class Settings(BackupSettings, LocalSettings):
         number(0, 3650),
         "Days a deprovisioned user's data is kept before it is purged.",
     )
-    user_volumes: bool = setting("USER_VOLUMES", "false", flag, rules.USER_VOLUMES_DOC)
     traefik_version: str = setting(
         "TRAEFIK_VERSION",
         "3.7.15",
@@ -370,6 +369,7 @@ class Settings(BackupSettings, LocalSettings):
         values["stripe_livemode"] = rules.stripe_livemode(
             values["stripe_livemode"], values["stripe_secret_key"], values["provider"]
         )
+        values["user_volumes"] = resolve_user_volumes(values["user_volumes"], values["provider"])
         settings = cls(**values)
         rules.check_together(settings)
         return settings

@@ -118,11 +118,3 @@ def stripe_livemode(mode: str, key: str, provider: str) -> bool:
     if key_mode is not None and key_mode != mode:
         raise SettingsError(f"STRIPE_LIVEMODE: {mode}, but STRIPE_SECRET_KEY is a {key_mode} key")
     return mode == "live"
-
-
-# USER_VOLUMES's meaning, kept here so that the settings module stays on one screen.
-USER_VOLUMES_DOC = (
-    "One provider volume per user (a Hetzner Volume; a loop device locally) that follows "
-    "the user between servers; a user's container starts only once its volume is mounted "
-    "(docs/capacity.md). Needs agents that mount block volumes."
-)
