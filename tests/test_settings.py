@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from control.settings import VARIABLES, Settings, SettingsError, reference_markdown
+from control.settings.volumes import resolve_user_volumes
 from tests.fixtures import free_port
 
 GOOD = {"ADMIN_TOKEN": "a" * 32, "INTERNAL_SECRET": "s" * 32}
@@ -232,3 +233,24 @@ def test_the_agents_variables_are_declared_once_and_documented() -> None:
     assert [v.name for v in declared if f"`{v.name}`" not in doc] == []
     url = "https://cp.example.com"
     assert load_settings({"CONTROL_URL": url}) == AgentSettings(control_url=url)
+
+
+@pytest.mark.parametrize(
+    ("value", "provider", "on"),
+    [
+        ("auto", "hetzner", True),  # a dead server never costs a customer their state
+        ("auto", "local", False),  # loop devices need root; a laptop's make run need not be
+        ("true", "local", True),
+        ("false", "hetzner", False),
+    ],
+)
+def test_user_volumes_auto_follows_the_provider(value: str, provider: str, on: bool) -> None:
+    assert resolve_user_volumes(value, provider) is on
+
+
+def test_user_volumes_refuses_other_words() -> None:
+    base = {"ADMIN_TOKEN": "a" * 32, "INTERNAL_SECRET": "b" * 32}
+    assert Settings.from_env(base).user_volumes is False  # PROVIDER=local
+    assert Settings.from_env({**base, "USER_VOLUMES": "true"}).user_volumes is True
+    with pytest.raises(SettingsError, match="USER_VOLUMES"):
+        Settings.from_env({**base, "USER_VOLUMES": "yes"})
