@@ -11,6 +11,8 @@ the reconciler's accepted specs, so it answers from the saved desired set too.
 Backup jobs (agent/backup_jobs.py) follow each assignments reply, after its reconcile
 pass; they are never saved, so the first poll after a start asks for the current set
 (after=0) to get pending jobs back. `stop()` interrupts and awaits running jobs.
+Registration and every heartbeat declare the features this agent implements
+(agent/features.py), so an upgraded agent's new ones are known at its next beat.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from agent import client as cp
 from agent.backup_jobs import BackupJobs
 from agent.config import Settings
 from agent.errors import AgentError
+from agent.features import FEATURES
 from agent.metadata_block import MetadataBlock
 from agent.ownership import MAX_PREVIOUS, Owner
 from agent.reconcile import Reconciler, ReconcilerOptions
@@ -173,6 +176,7 @@ class Daemon:
             agent_version=__version__,
             hostname=socket.gethostname(),
             resources=host_resources(self._disk_path),
+            features=list(FEATURES),
         )
         attempt = 0
         while True:
@@ -361,6 +365,7 @@ class Daemon:
             ),
             volumes=volumes,
             backups=self.backups.reports(),
+            features=list(FEATURES),
         )
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -45,6 +45,13 @@ MAX_VOLUMES = 64  # volumes in one heartbeat; Hetzner attaches at most 16 per se
 MAX_VOLUME_ERROR = 300
 MAX_BACKUPS = 64  # backup jobs in one assignments reply, reports in one heartbeat
 MAX_BACKUP_ERROR = 300
+MAX_FEATURES = 32  # feature names in one register request or heartbeat
+# Every agent feature this protocol names (docs/protocol.md, "Agent features"). An agent
+# declares the ones it implements; the control plane stores only names in this set and
+# never sends a spec or job that needs one the worker's agent did not declare.
+FEATURES = frozenset(
+    {"block-volumes", "backup-jobs", "health-headers", "tenant-files", "signin-gate", "cpu-weight"}
+)
 
 Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 Generation = Annotated[int, Meta(ge=0, le=GENERATION_MAX)]
@@ -65,6 +72,8 @@ BackupJobId = Annotated[str, Meta(pattern=r"\A[a-z0-9-]{1,40}\Z")]
 BackupTag = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.:-]{1,64}\Z")]
 Retention = Annotated[int, Meta(ge=0, le=1000)]
 SnapshotId = Annotated[str, Meta(pattern=r"\A([0-9a-f]{8,64})?\Z")]  # restic's, or empty
+Feature = Annotated[str, Meta(pattern=r"\A[a-z0-9-]{1,32}\Z")]
+Features = Annotated[list[Feature], Meta(max_length=MAX_FEATURES)]
 
 
 class ProtocolError(ValueError):
@@ -84,11 +93,13 @@ class Resources(msgspec.Struct, frozen=True):
     disk_free_gb: DiskGb | None = None
 
 
-class RegisterRequest(msgspec.Struct, frozen=True):
+class RegisterRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     protocol: Annotated[int, Meta(ge=1, le=65535)]
     agent_version: Version
     hostname: Hostname
     resources: Resources
+    # What the agent implements (FEATURES); omitted when empty, as an old agent's is.
+    features: Features = msgspec.field(default_factory=list)
 
 
 class RegisterReply(msgspec.Struct, frozen=True):
@@ -135,7 +146,7 @@ class BackupReport(msgspec.Struct, frozen=True, omit_defaults=True):
     error: Annotated[str, Meta(max_length=MAX_BACKUP_ERROR)] = ""
 
 
-class Heartbeat(msgspec.Struct, frozen=True):
+class Heartbeat(msgspec.Struct, frozen=True, omit_defaults=True):
     agent_version: Version
     applied_generation: Generation
     resources: Resources
@@ -147,6 +158,8 @@ class Heartbeat(msgspec.Struct, frozen=True):
     backups: Annotated[list[BackupReport], Meta(max_length=MAX_BACKUPS)] = msgspec.field(
         default_factory=list
     )
+    # As at registration: an agent upgraded in place declares its new features here.
+    features: Features = msgspec.field(default_factory=list)
 
 
 class HeartbeatReply(msgspec.Struct, frozen=True):

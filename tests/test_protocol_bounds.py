@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from agent.client import ControlClient, ControlPlaneError
+from agent.features import FEATURES
 from control.appkeys import FLEET
 from control.plans import Plan
 from control.workers.auth import AgentCaller
@@ -26,6 +27,7 @@ from shared.protocol import (
     MAX_BACKUPS,
     MAX_CONTAINERS,
     MAX_DEPTH,
+    MAX_FEATURES,
     MAX_TEXT,
     MAX_VOLUME_ERROR,
     MAX_VOLUMES,
@@ -185,6 +187,13 @@ HEARTBEAT_CASES = [
     ("backups.0.finished_at", -1.0, "$.backups[0].finished_at"),
     ("backups.0.finished_at", 1e300, "$.backups[0].finished_at"),
     ("backups.0.error", "e" * (MAX_BACKUP_ERROR + 1), "$.backups[0].error"),
+    ("features", ["f"] * 33, "$.features"),
+    ("features", ["Block-Volumes"], "$.features[0]"),
+    ("features", ["block_volumes"], "$.features[0]"),
+    ("features", [""], "$.features[0]"),
+    ("features", ["f" * 33], "$.features[0]"),
+    ("features", ["block-volumes\n"], "$.features[0]"),
+    ("features", "block-volumes", "$.features"),
 ]
 REGISTER_CASES = [
     ("protocol", BIG, "$.protocol"),
@@ -198,6 +207,9 @@ REGISTER_CASES = [
     ("resources.cpus", BIG, "$.resources.cpus"),
     ("resources.memory_mb", 2**64 + 1, "$.resources.memory_mb"),
     ("agent_version", "0.1.0;drop", "$.agent_version"),
+    ("features", ["f"] * 33, "$.features"),
+    ("features", ["cpu weight"], "$.features[0]"),
+    ("features", [7], "$.features[0]"),
 ]
 ASSIGNMENT_CASES = [
     ("generation", BIG, "$.generation"),
@@ -307,6 +319,8 @@ def test_what_the_agent_decodes_is_bounded_too(path: str, value: Any, fragment: 
         (mutated(ASSIGNMENTS, "containers.0.volume", None), protocol.Assignments),
         ({**ASSIGNMENTS, "backups": [BACKUP_JOB] * MAX_BACKUPS}, protocol.Assignments),
         ({**HEARTBEAT, "backups": [BACKUP_REPORT] * MAX_BACKUPS}, protocol.Heartbeat),
+        ({**HEARTBEAT, "features": ["f" * 32] * MAX_FEATURES}, protocol.Heartbeat),
+        ({**REGISTER, "features": ["x-9"] * MAX_FEATURES}, protocol.RegisterRequest),
         (mutated(HEARTBEAT, "backups.0", {"id": "j", "state": "running"}), protocol.Heartbeat),
         (mutated(ASSIGNMENTS, "backups.0.snapshot_id", ""), protocol.Assignments),
         (
@@ -350,6 +364,28 @@ def test_old_peers_messages_decode_without_the_backup_fields() -> None:
         [],
         0,
         0,
+    )
+
+
+def test_features_are_omitted_when_empty_and_default_to_none() -> None:
+    """An old peer's messages (no `features`) decode as declaring none, and a message
+    declaring none says nothing of them: an older control plane sees what it always did."""
+    for message, kind in ((HEARTBEAT, protocol.Heartbeat), (REGISTER, protocol.RegisterRequest)):
+        old = {k: v for k, v in message.items() if k != "features"}
+        decoded = protocol.decode(json.dumps(old).encode(), kind)
+        assert decoded.features == []
+        assert "features" not in json.loads(protocol.encode(decoded))
+        declared = msgspec.structs.replace(decoded, features=["block-volumes"])
+        assert json.loads(protocol.encode(declared))["features"] == ["block-volumes"]
+
+
+def test_the_agent_declares_exactly_the_features_the_protocol_names() -> None:
+    """A name the control plane does not know would be dropped (never trusted); one it
+    knows but this agent leaves out would keep users off an agent that can run them."""
+    assert set(FEATURES) == protocol.FEATURES
+    assert len(FEATURES) == len(set(FEATURES)) <= MAX_FEATURES
+    protocol.decode(
+        json.dumps({**REGISTER, "features": list(FEATURES)}).encode(), protocol.RegisterRequest
     )
 
 
@@ -481,6 +517,8 @@ def beat(generation: int) -> protocol.Heartbeat:
         applied_generation=generation,
         resources=protocol.Resources(cpus=4, memory_mb=8192, disk_gb=80),
         containers=[],
+        # As it registered (tests/worker.py): unchanged features bump no generation.
+        features=list(FEATURES),
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from agent.features import FEATURES
 from shared import signing
 
 RESOURCES = {"cpus": 4, "memory_mb": 8192, "disk_gb": 80}
@@ -29,6 +30,9 @@ class FakeWorker:
     sent: list[dict[str, Any]] = field(default_factory=list)
     # What it registered with; its heartbeats report the same, as a real agent's do.
     resources: dict[str, Any] = field(default_factory=lambda: dict(RESOURCES))
+    # The agent features it declares, at registration and in each heartbeat: by default
+    # all a current agent's (agent/features.py); [] plays an agent older than features.
+    features: list[str] = field(default_factory=lambda: list(FEATURES))
 
     @classmethod
     def with_token(cls, url: str, session: aiohttp.ClientSession, token: str) -> FakeWorker:
@@ -81,6 +85,7 @@ class FakeWorker:
             "agent_version": "0.1.0",
             "hostname": hostname,
             "resources": RESOURCES,
+            "features": self.features,
         }
         body.update(overrides)
         reply = await self.request("POST", "/v1/agent/register", body)
@@ -98,6 +103,7 @@ class FakeWorker:
             "applied_generation": generation,
             "resources": self.resources,
             "containers": containers or [],
+            "features": self.features,
         }
         return await self.request("POST", "/v1/agent/heartbeat", body)
 
