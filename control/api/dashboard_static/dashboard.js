@@ -22,7 +22,7 @@
     oldestEvent: null,
     moreEvents: true,
     showDeleted: false,
-    panels: new Map(), // user_id -> {kind: "access"|"move", node: <tr>}
+    panels: new Map(), // user_id -> {kind: "access"|"move"|"backups", node: <tr>}
     route: null,
     timer: null,
   };
@@ -67,6 +67,15 @@
   }
   function fmtMoney(value, digits) {
     return value.toFixed(digits);
+  }
+  function fmtBytes(n) {
+    if (n === null || n === undefined) return "—";
+    if (n < 1024) return n + " B";
+    const units = ["KB", "MB", "GB", "TB"];
+    let v = n / 1024;
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+    return v.toFixed(v < 10 ? 1 : 0) + " " + units[i];
   }
   function fmtTime(iso) {
     if (!iso) return "—";
@@ -223,6 +232,8 @@
         state.health = { provider: servers.provider, dns: servers.dns };
         state.users = users.users;
         state.fetchedAt = Date.now();
+        // An open backups panel follows its jobs (a snapshot or restore running) live.
+        if (route.page === "users") for (const [uid, p] of state.panels) if (p.kind === "backups") loadBackups(uid);
       }
       state.lastOk = Date.now();
       state.failing = false;
@@ -497,7 +508,8 @@
         u.moving_from ? h("div", { class: "small muted" }, "moving from " + u.moving_from) : null,
         u.error ? h("div", { class: "small error" }, u.error) : null),
       cell("Plan", u.plan),
-      cell("Server", u.server_id ? link(serverHref(u.server_id), server ? server.hostname || server.name || u.server_id : u.server_id) : "—"),
+      cell("Server", u.server_id ? link(serverHref(u.server_id), server ? server.hostname || server.name || u.server_id : u.server_id) : "—",
+        volumeSummary(u.volume)),
       cell("Address", url ? h("a", { href: url, target: "_blank", rel: "noopener noreferrer" }, u.subdomain + "." + state.baseDomain) : u.subdomain),
       cell("Container", c ? [badge(c.state), " ", c.health && c.health !== "unknown" ? badge(c.health) : null] : "—"),
       h("td", { "data-label": "Actions" }, h("div", { class: "actions" },
@@ -511,6 +523,8 @@
           onclick: () => { if (confirm("Rotate " + u.user_id + "'s gateway token? Their container restarts with the new one.")) act("Rotate token of " + u.user_id, "POST", base + "rotate-token").then((r) => { if (r && state.panels.get(u.user_id)?.kind === "access") showAccess(u, r); }); } }, "Rotate token"),
         h("button", { type: "button", class: "act-access",
           onclick: () => togglePanel(u, "access") }, "Show access"),
+        h("button", { type: "button", class: "act-backups",
+          onclick: () => togglePanel(u, "backups") }, "Backups"),
       )),
     );
   }
@@ -527,7 +541,10 @@
     state.panels.set(u.user_id, { kind, node });
     const row = [...document.querySelectorAll("#users tbody tr[data-user-id]")].find((r) => r.dataset.userId === u.user_id);
     if (row) row.after(node);
-    if (kind === "access") {
+    if (kind === "backups") {
+      td.append(h("div", { class: "inline-panel" }, "Loading backups…"));
+      loadBackups(u.user_id);
+    } else if (kind === "access") {
       td.append(h("div", { class: "inline-panel" }, "Loading access…"));
       api("GET", "/v1/users/" + encodeURIComponent(u.user_id) + "/access")
         .then((a) => showAccess(u, a))
@@ -558,6 +575,91 @@
       h("span", null, "Token"), h("code", { class: "access-token" }, access.token),
       h("button", { type: "button", onclick: () => navigator.clipboard && navigator.clipboard.writeText(access.token).then(() => toast("Token copied"), () => toast("Copy failed", true)) }, "Copy"),
       h("button", { type: "button", class: "link", onclick: () => togglePanel(u, "access") }, "Hide")));
+  }
+
+  // --- backups panel: the user's volume, snapshots and recent jobs (docs/backups.md) ---
+  // The user's volume in one line: where their data is, what it costs, why it waits.
+  function volumeSummary(v) {
+    if (!v) return null;
+    const price = typeof v.monthly_price === "number" ? " · " + fmtMoney(v.monthly_price, 2) + " /month" : "";
+    return [h("div", { class: "small muted user-volume" }, "volume: " + v.state + " · " + v.size_gb + " GB" + price),
+      v.error ? h("div", { class: "small error" }, v.error) : null];
+  }
+
+  async function loadBackups(userId) {
+    let data;
+    try {
+      data = await api("GET", "/v1/users/" + encodeURIComponent(userId) + "/backups");
+    } catch (err) {
+      const open = state.panels.get(userId);
+      if (open && open.kind === "backups" && err.status !== 401) clear(open.node.firstChild).append(h("span", { class: "error" }, "Backups failed: " + err.message));
+      return;
+    }
+    const open = state.panels.get(userId); // closed, or another panel, while it loaded
+    if (!open || open.kind !== "backups") return;
+    const u = state.users.find((x) => x.user_id === userId) || { user_id: userId, volume: null };
+    clear(open.node.firstChild).append(backupsView(u, data));
+  }
+
+  const jobOpen = (j) => j.state === "pending" || j.state === "running";
+
+  function backupsView(u, data) {
+    const uid = u.user_id;
+    const busy = data.jobs.some(jobOpen); // the API refuses a second job (409 backup_in_flight)
+    const restoring = data.jobs.some((j) => j.kind === "restore" && jobOpen(j));
+    return h("div", { class: "backups", dataset: { backupsFor: uid } },
+      h("div", { class: "inline-panel" },
+        h("strong", null, "Volume"), volumeLine(u.volume),
+        h("button", { type: "button", class: "primary act-backup-now", disabled: !data.backups_enabled || busy,
+          title: busy ? "a job of this user is still running" : null,
+          onclick: () => act("Snapshot of " + uid + " asked for", "POST", "/v1/users/" + encodeURIComponent(uid) + "/backups") }, "Back up now"),
+        h("button", { type: "button", class: "link", onclick: () => togglePanel(u, "backups") }, "Close")),
+      data.backups_enabled ? null : h("p", { class: "small muted" }, "Backups are off (no BACKUP_S3_ENDPOINT)."),
+      restoring ? h("p", { class: "small restoring" }, "Restore in progress: the container is stopped until it ends.") : null,
+      h("h3", null, "Snapshots"), snapshotsTable(uid, data.snapshots, busy),
+      h("h3", null, "Recent jobs"), jobsTable(data.jobs));
+  }
+
+  function volumeLine(v) {
+    if (!v) return h("span", { class: "muted volume-line" }, "none (no USER_VOLUMES, or not placed yet)");
+    const currency = state.volumeCost && state.volumeCost.currency ? " " + state.volumeCost.currency : "";
+    const price = typeof v.monthly_price === "number" ? fmtMoney(v.monthly_price, 2) + currency + " /month" : "no price";
+    return h("span", { class: "volume-line" }, badge(v.state), " " + v.size_gb + " GB · " + [v.location, price].filter(Boolean).join(" · "),
+      v.error ? h("span", { class: "error" }, " " + v.error) : null);
+  }
+
+  function snapshotsTable(uid, snapshots, busy) {
+    const rows = snapshots.map((s) => h("tr", { dataset: { snapshotId: s.id } },
+      cell("Taken", fmtTime(s.at)),
+      cell("Added", fmtBytes(s.bytes_added)),
+      cell("Why", s.reason),
+      cell("Snapshot", h("span", { class: "mono", title: s.id }, s.id.slice(0, 8))),
+      cell("Action", h("button", { type: "button", class: "danger act-restore", disabled: busy,
+        onclick: () => confirmRestore(uid, s) }, "Restore this snapshot"))));
+    if (!rows.length) rows.push(h("tr", null, h("td", { colspan: 5, class: "empty full" }, "No snapshots yet.")));
+    return h("table", { class: "responsive nested snapshots" },
+      h("thead", null, h("tr", null, ["Taken", "Added", "Why", "Snapshot", ""].map((t) => h("th", null, t)))),
+      h("tbody", null, rows));
+  }
+
+  // A restore stops the container and replaces the volume's contents: ask first.
+  function confirmRestore(uid, s) {
+    const question = "Restore " + uid + " to the snapshot of " + fmtTime(s.at) + " (" + s.id.slice(0, 8) + ")? " +
+      "Their container stops until the restore is done, and everything written since that snapshot is lost.";
+    if (confirm(question)) act("Restore of " + uid + " asked for", "POST", "/v1/users/" + encodeURIComponent(uid) + "/restore", { snapshot_id: s.id });
+  }
+
+  function jobsTable(jobs) {
+    const rows = jobs.map((j) => h("tr", { dataset: { jobId: j.id } },
+      cell("Job", j.kind + " · " + j.reason),
+      cell("State", badge(j.state), j.attempts > 1 ? h("span", { class: "small muted" }, " attempt " + j.attempts) : null),
+      cell("Asked", fmtTime(j.created_at)),
+      cell("Finished", fmtTime(j.finished_at), j.bytes_added !== null && j.bytes_added !== undefined ? h("div", { class: "small muted" }, fmtBytes(j.bytes_added) + " added") : null),
+      cell("Error", j.error ? h("span", { class: "error" }, j.error) : "—")));
+    if (!rows.length) rows.push(h("tr", null, h("td", { colspan: 5, class: "empty full" }, "No jobs yet.")));
+    return h("table", { class: "responsive nested jobs" },
+      h("thead", null, h("tr", null, ["Job", "State", "Asked", "Finished", "Error"].map((t) => h("th", null, t)))),
+      h("tbody", null, rows));
   }
 
   // --- events page ---------------------------------------------------------------
