@@ -28,6 +28,7 @@ from control.keyring import Keyring
 from control.metrics import Metrics
 from control.settings import Settings
 from control.users import names, placing, records
+from control.users.features import fleet_needs
 from control.users.rooms import Reserve
 from control.volumes import backups as volume_backups
 from control.workers import assignments, liveness, nonces, registration, servers, tokens
@@ -82,13 +83,15 @@ class Fleet:
         self.volume_price = volume_price
         self.plans = dict(settings.plans)
         self.reserve = Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
+        # The agent features every user's spec needs: placed only where an agent has them.
+        self.needs = fleet_needs(settings)
         self.billing_policy = rules.Policy(
             self.plans, settings.past_due_grace, settings.retention_days * 86400
         )
         self.ledger = nonces.NonceLedger()
         self.auth = Authenticator(store, keyring, self.ledger)
         self.board = assignments.GenerationBoard(on_change)
-        self.heartbeats = HeartbeatWriter(store)
+        self.heartbeats = HeartbeatWriter(store, self.needs)
         self.started_at = time.time()
         self._live_workers = 0
         # Workers the sweep found unhealthy: the heartbeat that revives one makes room.
@@ -200,6 +203,7 @@ class Fleet:
             reserve=self.reserve,
             user_id=user_id,
             target=target,
+            needs=self.needs,
         )
         source, chosen = await assignments.commit(self.store, change, lambda m: [m[1]])
         self.board.notify(chosen, source)
@@ -216,7 +220,9 @@ class Fleet:
             self.board.notify(server_id)
 
     async def place(self) -> placing.PlacementResult:
-        change = functools.partial(placing.place_pending, plans=self.plans, reserve=self.reserve)
+        change = functools.partial(
+            placing.place_pending, plans=self.plans, reserve=self.reserve, needs=self.needs
+        )
         result = await assignments.commit(self.store, change, lambda r: r.placed.values())
         self.board.notify(*result.touched_servers)
         if result.pending:

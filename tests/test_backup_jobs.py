@@ -70,6 +70,7 @@ async def beat(
         "containers": [running(u) for u in containers],
         "volumes": [{"id": v, "state": "mounted"} for v in mounted],
         "backups": backups or [],
+        "features": worker.features,  # as a current agent's heartbeat declares them
     }
     reply = await worker.request("POST", "/v1/agent/heartbeat", body)
     assert reply.status == 200, reply.body

@@ -74,6 +74,7 @@ async def beat(worker: FakeWorker, containers: list[str], mounted: list[str]) ->
         "resources": worker.resources,
         "containers": [running(u) for u in containers],
         "volumes": [{"id": v, "state": "mounted"} for v in mounted],
+        "features": worker.features,  # as a current agent's heartbeat declares them
     }
     reply = await worker.request("POST", "/v1/agent/heartbeat", body)
     assert reply.status == 200, reply.body
@@ -301,6 +302,7 @@ async def test_a_volume_the_agent_cannot_mount_shows_on_the_user_until_it_is_mou
         "resources": worker.resources,
         "containers": [],
         "volumes": [{"id": str(volume["id"]), "state": "error", "error": "mount: bad superblock"}],
+        "features": worker.features,
     }
     assert (await worker.request("POST", "/v1/agent/heartbeat", body)).status == 200
     await run(control)

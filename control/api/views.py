@@ -3,7 +3,9 @@
 Costs are the provider's list prices, net of VAT, in its currency, None when it gave
 none: a server's `hourly_price`, a user's `volume.monthly_price` (size x the price of a
 GB-month) and, beside the servers listing, `volume_cost` (every volume row, one SUM per
-listing: never read on a hot path)."""
+listing: never read on a hot path). A server shows the agent `features` it declared;
+a user on a server whose agent lacks some its spec needs shows why in `spec_withheld`
+(control/users/features.py), else None."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from control.capacity.providers.base import VolumePrice
 from control.clock import iso
 from control.db.store import Row, Store
 from control.plans import Plan
+from control.users.features import parse, withheld_reason
 from control.users.plans import plan_of
 from control.users.rooms import HELD_DATA_SQL, HOLDERS_SQL, Reserve
 
@@ -27,7 +30,7 @@ SERVER_COLUMNS = (
     "id, name, status, origin, provider, provider_id, public_ip, hostname, cordoned, draining, "
     "cpus, memory_mb, disk_gb, agent_version, generation, applied_generation, heartbeat_interval, "
     "server_type, location, known_cpus, known_memory_mb, known_disk_gb, capacity_source, "
-    "overclaim, overclaim_at, "
+    "overclaim, overclaim_at, features, "
     "last_heartbeat, registered_at, created_at, report"
 )
 
@@ -78,6 +81,7 @@ def server_view(
         },
         "capacity_source": row["capacity_source"],
         "agent_version": row["agent_version"],
+        "features": sorted(parse(row["features"])),
         "last_heartbeat_age": None if last is None else round(max(0.0, now - last), 1),
         "heartbeat_interval": row["heartbeat_interval"],
         "generation": row["generation"],
@@ -163,10 +167,10 @@ def _monthly(size_gb: int, price: VolumePrice | None) -> float | None:
 
 
 async def users(fleet: Fleet, user_id: str | None = None) -> list[dict[str, Any]]:
-    store, price = fleet.store, fleet.volume_price()
+    store, price, needs = fleet.store, fleet.volume_price(), fleet.needs
     where, params = ("WHERE u.id = ?", (user_id,)) if user_id else ("", ())
     rows = await store.fetch_all(
-        "SELECT u.*, s.report, v.state AS volume_state, v.location AS volume_location, "
+        "SELECT u.*, s.report, s.features AS server_features, v.state AS volume_state, v.location AS volume_location, "
         "v.server_id AS volume_server, v.size_gb AS volume_size, v.last_error AS volume_error "
         "FROM users u LEFT JOIN servers s ON s.id = u.server_id "
         "LEFT JOIN volumes v ON v.user_id = u.id "
@@ -194,6 +198,8 @@ async def users(fleet: Fleet, user_id: str | None = None) -> list[dict[str, Any]
                 "error": r["error"],
                 "data_server_id": r["data_server_id"],
                 "moving_from": r["moving_from"],
+                # Its server's agent cannot run its spec: the reason, or None.
+                "spec_withheld": _withheld(r, needs),
                 "purge_after": iso(r["purge_after"]),
                 "container": _container(reported.get(r["id"])) if r["server_id"] else None,
                 # USER_VOLUMES: where the user's data is, and why it waits (control/volumes/).
@@ -203,6 +209,13 @@ async def users(fleet: Fleet, user_id: str | None = None) -> list[dict[str, Any]
             }
         )
     return result
+
+
+def _withheld(row: Row, needs: frozenset[str]) -> str | None:
+    server_id = row["server_id"]
+    if server_id is None or row["state"] not in ("provisioning", "running"):
+        return None
+    return withheld_reason(server_id, needs, parse(row["server_features"]))
 
 
 def _volume(row: Row, price: VolumePrice | None) -> dict[str, Any] | None:

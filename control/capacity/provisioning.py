@@ -35,6 +35,7 @@ from control.db.store import Row, Store
 from control.keyring import Keyring
 from control.settings import Settings
 from control.users import records
+from control.users.features import fleet_needs
 from control.users.placement import Demand, Room
 from control.users.plans import plan_of
 from control.users.rooms import Reserve, rooms
@@ -95,6 +96,8 @@ class Provisioner:
         self.clock = clock  # epoch seconds for every step's "now"; tests inject one
         self.state = ScalerState()
         self.reserve = Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
+        # Agent features users need: a server whose agent lacks them has no room for them.
+        self.needs = fleet_needs(settings)
         limit = provider.max_servers
         self.max_servers = (
             min(settings.max_servers, limit) if limit is not None else settings.max_servers
@@ -142,7 +145,12 @@ class Provisioner:
         """(users needing room, active rooms, rooms on the way, servers that exist)."""
         plans = self.settings.plans
         pending = [
-            Demand(r["id"], plan_of(plans, r["plan"]).memory_mb, plan_of(plans, r["plan"]).cpus)
+            Demand(
+                r["id"],
+                plan_of(plans, r["plan"]).memory_mb,
+                plan_of(plans, r["plan"]).cpus,
+                features=self.needs,
+            )
             for r in await self.store.fetch_all(
                 "SELECT u.id, u.plan FROM users u LEFT JOIN servers s ON s.id = u.server_id "
                 "WHERE (u.state = 'pending' AND u.error IS NULL) OR (s.draining = 1 AND u.moving_from IS NULL "

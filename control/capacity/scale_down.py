@@ -129,6 +129,7 @@ async def _move(p: Provisioner, user_id: str, source: str) -> None:
         user_id=user_id,
         target=None,
         reason=f"draining {source}",
+        needs=p.needs,
     )
     moved = await assignments.commit(p.store, change, lambda m: m[1:] if m else ())
     if moved:

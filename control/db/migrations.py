@@ -200,4 +200,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX backup_jobs_server ON backup_jobs(server_id, state);
     CREATE INDEX backup_jobs_state ON backup_jobs(state, finished_at);
     """,
+    # 9: the agent features each server's agent declared (docs/protocol.md), sorted and
+    # comma-separated; '' for an agent that declares none, as one older than them does;
+    # NULL until its first registration or heartbeat after this migration (none either)
+    """
+    ALTER TABLE servers ADD COLUMN features TEXT;
+    """,
 )

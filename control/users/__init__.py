@@ -1,7 +1,8 @@
 """Users: the `users` table, plans, and where each user's container goes.
 
 Owns: the `users` table (records.py is its only writer), plans (plans.py), names
-(names.py), the pure placement decision (placement.py) over the room each server has
+(names.py), the agent features users' specs need (features.py), the pure placement
+decision (placement.py) over the room each server has
 (rooms.py), placing and moving users (placing.py), a user's gateway access
 (access.py) and secrets (secrets.py). Nothing here writes `servers`: functions return the servers whose
 desired set they changed, and control/workers/assignments.py bumps them.

@@ -13,6 +13,13 @@ servers in that location, and a user that needs a volume attached (`Demand.volum
 only to a server with a free attachment slot (`Room.volume_slots`: Hetzner attaches at
 most MAX_VOLUMES_PER_SERVER to a server), counted like memory and CPU. A room whose
 location is not known (a server not yet created) is taken to be anywhere.
+
+Agent features (control/users/features.py): a user goes only to a server whose agent
+declared every feature its spec needs (`Demand.features` <= `Room.features`). A room
+with `features` None is a server not yet created, which will run this version's agent.
+`place` keeps one sorted list per distinct feature set and searches only those that
+cover the demand: O(users x feature sets x log servers), and agents of only a few
+versions ever run at once.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class Room:
     cpus_used: float = 0.0
     location: str | None = None  # None: not known yet, any location fits
     volume_slots: int = MAX_VOLUMES_PER_SERVER  # volumes it can still have attached
+    features: frozenset[str] | None = None  # its agent's; None: a new server, all of them
 
     @property
     def memory_free_mb(self) -> int:
@@ -51,10 +59,15 @@ class Demand:
     cpus: float = 0.0
     location: str | None = None  # where its volume is: only servers there will do
     volume: bool = False  # takes one of the server's volume attachment slots
+    features: frozenset[str] = frozenset()  # agent features its spec needs
 
 
 # Float CPU sums (0.1 + 0.2 ...) must not make an exact fit look like overcommit.
 _EPSILON = 1e-9
+
+
+def _covers(features: frozenset[str] | None, demand: Demand) -> bool:
+    return features is None or demand.features <= features
 
 
 def _volume_fits(location: str | None, slots: int, demand: Demand) -> bool:
@@ -72,7 +85,10 @@ def choose_server(
     for room in rooms:
         if not room.accepts_work or room.memory_free_mb < memory_mb:
             continue
-        if demand is not None and not _volume_fits(room.location, room.volume_slots, demand):
+        if demand is not None and not (
+            _volume_fits(room.location, room.volume_slots, demand)
+            and _covers(room.features, demand)
+        ):
             continue
         if room.cpus_free + _EPSILON < cpus:
             continue
@@ -84,30 +100,34 @@ def choose_server(
     return best.server_id if best else None
 
 
+_Order = list[tuple[int, str]]  # (free memory, server id), sorted
+
+
 def place(demands: Iterable[Demand], rooms: Iterable[Room]) -> tuple[dict[str, str], list[str]]:
     """Places users in the order given. Returns (user id -> server id, unplaced ids)."""
-    # Sorted by (free memory, id); each entry's room is updated as users land on it.
+    # One sorted list per feature set; each entry's room is updated as users land on it.
     free: dict[str, tuple[int, float]] = {}
     where: dict[str, tuple[str | None, int]] = {}  # location and free volume slots
-    order: list[tuple[int, str]] = []
+    orders: dict[frozenset[str] | None, _Order] = {}
     for room in rooms:
         if room.accepts_work:
             free[room.server_id] = (room.memory_free_mb, room.cpus_free)
             where[room.server_id] = (room.location, room.volume_slots)
-            order.append((room.memory_free_mb, room.server_id))
-    order.sort()
+            orders.setdefault(room.features, []).append((room.memory_free_mb, room.server_id))
+    for order in orders.values():
+        order.sort()
     placed: dict[str, str] = {}
     unplaced: list[str] = []
     for demand in demands:
-        i = bisect.bisect_left(order, (demand.memory_mb, ""))
-        while i < len(order) and (
-            free[order[i][1]][1] + _EPSILON < demand.cpus
-            or not _volume_fits(*where[order[i][1]], demand)
-        ):
-            i += 1  # fits in memory but not in CPU or volumes: try the next larger room
-        if i == len(order):
+        best: tuple[_Order, int] | None = None
+        for features, order in orders.items():
+            i = _first_fit(order, demand, free, where) if _covers(features, demand) else None
+            if i is not None and (best is None or order[i] < best[0][best[1]]):
+                best = (order, i)
+        if best is None:
             unplaced.append(demand.user_id)
             continue
+        order, i = best
         mem, server_id = order.pop(i)
         cpus = free[server_id][1]
         free[server_id] = (mem - demand.memory_mb, cpus - demand.cpus)
@@ -117,3 +137,19 @@ def place(demands: Iterable[Demand], rooms: Iterable[Room]) -> tuple[dict[str, s
             where[server_id] = (location, slots - 1)
         placed[demand.user_id] = server_id
     return placed, unplaced
+
+
+def _first_fit(
+    order: _Order,
+    demand: Demand,
+    free: dict[str, tuple[int, float]],
+    where: dict[str, tuple[str | None, int]],
+) -> int | None:
+    """The index of the entry of `order` with the least free memory that fits `demand`."""
+    i = bisect.bisect_left(order, (demand.memory_mb, ""))
+    while i < len(order) and (
+        free[order[i][1]][1] + _EPSILON < demand.cpus
+        or not _volume_fits(*where[order[i][1]], demand)
+    ):
+        i += 1  # fits in memory but not in CPU or volumes: try the next larger room
+    return i if i < len(order) else None

@@ -4,7 +4,9 @@ Contract: each function runs in the caller's transaction, decides with the pure
 rules of control/users/placement.py over `rooms.rooms`, writes through
 control/users/records.py and records each decision as an event. It returns the
 servers whose desired set changed; the caller bumps their generation in the same
-transaction (control/workers/assignments.py `commit`) and wakes them after.
+transaction (control/workers/assignments.py `commit`) and wakes them after. `needs` is
+the agent features every user's spec needs (control/users/features.py `fleet_needs`):
+a user is placed or moved only onto a server whose agent declared them all.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from control.db.store import Row, fetch_all, fetch_one
 from control.errors import Conflict, NotFound
 from control.plans import Plan
 from control.users import records
+from control.users.features import withheld_reason
 from control.users.placement import Demand, place
 from control.users.plans import plan_of
 from control.users.rooms import Reserve, rooms
@@ -34,16 +37,17 @@ class PlacementResult:
         return set(self.placed.values())
 
 
-def demand(plans: dict[str, Plan], user: Row) -> Demand:
-    """What a user needs of a server: its plan's memory and CPU, and, when its data is
-    on a volume (issue 13), a server in the volume's location with a free volume slot."""
+def demand(plans: dict[str, Plan], user: Row, needs: frozenset[str]) -> Demand:
+    """What a user needs of a server: its plan's memory and CPU, the agent features its
+    spec needs, and, when its data is on a volume (issue 13), a server in the volume's
+    location with a free volume slot."""
     plan = plan_of(plans, user["plan"])
     location = user["location"]
-    return Demand(user["id"], plan.memory_mb, plan.cpus, location, location is not None)
+    return Demand(user["id"], plan.memory_mb, plan.cpus, location, location is not None, needs)
 
 
 async def place_pending(
-    conn: aiosqlite.Connection, plans: dict[str, Plan], reserve: Reserve
+    conn: aiosqlite.Connection, plans: dict[str, Plan], reserve: Reserve, needs: frozenset[str]
 ) -> PlacementResult:
     """Places every pending user that fits somewhere, oldest first."""
     now = time.time()
@@ -55,7 +59,7 @@ async def place_pending(
     )
     if not pending:
         return PlacementResult({}, [])
-    demands = [demand(plans, u) for u in pending]
+    demands = [demand(plans, u, needs) for u in pending]
     placed, waiting = place(demands, await rooms(conn, plans, reserve))
     for user_id, server_id in placed.items():
         await records.set_state(conn, user_id, "provisioning", server_id, now)
@@ -77,6 +81,7 @@ async def start_move(
     user_id: str,
     target: str | None,
     reason: str,
+    needs: frozenset[str],
 ) -> tuple[str, str] | None:
     """Make-before-break: the user is assigned to `target` (or the best fit elsewhere)
     while its old server keeps running it until the new container reports healthy
@@ -100,7 +105,9 @@ async def start_move(
                 f"server {target} is not active and accepting work", code="target_unavailable"
             )
     plan = plan_of(plans, user["plan"])
-    placed, _ = place([demand(plans, user)], candidates)
+    if target is not None and (lacks := withheld_reason(target, needs, candidates[0].features)):
+        raise Conflict(lacks, code="target_lacks_features")
+    placed, _ = place([demand(plans, user, needs)], candidates)
     chosen = placed.get(user_id)
     if chosen is None:
         if target is not None:
@@ -119,9 +126,10 @@ async def operator_move(
     reserve: Reserve,
     user_id: str,
     target: str | None,
+    needs: frozenset[str],
 ) -> tuple[str, str]:
     """An operator's move: as `start_move`, but no room anywhere is a 409 `no_room`."""
-    moved = await start_move(conn, plans, reserve, user_id, target, "operator")
+    moved = await start_move(conn, plans, reserve, user_id, target, "operator", needs)
     if moved is None:
         raise Conflict(f"no other server has room for {user_id}", code="no_room")
     return moved

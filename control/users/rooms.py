@@ -4,7 +4,8 @@ Contract: read-only. `rooms` is the snapshot placement decides on
 (control/users/placement.py); HOLDERS_SQL lists every server that must run a user's
 container (its own, and during a move the one it is leaving), HELD_DATA_SQL every
 server whose disk holds user data that must outlive the container (not a volume's),
-VOLUME_USE_SQL how many volume attachments each server has or is about to have.
+VOLUME_USE_SQL how many volume attachments each server has or is about to have. A
+room carries the features its agent declared (none, if it never declared any).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import aiosqlite
 
 from control.db.store import fetch_all
 from control.plans import Plan
+from control.users.features import parse
 from control.users.placement import MAX_VOLUMES_PER_SERVER, Room
 from control.users.plans import plan_of
 
@@ -71,7 +73,8 @@ async def rooms(
     marks = ", ".join("?" for _ in statuses)
     servers = await fetch_all(
         conn,
-        "SELECT id, status, cordoned, draining, overclaim, memory_mb, cpus, location FROM servers "
+        "SELECT id, status, cordoned, draining, overclaim, memory_mb, cpus, location, features "
+        "FROM servers "
         f"WHERE status IN ({marks})",
         statuses,
     )
@@ -95,6 +98,7 @@ async def rooms(
             cpus_used=used.get(s["id"], (0, 0.0))[1],
             location=s["location"],
             volume_slots=max(0, MAX_VOLUMES_PER_SERVER - volumes.get(s["id"], 0)),
+            features=parse(s["features"]),
         )
         for s in servers
     ]

@@ -8,7 +8,13 @@ generation and complete set of container specs in one snapshot; with USER_VOLUME
 is in it only on the server its volume is attached to, and its spec carries the volume.
 A user with a restore pending or running is in no set (nothing may write its state
 while it is replaced), and the set carries the worker's open backup jobs of volumes
-attached to it (control/backup_jobs/; none while backups are off).
+attached to it (control/backup_jobs/; none while backups are off). A worker gets no
+spec and no job its agent cannot honour: when its declared features lack any that users'
+specs need (control/users/features.py), its set carries none of them (an agent ignores
+what it does not know, and would start a user on empty Docker volumes); users there show
+why (control/api/views.py). A worker that has not declared its features since the
+upgrade that introduced them is answered 503 until its next heartbeat, so its agent
+keeps what runs as it is instead of acting on a set computed without them.
 `GenerationBoard.notify` is called after a commit that bumped a worker's generation
 and wakes every long-poll waiting on that worker; a waiter takes
 its event BEFORE re-reading the generation, so a change between the read and the wait
@@ -29,9 +35,11 @@ import aiosqlite
 
 from control.backup_jobs.messages import backup_job
 from control.db.store import Row, Store
+from control.errors import ServiceUnavailable
 from control.keyring import Keyring
 from control.plans import Plan
 from control.settings import Settings
+from control.users import features
 from control.users.plans import plan_of
 from control.users.secrets import stored_secrets
 from control.workers import servers
@@ -159,7 +167,7 @@ async def desired_set(
     store: Store, settings: Settings, plans: dict[str, Plan], keyring: Keyring, server_id: str
 ) -> Assignments:
     rows = await store.fetch_all(
-        "SELECT s.generation, u.id, u.subdomain, u.plan, u.gateway_token_ciphertext, "
+        "SELECT s.generation, s.features, u.id, u.subdomain, u.plan, u.gateway_token_ciphertext, "
         "u.secrets_ciphertext, u.server_id AS user_server, v.provider_id AS volume_id, "
         "v.device, v.size_gb, "
         "v.server_id AS volume_server, v.state AS volume_state FROM servers s "
@@ -170,9 +178,10 @@ async def desired_set(
         (server_id,),
     )
     gen = int(rows[0]["generation"]) if rows else 0
+    honoured = not rows or _can_honour(rows[0]["features"], settings, server_id)
     restoring = {r["user_id"] for r in await store.fetch_all(RESTORING_SQL)}
     # The container stays away while its state is replaced (docs/backups.md, Restore).
-    rows = [r for r in rows if r["id"] not in restoring]
+    rows = [r for r in rows if r["id"] not in restoring and honoured]
     if settings.user_volumes:
         # A user runs only where its volume is attached: never on an empty directory
         # while its data is elsewhere, and never on both sides of a move (the volume
@@ -199,10 +208,22 @@ async def desired_set(
         "AND purge_generation IS NOT NULL ORDER BY id",
         (server_id,),
     )
-    jobs = await _backup_jobs(store, settings, keyring, server_id)
+    jobs = await _backup_jobs(store, settings, keyring, server_id) if honoured else []
     return Assignments(
         generation=gen, containers=specs, purge=[r["id"] for r in purge], backups=jobs
     )
+
+
+def _can_honour(declared: str | None, settings: Settings, server_id: str) -> bool:
+    """Whether the worker's agent has every feature users' specs need; 503 while it
+    has not declared any since this control plane began asking (NULL)."""
+    if declared is None:
+        raise ServiceUnavailable(
+            f"worker {server_id} has not declared its agent features yet (its next beat will)",
+            code="features_unknown",
+        )
+    needs = features.fleet_needs(settings)
+    return features.withheld_reason(server_id, needs, features.parse(declared)) is None
 
 
 RESTORING_SQL = (

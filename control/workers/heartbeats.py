@@ -6,7 +6,12 @@ The resources stored are the claim clamped to what the control plane knows of th
 worker; a worker that claims more is flagged and cordoned (control/workers/trust.py).
 A heartbeat's backup reports are recorded on the jobs given to that worker, in the same
 transaction (control/backup_jobs/reports.py); a job they finish bumps the worker's
-generation, and the worker is among the outcome's servers to wake.
+generation, and the worker is among the outcome's servers to wake. The agent features
+a heartbeat declares are stored in the same UPDATE (unknown names dropped); when they
+differ from the stored ones, the worker's generation is bumped (its desired set may now
+carry specs it was denied, or lose ones it can no longer run), it is among the servers
+to wake, and `worker_features` is recorded, with a `user_withheld` event for each user
+there whose spec needs a feature it now lacks (`needs`, control/users/features.py).
 Heartbeats that arrive while a transaction is in flight are queued and committed
 together in the next one, so a large fleet costs a handful of SQLite round trips
 per batch instead of per heartbeat. A revoked or unknown worker's heartbeat fails
@@ -30,7 +35,8 @@ from control.backup_jobs import reports as backup_reports
 from control.db import events
 from control.db.store import Row, Store, fetch_all
 from control.errors import ClawfleetError, Forbidden, Unauthorized
-from control.users import records
+from control.users import features, records
+from control.users.rooms import HOLDERS_SQL
 from control.workers import nonces, servers, trust
 from control.workers.auth import REVOKED_STATUSES, AgentCaller
 from shared.protocol import Heartbeat
@@ -60,8 +66,9 @@ class _Beat:
 
 
 class HeartbeatWriter:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, needs: frozenset[str] = frozenset()) -> None:
         self._store = store
+        self._needs = needs  # the agent features every user's spec needs
         self._queue: list[_Beat] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -83,7 +90,7 @@ class HeartbeatWriter:
         request, for about 2*log2(batch) extra transactions, and the others commit."""
         try:
             outcomes = await self._store.write(
-                functools.partial(_apply, batch=batch, now=time.time())
+                functools.partial(_apply, batch=batch, now=time.time(), needs=self._needs)
             )
         except Exception as exc:  # whatever it is, it belongs to one heartbeat: find it
             if len(batch) == 1:
@@ -112,7 +119,7 @@ def _settle(beat: _Beat, outcome: Outcome | BaseException) -> None:
 
 
 async def _apply(
-    conn: aiosqlite.Connection, batch: list[_Beat], now: float
+    conn: aiosqlite.Connection, batch: list[_Beat], now: float, needs: frozenset[str]
 ) -> list[Outcome | ClawfleetError]:
     ids = sorted({b.worker_id for b in batch})
     marks = ", ".join("?" for _ in ids)
@@ -120,7 +127,8 @@ async def _apply(
         r["id"]: r
         for r in await fetch_all(
             conn,
-            f"SELECT id, status, generation, {trust.CEILING_SQL} FROM servers WHERE id IN ({marks})",
+            f"SELECT id, status, generation, features, {trust.CEILING_SQL} FROM servers "
+            f"WHERE id IN ({marks})",
             ids,
         )
     }
@@ -162,6 +170,8 @@ async def _apply(
     released = await _users_now_healthy(conn, accepted, now)
     for worker_id in await _backup_reports(conn, accepted, now):
         released.setdefault(worker_id, []).append(worker_id)
+    for worker_id in await _features_changed(conn, accepted, rows, needs, now):
+        released.setdefault(worker_id, []).append(worker_id)
     return [
         (outcome[0], released.get(beat.worker_id, []))
         if not isinstance(outcome, ClawfleetError)
@@ -191,6 +201,7 @@ def _server_update(beat: _Beat, row: Row, now: float) -> tuple[object, ...]:
     return (
         now,
         hb.agent_version,
+        features.stored(hb.features),
         hb.applied_generation,
         trusted.cpus,
         trusted.memory_mb,
@@ -200,6 +211,49 @@ def _server_update(beat: _Beat, row: Row, now: float) -> tuple[object, ...]:
         now,
         beat.worker_id,
     )
+
+
+async def _features_changed(
+    conn: aiosqlite.Connection,
+    beats: list[_Beat],
+    rows: dict[str, Row],
+    needs: frozenset[str],
+    now: float,
+) -> set[str]:
+    """Workers whose agent now declares other features than stored, bumped, with their
+    events. Rare (an agent upgraded or replaced in place): the hot path only compares."""
+    changed: set[str] = set()
+    for beat in beats:
+        was, now_stored = rows[beat.worker_id]["features"], features.stored(beat.heartbeat.features)
+        if was == now_stored or beat.worker_id in changed:
+            continue
+        changed.add(beat.worker_id)
+        await servers.bump_generation(conn, beat.worker_id)
+        reason = features.withheld_reason(beat.worker_id, needs, features.parse(now_stored))
+        await events.record(
+            conn,
+            "worker_features",
+            f"agent {beat.heartbeat.agent_version} declares: {now_stored or 'no features'}"
+            + (f"; {reason}" if reason else ""),
+            server_id=beat.worker_id,
+            at=now,
+        )
+        if reason:
+            held = await fetch_all(
+                conn,
+                f"SELECT DISTINCT id FROM ({HOLDERS_SQL}) WHERE holder = ? ORDER BY id",
+                (beat.worker_id,),
+            )
+            for user in held:
+                await events.record(
+                    conn,
+                    "user_withheld",
+                    reason,
+                    server_id=beat.worker_id,
+                    user_id=user["id"],
+                    at=now,
+                )
+    return changed
 
 
 async def _backup_reports(conn: aiosqlite.Connection, beats: list[_Beat], now: float) -> set[str]:

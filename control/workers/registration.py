@@ -11,6 +11,8 @@ Contract:
   secret and the request's nonce, and records `worker_registered`.
 - The capacity stored is the claim clamped to what the control plane knows
   (control/workers/trust.py); an over-claim is flagged, not trusted.
+- The agent features stored are the ones it declared that the protocol knows
+  (control/users/features.py); unknown names are dropped.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from control.db import events
 from control.db.store import Row, Store, fetch_one
 from control.errors import BadRequest, Forbidden
 from control.keyring import Keyring
+from control.users import features
 from control.workers import servers, tokens, trust
 from control.workers.auth import AgentCaller
 from control.workers.trust import Capacity, Stated
@@ -62,7 +65,7 @@ async def register(
             conn,
             worker_id,
             now=now,
-            agent=(req.hostname, req.agent_version),
+            agent=(req.hostname, req.agent_version, features.stored(req.features)),
             trusted=trusted,
             ceiling=ceiling,
             source=trust.describe_source(source, stated),

@@ -88,7 +88,7 @@ async def mark_registered(
     server_id: str,
     *,
     now: float,
-    agent: tuple[str, str],  # (hostname, agent version)
+    agent: tuple[str, str, str],  # (hostname, agent version, its stored features)
     trusted: Capacity,
     ceiling: Capacity,
     source: str,
@@ -97,7 +97,7 @@ async def mark_registered(
 ) -> None:
     await conn.execute(
         "UPDATE servers SET status = 'active', status_changed_at = ?, registered_at = ?, "
-        "hostname = ?, agent_version = ?, cpus = ?, memory_mb = ?, disk_gb = ?, "
+        "hostname = ?, agent_version = ?, features = ?, cpus = ?, memory_mb = ?, disk_gb = ?, "
         "known_cpus = ?, known_memory_mb = ?, known_disk_gb = ?, capacity_source = ?, "
         "secret_ciphertext = ?, generation = 1, heartbeat_interval = ? WHERE id = ?",
         (
@@ -119,10 +119,12 @@ async def mark_registered(
 
 
 async def record_heartbeats(conn: aiosqlite.Connection, rows: Iterable[Sequence[object]]) -> None:
-    """One row per heartbeat: (now, agent version, applied generation, cpus, memory_mb,
-    disk_gb, report, interval, now, server id). An unhealthy worker is active again."""
+    """One row per heartbeat: (now, agent version, stored features, applied generation,
+    cpus, memory_mb, disk_gb, report, interval, now, server id). An unhealthy worker is
+    active again."""
     await conn.executemany(
-        "UPDATE servers SET last_heartbeat = ?, agent_version = ?, applied_generation = ?, cpus = ?, "
+        "UPDATE servers SET last_heartbeat = ?, agent_version = ?, features = ?, "
+        "applied_generation = ?, cpus = ?, "
         "memory_mb = ?, disk_gb = ?, report = ?, heartbeat_interval = ?, "
         "status = CASE WHEN status IN ('active', 'unhealthy') THEN 'active' ELSE status END, "
         "status_changed_at = CASE WHEN status = 'unhealthy' THEN ? ELSE status_changed_at END WHERE id = ?",
