@@ -17,6 +17,7 @@ import aiohttp
 import docker
 import pytest
 
+from agent.features import FEATURES
 from agent.metadata_block import CHAIN, RULE
 from tests.agent.conftest import GOOD, AgentProcess, new_user, purge_user
 from tests.agent.images import PORT
@@ -169,6 +170,9 @@ async def test_lifecycle_restart_outage_and_unassign(
 
     server = await until(server_reported, "metadata rule reported")
     assert server["docker_version"]
+    # The real agent declares every feature it implements (agent/features.py), or the
+    # control plane would keep users whose specs need them away from it.
+    assert server["features"] == sorted(FEATURES)
     assert server["applied_generation"] >= 1
     status, body = await plane.admin("GET", f"/v1/users/{alice}")
     assert body["container"]["health"] == "healthy"
