@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from control.capacity.orphans import orphans
+from control.capacity.providers.base import ProviderServer
 from control.users.placement import Demand, Room, choose_server, place
 from control.workers.liveness import heartbeat_interval, next_status
 from control.workers.trust import Capacity, Stated, describe_source, of_type, trust
@@ -182,3 +184,25 @@ def test_a_server_type_states_what_it_knows(
     cpus: int, memory_mb: int, disk_gb: int, expected: Stated
 ) -> None:
     assert of_type(cpus, memory_mb, disk_gb) == expected
+
+
+OURS = {"managed-by": "clawfleet", "clawfleet-cluster": "prod"}
+
+
+@pytest.mark.parametrize(
+    ("labels", "known", "before", "expected"),
+    [
+        (OURS, set(), {}, 1),  # first sighting
+        (OURS, set(), {"p1": 2}, 3),  # the third consecutive sweep
+        ({"managed-by": "clawfleet"}, set(), {}, None),  # one label is not ours
+        ({**OURS, "clawfleet-cluster": "staging"}, set(), {}, None),  # another cluster's
+        (OURS, {"p1"}, {"p1": 2}, None),  # the database knows its id
+        (OURS, {"srv-a"}, {}, None),  # or its name (a create whose reply was lost)
+    ],
+)
+def test_orphans_need_both_labels_and_no_row(
+    labels: dict[str, str], known: set[str], before: dict[str, int], expected: int | None
+) -> None:
+    server = ProviderServer("p1", "srv-a", "running", labels, None, "cx23", "fsn1", 0.0)
+    found = orphans([server], known, OURS, before)
+    assert found == ([] if expected is None else [(server, expected)])

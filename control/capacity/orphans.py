@@ -12,8 +12,12 @@ recorded after the delete succeeded. Sighted orphans count against MAX_SERVERS
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Protocol, TypeVar
+
 from control.capacity.providers.base import ProviderError
 from control.capacity.provisioning import Provisioner
+from control.db.store import Row
 
 ORPHAN_SWEEPS = 3
 ORPHAN_DELETES_PER_SWEEP = 5
@@ -30,24 +34,13 @@ async def sweep(p: Provisioner) -> None:
         p.failed(SWEEP_KEY, "orphan sweep: listing servers (nothing deleted)", exc)
         return
     p.succeeded(SWEEP_KEY)
-    known = {
-        str(key)
-        for r in await p.store.fetch_all(
-            "SELECT provider_id, name FROM servers WHERE status != 'deleted'"
-        )
-        for key in (r["provider_id"], r["name"])
-        if key
-    }
-    sightings: dict[str, int] = {}
+    rows = await p.store.fetch_all(
+        "SELECT provider_id, name FROM servers WHERE status != 'deleted'"
+    )
+    found = orphans(seen, known_keys(rows), p.labels, p.state.orphan_sightings)
+    sightings = {server.provider_id: count for server, count in found}
     budget = budget_left(p)
-    for server in seen:
-        if any(server.labels.get(k) != v for k, v in p.labels.items()):
-            continue  # never a server without both labels
-        if server.provider_id in known or server.name in known:
-            continue
-        count = sightings[server.provider_id] = (
-            p.state.orphan_sightings.get(server.provider_id, 0) + 1
-        )
+    for server, count in found:
         if count < ORPHAN_SWEEPS or budget <= 0 or not p.due(server.provider_id, p.clock()):
             continue
         budget -= 1
@@ -64,6 +57,39 @@ async def sweep(p: Provisioner) -> None:
             f"but was unknown to the database; seen in {count} sweeps",
         )
     p.state.orphan_sightings = sightings
+
+
+class Labelled(Protocol):
+    """A server or a volume at the provider, as far as the sweep looks at it."""
+
+    @property
+    def provider_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def labels(self) -> dict[str, str]: ...
+
+
+L = TypeVar("L", bound=Labelled)
+
+
+def known_keys(rows: Iterable[Row]) -> set[str]:
+    """The provider ids and names the database knows, from rows with both columns."""
+    return {str(key) for r in rows for key in (r["provider_id"], r["name"]) if key}
+
+
+def orphans(
+    seen: Iterable[L], known: set[str], labels: Mapping[str, str], before: Mapping[str, int]
+) -> list[tuple[L, int]]:
+    """Each orphan in `seen` (both of our labels, unknown by id and by name) with the
+    number of consecutive sweeps that saw it, this one included."""
+    return [
+        (found, before.get(found.provider_id, 0) + 1)
+        for found in seen
+        if all(found.labels.get(k) == v for k, v in labels.items())
+        and found.provider_id not in known
+        and found.name not in known
+    ]
 
 
 def budget_left(p: Provisioner) -> int:

@@ -13,7 +13,7 @@ Only with USER_VOLUMES on.
 
 from __future__ import annotations
 
-from control.capacity.orphans import ORPHAN_SWEEPS, budget_left
+from control.capacity.orphans import ORPHAN_SWEEPS, budget_left, known_keys, orphans
 from control.capacity.providers.base import ProviderError, ProviderVolume
 from control.capacity.provisioning import Provisioner
 
@@ -29,22 +29,11 @@ async def sweep(p: Provisioner) -> None:
         p.failed(SWEEP_KEY, "orphan sweep: listing volumes (nothing deleted)", exc)
         return
     p.succeeded(SWEEP_KEY)
-    known = {
-        str(key)
-        for r in await p.store.fetch_all("SELECT provider_id, name FROM volumes")
-        for key in (r["provider_id"], r["name"])
-        if key
-    }
-    sightings: dict[str, int] = {}
+    rows = await p.store.fetch_all("SELECT provider_id, name FROM volumes")
+    found = orphans(seen, known_keys(rows), p.labels, p.state.volume_sightings)
+    sightings = {volume.provider_id: count for volume, count in found}
     budget = budget_left(p)
-    for volume in seen:
-        if any(volume.labels.get(k) != v for k, v in p.labels.items()):
-            continue  # never a volume without both labels
-        if volume.provider_id in known or volume.name in known:
-            continue
-        count = sightings[volume.provider_id] = (
-            p.state.volume_sightings.get(volume.provider_id, 0) + 1
-        )
+    for volume, count in found:
         key = f"volume:{volume.provider_id}"
         if count < ORPHAN_SWEEPS or budget <= 0 or not p.due(key, p.clock()):
             continue
