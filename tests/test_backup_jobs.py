@@ -25,7 +25,7 @@ from tests.fixtures import ControlPlane
 from tests.test_autoscaler import add_users, event_kinds, run
 from tests.test_cli import cli, parse_table
 from tests.test_protocol import token
-from tests.test_volumes_fleet import placed_with_volume, running, specs, volume_row
+from tests.test_volumes_fleet import beat, placed_with_volume, specs, volume_row
 from tests.worker import FakeWorker
 
 Start = Any
@@ -54,26 +54,6 @@ def backed_up(control_factory: Any, hetzner_fake: HetznerFake, tmp_path: Path) -
         return plane
 
     return start
-
-
-async def beat(
-    worker: FakeWorker,
-    containers: list[str],
-    mounted: list[str],
-    backups: list[dict[str, Any]] | None = None,
-) -> None:
-    generation = (await worker.assignments()).body["generation"]
-    body = {
-        "agent_version": "0.1.0",
-        "applied_generation": generation,
-        "resources": worker.resources,
-        "containers": [running(u) for u in containers],
-        "volumes": [{"id": v, "state": "mounted"} for v in mounted],
-        "backups": backups or [],
-        "features": worker.features,  # as a current agent's heartbeat declares them
-    }
-    reply = await worker.request("POST", "/v1/agent/heartbeat", body)
-    assert reply.status == 200, reply.body
 
 
 async def jobs(worker: FakeWorker) -> list[dict[str, Any]]:

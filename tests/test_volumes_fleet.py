@@ -66,7 +66,12 @@ def running(user_id: str) -> dict[str, Any]:
     }
 
 
-async def beat(worker: FakeWorker, containers: list[str], mounted: list[str]) -> None:
+async def beat(
+    worker: FakeWorker,
+    containers: list[str],
+    mounted: list[str],
+    backups: list[dict[str, Any]] | None = None,
+) -> None:
     generation = (await worker.assignments()).body["generation"]
     body = {
         "agent_version": "0.1.0",
@@ -74,6 +79,7 @@ async def beat(worker: FakeWorker, containers: list[str], mounted: list[str]) ->
         "resources": worker.resources,
         "containers": [running(u) for u in containers],
         "volumes": [{"id": v, "state": "mounted"} for v in mounted],
+        "backups": backups or [],
         "features": worker.features,  # as a current agent's heartbeat declares them
     }
     reply = await worker.request("POST", "/v1/agent/heartbeat", body)
