@@ -393,7 +393,9 @@ async def plane() -> AsyncIterator[tuple[Plane, str]]:
     made = Plane(Assignments(generation=5, containers=[], backups=[job("j1")]))
     app = web.Application()
     app.router.add_get("/v1/agent/assignments", made.assignments)
-    runner = web.AppRunner(app, shutdown_timeout=0)
+    # The long-poll handler never answers by itself: cancelled when its client goes, and
+    # at cleanup, or cleanup waits for it forever.
+    runner = web.AppRunner(app, shutdown_timeout=0, handler_cancellation=True)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
