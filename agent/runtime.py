@@ -293,9 +293,14 @@ class DockerRuntime:
             if claims(owner, net.get("Labels") or {}, legacy_ok=legacy_ok):
                 return str(net["Id"])
         # Another agent's network of the same name makes this fail: refused, not taken.
-        created = api.create_network(
-            name, driver="bridge", labels=owned_labels(user_id, owner), check_duplicate=True
-        )
+        try:
+            created = api.create_network(
+                name, driver="bridge", labels=owned_labels(user_id, owner), check_duplicate=True
+            )
+        except docker.errors.NotFound as exc:
+            # Docker answers 404 when its address pools are used up: this user waits with
+            # the reason; it must not escape as "not found" and stop the agent's loop.
+            raise DockerError(f"network {name}: {exc.explanation or exc}") from None
         return str(created["Id"])
 
     async def ensure_network(self, user_id: str, owner: Owner) -> str:

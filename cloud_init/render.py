@@ -48,6 +48,10 @@ IMAGES = ("ubuntu-24.04", "debian-12")
 ETC_DIR = "/etc/clawfleet"
 AGENT_ENV_FILE = "/etc/clawfleet/agent.env"
 TRAEFIK_STATIC_FILE = "/etc/clawfleet/traefik.yml"
+# Each user has its own Docker network. Docker's default pools hold about 30 networks
+# (/16s and /20s), then every create fails (a 404): /24s from 10.96.0.0/12 hold 4,096.
+DOCKER_DAEMON_FILE = "/etc/docker/daemon.json"
+DOCKER_DAEMON = '{"default-address-pools": [{"base": "10.96.0.0/12", "size": 24}]}\n'
 TRAEFIK_DYNAMIC_DIR = "/etc/clawfleet/traefik"
 # Not named `clawfleet-*.yaml`: the agent prunes those it did not write.
 TRAEFIK_TLS_FILE = "/etc/clawfleet/traefik/tls-default.yaml"
@@ -354,6 +358,10 @@ write_file 0644 "$UNIT_DIR/"@@METADATA_UNIT_NAME@@ @@METADATA_UNIT@@
 "$METADATA_HELPER"
 
 step "installing Docker, python3-venv and restic"
+# Before the package starts dockerd, so its first start already has the small pools.
+install -d -m 0755 "$ROOT/etc/docker"
+# shellcheck disable=SC2016 # literal file content, expanded by nobody
+write_file 0644 "$ROOT"@@DOCKER_DAEMON_FILE@@ @@DOCKER_DAEMON@@
 # restic: the agent runs the control plane's backup jobs with it (docs/backups.md).
 apt_install docker.io python3-venv restic
 
@@ -687,6 +695,8 @@ def render_user_data(params: WorkerBootstrap) -> str:
         "UNIT_DIR": q(UNIT_DIR),
         "LOG_FILE": q(LOG_FILE),
         "TRAEFIK_STATIC_FILE": q(TRAEFIK_STATIC_FILE),
+        "DOCKER_DAEMON_FILE": q(DOCKER_DAEMON_FILE),
+        "DOCKER_DAEMON": q(DOCKER_DAEMON),
         "AGENT_ENV_FILE": q(AGENT_ENV_FILE),
         "TRAEFIK_USER": q(TRAEFIK_USER),
         "METADATA_UNIT_NAME": q(METADATA_UNIT_NAME),

@@ -576,6 +576,9 @@ def test_executes_end_to_end(run_script: Runner, image: str) -> None:
     assert run.index("systemctl", "enable", "--now", "clawfleet-metadata-block.service") < agent
     assert run.index("systemctl", "enable", "--now", "clawfleet-traefik.service") < agent
     assert not any(c["cmd"] == "pwned" for c in run.calls)
+    # One Docker network per user: pools of /24s, not Docker's ~30 default networks.
+    daemon = json.loads((root / "etc/docker/daemon.json").read_text())
+    assert daemon == {"default-address-pools": [{"base": "10.96.0.0/12", "size": 24}]}
 
     # The agent: the verified wheel with its [agent] extra, then the exact-version check.
     wheel = f"{root}/var/cache/clawfleet/clawfleet-0.1.0-py3-none-any.whl"

@@ -25,6 +25,7 @@ from agent.volumes import LABEL_VOLUME, parse_mountinfo
 from shared.protocol import Assignments, BlockVolumeSpec, ContainerSpec, VolumeReport
 from tests.agent.conftest import GOOD, new_user
 from tests.agent.specs import make_spec
+from tests.agent.test_e2e import until
 
 pytestmark = [pytest.mark.docker, pytest.mark.blockdev]
 
@@ -32,6 +33,10 @@ pytestmark = [pytest.mark.docker, pytest.mark.blockdev]
 def _mounts_under(root: Path) -> list[str]:
     entries = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
     return [e.target for e in entries if e.target.startswith(str(root))]
+
+
+async def _no_loops(directory: Path) -> bool:
+    return not _loops_of(directory)
 
 
 def _loops_of(directory: Path) -> list[str]:
@@ -121,7 +126,10 @@ async def test_state_survives_the_container_on_its_volume(
     # The user leaves this worker: container gone, volume unmounted, loop detached.
     await reconcile(rec, 2)
     assert not containers_of(dclient, user)
-    assert not _mounts_under(state_dir) and not _loops_of(state_dir / "volumes")
+    assert not _mounts_under(state_dir)
+    # `losetup -d` of a device the kernel still holds for a moment only marks it for
+    # clearing: it goes when released, so wait for that, boundedly.
+    await until(lambda: _no_loops(state_dir / "volumes"), "the loop device detached", 10)
     assert (await daemon._build_heartbeat()).volumes == []
     assert (state_dir / "volumes" / f"{user}.img").exists()
 

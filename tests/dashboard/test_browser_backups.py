@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.agent.test_e2e import until
 from tests.dashboard.conftest import LAPTOP, PHONE
 from tests.dashboard.test_browser import sign_in, tab
 from tests.fakes.hetzner import HetznerFake
@@ -70,7 +71,8 @@ async def test_back_up_now_then_restore_a_snapshot_after_confirming(
         await expect(first.locator("[data-label=Added]")).to_have_text("123 B")
         await expect(first.locator("[data-label=Why]")).to_have_text("operator")
         await panel.locator(".act-backup-now").click()
-        (job,) = await jobs(worker)  # the worker pulls the operator's snapshot
+        # The click's POST runs in the browser: the worker sees the job once it is answered.
+        (job,) = await until(lambda: jobs(worker), "the operator's snapshot job", 15)
         row = panel.locator(f'.jobs tr[data-job-id="{job["id"]}"]')
         await expect(row.locator(".badge")).to_have_text("pending")
         await expect(panel.locator(".act-backup-now")).to_be_disabled()  # one job at a time
