@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 ACCESS_KEY = "clawfleet-test-access"
-SECRET_KEY = "clawfleet-test-secret-key-0123456789"
+SECRET_KEY = "test-only-not-a-secret"  # moto checks no credentials
 
 
 @dataclass(frozen=True)
