@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agent.features import FEATURES
+from control.cli.render import render_user
 from control.settings import profiles
 from tests.fixtures import ControlPlane
 from tests.worker import FakeWorker
@@ -105,7 +106,11 @@ async def test_a_user_on_an_agent_that_lost_features_is_withheld_with_a_reason(
     reply = await w.assignments(after=generation)
     assert reply.body["generation"] > generation and reply.body["containers"] == []
     reason = f"worker {w.key_id} runs an agent without {NEEDS}; drain it or upgrade its agent"
-    assert (await user(openclaw))["spec_withheld"] == reason
+    shown = await user(openclaw)
+    assert shown["spec_withheld"] == reason
+    # `clawfleet user alice` says it too, so an operator sees why alice is not running.
+    [line] = [x for x in render_user(shown).splitlines() if x.startswith("spec withheld ")]
+    assert line.split(maxsplit=2)[2] == reason
     (withheld,) = await events(openclaw, "user_withheld")
     assert (withheld["user_id"], withheld["message"]) == ("alice", reason)
     (changed,) = [e for e in await events(openclaw, "worker_features") if reason in e["message"]]

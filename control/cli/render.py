@@ -224,6 +224,8 @@ def render_user(u: dict[str, Any]) -> str:
             ("health", container.get("health")),
             ("restarts", container.get("restart_count")),
             ("container error", container.get("error")),
+            # Its worker's agent cannot run what the spec needs (docs/production.md).
+            ("spec withheld", u.get("spec_withheld")),
             ("error", u.get("error")),
             ("purge after", u.get("purge_after")),
             ("created", u.get("created_at")),
