@@ -26,6 +26,7 @@ Nothing here logs a ticket, cookie or key. The clock is injected for tests.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -121,7 +122,7 @@ class Verifier:
             raise web.HTTPNotFound(text="Not found.\n")
         return gate
 
-    def _remember(self, nonce: str, expires: float) -> bool:
+    async def _remember(self, nonce: str, expires: float) -> bool:
         """False when the nonce was used already (or no room is left to remember it)."""
         now = self.clock()
         if nonce in self._used:
@@ -131,8 +132,14 @@ class Verifier:
                 del self._used[gone]
             if len(self._used) >= MAX_NONCES:
                 raise web.HTTPServiceUnavailable(text="Too many sign-ins; try again shortly.\n")
-        self._persist(nonce, expires)  # before the cookie: a crash after it forgets nothing
+        # Claimed before the write, so a concurrent use of the same link is refused; the
+        # fsync runs off the event loop, and before the cookie: a crash forgets nothing.
         self._used[nonce] = expires
+        try:
+            await asyncio.to_thread(self._persist, nonce, expires)
+        except OSError:
+            del self._used[nonce]
+            raise web.HTTPServiceUnavailable(text="Sign-in is unavailable; try again.\n") from None
         return True
 
     async def signin(self, request: web.Request) -> web.StreamResponse:
@@ -145,7 +152,7 @@ class Verifier:
             else None
         )
         # The ticket is valid, so its third field is its expiry (the checked format).
-        if nonce is None or not self._remember(nonce, float(ticket.split(".")[2])):
+        if nonce is None or not await self._remember(nonce, float(ticket.split(".")[2])):
             raise web.HTTPForbidden(
                 text="This sign-in link is invalid, expired or already used. Ask for a new one.\n"
             )

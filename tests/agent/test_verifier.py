@@ -245,3 +245,27 @@ async def test_a_link_used_before_a_restart_stays_used(tmp_path: Path) -> None:
     await runner.cleanup()
     lines = spent.read_text().splitlines()
     assert len(lines) == 2 and not any("ab" * 16 in line or "garbage" in line for line in lines)
+
+
+async def test_a_link_whose_use_cannot_be_recorded_is_refused_and_stays_usable(
+    tmp_path: Path,
+) -> None:
+    """Recording the spent nonce fails (here the file is a directory): no cookie, a 503,
+    and the link is not burnt, so it works once the file can be written again."""
+    spent = tmp_path / "signin-spent"
+    clock = Clock()
+    verifier = Verifier(clock, spent=spent)
+    verifier.set_specs(specs())
+    spent.unlink()
+    spent.mkdir()
+    t = ticket()
+    port = free_port()
+    runner = await serve(verifier, port)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        served = Served(f"http://127.0.0.1:{port}", http, clock, verifier)
+        refused = await sign_in(served, t)
+        assert refused.status == 503 and "Set-Cookie" not in refused.headers
+        spent.rmdir()
+        assert (await sign_in(served, t)).status == 303
+        assert (await sign_in(served, t)).status == 403
+    await runner.cleanup()
