@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,15 +13,10 @@ from aiohttp import web
 from control.app import ProviderFactory, create_app
 from control.capacity.providers import build_provider
 from control.settings import Settings, profiles
+from tests.ports import free_port
 
 ADMIN_TOKEN = "test-admin-token-" + "a" * 24
 INTERNAL_SECRET = "test-internal-secret-" + "b" * 24
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -10,7 +10,6 @@ tests check the repository password (which restic checks itself) instead.
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from tests.ports import free_port
 
 ACCESS_KEY = "clawfleet-test-access"
 SECRET_KEY = "test-only-not-a-secret"  # moto checks no credentials
@@ -29,12 +30,6 @@ class S3:
 
     def repo_url(self, bucket: str, path: str) -> str:
         return f"s3:{self.endpoint}/{bucket}/{path}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers(endpoint: str) -> bool:
@@ -49,7 +44,7 @@ def _answers(endpoint: str) -> bool:
 
 @contextlib.contextmanager
 def s3_server(start_timeout: float = 60.0) -> Iterator[S3]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

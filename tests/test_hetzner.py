@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,6 +15,7 @@ from control.capacity.providers.hetzner import HetznerProvider
 from control.capacity.providers.hetzner_errors import classify
 from control.capacity.providers.hetzner_ratelimit import RateBudget
 from tests.fakes.hetzner import HetznerFake, hetzner_fake_fixture  # noqa: F401
+from tests.ports import free_port
 
 Factory = Callable[..., HetznerProvider]
 
@@ -325,9 +325,7 @@ async def test_rate_limit_headers_are_tracked(make: Factory, hetzner_fake: Hetzn
 
 
 async def test_timeout_and_connection_errors_are_transient(make: Factory) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again before use: nothing listens there
+    port = free_port()  # reserved, and nothing listens there
     provider = HetznerProvider("t", f"http://127.0.0.1:{port}/v1", ("cpx22",), ("nbg1",))
     try:
         err = await expect_error(provider.list({}))

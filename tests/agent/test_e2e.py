@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import stat
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from agent.metadata_block import CHAIN, RULE
 from tests.agent.conftest import GOOD, AgentProcess, new_user, purge_user
 from tests.agent.images import PORT
 from tests.fixtures import ControlPlane
+from tests.ports import free_port
 
 pytestmark = pytest.mark.docker
 DOMAIN = "example.test"
@@ -51,12 +51,6 @@ async def passes(agent: AgentProcess, since: int, count: int = 2) -> None:
 
 def worker_id(tmp_path: Path) -> str:
     return str(json.loads((tmp_path / "state" / "credentials.json").read_text())["worker_id"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def plane_settings() -> dict[str, Any]:

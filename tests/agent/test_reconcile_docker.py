@@ -23,6 +23,7 @@ from shared.protocol import Assignments
 from tests.agent.conftest import BROKEN, GOOD, GOOD2, new_user
 from tests.agent.images import PORT
 from tests.agent.specs import make_spec
+from tests.ports import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -221,9 +222,7 @@ def registry(tmp_path: Path) -> Iterator[str]:
     binary = shutil.which("docker-registry")
     if binary is None:
         pytest.skip("docker-registry is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = tmp_path / "registry.yml"
     config.write_text(
         "version: 0.1\n"

@@ -3,7 +3,6 @@ HTTP client the way Traefik asks it; the clock is injected."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from agent.verifier import MAX_NONCES, Verifier, serve
 from shared import signin
 from shared.protocol import ContainerSpec
 from tests.agent.specs import make_spec
+from tests.ports import free_port
 
 ALICE, BOB = "alice", "bob"
 HOST_A, HOST_B = "alice.clawfleet.test", "bob.clawfleet.test"
@@ -48,12 +48,6 @@ class Served:
         )
         await response.read()
         return response
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def specs() -> list[ContainerSpec]:
