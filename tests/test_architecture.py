@@ -20,7 +20,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "clock", "settings", "keyring", "logs", "health", "plans", "backups"),
     ("db",),
     ("users", "workers", "billing", "dns", "backup_jobs"),
-    ("capacity", "volumes"),
+    # edge: the firewall uses the Hetzner client (capacity) and Cloudflare's (dns).
+    ("capacity", "volumes", "edge"),
     ("metrics", "fleet"),
     # appkeys names the app's state for the routes, so it sits with them.
     ("api", "appkeys"),
