@@ -82,7 +82,9 @@ class Fleet:
         self.price_of = price_of
         self.volume_price = volume_price
         self.plans = dict(settings.plans)
-        self.reserve = Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
+        self.reserve = Reserve(
+            settings.system_reserve_mb, settings.system_reserve_cpus, settings.user_volumes
+        )
         # The agent features every user's spec needs: placed only where an agent has them.
         self.needs = fleet_needs(settings)
         self.billing_policy = rules.Policy(

@@ -261,3 +261,29 @@ def test_idle_server_holding_data_is_never_deleted() -> None:
         billing_window=300,
     )
     assert chosen == ["b"]
+
+
+def located(n: int, where: str, prefix: str = "v") -> list[Demand]:
+    return [Demand(f"{prefix}{where}{i}", 1024, 0.5, where, True) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("pending", "on_the_way", "headroom", "locations"),
+    [
+        (users(2), [], 0, [None]),  # no volume: anywhere
+        (located(1, "fsn1"), [], 0, ["fsn1"]),  # its volume is in fsn1: a server there
+        (located(1, "fsn1"), [Room("w", True, 3584, 0, 1.75, 0.0, location="nbg1")], 0, ["fsn1"]),
+        (located(1, "fsn1"), [Room("w", True, 3584, 0, 1.75, 0.0, location="fsn1")], 0, []),
+        (located(2, "fsn1") + located(1, "hel1"), [], 0, ["fsn1", "hel1"]),
+        # users without a volume fill the located server; headroom servers go anywhere
+        (located(1, "fsn1") + users(2), [], 0, ["fsn1"]),
+        (located(1, "fsn1") + users(3), [], 0, ["fsn1", None]),
+        (located(1, "fsn1"), [], 3, ["fsn1", None]),
+    ],
+)
+def test_new_servers_go_where_the_waiting_volumes_are(
+    pending: list[Demand], on_the_way: list[Room], headroom: int, locations: list[str | None]
+) -> None:
+    need = servers_needed(pending, [], on_the_way, NEW, UNIT, headroom)
+    assert need.locations == locations
+    assert need.servers == len(locations)

@@ -4,7 +4,9 @@ Nothing here performs I/O; control/capacity/scaler.py gathers the snapshot, appl
 decisions and records each one as an event.
 
 - `servers_needed`: how many new servers pending users and the warm headroom need,
-  after counting room on servers that are already on the way.
+  after counting room on servers that are already on the way, and where: a user whose
+  volume is in a location (issue 13) needs a server there, so each new server carries
+  the location of the oldest waiting user it is for (None: anywhere).
 - `cap_creates`: MAX_SERVERS and MAX_CREATES_PER_RUN, never exceeded.
 - `idle_to_delete`: empty servers past SCALE_DOWN_IDLE, above MIN_SERVERS, not needed
   for headroom, and (where the provider bills started hours) near the end of an hour.
@@ -47,6 +49,7 @@ class Need:
     servers: int
     infeasible: list[str] = field(default_factory=list)  # users no server type can ever hold
     free_units: int = 0  # headroom the fleet will have, counting the new servers
+    locations: list[str | None] = field(default_factory=list)  # per new server; None: any
 
 
 def servers_needed(
@@ -67,10 +70,21 @@ def servers_needed(
     infeasible = [d.user_id for d in left if units(new_server, d) < 1]
     left = [d for d in left if units(new_server, d) >= 1]
     new: list[Room] = []
+    locations: list[str | None] = []
     while left and len(new) < MAX_NEW_SERVERS_CONSIDERED:
+        # Users tied to a location first: a server "anywhere" would take them in theory
+        # and be created where they cannot go. Users without a volume fill what is left.
+        where = next((d.location for d in left if d.location is not None), None)
         room = Room(
-            f"new-{len(new)}", True, new_server.memory_total_mb, 0, new_server.cpus_total, 0.0
+            f"new-{len(new)}",
+            True,
+            new_server.memory_total_mb,
+            0,
+            new_server.cpus_total,
+            0.0,
+            location=where,
         )
+        locations.append(where)
         into, still = place(left, [room])
         new.append(_taken(room, [d for d in left if d.user_id in into]))
         still_set = set(still)
@@ -83,7 +97,8 @@ def servers_needed(
         extra = math.ceil((headroom - free) / per_server)
         count += extra
         free += extra * per_server
-    return Need(servers=count, infeasible=infeasible, free_units=free)
+        locations += [None] * extra
+    return Need(servers=count, infeasible=infeasible, free_units=free, locations=locations)
 
 
 def _taken(room: Room, demands: list[Demand]) -> Room:

@@ -95,7 +95,9 @@ class Provisioner:
         self.notify = notify
         self.clock = clock  # epoch seconds for every step's "now"; tests inject one
         self.state = ScalerState()
-        self.reserve = Reserve(settings.system_reserve_mb, settings.system_reserve_cpus)
+        self.reserve = Reserve(
+            settings.system_reserve_mb, settings.system_reserve_cpus, settings.user_volumes
+        )
         # Agent features users need: a server whose agent lacks them has no room for them.
         self.needs = fleet_needs(settings)
         limit = provider.max_servers
@@ -123,7 +125,7 @@ class Provisioner:
         self.state.retries.pop(key, None)
 
     # --- what the fleet looks like to the decisions ----------------------------------
-    def type_room(self, server_type: str, name: str) -> Room:
+    def type_room(self, server_type: str, name: str, location: str | None = None) -> Room:
         st = self.provider.server_type(server_type)
         return Room(
             name,
@@ -132,6 +134,7 @@ class Provisioner:
             0,
             max(0.0, st.cpus - self.reserve.cpus),
             0.0,
+            location=location,
         )
 
     def unit(self) -> Demand:
@@ -149,10 +152,15 @@ class Provisioner:
                 r["id"],
                 plan_of(plans, r["plan"]).memory_mb,
                 plan_of(plans, r["plan"]).cpus,
+                # A user whose data is on a volume needs a server in the volume's location.
+                location=r["location"],
+                volume=self.reserve.volume_per_user or r["location"] is not None,
                 features=self.needs,
             )
             for r in await self.store.fetch_all(
-                "SELECT u.id, u.plan FROM users u LEFT JOIN servers s ON s.id = u.server_id "
+                "SELECT u.id, u.plan, v.location FROM users u "
+                "LEFT JOIN servers s ON s.id = u.server_id "
+                "LEFT JOIN volumes v ON v.user_id = u.id "
                 "WHERE (u.state = 'pending' AND u.error IS NULL) OR (s.draining = 1 AND u.moving_from IS NULL "
                 "AND u.state IN ('provisioning', 'running')) ORDER BY u.created_at, u.id"
             )
@@ -163,9 +171,10 @@ class Provisioner:
 
         active = await self.store.write(read)
         on_the_way = [
-            self.type_room(r["server_type"] or "local", r["id"])
+            self.type_room(r["server_type"] or "local", r["id"], r["location"])
             for r in await self.store.fetch_all(
-                "SELECT id, server_type FROM servers WHERE status = 'provisioning' AND origin = 'provider'"
+                "SELECT id, server_type, location FROM servers "
+                "WHERE status = 'provisioning' AND origin = 'provider'"
             )
         ]
         # Dead servers still exist at the provider until their delete succeeded.
@@ -234,10 +243,13 @@ class Provisioner:
         return True
 
     # --- creating ------------------------------------------------------------------------
-    async def create_one(self, reason: str) -> bool:
+    async def create_one(self, reason: str, where: str | None = None) -> bool:
+        """Creates one server, in location `where` when a waiting user's volume is there."""
         now = self.clock()
-        pairs = self.usable_pairs(now)
+        pairs = [p for p in self.usable_pairs(now) if where is None or p[1] == where]
         if not pairs:
+            if where is not None:
+                log.warning("autoscaler: no usable server type in %s, where users wait", where)
             return False
         server_type, location = pairs[0]
         server_id = servers.new_server_id()

@@ -55,8 +55,9 @@ async def scale_up(p: Provisioner) -> None:
             f"{capped.reason} holds back {capped.held_back} server(s); "
             f"{len(pending)} user(s) pending",
         )
-    for _ in range(capped.create):
+    for i in range(capped.create):
         if not await p.create_one(
-            f"{len(pending)} pending user(s), headroom {p.settings.warm_headroom}"
+            f"{len(pending)} pending user(s), headroom {p.settings.warm_headroom}",
+            need.locations[i] if i < len(need.locations) else None,
         ):
             break

@@ -37,13 +37,16 @@ class PlacementResult:
         return set(self.placed.values())
 
 
-def demand(plans: dict[str, Plan], user: Row, needs: frozenset[str]) -> Demand:
+def demand(
+    plans: dict[str, Plan], user: Row, needs: frozenset[str], volumes: bool = False
+) -> Demand:
     """What a user needs of a server: its plan's memory and CPU, the agent features its
     spec needs, and, when its data is on a volume (issue 13), a server in the volume's
-    location with a free volume slot."""
+    location; with `volumes` (a volume per user) or a volume, a free volume slot."""
     plan = plan_of(plans, user["plan"])
     location = user["location"]
-    return Demand(user["id"], plan.memory_mb, plan.cpus, location, location is not None, needs)
+    slot = volumes or location is not None
+    return Demand(user["id"], plan.memory_mb, plan.cpus, location, slot, needs)
 
 
 async def place_pending(
@@ -59,7 +62,7 @@ async def place_pending(
     )
     if not pending:
         return PlacementResult({}, [])
-    demands = [demand(plans, u, needs) for u in pending]
+    demands = [demand(plans, u, needs, reserve.volume_per_user) for u in pending]
     placed, waiting = place(demands, await rooms(conn, plans, reserve))
     for user_id, server_id in placed.items():
         await records.set_state(conn, user_id, "provisioning", server_id, now)
@@ -107,7 +110,7 @@ async def start_move(
     plan = plan_of(plans, user["plan"])
     if target is not None and (lacks := withheld_reason(target, needs, candidates[0].features)):
         raise Conflict(lacks, code="target_lacks_features")
-    placed, _ = place([demand(plans, user, needs)], candidates)
+    placed, _ = place([demand(plans, user, needs, reserve.volume_per_user)], candidates)
     chosen = placed.get(user_id)
     if chosen is None:
         if target is not None:

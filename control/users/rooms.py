@@ -4,7 +4,7 @@ Contract: read-only. `rooms` is the snapshot placement decides on
 (control/users/placement.py); HOLDERS_SQL lists every server that must run a user's
 container (its own, and during a move the one it is leaving), HELD_DATA_SQL every
 server whose disk holds user data that must outlive the container (not a volume's),
-VOLUME_USE_SQL how many volume attachments each server has or is about to have. A
+`volume_use_sql` how many volume attachments each server has or is about to have. A
 room carries the features its agent declared (none, if it never declared any).
 """
 
@@ -23,10 +23,12 @@ from control.users.plans import plan_of
 
 @dataclass(frozen=True)
 class Reserve:
-    """What each server keeps for itself before users get any of it."""
+    """What each server keeps for itself before users get any of it, and whether each
+    user placed on it takes one of its volume attachment slots (USER_VOLUMES)."""
 
     memory_mb: int = 0
     cpus: float = 0.0
+    volume_per_user: bool = False
 
 
 # Every (server, user) pair whose container the server must run.
@@ -51,15 +53,19 @@ HELD_DATA_SQL = (
 
 
 # Each server's volume attachments: volumes attached there (or on their way in or out)
-# and the volumes of users placed there, wherever those volumes are now.
-VOLUME_USE_SQL = (
-    "SELECT server, COUNT(DISTINCT user_id) AS n FROM ("
-    "SELECT server_id AS server, user_id FROM volumes "
-    "WHERE server_id IS NOT NULL AND state != 'detached' "
-    "UNION SELECT u.server_id AS server, u.id AS user_id FROM users u "
-    "JOIN volumes v ON v.user_id = u.id WHERE u.server_id IS NOT NULL "
-    "AND u.state IN ('provisioning', 'running', 'suspended')) GROUP BY server"
-)
+# and the volumes of users placed there, wherever those volumes are now. With a volume
+# per user, a user placed there counts before its volume exists: its volume is created
+# and attached there next, and the slot must not go to another placement meanwhile.
+def volume_use_sql(volume_per_user: bool) -> str:
+    join = "LEFT JOIN" if volume_per_user else "JOIN"
+    return (
+        "SELECT server, COUNT(DISTINCT user_id) AS n FROM ("
+        "SELECT server_id AS server, user_id FROM volumes "
+        "WHERE server_id IS NOT NULL AND state != 'detached' "
+        f"UNION SELECT u.server_id AS server, u.id AS user_id FROM users u "
+        f"{join} volumes v ON v.user_id = u.id WHERE u.server_id IS NOT NULL "
+        "AND u.state IN ('provisioning', 'running', 'suspended')) GROUP BY server"
+    )
 
 
 async def rooms(
@@ -83,7 +89,10 @@ async def rooms(
         plan = plan_of(plans, row["plan"])
         mem, cpu = used.get(row["holder"], (0, 0.0))
         used[row["holder"]] = (mem + plan.memory_mb, cpu + plan.cpus)
-    volumes = {r["server"]: int(r["n"]) for r in await fetch_all(conn, VOLUME_USE_SQL)}
+    volumes = {
+        r["server"]: int(r["n"])
+        for r in await fetch_all(conn, volume_use_sql(reserve.volume_per_user))
+    }
     return [
         Room(
             server_id=s["id"],
