@@ -27,6 +27,9 @@ from shared.protocol import (
     Assignments,
     Heartbeat,
     HeartbeatReply,
+    OriginCertReply,
+    OriginCertRequest,
+    OriginTlsPolicy,
     ProtocolError,
     RegisterReply,
     RegisterRequest,
@@ -178,3 +181,17 @@ class ControlClient:
         if status == 304:
             return None
         return self._decode(payload, Assignments)
+
+    async def origin_tls_policy(self, worker_id: str, secret: str) -> OriginTlsPolicy:
+        """What the control plane signs for this worker (agent/origin_tls.py)."""
+        _, payload = await self._request("GET", "/v1/agent/origin-tls", worker_id, secret)
+        return self._decode(payload, OriginTlsPolicy)
+
+    async def origin_certificate(
+        self, worker_id: str, secret: str, request: OriginCertRequest
+    ) -> OriginCertReply:
+        """Sends a CSR (never a key) and gets the Origin CA certificate back."""
+        _, payload = await self._request(
+            "POST", "/v1/agent/origin-tls", worker_id, secret, body=encode(request)
+        )
+        return self._decode(payload, OriginCertReply)

@@ -125,6 +125,12 @@ class Settings:
     traefik_cert_resolver: str = setting(
         "TRAEFIK_CERT_RESOLVER", "", text, "ACME resolver name for tls.certResolver."
     )
+    traefik_group: str = setting(
+        "TRAEFIK_GROUP",
+        "clawfleet-traefik",
+        text,
+        "Group that may read the origin TLS file (it holds the key); absent: owner only.",
+    )
     iptables: tuple[str, ...] = setting("IPTABLES", "iptables", _argv, "iptables command.")
     health_gate: float = setting("HEALTH_GATE", "60", number(0.1), "Seconds to get healthy.")
     health_timeout: float = setting("HEALTH_TIMEOUT", "2", number(0.1), "Seconds per probe.")

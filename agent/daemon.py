@@ -13,6 +13,8 @@ pass; they are never saved, so the first poll after a start asks for the current
 (after=0) to get pending jobs back. `stop()` interrupts and awaits running jobs.
 Registration and every heartbeat declare the features this agent implements
 (agent/features.py), so an upgraded agent's new ones are known at its next beat.
+The origin TLS loop (agent/origin_tls.py) first re-serves a saved certificate, then
+keeps it signed and fresh; each heartbeat reports its expiry.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from agent.config import Settings
 from agent.errors import AgentError
 from agent.features import FEATURES
 from agent.metadata_block import MetadataBlock
+from agent.origin_tls import OFF_CHECK_EVERY, OriginTls, OriginTlsError, Signer
 from agent.ownership import MAX_PREVIOUS, Owner
 from agent.reconcile import Reconciler, ReconcilerOptions
 from agent.runtime import DockerError, DockerRuntime
@@ -134,7 +137,15 @@ class Daemon:
             ),
         )
         self.verifier = Verifier(spent=settings.state_dir / "signin-spent")
-        self.backups = BackupJobs(settings.state_dir / "mounts", self.runtime)
+        # A job mounts its volume when no spec does (a restore after a restart), and
+        # the reconciler keeps it mounted while the job is known.
+        self.backups = BackupJobs(
+            settings.state_dir / "mounts", self.runtime, mount=self.reconciler.mount_for_job
+        )
+        self.reconciler.job_volumes = self.backups.volume_ids
+        self.origin_tls = OriginTls(
+            settings.state_dir, settings.traefik_dynamic_dir, traefik_group=settings.traefik_group
+        )
         self.reconciler.on_specs = self.verifier.set_specs
         self.creds: Credentials | None = None
         self.heartbeat_interval = DEFAULT_HEARTBEAT
@@ -339,6 +350,37 @@ class Daemon:
         finally:
             await runner.cleanup()
 
+    def _signer(self) -> Signer:
+        assert self.creds is not None
+        worker, secret = self.creds.worker_id, self.creds.secret
+        return Signer(
+            lambda: self.client.origin_tls_policy(worker, secret),
+            lambda req: self.client.origin_certificate(worker, secret, req),
+        )
+
+    async def _origin_tls_loop(self) -> None:
+        """Keeps Traefik's origin certificate signed and fresh (agent/origin_tls.py);
+        a failure is retried with backoff and never touches the certificate served."""
+        with contextlib.suppress(OSError, ValueError):
+            if self.origin_tls.restore():
+                log.info("origin TLS: serving the saved certificate")
+        await self._registered.wait()
+        attempt = 0
+        while True:
+            try:
+                delay = await self.origin_tls.check(self._signer())
+                attempt = 0
+            except cp.ControlPlaneError as err:
+                if err.status != 404:
+                    attempt = await self._after_failure("origin TLS", err, attempt)
+                    continue
+                delay = OFF_CHECK_EVERY  # a control plane older than origin TLS
+            except (OriginTlsError, OSError, ValueError) as exc:
+                delay = cp.backoff_delay(attempt, self.s.backoff_base, self.s.backoff_max)
+                log.error("origin TLS: %s; retry in %.1fs", exc, delay)
+                attempt += 1
+            await asyncio.sleep(cp.jittered(delay))
+
     async def _build_heartbeat(self) -> Heartbeat:
         try:
             containers = await self.reconciler.reports()
@@ -362,6 +404,7 @@ class Daemon:
             host=HostReport(
                 docker_version=self._docker_version,
                 metadata_blocked=self.reconciler.metadata_blocked,
+                origin_cert_expires=self.origin_tls.expires_at(),
             ),
             volumes=volumes,
             backups=self.backups.reports(),
@@ -407,6 +450,7 @@ class Daemon:
         loops: list[Callable[[], Coroutine[Any, Any, None]]] = [
             register_once,
             self._verifier_loop,
+            self._origin_tls_loop,
             self._reconcile_loop,
             self._heartbeat_loop,
             self._poll_loop,

@@ -42,6 +42,7 @@ from control.api.agent_routes import agent_routes
 from control.api.backup_routes import backup_routes
 from control.api.dashboard import install_dashboard
 from control.api.metrics_endpoint import install_metrics
+from control.api.origin_tls_routes import origin_tls_context, origin_tls_routes
 from control.api.ratelimit import install_auth_guard
 from control.api.readiness import install_readiness
 from control.api.stripe_webhook import stripe_routes
@@ -103,6 +104,7 @@ def create_app(
     app[SCHEDULER] = AsyncIOScheduler()  # started by the last context, once all is wired
     install_auth_guard(app, settings, lambda: app[STORE], app[METRICS].auth_refused_by)
     app.add_routes(agent_routes)
+    app.add_routes(origin_tls_routes)
     app.add_routes(admin_routes)
     app.add_routes(backup_routes)
     app.add_routes(stripe_routes)
@@ -114,6 +116,7 @@ def create_app(
             _provider,
             _dns_sync,
             _startup_checks,
+            origin_tls_context,  # the zone's SSL mode and origin pulls, in the background
             _fleet,
             _scaler,
             _liveness_sweeps,

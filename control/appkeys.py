@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
     from control.api.metrics_endpoint import MetricsMode
+    from control.api.origin_tls_routes import OriginTlsSlot
     from control.api.ratelimit import AuthGuard
     from control.api.readiness import StoreProbe
     from control.api.sessions import SessionStore
@@ -61,3 +62,4 @@ SCALER: web.AppKey[Scaler] = web.AppKey("scaler")
 DIST: web.AppKey[AgentDist] = web.AppKey("dist")  # the agent wheel, real providers only
 FLEET: web.AppKey[Fleet] = web.AppKey("fleet")
 INBOX: web.AppKey[StripeInbox] = web.AppKey("stripe_inbox")
+ORIGIN_TLS: web.AppKey[OriginTlsSlot] = web.AppKey("origin_tls")  # its .service: None if off

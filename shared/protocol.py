@@ -45,6 +45,9 @@ MAX_VOLUMES = 64  # volumes in one heartbeat; Hetzner attaches at most 16 per se
 MAX_VOLUME_ERROR = 300
 MAX_BACKUPS = 64  # backup jobs in one assignments reply, reports in one heartbeat
 MAX_BACKUP_ERROR = 300
+# Snapshots a report says the repository kept after its retention ran, as restic's short
+# ids: 64 reports of 500 stay far below the heartbeat's 1 MiB body limit.
+MAX_KEPT = 500
 MAX_FEATURES = 32  # feature names in one register request or heartbeat
 # Every agent feature this protocol names (docs/protocol.md, "Agent features"). An agent
 # declares the ones it implements; the control plane stores only names in this set and
@@ -72,6 +75,7 @@ BackupJobId = Annotated[str, Meta(pattern=r"\A[a-z0-9-]{1,40}\Z")]
 BackupTag = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.:-]{1,64}\Z")]
 Retention = Annotated[int, Meta(ge=0, le=1000)]
 SnapshotId = Annotated[str, Meta(pattern=r"\A([0-9a-f]{8,64})?\Z")]  # restic's, or empty
+ShortSnapshotId = Annotated[str, Meta(pattern=r"\A[0-9a-f]{8}\Z")]  # restic's short form
 Feature = Annotated[str, Meta(pattern=r"\A[a-z0-9-]{1,32}\Z")]
 Features = Annotated[list[Feature], Meta(max_length=MAX_FEATURES)]
 
@@ -121,6 +125,8 @@ class ContainerReport(msgspec.Struct, frozen=True):
 class HostReport(msgspec.Struct, frozen=True):
     docker_version: Annotated[str, Meta(max_length=64, pattern=_PRINTABLE)] | None = None
     metadata_blocked: bool | None = None
+    # When the origin certificate Traefik serves expires (Unix seconds); None: none yet.
+    origin_cert_expires: Annotated[float, Meta(ge=0, le=1e11)] | None = None
 
 
 class VolumeReport(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -136,7 +142,9 @@ class VolumeReport(msgspec.Struct, frozen=True, omit_defaults=True):
 class BackupReport(msgspec.Struct, frozen=True, omit_defaults=True):
     """How one backup job the agent received is going (issue 13): `running` until restic
     is done, then `done` (with the snapshot's id and bytes added, for a snapshot) or
-    `failed` (`error` says why, one line, no secret). `finished_at` is the agent's clock."""
+    `failed` (`error` says why, one line, no secret). `finished_at` is the agent's clock.
+    `kept`, on a done snapshot whose retention ran: the short ids of every snapshot the
+    repository still holds (empty: retention did not run, or kept more than MAX_KEPT)."""
 
     id: BackupJobId
     state: Literal["running", "done", "failed"]
@@ -144,6 +152,9 @@ class BackupReport(msgspec.Struct, frozen=True, omit_defaults=True):
     bytes_added: Annotated[int, Meta(ge=0, le=GENERATION_MAX)] = 0
     finished_at: Annotated[float, Meta(ge=0, le=1e11)] = 0
     error: Annotated[str, Meta(max_length=MAX_BACKUP_ERROR)] = ""
+    kept: Annotated[list[ShortSnapshotId], Meta(max_length=MAX_KEPT)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class Heartbeat(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -296,7 +307,9 @@ class BackupJob(msgspec.Struct, frozen=True, omit_defaults=True):
     """One snapshot or restore of a user's block volume, for the worker where that volume
     is mounted (docs/backups.md). It carries the repository's password and the bucket's
     S3 keys: the agent keeps jobs in memory only and never logs those three. The keep_*
-    counts are the retention applied after a successful snapshot (all 0: no prune)."""
+    counts are the retention applied after a successful snapshot (all 0: no prune).
+    `volume` describes the volume as a spec does (its `id` is `volume_id`), so the agent
+    can mount it for the job when no spec names it (after a restart, for a restore)."""
 
     id: BackupJobId
     user_id: UserId
@@ -311,6 +324,7 @@ class BackupJob(msgspec.Struct, frozen=True, omit_defaults=True):
     keep_hourly: Retention = 0
     keep_daily: Retention = 0
     keep_weekly: Retention = 0
+    volume: BlockVolumeSpec | None = None
 
 
 class Assignments(msgspec.Struct, frozen=True):
@@ -324,6 +338,38 @@ class Assignments(msgspec.Struct, frozen=True):
     backups: Annotated[list[BackupJob], Meta(max_length=MAX_BACKUPS)] = msgspec.field(
         default_factory=list
     )
+
+
+MAX_PEM = 16384
+# PEM text: printable ASCII lines; the receiver parses it with a real X.509 parser.
+Pem = Annotated[str, Meta(max_length=MAX_PEM, pattern=r"\A[\x20-\x7e\n]*\Z")]
+# A name an origin certificate may cover: a host name, or one leading wildcard label.
+OriginHostname = Annotated[
+    str,
+    Meta(max_length=253, pattern=r"\A(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\Z"),
+]
+
+
+class OriginTlsPolicy(msgspec.Struct, frozen=True):
+    """What the control plane signs for this worker (docs/protocol.md, "Origin TLS"): a
+    CSR must ask for exactly `hostnames`; none means origin TLS is off (the local
+    provider) and the agent leaves Traefik's TLS alone. `client_ca` is the certificate
+    every client on 443 must present (the deployment's authenticated-origin-pull one)."""
+
+    hostnames: Annotated[list[OriginHostname], Meta(max_length=4)]
+    client_ca: Pem = ""
+
+
+class OriginCertRequest(msgspec.Struct, frozen=True):
+    """A CSR (PEM) made by the worker; the private key never leaves the worker."""
+
+    csr: Pem
+
+
+class OriginCertReply(msgspec.Struct, frozen=True):
+    certificate: Pem  # Cloudflare Origin CA's, for the CSR's key
+    client_ca: Pem  # as in OriginTlsPolicy
+    expires_at: Annotated[float, Meta(ge=0, le=1e11)]
 
 
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}

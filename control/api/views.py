@@ -98,6 +98,7 @@ def server_view(
         "containers": containers,
         "metadata_blocked": host.get("metadata_blocked"),
         "docker_version": host.get("docker_version"),
+        "origin_cert_expires": host.get("origin_cert_expires"),  # Unix seconds, or None
         "created_at": iso(row["created_at"]),
         "registered_at": iso(row["registered_at"]),
     }
