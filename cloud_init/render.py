@@ -603,9 +603,10 @@ def traefik_static_config(params: WorkerBootstrap) -> str:
         "  sendAnonymousUsage: false",
         "log:",
         "  level: INFO",
+        # No `api:` section: Traefik's API and dashboard stay off. Only 443 listens;
+        # 80 only for ACME's HTTP-01 challenge (origin TLS needs none: issue 14).
         "entryPoints:",
-        "  web:",
-        '    address: ":80"',
+        *(["  web:", '    address: ":80"'] if params.acme_email is not None else []),
         "  websecure:",
         '    address: ":443"',
         "providers:",

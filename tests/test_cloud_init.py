@@ -207,11 +207,14 @@ def test_units() -> None:
 def test_traefik_static_config() -> None:
     plain = r.traefik_static_config(params())
     assert 'directory: "/etc/clawfleet/traefik"' in plain and "watch: true" in plain
-    assert 'address: ":80"' in plain and 'address: ":443"' in plain
+    # Only 443 listens (issue 14): no 80 without ACME, no API or dashboard.
+    assert 'address: ":80"' not in plain and 'address: ":443"' in plain
+    assert "api" not in uncommented(plain).lower() and "dashboard" not in plain.lower()
     assert "docker" not in uncommented(plain).lower()
     assert "certificatesResolvers" not in plain
     acme = r.traefik_static_config(params(acme_email="ops@clawfleet.example"))
     assert 'email: "ops@clawfleet.example"' in acme and "entryPoint: web" in acme
+    assert 'address: ":80"' in acme  # HTTP-01 needs it
     env = r.agent_env(params(acme_email="ops@clawfleet.example"))
     assert "TRAEFIK_CERT_RESOLVER=letsencrypt\n" in env
     assert "TRAEFIK_CERT_RESOLVER" not in r.agent_env(params())

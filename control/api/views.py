@@ -5,12 +5,14 @@ none: a server's `hourly_price`, a user's `volume.monthly_price` (size x the pri
 GB-month) and, beside the servers listing, `volume_cost` (every volume row, one SUM per
 listing: never read on a hot path). A server shows the agent `features` it declared;
 a user on a server whose agent lacks some its spec needs shows why in `spec_withheld`
-(control/users/features.py), else None."""
+(control/users/features.py), else None. `firewall` says whether the cluster's edge
+firewall covers the server (control/edge/firewall_rules.py `coverage`)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from control.billing.rules import shown_billing_state
@@ -18,6 +20,7 @@ from control.capacity import decisions
 from control.capacity.providers.base import VolumePrice
 from control.clock import iso
 from control.db.store import Row, Store
+from control.edge.firewall_rules import coverage
 from control.plans import Plan
 from control.users.features import parse, withheld_reason
 from control.users.plans import plan_of
@@ -96,9 +99,8 @@ def server_view(
             1 for c in containers if c["desired"] and c["state"] == "running"
         ),
         "containers": containers,
-        "metadata_blocked": host.get("metadata_blocked"),
-        "docker_version": host.get("docker_version"),
-        "origin_cert_expires": host.get("origin_cert_expires"),  # Unix seconds, or None
+        # origin_cert_expires: Unix seconds the worker's origin certificate expires, or None.
+        **{k: host.get(k) for k in ("metadata_blocked", "docker_version", "origin_cert_expires")},
         "created_at": iso(row["created_at"]),
         "registered_at": iso(row["registered_at"]),
     }
@@ -124,7 +126,10 @@ def _container(report: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-async def servers(fleet: Fleet, server_id: str | None = None) -> list[dict[str, Any]]:
+async def servers(
+    fleet: Fleet, server_id: str | None = None, firewall: Mapping[str, object] | None = None
+) -> list[dict[str, Any]]:
+    """Server views; `firewall` is the edge firewall sync's `status()` (None: none runs)."""
     store, plans, reserve = fleet.store, fleet.plans, fleet.reserve
     where, params = ("WHERE id = ?", (server_id,)) if server_id else ("", ())
     rows = await store.fetch_all(
@@ -145,6 +150,8 @@ async def servers(fleet: Fleet, server_id: str | None = None) -> list[dict[str, 
         view["hourly_price"] = fleet.price_of(view["server_type"]) if not gone else None
         # Why an empty server is not deleted (idle or drained): it holds users' data.
         view["kept_because"] = None if gone else decisions.kept_because(held.get(view["id"]))
+        # Whether the cluster firewall covers it: never a server joined by hand.
+        view["firewall"] = coverage(view["origin"], firewall)
     return views
 
 
@@ -172,9 +179,12 @@ async def users(fleet: Fleet, user_id: str | None = None) -> list[dict[str, Any]
     where, params = ("WHERE u.id = ?", (user_id,)) if user_id else ("", ())
     rows = await store.fetch_all(
         "SELECT u.*, s.report, s.features AS server_features, v.state AS volume_state, v.location AS volume_location, "
-        "v.server_id AS volume_server, v.size_gb AS volume_size, v.last_error AS volume_error "
+        "v.server_id AS volume_server, v.size_gb AS volume_size, v.last_error AS volume_error, "
+        "m.phase AS move_phase, m.source_server AS move_from, m.target_server AS move_to, "
+        "m.target_location AS move_location, m.snapshot_id AS move_snapshot, "
+        "m.last_error AS move_error "
         "FROM users u LEFT JOIN servers s ON s.id = u.server_id "
-        "LEFT JOIN volumes v ON v.user_id = u.id "
+        "LEFT JOIN volumes v ON v.user_id = u.id LEFT JOIN relocations m ON m.user_id = u.id "
         f"{where} ORDER BY u.created_at, u.id",
         params,
     )
@@ -205,6 +215,8 @@ async def users(fleet: Fleet, user_id: str | None = None) -> list[dict[str, Any]
                 "container": _container(reported.get(r["id"])) if r["server_id"] else None,
                 # USER_VOLUMES: where the user's data is, and why it waits (control/volumes/).
                 "volume": _volume(r, price),
+                # A move to another location, through a backup and a restore, or None.
+                "move": _move(r),
                 "created_at": iso(r["created_at"]),
                 "updated_at": iso(r["updated_at"]),
             }
@@ -217,6 +229,19 @@ def _withheld(row: Row, needs: frozenset[str]) -> str | None:
     if server_id is None or row["state"] not in ("provisioning", "running"):
         return None
     return withheld_reason(server_id, needs, parse(row["server_features"]))
+
+
+def _move(row: Row) -> dict[str, Any] | None:
+    if row["move_phase"] is None:
+        return None
+    return {
+        "phase": row["move_phase"],  # control/volumes/relocation.py
+        "from": row["move_from"],
+        "to": row["move_to"],
+        "location": row["move_location"],
+        "snapshot_id": row["move_snapshot"],
+        "error": row["move_error"],
+    }
 
 
 def _volume(row: Row, price: VolumePrice | None) -> dict[str, Any] | None:

@@ -123,12 +123,14 @@ class PullStore:
 async def ensure_uploaded(api: CloudflareApi, pair: PullPair) -> None:
     zone, sdk = api.zone_id, api.client.origin_tls_client_auth
     try:
-        listed = await api.request("list origin pull certificates", lambda: sdk.list(zone_id=zone))
+        listed = await api.request(
+            "list origin pull certificates", lambda: sdk.zone_certificates.list(zone_id=zone)
+        )
         present = [field(c, "certificate", "") for c in listed.result]
         if pair.certificate.strip() not in {p.strip() for p in present if p}:
             await api.request(
                 "upload origin pull certificate",
-                lambda: sdk.create(
+                lambda: sdk.zone_certificates.create(
                     zone_id=zone, certificate=pair.certificate, private_key=pair.private_key
                 ),
                 repeatable=False,
