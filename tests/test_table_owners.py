@@ -27,6 +27,7 @@ OWNERS: dict[str, str] = {
     "dashboard_sessions": "control/api/sessions.py",
     "volumes": "control/volumes/records.py",
     "backup_jobs": "control/backup_jobs/records.py",
+    "relocations": "control/volumes/relocations.py",
     # The store records which migrations ran; the migrations create every table.
     "schema_migrations": "control/db/store.py",
 }

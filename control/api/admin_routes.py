@@ -24,6 +24,7 @@ from control.billing import rules
 from control.clock import iso
 from control.errors import BadRequest, NotFound
 from control.users import access, secrets, signin_links
+from control.volumes import relocate_start
 from control.workers import assignments
 from control.workers.trust import Stated
 
@@ -46,6 +47,8 @@ class JoinTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class MoveUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server_id: str | None = None
+    # Another location than the user's volume: through a backup and a restore (issue 13).
+    location: Annotated[str, msgspec.Meta(pattern=r"\A[a-z0-9][a-z0-9-]{0,31}\Z")] | None = None
 
 
 @admin_routes.get("/healthz")
@@ -146,11 +149,25 @@ async def _user_action(request: web.Request, goal: rules.Target) -> web.Response
 
 @admin_routes.post("/v1/users/{user_id}/move")
 async def move_user(request: web.Request) -> web.Response:
-    """Moves a running user (make-before-break) to `server_id`, or the best fit."""
+    """Moves a running user (make-before-break) to `server_id`, or the best fit; to
+    another location than its volume's (`location`, or such a server) through a backup
+    and a restore (control/volumes/relocate_start.py)."""
     fleet = request.app[FLEET]
     user_id = request.match_info["user_id"]
     req = decode_body(await request.read(), MoveUser, empty_ok=True)
-    await fleet.move_user(user_id, req.server_id)
+    if await relocate_start.crosses_locations(fleet.store, user_id, req.server_id, req.location):
+        placement = (fleet.plans, fleet.reserve, fleet.needs)
+        await relocate_start.start(
+            fleet.store,
+            fleet.settings,
+            placement,
+            fleet.board.notify,
+            user_id,
+            req.server_id,
+            req.location,
+        )
+    else:
+        await fleet.move_user(user_id, req.server_id)
     return web.json_response((await views.users(fleet, user_id))[0])
 
 

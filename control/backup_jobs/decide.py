@@ -29,10 +29,13 @@ from control.backups.retention import Retention
 from shared.backoff import backoff_delay
 
 Kind = Literal["snapshot", "restore"]
-Reason = Literal["scheduled", "final-drain", "final-retention", "operator"]
+# final-waived: no job, the operator's record that a volume may go without its final snapshot
+Reason = Literal[
+    "scheduled", "final-drain", "final-retention", "operator", "final-waived", "move"
+]  # move: a move to another location's snapshot and restore (control/volumes/relocate.py)
 State = Literal["pending", "running", "done", "failed"]
 OPEN: tuple[State, ...] = ("pending", "running")
-AUTOMATIC: tuple[Reason, ...] = ("scheduled", "final-drain", "final-retention")
+AUTOMATIC: tuple[Reason, ...] = ("scheduled", "final-drain", "final-retention", "move")
 JOB_TIMEOUT = 30 * 60.0
 RETRY_BASE = 60.0
 RETRY_CAP = 6 * 3600.0

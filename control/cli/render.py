@@ -213,6 +213,14 @@ def render_user(u: dict[str, Any]) -> str:
             ("server", u.get("server_id")),
             ("moving from", u.get("moving_from")),
             ("data on", u.get("data_server_id")),
+def move_line(move: dict[str, Any] | None) -> str | None:
+    """A move to another location (control/volumes/relocation.py), on one line."""
+    if not move:
+        return None
+    line = f"{move.get('phase')}: {move.get('from')} -> {move.get('to')} in {move.get('location')}"
+    return line + (f" ({move['error']})" if move.get("error") else "")
+
+
             ("billing", u.get("billing_status")),
             # Billing says whether it may run; an operator's hold whether it will.
             ("billing says", u.get("billing_state")),
@@ -223,6 +231,7 @@ def render_user(u: dict[str, Any]) -> str:
             ("container", container.get("state")),
             ("health", container.get("health")),
             ("restarts", container.get("restart_count")),
+            ("move", move_line(u.get("move"))),
             ("container error", container.get("error")),
             # Its worker's agent cannot run what the spec needs (docs/production.md).
             ("spec withheld", u.get("spec_withheld")),

@@ -206,4 +206,32 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE servers ADD COLUMN features TEXT;
     """,
+    # 10: a move to another location through a backup and a restore (issue 13): the
+    # move's phase, its jobs, and the volume it leaves (old_*) or makes (new_*), kept
+    # until the end so a crash at any point resumes the move
+    """
+    CREATE TABLE relocations (
+        user_id TEXT PRIMARY KEY,
+        phase TEXT NOT NULL,
+        source_server TEXT,
+        target_server TEXT NOT NULL,
+        target_location TEXT NOT NULL,
+        snapshot_job TEXT,
+        snapshot_id TEXT,
+        restore_job TEXT,
+        old_provider_id TEXT NOT NULL,
+        old_name TEXT NOT NULL,
+        old_location TEXT NOT NULL,
+        old_device TEXT,
+        size_gb INTEGER NOT NULL,
+        new_name TEXT NOT NULL,
+        new_provider_id TEXT,
+        new_device TEXT,
+        last_error TEXT,
+        failures INTEGER NOT NULL DEFAULT 0,
+        not_before REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 )

@@ -138,6 +138,56 @@ async def operator_move(
     return moved
 
 
+async def start_relocation(
+    conn: aiosqlite.Connection,
+    plans: dict[str, Plan],
+    reserve: Reserve,
+    user: Row,
+    target: str | None,
+    location: str | None,
+    needs: frozenset[str],
+) -> tuple[str, str]:
+    """A move to another location (issue 13): the user (a row with its volume's
+    `location`) is placed on `target`, or the best fit in `location`, counting the
+    target's memory, CPU and a volume slot as any placement does, and no server runs it
+    until its state is restored there (control/volumes/relocation.py). Returns (source,
+    target); the caller records the move in the same transaction."""
+    source = user["server_id"]
+    _check_movable(user, target)
+    candidates = [r for r in await rooms(conn, plans, reserve) if r.server_id != source]
+    if target is not None:
+        candidates = [r for r in candidates if r.server_id == target]
+        if not candidates:
+            raise Conflict(
+                f"server {target} is not active and accepting work", code="target_unavailable"
+            )
+        location = location or candidates[0].location
+    candidates = [r for r in candidates if r.location == location]
+    if location is None or location == user["location"] or (target and not candidates):
+        raise Conflict(
+            f"{target or location} is not in another location than {user['id']}'s volume",
+            code="same_location",
+        )
+    if target is not None and (lacks := withheld_reason(target, needs, candidates[0].features)):
+        raise Conflict(lacks, code="target_lacks_features")
+    plan = plan_of(plans, user["plan"])
+    wanted = Demand(user["id"], plan.memory_mb, plan.cpus, location, True, needs)
+    chosen = place([wanted], candidates)[0].get(user["id"])
+    if chosen is None:
+        raise Conflict(f"no server in {location} has room for {user['id']}", code="no_room")
+    now = time.time()
+    await records.set_state(conn, user["id"], "provisioning", chosen, now)
+    await events.record(
+        conn,
+        "user_moving",
+        f"operator: {source} -> {chosen} in {location}, through a backup and a restore",
+        server_id=source,
+        user_id=user["id"],
+        at=now,
+    )
+    return source, chosen
+
+
 def _check_movable(user: Row, target: str | None) -> None:
     user_id, source = user["id"], user["server_id"]
     if user["state"] not in ("provisioning", "running") or source is None:

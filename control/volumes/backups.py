@@ -58,7 +58,10 @@ MOUNTED_SQL = (
     "SELECT v.user_id, v.provider_id, v.server_id, u.state, u.plan, u.purge_after, "
     "s.draining, s.report FROM volumes v JOIN users u ON u.id = v.user_id "
     "JOIN servers s ON s.id = v.server_id WHERE v.state = 'attached' "
-    "AND s.status IN ('active', 'unhealthy')"
+    "AND s.status IN ('active', 'unhealthy') "
+    # A move to another location asks for its own jobs until its restore is done.
+    "AND v.user_id NOT IN (SELECT user_id FROM relocations WHERE phase IN "
+    "('stopping', 'snapshot', 'creating', 'attaching', 'restoring'))"
 )
 # Per attached volume, indexed lookups only: the table keeps weeks of jobs per user.
 HISTORY_SQL = (

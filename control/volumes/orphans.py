@@ -1,5 +1,6 @@
 """Orphan volumes: volumes at the provider carrying both of our labels that no row of
-the `volumes` table knows (a create that took effect after it was given up, a row lost
+the `volumes` table knows, nor a move to another location (control/volumes/relocations.py)
+holds (a create that took effect after it was given up, a row lost
 with a restored database).
 
 Contract, as for orphan servers (control/capacity/orphans.py): an orphan is acted on only
@@ -29,7 +30,12 @@ async def sweep(p: Provisioner) -> None:
         p.failed(SWEEP_KEY, "orphan sweep: listing volumes (nothing deleted)", exc)
         return
     p.succeeded(SWEEP_KEY)
-    rows = await p.store.fetch_all("SELECT provider_id, name FROM volumes")
+    rows = await p.store.fetch_all(
+        # A move to another location holds two volumes, both known until it ends.
+        "SELECT provider_id, name FROM volumes UNION ALL "
+        "SELECT old_provider_id, old_name FROM relocations UNION ALL "
+        "SELECT new_provider_id, new_name FROM relocations"
+    )
     found = orphans(seen, known_keys(rows), p.labels, p.state.volume_sightings)
     sightings = {volume.provider_id: count for volume, count in found}
     budget = budget_left(p)

@@ -5,7 +5,8 @@ provider call (`creating`, `attaching`, `detaching`, `deleting`), so a crash or 
 reply leaves a row that says which call to repeat; every provider call used is
 idempotent (control/capacity/providers/base.py). `server_id` is the server the volume is
 attached to (or being attached to or detached from); `last_error`, `failures` and
-`not_before` are the retry state after a failed call.
+`not_before` are the retry state after a failed call. `replace` swaps in the volume a
+move to another location restored the user's state onto (control/volumes/relocate.py).
 """
 
 from __future__ import annotations
@@ -81,6 +82,24 @@ async def waiting(
     await conn.execute(
         "UPDATE volumes SET last_error = ?, updated_at = ? WHERE user_id = ?",
         (message, now, user_id),
+    )
+
+
+async def replace(
+    conn: aiosqlite.Connection,
+    user_id: str,
+    volume: tuple[str, str, str, str | None],
+    server_id: str,
+    now: float,
+) -> None:
+    """A move to another location is over (control/volumes/relocation.py): the user's
+    volume is now `volume` (provider id, name, location, device), attached to `server_id`."""
+    provider_id, name, location, device = volume
+    await conn.execute(
+        "UPDATE volumes SET provider_id = ?, name = ?, location = ?, device = ?, server_id = ?, "
+        "state = 'attached', last_error = NULL, failures = 0, not_before = NULL, updated_at = ? "
+        "WHERE user_id = ?",
+        (provider_id, name, location, device, server_id, now, user_id),
     )
 
 

@@ -14,6 +14,9 @@ Contract:
 - An attach bumps the generation of the server it attached to, whose desired set now
   carries the volume; an old server still running a moved user's container after
   applying its latest set is bumped once more, so it re-reads a set without it.
+- A user moving to another location is left to control/volumes/relocate.py (run at
+  the end of each run) until its state is restored onto the new volume: its volume row
+  still names the old one, which that move snapshots, keeps, and deletes at its end.
 - A volume is deleted (retention over) only once `final_backup_before_delete` says so:
   with backups on, after its final snapshot (control/volumes/backups.py); until then
   it waits, kept, with that reason on the user's volume.
@@ -33,7 +36,7 @@ from control.capacity.provisioning import Provisioner
 from control.db import events
 from control.db.store import Row
 from control.users.plans import plan_of
-from control.volumes import backups, records, steps
+from control.volumes import backups, records, relocate, relocation, steps
 from control.workers import servers
 
 log = logging.getLogger(__name__)
@@ -72,11 +75,19 @@ async def run(p: Provisioner) -> None:
     }
     with_volume = {r["user_id"] for r in await p.store.fetch_all("SELECT user_id FROM volumes")}
     placed = {u for u, row in users.items() if row.state in steps.PLACED and row.server_id}
-    for user_id in sorted(placed | with_volume):
+    marks = ", ".join("?" for _ in relocation.PRE_SWAP)
+    moving = {
+        r["user_id"]
+        for r in await p.store.fetch_all(
+            f"SELECT user_id FROM relocations WHERE phase IN ({marks})", relocation.PRE_SWAP
+        )
+    }
+    for user_id in sorted((placed | with_volume) - moving):
         user = users.get(user_id) or _User(user_id, None, "default", None, None, None)
         for _ in range(MAX_STEPS):
             if not await _advance(p, user):
                 break
+    await relocate.run(p)
 
 
 async def _advance(p: Provisioner, user: _User) -> bool:

@@ -8,7 +8,8 @@ generation and complete set of container specs in one snapshot; with USER_VOLUME
 is in it only on the server its volume is attached to, and its spec carries the volume.
 A user with a restore pending or running is in no set (nothing may write its state
 while it is replaced), and the set carries the worker's open backup jobs of volumes
-attached to it (control/backup_jobs/; none while backups are off). A worker gets no
+attached to it (control/backup_jobs/; none while backups are off), a move's restore
+included: its new volume is attached to the target before the user's row names it. A worker gets no
 spec and no job its agent cannot honour: when its declared features lack any that users'
 specs need (control/users/features.py), its set carries none of them (an agent ignores
 what it does not know, and would start a user on empty Docker volumes); users there show
@@ -232,6 +233,15 @@ RESTORING_SQL = (
 )
 
 
+# Volumes as jobs find them: the users' own, and the new volume a move to another
+# location restores onto before the user's row names it (control/volumes/relocate.py).
+ATTACHED_SQL = (
+    "SELECT user_id, server_id, provider_id, device, size_gb, state FROM volumes "
+    "UNION ALL SELECT user_id, target_server, new_provider_id, new_device, size_gb, "
+    "'attached' FROM relocations WHERE phase = 'restoring'"
+)
+
+
 async def _backup_jobs(
     store: Store, settings: Settings, keyring: Keyring, server_id: str
 ) -> list[BackupJob]:
@@ -239,7 +249,8 @@ async def _backup_jobs(
     if not settings.backups_enabled:
         return []
     rows = await store.fetch_all(
-        "SELECT j.* FROM backup_jobs j JOIN volumes v ON v.user_id = j.user_id "
+        "SELECT j.*, v.device AS volume_device, v.size_gb AS volume_size_gb "
+        f"FROM backup_jobs j JOIN ({ATTACHED_SQL}) v ON v.user_id = j.user_id "
         "AND v.server_id = j.server_id AND v.provider_id = j.volume_id "
         "WHERE j.server_id = ? AND j.state IN ('pending', 'running') "
         "AND v.state = 'attached' ORDER BY j.created_at, j.id LIMIT ?",

@@ -27,4 +27,5 @@ def build_provider(settings: Settings) -> Provider:
         router_address=settings.local_router_address,
         client_address=rules.LOOPBACK_CLIENT_ADDRESS if loopback else "",
         max_servers=settings.local_max_servers,
+        locations=settings.local_locations,
     )

@@ -18,6 +18,11 @@ every worker) and one Traefik on LOCAL_ROUTER_ADDRESS watching one route directo
 agents never touch each other's). The router belongs to the machine, not to a worker:
 started with the first live worker, stopped with the last. Each worker gets its own
 sign-in verifier port (AUTH_PORT), a free one at creation.
+
+LOCAL_LOCATIONS names the locations a worker may be in (default `local`): `pairs` offers
+them in that order and a worker is in the location it was created for (recorded in its
+server.json), so two locations on one machine let a move to another location through a
+backup and a restore be run and tested here.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from control.capacity.providers.base import (
     VolumePrice,
 )
 from control.capacity.providers.local_machine import free_port, power_off
-from control.capacity.providers.local_volumes import LocalVolumes
+from control.capacity.providers.local_volumes import LOCATION, LocalVolumes
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +109,10 @@ class LocalProvider(LocalVolumes):
         router_address: str = "",
         client_address: str = "",
         max_servers: int = 1,
+        locations: tuple[str, ...] = (LOCATION,),
     ) -> None:
         self.max_servers = max_servers
+        self.locations = locations or (LOCATION,)
         self.root = Path(workers_dir).resolve()  # agents run with their own cwd
         self.python = python
         self.extra_env = extra_env or {}
@@ -118,7 +125,7 @@ class LocalProvider(LocalVolumes):
         self.root.mkdir(parents=True, exist_ok=True)
 
     def pairs(self) -> list[tuple[str, str]]:
-        return [("local", "local")]
+        return [("local", location) for location in self.locations]
 
     def server_type(self, name: str) -> ServerType:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -174,12 +181,8 @@ class LocalProvider(LocalVolumes):
                 cwd=home,
             )
         created_at = time.time()
-        meta = {
-            "name": request.name,
-            "labels": request.labels,
-            "pid": proc.pid,
-            "created_at": created_at,
-        }
+        meta = {"name": request.name, "labels": request.labels, "pid": proc.pid}
+        meta |= {"created_at": created_at, "location": request.location}
         (home / "server.json").write_text(json.dumps(meta))
         self._ensure_router()
         return ProviderServer(
@@ -189,7 +192,7 @@ class LocalProvider(LocalVolumes):
             labels=dict(request.labels),
             public_ip="127.0.0.1",
             server_type="local",
-            location="local",
+            location=request.location,
             created_at=created_at,
         )
 
@@ -286,7 +289,7 @@ class LocalProvider(LocalVolumes):
             labels=meta["labels"],
             public_ip="127.0.0.1",
             server_type="local",
-            location="local",
+            location=meta.get("location", LOCATION),  # made before LOCAL_LOCATIONS: local
             created_at=meta["created_at"],
         )
 

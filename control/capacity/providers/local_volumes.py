@@ -1,12 +1,13 @@
 """Volumes of the local provider: the volume half of `LocalProvider`.
 
 A local volume is a name: its record is `<LOCAL_WORKERS_DIR>/volumes/<name>.json`
-(name, size, labels, the local server it is attached to). The agent backs it by a
+(name, size, location, labels, the local server it is attached to). The agent backs it by a
 sparse file it formats and mounts itself (`device` is `loop:<name>`, the protocol's
 BlockVolumeSpec), so `attach` and `detach` only record where the volume is; the
 provider id is the name. The same contract as Hetzner's
 (control/capacity/providers/base.py): create adopts by name, detach of a detached
-volume and delete of a missing one succeed, attach while attached elsewhere is refused.
+volume and delete of a missing one succeed, attach while attached elsewhere is refused,
+and so is an attach to a server in another location (LOCAL_LOCATIONS) than the volume's.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class LocalVolumes:
     async def create_volume(
         self, name: str, size_gb: int, location: str, labels: dict[str, str]
     ) -> ProviderVolume:
-        return await asyncio.to_thread(self._create_volume, name, size_gb, labels)
+        return await asyncio.to_thread(self._create_volume, name, size_gb, location, labels)
 
     async def attach(self, volume: ProviderVolume, server_provider_id: str) -> None:
         await asyncio.to_thread(self._move, volume.provider_id, server_provider_id)
@@ -56,7 +57,9 @@ class LocalVolumes:
             raise ProviderError(f"not a local volume name: {name!r}", kind="invalid")
         return self.root / "volumes" / f"{name}.json"
 
-    def _create_volume(self, name: str, size_gb: int, labels: dict[str, str]) -> ProviderVolume:
+    def _create_volume(
+        self, name: str, size_gb: int, location: str, labels: dict[str, str]
+    ) -> ProviderVolume:
         record = self._record(name)
         existing = self._read_volume(record)
         if existing is not None:
@@ -68,7 +71,9 @@ class LocalVolumes:
                 )
             return existing
         record.parent.mkdir(parents=True, exist_ok=True)
-        volume = ProviderVolume(name, name, LOCATION, size_gb, f"loop:{name}", None, dict(labels))
+        volume = ProviderVolume(
+            name, name, location or LOCATION, size_gb, f"loop:{name}", None, dict(labels)
+        )
         _write(record, volume)
         return volume
 
@@ -83,7 +88,20 @@ class LocalVolumes:
                 kind="invalid",
                 code="volume_already_attached",
             )
+        if server is not None and self._location_of(server) != volume.location:
+            raise ProviderError(  # as Hetzner answers it (steps.on_failure reads the code)
+                f"volume {name} is in {volume.location}, server {server} is not",
+                kind="invalid",
+                code="location_mismatch",
+            )
         _write(record, ProviderVolume(**{**volume.__dict__, "server_id": server}))
+
+    def _location_of(self, server: str) -> str:
+        try:
+            meta = json.loads((self.root / server / "server.json").read_text())
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+            return LOCATION
+        return str(meta.get("location", LOCATION))
 
     def _list_volumes(self, labels: dict[str, str]) -> builtins.list[ProviderVolume]:
         folder = self.root / "volumes"
