@@ -5,7 +5,8 @@ the app starts. Every long-lived resource has its own cleanup context, which ope
 and puts it under its key (control/appkeys.py) on start-up and closes it on shutdown;
 aiohttp runs them in this order and unwinds them in reverse:
 1. the store;
-2. the provider (metered), then the DNS sync with its DNS provider;
+2. the provider (metered), then the DNS sync with its DNS provider, then the edge
+   firewall's sync (control/edge/firewall_sync.py; off unless EDGE_FIREWALL is on);
 3. the start-up checks: the provider's validation (control/capacity/providers/health.py)
    and the DNS provider's verification (control/dns/sync.py) run at once, and only a
    refusal within PROVIDER_STARTUP_WAIT stops start-up; an outage is retried in the
@@ -14,14 +15,15 @@ aiohttp runs them in this order and unwinds them in reverse:
 4. the Fleet facade (its long-poll board and heartbeat writer), then the autoscaler
    (and the agent wheel under DIST, with a real provider), then the liveness sweeps;
 5. the Stripe inbox processor;
-6. the scheduler's jobs (autoscale, DNS rounds, Stripe pruning), started last.
+6. the scheduler's jobs (autoscale, DNS and firewall rounds, Stripe pruning), started last.
 On shutdown, long-polls are woken first (`on_shutdown`), then the contexts unwind: the
 scheduler stops, the inbox processor and the sweeps are cancelled and awaited, the
 autoscaler's run in progress is waited for, the heartbeat writer flushes, the start-up
-checks still running are cancelled, and the DNS provider, the provider and the store
-close, in that order. The Fleet's collaborators that act later (the autoscaler, the
-scheduler's DNS round) are reached through the app, and act only once the scheduler
-runs, which is after everything is wired.
+checks still running are cancelled, and the firewall's clients (after its round in
+progress), the DNS provider, the provider and the store close, in that order. The
+Fleet's collaborators that act later (the autoscaler, the scheduler's DNS round) are
+reached through the app, and act only once the scheduler runs, which is after
+everything is wired.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from control.appkeys import (
     DIST,
     DNS_HEALTH,
     DNS_SYNC,
+    FIREWALL_SYNC,
     FLEET,
     INBOX,
     METRICS,
@@ -73,6 +76,7 @@ from control.dns.cloudflare import CloudflareDns
 from control.dns.cloudflare_api import CloudflareApi
 from control.dns.provider import DnsProvider, NoDns
 from control.dns.sync import DnsSync
+from control.edge.firewall_sync import build_firewall_sync
 from control.fleet import Fleet
 from control.health import ProviderHealth
 from control.keyring import Keyring
@@ -115,6 +119,7 @@ def create_app(
             _store,
             _provider,
             _dns_sync,
+            _firewall_sync,
             _startup_checks,
             origin_tls_context,  # the zone's SSL mode and origin pulls, in the background
             _fleet,
@@ -156,6 +161,15 @@ async def _dns_sync(app: web.Application) -> AsyncIterator[None]:
     finally:
         async with dns_sync.stopped():  # no round starts while its provider closes
             await dns_sync.provider.close()
+
+
+async def _firewall_sync(app: web.Application) -> AsyncIterator[None]:
+    sync = build_firewall_sync(app[SETTINGS], app[STORE], app[PROVIDER_HEALTH])
+    app[FIREWALL_SYNC] = sync
+    try:
+        yield
+    finally:
+        await sync.close()
 
 
 async def _startup_checks(app: web.Application) -> AsyncIterator[None]:
@@ -247,6 +261,7 @@ async def _scheduled_jobs(app: web.Application) -> AsyncIterator[None]:
     settings, scheduler = app[SETTINGS], app[SCHEDULER]
     _every(scheduler, settings.autoscale_interval, "autoscale", app[SCALER].tick, scheduled=True)
     _every(scheduler, settings.dns_reconcile_interval, "dns", app[DNS_SYNC].tick)
+    _every(scheduler, settings.firewall_reconcile_interval, "firewall", app[FIREWALL_SYNC].tick)
     # Pruning can wait its first interval: at start-up it would only race shutdown in
     # short-lived processes, and apscheduler reports a cancelled job as an error.
     _every(scheduler, STRIPE_PRUNE_INTERVAL, "stripe-prune", app[INBOX].prune_job, now=False)

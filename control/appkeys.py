@@ -9,9 +9,9 @@ modules it names. Who sets each key, and when:
   PROVIDER_HEALTH, DNS_HEALTH, AUTH_GUARD, SESSIONS, STORE_PROBE, SCHEDULER (started
   only once everything below runs);
 - by the cleanup context that owns the resource, on start-up, in this order: STORE,
-  PROVIDER, DNS_SYNC, FLEET, SCALER (and DIST with a real provider), INBOX. A key is
-  absent until its resource is running: readers that may run earlier (the webhook,
-  /readyz, /metrics) test `key in app` first.
+  PROVIDER, DNS_SYNC, FIREWALL_SYNC, FLEET, SCALER (and DIST with a real provider),
+  INBOX. A key is absent until its resource is running: readers that may run earlier
+  (the webhook, /readyz, /metrics) test `key in app` first.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from control.capacity.scaler import Scaler
     from control.db.store import Store
     from control.dns.sync import DnsSync
+    from control.edge.firewall_sync import FirewallSync
     from control.fleet import Fleet
     from control.health import ProviderHealth
     from control.metrics import Metrics
@@ -58,6 +59,7 @@ SCHEDULER: web.AppKey[AsyncIOScheduler] = web.AppKey("scheduler")
 STORE: web.AppKey[Store] = web.AppKey("store")
 PROVIDER: web.AppKey[Provider] = web.AppKey("provider")  # metered
 DNS_SYNC: web.AppKey[DnsSync] = web.AppKey("dns_sync")
+FIREWALL_SYNC: web.AppKey[FirewallSync] = web.AppKey("firewall_sync")  # the edge firewall
 SCALER: web.AppKey[Scaler] = web.AppKey("scaler")
 DIST: web.AppKey[AgentDist] = web.AppKey("dist")  # the agent wheel, real providers only
 FLEET: web.AppKey[Fleet] = web.AppKey("fleet")

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from control.api import views
 from control.api.bodies import decode_body, query_number
-from control.appkeys import DNS_HEALTH, FLEET, INBOX, PROVIDER_HEALTH
+from control.appkeys import DNS_HEALTH, FIREWALL_SYNC, FLEET, INBOX, PROVIDER_HEALTH
 from control.billing import rules
 from control.clock import iso
 from control.errors import BadRequest, NotFound
@@ -82,7 +82,7 @@ async def list_servers(request: web.Request) -> web.Response:
     dns = request.app[DNS_HEALTH].as_json()
     return web.json_response(
         {
-            "servers": await views.servers(fleet),
+            "servers": await views.servers(fleet, firewall=_firewall(request)),
             "volume_cost": await views.volume_cost(fleet),  # shown beside the servers' cost
             "provider": provider,
             "dns": dns,
@@ -93,7 +93,7 @@ async def list_servers(request: web.Request) -> web.Response:
 @admin_routes.get("/v1/servers/{server_id}")
 async def get_server(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
-    found = await views.servers(fleet, request.match_info["server_id"])
+    found = await views.servers(fleet, request.match_info["server_id"], _firewall(request))
     if not found:
         raise NotFound(f"no server {request.match_info['server_id']}")
     return web.json_response(found[0])
@@ -104,7 +104,13 @@ async def server_action(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     server_id = request.match_info["server_id"]
     await fleet.set_server_flag(server_id, request.match_info["action"])
-    return web.json_response((await views.servers(fleet, server_id))[0])
+    return web.json_response((await views.servers(fleet, server_id, _firewall(request)))[0])
+
+
+def _firewall(request: web.Request) -> dict[str, object] | None:
+    """The edge firewall's state for the server views (None before its context runs)."""
+    app = request.app
+    return app[FIREWALL_SYNC].status() if FIREWALL_SYNC in app else None
 
 
 @admin_routes.post("/v1/users")

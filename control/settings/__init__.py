@@ -10,9 +10,8 @@ as a `Settings` field made by `shared.config.setting` with its name, default, pa
 meaning; `VARIABLES` and docs/configuration.md (`reference_markdown`, `make docs`,
 checked by a test) are derived from those declarations. A missing or malformed value
 raises `SettingsError` whose message names the variable and never repeats a secret's
-value. Rules across variables (PUBLIC_URL's default and https rule, STRIPE_LIVEMODE
-against the key, the credentials a provider needs, MIN/MAX_SERVERS, DEAD_AFTER) are
-checked after every variable has parsed.
+value. Rules across variables (PUBLIC_URL, STRIPE_LIVEMODE against the key, a provider's
+credentials, MIN/MAX_SERVERS, DEAD_AFTER, the edge's) are checked once all have parsed.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from typing import Any
 from control.plans import Plan
 from control.settings import rules
 from control.settings.backups import BackupSettings
+from control.settings.edge import EdgeSettings
 from control.settings.local import LocalSettings
 from control.settings.profiles import Profile
 from control.settings.rules import SettingsError
@@ -52,7 +52,7 @@ DEFAULT_AGENT_IMAGE = "ghcr.io/openclaw/openclaw:2026.11.20"
 
 
 @dataclass(frozen=True)
-class Settings(BackupSettings, LocalSettings, VolumeSettings):
+class Settings(BackupSettings, LocalSettings, VolumeSettings, EdgeSettings):
     admin_token: str = setting(
         "ADMIN_TOKEN",
         None,
@@ -134,7 +134,7 @@ class Settings(BackupSettings, LocalSettings, VolumeSettings):
         "HETZNER_SSH_KEYS",
         "",
         items(at_least_one=False),
-        "Comma-separated SSH key names to install for operators' break-glass access (nothing in Clawfleet uses SSH).",
+        "Comma-separated Hetzner SSH key names given to new servers (Hetzner then mails no root password). They grant no access: workers run no sshd unless BREAK_GLASS_SSH_KEY is set, and then accept that key only.",
     )
     hetzner_locations: tuple[str, ...] = setting(
         "HETZNER_LOCATION",

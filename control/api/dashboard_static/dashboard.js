@@ -421,6 +421,7 @@
       ["Hostname", dash(s.hostname)],
       ["Agent / Docker", dash(s.agent_version) + " / " + dash(s.docker_version)],
       ["Metadata blocked", s.metadata_blocked === null || s.metadata_blocked === undefined ? "—" : s.metadata_blocked ? "yes" : "NO"],
+      ["Firewall", s.firewall ? [s.firewall.protected ? "protected" : h("span", { class: "error" }, s.firewall.state === "unprotected" ? "UNPROTECTED" : s.firewall.state), h("div", { class: "muted small" }, s.firewall.detail)] : "—"],
       ["Memory", h("div", null, capacityBar(s.capacity.memory_mb))],
       ["CPUs", cpu.used + " / " + dash(cpu.total)],
       ["Containers", s.containers_running + " running / " + s.containers_desired + " desired"],
