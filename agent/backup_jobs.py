@@ -12,11 +12,16 @@ Contract:
   `running` too.
 - A job works on `<mounts>/<volume_id>` and only once a file system is mounted there
   (/proc/self/mountinfo): a snapshot of an empty mount point would be a snapshot of
-  nothing, and its retention would then forget real ones. A snapshot creates the
+  nothing, and its retention would then forget real ones. A job whose volume is not
+  mounted and that describes it (`volume`, with the job's `volume_id`) has it mounted
+  through `mount` first (the reconciler's, which never formats a device that holds
+  anything); `volume_ids()` names the volumes of the known jobs, which the reconciler
+  keeps mounted. A snapshot creates the
   repository if missing, backs the volume up with the job's tags and, when any keep_*
-  count is above 0, forgets and prunes by those counts; a failed prune after a
-  successful snapshot is still `done` (the snapshot exists; the next one prunes again),
-  with the prune's error. A restore needs a snapshot id and runs only while no
+  count is above 0, forgets and prunes by those counts and reports the short ids of
+  the snapshots the repository kept (`kept`; none when more than MAX_KEPT); a failed
+  prune after a successful snapshot is still `done` (the snapshot exists; the next one
+  prunes again), with the prune's error and no `kept`. A restore needs a snapshot id and runs only while no
   container of the user exists on this engine (checked right before restic runs); it
   replaces the volume's contents, or leaves them as they were on failure.
 - `reports()` is one BackupReport per known job, for the heartbeat. A failed job's
@@ -31,20 +36,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.backups import Repository, Restic, RetentionPolicy
 from agent.errors import AgentError
 from agent.runtime import DockerError, DockerRuntime
-from agent.volumes import mounted_at, parse_mountinfo
+from agent.volumes import VolumeError, mounted_at, parse_mountinfo
 from shared.logsafe import escape
-from shared.protocol import MAX_BACKUP_ERROR, BackupJob, BackupReport
+from shared.protocol import MAX_BACKUP_ERROR, MAX_KEPT, BackupJob, BackupReport, BlockVolumeSpec
 
 log = logging.getLogger(__name__)
 
 AT_ONCE = 2
+SHORT_ID = 8  # restic's short snapshot id: what `restic snapshots` shows
+Mount = Callable[[BlockVolumeSpec], Awaitable[object]]
 
 
 class JobRefused(AgentError):
@@ -71,6 +78,13 @@ def error_line(text: str, secrets: Collection[str]) -> str:
     return line if len(line) <= MAX_BACKUP_ERROR else line[: MAX_BACKUP_ERROR - 1] + "…"
 
 
+def kept_ids(kept: Sequence[str]) -> list[str]:
+    """The report's `kept`: restic's short ids, sorted; none rather than a partial list
+    (the control plane reads a missing snapshot as forgotten)."""
+    short = sorted({snapshot_id[:SHORT_ID] for snapshot_id in kept})
+    return short if len(short) <= MAX_KEPT else []
+
+
 @dataclass
 class _Job:
     job: BackupJob
@@ -89,6 +103,7 @@ class BackupJobs:
         at_once: int = AT_ONCE,
         clock: Callable[[], float] = time.time,
         mounted: Callable[[Path], bool] = is_mounted,
+        mount: Mount | None = None,
     ) -> None:
         self.mounts = mounts
         self.runtime = runtime
@@ -96,6 +111,7 @@ class BackupJobs:
         self._cache = cache_dir
         self._clock = clock
         self._mounted = mounted
+        self._mount = mount
         self._slots = asyncio.Semaphore(at_once)
         self._users: dict[str, asyncio.Lock] = {}
         self._jobs: dict[str, _Job] = {}
@@ -108,6 +124,10 @@ class BackupJobs:
         for job_id, job in wanted.items():
             if job_id not in self._jobs:
                 self._start(job)
+
+    def volume_ids(self) -> set[str]:
+        """The volumes the known jobs work on: kept mounted while a job is known."""
+        return {entry.job.volume_id for entry in self._jobs.values()}
 
     def reports(self) -> list[BackupReport]:
         return [entry.report for entry in self._jobs.values()]
@@ -166,6 +186,8 @@ class BackupJobs:
     async def _execute(self, job: BackupJob) -> BackupReport:
         target = self.mounts / job.volume_id
         if not await asyncio.to_thread(self._mounted, target):
+            await self._mount_for(job)
+        if not await asyncio.to_thread(self._mounted, target):
             raise JobRefused(f"volume {job.volume_id} is not mounted on this worker")
         repo = Repository(job.repository, job.password, job.access_key, job.secret_key)
         restic = Restic(repo, binary=self._binary, cache_dir=self._cache)
@@ -174,14 +196,28 @@ class BackupJobs:
             return BackupReport(id=job.id, state="done", finished_at=self._clock())
         return await self._snapshot(job, restic, target)
 
+    async def _mount_for(self, job: BackupJob) -> None:
+        """Mounts the volume the job describes (no spec names it: a restore after a
+        restart); a job that does not describe it, or another volume, is left to fail."""
+        if self._mount is None or job.volume is None or job.volume.id != job.volume_id:
+            return
+        try:
+            await self._mount(job.volume)
+        except VolumeError as exc:
+            raise JobRefused(
+                f"volume {job.volume_id} could not be mounted: {exc.message}"
+            ) from None
+        log.info("backup job %s: mounted volume %s for it", job.id, job.volume_id)
+
     async def _snapshot(self, job: BackupJob, restic: Restic, target: Path) -> BackupReport:
         await restic.init_if_missing()
         summary = await restic.snapshot(target, tuple(job.tags))
-        error = ""
+        error, kept = "", []
         if job.keep_hourly or job.keep_daily or job.keep_weekly:
             policy = RetentionPolicy(job.keep_hourly, job.keep_daily, job.keep_weekly)
             try:
-                await restic.forget_prune(policy)
+                pruned = await restic.forget_prune(policy)
+                kept = kept_ids(pruned.kept)
             except AgentError as exc:
                 secrets = (job.password, job.access_key, job.secret_key)
                 error = error_line(f"snapshot made; retention failed: {exc.message}", secrets)
@@ -192,6 +228,7 @@ class BackupJobs:
             bytes_added=summary.data_added,
             finished_at=self._clock(),
             error=error,
+            kept=kept,
         )
 
     async def _restore(self, job: BackupJob, restic: Restic, target: Path) -> None:

@@ -11,8 +11,9 @@ whose spec hash matches is never touched (re-adoption means zero restarts).
 pulls before replacing, mounts a spec's block volume before it creates, replaces or
 starts its container (agent/volumes.py; no mount means no container, the error is
 reported and retried with backoff) and unmounts those no spec names, no backup job of
-the assignments names (a restore runs with its user's spec withheld) and no container
-uses, writes the spec's config and secret files into its volumes
+the assignments or of `job_volumes` (the jobs the agent runs) names (a restore runs with
+its user's spec withheld) and no container uses; `mount_for_job` mounts a job's volume
+between passes, never during one, writes the spec's config and secret files into its volumes
 before each container it creates (agent/tenant_files.py; a refused file means no
 start), gates upgrades on health and rolls back, keeps per-user errors
 and backoff, keeps Traefik routes in step, and builds the heartbeat's reports. It acts
@@ -244,6 +245,8 @@ class Reconciler:
         # Told the accepted specs at the start of every pass (the sign-in verifier),
         # before any Docker call, so it follows the desired set even with Docker down.
         self.on_specs: Callable[[Collection[ContainerSpec]], None] | None = None
+        # The volumes the agent's backup jobs work on: kept mounted (agent/backup_jobs.py).
+        self.job_volumes: Callable[[], Collection[str]] = lambda: ()
 
     async def close(self) -> None:
         await self._http.close()
@@ -513,6 +516,12 @@ class Reconciler:
         await self.volumes.ensure(volume)
         return self.volumes
 
+    async def mount_for_job(self, volume: BlockVolumeSpec) -> None:
+        """Mounts a backup job's volume, under the pass lock: a pass releasing volumes
+        never runs while it is mounted (the job is known by then, so it is kept)."""
+        async with self._lock:
+            await self._mount(volume)
+
     async def _release_volumes(self, view: View) -> None:
         """Unmounts the volumes no desired spec names, no backup job names and no
         container uses any more (any container on the engine: a removal that failed keeps
@@ -522,6 +531,7 @@ class Reconciler:
         keep = [s.volume for s in view.specs.values() if s.volume is not None]
         # A backup job's volume stays mounted: a restore comes with its user's spec withheld.
         jobs = {j.volume_id for j in self.desired.backups} if self.desired else set()
+        jobs |= set(self.job_volumes())
         try:
             in_use = {c.labels.get(LABEL_VOLUME, "") for c in await self.runtime.list_managed()}
             in_use |= jobs
