@@ -114,6 +114,16 @@ def cost_line(body: dict[str, Any]) -> str:
     return f"cost (net, {currency}): {servers}; volumes {volumes}"
 
 
+def _firewall(firewall: dict[str, Any] | None) -> str | None:
+    """`protected`, or the state in capitals (UNPROTECTED for a server joined by hand)
+    with why: an operator must not miss a worker that takes traffic from anyone."""
+    if not firewall:
+        return None
+    if firewall.get("protected"):
+        return "protected"
+    return f"{str(firewall.get('state')).upper()}: {firewall.get('detail')}"
+
+
 def render_server(s: dict[str, Any]) -> str:
     capacity = s.get("capacity") or {}
     head = _pairs(
@@ -127,6 +137,7 @@ def render_server(s: dict[str, Any]) -> str:
             ("kept because", s.get("kept_because")),
             ("capacity from", s.get("capacity_source")),
             ("origin", s.get("origin")),
+            ("firewall", _firewall(s.get("firewall"))),
             ("provider", f"{_cell(s.get('provider'))} {_cell(s.get('provider_id'))}"),
             ("type / location", f"{_cell(s.get('server_type'))} / {_cell(s.get('location'))}"),
             ("public ip", s.get("public_ip")),
