@@ -88,7 +88,11 @@ class Fleet:
         # The agent features every user's spec needs: placed only where an agent has them.
         self.needs = fleet_needs(settings)
         self.billing_policy = rules.Policy(
-            self.plans, settings.past_due_grace, settings.retention_days * 86400
+            self.plans,
+            settings.past_due_grace,
+            settings.retention_days * 86400,
+            # A cancelled user's final snapshot is asked for in the cancelling transaction.
+            on_cancelled=volume_backups.on_cancelled if settings.backups_enabled else None,
         )
         self.ledger = nonces.NonceLedger()
         self.auth = Authenticator(store, keyring, self.ledger)
@@ -187,12 +191,6 @@ class Fleet:
         await self._after(await assignments.commit(self.store, change, _applied))
 
     async def _after(self, applied: rules.Applied) -> None:
-        if applied.user_id is not None:
-            # Before the workers hear of it: a cancelled user's final snapshot must reach
-            # its worker with the set that removes the container (docs/backups.md).
-            await volume_backups.on_cancelled(
-                self.store, self.settings, self.board.notify, applied.user_id, time.time()
-            )
         self.board.notify(*applied.touched)
         # Any change to a user may have made room: it left, or its plan changed.
         if applied.place or applied.user_id is not None:

@@ -2,14 +2,20 @@
 
 Contract (admin token or dashboard session, as every /v1 admin route):
 - `GET /v1/users/{id}/backups`: whether backups are on, the user's snapshots (its done
-  snapshot jobs, newest first: restic's retention may have forgotten the oldest) and
-  its RECENT_JOBS latest jobs.
+  snapshot jobs restic still holds, newest first: those a later snapshot's retention
+  forgot are not listed, their jobs say so) and its RECENT_JOBS latest jobs.
 - `POST /v1/users/{id}/backups`: a snapshot now, 202 with the job.
 - `POST /v1/users/{id}/restore` `{"snapshot_id": ...}`: a restore of one of the user's
   snapshots, 202 with the job; the user's container stays stopped until it is done.
 An unknown user is 404; 409 when backups are off, the user's volume is not attached and
 mounted, or a job of the user is still open; 400 for a snapshot id that is not one of
-the user's (control/volumes/backups.py `request`).
+the user's (control/volumes/backups.py `request`; `snapshot_forgotten` for one the
+retention forgot).
+- `POST /v1/users/{id}/backups/waive-final` `{"reason": ...}`: lets a cancelled user's
+  volume be deleted at retention end without the final snapshot it waits for (one that
+  can never be taken), recorded with an event; 201 with the waiver's id
+  (control/volumes/final_waiver.py: 404 without a volume, 409 for a user not cancelled,
+  a job still open or backups off). It works for a purged user too (no user row).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from control.clock import iso
 from control.db.store import Row, Store
 from control.errors import NotFound
 from control.fleet import Fleet
-from control.volumes import backups
+from control.volumes import backups, final_waiver
 
 backup_routes = web.RouteTableDef()
 RECENT_JOBS = 20
@@ -35,6 +41,10 @@ RECENT_JOBS = 20
 
 class RestoreRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     snapshot_id: str
+
+
+class WaiveRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    reason: str
 
 
 def job_view(row: Row) -> dict[str, Any]:
@@ -58,7 +68,7 @@ async def user_backups(store: Store, user_id: str) -> dict[str, list[dict[str, A
     snapshots = await store.fetch_all(
         "SELECT result_snapshot_id, finished_at, bytes_added, reason FROM backup_jobs "
         "WHERE user_id = ? AND kind = 'snapshot' AND state = 'done' "
-        "ORDER BY finished_at DESC, id",
+        "AND result_snapshot_id IS NOT NULL ORDER BY finished_at DESC, id",
         (user_id,),
     )
     jobs = await store.fetch_all(
@@ -118,3 +128,11 @@ async def restore(request: web.Request) -> web.Response:
         fleet.store, fleet.settings, fleet.board.notify, user_id, req.snapshot_id, time.time()
     )
     return await _job_reply(fleet, job_id)
+
+
+@backup_routes.post("/v1/users/{user_id}/backups/waive-final")
+async def waive_final(request: web.Request) -> web.Response:
+    fleet, user_id = request.app[FLEET], request.match_info["user_id"]
+    req = decode_body(await request.read(), WaiveRequest)
+    waiver = await final_waiver.waive(fleet.store, fleet.settings, user_id, req.reason, time.time())
+    return web.json_response({"user_id": user_id, "waiver": waiver}, status=201)

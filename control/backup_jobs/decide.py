@@ -14,6 +14,11 @@ Contract:
 - `stale(job, now)`: an open job no report mentioned for JOB_TIMEOUT seconds.
 - `kept_for(retention)`: how long a finished job is kept: as long as restic may keep
   the oldest snapshot BACKUP_RETENTION keeps, and a day more.
+- `forgotten(listed, kept)`: which of a user's listed snapshots (job id, snapshot id)
+  restic's retention forgot, from the short ids a done snapshot's report says the
+  repository kept; none when it said nothing (retention did not run or kept too many
+  to say). A snapshot id matches a kept short id by prefix; the caller passes only
+  snapshots listed before the reporting job was asked for, which its prune saw.
 - `history(last_done, latest, now)`: what a user's jobs say for the next one: in flight
   while its latest job is open or failed less than its back-off ago (an operator may
   ask during a back-off, not while a job is open), and the attempt number of the next
@@ -22,6 +27,7 @@ Contract:
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,6 +65,7 @@ class Report:
     snapshot_id: str = ""
     bytes_added: int = 0
     error: str = ""
+    kept: tuple[str, ...] = ()  # short ids of the snapshots the repository kept
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,13 @@ def on_report(job: Job, report: Report, now: float, rand: float = 0.5) -> Update
         snapshot_id=report.snapshot_id if job.kind == "snapshot" else None,
         bytes_added=max(0, report.bytes_added) if job.kind == "snapshot" else None,
     )
+
+
+def forgotten(listed: Sequence[tuple[str, str]], kept: Collection[str]) -> list[str]:
+    """The job ids among `listed` (job id, snapshot id) whose snapshot is not kept."""
+    if not kept:
+        return []
+    return [job_id for job_id, snap in listed if not any(snap.startswith(k) for k in kept)]
 
 
 def stale(job: Job, now: float) -> bool:

@@ -6,9 +6,15 @@ for the server its user's volume is attached to and the volume's provider id;
 `apply` records an update from control/backup_jobs/decide.py, stamping `reported_at`
 (last heard of), `started_at` (first `running` or `done`) and `finished_at` (done or failed,
 the control plane's clock, which the schedule compares with). A finished row is
-history: it is never changed again, and a done snapshot row is a snapshot the
-operator can restore. `prune` forgets finished rows older than a moment, except the
-`final-retention` ones a volume's deletion waits on (control/volumes/backups.py).
+history: it is never changed again, but for one thing: a done snapshot whose snapshot
+restic's retention forgot (`forget_snapshots`) moves its id from `result_snapshot_id`
+to `snapshot_id` and says so in `error`, so it is listed and restorable no more while
+its job stays in the history. A done snapshot row with a `result_snapshot_id` is a
+snapshot the operator can restore (`listed`). `waive` records an operator's decision
+that a volume may be deleted without its final snapshot: a `final-waived` row, finished
+at once, never sent to a worker. `prune` forgets finished rows older than a moment,
+except the `final-retention` and `final-waived` ones a volume's deletion waits on
+(control/volumes/backups.py).
 """
 
 from __future__ import annotations
@@ -94,6 +100,38 @@ async def apply(conn: aiosqlite.Connection, job_id: str, update: Update, now: fl
 async def prune(conn: aiosqlite.Connection, before: float) -> None:
     await conn.execute(
         "DELETE FROM backup_jobs WHERE state IN ('done', 'failed') AND finished_at < ? "
-        "AND reason != 'final-retention'",
+        "AND reason NOT IN ('final-retention', 'final-waived')",
         (before,),
     )
+
+
+async def listed(conn: aiosqlite.Connection, user_id: str, before: float) -> list[Row]:
+    """The user's restorable snapshots that finished before `before`: id, result_snapshot_id."""
+    return await fetch_all(
+        conn,
+        "SELECT id, result_snapshot_id FROM backup_jobs WHERE user_id = ? AND kind = 'snapshot' "
+        "AND state = 'done' AND result_snapshot_id IS NOT NULL AND finished_at < ?",
+        (user_id, before),
+    )
+
+
+async def forget_snapshots(conn: aiosqlite.Connection, job_ids: Sequence[str], by_job: str) -> None:
+    """Marks these done snapshots as forgotten by the retention `by_job` applied."""
+    for job_id in job_ids:
+        await conn.execute(
+            "UPDATE backup_jobs SET snapshot_id = result_snapshot_id, result_snapshot_id = NULL, "
+            "error = ? WHERE id = ? AND kind = 'snapshot' AND state = 'done' "
+            "AND result_snapshot_id IS NOT NULL",
+            (f"forgotten by restic's retention (BACKUP_RETENTION), run by {by_job}", job_id),
+        )
+
+
+async def waive(conn: aiosqlite.Connection, user_id: str, why: str, now: float) -> str:
+    """The operator's waiver of a volume's final snapshot, as a finished row."""
+    job_id = new_job_id()
+    await conn.execute(
+        "INSERT INTO backup_jobs (id, user_id, kind, reason, state, error, created_at, "
+        "finished_at) VALUES (?, ?, 'snapshot', 'final-waived', 'failed', ?, ?, ?)",
+        (job_id, user_id, f"final snapshot waived by the operator: {why}", now, now),
+    )
+    return job_id

@@ -6,6 +6,10 @@ job that does not exist, is ignored: a worker is trusted with nothing it was not
 given), applies control/backup_jobs/decide.py `on_report` to each, and returns True
 when a job finished, since a finished job leaves that worker's assignments (and a
 finished restore gives the user's container back): the caller bumps its generation.
+A snapshot that finishes `done` with `kept` (the snapshots its retention left in the
+repository) marks the user's listed snapshots that finished before that job was asked
+for and are not kept as forgotten (`decide.forgotten`, `records.forget_snapshots`):
+its prune saw them, so they are gone from the repository, and no longer offered.
 """
 
 from __future__ import annotations
@@ -41,10 +45,20 @@ async def record(
         row = rows.get(report.id)
         if row is None:
             continue
-        said = decide.Report(report.state, report.snapshot_id, report.bytes_added, report.error)
+        said = decide.Report(
+            report.state, report.snapshot_id, report.bytes_added, report.error, tuple(report.kept)
+        )
         update = decide.on_report(job_of(row), said, now, random.random())
         if update is None:
             continue
         await records.apply(conn, report.id, update, now)
         finished = finished or update.finished
+        if update.state == "done" and row["kind"] == "snapshot" and said.kept:
+            await _forget_pruned(conn, row, said.kept)
     return finished
+
+
+async def _forget_pruned(conn: aiosqlite.Connection, row: Row, kept: Sequence[str]) -> None:
+    listed = await records.listed(conn, row["user_id"], before=row["created_at"])
+    gone = decide.forgotten([(r["id"], r["result_snapshot_id"]) for r in listed], kept)
+    await records.forget_snapshots(conn, gone, by_job=row["id"])

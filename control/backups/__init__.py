@@ -2,7 +2,8 @@
 
 Owns: what a backup needs decided centrally, as pure functions of values the caller
 reads: BACKUP_RETENTION's format and the retention counts (`retention`), which running
-users are due for a scheduled snapshot (`schedule`), when a final snapshot is owed
+users are due for a scheduled snapshot and how many of them one run asks for
+(`schedule`), when a final snapshot is owed
 (`triggers`), and where each user's restic repository is (`repository`). The per-user
 repository password is `control.keyring.Keyring.backup_password`. Running restic is the
 agent's (agent/backups.py); reading the store and sending work to workers is the
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from control.backups.repository import repository_url
 from control.backups.retention import DEFAULT_RETENTION, Retention, RetentionError, parse_retention
-from control.backups.schedule import Candidate, due_for_snapshot
+from control.backups.schedule import Candidate, due_for_snapshot, runs_left, snapshot_budget
 from control.backups.triggers import (
     FinalReason,
     UserBackupState,
@@ -35,4 +36,6 @@ __all__ = [
     "parse_retention",
     "purge_may_proceed",
     "repository_url",
+    "runs_left",
+    "snapshot_budget",
 ]

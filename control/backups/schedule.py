@@ -7,10 +7,21 @@ candidate names that is not configured any more falls back to `default`'s interv
 so a removed plan never stops a user's backups. Result: user ids, most overdue first
 (never backed up before any that was), ties by user id; at most `limit` of them, so a
 caller can spread the load of many users over several rounds.
+
+`runs_left(candidate, plans, now, run_every)` is how many scheduler runs (one every
+`run_every` seconds) remain before a due candidate has waited a whole interval more
+(its snapshot is then an interval late): at least 1; 1 for one never backed up.
+`snapshot_budget(runs_left, cap)` is how many snapshots this run asks for: the fewest
+that, taking the most urgent first every run, serve each due user within its runs left
+(max over k of ceil(k / runs left of the k-th most urgent)), never above `cap`, so one
+run stays cheap. In the steady state that is about the users due divided by the runs
+in an interval; with `cap` C and runs every T seconds, an interval of I seconds covers
+up to C * I / T users.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -50,3 +61,16 @@ def due_for_snapshot(
     overdue.sort(key=lambda item: (-item[0], item[1]))
     chosen = overdue if limit is None else overdue[: max(0, limit)]
     return [user_id for _, user_id in chosen]
+
+
+def runs_left(c: Candidate, plans: Mapping[str, Plan], now: float, run_every: float) -> int:
+    if c.last_snapshot_at is None:
+        return 1
+    late_at = c.last_snapshot_at + 2 * _interval(plans, c.plan)  # due at one interval
+    return max(1, math.floor((late_at - now) / max(run_every, 1e-9)))
+
+
+def snapshot_budget(runs_left: Iterable[int], cap: int) -> int:
+    ordered = sorted(max(1, r) for r in runs_left)
+    need = max((math.ceil(k / r) for k, r in enumerate(ordered, start=1)), default=0)
+    return max(0, min(cap, need))

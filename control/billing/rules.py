@@ -19,6 +19,10 @@ Contract:
   bumps their generation in the same transaction, control/workers/assignments.py
   `commit`) and whether placement should run. Users are written only through
   control/users/records.py.
+- A user deprovisioned here gets, in the same transaction, what `Policy.on_cancelled`
+  asks (the final snapshot of its volume, control/volumes/backups.py, wired by the
+  facade with backups on); the servers it returns are touched too, so the set a worker
+  reads without the user's container already carries that job.
 - An unknown price is an error shown on the user and in the event log; the user is
   not started. Nothing here raises for bad billing data: retrying would not fix it.
 """
@@ -26,6 +30,7 @@ Contract:
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -118,6 +123,10 @@ class Applied:
     place: bool  # a user became pending: run placement
 
 
+# Called in the transaction that deprovisions a user: (conn, user id, now) -> servers touched.
+OnCancelled = Callable[[aiosqlite.Connection, str, float], Awaitable[set[str]]]
+
+
 @dataclass(frozen=True)
 class Policy:
     """What converging a user needs besides the database."""
@@ -125,6 +134,7 @@ class Policy:
     plans: dict[str, Plan]
     grace: float
     retention: float
+    on_cancelled: OnCancelled | None = None
 
 
 async def apply_fact(
@@ -192,7 +202,15 @@ async def converge(
     goal = combine(verdict, user["hold"])
     if error and goal == "run":
         return Applied(user_id, set(), False)  # an unknown price never starts a user
-    return await set_target(conn, user_id, goal, retention=policy.retention, now=now, reason=reason)
+    applied = await set_target(
+        conn, user_id, goal, retention=policy.retention, now=now, reason=reason
+    )
+    # A deprovision goal always deprovisions a user that was not yet (`_move_towards`).
+    cancelled = goal == "deprovision" and user["state"] != "deprovisioned"
+    if not cancelled or policy.on_cancelled is None:
+        return applied
+    touched = applied.touched | await policy.on_cancelled(conn, user_id, now)
+    return Applied(applied.user_id, touched, applied.place)
 
 
 async def _record_billing(

@@ -6,21 +6,27 @@ Contract:
   every open job no report mentioned for decide.JOB_TIMEOUT (whatever the settings)
   and forgets finished ones older than BACKUP_RETENTION keeps snapshots (`kept_for`).
   Then, with BACKUP_S3_ENDPOINT set, it asks for the final snapshots
-  (control/backups/triggers.py: a draining holder, a cancelled user) and, at most
-  PER_RUN a run, the scheduled ones (control/backups/schedule.py) of users whose
-  volume is attached to a server whose agent reports it mounted. A user with a job
+  (control/backups/triggers.py: a draining holder, a cancelled user) and the scheduled
+  ones (control/backups/schedule.py) of users whose volume is attached to a server
+  whose agent reports it mounted: as many a run as `snapshot_budget` says from the
+  users due and the runs (one every AUTOSCALE_INTERVAL) left in their interval, at most
+  MAX_PER_RUN. A user with a job
   open, or whose last automatic job failed less than its back-off ago, is not asked
   again; the next try counts the attempts in a row.
 - A job is created in one transaction with a bump of its server's generation, and that
   server is notified: its long-poll returns with the job (control/workers/assignments.py).
 - `request(...)`: the operator's snapshot or restore. Conflict when backups are off,
   the user's volume is not attached and mounted, or a job of the user is open;
-  BadRequest for a snapshot id that is not one of the user's done snapshots.
-- `on_cancelled(...)`: the facade calls it right after a change to a user and before
-  notifying the workers; a user it finds just cancelled, with its volume mounted and no
-  job open, gets its final snapshot asked for then (the step above is the backstop).
+  BadRequest for a snapshot id that is not one of the user's done snapshots
+  (`snapshot_forgotten` for one restic's retention forgot, `unknown_snapshot` else).
+- `on_cancelled(conn, user_id, now)`: billing's rules call it (through their Policy,
+  with backups on) in the transaction that deprovisions the user; with its volume
+  attached to a live server it creates the final snapshot job there and returns that
+  server, whose generation the same transaction bumps: no worker can read a set
+  without the container and without the job (the step above is the backstop).
 - `may_delete(p, user_id)`: with backups on, a volume is deleted only after a snapshot
-  that finished after its final snapshot was asked for (`purge_may_proceed`).
+  that finished after its final snapshot was asked for (`purge_may_proceed`), or once
+  an operator waived that snapshot (control/volumes/final_waiver.py).
 """
 
 from __future__ import annotations
@@ -42,15 +48,17 @@ from control.backups import (
     due_for_snapshot,
     final_snapshot_reason,
     purge_may_proceed,
+    runs_left,
+    snapshot_budget,
 )
 from control.capacity.provisioning import Provisioner
 from control.db import events
-from control.db.store import Row, Store
+from control.db.store import Row, Store, fetch_one
 from control.errors import BadRequest, Conflict
 from control.settings import Settings
 from control.workers import servers
 
-PER_RUN = 20  # scheduled snapshots asked for in one run: many users spread over runs
+MAX_PER_RUN = 200  # scheduled snapshots asked for in one run at most: a run stays cheap
 SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
 DAY = 86400.0
 
@@ -176,7 +184,11 @@ async def run(p: Provisioner) -> None:
         )
         for u in users.values()
     ]
-    for user_id in due_for_snapshot(candidates, p.settings.plans, now, PER_RUN):
+    plans, every = p.settings.plans, p.settings.autoscale_interval
+    due = due_for_snapshot(candidates, plans, now)
+    by_id = {c.user_id: c for c in candidates}
+    budget = snapshot_budget((runs_left(by_id[u], plans, now, every) for u in due), MAX_PER_RUN)
+    for user_id in due[:budget]:
         attempts = history.get(user_id, History()).attempts
         await create_job(
             p.store, p.notify, users[user_id], "snapshot", "scheduled", now, attempts=attempts
@@ -265,20 +277,28 @@ async def request(
         raise Conflict(f"a backup job of {user_id} is still open", code="backup_in_flight")
     if snapshot_id is None:
         return await create_job(store, notify, user, "snapshot", "operator", now)
-    if not SNAPSHOT_ID.fullmatch(snapshot_id) or not await _has_snapshot(
-        store, user_id, snapshot_id
-    ):
-        raise BadRequest(f"snapshot_id: not a snapshot of {user_id}", code="unknown_snapshot")
+    await _check_snapshot(store, user_id, snapshot_id)
     return await create_job(store, notify, user, "restore", "operator", now, snapshot_id)
 
 
-async def _has_snapshot(store: Store, user_id: str, snapshot_id: str) -> bool:
+async def _check_snapshot(store: Store, user_id: str, snapshot_id: str) -> None:
+    """BadRequest unless `snapshot_id` is one of the user's snapshots restic still holds."""
+    if not SNAPSHOT_ID.fullmatch(snapshot_id):
+        raise BadRequest(f"snapshot_id: not a snapshot of {user_id}", code="unknown_snapshot")
     row = await store.fetch_one(
-        "SELECT 1 AS found FROM backup_jobs WHERE user_id = ? AND kind = 'snapshot' "
-        "AND state = 'done' AND result_snapshot_id = ?",
-        (user_id, snapshot_id),
+        "SELECT MAX(result_snapshot_id = ?) AS listed, MAX(snapshot_id = ?) AS forgotten "
+        "FROM backup_jobs WHERE user_id = ? AND kind = 'snapshot' AND state = 'done'",
+        (snapshot_id, snapshot_id, user_id),
     )
-    return row is not None
+    if row is not None and row["listed"]:
+        return
+    if row is not None and row["forgotten"]:
+        raise BadRequest(
+            f"snapshot_id: {snapshot_id} was forgotten by the retention (BACKUP_RETENTION);"
+            f" GET /v1/users/{user_id}/backups lists the snapshots that remain",
+            code="snapshot_forgotten",
+        )
+    raise BadRequest(f"snapshot_id: not a snapshot of {user_id}", code="unknown_snapshot")
 
 
 async def may_delete(p: Provisioner, user_id: str) -> bool:
@@ -288,10 +308,12 @@ async def may_delete(p: Provisioner, user_id: str) -> bool:
         return True
     row = await p.store.fetch_one(
         "SELECT MIN(CASE WHEN reason = 'final-retention' THEN created_at END) AS asked, "
-        "MAX(CASE WHEN kind = 'snapshot' AND state = 'done' THEN finished_at END) AS done "
-        "FROM backup_jobs WHERE user_id = ?",
+        "MAX(CASE WHEN kind = 'snapshot' AND state = 'done' THEN finished_at END) AS done, "
+        "MAX(reason = 'final-waived') AS waived FROM backup_jobs WHERE user_id = ?",
         (user_id,),
     )
+    if row is not None and row["waived"]:
+        return True  # the operator's explicit decision (control/volumes/final_waiver.py)
     if row is None or row["asked"] is None:
         return False
     state = UserBackupState(
@@ -300,17 +322,28 @@ async def may_delete(p: Provisioner, user_id: str) -> bool:
     return purge_may_proceed(state, 0.0)
 
 
-async def on_cancelled(
-    store: Store, settings: Settings, notify: Callable[..., None], user_id: str, now: float
-) -> None:
-    """Asks for a just-cancelled user's final snapshot before its worker hears of the
-    cancellation: the job then comes with the set that removes the container, and the
-    agent keeps the volume mounted for it instead of unmounting it first."""
-    if not settings.backups_enabled:
-        return
-    user = (await mounted(store, user_id)).get(user_id)
-    if user is None or user.state != "deprovisioned":
-        return
-    if (await histories(store, now, user_id)).get(user_id, History()).in_flight:
-        return
-    await create_job(store, notify, user, "snapshot", "final-retention", now)
+async def on_cancelled(conn: aiosqlite.Connection, user_id: str, now: float) -> set[str]:
+    """In the transaction that deprovisions `user_id`: its final snapshot, asked of the
+    live server its volume is attached to; returns that server (its generation is bumped
+    by the caller's commit), or nothing when there is no such volume. The job describes
+    the volume, so the agent mounts it for the job even if it has unmounted it already."""
+    row = await fetch_one(
+        conn,
+        "SELECT v.provider_id, v.server_id FROM volumes v JOIN servers s ON s.id = v.server_id "
+        "WHERE v.user_id = ? AND v.state = 'attached' AND s.status IN ('active', 'unhealthy')",
+        (user_id,),
+    )
+    if row is None or not row["provider_id"]:
+        return set()
+    job_id = await records.create(
+        conn,
+        user_id=user_id,
+        kind="snapshot",
+        reason="final-retention",
+        server_id=row["server_id"],
+        volume_id=row["provider_id"],
+        now=now,
+    )
+    what = f"snapshot {job_id} (final-retention) on {row['server_id']}"
+    await events.record(conn, "backup_requested", what, user_id=user_id, at=now)
+    return {row["server_id"]}
