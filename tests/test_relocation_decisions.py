@@ -12,6 +12,7 @@ NOW = 1000.0
 READY = Facts(
     on_target=True, running=False, source_alive=True, source_stopped=True, source_mounted=False
 )
+BUSY = Facts(True, False, True, True, True, busy=True)
 LEFT = Facts(False, False, True, True, False)  # cancelled, or its target died
 SOURCE_DEAD = Facts(True, False, False, False, False)
 STILL_RUNNING = Facts(True, False, True, False, True)  # the source's container is not gone
@@ -30,6 +31,7 @@ def move(phase: Phase, snapshot: Job | None = None, restore: Job | None = None) 
 CASES: list[tuple[str, Move, Facts, Action]] = [
     ("container still up", move("stopping"), STILL_RUNNING, Action("wait", "")),
     ("container gone: snapshot", move("stopping"), READY, Action("snapshot")),
+    ("a scheduled job still open", move("stopping"), BUSY, Action("wait", "")),
     ("source died first", move("stopping"), SOURCE_DEAD, Action("abort", "")),
     ("user left before", move("stopping"), LEFT, Action("abort", "")),
     ("snapshot running", move("snapshot", OPEN), READY, Action("wait", "")),

@@ -39,7 +39,10 @@ MOVE_SQL = (
     "s.applied_generation AS source_applied, t.provider_id AS target_provider_id, "
     "sj.state AS sj_state, sj.attempts AS sj_attempts, sj.retry_after AS sj_retry, "
     "sj.error AS sj_error, sj.result_snapshot_id AS sj_snapshot, rj.state AS rj_state, "
-    "rj.attempts AS rj_attempts, rj.retry_after AS rj_retry, rj.error AS rj_error "
+    "rj.attempts AS rj_attempts, rj.retry_after AS rj_retry, rj.error AS rj_error, "
+    "(SELECT COUNT(*) FROM backup_jobs b WHERE b.user_id = r.user_id "
+    "AND b.state IN ('pending', 'running') AND b.id IS NOT r.snapshot_job "
+    "AND b.id IS NOT r.restore_job) AS other_jobs "
     "FROM relocations r LEFT JOIN users u ON u.id = r.user_id "
     "LEFT JOIN servers s ON s.id = r.source_server LEFT JOIN servers t ON t.id = r.target_server "
     "LEFT JOIN backup_jobs sj ON sj.id = r.snapshot_job "
@@ -105,6 +108,7 @@ def _facts(row: Row) -> relocation.Facts:
         source_alive=row["source_status"] in ALIVE,
         source_stopped=applied and row["user_id"] not in containers,
         source_mounted=row["old_provider_id"] in mounted,
+        busy=bool(row["other_jobs"]),
     )
 
 

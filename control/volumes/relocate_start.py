@@ -4,7 +4,7 @@ are control/volumes/relocate.py's).
 Contract: `start(...)` (POST /v1/users/{id}/move with a location, or a server in another
 location than the user's volume, `crosses_locations`): Conflict `backups_off` without
 BACKUP_S3_ENDPOINT, `no_volume` when the user's volume is not attached where it runs,
-`move_in_progress`, `backup_in_flight` while a job of the user is open, and placement's
+`move_in_progress`, and placement's
 own refusals (control/users/placing.py `start_relocation`, which counts the target's
 memory, CPU and volume slot). In one transaction the user is placed on the target (so
 no server runs it), the move is recorded (`stopping`, with the name its new volume
@@ -113,11 +113,4 @@ async def _movable(conn: aiosqlite.Connection, user_id: str, settings: Settings)
         )
     if await relocations.get(conn, user_id) is not None:
         raise Conflict(f"{user_id} is already moving", code="move_in_progress")
-    busy = await fetch_one(
-        conn,
-        "SELECT id FROM backup_jobs WHERE user_id = ? AND state IN ('pending', 'running')",
-        (user_id,),
-    )
-    if busy is not None:
-        raise Conflict(f"a backup job of {user_id} is still open", code="backup_in_flight")
     return user, volume

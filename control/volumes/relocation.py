@@ -8,7 +8,8 @@ resumes at the same action (every action is idempotent or creates a job whose id
 stored in the same transaction):
 
 - `stopping`: the user is already placed on the target, so no server runs it; once the
-  source's agent applied that and reports no container of the user: `snapshot`.
+  source's agent applied that and reports no container of the user, and no other job
+  of the user is open (one job of a user at a time): `snapshot`.
 - `snapshot`: a final snapshot (reason `move`) of the old volume, on the source, with
   the container stopped. Done: `creating`; failed: asked again after its back-off.
 - `creating`: a new volume in the target's location (idempotent by its stored name).
@@ -89,6 +90,7 @@ class Facts:
     source_alive: bool  # the source is not dead, deleting nor deleted
     source_stopped: bool  # its agent applied its latest set and runs no container of the user
     source_mounted: bool  # its agent still reports the old volume mounted
+    busy: bool = False  # another job of the user (a scheduled snapshot) is still open
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def next_action(move: Move, facts: Facts, now: float) -> Action:
     if move.phase in ("stopping", "snapshot") and not facts.source_alive:
         return Action("abort", reason=f"{move.source} is dead or gone before the final snapshot")
     if move.phase == "stopping":
+        if facts.busy:  # one job of a user at a time (control/volumes/backups.py)
+            return Action("wait", reason="moving: waiting for an open backup job to finish")
         if facts.source_stopped:
             return Action("snapshot")
         return Action("wait", reason=f"moving: waiting for the container on {move.source} to stop")

@@ -71,7 +71,10 @@ async def start_plane(
 ) -> ControlPlane:
     def provider(settings: Settings) -> LocalProvider:
         made = LocalProvider(
-            settings.local_workers_dir, extra_env=FAST_AGENT, max_servers=settings.local_max_servers
+            settings.local_workers_dir,
+            extra_env=FAST_AGENT,
+            max_servers=settings.local_max_servers,
+            locations=settings.local_locations,
         )
         local_providers.append(made)
         return made
