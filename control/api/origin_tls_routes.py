@@ -6,7 +6,11 @@ Contract:
 - `POST /v1/agent/origin-tls` (worker signature, body `OriginCertRequest`): the
   `OriginCertReply` for the CSR; 404 when origin TLS is off, 400 for a CSR that asks
   for other names or a weak key, 503 while Cloudflare is unreachable or origin pulls
-  are not set up yet. Each handler authenticates first, as agent_routes does.
+  are not set up yet. Each handler authenticates first, as agent_routes does, and
+  then, once its own checks passed and before it calls Cloudflare, persists the nonce
+  in a transaction that refuses a revoked worker (403 `worker_revoked`): a worker's
+  secret is cached, so without that a dead or deleted server kept getting
+  certificates, and a request replayed after a restart was accepted again.
 - `origin_tls_context` builds the service at start-up when `tls_rules.enabled` (Cloudflare
   client of its own, pair file beside the database) and runs its start-up check in the
   background, so an outage never holds start-up; `ORIGIN_TLS` holds it (`.service`).
@@ -45,8 +49,10 @@ class OriginTlsSlot:
 
 @origin_tls_routes.get("/v1/agent/origin-tls")
 async def policy(request: web.Request) -> web.Response:
-    await request.app[FLEET].auth.worker(request)
+    fleet = request.app[FLEET]
+    caller = await fleet.auth.worker(request)
     refuse_duplicate_parameters(request)
+    await fleet.store.write(caller.accept_live_worker)
     service = request.app[ORIGIN_TLS].service
     if service is None:
         return msgspec_response(protocol.OriginTlsPolicy(hostnames=[]))
@@ -55,13 +61,16 @@ async def policy(request: web.Request) -> web.Response:
 
 @origin_tls_routes.post("/v1/agent/origin-tls")
 async def sign(request: web.Request) -> web.Response:
-    caller = await request.app[FLEET].auth.worker(request)
+    fleet = request.app[FLEET]
+    caller = await fleet.auth.worker(request)
     refuse_duplicate_parameters(request)
     req = decode_body(caller.body, protocol.OriginCertRequest)
     service = request.app[ORIGIN_TLS].service
     if service is None:
         raise NotFound("origin TLS is off: this control plane signs no certificates")
-    reply = await service.sign(req.csr)
+    csr = service.admit(req.csr)
+    await fleet.store.write(caller.accept_live_worker)
+    reply = await service.issue(req.csr, csr)
     log.info("origin TLS: signed a certificate for worker %s", caller.key_id)
     return msgspec_response(reply)
 

@@ -4,9 +4,11 @@ Origin CA sign a worker's CSR, and sets up the deployment's authenticated origin
 Contract:
 - `OriginTls.policy()` is what a worker may ask for (`OriginTlsPolicy`): exactly
   `allowed_hostnames(BASE_DOMAIN)` and the client CA workers must require.
-- `OriginTls.sign(csr_pem)` checks the CSR (`tls_rules.check_csr`: its names are never
-  trusted beyond equality with the allowed ones), sends Cloudflare the allowed names
-  (not the CSR's) and returns `OriginCertReply`. A create is retried only after a 429
+- `OriginTls.sign(csr_pem)` is `admit` then `issue`: `admit` checks the CSR
+  (`tls_rules.check_csr`: its names are never trusted beyond equality with the allowed
+  ones) and that origin pulls are set up, with no I/O, so a caller can refuse before it
+  writes anything; `issue` sends Cloudflare the allowed names (not the CSR's) and
+  returns `OriginCertReply`. A create is retried only after a 429
   (CloudflareApi's pure retry rule); the worker retries the rest. It gets no private
   key and sends none.
 - `OriginTls.start()` runs once at start-up: reads the zone's SSL mode and logs a
@@ -75,10 +77,19 @@ class OriginTls:
         value = field(setting, "value")
         return value if isinstance(value, str) else None
 
-    async def sign(self, csr_pem: str) -> OriginCertReply:
+    def admit(self, csr_pem: str) -> x509.CertificateSigningRequest:
+        """The CSR, if it may be signed now: BadCsr (400) or NotReady (503) otherwise."""
         csr = tls_rules.check_csr(csr_pem, self.hostnames)
         if self._pair is None:
             raise NotReady("origin pulls are not set up at Cloudflare yet; retry later")
+        return csr
+
+    async def sign(self, csr_pem: str) -> OriginCertReply:
+        return await self.issue(csr_pem, self.admit(csr_pem))
+
+    async def issue(self, csr_pem: str, csr: x509.CertificateSigningRequest) -> OriginCertReply:
+        """Has Cloudflare sign an admitted CSR (`admit`) for the allowed names."""
+        assert self._pair is not None, "admit() first"
         client_ca = self._pair.certificate
         try:
             issued = await self.api.request(
