@@ -18,6 +18,7 @@ from tests.fakes.hetzner import HetznerFake
 from tests.fixtures import ControlPlane
 from tests.test_autoscaler import boot, event_kinds, run
 from tests.test_backup_jobs import BACKUPS
+from tests.test_cli import cli
 from tests.test_volumes_fleet import (
     Start,
     beat,
@@ -176,3 +177,27 @@ async def test_a_move_to_another_location_is_refused_when_it_cannot_be_done(
     assert (status, reply["error"]["code"]) == (409, code), reply
     assert (await user(control))["server_id"] == source.key_id  # nothing changed
     assert (await user(control))["move"] is None
+
+
+async def test_the_cli_moves_to_a_location_and_shows_the_moves_phase(
+    cloud: Start,
+    hetzner_fake: HetznerFake,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    control = await cloud(**BACKUPS)
+    monkeypatch.setenv("CLAWFLEET_URL", control.url)
+    monkeypatch.setenv("ADMIN_TOKEN", control.admin_token)
+    source = await placed_with_volume(control, hetzner_fake)
+    (volume,) = hetzner_fake.volumes.values()
+    await beat(source, ["alice"], [str(volume["id"])])
+    target = await in_fsn1(control, hetzner_fake)
+    said = await cli(capsys, "move", "alice", "--location", "fsn1")
+    assert said.code == 0, said.err
+    said = await cli(capsys, "user", "alice")
+    line = next(x for x in said.out.splitlines() if x.startswith("move "))
+    assert f"stopping: {source.key_id} -> {target.key_id} in fsn1" in line
+    assert "waiting" not in line  # no run yet: nothing to wait for
+    await run(control)
+    said = await cli(capsys, "user", "alice")
+    assert "waiting for the container" in said.out

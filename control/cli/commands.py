@@ -86,7 +86,8 @@ def _users(cmd: str, args: argparse.Namespace, api: Api) -> int:
         link = api.call("POST", f"{user}/signin-link")
         return show(args, link, lambda b: str(b["url"]))
     if cmd == "move":
-        body = api.call("POST", f"{user}/move", {"server_id": args.to} if args.to else {})
+        where = {"server_id": args.to, "location": args.location}
+        body = api.call("POST", f"{user}/move", {k: v for k, v in where.items() if v})
     else:  # suspend, resume
         body = api.call("POST", f"{user}/{cmd}")
     return show(args, body, lambda u: table(USER_HEADERS, [user_row(u)]))

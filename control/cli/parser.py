@@ -126,6 +126,11 @@ def _user_commands(add: Add) -> None:
     move.add_argument(
         "--to", metavar="SERVER", type=_nonempty, help="target server (default: best fit)"
     )
+    move.add_argument(
+        "--location",
+        type=_nonempty,
+        help="another location than the user's volume: through a backup and a restore",
+    )
     add("rotate-token", "give a user a new gateway token; prints URL and token").add_argument(
         "user", type=_nonempty
     )
