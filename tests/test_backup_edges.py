@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import sqlite3
 from typing import Any
 
@@ -22,7 +21,13 @@ import pytest
 from control.appkeys import FLEET
 from control.backup_jobs.decide import forgotten
 from control.backup_jobs.messages import volume_of
-from control.backups import Candidate, runs_left, snapshot_budget
+from control.backups import (
+    Candidate,
+    due_for_snapshot,
+    runs_left,
+    snapshot_budget,
+    steady_rate,
+)
 from control.billing import rules
 from control.plans import Plan
 from control.workers import assignments
@@ -305,32 +310,73 @@ def test_runs_left_before_a_due_user_is_an_interval_late(
 
 
 @pytest.mark.parametrize(
-    ("left", "cap", "budget"),
+    ("plans_of", "every", "rate"),
     [
-        ([], 200, 0),
-        ([45] * 900, 200, 20),  # the old fixed 20: 900 users just due over 45 runs
-        ([45] * 9000, 200, 200),  # 9,000 users: 200 a run, the cap
-        ([45] * 20_000, 200, 200),  # more than a run may ask: capped, the rest wait
-        ([1, 45, 45], 200, 1),
-        ([1, 1, 1, 45], 200, 3),  # the overdue ones all now
-        ([2, 2, 2, 2], 200, 2),
-        ([1] * 500, 200, 200),  # a fresh fleet: capped
-        ([0, -3], 200, 2),  # nonsense runs left count as 1
-        ([10] * 30, 0, 0),
+        ([], 20.0, 0.0),
+        (["default"] * 900, 20.0, 20.0),  # 900 users of 15 minutes, a run every 20 s
+        (["default"] * 9000, 20.0, 200.0),
+        (["slow"] * 90, 20.0, 0.5),
+        (["default", "slow"], 60.0, 60 / 900 + 60 / 3600),
+        (["gone"] * 45, 20.0, 1.0),  # a removed plan: default's interval
     ],
 )
-def test_the_snapshots_one_run_asks_for(left: list[int], cap: int, budget: int) -> None:
-    assert snapshot_budget(left, cap) == budget
+def test_the_steady_rate_of_snapshots(plans_of: list[str], every: float, rate: float) -> None:
+    candidates = [Candidate(f"u{i}", plan, "running", 0.0) for i, plan in enumerate(plans_of)]
+    stopped = [Candidate("off", "default", "suspended", 0.0)]  # no live state: no rate
+    assert steady_rate(candidates + stopped, PLANS, every) == pytest.approx(rate)
 
 
-def test_the_budget_serves_each_due_user_within_its_runs_left() -> None:
-    """Simulated runs: every user, taken most urgent first, is asked within its runs left."""
-    deadlines = [3, 3, 5, 5, 5, 8, 8, 8, 8, 20] * 7
-    pending = sorted(deadlines)
-    run_no = 0
-    while pending:
-        run_no += 1
-        left = [d - run_no + 1 for d in pending]
-        assert min(left) >= 1, f"a user missed its deadline at run {run_no}"
-        pending = pending[snapshot_budget(left, 1000) :]
-    assert run_no <= max(deadlines) and math.ceil(len(deadlines) / max(deadlines)) <= 4
+@pytest.mark.parametrize(
+    ("left", "steady", "cap", "budget"),
+    [
+        ([], 20.0, 200, 0),
+        ([45] * 20, 20.0, 200, 20),  # 900 users keeping up: each asked as it comes due
+        ([45] * 30, 20.0, 200, 20),  # a few more due than the rate: the rest next run
+        ([45] * 200, 200.0, 200, 200),  # 9,000 users: 200 a run, the cap
+        ([45] * 300, 250.0, 200, 200),  # more than a run may ask: capped, the rest wait
+        ([15] * 600, 20.0, 200, 40),  # a backlog after an outage: spread, none late
+        ([1, 1, 1, 45], 1.0, 200, 3),  # the overdue ones all now
+        ([2, 2, 2, 2], 0.5, 200, 2),
+        ([1] * 500, 20.0, 200, 200),  # a fresh fleet, none backed up yet: capped
+        ([0, -3], 0.0, 200, 2),  # nonsense runs left count as 1
+        ([45] * 3, 20.0, 200, 3),  # never more than are due
+        ([10] * 30, 5.0, 0, 0),
+    ],
+)
+def test_the_snapshots_one_run_asks_for(
+    left: list[int], steady: float, cap: int, budget: int
+) -> None:
+    assert snapshot_budget(left, steady, cap) == budget
+
+
+def simulate(users: int, last: list[float | None], runs: int, cap: int = 200) -> list[float]:
+    """The scheduler's choice, run after run (every 20 s, 15-minute plans), with each
+    snapshot finishing within its run; the age of each snapshot when it is replaced."""
+    every, ages = 20.0, []
+    for run_no in range(runs):
+        now = run_no * every
+        cands = [Candidate(f"u{i:05}", "default", "running", last[i]) for i in range(users)]
+        due = due_for_snapshot(cands, PLANS, now)
+        left = [runs_left(cands[int(u[1:])], PLANS, now, every) for u in due]
+        for user in due[: snapshot_budget(left, steady_rate(cands, PLANS, every), cap)]:
+            before = last[int(user[1:])]
+            if before is not None:
+                ages.append(now - before)
+            last[int(user[1:])] = now
+    return ages
+
+
+def test_a_fleet_that_keeps_up_is_asked_for_each_snapshot_as_it_comes_due() -> None:
+    """9,000 users (the cap's coverage), their last snapshots spread over an interval:
+    each next one is asked for within a run of coming due (recovery point 15 min)."""
+    users = 9000
+    last: list[float | None] = [-900.0 + 900.0 * i / users for i in range(users)]
+    ages = simulate(users, last, runs=90)
+    assert len(ages) >= 2 * users - 400 and max(ages) <= 900.0 + 20.0
+
+
+def test_a_fresh_fleet_is_spread_and_none_is_left_an_interval_late() -> None:
+    """5,000 users never backed up: 200 a run, then each keeps to its interval."""
+    users = 5000
+    ages = simulate(users, [None] * users, runs=150)
+    assert ages and max(ages) <= 2 * 900.0

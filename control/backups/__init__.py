@@ -16,7 +16,13 @@ from __future__ import annotations
 
 from control.backups.repository import repository_url
 from control.backups.retention import DEFAULT_RETENTION, Retention, RetentionError, parse_retention
-from control.backups.schedule import Candidate, due_for_snapshot, runs_left, snapshot_budget
+from control.backups.schedule import (
+    Candidate,
+    due_for_snapshot,
+    runs_left,
+    snapshot_budget,
+    steady_rate,
+)
 from control.backups.triggers import (
     FinalReason,
     UserBackupState,
@@ -38,4 +44,5 @@ __all__ = [
     "repository_url",
     "runs_left",
     "snapshot_budget",
+    "steady_rate",
 ]

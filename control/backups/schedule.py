@@ -11,12 +11,16 @@ caller can spread the load of many users over several rounds.
 `runs_left(candidate, plans, now, run_every)` is how many scheduler runs (one every
 `run_every` seconds) remain before a due candidate has waited a whole interval more
 (its snapshot is then an interval late): at least 1; 1 for one never backed up.
-`snapshot_budget(runs_left, cap)` is how many snapshots this run asks for: the fewest
-that, taking the most urgent first every run, serve each due user within its runs left
-(max over k of ceil(k / runs left of the k-th most urgent)), never above `cap`, so one
-run stays cheap. In the steady state that is about the users due divided by the runs
-in an interval; with `cap` C and runs every T seconds, an interval of I seconds covers
-up to C * I / T users.
+`steady_rate(candidates, plans, run_every)` is how many snapshots a run must ask for
+on average to keep every running candidate on its interval (the sum of run_every /
+interval). `snapshot_budget(runs_left, steady, cap)` is how many of the due users this
+run asks for: the steady rate (so a fleet that keeps up asks for each user as it comes
+due: the recovery point stays one interval), raised to what a backlog needs to serve
+each due user within its runs left, taking the most urgent first every run (max over
+k of ceil(k / runs left of the k-th most urgent): a burst after an outage is spread,
+never left late), never more than are due, never above `cap`, so one run stays cheap.
+With `cap` C and runs every T seconds, an interval of I seconds covers up to
+C * I / T users.
 """
 
 from __future__ import annotations
@@ -70,7 +74,13 @@ def runs_left(c: Candidate, plans: Mapping[str, Plan], now: float, run_every: fl
     return max(1, math.floor((late_at - now) / max(run_every, 1e-9)))
 
 
-def snapshot_budget(runs_left: Iterable[int], cap: int) -> int:
+def steady_rate(
+    candidates: Iterable[Candidate], plans: Mapping[str, Plan], run_every: float
+) -> float:
+    return sum(run_every / _interval(plans, c.plan) for c in candidates if c.state == "running")
+
+
+def snapshot_budget(runs_left: Iterable[int], steady: float, cap: int) -> int:
     ordered = sorted(max(1, r) for r in runs_left)
     need = max((math.ceil(k / r) for k, r in enumerate(ordered, start=1)), default=0)
-    return max(0, min(cap, need))
+    return max(0, min(cap, len(ordered), max(need, math.ceil(steady))))

@@ -9,8 +9,8 @@ Contract:
   (control/backups/triggers.py: a draining holder, a cancelled user) and the scheduled
   ones (control/backups/schedule.py) of users whose volume is attached to a server
   whose agent reports it mounted: as many a run as `snapshot_budget` says from the
-  users due and the runs (one every AUTOSCALE_INTERVAL) left in their interval, at most
-  MAX_PER_RUN. A user with a job
+  users due, the runs (one every AUTOSCALE_INTERVAL) left in their interval and the
+  steady rate of all, at most MAX_PER_RUN. A user with a job
   open, or whose last automatic job failed less than its back-off ago, is not asked
   again; the next try counts the attempts in a row.
 - A job is created in one transaction with a bump of its server's generation, and that
@@ -50,6 +50,7 @@ from control.backups import (
     purge_may_proceed,
     runs_left,
     snapshot_budget,
+    steady_rate,
 )
 from control.capacity.provisioning import Provisioner
 from control.db import events
@@ -187,7 +188,8 @@ async def run(p: Provisioner) -> None:
     plans, every = p.settings.plans, p.settings.autoscale_interval
     due = due_for_snapshot(candidates, plans, now)
     by_id = {c.user_id: c for c in candidates}
-    budget = snapshot_budget((runs_left(by_id[u], plans, now, every) for u in due), MAX_PER_RUN)
+    left = [runs_left(by_id[u], plans, now, every) for u in due]
+    budget = snapshot_budget(left, steady_rate(candidates, plans, every), MAX_PER_RUN)
     for user_id in due[:budget]:
         attempts = history.get(user_id, History()).attempts
         await create_job(
