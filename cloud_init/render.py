@@ -7,7 +7,11 @@ Contract:
   limit; `UserDataTooLarge`, a `ValueError`, otherwise). Every parameter is validated
   first; a bad one raises `ValueError` whose message names the field and never repeats
   the bootstrap token. Every value reaches the script through `shlex.quote` only.
-- The script (steps in docs/cloud-init.md): `apt-get update`; download the agent wheel
+- The script (steps in docs/cloud-init.md): lock root's password (no hash at all, so none
+  is ever usable, on the console either); unless `break_glass_ssh_key` is given, stop,
+  disable and mask sshd (ssh.socket and ssh.service) and fail when anything still
+  listens on port 22; with it, sshd accepts only that key, as root, by key only (a
+  drop-in read before any other); `apt-get update`; download the agent wheel
   (curl, retries, --fail) and check its pinned sha256 before installing anything; install
   iptables and block containers from 169.254.169.254 (DOCKER-USER, plus a oneshot unit
   that re-applies the rule after every Docker start); install docker.io, python3-venv and
@@ -67,6 +71,25 @@ METADATA_HELPER = "/usr/local/sbin/clawfleet-metadata-block"
 UNIT_DIR = "/etc/systemd/system"
 LOG_FILE = "/var/log/clawfleet-bootstrap.log"
 ACME_RESOLVER = "letsencrypt"
+SHADOW_FILE = "/etc/shadow"
+SSHD_DROP_IN = "/etc/ssh/sshd_config.d/00-clawfleet-break-glass.conf"
+BREAK_GLASS_KEYS = "/etc/ssh/clawfleet_break_glass_keys"
+SSH_UNITS = ("ssh.socket", "ssh.service")  # Ubuntu 24.04 socket-activates sshd; Debian 12 not
+
+# Break-glass SSH (the operator's own key, and nothing else). sshd reads the first value
+# it meets and includes sshd_config.d/*.conf first, in name order: 00- comes before the
+# image's and cloud-init's own drop-ins (which may allow passwords).
+SSHD_BREAK_GLASS = f"""\
+# Written by the Clawfleet bootstrap script: break-glass SSH, key only, that key only.
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AuthenticationMethods publickey
+PermitRootLogin prohibit-password
+AllowUsers root
+AuthorizedKeysFile {BREAK_GLASS_KEYS}
+AuthorizedKeysCommand none
+"""
 
 AGENT_UNIT_NAME = "clawfleet-agent.service"
 TRAEFIK_UNIT_NAME = "clawfleet-traefik.service"
@@ -326,6 +349,13 @@ fi
 python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' ||
   die "the system python3 must be 3.11 or newer"
 
+step "locking root and sealing SSH"
+# Root's shadow entry becomes "!*": locked, with no hash left to unlock (console too).
+sed -i -E 's/^root:[^:]*:/root:!*:/' "$ROOT"@@SHADOW_FILE@@
+grep -q '^root:!\*:' "$ROOT"@@SHADOW_FILE@@ || die "could not lock root"
+ssh_units=(@@SSH_UNITS@@)
+@@SSH@@
+
 step "apt-get update"
 apt_get update
 
@@ -434,6 +464,8 @@ class WorkerBootstrap:
     tls_cert_file: str | None = None  # a default certificate the operator installs (paths only)
     tls_key_file: str | None = None
     image: str = "ubuntu-24.04"
+    # One OpenSSH public key for break-glass SSH as root; None: the worker runs no sshd.
+    break_glass_ssh_key: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     root_prefix: str = ""  # tests only
 
@@ -446,6 +478,10 @@ _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _VERSION = re.compile(r"[0-9][0-9A-Za-z.+!_-]{0,63}")
 _URL_CHARS = re.compile(r"[A-Za-z0-9._~:/?&=%+,\[\]-]{1,2048}")
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+_SSH_KEY = re.compile(
+    r"(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa) [A-Za-z0-9+/]{16,1400}={0,2}"
+    r"( [A-Za-z0-9@._:+-]{1,100})?"
+)
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|PRIVATE|CREDENTIAL|(^|_)KEY$")
 _WHEEL_NAME = re.compile(r"clawfleet-([^-/]+)(-[^-/]+)?-[^-/]+-[^-/]+-[^-/]+\.whl")
 # Set by the script itself; extra_env must not override them.
@@ -569,6 +605,10 @@ def validate(params: WorkerBootstrap) -> None:
             raise ValueError(
                 "acme_email: choose ACME or a certificate file (tls_cert_file), not both"
             )
+    if params.break_glass_ssh_key is not None:
+        _plain("break_glass_ssh_key", params.break_glass_ssh_key)
+        if not _SSH_KEY.fullmatch(params.break_glass_ssh_key):
+            raise ValueError("break_glass_ssh_key: expected one OpenSSH public key line")
     if not isinstance(params.image, str) or params.image not in IMAGES:
         raise ValueError(f"image: expected one of {', '.join(IMAGES)}, got {params.image!r}")
     _extra_env(params.extra_env)
@@ -674,6 +714,40 @@ def _tls_block(params: WorkerBootstrap) -> str:
     )
 
 
+def _ssh_block(params: WorkerBootstrap) -> str:
+    """Script lines for sshd: none at all (stopped, disabled, masked, and checked: nothing
+    listens on port 22), or break-glass SSH with the operator's key only."""
+    q = shlex.quote
+    if params.break_glass_ssh_key is None:
+        return "\n".join(
+            [
+                "# Nothing ever needs SSH: sshd stopped, disabled and masked (no upgrade starts it).",
+                'systemctl stop "${ssh_units[@]}" 2>/dev/null || true',
+                'systemctl disable "${ssh_units[@]}" 2>/dev/null || true',
+                'systemctl mask "${ssh_units[@]}"',
+                "if ss -Hltn 'sport = :22' | grep -q .; then",
+                '  die "something still listens on port 22 after sshd was stopped"',
+                "fi",
+            ]
+        )
+    return "\n".join(
+        [
+            'log "break-glass SSH: sshd accepts only the operator\'s key (BREAK_GLASS_SSH_KEY)"',
+            'install -d -m 0755 "$ROOT/etc/ssh/sshd_config.d"',
+            f'write_file 0644 "$ROOT"{q(BREAK_GLASS_KEYS)} '
+            f"{q(params.break_glass_ssh_key + chr(10))}",
+            "# shellcheck disable=SC2016 # literal file content, expanded by nobody",
+            f'write_file 0644 "$ROOT"{q(SSHD_DROP_IN)} {q(SSHD_BREAK_GLASS)}',
+            "# sshd -t needs it; socket activation may not have made it yet",
+            'install -d -m 0755 "$ROOT/run/sshd"',
+            'sshd -t || die "sshd refuses the break-glass configuration"',
+            'systemctl unmask "${ssh_units[@]}"',
+            "systemctl enable ssh.service",
+            "systemctl restart ssh.service",
+        ]
+    )
+
+
 def render_user_data(params: WorkerBootstrap) -> str:
     validate(params)
     q = shlex.quote
@@ -687,6 +761,9 @@ def render_user_data(params: WorkerBootstrap) -> str:
         "AGENT_WHEEL_NAME": q(_wheel_name(params)),
         "TRAEFIK_REQUIREMENT": q(traefik_req),
         "IMAGE": q(params.image),
+        "SHADOW_FILE": q(SHADOW_FILE),
+        "SSH_UNITS": " ".join(q(unit) for unit in SSH_UNITS),
+        "SSH": _ssh_block(params),  # built from quoted parts
         "ETC_DIR": q(ETC_DIR),
         "TRAEFIK_DYNAMIC_DIR": q(TRAEFIK_DYNAMIC_DIR),
         "STATE_DIR": q(STATE_DIR),

@@ -37,6 +37,7 @@ WHEEL_SHA = hashlib.sha256(WHEEL_BYTES).hexdigest()
 IMAGES = ["ubuntu-24.04", "debian-12"]
 METADATA_RULE = ["-d", "169.254.169.254/32", "-j", "REJECT"]
 BASH = shutil.which("bash") or "/bin/bash"
+SHADOW = "root:$6$salt$hashhashhash:20000:0:99999:7:::\ndaemon:*:20000:0:99999:7:::\n"
 
 
 def params(**overrides: Any) -> WorkerBootstrap:
@@ -75,8 +76,9 @@ def test_header_and_strict_mode(image: str) -> None:
             "tls_key_file": "/etc/clawfleet/tls/origin.key",
             "traefik_version": None,
         },
+        {"break_glass_ssh_key": "ssh-ed25519 " + "A" * 68 + " ops@laptop"},
     ],
-    ids=["ubuntu", "debian-acme", "origin-cert"],
+    ids=["ubuntu", "debian-acme", "origin-cert", "break-glass"],
 )
 def test_bash_syntax_and_shellcheck(overrides: dict[str, Any], tmp_path: Path) -> None:
     script = tmp_path / "user-data.sh"
@@ -370,6 +372,23 @@ def docker_starts():
         json.dump(chains, f)
 
 
+def systemctl():
+    # sshd's state lives in a file, so `ss` sees what systemctl did to it.
+    if args[0] == "is-active":
+        return int(env.get("STUB_IS_ACTIVE", "3"))
+    ssh = {"ssh.service", "ssh.socket"} & set(args)
+    if ssh and args[0] in ("stop", "restart", "start") and not env.get("STUB_SSHD_STUBBORN"):
+        running = args[0] != "stop" and not os.path.exists(env["STUB_SSHD"] + ".masked")
+        with open(env["STUB_SSHD"], "w") as f:
+            f.write("active" if running else "inactive")
+    if ssh and args[0] in ("mask", "unmask"):
+        if args[0] == "mask":
+            open(env["STUB_SSHD"] + ".masked", "w").close()
+        elif os.path.exists(env["STUB_SSHD"] + ".masked"):
+            os.remove(env["STUB_SSHD"] + ".masked")
+    return int(env.get("STUB_SYSTEMCTL_" + args[0].upper(), "0"))
+
+
 def link_stub(target):
     if not os.path.lexists(target):
         os.symlink(env["STUB_SELF"], target)
@@ -390,7 +409,13 @@ def main():
     if name == "iptables":
         return iptables()
     if name == "systemctl":
-        return int(env.get("STUB_IS_ACTIVE", "3")) if args[0] == "is-active" else 0
+        return systemctl()
+    if name == "ss":  # what listens: sshd on port 22 while its state file says so
+        state = env["STUB_SSHD"]
+        with open(state) if os.path.exists(state) else open(os.devnull) as f:
+            if f.read() == "active":
+                print("LISTEN 0      128          0.0.0.0:22        0.0.0.0:*")
+        return 0
     if name == "curl":
         output = args[args.index("--output") + 1]
         shutil.copyfile(env["STUB_WHEEL"], output)
@@ -439,6 +464,8 @@ STUBS = [
     "chmod",
     "mv",
     "pwned",
+    "ss",
+    "sshd",
 ]
 # Real programs the script may use; anything else is "command not found".
 REAL = [
@@ -514,6 +541,9 @@ def run_script(tmp_path: Path) -> Runner:
             (root / "etc").mkdir(parents=True)
             os_id, _, version = p.image.partition("-")
             (root / "etc/os-release").write_text(f'ID={os_id}\nVERSION_ID="{version}"\n')
+            # As the image boots: a root password set (Hetzner sets one) and sshd listening.
+            (root / "etc/shadow").write_text(SHADOW)
+            (tmp_path / "sshd.state").write_text("active")
             (tmp_path / "iptables.json").write_text(json.dumps({"FORWARD": []}))
         log = tmp_path / f"calls{n}.jsonl"
         log.touch()
@@ -531,6 +561,7 @@ def run_script(tmp_path: Path) -> Runner:
                 "STUB_WHEEL": str(wheel),
                 "STUB_IPTABLES": str(tmp_path / "iptables.json"),
                 "STUB_AGENT_VERSION": p.agent_version,
+                "STUB_SSHD": str(tmp_path / "sshd.state"),
                 **env,
             },
             cwd=tmp_path,
@@ -657,8 +688,10 @@ def test_sha256_mismatch_fails_before_installing_anything(run_script: Runner) ->
     assert run.has("apt-get", "update") and run.has("curl")
     assert not run.has("apt-get", "install")
     assert not run.has("python3", "-m", "venv")  # only the preflight version check ran
-    for cmd in ("python", "iptables", "systemctl", "useradd"):
+    for cmd in ("python", "iptables", "useradd"):
         assert not any(c["cmd"] == cmd for c in run.calls), cmd
+    # systemctl only sealed SSH, which comes first of all.
+    assert all(c["args"][-1] == "ssh.service" for c in run.calls if c["cmd"] == "systemctl")
     assert not (run.root / "etc/clawfleet/agent.env").exists()
     assert not (run.root / "var/cache/clawfleet/clawfleet-0.1.0-py3-none-any.whl").exists()
 
@@ -695,6 +728,7 @@ def test_origin_certificate_installed_before_bootstrap(run_script: Runner, tmp_p
     root = tmp_path / "prepared"
     (root / "etc/clawfleet/tls").mkdir(parents=True)
     (root / "etc/os-release").write_text('ID=ubuntu\nVERSION_ID="24.04"\n')
+    (root / "etc/shadow").write_text(SHADOW)
     (root / "etc/clawfleet/tls/origin.crt").write_text("certificate\n")
     (root / "etc/clawfleet/tls/origin.key").write_text("key\n")
     (tmp_path / "iptables.json").write_text(json.dumps({"FORWARD": []}))
@@ -759,3 +793,80 @@ def test_metadata_helper_moves_a_shadowed_rule(run_script: Runner, tmp_path: Pat
     chains = json.loads(state.read_text())
     assert chains["DOCKER-USER"] == [" ".join(METADATA_RULE), "-j RETURN"]
     assert chains["FORWARD"] == ["-j DOCKER-USER"]
+
+
+# --- no SSH, no root password (issue 14, point 5) ----------------------------------
+
+
+def ssh_key(kind: str = "ed25519") -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    key: Any = (
+        ed25519.Ed25519PrivateKey.generate()
+        if kind == "ed25519"
+        else rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    )
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+        + " ops@laptop"
+    )
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_root_is_locked_and_no_sshd_listens(run_script: Runner, image: str) -> None:
+    run = run_script(params(image=image))
+    assert run.returncode == 0, run.output
+    root, others = (run.root / "etc/shadow").read_text().splitlines()
+    assert root == "root:!*:20000:0:99999:7:::"  # locked, and no hash left to unlock
+    assert others == SHADOW.splitlines()[1]
+    assert (run.root.parent / "sshd.state").read_text() == "inactive"  # what ss saw
+    mask = run.index("systemctl", "mask", "ssh.socket", "ssh.service")
+    assert run.index("systemctl", "stop", "ssh.socket", "ssh.service") < mask
+    assert mask < run.index("ss") < run.index("apt-get", "update")  # sealed first
+    assert not (run.root / "etc/ssh").exists()
+    assert not run.has("sshd") and not run.has("systemctl", "unmask")
+
+
+def test_a_listener_left_on_port_22_fails_the_bootstrap(run_script: Runner) -> None:
+    run = run_script(params(), STUB_SSHD_STUBBORN="1")
+    assert run.returncode != 0
+    assert "still listens on port 22" in run.output
+    assert not run.has("apt-get")  # before anything is installed
+
+
+def test_break_glass_ssh_accepts_only_the_operators_key(run_script: Runner) -> None:
+    key = ssh_key("rsa")
+    p = params(break_glass_ssh_key=key)
+    assert len(render_user_data(p).encode()) < MAX_USER_DATA
+    run = run_script(p)
+    assert run.returncode == 0, run.output
+    keys = run.root / "etc/ssh/clawfleet_break_glass_keys"
+    assert keys.read_text() == key + "\n" and mode(keys) == 0o644
+    drop_in = run.root / "etc/ssh/sshd_config.d/00-clawfleet-break-glass.conf"
+    assert drop_in.read_text() == r.SSHD_BREAK_GLASS
+    config = dict(line.split(" ", 1) for line in r.SSHD_BREAK_GLASS.splitlines()[1:])
+    assert config["PasswordAuthentication"] == "no"
+    assert config["AuthenticationMethods"] == "publickey"
+    assert config["AuthorizedKeysFile"] == "/etc/ssh/clawfleet_break_glass_keys"
+    assert run.index("sshd", "-t") < run.index("systemctl", "restart", "ssh.service")
+    assert (run.root.parent / "sshd.state").read_text() == "active"
+    assert (run.root / "etc/shadow").read_text().startswith("root:!*:")  # still no password
+    assert not run.has("systemctl", "mask")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "ssh-dss AAAAB3NzaC1kc3MAAACBAP",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl it's",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\nroot",
+        "ssh-ed25519 AAAA; rm -rf /",
+    ],
+)
+def test_break_glass_key_is_validated(key: str) -> None:
+    with pytest.raises(ValueError, match="break_glass_ssh_key"):
+        render_user_data(params(break_glass_ssh_key=key))

@@ -269,3 +269,27 @@ async def test_server_pages_say_whether_the_firewall_covers_them(
     _, listing = await plane.admin("GET", "/v1/servers")
     (row,) = [s for s in listing["servers"] if s["id"] == joined.key_id]
     assert row["firewall"]["state"] == "unprotected"
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@laptop"
+
+
+@pytest.mark.parametrize("break_glass", [False, True], ids=["sealed", "break-glass"])
+async def test_a_new_worker_boots_without_sshd_and_behind_the_firewall(
+    edge: Start, hetzner_fake: HetznerFake, break_glass: bool
+) -> None:
+    extra = {"break_glass_ssh_key": KEY, "break_glass_ssh_cidrs": ("203.0.113.7/32",)}
+    plane = await edge(**(extra if break_glass else {}))
+    status, _ = await plane.admin("POST", "/v1/users", {"user_id": "ann", "subdomain": "ann"})
+    assert status == 201
+    await until(lambda: hetzner_fake.create_requests)  # the autoscaler creates a server
+    (request,) = hetzner_fake.create_requests
+    user_data = request["user_data"]
+    assert "sed -i -E 's/^root:[^:]*:/root:!*:/'" in user_data  # root locked either way
+    assert ('systemctl mask "${ssh_units[@]}"' in user_data) is not break_glass
+    assert (KEY in user_data) is break_glass
+    await firewall(plane).run()
+    (fw,) = ours(hetzner_fake)
+    (server,) = hetzner_fake.servers.values()
+    assert server["public_net"]["firewalls"] == [{"id": fw["id"], "status": "applied"}]
+    assert ("22" in inbound(fw)) is break_glass

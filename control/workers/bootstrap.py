@@ -63,6 +63,7 @@ def hetzner_user_data(settings: Settings, dist: AgentDist) -> UserDataRenderer:
                 traefik_version=settings.traefik_version,
                 acme_email=settings.acme_email or None,
                 image=settings.hetzner_image,
+                break_glass_ssh_key=settings.break_glass_ssh_key or None,
             )
         )
 
