@@ -4,7 +4,8 @@ Owns: the `volumes` table (records.py is its only writer), the pure decision of 
 volume's next step (steps.py) and the run that applies those steps through the provider
 (runner.py, called by the autoscaler every run), and the backup jobs asked of the
 server a volume is mounted on (backups.py: scheduled, final and the operator's; the
-jobs' table is control.backup_jobs'), and moves to another location through a backup
+jobs' table is control.backup_jobs'), the operator's waiver of a final snapshot that
+cannot be taken (final_waiver.py), and moves to another location through a backup
 and a restore: the `relocations` table (relocations.py is its only writer), their pure
 decisions (relocation.py), their start (relocate_start.py) and their run (relocate.py,
 called by runner.py). The desired set reads the table to put
