@@ -13,6 +13,7 @@ from control.edge.firewall_rules import (
     Ranges,
     Rule,
     check_ranges,
+    coverage,
     desired_rules,
     plan_firewall,
     rule_of,
@@ -142,3 +143,34 @@ def test_selector_matches_the_labels_our_servers_carry() -> None:
 def test_refresh_is_daily(fetched_at: float | None, now: float, due: bool) -> None:
     known = None if fetched_at is None else Known(CF, fetched_at)
     assert refresh_due(known, now) is due
+
+
+@pytest.mark.parametrize(
+    ("origin", "status", "protected", "state"),
+    [
+        ("provider", {"state": "ok", "detail": "firewall 7 applied"}, True, "ok"),
+        ("provider", {"state": "failing", "detail": "HTTP 503"}, False, "failing"),
+        ("provider", {"state": "pending", "detail": "no round yet"}, False, "pending"),
+        ("provider", {"state": "off", "detail": "EDGE_FIREWALL is off"}, False, "off"),
+        ("provider", None, False, "off"),
+        ("join", {"state": "ok", "detail": "firewall 7 applied"}, False, "unprotected"),
+        ("join", None, False, "unprotected"),
+    ],
+)
+def test_what_a_server_page_says(
+    origin: str, status: dict[str, str] | None, protected: bool, state: str
+) -> None:
+    shown = coverage(origin, status)
+    assert (shown["protected"], shown["state"]) == (protected, state)
+
+
+def test_the_cli_shouts_when_a_server_is_unprotected() -> None:
+    from control.cli.render import render_server
+
+    server = {"id": "srv-1", "origin": "join", "containers": [], "capacity": {}}
+    text = render_server({**server, "firewall": coverage("join", None)})
+    assert "UNPROTECTED: joined by hand" in text
+    text = render_server(
+        {**server, "firewall": coverage("provider", {"state": "ok", "detail": ""})}
+    )
+    assert "protected" in text and "UNPROTECTED" not in text
