@@ -213,6 +213,14 @@ def render_users(body: dict[str, Any]) -> str:
     return listing(body, "users", USER_HEADERS, user_row)
 
 
+def move_line(move: dict[str, Any] | None) -> str | None:
+    """A move to another location (control/volumes/relocation.py), on one line."""
+    if not move:
+        return None
+    line = f"{move.get('phase')}: {move.get('from')} -> {move.get('to')} in {move.get('location')}"
+    return line + (f" ({move['error']})" if move.get("error") else "")
+
+
 def render_user(u: dict[str, Any]) -> str:
     container = u.get("container") or {}
     return _pairs(
@@ -223,15 +231,8 @@ def render_user(u: dict[str, Any]) -> str:
             ("state", u.get("state")),
             ("server", u.get("server_id")),
             ("moving from", u.get("moving_from")),
+            ("move", move_line(u.get("move"))),
             ("data on", u.get("data_server_id")),
-def move_line(move: dict[str, Any] | None) -> str | None:
-    """A move to another location (control/volumes/relocation.py), on one line."""
-    if not move:
-        return None
-    line = f"{move.get('phase')}: {move.get('from')} -> {move.get('to')} in {move.get('location')}"
-    return line + (f" ({move['error']})" if move.get("error") else "")
-
-
             ("billing", u.get("billing_status")),
             # Billing says whether it may run; an operator's hold whether it will.
             ("billing says", u.get("billing_state")),
@@ -242,7 +243,6 @@ def move_line(move: dict[str, Any] | None) -> str | None:
             ("container", container.get("state")),
             ("health", container.get("health")),
             ("restarts", container.get("restart_count")),
-            ("move", move_line(u.get("move"))),
             ("container error", container.get("error")),
             # Its worker's agent cannot run what the spec needs (docs/production.md).
             ("spec withheld", u.get("spec_withheld")),
