@@ -28,7 +28,9 @@ from cryptography.x509.oid import NameOID
 from agent import origin_tls as agent_tls
 from agent.client import ControlClient, ControlPlaneError, is_transient
 from control.appkeys import ORIGIN_TLS
+from control.edge.origin_pull import OriginTlsError as OriginPullError
 from shared.protocol import MAX_PEM, OriginCertRequest
+from tests.agent.test_e2e import until
 from tests.fakes.cloudflare import CloudflareFake
 from tests.fixtures import ControlPlane
 from tests.origin_tls_plane import (  # noqa: F401
@@ -252,3 +254,33 @@ async def test_a_cloudflare_outage_while_signing_is_transient_and_keeps_the_serv
     assert renewed.not_after == pytest.approx(
         datetime.now(UTC).timestamp() + 90 * agent_tls.DAY, abs=120
     )
+
+
+async def test_no_certificate_while_cloudflare_is_still_deploying_the_pull_certificate(
+    tls_plane: Start, cloudflare_fake: CloudflareFake, tmp_path: Path
+) -> None:
+    """A worker that required the client certificate before Cloudflare presents it would
+    refuse every proxied request: workers wait until the upload is `active`."""
+    cloudflare_fake.edge.aop_status = "pending_deployment"
+    plane = await tls_plane()
+    assert plane.app is not None
+    service = plane.app[ORIGIN_TLS].service
+    assert service is not None
+    await until(lambda: asyncio.sleep(0, cloudflare_fake.edge.aop_certs), "the upload")
+    with pytest.raises(OriginPullError, match="pending_deployment"):
+        await service.start()
+    cp = ControlClient(plane.url, timeout=10)
+    try:
+        worker, secret = await joined(plane, cp)
+        assert (await cp.origin_tls_policy(worker, secret)).client_ca == ""
+        agent = agent_tls.OriginTls(tmp_path / "state", tmp_path / "traefik")
+        err = await refused(agent.check(signer(cp, worker, secret)))
+        assert (err.status, err.code) == (503, "origin_tls_not_ready")
+
+        for record in cloudflare_fake.edge.aop_certs.values():
+            record["status"] = "active"  # Cloudflare finished deploying it
+        await service.start()
+        assert await agent.check(signer(cp, worker, secret)) == agent_tls.CHECK_EVERY
+        assert len(cloudflare_fake.edge.aop_certs) == 1  # uploaded once, whoever retried
+    finally:
+        await cp.close()

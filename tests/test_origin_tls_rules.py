@@ -1,5 +1,6 @@
 """The pure decisions of origin TLS (issue 14), as tables: when the agent renews, which
-CSRs the control plane signs, when origin TLS is on, and the SSL-mode warning."""
+CSRs the control plane signs, when origin TLS is on, the SSL-mode warning, and when the
+origin-pull certificate counts as deployed."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.origin_tls import DAY, CertInfo, make_csr, new_key, renewal_reason
 from control.edge import tls_rules
+from control.edge.origin_pull import deployed_status
 
 NAMES = ("*.example.com",)
 NOW = 1_000_000_000.0
@@ -125,3 +127,24 @@ def test_ssl_mode_warning(mode: str | None, named: str | None) -> None:
 )
 def test_allowed_hostnames(base: str, names: tuple[str, ...]) -> None:
     assert tls_rules.allowed_hostnames(base) == names
+
+
+PULL = "-----BEGIN CERTIFICATE-----\nours\n-----END CERTIFICATE-----\n"
+OTHER = "-----BEGIN CERTIFICATE-----\nsomeone else's\n-----END CERTIFICATE-----\n"
+
+
+@pytest.mark.parametrize(
+    ("listed", "status"),
+    [
+        ([], None),
+        ([(OTHER, "active")], None),  # another certificate active: ours is not there
+        ([(PULL, "pending_deployment")], "pending_deployment"),
+        ([(PULL.strip(), "active")], "active"),  # the API may trim the PEM
+        ([(PULL, "pending_deployment"), (PULL, "active")], "active"),  # uploaded twice
+        ([(PULL, "pending_deletion"), (OTHER, "active")], "pending_deletion"),
+    ],
+)
+def test_the_pull_certificate_is_ready_only_once_cloudflare_lists_it_active(
+    listed: list[tuple[str, str]], status: str | None
+) -> None:
+    assert deployed_status(listed, PULL) == status

@@ -11,7 +11,10 @@ Contract:
 - `ensure_uploaded(api, pair)` makes it the zone's active origin_tls_client_auth
   certificate (uploads it unless a certificate with the same PEM is there) and turns
   the zone setting on; idempotent, each call bounded by CloudflareApi's retry policy.
-  Failures are `OriginTlsError` (IntegrationError).
+  It returns only once Cloudflare lists it as `active` (an upload is
+  `pending_deployment` for a while, when Cloudflare does not present it yet); until
+  then it raises, and the caller retries. Failures are `OriginTlsError`
+  (IntegrationError).
 - Workers trust `pair.certificate` itself as the only client CA (agent/origin_tls.py).
 """
 
@@ -36,6 +39,7 @@ from control.keyring import Keyring
 
 VALIDITY_DAYS = 3650  # Cloudflare keeps presenting it; a new deployment key means a new pair
 COMMON_NAME = "clawfleet origin pull"
+ACTIVE = "active"  # Cloudflare presents an upload only once it is deployed
 
 
 class OriginTlsError(IntegrationError):
@@ -120,14 +124,28 @@ class PullStore:
             raise
 
 
+def deployed_status(listed: list[tuple[str, str]], certificate: str) -> str | None:
+    """The best status Cloudflare lists for `certificate` ((PEM, status) pairs, any
+    order): "active" if any copy is, else the first copy's, None when none is there."""
+    ours = [status for pem, status in listed if pem.strip() == certificate.strip()]
+    return "active" if ACTIVE in ours else (ours[0] if ours else None)
+
+
+async def _listed(api: CloudflareApi) -> list[tuple[str, str]]:
+    zone, sdk = api.zone_id, api.client.origin_tls_client_auth
+    listed = await api.request(
+        "list origin pull certificates", lambda: sdk.zone_certificates.list(zone_id=zone)
+    )
+    return [
+        (field(c, "certificate", "") or "", field(c, "status", "") or "") for c in listed.result
+    ]
+
+
 async def ensure_uploaded(api: CloudflareApi, pair: PullPair) -> None:
     zone, sdk = api.zone_id, api.client.origin_tls_client_auth
     try:
-        listed = await api.request(
-            "list origin pull certificates", lambda: sdk.zone_certificates.list(zone_id=zone)
-        )
-        present = [field(c, "certificate", "") for c in listed.result]
-        if pair.certificate.strip() not in {p.strip() for p in present if p}:
+        status = deployed_status(await _listed(api), pair.certificate)
+        if status is None:
             await api.request(
                 "upload origin pull certificate",
                 lambda: sdk.zone_certificates.create(
@@ -135,8 +153,15 @@ async def ensure_uploaded(api: CloudflareApi, pair: PullPair) -> None:
                 ),
                 repeatable=False,
             )
+            status = deployed_status(await _listed(api), pair.certificate)
         await api.request(
             "enable origin pulls", lambda: sdk.settings.update(zone_id=zone, enabled=True)
         )
     except DnsError as exc:
         raise OriginTlsError.of(exc, "SSL and Certificates: Edit") from None
+    if status != ACTIVE:
+        # Until Cloudflare presents it, a worker requiring it would refuse every request.
+        raise OriginTlsError(
+            f"the origin pull certificate is {status or 'missing'} at Cloudflare, not "
+            f"{ACTIVE}; workers get no certificate until it is"
+        )
