@@ -301,6 +301,8 @@ async def test_server_page_lists_containers_and_cordons(
         await expect(crashed_row.locator("[data-label='Last error']")).to_have_text("OOM")
         await expect(crashed_row.locator("[data-label=Restarts]")).to_have_text("3")
         await expect(crashed_row.locator("[data-label=Image]")).to_have_text("4f1c9a0d2e7b")
+        # Joined by hand (a join token): outside the edge firewall, and the page says so.
+        await expect(t.page.locator("#server-detail")).to_contain_text("UNPROTECTED")
         await t.page.click("#action-cordon")
         await expect(t.page.locator("#server-detail")).to_contain_text("cordoned")
         await expect(t.page.locator("#action-uncordon")).to_be_enabled()
