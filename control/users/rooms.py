@@ -31,12 +31,22 @@ class Reserve:
     volume_per_user: bool = False
 
 
-# Every (server, user) pair whose container the server must run.
+# A move to another location (control/volumes/relocation.py) keeps the user's old volume
+# on its source until the phase that detaches it: the source holds that user until then
+# (its room, a volume slot, and no scale-down: before the snapshot it is the only copy).
+SOURCE_HELD = (
+    "('stopping', 'snapshot', 'creating', 'attaching', 'restoring', 'starting', 'releasing')"
+)
+
+# Every (server, user) pair whose container the server must run or whose state it holds.
 HOLDERS_SQL = (
     "SELECT server_id AS holder, id, plan FROM users WHERE server_id IS NOT NULL "
     # A suspended user keeps its room: paying again brings it back on the same server.
     "AND state IN ('provisioning', 'running', 'suspended') "
-    "UNION ALL SELECT moving_from AS holder, id, plan FROM users WHERE moving_from IS NOT NULL"
+    "UNION ALL SELECT moving_from AS holder, id, plan FROM users WHERE moving_from IS NOT NULL "
+    "UNION ALL SELECT r.source_server AS holder, u.id, u.plan FROM relocations r "
+    "JOIN users u ON u.id = r.user_id WHERE r.source_server IS NOT NULL "
+    f"AND r.phase IN {SOURCE_HELD}"
 )
 
 
@@ -62,6 +72,8 @@ def volume_use_sql(volume_per_user: bool) -> str:
         "SELECT server, COUNT(DISTINCT user_id) AS n FROM ("
         "SELECT server_id AS server, user_id FROM volumes "
         "WHERE server_id IS NOT NULL AND state != 'detached' "
+        "UNION SELECT source_server AS server, user_id FROM relocations "
+        f"WHERE source_server IS NOT NULL AND phase IN {SOURCE_HELD} "
         f"UNION SELECT u.server_id AS server, u.id AS user_id FROM users u "
         f"{join} volumes v ON v.user_id = u.id WHERE u.server_id IS NOT NULL "
         "AND u.state IN ('provisioning', 'running', 'suspended')) GROUP BY server"
