@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from agent.origin_tls import DAY, CertInfo, make_csr, new_key, renewal_reason
+from agent.origin_tls import DAY, RENEW_BEFORE, CertInfo, make_csr, new_key, renewal_reason
 from control.edge import tls_rules
 from control.edge.origin_pull import deployed_status
 
@@ -148,3 +148,28 @@ def test_the_pull_certificate_is_ready_only_once_cloudflare_lists_it_active(
     listed: list[tuple[str, str]], status: str | None
 ) -> None:
     assert deployed_status(listed, PULL) == status
+
+
+@pytest.mark.parametrize(
+    ("on", "days_left", "state"),
+    [
+        (False, None, "off"),
+        (False, 5.0, "off"),  # a certificate left from before: origin TLS is off now
+        (True, None, "missing"),
+        (True, 0.0, "expired"),
+        (True, -1.0, "expired"),
+        (True, 10.0, "renew_due"),
+        (True, 30.0, "renew_due"),  # the agent's window opens 30 days before expiry
+        (True, 30.01, "ok"),
+        (True, 89.0, "ok"),
+    ],
+)
+def test_how_a_reported_certificate_stands(on: bool, days_left: float | None, state: str) -> None:
+    expires = None if days_left is None else NOW + days_left * DAY
+    assert tls_rules.cert_state(on, expires, NOW) == state
+
+
+def test_the_dashboard_warns_exactly_when_the_agent_renews() -> None:
+    """The control plane's window is the agent's for the certificates it asks for."""
+    life = tls_rules.VALIDITY_DAYS * DAY
+    assert tls_rules.RENEW_WITHIN == max(RENEW_BEFORE, life / 3)

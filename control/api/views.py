@@ -6,7 +6,9 @@ GB-month) and, beside the servers listing, `volume_cost` (every volume row, one 
 listing: never read on a hot path). A server shows the agent `features` it declared;
 a user on a server whose agent lacks some its spec needs shows why in `spec_withheld`
 (control/users/features.py), else None. `firewall` says whether the cluster's edge
-firewall covers the server (control/edge/firewall_rules.py `coverage`)."""
+firewall covers the server (control/edge/firewall_rules.py `coverage`). `origin_cert`
+is how its origin certificate stands (control/edge/tls_rules.py `cert_state`: off, ok,
+renew_due, expired or missing; None before its first heartbeat and once retired)."""
 
 from __future__ import annotations
 
@@ -20,11 +22,13 @@ from control.capacity import decisions
 from control.capacity.providers.base import VolumePrice
 from control.clock import iso
 from control.db.store import Row, Store
+from control.edge import tls_rules
 from control.edge.firewall_rules import coverage
 from control.plans import Plan
 from control.users.features import parse, withheld_reason
 from control.users.plans import plan_of
 from control.users.rooms import HELD_DATA_SQL, HOLDERS_SQL, Reserve
+from control.workers.servers import RETIRED_STATUSES
 
 if TYPE_CHECKING:
     from control.fleet import Fleet
@@ -144,6 +148,7 @@ async def servers(
     for u in users:
         by_server.setdefault(u["holder"], []).append(u)
     now = time.time()
+    tls_on = tls_rules.enabled(fleet.settings.provider, fleet.settings.dns_provider)
     views = [server_view(r, by_server.get(r["id"], []), plans, reserve, now) for r in rows]
     for view in views:
         gone = view["status"] == "deleted"
@@ -152,7 +157,15 @@ async def servers(
         view["kept_because"] = None if gone else decisions.kept_because(held.get(view["id"]))
         # Whether the cluster firewall covers it: never a server joined by hand.
         view["firewall"] = coverage(view["origin"], firewall)
+        view["origin_cert"] = _origin_cert(view, tls_on, now)
     return views
+
+
+def _origin_cert(view: dict[str, Any], on: bool, now: float) -> str | None:
+    """How its origin certificate stands; None until its agent beats, and once retired."""
+    if view["last_heartbeat_age"] is None or view["status"] in RETIRED_STATUSES:
+        return None
+    return tls_rules.cert_state(on, view["origin_cert_expires"], now)
 
 
 async def volume_cost(fleet: Fleet) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Pure rules of origin TLS (issue 14): which names a worker's certificate may cover,
-whether a worker's CSR may be signed, whether origin TLS is on, and what the zone's SSL
-mode means.
+whether a worker's CSR may be signed, whether origin TLS is on, what the zone's SSL
+mode means, and how a worker's reported certificate stands (`cert_state`).
 
 Contract: nothing here does I/O. `check_csr` raises `BadCsr` (a 400 the agent sees)
 naming what is wrong; it never trusts the CSR's names: they must equal, as a set, the
@@ -10,7 +10,7 @@ or RSA of at least 2048 bits, with a valid self-signature.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from control.errors import BadRequest
 
 VALIDITY_DAYS: Final = 90  # one of Origin CA's allowed validities; agents renew with 30 left
+RENEW_WITHIN: Final = VALIDITY_DAYS / 3 * 86400.0  # the agent's window (agent/origin_tls.py)
 STRICT = "strict"
+CertState = Literal["off", "missing", "expired", "renew_due", "ok"]
 
 
 class BadCsr(BadRequest):
@@ -29,6 +31,19 @@ def enabled(provider: str, dns_provider: str) -> bool:
     """Origin TLS is on for real servers behind Cloudflare; the local provider keeps
     plain HTTP on 127.0.0.1, and without Cloudflare DNS nothing can sign."""
     return provider != "local" and dns_provider == "cloudflare"
+
+
+def cert_state(on: bool, expires: float | None, now: float) -> CertState:
+    """What the dashboard says of a reporting worker's origin certificate (`expires`, its
+    heartbeat's Unix seconds): "renew_due" once inside the agent's renewal window, which
+    it leaves within hours when all is well, so one that stays there is failing."""
+    if not on:
+        return "off"
+    if expires is None:
+        return "missing"
+    if expires <= now:
+        return "expired"
+    return "renew_due" if expires - now <= RENEW_WITHIN else "ok"
 
 
 def allowed_hostnames(base_domain: str) -> tuple[str, ...]:

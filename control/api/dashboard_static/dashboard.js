@@ -82,6 +82,20 @@
     const d = new Date(iso);
     return isNaN(d) ? iso : d.toLocaleString();
   }
+  // The worker's origin TLS certificate (s.origin_cert, control/edge/tls_rules.py
+  // cert_state): inside the renewal window the agent renews within hours, so staying
+  // there means renewal fails; none at all means Cloudflare's strict mode cannot pass.
+  function originCert(s) {
+    const when = s.origin_cert_expires ? fmtTime(new Date(s.origin_cert_expires * 1000).toISOString()) : "—";
+    switch (s.origin_cert) {
+      case "ok": return h("span", { id: "origin-cert" }, "expires " + when);
+      case "renew_due": return h("span", { id: "origin-cert", class: "warn" }, "expires " + when + " (renewal due)");
+      case "expired": return h("span", { id: "origin-cert", class: "error" }, "EXPIRED " + when);
+      case "missing": return h("span", { id: "origin-cert", class: "error" }, "MISSING");
+      case "off": return h("span", { id: "origin-cert", class: "muted" }, "off");
+      default: return "—";
+    }
+  }
 
   function capacityBar(mem) {
     const used = mem ? mem.used : 0;
@@ -428,6 +442,7 @@
       ["Generation", s.applied_generation + " applied of " + s.generation],
       ["Price", typeof s.hourly_price === "number" ? fmtMoney(s.hourly_price, 4) + " /h · ≈ " + fmtMoney(s.hourly_price * MONTH_HOURS, 2) + " /month" : "unknown"],
       ["Registered", fmtTime(s.registered_at)],
+      ["Origin certificate", originCert(s)],
     ];
     clear($("#server-detail")).append(h("dl", { class: "detail" }, rows.map(([k, v]) => [h("dt", null, k), h("dd", null, v)])));
 
