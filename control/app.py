@@ -11,7 +11,7 @@ aiohttp runs them in this order and unwinds them in reverse:
    and the DNS provider's verification (control/dns/sync.py) run at once, and only a
    refusal within PROVIDER_STARTUP_WAIT stops start-up; an outage is retried in the
    background while everything else serves (a DNS provider verified late triggers a
-   DNS round at once);
+   DNS round at once, a provider validated late a firewall round);
 4. the Fleet facade (its long-poll board and heartbeat writer), then the autoscaler
    (and the agent wheel under DIST, with a real provider), then the liveness sweeps;
 5. the Stripe inbox processor;
@@ -185,6 +185,8 @@ async def _startup_checks(app: web.Application) -> AsyncIterator[None]:
         await DnsSync.refused_within(dns_check, wait_until - asyncio.get_running_loop().time())
         if not dns_check.done():  # verified late, after an outage: publish at once then
             dns_check.add_done_callback(lambda _: _dns_now(app))
+        if not validation.done():  # Hetzner validated late: the firewall's round at once
+            validation.add_done_callback(lambda _: _firewall_now(app))
         yield
     finally:
         await _cancelled(validation, dns_check)
@@ -356,6 +358,13 @@ def _dns_now(app: web.Application) -> None:
     scheduler = app[SCHEDULER]
     if scheduler.running:
         scheduler.add_job(app[DNS_SYNC].tick, id="dns-now", replace_existing=True, max_instances=2)
+
+
+def _firewall_now(app: web.Application) -> None:
+    """The provider was validated late: a firewall round now, not at the next tick."""
+    scheduler = app[SCHEDULER]
+    if scheduler.running:
+        scheduler.add_job(app[FIREWALL_SYNC].tick, id="firewall-now", replace_existing=True)
 
 
 def _autoscale_now(app: web.Application) -> None:

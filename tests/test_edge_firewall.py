@@ -40,7 +40,7 @@ def edge(
 ) -> Start:
     dist = agent_dist(tmp_path / "dist")
 
-    async def start(**overrides: Any) -> ControlPlane:
+    async def start(settle: bool = True, **overrides: Any) -> ControlPlane:
         settings = fleet_settings(hetzner_fake, dist) | {
             "dns_provider": "cloudflare",
             "cloudflare_api_token": cloudflare_fake.token,
@@ -53,6 +53,8 @@ def edge(
         }
         plane = control_factory(provider_with_timeout(5.0), **(settings | overrides))
         await plane.start()
+        if not settle:
+            return plane
         assert plane.app is not None and plane.app[PROVIDER_HEALTH].usable
         sync = firewall(plane)
         if sync.enabled:
@@ -293,3 +295,16 @@ async def test_a_new_worker_boots_without_sshd_and_behind_the_firewall(
     (server,) = hetzner_fake.servers.values()
     assert server["public_net"]["firewalls"] == [{"id": fw["id"], "status": "applied"}]
     assert ("22" in inbound(fw)) is break_glass
+
+
+async def test_a_provider_validated_late_gets_its_firewall_at_once(
+    edge: Start, hetzner_fake: HetznerFake
+) -> None:
+    hetzner_fake.delay("GET /server_types", 1.0)  # validation outlasts start-up's wait
+    plane = await edge(settle=False, provider_startup_wait=0.2)
+    assert plane.app is not None and not plane.app[PROVIDER_HEALTH].usable
+    assert ours(hetzner_fake) == []
+    # No round is due for an hour (FIREWALL_RECONCILE_INTERVAL): only the late validation
+    # can have triggered the one that creates it.
+    await until(lambda: ours(hetzner_fake))
+    assert inbound(ours(hetzner_fake)[0]) == {"443": CF}
