@@ -185,9 +185,10 @@ class BackupJobs:
 
     async def _execute(self, job: BackupJob) -> BackupReport:
         target = self.mounts / job.volume_id
-        if not await asyncio.to_thread(self._mounted, target):
-            await self._mount_for(job)
-        if not await asyncio.to_thread(self._mounted, target):
+        mounted = await asyncio.to_thread(self._mounted, target)
+        if not mounted and await self._mount_for(job):
+            mounted = await asyncio.to_thread(self._mounted, target)  # as the mount left it
+        if not mounted:
             raise JobRefused(f"volume {job.volume_id} is not mounted on this worker")
         repo = Repository(job.repository, job.password, job.access_key, job.secret_key)
         restic = Restic(repo, binary=self._binary, cache_dir=self._cache)
@@ -196,11 +197,11 @@ class BackupJobs:
             return BackupReport(id=job.id, state="done", finished_at=self._clock())
         return await self._snapshot(job, restic, target)
 
-    async def _mount_for(self, job: BackupJob) -> None:
+    async def _mount_for(self, job: BackupJob) -> bool:
         """Mounts the volume the job describes (no spec names it: a restore after a
-        restart); a job that does not describe it, or another volume, is left to fail."""
+        restart); False for a job that does not describe it, or describes another."""
         if self._mount is None or job.volume is None or job.volume.id != job.volume_id:
-            return
+            return False
         try:
             await self._mount(job.volume)
         except VolumeError as exc:
@@ -208,6 +209,7 @@ class BackupJobs:
                 f"volume {job.volume_id} could not be mounted: {exc.message}"
             ) from None
         log.info("backup job %s: mounted volume %s for it", job.id, job.volume_id)
+        return True
 
     async def _snapshot(self, job: BackupJob, restic: Restic, target: Path) -> BackupReport:
         await restic.init_if_missing()
