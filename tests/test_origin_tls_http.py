@@ -13,9 +13,11 @@ real CA) and the agent's own signed `ControlClient` and `OriginTls`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -284,3 +286,26 @@ async def test_no_certificate_while_cloudflare_is_still_deploying_the_pull_certi
         assert len(cloudflare_fake.edge.aop_certs) == 1  # uploaded once, whoever retried
     finally:
         await cp.close()
+
+
+async def test_an_unreadable_pull_pair_file_is_logged_and_retried(
+    tls_plane: Start, cloudflare_fake: CloudflareFake, tmp_path: Path, caplog: Any
+) -> None:
+    """Not a start-up task dead in silence, with every worker refused for no stated reason."""
+    (tmp_path / "origin-pull.json").write_text('{"certificate": "cut sh')
+    with caplog.at_level(logging.ERROR, logger="control.api.origin_tls_routes"):
+        plane = await tls_plane()
+        await until(
+            lambda: asyncio.sleep(0, "origin-pull.json" in caplog.text), "the error", timeout=10
+        )
+    assert f"{tmp_path / 'origin-pull.json'} is unreadable" in caplog.text
+    assert "move it away" in caplog.text
+    cp = ControlClient(plane.url, timeout=10)
+    try:
+        worker, secret = await joined(plane, cp)
+        pem = csr(p256(), [WILDCARD])
+        err = await refused(cp.origin_certificate(worker, secret, OriginCertRequest(csr=pem)))
+        assert (err.status, err.code) == (503, "origin_tls_not_ready")
+    finally:
+        await cp.close()
+    assert cloudflare_fake.count(UPLOAD) == 0

@@ -7,7 +7,8 @@ Contract:
 - `PullStore(path, keyring).load_or_create()` returns the pair (`PullPair`): read from
   `path` (JSON: the certificate PEM and the private key Fernet-encrypted with the
   keyring, mode 0600, written atomically), or made once (ECDSA P-256, self-signed,
-  clientAuth, valid `VALIDITY_DAYS`) and saved before it is used anywhere.
+  clientAuth, valid `VALIDITY_DAYS`) and saved before it is used anywhere. A file that
+  is there but unreadable is a `ConfigurationError` naming it, never replaced.
 - `ensure_uploaded(api, pair)` makes it the zone's active origin_tls_client_auth
   certificate (uploads it unless a certificate with the same PEM is there) and turns
   the zone setting on; idempotent, each call bounded by CloudflareApi's retry policy.
@@ -34,7 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from control.dns.cloudflare_api import CloudflareApi, field
 from control.dns.provider import DnsError
-from control.errors import IntegrationError
+from control.errors import ConfigurationError, IntegrationError
 from control.keyring import Keyring
 
 VALIDITY_DAYS = 3650  # Cloudflare keeps presenting it; a new deployment key means a new pair
@@ -101,7 +102,20 @@ class PullStore:
             pair = make_pair()
             self._save(pair)
             return pair
+        except (OSError, ValueError) as exc:
+            raise self._unreadable(exc) from None
+        if not isinstance(stored, dict) or not all(
+            isinstance(stored.get(k), str) for k in ("certificate", "private_key")
+        ):
+            raise self._unreadable(ValueError("not a certificate and an encrypted key"))
         return PullPair(stored["certificate"], self._keyring.decrypt(stored["private_key"]))
+
+    def _unreadable(self, exc: Exception) -> ConfigurationError:
+        # Never replaced silently: Cloudflare presents the pair this file holds.
+        return ConfigurationError(
+            f"{self.path} is unreadable ({exc}); restore it from a backup, or move it away "
+            "to make and upload a new pair (workers take its client CA at their next check)"
+        )
 
     def _save(self, pair: PullPair) -> None:
         text = json.dumps(
