@@ -12,7 +12,9 @@ host's firewall. The daemon's reconcile loop logs Docker's absence and goes on.
   no new one.
 - With a saved certificate inside the renewal window, it renews at start.
 - Until the control plane has set up origin pulls (503), it retries with back-off and
-  keeps beating; once they are set up, it gets its certificate."""
+  keeps beating; once they are set up, it gets its certificate.
+- A Cloudflare outage while signing (503 `origin_tls_error`) is retried the same way
+  until it ends."""
 
 from __future__ import annotations
 
@@ -248,3 +250,21 @@ async def test_the_daemon_waits_for_origin_pulls_and_keeps_beating(
     await checks.until(lambda o: o[-1] == "ok")
     assert served(tmp_path).exists() and cloudflare_fake.count(SIGN) == 1
     await until(expiry_shown(plane, worker), "the expiry shown")
+
+
+async def test_a_cloudflare_outage_while_signing_is_retried_until_it_ends(
+    tls_plane: Start, daemons: Daemons, cloudflare_fake: CloudflareFake, tmp_path: Path
+) -> None:
+    plane = await tls_plane()
+    assert plane.app is not None
+    service = plane.app[ORIGIN_TLS].service
+    assert service is not None
+    await until(lambda: asyncio.sleep(0, service.policy().client_ca), "origin pulls set up")
+    cloudflare_fake.outage(503, 10000, "Service Unavailable")
+    daemon, checks = await daemons.start(plane)
+    await checks.until(lambda o: o.count("503 origin_tls_error") >= 3)
+    assert not served(tmp_path).exists() and daemon.origin_tls.expires_at() is None
+    cloudflare_fake.clear_faults()
+    await checks.until(lambda o: o[-1] == "ok")
+    assert served(tmp_path).exists()
+    assert [c.status for c in cloudflare_fake.calls if c.endpoint == SIGN][-1] == 200
