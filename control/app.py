@@ -81,6 +81,7 @@ from control.fleet import Fleet
 from control.health import ProviderHealth
 from control.keyring import Keyring
 from control.metrics import MeteredProvider
+from control.portal.install import install_portal
 from control.settings import Settings
 from control.workers.bootstrap import AgentDist, UserDataRenderer, hetzner_user_data
 
@@ -113,6 +114,7 @@ def create_app(
     app.add_routes(backup_routes)
     app.add_routes(stripe_routes)
     install_dashboard(app)
+    install_portal(app)
     install_readiness(app)
     app.cleanup_ctx.extend(
         [

@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("capacity", "volumes", "edge"),
     ("metrics", "fleet"),
     # appkeys names the app's state for the routes, so it sits with them.
-    ("api", "appkeys"),
+    ("api", "appkeys", "portal"),
     ("app",),
     ("__main__", "cli"),
 )

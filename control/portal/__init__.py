@@ -1,0 +1,14 @@
+"""The customer portal (issue 15, docs/portal.md): the pages and JSON a buyer and a
+customer use, served under `/portal` next to, never mixed with, the admin API and the
+dashboard (no `/v1/` or `/dashboard` path, no admin session, no admin data).
+
+Owns: the `checkouts` table (checkouts.py is its only writer): a sign-up's open Stripe
+Checkout, the subdomain it holds while open, and the hash of its status page's token;
+the sign-up and status pages and their JSON (`/portal/signup`, `/portal/status/{token}`,
+`/portal/api/plans`, `/portal/api/availability`, `/portal/api/checkout`,
+`/portal/api/status/...`); the portal's security headers and static files
+(install.py, static/).
+May import: everything below the API layer (foundation, db, the domain packages,
+capacity, the Fleet facade, metrics) and control/appkeys.py; never control.api (the
+admin API and the dashboard) nor the app factory, which installs it.
+"""
