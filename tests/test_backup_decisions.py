@@ -14,9 +14,9 @@ from control.backups import (
     RetentionError,
     UserBackupState,
     due_for_snapshot,
+    final_cleared,
     final_snapshot_reason,
     parse_retention,
-    purge_may_proceed,
     repository_url,
 )
 from control.backups.repository import RepositoryError
@@ -99,16 +99,25 @@ def test_final_snapshot_triggers(user: UserBackupState, reason: FinalReason | No
 
 
 @pytest.mark.parametrize(
-    ("user", "ok"),
+    ("asked", "done", "waived", "ok"),
     [
-        (u(state="deprovisioned", purge_after=NOW), False),
-        (u(state="deprovisioned", purge_after=NOW, last_snapshot_at=NOW - LEAD - 1), False),
-        (u(state="deprovisioned", purge_after=NOW, last_snapshot_at=NOW - LEAD), True),
-        (u(state="deprovisioned", last_snapshot_at=NOW), False),
+        (None, None, None, False),  # nothing asked yet
+        (None, NOW, None, False),  # a scheduled snapshot is not the final one
+        (NOW, None, None, False),
+        (NOW, NOW - 1, None, False),  # done before it was asked for
+        (NOW, NOW, None, True),
+        (NOW, NOW + 60, None, True),
+        # cancelled, resumed, cancelled again: the first final snapshot is stale
+        (NOW + 3600, NOW + 60, None, False),
+        (None, None, NOW, True),  # the operator waived it
+        (NOW, None, NOW + 1, True),
+        (NOW + 3600, None, NOW, False),  # a waiver from before the latest cancellation
     ],
 )
-def test_the_purge_waits_for_the_final_snapshot(user: UserBackupState, ok: bool) -> None:
-    assert purge_may_proceed(user, LEAD) is ok
+def test_the_purge_waits_for_the_latest_final_snapshot(
+    asked: float | None, done: float | None, waived: float | None, ok: bool
+) -> None:
+    assert final_cleared(asked, done, waived) is ok
 
 
 @pytest.mark.parametrize(

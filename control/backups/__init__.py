@@ -26,8 +26,8 @@ from control.backups.schedule import (
 from control.backups.triggers import (
     FinalReason,
     UserBackupState,
+    final_cleared,
     final_snapshot_reason,
-    purge_may_proceed,
 )
 
 __all__ = [
@@ -38,9 +38,9 @@ __all__ = [
     "RetentionError",
     "UserBackupState",
     "due_for_snapshot",
+    "final_cleared",
     "final_snapshot_reason",
     "parse_retention",
-    "purge_may_proceed",
     "repository_url",
     "runs_left",
     "snapshot_budget",

@@ -7,9 +7,10 @@ user's state and returns the first reason that applies, or None:
   and no snapshot finished since the drain began;
 - `retention_ending`: the user is deprovisioned (cancelled), their retention ends
   (`purge_after`) within `lead_seconds`, and no snapshot finished since that window
-  opened. The state no longer changes then, so that snapshot is the final one;
-  `purge_may_proceed(user, lead_seconds)` is True only once it exists, and the purge
-  (which deletes the volume) must wait for it when backups are on.
+  opened. The state no longer changes then, so that snapshot is the final one.
+`final_cleared(asked, done, waived)` says when the purge (which deletes the volume) may
+go on with backups on: once a snapshot finished, or an operator waived it, after the
+LATEST final snapshot was asked for.
 A snapshot "finished since" T means `last_snapshot_at >= T`.
 """
 
@@ -54,8 +55,11 @@ def final_snapshot_reason(
     return None
 
 
-def purge_may_proceed(user: UserBackupState, lead_seconds: float) -> bool:
-    """True once the final snapshot of a cancelled user's retention exists."""
-    if user.purge_after is None:
-        return False
-    return _since(user, user.purge_after - lead_seconds)
+def final_cleared(asked: float | None, done: float | None, waived: float | None) -> bool:
+    """Whether a purged user's volume may be deleted, from the LATEST final snapshot asked
+    for (a user cancelled, resumed and cancelled again has changed state since the first),
+    the latest snapshot done and the latest operator's waiver: a snapshot done, or a
+    waiver given, since that ask. Nothing asked and nothing waived: not yet."""
+    if waived is not None and (asked is None or waived >= asked):
+        return True
+    return asked is not None and done is not None and done >= asked

@@ -25,7 +25,7 @@ Contract:
   server, whose generation the same transaction bumps: no worker can read a set
   without the container and without the job (the step above is the backstop).
 - `may_delete(p, user_id)`: with backups on, a volume is deleted only after a snapshot
-  that finished after its final snapshot was asked for (`purge_may_proceed`), or once
+  that finished after its latest final snapshot was asked for (`final_cleared`), or once
   an operator waived that snapshot (control/volumes/final_waiver.py).
 """
 
@@ -46,8 +46,8 @@ from control.backups import (
     FinalReason,
     UserBackupState,
     due_for_snapshot,
+    final_cleared,
     final_snapshot_reason,
-    purge_may_proceed,
     runs_left,
     snapshot_budget,
     steady_rate,
@@ -309,19 +309,16 @@ async def may_delete(p: Provisioner, user_id: str) -> bool:
     if not p.settings.backups_enabled:
         return True
     row = await p.store.fetch_one(
-        "SELECT MIN(CASE WHEN reason = 'final-retention' THEN created_at END) AS asked, "
+        "SELECT MAX(CASE WHEN reason = 'final-retention' THEN created_at END) AS asked, "
         "MAX(CASE WHEN kind = 'snapshot' AND state = 'done' THEN finished_at END) AS done, "
-        "MAX(reason = 'final-waived') AS waived FROM backup_jobs WHERE user_id = ?",
+        # The operator's explicit decision (control/volumes/final_waiver.py).
+        "MAX(CASE WHEN reason = 'final-waived' THEN created_at END) AS waived "
+        "FROM backup_jobs WHERE user_id = ?",
         (user_id,),
     )
-    if row is not None and row["waived"]:
-        return True  # the operator's explicit decision (control/volumes/final_waiver.py)
-    if row is None or row["asked"] is None:
+    if row is None:
         return False
-    state = UserBackupState(
-        user_id, "purged", last_snapshot_at=row["done"], purge_after=row["asked"]
-    )
-    return purge_may_proceed(state, 0.0)
+    return final_cleared(row["asked"], row["done"], row["waived"])
 
 
 async def on_cancelled(conn: aiosqlite.Connection, user_id: str, now: float) -> set[str]:
