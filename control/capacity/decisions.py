@@ -7,6 +7,9 @@ decisions and records each one as an event.
   after counting room on servers that are already on the way, and where: a user whose
   volume is in a location (issue 13) needs a server there, so each new server carries
   the location of the oldest waiting user it is for (None: anywhere).
+- `expected_headroom`: demand about to arrive (open checkouts, issue 15), per plan, in
+  units of the default plan, which the warm headroom then keeps free on top of
+  WARM_HEADROOM, so that the server is usually up before the payment arrives.
 - `cap_creates`: MAX_SERVERS and MAX_CREATES_PER_RUN, never exceeded.
 - `idle_to_delete`: empty servers past SCALE_DOWN_IDLE, above MIN_SERVERS, not needed
   for headroom, and (where the provider bills started hours) near the end of an hour.
@@ -99,6 +102,20 @@ def servers_needed(
         free += extra * per_server
         locations += [None] * extra
     return Need(servers=count, infeasible=infeasible, free_units=free, locations=locations)
+
+
+def expected_headroom(expected: Iterable[tuple[Demand, int]], unit: Demand) -> int:
+    """(plan's size, users expected) -> the free units they will take, each user
+    rounded up to whole units of the default plan (by memory or CPU, whichever is
+    larger): a plan twice the default counts twice, a smaller one counts as one."""
+    total = 0
+    for size, count in expected:
+        if count <= 0:
+            continue
+        by_memory = math.ceil(size.memory_mb / unit.memory_mb) if unit.memory_mb > 0 else 1
+        by_cpu = math.ceil(size.cpus / unit.cpus - 1e-9) if unit.cpus > 0 else 1
+        total += count * max(1, by_memory, by_cpu)
+    return total
 
 
 def _taken(room: Room, demands: list[Demand]) -> Room:
