@@ -153,6 +153,9 @@ class Daemon:
         self._token_file: Path | None = settings.bootstrap_token_file
         self._stop = asyncio.Event()
         self._registered = asyncio.Event()
+        # The poll and heartbeat loops can both learn at once that the control plane
+        # forgot this worker: one re-registers, the other sees new credentials after it.
+        self._reregistering = asyncio.Lock()
         self._reconcile_now = asyncio.Event()
         self._docker_version: str | None = None
         self._disk_path = "/"
@@ -230,15 +233,22 @@ class Daemon:
                 "containers left as they are",
             )
         if cp.is_unknown_worker(err):
-            if self.bootstrap_token() is not None:
-                log.warning("control plane does not know this worker; re-registering")
-                self.store.forget_credentials()
-                self._registered.clear()
-                await self._register()
-                self._registered.set()
-                return True
-            log.error("control plane does not know this worker and no bootstrap token is left")
+            return await self._reregister(self.creds.worker_id if self.creds else None)
         return False
+
+    async def _reregister(self, refused_as: str | None) -> bool:
+        async with self._reregistering:
+            if self.creds is not None and self.creds.worker_id != refused_as:
+                return True  # the other loop re-registered meanwhile: retry as that worker
+            if self.bootstrap_token() is None:
+                log.error("control plane does not know this worker and no bootstrap token is left")
+                return False
+            log.warning("control plane does not know this worker; re-registering")
+            self.store.forget_credentials()
+            self._registered.clear()
+            await self._register()
+            self._registered.set()
+            return True
 
     async def _after_failure(self, what: str, err: cp.ControlPlaneError, attempt: int) -> int:
         """The retry rule of the loops that call the control plane: after an auth error
