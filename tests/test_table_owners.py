@@ -28,6 +28,7 @@ OWNERS: dict[str, str] = {
     "volumes": "control/volumes/records.py",
     "backup_jobs": "control/backup_jobs/records.py",
     "relocations": "control/volumes/relocations.py",
+    "checkouts": "control/portal/checkouts.py",
     # The store records which migrations ran; the migrations create every table.
     "schema_migrations": "control/db/store.py",
 }

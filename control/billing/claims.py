@@ -6,9 +6,12 @@ user is linked to the same Stripe customer (a renewal) or was created by billing
 without a customer; else a new user it creates (pending, with AWAITING as its error
 until its subscription lets it run). It never takes over a user linked to another
 customer or created by an operator (no customer): that is a `billing_conflict` event
-plus `billing_conflict` on the named user, and the payment is linked to nobody. A
-subscription whose user an operator deleted stays unlinked after the user is purged
-(`subscriptions.held_user`). Users are written through control/users/records.py.
+plus `billing_conflict` on the named user, and the payment is linked to nobody. A new
+user gets the subdomain the payment asks for unless a user has it or another buyer's
+open sign-up Checkout reserves it (control/portal/checkouts.py), else one derived from
+its id. A subscription whose user an operator deleted stays unlinked after the user
+is purged (`subscriptions.held_user`). Users are written through
+control/users/records.py.
 """
 
 from __future__ import annotations
@@ -143,7 +146,7 @@ async def _create_user(
             at=now,
         )
         return None
-    subdomain = await _free_subdomain(conn, fact.subdomain, fact.user_id)
+    subdomain = await _free_subdomain(conn, fact.subdomain, fact.user_id, now)
     token = keyring.encrypt(keyring.new_secret())
     # Not placed until its subscription says so.
     await records.insert(
@@ -159,7 +162,9 @@ async def _create_user(
     return await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (fact.user_id,))
 
 
-async def _free_subdomain(conn: aiosqlite.Connection, requested: str | None, user_id: str) -> str:
+async def _free_subdomain(
+    conn: aiosqlite.Connection, requested: str | None, user_id: str, now: float
+) -> str:
     candidates = []
     if requested and dns_label_ok(requested) and requested not in RESERVED_SUBDOMAINS:
         candidates.append(requested)
@@ -167,9 +172,21 @@ async def _free_subdomain(conn: aiosqlite.Connection, requested: str | None, use
     candidates += [base] if base not in RESERVED_SUBDOMAINS else []
     candidates += [f"{base}-{i}" for i in range(2, 50)]
     for label in candidates:
-        if await fetch_one(conn, "SELECT 1 FROM users WHERE subdomain = ?", (label,)) is None:
+        if not await _subdomain_held(conn, label, user_id, now):
             return label
     return f"{base[:40]}-{int(time.time())}"
+
+
+async def _subdomain_held(conn: aiosqlite.Connection, label: str, user_id: str, now: float) -> bool:
+    """A user has the label, or another buyer's open sign-up Checkout reserves it
+    (control/portal/checkouts.py: read here, written only there)."""
+    row = await fetch_one(
+        conn,
+        "SELECT 1 FROM users WHERE subdomain = ? UNION ALL SELECT 1 FROM checkouts "
+        "WHERE subdomain = ? AND state = 'open' AND expires_at > ? AND user_id != ?",
+        (label, label, now, user_id),
+    )
+    return row is not None
 
 
 async def _link(

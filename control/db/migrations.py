@@ -234,4 +234,26 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 11: a sign-up's Stripe Checkout (issue 15, control/portal/checkouts.py): the subdomain
+    # it reserves while open, the hash of its status page's token, and the user id
+    # (client_reference_id) Stripe's webhook will create; at most one open checkout
+    # holds a subdomain
+    """
+    CREATE TABLE checkouts (
+        id TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        user_id TEXT NOT NULL UNIQUE,
+        subdomain TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        email TEXT NOT NULL,
+        stripe_session_id TEXT UNIQUE,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX checkouts_open_subdomain ON checkouts(subdomain) WHERE state = 'open';
+    CREATE INDEX checkouts_email ON checkouts(email COLLATE NOCASE);
+    CREATE INDEX checkouts_open ON checkouts(state, plan, expires_at);
+    """,
 )

@@ -1,6 +1,9 @@
 """Installs the customer portal on the app (docs/portal.md).
 
-Contract: `install_portal(app)` adds every portal route and the static files under
+Contract: `install_portal(app)` puts the portal's state under `PORTAL`
+(control/portal/state.py: Stripe Checkout through the library, the limit of
+PORTAL_CHECKOUTS_PER_HOUR per client address), adds every portal route and the
+static files under
 `/portal/static/` (files in control/portal/static/, no data, no session) and makes
 every `/portal` response carry the security headers below: a strict CSP (scripts,
 styles and fetches from this origin only, forms to this origin and Stripe's hosted
@@ -16,7 +19,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from control.api import edge
+from control.api.ratelimit import FailureLimiter
+from control.appkeys import SETTINGS
 from control.portal.signup_routes import signup_routes
+from control.portal.state import PORTAL, Portal
+from control.portal.status_routes import status_routes
+from control.portal.stripe_checkout import StripeCheckout
 
 STATIC_DIR = Path(__file__).with_name("static")
 STRIPE_CHECKOUT_ORIGIN = "https://checkout.stripe.com"
@@ -34,7 +43,15 @@ SECURITY_HEADERS = {
 
 
 def install_portal(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    per_hour = settings.portal_checkouts_per_hour
+    app[PORTAL] = Portal(
+        checkout=StripeCheckout(settings.stripe_secret_key, settings.stripe_api_base),
+        checkout_limiter=FailureLimiter(burst=per_hour, refill_seconds=3600 / per_hour),
+        behind_proxy=edge.behind_proxy(settings.public_url, settings.listen_port),
+    )
     app.add_routes(signup_routes)
+    app.add_routes(status_routes)
     app.router.add_static("/portal/static", STATIC_DIR)
     app.on_response_prepare.append(_security_headers)
 

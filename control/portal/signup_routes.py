@@ -1,21 +1,158 @@
-"""The sign-up and status pages and their JSON (docs/portal.md)."""
+"""The sign-up page and its JSON (docs/portal.md).
+
+Contract:
+- `GET /portal/signup`: the page (HTML shell; its script is static/signup.js).
+- `GET /portal/api/plans`: the plans a buyer can choose, those with a Stripe price
+  (the first of `stripe_price_ids` is the one sold), with their sizes, and the base
+  domain the agent's address ends in.
+- `GET /portal/api/availability?subdomain=`: `{"subdomain", "available", "reason"}`,
+  the validation being the admin API's (control/users/names.py `validate_subdomain`:
+  a full match of one DNS label, not reserved), then taken by a user or held by an open
+  sign-up (control/portal/checkouts.py).
+- `POST /portal/api/checkout` `{"subdomain", "plan", "email"}`: validates as above
+  (400; e-mail per shared/names.py), refuses a taken name (409 `subdomain_taken`),
+  counts against the caller's address (PORTAL_CHECKOUTS_PER_HOUR, 429 `rate_limited`
+  with Retry-After, before anything is reserved), reserves the name in a new open
+  checkout and opens a Stripe Checkout Session for it (control/portal/stripe_checkout.py);
+  201 `{"url"}`: where the browser goes to pay. When Stripe fails the reservation is
+  released at once (503 `payment_unavailable`). Nothing else is created: the user
+  comes from Stripe's webhook only. The status page's token goes only into the
+  success URL; the cancel URL carries it too, so that coming back releases the name.
+"""
 
 from __future__ import annotations
 
+import math
+import secrets
 from pathlib import Path
+from typing import Any
 
+import msgspec
 from aiohttp import web
+
+from control.api import edge
+from control.api.bodies import decode_body
+from control.api.ratelimit import RateLimited
+from control.appkeys import SETTINGS, STORE
+from control.errors import BadRequest, ClawfleetError
+from control.plans import Plan
+from control.portal import checkouts
+from control.portal.state import PORTAL
+from control.portal.stripe_checkout import Order, Urls
+from control.settings import Settings
+from control.users.names import validate_subdomain
+from shared.names import email_ok
 
 STATIC_DIR = Path(__file__).with_name("static")
 
 signup_routes = web.RouteTableDef()
 
 
-def _html(name: str) -> web.Response:
+class CheckoutRequest(msgspec.Struct, forbid_unknown_fields=True):
+    subdomain: str
+    plan: str
+    email: str
+
+
+def page(name: str) -> web.Response:
     text = (STATIC_DIR / name).read_text(encoding="utf-8")
     return web.Response(text=text, content_type="text/html", charset="utf-8")
 
 
+def sold_plans(settings: Settings) -> dict[str, Plan]:
+    return {name: plan for name, plan in settings.plans.items() if plan.stripe_price_ids}
+
+
 @signup_routes.get("/portal/signup")
 async def signup_page(request: web.Request) -> web.Response:
-    return _html("signup.html")
+    return page("signup.html")
+
+
+@signup_routes.get("/portal/api/plans")
+async def plans(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    listed = [
+        {"name": p.name, "memory_mb": p.memory_mb, "cpus": p.cpus, "disk_gb": p.disk_gb}
+        for p in sold_plans(settings).values()
+    ]
+    return web.json_response({"plans": listed, "base_domain": settings.base_domain})
+
+
+@signup_routes.get("/portal/api/availability")
+async def availability(request: web.Request) -> web.Response:
+    subdomain = request.query.get("subdomain", "")
+    try:
+        validate_subdomain(subdomain)
+    except BadRequest as exc:
+        return _available(subdomain, False, exc.message.removeprefix("subdomain: "))
+    now = request.app[PORTAL].clock()
+    taken = await checkouts.subdomain_taken(request.app[STORE], subdomain, now)
+    return _available(subdomain, not taken, "this name is taken" if taken else None)
+
+
+def _available(subdomain: str, available: bool, reason: str | None) -> web.Response:
+    return web.json_response({"subdomain": subdomain, "available": available, "reason": reason})
+
+
+@signup_routes.post("/portal/api/checkout")
+async def create_checkout(request: web.Request) -> web.Response:
+    settings, portal, store = request.app[SETTINGS], request.app[PORTAL], request.app[STORE]
+    wanted = decode_body(await request.read(), CheckoutRequest)
+    plan = _checked(wanted, settings)
+    now = portal.clock()
+    _take_attempt(request)
+    token = secrets.token_urlsafe(32)
+    session_expiry = int(now) + settings.portal_checkout_minutes * 60
+    row: dict[str, Any] = {
+        "id": "co-" + secrets.token_hex(12),
+        "token_hash": checkouts.token_hash(token),
+        "user_id": f"{wanted.subdomain[:48]}-{secrets.token_hex(4)}",
+        "subdomain": wanted.subdomain,
+        "plan": plan.name,
+        "email": wanted.email,
+        "expires_at": session_expiry + checkouts.HOLD_GRACE,
+    }
+    await store.write(lambda conn: checkouts.reserve(conn, row, now))
+    order = Order(
+        row["id"],
+        row["user_id"],
+        wanted.subdomain,
+        plan.stripe_price_ids[0],
+        wanted.email,
+        session_expiry,
+    )
+    base = settings.public_url.rstrip("/")
+    urls = Urls(f"{base}/portal/status/{token}", f"{base}/portal/signup?back={token}")
+    try:
+        session = await portal.checkout.create(order, urls)
+    except ClawfleetError:
+        await store.write(lambda conn: checkouts.release(conn, row["id"], portal.clock()))
+        raise
+    await store.write(lambda conn: checkouts.attach_session(conn, row["id"], session.id))
+    return web.json_response({"url": session.url}, status=201)
+
+
+def _checked(wanted: CheckoutRequest, settings: Settings) -> Plan:
+    validate_subdomain(wanted.subdomain)
+    if not email_ok(wanted.email):
+        raise BadRequest("email: enter an e-mail address like name@example.com")
+    plan = sold_plans(settings).get(wanted.plan)
+    if plan is None:
+        raise BadRequest(f"plan: choose one of {', '.join(sorted(sold_plans(settings)))}")
+    return plan
+
+
+def _take_attempt(request: web.Request) -> None:
+    """One Checkout opened counts against the caller's address; refused once spent."""
+    portal = request.app[PORTAL]
+    key = edge.client_key(
+        request.remote, request.headers.get("X-Forwarded-For"), portal.behind_proxy
+    )
+    now = portal.clock()
+    wait = portal.checkout_limiter.retry_after(key, now)
+    if wait > 0:
+        raise RateLimited(
+            "too many sign-ups from your address: try again after Retry-After seconds",
+            retry_after=max(1, math.ceil(wait)),
+        )
+    portal.checkout_limiter.fail(key, now)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from control.plans import Plan
-from control.settings import rules
+from control.settings import portal, rules
 from control.settings.backups import BackupSettings
 from control.settings.edge import EdgeSettings
 from control.settings.local import LocalSettings
@@ -52,7 +52,7 @@ DEFAULT_AGENT_IMAGE = "ghcr.io/openclaw/openclaw:2026.11.20"
 
 
 @dataclass(frozen=True)
-class Settings(BackupSettings, LocalSettings, VolumeSettings, EdgeSettings):
+class Settings(BackupSettings, LocalSettings, VolumeSettings, EdgeSettings, portal.PortalSettings):
     admin_token: str = setting(
         "ADMIN_TOKEN",
         None,

@@ -1,0 +1,46 @@
+"""The customer portal's sign-up and status settings (docs/portal.md), declared like
+every other setting.
+
+Contract: `PortalSettings` is a frozen, keyword-only dataclass that `Settings` inherits
+(like VolumeSettings: the settings module has no room left under the 400-line rule).
+PORTAL_CHECKOUT_MINUTES is both the Stripe Checkout Session's expiry and how long its
+subdomain stays reserved (Stripe accepts 30 minutes to 24 hours);
+PORTAL_CHECKOUTS_PER_HOUR bounds the Checkouts one address may open;
+PORTAL_BOOT_SECONDS is the status page's estimate of a new server's start-up until
+the fleet has measured its own; PORTAL_STATUS_HOURS is how long a status page's link
+works after its sign-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.config import setting, whole
+
+
+@dataclass(frozen=True, kw_only=True)
+class PortalSettings:
+    portal_checkout_minutes: int = setting(
+        "PORTAL_CHECKOUT_MINUTES",
+        "30",
+        whole(30, 1440),
+        "Minutes a sign-up's Stripe Checkout stays open (Stripe: 30 to 1440); its subdomain is reserved for that buyer meanwhile (docs/portal.md).",
+    )
+    portal_checkouts_per_hour: int = setting(
+        "PORTAL_CHECKOUTS_PER_HOUR",
+        "10",
+        whole(1, 1000),
+        "Checkouts one client address may open per hour on the sign-up page (a burst of this many, then one every 60/N minutes); more get 429.",
+    )
+    portal_boot_seconds: int = setting(
+        "PORTAL_BOOT_SECONDS",
+        "180",
+        whole(10, 3600),
+        "The status page's estimate of how long a new server takes to start, used until the fleet has measured its own (the median of its last servers' creation to registration).",
+    )
+    portal_status_hours: int = setting(
+        "PORTAL_STATUS_HOURS",
+        "72",
+        whole(1, 720),
+        "Hours a sign-up's status page link (Stripe's success URL) shows progress and opens the agent; afterwards the customer signs in by email.",
+    )
