@@ -29,6 +29,8 @@ OWNERS: dict[str, str] = {
     "backup_jobs": "control/backup_jobs/records.py",
     "relocations": "control/volumes/relocations.py",
     "checkouts": "control/portal/checkouts.py",
+    "portal_login_links": "control/portal/login_links.py",
+    "portal_sessions": "control/portal/customer_sessions.py",
     # The store records which migrations ran; the migrations create every table.
     "schema_migrations": "control/db/store.py",
 }

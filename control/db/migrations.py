@@ -256,4 +256,26 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX checkouts_email ON checkouts(email COLLATE NOCASE);
     CREATE INDEX checkouts_open ON checkouts(state, plan, expires_at);
     """,
+    # returning customers (issue 15, docs/portal.md): one-time sign-in links
+    # (control/portal/login_links.py) and portal sessions (control/portal/customer_sessions.py),
+    # both keyed by the SHA-256 of a secret only the customer holds
+    """
+    CREATE TABLE portal_login_links (
+        token_hash TEXT PRIMARY KEY,
+        email TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL
+    );
+    CREATE INDEX portal_login_links_email ON portal_login_links(email);
+    CREATE INDEX portal_login_links_expiry ON portal_login_links(expires_at);
+    CREATE TABLE portal_sessions (
+        id_hash TEXT PRIMARY KEY,
+        email TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    CREATE INDEX portal_sessions_email ON portal_sessions(email, last_seen);
+    CREATE INDEX portal_sessions_seen ON portal_sessions(last_seen);
+    """,
 )

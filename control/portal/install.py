@@ -22,6 +22,9 @@ from aiohttp import web
 from control.api import edge
 from control.api.ratelimit import FailureLimiter
 from control.appkeys import SETTINGS
+from control.portal.account_routes import account_routes
+from control.portal.customers import install_customers
+from control.portal.signin_routes import signin_routes
 from control.portal.signup_routes import signup_routes
 from control.portal.state import PORTAL, Portal
 from control.portal.status_routes import status_routes
@@ -52,6 +55,9 @@ def install_portal(app: web.Application) -> None:
     )
     app.add_routes(signup_routes)
     app.add_routes(status_routes)
+    install_customers(app)  # returning customers: sessions, mail, limits
+    app.add_routes(signin_routes)
+    app.add_routes(account_routes)
     app.router.add_static("/portal/static", STATIC_DIR)
     app.on_response_prepare.append(_security_headers)
 

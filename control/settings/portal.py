@@ -9,17 +9,20 @@ PORTAL_CHECKOUTS_PER_HOUR bounds the Checkouts one address may open;
 PORTAL_BOOT_SECONDS is the status page's estimate of a new server's start-up until
 the fleet has measured its own; PORTAL_STATUS_HOURS is how long a status page's link
 works after its sign-up.
+It inherits MailSettings (control/settings/mail.py, the sign-in links' SMTP), so that
+`Settings` names one base class for the whole portal.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from control.settings.mail import MailSettings
 from shared.config import setting, whole
 
 
 @dataclass(frozen=True, kw_only=True)
-class PortalSettings:
+class PortalSettings(MailSettings):
     portal_checkout_minutes: int = setting(
         "PORTAL_CHECKOUT_MINUTES",
         "30",

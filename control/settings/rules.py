@@ -97,6 +97,7 @@ def check_together(settings: Settings) -> None:
         raise SettingsError("DEAD_AFTER: must be longer than 3 x HEARTBEAT_INTERVAL")
     check_plans_fit(settings.plans, settings.tenant_profile)
     settings.check_backups()
+    settings.check_mail()
     settings.check_edge(settings.provider, settings.dns_provider)
 
 

@@ -18,6 +18,14 @@ with `Request-Id` and `Stripe-Version` headers. Errors use Stripe's envelope
 for an unknown id; 401 for a missing or wrong `Authorization: Bearer <api_key>` (the
 message shows the key masked as Stripe does). Any other route: 404 like Stripe's.
 
+`POST /v1/billing_portal/sessions` (form-encoded `customer`, `return_url`) answers a
+`billing_portal.session` whose `url` is on billing.stripe.com, for a customer listed in
+`customers`; 400 `parameter_missing` without `customer`, 400 `resource_missing` for
+another. Each created session is kept in `billing_portal_sessions`.
+
+Checkout Sessions (create, retrieve, expire; `checkout.prices` lists the prices that
+exist, `checkout.complete(...)` is a buyer paying): tests/fakes/stripe_checkout.py.
+
 Inspection: `calls` (every request as `Call(method, path, status)`; the Authorization
 header is never recorded); `count(path=None)`.
 Injection (each for the next `times` requests, in order queued):
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +48,8 @@ from typing import Any
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
+from tests.fakes.stripe_checkout import CheckoutSessions
 
 Json = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -64,6 +75,9 @@ class StripeFake:
     api_key: str = field(default_factory=lambda: "sk_test_fake_" + secrets.token_hex(16))
     url: str = ""  # the API base, e.g. http://127.0.0.1:PORT, once started
     subscriptions: dict[str, Json] = field(default_factory=dict)
+    checkout: CheckoutSessions = field(default_factory=CheckoutSessions)
+    customers: set[str] = field(default_factory=set)
+    billing_portal_sessions: list[Json] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     _faults: deque[_Fault] = field(default_factory=deque)
     _delays: deque[float] = field(default_factory=deque)
@@ -73,6 +87,8 @@ class StripeFake:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/v1/subscriptions/{id}", self._get_subscription)
+        self.checkout.routes(app)  # Checkout Sessions: tests/fakes/stripe_checkout.py
+        app.router.add_post("/v1/billing_portal/sessions", self._create_billing_portal_session)
         return app
 
     async def start(self) -> None:
@@ -160,6 +176,41 @@ class StripeFake:
                 param="id",
             )
         return web.json_response(sub)
+
+    async def _create_billing_portal_session(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        customer = form.get("customer")
+        if not isinstance(customer, str) or not customer:
+            return _error(
+                400,
+                "invalid_request_error",
+                "Missing required param: customer.",
+                code="parameter_missing",
+                param="customer",
+            )
+        if customer not in self.customers:
+            return _error(
+                400,
+                "invalid_request_error",
+                f"No such customer: '{customer}'",
+                code="resource_missing",
+                param="customer",
+            )
+        session: Json = {
+            "id": "bps_" + secrets.token_hex(12),
+            "object": "billing_portal.session",
+            "configuration": "bpc_" + secrets.token_hex(12),
+            "created": int(time.time()),
+            "customer": customer,
+            "flow": None,
+            "livemode": False,
+            "locale": None,
+            "on_behalf_of": None,
+            "return_url": form.get("return_url"),
+            "url": "https://billing.stripe.com/p/session/test_" + secrets.token_urlsafe(24),
+        }
+        self.billing_portal_sessions.append(session)
+        return web.json_response(session)
 
 
 def _mask(key: str) -> str:

@@ -1,0 +1,154 @@
+// The customer's page (docs/portal.md): every change sends the session's CSRF token;
+// data is only ever written with textContent, never as HTML.
+"use strict";
+const STATES = {
+  preparing: "We are setting up your agent.",
+  pending: "Waiting for a server: your agent starts as soon as one is ready.",
+  provisioning: "Starting…",
+  running: "Running.",
+  suspended: "Paused: please check your payment details.",
+  deprovisioned: "Cancelled.",
+};
+let csrf = "";
+const message = document.getElementById("message");
+
+async function api(method, path, body) {
+  const headers = { "X-CSRF-Token": csrf };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const reply = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: "same-origin",
+  });
+  if (reply.status === 401) {
+    location.assign("/portal/signin");
+    throw new Error("signed out");
+  }
+  const data = reply.status === 204 ? {} : await reply.json();
+  if (!reply.ok) throw new Error(data.error ? data.error.message : "Something went wrong.");
+  return data;
+}
+
+function say(text) {
+  message.textContent = text;
+}
+
+function stateWords(agent) {
+  const words = STATES[agent.state] || agent.state;
+  if (agent.state === "deprovisioned" && agent.deleted_after) {
+    return `${words} Its data is kept until ${new Date(agent.deleted_after).toLocaleDateString()}, then deleted.`;
+  }
+  return words;
+}
+
+function keyField(form, name, isSet) {
+  const row = document.createElement("div");
+  row.className = "field";
+  const label = document.createElement("label");
+  label.textContent = `${name} ${isSet ? "(set)" : "(not set)"}`;
+  label.htmlFor = `key-${name}`;
+  const input = document.createElement("input");
+  input.type = "password";
+  input.id = `key-${name}`;
+  input.name = name;
+  input.autocomplete = "off";
+  input.placeholder = isSet ? "Leave empty to keep it" : "Paste your key";
+  row.append(label, input);
+  if (isSet) {
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "quiet remove";
+    remove.textContent = "Remove";
+    remove.addEventListener("click", () => saveKeys(form, { [name]: null }));
+    row.append(remove);
+  }
+  return row;
+}
+
+async function saveKeys(form, changes) {
+  if (Object.keys(changes).length === 0) {
+    say("Paste a key first.");
+    return;
+  }
+  try {
+    await api("PUT", `${form.dataset.path}/settings`, changes);
+    say("Saved. Your agent is restarting with it.");
+    await load();
+  } catch (error) {
+    say(error.message);
+  }
+}
+
+async function renderAgent(summary) {
+  const agent = await api("GET", `/portal/api/account/agents/${encodeURIComponent(summary.user_id)}`);
+  const path = `/portal/api/account/agents/${encodeURIComponent(agent.user_id)}`;
+  const card = document.getElementById("agent").content.firstElementChild.cloneNode(true);
+  card.dataset.user = agent.user_id;
+  card.querySelector(".name").textContent = agent.subdomain || "Your agent";
+  card.querySelector(".state").textContent = stateWords(agent);
+  const link = card.querySelector(".url");
+  link.textContent = agent.url || "";
+  if (agent.url) link.href = agent.url;
+  const form = card.querySelector(".settings");
+  form.dataset.path = path;
+  const fields = form.querySelector(".fields");
+  for (const name of agent.settings.allowed) {
+    fields.append(keyField(form, name, agent.settings.set.includes(name)));
+  }
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const changes = {};
+    for (const input of form.querySelectorAll("input")) {
+      if (input.value.trim()) changes[input.name] = input.value.trim();
+    }
+    saveKeys(form, changes);
+  });
+  card.querySelector(".open").addEventListener("click", () => act(path, "open"));
+  card.querySelector(".billing").addEventListener("click", () => act(path, "billing-portal"));
+  card.querySelector(".rotate").addEventListener("click", () => rotate(path));
+  return card;
+}
+
+async function act(path, action) {
+  try {
+    const reply = await api("POST", `${path}/${action}`, {});
+    location.assign(reply.url);
+  } catch (error) {
+    say(error.message);
+  }
+}
+
+async function rotate(path) {
+  try {
+    const reply = await api("POST", `${path}/rotate`, {});
+    csrf = reply.csrf_token;
+    say("Done: everyone else is signed out, and your agent is restarting with its new key.");
+  } catch (error) {
+    say(error.message);
+  }
+}
+
+async function load() {
+  const account = await api("GET", "/portal/api/account");
+  csrf = account.csrf_token;
+  document.getElementById("who").textContent = account.email;
+  const days = account.retention_days;
+  document.getElementById("cancel-words").textContent =
+    "You can cancel at any time under “Payment, invoices and cancelling”. Your agent stops " +
+    `when your subscription ends. We keep its data for ${days} days in case you change your ` +
+    "mind; after that it is deleted for good and cannot be recovered.";
+  const cards = await Promise.all(account.agents.map(renderAgent));
+  document.getElementById("agents").replaceChildren(...cards);
+  if (cards.length === 0) say("There is no agent on this account yet.");
+}
+
+document.getElementById("signout").addEventListener("click", async () => {
+  try {
+    await api("POST", "/portal/api/signout", {});
+  } finally {
+    location.assign("/portal/signin");
+  }
+});
+
+load().catch((error) => say(error.message));
