@@ -107,6 +107,6 @@ def test_accepted(env: dict[str, str]) -> None:
     assert s.break_glass_ssh_key == env["BREAK_GLASS_SSH_KEY"]
 
 
-@pytest.mark.parametrize("key", [ED25519, ECDSA, RSA_3072])
+@pytest.mark.parametrize("key", [ED25519, ECDSA, RSA_3072], ids=["ed25519", "ecdsa", "rsa-3072"])
 def test_real_keys_parse(key: str) -> None:
     assert ssh_public_key(f"  {key}  comment@host ".strip()) == f"{key} comment@host"
