@@ -81,6 +81,7 @@ from control.fleet import Fleet
 from control.health import ProviderHealth
 from control.keyring import Keyring
 from control.metrics import MeteredProvider
+from control.portal.checkouts import open_checkouts
 from control.portal.install import install_portal
 from control.settings import Settings
 from control.workers.bootstrap import AgentDist, UserDataRenderer, hetzner_user_data
@@ -224,6 +225,7 @@ async def _scaler(app: web.Application) -> AsyncIterator[None]:
         provider,
         _user_data(app, settings, provider),
         app[FLEET].board.notify,
+        expected=open_checkouts,  # open checkouts count in the warm headroom (issue 15)
     )
     scaler = Scaler(provisioner, health=app[PROVIDER_HEALTH])
     app[SCALER] = scaler

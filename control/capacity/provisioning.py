@@ -13,6 +13,10 @@ Contract:
   due. An expected provider error is one log line with its kind, code and correlation
   id, never a traceback.
 - What the autoscaler remembers between runs is `ScalerState`, in memory.
+- `headroom()` is the room the fleet keeps free: WARM_HEADROOM plus what the open
+  checkouts of the last CHECKOUT_HEADROOM_MINUTES will need for their plans (issue 15),
+  read through the `expected` function the app gives (the portal's `open_checkouts`:
+  capacity may not import the portal); without one, WARM_HEADROOM alone.
 - Every step reads "now" from `Provisioner.clock` (epoch seconds, `time.time` unless a
   test injects one), so backoffs and pauses can be passed without waiting for them.
 """
@@ -22,7 +26,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiosqlite
@@ -47,6 +51,10 @@ log = logging.getLogger(__name__)
 PAIR_COOLDOWN = 600.0
 RETRY_BASE = 5.0  # seconds: first backoff after a failed call for one resource
 RETRY_CAP = 300.0
+# (conn, since, now) -> (plan, count) of the checkouts open at `now` that were created
+# at or after `since` (epoch seconds): demand about to arrive (control/portal/checkouts.py
+# `open_checkouts`).
+ExpectedDemand = Callable[[aiosqlite.Connection, float, float], Awaitable[list[tuple[str, int]]]]
 
 
 @dataclass
@@ -86,6 +94,7 @@ class Provisioner:
         render_user_data: UserDataRenderer,
         notify: Callable[..., None],
         clock: Callable[[], float] = time.time,
+        expected: ExpectedDemand | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -94,6 +103,7 @@ class Provisioner:
         self.render_user_data = render_user_data
         self.notify = notify
         self.clock = clock  # epoch seconds for every step's "now"; tests inject one
+        self.expected = expected
         self.state = ScalerState()
         self.reserve = Reserve(
             settings.system_reserve_mb, settings.system_reserve_cpus, settings.user_volumes
@@ -140,6 +150,21 @@ class Provisioner:
     def unit(self) -> Demand:
         plan = self.settings.plans["default"]
         return Demand("unit", plan.memory_mb, plan.cpus)
+
+    async def headroom(self) -> int:
+        """WARM_HEADROOM plus the units open checkouts will take when they are paid."""
+        window = self.settings.checkout_headroom_minutes * 60
+        expected = self.expected
+        if expected is None or window <= 0:
+            return self.settings.warm_headroom
+        now = self.clock()
+        counts = await self.store.write(lambda conn: expected(conn, now - window, now))
+        plans = self.settings.plans
+        sizes = [
+            (Demand(name, plan_of(plans, name).memory_mb, plan_of(plans, name).cpus), n)
+            for name, n in counts
+        ]
+        return self.settings.warm_headroom + decisions.expected_headroom(sizes, self.unit())
 
     def usable_pairs(self, now: float) -> list[tuple[str, str]]:
         return [p for p in self.provider.pairs() if self.state.pair_cooldown.get(p, 0) <= now]

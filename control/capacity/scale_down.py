@@ -3,10 +3,10 @@ server's users move off one at a time before it goes.
 
 Contract:
 - `scale_down` runs only when no user is pending; it deletes the servers
-  `decisions.idle_to_delete` picks (above MIN_SERVERS, not needed for headroom, near
-  the end of a billed hour where the provider bills started hours), each cordoned in
-  the same transaction that checks it is still empty, so no user can be placed
-  between the decision and the deletion.
+  `decisions.idle_to_delete` picks (above MIN_SERVERS, not needed for headroom and open
+  checkouts, near the end of a billed hour where the provider bills started hours),
+  each cordoned in the same transaction that checks it is still empty, so no user can
+  be placed between the decision and the deletion.
 - No server whose disk holds users' data (retained or suspended) is deleted, whether
   idle or drained (`decisions.kept_because`).
 - `drain` moves a draining server's users make-before-break, one at a time, and
@@ -68,7 +68,7 @@ async def scale_down(p: Provisioner) -> None:
         servers_now=servers_now,
         min_servers=p.settings.min_servers,
         fleet_free_units=sum(decisions.units(r, unit) for r in active),
-        headroom=p.settings.warm_headroom,
+        headroom=await p.headroom(),
         bills_hourly=p.provider.bills_hourly,
         billing_window=billing_window(p.settings.autoscale_interval),
     )

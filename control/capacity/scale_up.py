@@ -1,7 +1,8 @@
 """Scaling up: how many servers pending users (and users leaving draining servers)
 need, capped, and creating them.
 
-Contract: `scale_up` creates what `servers_needed` asks for, never past MAX_SERVERS nor
+Contract: `scale_up` creates what `servers_needed` asks for (the headroom counting open
+checkouts: `Provisioner.headroom`), never past MAX_SERVERS nor
 MAX_CREATES_PER_RUN (`cap_creates`), counting every row not `deleted`, orphans
 currently sighted and creates whose outcome is unknown. Demand the caps hold back is
 logged, recorded (`scale_capped`) and kept in `state.held_back` for the metrics. No
@@ -25,13 +26,14 @@ async def scale_up(p: Provisioner) -> None:
     if now < p.state.paused_until or not pairs:
         return
     pending, active, on_the_way, servers_now = await p.snapshot()
+    headroom = await p.headroom()
     need = decisions.servers_needed(
         pending,
         active,
         on_the_way,
         p.type_room(pairs[0][0], "new"),
         p.unit(),
-        p.settings.warm_headroom,
+        headroom,
     )
     for user_id in need.infeasible:
         await p.event(
@@ -57,7 +59,7 @@ async def scale_up(p: Provisioner) -> None:
         )
     for i in range(capped.create):
         if not await p.create_one(
-            f"{len(pending)} pending user(s), headroom {p.settings.warm_headroom}",
+            f"{len(pending)} pending user(s), headroom {headroom}",
             need.locations[i] if i < len(need.locations) else None,
         ):
             break

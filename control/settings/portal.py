@@ -11,6 +11,11 @@ the fleet has measured its own; PORTAL_STATUS_HOURS is how long a status page's 
 works after its sign-up.
 It inherits MailSettings (control/settings/mail.py, the sign-in links' SMTP), so that
 `Settings` names one base class for the whole portal.
+CHECKOUT_HEADROOM_MINUTES is how long an open Checkout counts as demand about to arrive
+in the autoscaler's warm headroom (control/capacity, issue 15 point 6);
+CHECKOUT_STAND_IN is whether the portal serves its local stand-in for Stripe's hosted
+Checkout page (control/portal/stand_in.py), which never runs with a Stripe key or in
+live mode.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from control.settings.mail import MailSettings
-from shared.config import setting, whole
+from shared.config import choice, setting, whole
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,4 +51,16 @@ class PortalSettings(MailSettings):
         "72",
         whole(1, 720),
         "Hours a sign-up's status page link (Stripe's success URL) shows progress and opens the agent; afterwards the customer signs in by email.",
+    )
+    checkout_headroom_minutes: int = setting(
+        "CHECKOUT_HEADROOM_MINUTES",
+        "30",
+        whole(0, 1440),
+        "Minutes an open sign-up Checkout counts, for its plan, in the autoscaler's warm headroom, so that a server is usually ready before the payment arrives (docs/capacity.md); 0: open checkouts are not counted.",
+    )
+    checkout_stand_in: str = setting(
+        "CHECKOUT_STAND_IN",
+        "auto",
+        choice("auto", "false"),
+        "auto: with no STRIPE_SECRET_KEY and Stripe in test mode (the `make run` demo), sign-up's Checkout goes to a local stand-in for Stripe's hosted page whose Pay button sends the signed webhooks Stripe would (docs/portal.md); never with a key or in live mode. false: never.",
     )
