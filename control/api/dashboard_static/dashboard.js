@@ -434,6 +434,7 @@
       ["Public IP", h("span", { class: "mono" }, dash(s.public_ip))],
       ["Hostname", dash(s.hostname)],
       ["Agent / Docker", dash(s.agent_version) + " / " + dash(s.docker_version)],
+      ["Agent features", h("span", { id: "agent-features", class: s.features.length ? "mono small" : "error" }, s.features.length ? s.features.join(", ") : "none declared (an agent older than features gets no user)")],
       ["Metadata blocked", s.metadata_blocked === null || s.metadata_blocked === undefined ? "—" : s.metadata_blocked ? "yes" : "NO"],
       ["Firewall", s.firewall ? [s.firewall.protected ? "protected" : h("span", { class: "error" }, s.firewall.state === "unprotected" ? "UNPROTECTED" : s.firewall.state), h("div", { class: "muted small" }, s.firewall.detail)] : "—"],
       ["Memory", h("div", null, capacityBar(s.capacity.memory_mb))],
@@ -522,6 +523,9 @@
         u.billing_conflict ? h("div", { class: "small error" }, u.billing_conflict) : null),
       cell("State", h("span", { class: "user-state" }, badge(u.state)),
         u.moving_from ? h("div", { class: "small muted" }, "moving from " + u.moving_from) : null,
+        u.move ? h("div", { class: "small muted user-move" }, "moving to " + u.move.location + ": " + u.move.phase + (u.move.error ? " (" + u.move.error + ")" : "")) : null,
+        // Placed, but its worker's agent lacks a feature its spec needs: no container runs.
+        u.spec_withheld ? h("div", { class: "small error user-withheld" }, "not started: " + u.spec_withheld) : null,
         u.error ? h("div", { class: "small error" }, u.error) : null),
       cell("Plan", u.plan),
       cell("Server", u.server_id ? link(serverHref(u.server_id), server ? server.hostname || server.name || u.server_id : u.server_id) : "—",
