@@ -16,7 +16,7 @@ Contract:
   marks the checkout paid.
 - `POST /portal/api/status/{token}/open`: 201 `{"url"}`, a fresh one-time sign-in link
   into the agent (control/users/signin_links.py), or its plain address when the
-  tenant profile has no sign-in gate; 409 `not_running` before it runs.
+  tenant profile has no sign-in gate; 409 `not_running` until it runs (ready).
 - `POST /portal/api/status/{token}/cancel`: the buyer came back from Checkout without
   paying (the cancel URL): the Checkout Session is expired at Stripe and the name
   released (unless Stripe says the session was completed after all: 409
@@ -133,15 +133,14 @@ async def open_agent(request: web.Request) -> web.Response:
     checkout = await _checkout(request)
     fleet, settings = request.app[FLEET], request.app[SETTINGS]
     user_id = checkout["user_id"]
+    row = await fleet.store.fetch_one("SELECT state, subdomain FROM users WHERE id = ?", (user_id,))
+    if row is None or row["state"] != "running":  # the button shows once it is ready
+        raise Conflict("your agent is not ready yet", code="not_running")
     try:
         link = await signin_link(fleet.store, fleet.keyring, settings, user_id, time.time())
-    except NotFound:
-        raise Conflict("your agent is not ready yet", code="not_running") from None
     except Conflict as exc:
         if exc.code != "signin_off":
-            raise Conflict("your agent is not running yet", code="not_running") from None
-        row = await fleet.store.fetch_one("SELECT subdomain FROM users WHERE id = ?", (user_id,))
-        assert row is not None
+            raise
         return web.json_response({"url": user_url(settings, row["subdomain"])}, status=201)
     return web.json_response({"url": link.url}, status=201)
 
