@@ -7,8 +7,15 @@ Checkout, the subdomain it holds while open, and the hash of its status page's t
 the sign-up and status pages and their JSON (`/portal/signup`, `/portal/status/{token}`,
 `/portal/api/plans`, `/portal/api/availability`, `/portal/api/checkout`,
 `/portal/api/status/...`); the portal's security headers and static files
-(install.py, static/).
+(install.py, static/); returning customers: the `portal_login_links` table
+(login_links.py) and the `portal_sessions` table (customer_sessions.py), sign-in by
+e-mail over SMTP (mail.py, signin_routes.py), the customer's page and its JSON
+(`/portal/signin`, `/portal/account`, `/portal/api/signin...`,
+`/portal/api/account...`: account_routes.py, customers.py, billing_portal.py).
 May import: everything below the API layer (foundation, db, the domain packages,
 capacity, the Fleet facade, metrics) and control/appkeys.py; never control.api (the
-admin API and the dashboard) nor the app factory, which installs it.
+admin API and the dashboard) nor the app factory, which installs it, except its two
+request-agnostic parts: control/api/edge.py (who the caller is, the rule every rate
+limit uses) and control/api/ratelimit.py's `FailureLimiter` and `RateLimited` (the
+buckets, and the 429 the error middleware renders with Retry-After).
 """
