@@ -1,7 +1,8 @@
 """Installs the customer portal on the app (docs/portal.md).
 
 Contract: `install_portal(app)` puts the portal's state under `PORTAL`
-(control/portal/state.py: Stripe Checkout through the library, the limit of
+(control/portal/state.py: Stripe Checkout through the library, or its local stand-in
+when control/portal/stand_in.py says it is on, the limit of
 PORTAL_CHECKOUTS_PER_HOUR per client address), adds every portal route and the
 static files under
 `/portal/static/` (files in control/portal/static/, no data, no session) and makes
@@ -26,6 +27,7 @@ from control.portal.account_routes import account_routes
 from control.portal.customers import install_customers
 from control.portal.signin_routes import signin_routes
 from control.portal.signup_routes import signup_routes
+from control.portal.stand_in import install_stand_in
 from control.portal.state import PORTAL, Portal
 from control.portal.status_routes import status_routes
 from control.portal.stripe_checkout import StripeCheckout
@@ -49,7 +51,9 @@ def install_portal(app: web.Application) -> None:
     settings = app[SETTINGS]
     per_hour = settings.portal_checkouts_per_hour
     app[PORTAL] = Portal(
-        checkout=StripeCheckout(settings.stripe_secret_key, settings.stripe_api_base),
+        # Without a Stripe key in test mode (`make run`), the local stand-in's page instead.
+        checkout=install_stand_in(app)
+        or StripeCheckout(settings.stripe_secret_key, settings.stripe_api_base),
         checkout_limiter=FailureLimiter(burst=per_hour, refill_seconds=3600 / per_hour),
         behind_proxy=edge.behind_proxy(settings.public_url, settings.listen_port),
     )

@@ -3,7 +3,8 @@
 Contract:
 - `GET /portal/signup`: the page (HTML shell; its script is static/signup.js).
 - `GET /portal/api/plans`: the plans a buyer can choose, those with a Stripe price
-  (the first of `stripe_price_ids` is the one sold), with their sizes, and the base
+  (the first of `stripe_price_ids` is the one sold; with the Checkout stand-in on, every
+  plan: control/portal/stand_in.py `price_of`), with their sizes, and the base
   domain the agent's address ends in.
 - `GET /portal/api/availability?subdomain=`: `{"subdomain", "available", "reason"}`,
   the validation being the admin API's (control/users/names.py `validate_subdomain`:
@@ -36,7 +37,7 @@ from control.api.ratelimit import RateLimited
 from control.appkeys import SETTINGS, STORE
 from control.errors import BadRequest, ClawfleetError
 from control.plans import Plan
-from control.portal import checkouts
+from control.portal import checkouts, stand_in
 from control.portal.state import PORTAL
 from control.portal.stripe_checkout import Order, Urls
 from control.settings import Settings
@@ -60,7 +61,7 @@ def page(name: str) -> web.Response:
 
 
 def sold_plans(settings: Settings) -> dict[str, Plan]:
-    return {name: plan for name, plan in settings.plans.items() if plan.stripe_price_ids}
+    return {n: p for n, p in settings.plans.items() if stand_in.price_of(settings, p) is not None}
 
 
 @signup_routes.get("/portal/signup")
@@ -117,7 +118,7 @@ async def create_checkout(request: web.Request) -> web.Response:
         row["id"],
         row["user_id"],
         wanted.subdomain,
-        plan.stripe_price_ids[0],
+        stand_in.price_of(settings, plan) or "",  # a sold plan has its price
         wanted.email,
         session_expiry,
     )
