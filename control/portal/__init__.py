@@ -11,7 +11,9 @@ the sign-up and status pages and their JSON (`/portal/signup`, `/portal/status/{
 (login_links.py) and the `portal_sessions` table (customer_sessions.py), sign-in by
 e-mail over SMTP (mail.py, signin_routes.py), the customer's page and its JSON
 (`/portal/signin`, `/portal/account`, `/portal/api/signin...`,
-`/portal/api/account...`: account_routes.py, customers.py, billing_portal.py).
+`/portal/api/account...`: account_routes.py, customers.py, billing_portal.py); the
+local stand-in for Stripe's hosted Checkout page that needs no Stripe account
+(`/portal/stand-in/...`, `/portal/api/stand-in/...`: stand_in.py, in memory).
 May import: everything below the API layer (foundation, db, the domain packages,
 capacity, the Fleet facade, metrics) and control/appkeys.py; never control.api (the
 admin API and the dashboard) nor the app factory, which installs it, except its two
