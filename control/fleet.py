@@ -19,7 +19,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from control.billing import rules
 from control.capacity.providers.base import VolumePrice
@@ -139,10 +139,13 @@ class Fleet:
             await self.place()
         return HeartbeatReply(heartbeat_interval=interval, generation=gen)
 
-    async def assignments(self, caller: AgentCaller, after: int, wait: float) -> Assignments | None:
+    def assignments(
+        self, caller: AgentCaller, after: int, wait: float
+    ) -> Awaitable[Assignments | None]:
         """The worker's desired set once its generation exceeds `after`, else None
-        after `wait` seconds (capped at MAX_WAIT)."""
-        await self.store.write(caller.accept_live_worker)
+        after `wait` seconds (capped at MAX_WAIT). Its nonce joins the heartbeats' commit.
+        The long-poll itself is returned, not awaited here: one frame fewer per waiter."""
+        accept = functools.partial(self.heartbeats.accept, caller)
         read = functools.partial(
             assignments.desired_set,
             self.store,
@@ -152,7 +155,9 @@ class Fleet:
             caller.key_id,
         )
         wait = min(max(wait, 0.0), MAX_WAIT)
-        return await assignments.long_poll(self.store, self.board, caller.key_id, after, wait, read)
+        return assignments.long_poll(
+            self.store, self.board, caller.key_id, after, wait, read, accept
+        )
 
     async def mint_join_token(
         self, ttl: float | None, stated: Stated | None = None

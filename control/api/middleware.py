@@ -1,5 +1,10 @@
 """Cross-cutting HTTP concerns: request ids, the one JSON error shape, body limits,
 admin auth. `create_app` installs them in that order (outermost first).
+Worker-protocol calls (a route under `/v1/agent/`) take a short path: `request_ids`
+runs the route itself with the error shape and the body limit, and no other
+middleware (issue 16: each holds a frame for as long as a long-poll waits; the agent
+handlers authenticate their own signed requests). Unknown routes under that prefix
+run the whole chain.
 
 `request_ids` takes a sane `X-Request-Id` from the caller (1-64 of `A-Za-z0-9._-`,
 whole value, or it makes one), sets it in `logs.REQUEST_ID` so every record logged
@@ -41,6 +46,7 @@ access = logging.getLogger("clawfleet.access")
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 1024 * 1024
+AGENT_PREFIX = "/v1/agent/"
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -60,7 +66,15 @@ async def request_ids(request: web.Request, handler: Handler) -> web.StreamRespo
     started = time.monotonic()
     status = 500
     try:
-        response = await handler(request)
+        route = _agent_route(request)
+        if route is None:
+            response = await handler(request)
+        else:  # the short path: `errors` and `body_limit` in this frame (module docstring)
+            try:
+                _check_length(request)
+                response = await route(request)
+            except Exception as exc:
+                response = rendered(request, exc)
         status = response.status
         response.headers["X-Request-Id"] = request_id
         return response
@@ -95,28 +109,47 @@ def error_response(
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except RateLimited as exc:
+    except Exception as exc:
+        return rendered(request, exc)
+
+
+def rendered(request: web.Request, exc: Exception) -> web.Response:
+    """The one error shape for `exc`; an HTTP exception below 400 (a redirect, a 304)
+    is re-raised as it is."""
+    if isinstance(exc, RateLimited):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
-    except ClawfleetError as exc:
+    if isinstance(exc, ClawfleetError):
         return error_response(exc.status, exc.code, exc.message)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = _HTTP_CODES.get(exc.status, "http_error")
         message = "request body is larger than 1 MiB" if exc.status == 413 else exc.reason
         return error_response(exc.status, code, message)
-    except Exception:  # anything else is a bug: one 500 that reveals nothing, and the log
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal error (see the control plane log)")
+    # Anything else is a bug: one 500 that reveals nothing, and the log.
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal error (see the control plane log)")
 
 
 @web.middleware
 async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    _check_length(request)
+    return await handler(request)
+
+
+def _check_length(request: web.Request) -> None:
     # Refuse early on a declared length; aiohttp's client_max_size still guards
     # chunked bodies when they are read.
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise PayloadTooLarge("request body is larger than 1 MiB")
-    return await handler(request)
+
+
+def _agent_route(request: web.Request) -> Handler | None:
+    """The route's own handler for a matched worker-protocol call, else None (the whole
+    chain runs: unknown routes and wrong methods get their 404/405 there)."""
+    if not request.path.startswith(AGENT_PREFIX) or request.match_info.http_exception:
+        return None
+    return request.match_info.handler
 
 
 def admin_auth(token: str, metrics_token: str = "") -> Middleware:

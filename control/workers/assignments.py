@@ -17,19 +17,23 @@ why (control/api/views.py). A worker that has not declared its features since th
 upgrade that introduced them is answered 503 until its next heartbeat, so its agent
 keeps what runs as it is instead of acting on a set computed without them.
 `GenerationBoard.notify` is called after a commit that bumped a worker's generation
-and wakes every long-poll waiting on that worker; a waiter takes
-its event BEFORE re-reading the generation, so a change between the read and the wait
-is never missed. `until_parked` lets a caller (a test) await the moment a
-long-poll is waiting on its event, instead of sleeping and hoping it got there.
+and wakes every long-poll waiting on that worker; a waiter enters the board BEFORE
+reading the generation, so a change between the read and the wait is never missed.
+A waiting long-poll holds a handful of objects and no task or timer of its own: one
+future, resolved by `notify`, by the board's single deadline timer or by `close`
+(issue 16: at 10k workers these are what every full collection walks). Its nonce
+is committed with the heartbeats' group commit (control/workers/heartbeats.py
+`accept`), which also gives the first generation. `until_parked` lets a caller (a
+test) await the moment a long-poll is waiting, instead of sleeping and hoping.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+import functools
+import heapq
+import itertools
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import aiosqlite
@@ -52,61 +56,115 @@ T = TypeVar("T")
 
 
 class GenerationBoard:
+    """Long-polls waiting for a worker's generation to move, at a fixed small cost each:
+    one future, one entry in its worker's list and one in a deadline heap. One loop
+    timer (`call_at`) serves the whole heap; no waiter has a task or a timer of its own."""
+
     def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
-        self._events: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, list[asyncio.Future[bool]]] = {}
+        # (loop deadline, tie-breaker, waiter); an entry whose waiter left stays until it
+        # pops or the heap is compacted: deadlines are at most MAX_WAIT away.
+        self._deadlines: list[tuple[float, int, asyncio.Future[bool]]] = []
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._live = 0
         self._closed = False
-        self._parked: Counter[str] = Counter()  # long-polls waiting on each worker's event
-        self._parked_changed = asyncio.Event()
+        self._parked: set[asyncio.Future[bool]] = set()  # waiters awaiting their future
+        self._watchers: list[asyncio.Future[None]] = []  # `until_parked` callers
         # Called on every change of any worker's desired set (DNS follows assignments).
         self.on_change = on_change
 
-    def event(self, server_id: str) -> asyncio.Event:
-        event = self._events.get(server_id)
-        if event is None:
-            event = self._events[server_id] = asyncio.Event()
-            if self._closed:
-                event.set()
-        return event
+    def enter(self, server_id: str, deadline: float) -> asyncio.Future[bool]:
+        """A waiter on `server_id` until loop time `deadline`: its future becomes True
+        when `notify` names the worker, False at the deadline or when the board closes.
+        Enter BEFORE reading the generation; `leave` always, whatever happened."""
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[bool] = loop.create_future()
+        if self._closed:
+            woken.set_result(False)
+            return woken
+        self._live += 1
+        self._waiting.setdefault(server_id, []).append(woken)
+        heapq.heappush(self._deadlines, (deadline, next(self._order), woken))
+        if self._deadlines[0][2] is woken:
+            self._arm(loop)
+        return woken
+
+    def park(self, woken: asyncio.Future[bool]) -> None:
+        """Marks a waiter as awaiting its future (what `until_parked` waits for)."""
+        self._parked.add(woken)
+        self._announce()
+
+    def leave(self, server_id: str, woken: asyncio.Future[bool]) -> None:
+        if woken in self._parked:
+            self._parked.discard(woken)
+            self._announce()
+        waiting = self._waiting.get(server_id)
+        if waiting is not None and woken in waiting:
+            waiting.remove(woken)
+            if not waiting:
+                del self._waiting[server_id]
+        if not woken.done():
+            woken.cancel()  # the timer skips it
+        if not self._closed:
+            self._live -= 1
+            if len(self._deadlines) > 2 * self._live + 64:
+                self._deadlines = [e for e in self._deadlines if not e[2].done()]
+                heapq.heapify(self._deadlines)
 
     def notify(self, *server_ids: str) -> None:
         if server_ids:
             self.on_change()
         for server_id in server_ids:
-            event = self._events.pop(server_id, None)
-            if event is not None:
-                event.set()
+            for woken in self._waiting.pop(server_id, ()):
+                if not woken.done():
+                    woken.set_result(True)
 
     def waiters(self) -> int:
-        return len(self._events)
+        """Long-polls waiting now."""
+        return self._live
 
-    @contextlib.contextmanager
-    def parked(self, server_id: str) -> Iterator[None]:
-        """Counts a long-poll as waiting on `server_id` for the duration of the block."""
-        self._parked[server_id] += 1
-        self._announce_parking()
-        try:
-            yield
-        finally:
-            self._parked[server_id] -= 1
-            if not self._parked[server_id]:
-                del self._parked[server_id]
-            self._announce_parking()
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(self._deadlines[0][0], self._expire) if self._deadlines else None
+
+    def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, woken = heapq.heappop(self._deadlines)
+            if not woken.done():
+                woken.set_result(False)
+        self._timer = None
+        self._arm(loop)
 
     async def until_parked(self, server_id: str, count: int = 1) -> None:
         """Returns once at least `count` long-polls wait on `server_id`."""
-        while self._parked[server_id] < count:
-            await self._parked_changed.wait()
+        while sum(w in self._parked for w in self._waiting.get(server_id, ())) < count:
+            watcher = asyncio.get_running_loop().create_future()
+            self._watchers.append(watcher)
+            await watcher
 
-    def _announce_parking(self) -> None:
-        # A fresh event per change: every `until_parked` wakes once and re-checks.
-        self._parked_changed.set()
-        self._parked_changed = asyncio.Event()
+    def _announce(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            if not watcher.done():
+                watcher.set_result(None)
 
     def close(self) -> None:
         """Wakes every waiter so shutdown never waits out a long-poll."""
         self._closed = True
-        for event in self._events.values():
-            event.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for waiting in self._waiting.values():
+            for woken in waiting:
+                if not woken.done():
+                    woken.set_result(False)
+        self._waiting.clear()
+        self._deadlines.clear()
+        self._live = 0
 
     @property
     def closed(self) -> bool:
@@ -138,24 +196,35 @@ async def long_poll(
     after: int,
     wait: float,
     read: Callable[[], Awaitable[Assignments]],
+    accept: Callable[[], Awaitable[int]],
 ) -> Assignments | None:
-    """`read()` once the worker's generation exceeds `after`, else None after
-    `wait` seconds or when the board closes. A revoked worker gets 403."""
-    deadline = time.monotonic() + wait
+    """`read()` once the worker's generation exceeds `after`, else None after `wait`
+    seconds or when the board closes. `accept()` admits the request (its nonce
+    committed) and gives the generation first; later rounds read it. A revoked worker
+    gets 403."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    current: Callable[[], Awaitable[int]] = accept
     while True:
-        event = board.event(server_id)
-        current, status = await generation(store, server_id)
-        check_not_revoked(server_id, status)
-        if current > after:
-            return await read()
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or board.closed:
-            return None
+        woken = board.enter(server_id, deadline)
         try:
-            with board.parked(server_id):
-                await asyncio.wait_for(event.wait(), remaining)
-        except TimeoutError:
-            return None
+            if await current() > after:
+                return await read()
+            if loop.time() >= deadline or board.closed:
+                return None
+            board.park(woken)
+            if not await woken:
+                return None
+        finally:
+            board.leave(server_id, woken)
+        current = functools.partial(live_generation, store, server_id)
+
+
+async def live_generation(store: Store, server_id: str) -> int:
+    """The worker's generation; 403 once it is revoked (a long-poll stops then)."""
+    current, status = await generation(store, server_id)
+    check_not_revoked(server_id, status)
+    return current
 
 
 async def generation(store: Store, server_id: str) -> tuple[int, str]:
@@ -172,10 +241,11 @@ async def desired_set(
         "u.secrets_ciphertext, u.server_id AS user_server, v.provider_id AS volume_id, "
         "v.device, v.size_gb, "
         "v.server_id AS volume_server, v.state AS volume_state FROM servers s "
-        "LEFT JOIN users u ON (u.server_id = s.id AND u.state IN ('provisioning', 'running')) "
-        "OR u.moving_from = s.id "
+        # Two index searches, not an OR in the join (which read every user).
+        "LEFT JOIN users u ON u.id IN (SELECT id FROM users WHERE server_id = ?1 "
+        "AND state IN ('provisioning', 'running') UNION SELECT id FROM users WHERE moving_from = ?1) "
         "LEFT JOIN volumes v ON v.user_id = u.id "
-        "WHERE s.id = ? ORDER BY u.id",
+        "WHERE s.id = ?1 ORDER BY u.id",
         (server_id,),
     )
     gen = int(rows[0]["generation"]) if rows else 0

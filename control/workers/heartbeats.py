@@ -12,6 +12,9 @@ differ from the stored ones, the worker's generation is bumped (its desired set 
 carry specs it was denied, or lose ones it can no longer run), it is among the servers
 to wake, and `worker_features` is recorded, with a `user_withheld` event for each user
 there whose spec needs a feature it now lacks (`needs`, control/users/features.py).
+`accept` admits a long-poll the same way (control/workers/assignments.py): its
+nonce joins the batch, checked against the same read of the worker (revoked or
+missing: 403, nothing written), and it gets the worker's generation from that read.
 Heartbeats that arrive while a transaction is in flight are queued and committed
 together in the next one, so a large fleet costs a handful of SQLite round trips
 per batch instead of per heartbeat. A revoked or unknown worker's heartbeat fails
@@ -38,11 +41,23 @@ from control.errors import ClawfleetError, Forbidden, Unauthorized
 from control.users import features, records
 from control.users.rooms import HOLDERS_SQL
 from control.workers import nonces, servers, trust
-from control.workers.auth import REVOKED_STATUSES, AgentCaller
+from control.workers.auth import REVOKED_STATUSES, AgentCaller, check_not_revoked
 from shared.protocol import Heartbeat
 
 # (worker's generation, servers whose desired set shrank or lost a finished backup job)
 Outcome = tuple[int, list[str]]
+
+
+@dataclass
+class _Poll:
+    """A long-poll's admission: its nonce, committed with the heartbeats."""
+
+    caller: AgentCaller
+    future: asyncio.Future[Outcome] = field(repr=False)
+
+    @property
+    def worker_id(self) -> str:
+        return self.caller.key_id
 
 
 @dataclass
@@ -69,22 +84,34 @@ class HeartbeatWriter:
     def __init__(self, store: Store, needs: frozenset[str] = frozenset()) -> None:
         self._store = store
         self._needs = needs  # the agent features every user's spec needs
-        self._queue: list[_Beat] = []
+        self._queue: list[_Beat | _Poll] = []
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, caller: AgentCaller, heartbeat: Heartbeat, interval: float) -> Outcome:
         beat = _Beat(caller, heartbeat, interval, asyncio.get_running_loop().create_future())
-        self._queue.append(beat)
+        return await self._queued(beat)
+
+    async def accept(self, caller: AgentCaller) -> int:
+        """Admits a long-poll: its nonce is committed in the next batch, once the worker
+        is seen not revoked there (a missing worker counts as deleted: 403); returns the
+        worker's generation as that transaction read it."""
+        generation, _ = await self._queued(
+            _Poll(caller, asyncio.get_running_loop().create_future())
+        )
+        return generation
+
+    async def _queued(self, item: _Beat | _Poll) -> Outcome:
+        self._queue.append(item)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain(), name="heartbeat-writer")
-        return await beat.future
+        return await item.future
 
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
             await self._commit(batch)
 
-    async def _commit(self, batch: list[_Beat]) -> None:
+    async def _commit(self, batch: list[_Beat | _Poll]) -> None:
         """One transaction for the batch. If it fails, each half is retried in its own
         transaction, down to the failing heartbeat alone: it fails only its own
         request, for about 2*log2(batch) extra transactions, and the others commit."""
@@ -109,7 +136,7 @@ class HeartbeatWriter:
                 await self._task
 
 
-def _settle(beat: _Beat, outcome: Outcome | BaseException) -> None:
+def _settle(beat: _Beat | _Poll, outcome: Outcome | BaseException) -> None:
     if beat.future.done():  # its request went away
         return
     if isinstance(outcome, BaseException):
@@ -119,7 +146,7 @@ def _settle(beat: _Beat, outcome: Outcome | BaseException) -> None:
 
 
 async def _apply(
-    conn: aiosqlite.Connection, batch: list[_Beat], now: float, needs: frozenset[str]
+    conn: aiosqlite.Connection, batch: list[_Beat | _Poll], now: float, needs: frozenset[str]
 ) -> list[Outcome | ClawfleetError]:
     ids = sorted({b.worker_id for b in batch})
     marks = ", ".join("?" for _ in ids)
@@ -133,23 +160,17 @@ async def _apply(
         )
     }
     outcomes: list[Outcome | ClawfleetError] = []
-    accepted: list[_Beat] = []
-    for beat in batch:
-        row = rows.get(beat.worker_id)
-        if row is None:
-            outcomes.append(Unauthorized("no registered worker has this id", code="unknown_worker"))
-        elif row["status"] in REVOKED_STATUSES:
-            outcomes.append(
-                Forbidden(f"worker {beat.worker_id} is {row['status']}", code="worker_revoked")
-            )
-        else:
-            outcomes.append((int(row["generation"]), []))
-            accepted.append(beat)
-    if not accepted:
+    admitted: list[_Beat | _Poll] = []
+    for item in batch:
+        outcomes.append(_admission(item, rows.get(item.worker_id)))
+        if not isinstance(outcomes[-1], ClawfleetError):
+            admitted.append(item)
+    if not admitted:
         return outcomes
     await nonces.persist_many(
-        conn, [(b.worker_id, b.caller.nonce, b.caller.timestamp) for b in accepted]
+        conn, [(b.worker_id, b.caller.nonce, b.caller.timestamp) for b in admitted]
     )
+    accepted = [b for b in admitted if isinstance(b, _Beat)]
     await servers.record_heartbeats(
         conn, [_server_update(b, rows[b.worker_id], now) for b in accepted]
     )
@@ -178,6 +199,20 @@ async def _apply(
         else outcome
         for beat, outcome in zip(batch, outcomes, strict=True)
     ]
+
+
+def _admission(item: _Beat | _Poll, row: Row | None) -> Outcome | ClawfleetError:
+    """The worker's generation, or why its request is refused (unknown or revoked)."""
+    if isinstance(item, _Poll):  # as before it joined the batch: a missing row is deleted
+        try:
+            check_not_revoked(item.worker_id, "deleted" if row is None else str(row["status"]))
+        except Forbidden as exc:
+            return exc
+    if row is None:
+        return Unauthorized("no registered worker has this id", code="unknown_worker")
+    if row["status"] in REVOKED_STATUSES:
+        return Forbidden(f"worker {item.worker_id} is {row['status']}", code="worker_revoked")
+    return (int(row["generation"]), [])
 
 
 def _claim(beat: _Beat) -> trust.Capacity:
