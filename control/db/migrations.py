@@ -278,4 +278,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX portal_sessions_email ON portal_sessions(email, last_seen);
     CREATE INDEX portal_sessions_seen ON portal_sessions(last_seen);
     """,
+    # the hot paths' queries find their rows through an index (issue 16,
+    # tests/test_query_plans.py): a worker's moving users (the desired set, a dead
+    # worker's release, placement's holders), the past_due sweep, held volumes and
+    # relocations by phase (placement's volume slots, a worker's backup jobs)
+    """
+    CREATE INDEX users_moving_from ON users(moving_from) WHERE moving_from IS NOT NULL;
+    CREATE INDEX users_past_due ON users(billing_status, past_due_since);
+    CREATE INDEX volumes_held ON volumes(server_id) WHERE server_id IS NOT NULL;
+    CREATE INDEX relocations_phase ON relocations(phase);
+    """,
 )
