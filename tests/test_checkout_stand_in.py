@@ -166,3 +166,30 @@ async def test_the_stand_in_is_off_with_a_key_in_live_mode_or_when_turned_off(
     assert status == 404
     status, _, _ = await call(plane, "POST", "/portal/api/stand-in/checkout/x/pay", {})
     assert status == 404
+
+
+async def test_cancelling_on_the_billing_stand_in_sends_the_subscriptions_deletion(
+    control_factory: Callable[..., ControlPlane],
+) -> None:
+    plane = stand_in_plane(control_factory)
+    await plane.start()
+    assert plane.app is not None
+    assert (await pay(plane, await sign_up(plane, "erin")))[0] == 200
+    admin = {"Authorization": f"Bearer {plane.admin_token}"}
+    _, users, _ = await call(plane, "GET", "/v1/users", headers=admin)
+    (erin,) = users["users"]
+    url = plane.app[STAND_IN].billing_session(erin["user_id"], f"{plane.url}/portal/account")
+    path = urlsplit(url).path
+    status, page, _ = await call(plane, "GET", path)
+    assert status == 200 and "Local stand-in for Stripe's billing portal" in page
+    api = path.replace("/portal/stand-in/", "/portal/api/stand-in/")
+    status, body, _ = await call(plane, "GET", api)
+    assert status == 200 and body["subdomain"] == "erin", body
+    status, body, _ = await call(plane, "POST", api + "/cancel", {})
+    assert status == 200 and body["redirect"] == f"{plane.url}/portal/account", body
+    async with asyncio.timeout(30):
+        await plane.app[INBOX].idle.wait()
+    _, erin, _ = await call(plane, "GET", f"/v1/users/{erin['user_id']}", headers=admin)
+    assert erin["state"] == "deprovisioned", erin
+    status, _, _ = await call(plane, "GET", "/portal/api/stand-in/billing/bps_nope")
+    assert status == 404

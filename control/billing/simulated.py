@@ -1,12 +1,15 @@
 """What Stripe sends when a customer pays, built and signed here for the two places that
 stand in for Stripe without an account: `clawfleet simulate-payment` (control/cli) and
-the portal's local stand-in for the hosted Checkout page (control/portal/stand_in.py).
+the portal's local stand-ins for the hosted Checkout page and the billing portal
+(control/portal/stand_in.py).
 
 Contract: `purchase_events(purchase, now)` is a completed Checkout Session
 (`checkout.session.completed`, payment_status paid, the purchase's session id,
 client_reference_id, metadata.user_id and metadata.subdomain, customer email) and then
 its subscription being created (`customer.subscription.created`, status active, one
-monthly item of the plan's price), in Stripe's wire format and in that order. The same
+monthly item of the plan's price), in Stripe's wire format and in that order;
+`cancellation_event` is that subscription's `customer.subscription.deleted` (canceled
+at once, as from the billing portal). The same
 user always gets the same customer and subscription ids, so buying again updates one
 subscription instead of adding one. `signed_delivery` gives the exact bytes and headers
 Stripe posts: pretty-printed JSON and `Stripe-Signature` in the v1 scheme (HMAC-SHA256
@@ -90,7 +93,25 @@ def purchase_events(purchase: Purchase, now: int) -> list[dict[str, Any]]:
         "success_url": p.success_url,
         "url": None,
     }
-    sub = {
+    return [
+        event("checkout.session.completed", session, now),
+        event("customer.subscription.created", _subscription(p, customer, subscription, now), now),
+    ]
+
+
+def cancellation_event(
+    purchase: Purchase, customer: str, subscription: str, now: int
+) -> dict[str, Any]:
+    """`customer.subscription.deleted`: what Stripe sends when the customer cancels at
+    once in the billing portal (status canceled, ended now)."""
+    sub = _subscription(purchase, customer, subscription, now)
+    sub |= {"status": "canceled", "canceled_at": now, "ended_at": now}
+    return event("customer.subscription.deleted", sub, now)
+
+
+def _subscription(p: Purchase, customer: str, subscription: str, now: int) -> dict[str, Any]:
+    """An active subscription to the purchase's price, as Stripe shows it."""
+    return {
         "id": subscription,
         "object": "subscription",
         "billing_cycle_anchor": now,
@@ -105,14 +126,10 @@ def purchase_events(purchase: Purchase, now: int) -> list[dict[str, Any]]:
         "items": _items(p, subscription, now),
         "latest_invoice": None,
         "livemode": False,
-        "metadata": metadata,
+        "metadata": {"user_id": p.user_id, "subdomain": p.subdomain},
         "start_date": now,
         "status": "active",
     }
-    return [
-        event("checkout.session.completed", session, now),
-        event("customer.subscription.created", sub, now),
-    ]
 
 
 def _items(p: Purchase, subscription: str, now: int) -> dict[str, Any]:

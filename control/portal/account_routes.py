@@ -19,7 +19,8 @@ goes through `owned` (404 alike for another customer's agent and none at all).
   sign-in into the agent ends) and every portal session of the address ends; the
   caller gets a new one.
 - `POST .../billing-portal`: a Stripe billing portal session's URL, returning to
-  `/portal/account` (409 `no_billing` for an agent Stripe does not bill).
+  `/portal/account` (409 `no_billing` for an agent Stripe does not bill); with the
+  Checkout stand-in on, its stand-in billing page's (control/portal/stand_in.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from control.portal.customers import (
     owned_users,
     set_session_cookie,
 )
+from control.portal.stand_in import STAND_IN
 from control.users import secrets, signin_links
 from control.users.access import user_url
 from control.workers import assignments
@@ -164,5 +166,8 @@ async def billing_portal(request: web.Request) -> web.Response:
     if row is None or not row["stripe_customer_id"]:
         raise Conflict("Stripe does not bill this agent (yet)", code="no_billing")
     return_url = f"{fleet.settings.public_url}/portal/account"
+    stand_in = request.app.get(STAND_IN)  # no Stripe here (`make run`): the local page
+    if stand_in is not None:
+        return web.json_response({"url": stand_in.billing_session(user_id, return_url)}, status=201)
     url = await billing_portal_url(fleet.settings, row["stripe_customer_id"], return_url)
     return web.json_response({"url": url}, status=201)

@@ -23,6 +23,13 @@ Contract:
   `{"redirect": success_url}` (Stripe's `{CHECKOUT_SESSION_ID}` filled in). A session
   is paid once (409 `checkout_paid`); an expired one is 409 `checkout_expired`; an
   unknown one 404. A webhook that refuses is 503 `payment_unavailable`.
+- The billing portal too (no Stripe, no billing portal): `billing_session(user_id,
+  return_url)` is the URL of `/portal/stand-in/billing/{id}` that the customer's page
+  (control/portal/account_routes.py) opens instead of Stripe's; its "Cancel
+  subscription" is `POST /portal/api/stand-in/billing/{id}/cancel`, which sends the
+  `customer.subscription.deleted` event Stripe sends for a cancellation at once
+  (control/billing/simulated.py), signed the same way, for the user's own customer and
+  subscription, then answers `{"redirect": return_url}`.
 - With the stand-in off, none of its routes exist.
 """
 
@@ -33,19 +40,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from control.appkeys import SETTINGS
+from control.appkeys import SETTINGS, STORE
 from control.billing.rules import SYNTHETIC_PRICE_PREFIX, plan_for_price
-from control.billing.simulated import Purchase, purchase_events, signed_delivery
+from control.billing.simulated import (
+    Purchase,
+    cancellation_event,
+    purchase_events,
+    signed_delivery,
+)
+from control.db.store import Row
 from control.errors import BadRequest, Conflict, NotFound
 from control.plans import Plan
 from control.portal.stripe_checkout import CheckoutFailed, Order, Session, Urls
 from control.settings import Settings
 
 PAGE = Path(__file__).with_name("static") / "stand_in.html"
+BILLING_PAGE = Path(__file__).with_name("static") / "stand_in_billing.html"
 WEBHOOK_TIMEOUT = 15.0
 
 
@@ -89,11 +104,18 @@ class StandInSession:
     state: str = "open"  # open | paying | paid | expired
 
 
+@dataclass(frozen=True)
+class BillingSession:
+    user_id: str
+    return_url: str
+
+
 class StandInCheckout:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
         self.sessions: dict[str, StandInSession] = {}
+        self.billing: dict[str, BillingSession] = {}
 
     async def create(self, order: Order, urls: Urls) -> Session:
         session_id = f"cs_test_standin_{secrets.token_urlsafe(24)}"
@@ -138,18 +160,43 @@ class StandInCheckout:
             cancel_url=session.urls.cancel,
         )
         try:
-            await self._deliver(purchase)
+            await self._deliver(purchase_events(purchase, int(self.clock())))
         except BaseException:
             session.state = "open"  # nothing was paid for sure: the buyer may try again
             raise
         session.state = "paid"
         return purchase.success_url
 
-    async def _deliver(self, purchase: Purchase) -> None:
+    def billing_session(self, user_id: str, return_url: str) -> str:
+        """The stand-in billing portal's URL for one customer's agent."""
+        session_id = f"bps_test_standin_{secrets.token_urlsafe(24)}"
+        self.billing[session_id] = BillingSession(user_id, return_url)
+        return f"{self.settings.public_url.rstrip('/')}/portal/stand-in/billing/{session_id}"
+
+    def billing_of(self, session_id: str) -> BillingSession:
+        session = self.billing.get(session_id)
+        if session is None:
+            raise NotFound("no such billing session: open it again from your account")
+        return session
+
+    async def cancel(self, session_id: str, user: Row) -> str:
+        """Sends what Stripe sends when the customer cancels at once; the return URL."""
+        session = self.billing_of(session_id)
+        if not user["stripe_subscription_id"]:
+            raise Conflict("this agent has no subscription to cancel", code="no_billing")
+        plan = self.settings.plans.get(user["plan"]) or self.settings.plans["default"]
+        price = price_of(self.settings, plan) or f"{SYNTHETIC_PRICE_PREFIX}{plan.name}"
+        purchase = Purchase(session.user_id, user["subdomain"], plan.name, price, "")
+        now = int(self.clock())
+        customer, subscription = user["stripe_customer_id"], user["stripe_subscription_id"]
+        await self._deliver([cancellation_event(purchase, customer, subscription, now)])
+        return session.return_url
+
+    async def _deliver(self, events: list[dict[str, Any]]) -> None:
         url = f"{self.settings.public_url.rstrip('/')}/v1/stripe/webhook"
         timeout = aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            for event in purchase_events(purchase, int(self.clock())):
+            for event in events:
                 body, headers = signed_delivery(
                     self.settings.stripe_webhook_secret, event, int(self.clock())
                 )
@@ -208,3 +255,39 @@ async def stand_in_pay(request: web.Request) -> web.Response:
         raise BadRequest("send the payment as JSON")
     redirect = await request.app[STAND_IN].pay(request.match_info["session_id"])
     return web.json_response({"redirect": redirect})
+
+
+@stand_in_routes.get("/portal/stand-in/billing/{session_id}")
+async def stand_in_billing_page(request: web.Request) -> web.Response:
+    return web.Response(text=BILLING_PAGE.read_text(encoding="utf-8"), content_type="text/html")
+
+
+@stand_in_routes.get("/portal/api/stand-in/billing/{session_id}")
+async def stand_in_billing(request: web.Request) -> web.Response:
+    session = request.app[STAND_IN].billing_of(request.match_info["session_id"])
+    user = await _user(request, session.user_id)
+    return web.json_response(
+        {"subdomain": user["subdomain"], "plan": user["plan"], "return_url": session.return_url}
+    )
+
+
+@stand_in_routes.post("/portal/api/stand-in/billing/{session_id}/cancel")
+async def stand_in_cancel(request: web.Request) -> web.Response:
+    if request.content_type != "application/json":
+        raise BadRequest("send the cancellation as JSON")
+    stand_in = request.app[STAND_IN]
+    session = stand_in.billing_of(request.match_info["session_id"])
+    user = await _user(request, session.user_id)
+    redirect = await stand_in.cancel(request.match_info["session_id"], user)
+    return web.json_response({"redirect": redirect})
+
+
+async def _user(request: web.Request, user_id: str) -> Row:
+    user = await request.app[STORE].fetch_one(
+        "SELECT subdomain, plan, stripe_customer_id, stripe_subscription_id FROM users "
+        "WHERE id = ?",
+        (user_id,),
+    )
+    if user is None:
+        raise NotFound("this agent does not exist any more")
+    return user
