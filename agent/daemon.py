@@ -37,7 +37,8 @@ from agent.features import FEATURES
 from agent.metadata_block import MetadataBlock
 from agent.origin_tls import OFF_CHECK_EVERY, OriginTls, OriginTlsError, Signer
 from agent.ownership import MAX_PREVIOUS, Owner
-from agent.reconcile import Reconciler, ReconcilerOptions
+from agent.reconcile import Reconciler
+from agent.reconcile_steps import ReconcilerOptions
 from agent.runtime import DockerError, DockerRuntime
 from agent.state import Credentials, StateError, StateStore
 from agent.traefik import RouteOptions

@@ -18,7 +18,7 @@ from agent.ownership import (
     legacy_volume_ok,
     refusal,
 )
-from agent.reconcile import owned_containers, view_of
+from agent.reconcile_view import owned_containers, view_of
 from agent.runtime import Observed
 from agent.state import Credentials, StateStore
 from shared.protocol import (

@@ -16,7 +16,8 @@ import pytest
 
 from agent.metadata_block import MetadataBlock
 from agent.ownership import Owner
-from agent.reconcile import Reconciler, ReconcilerOptions
+from agent.reconcile import Reconciler
+from agent.reconcile_steps import ReconcilerOptions
 from agent.runtime import DockerRuntime
 from agent.traefik import RouteOptions, route_file
 from shared.protocol import Assignments

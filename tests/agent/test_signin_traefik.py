@@ -23,7 +23,8 @@ from msgspec.structs import replace
 
 from agent.metadata_block import MetadataBlock
 from agent.ownership import Owner
-from agent.reconcile import Reconciler, ReconcilerOptions
+from agent.reconcile import Reconciler
+from agent.reconcile_steps import ReconcilerOptions
 from agent.runtime import DockerRuntime
 from agent.traefik import RouteOptions
 from agent.verifier import Verifier, serve
