@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.backups import Repository, Restic, RetentionPolicy
+from agent.docker_objects import DockerError
 from agent.errors import AgentError
-from agent.runtime import DockerError, DockerRuntime
+from agent.runtime import DockerRuntime
 from agent.volumes import VolumeError, mounted_at, parse_mountinfo
 from shared.logsafe import escape
 from shared.protocol import MAX_BACKUP_ERROR, MAX_KEPT, BackupJob, BackupReport, BlockVolumeSpec

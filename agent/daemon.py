@@ -32,6 +32,7 @@ from typing import Any
 from agent import client as cp
 from agent.backup_jobs import BackupJobs
 from agent.config import Settings
+from agent.docker_objects import DockerError
 from agent.errors import AgentError
 from agent.features import FEATURES
 from agent.metadata_block import MetadataBlock
@@ -39,7 +40,7 @@ from agent.origin_tls import OFF_CHECK_EVERY, OriginTls, OriginTlsError, Signer
 from agent.ownership import MAX_PREVIOUS, Owner
 from agent.reconcile import Reconciler
 from agent.reconcile_steps import ReconcilerOptions
-from agent.runtime import DockerError, DockerRuntime
+from agent.runtime import DockerRuntime
 from agent.state import Credentials, StateError, StateStore
 from agent.traefik import RouteOptions
 from agent.verifier import Verifier, serve

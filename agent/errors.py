@@ -5,7 +5,7 @@ control plane (never a secret); an error from the control plane (`ControlPlaneEr
 agent/client.py) also carries its HTTP status and the request id the control plane
 answered with (`correlation_id`, to find the request in its log). Subclasses:
 `ConfigError` (agent/config.py), `ControlPlaneError`, `DockerError` and
-`ForeignObjectError` (agent/runtime.py), `StateError` (agent/state.py),
+`ForeignObjectError` (agent/docker_objects.py), `StateError` (agent/state.py),
 `MetadataBlockError` (agent/metadata_block.py), `BackupError` and its kinds
 (agent/backups.py) and the daemon's fatal stop.
 """

@@ -20,6 +20,7 @@ import logging
 import time
 
 from agent import health, ownership, traefik
+from agent.docker_objects import DockerError, Observed
 from agent.metadata_block import MetadataBlockError
 from agent.ownership import Owner
 from agent.reconcile_plan import (
@@ -35,7 +36,6 @@ from agent.reconcile_plan import (
 )
 from agent.reconcile_steps import ReconcileSteps, RolledBack
 from agent.reconcile_view import View, owned_by_user, owned_containers, view_of
-from agent.runtime import DockerError, Observed
 from agent.tenant_files import TenantFileError
 from agent.volumes import VolumeError
 from shared.protocol import Assignments, ContainerReport

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from agent.runtime import Observed
+from agent.docker_objects import Observed
 from shared.protocol import ContainerSpec
 
 STARTABLE = frozenset({"created", "exited"})

@@ -25,10 +25,11 @@ from pathlib import Path
 
 from agent import health, tenant_files, traefik
 from agent.client import backoff_delay
+from agent.docker_objects import DockerError, Observed
 from agent.metadata_block import MetadataBlock
 from agent.ownership import Owner
 from agent.reconcile_view import View
-from agent.runtime import DockerError, DockerRuntime, Observed
+from agent.runtime import DockerRuntime
 from agent.session import LazySession
 from agent.tenant_files import TenantFileError
 from agent.volumes import LABEL_VOLUME, BlockVolumes, VolumeError

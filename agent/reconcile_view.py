@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from agent import ownership
+from agent.docker_objects import Observed, Tagged
 from agent.ownership import Owner
-from agent.runtime import Observed, Tagged
 from shared.protocol import ContainerSpec
 
 

@@ -4,7 +4,7 @@ Contract: every Docker call runs in the runtime's own small thread pool with an
 explicit timeout (`asyncio.wait_for`), so a hung engine never blocks the event loop or
 shutdown. The agent only ever lists objects carrying `clawfleet.managed=true`, acts only
 on those its `Owner` claims (agent/ownership.py: its worker id and cluster), and acts on
-the ids it inspected, never on names it guessed. `create_container` is the one place
+the ids it inspected, never on names it guessed. `create` is the one place
 the tenant isolation profile is written down (docs/agent.md, "Isolation profile"), and
 it refuses any user that is not numeric `uid:gid` with both ids non-zero. A spec with a
 block volume gets bind mounts of the directories the caller made on it (agent/volumes.py)
@@ -16,14 +16,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
 from docker.types import Mount
 
-from agent.errors import AgentError
+from agent.docker_objects import (
+    LABEL_GENERATION,
+    LABEL_HASH,
+    LABEL_IMAGE,
+    DockerError,
+    ForeignObjectError,
+    Observed,
+    Tagged,
+    observed_from_inspect,
+    owned_labels,
+)
 from agent.ownership import (
     LABEL_MANAGED,
     LABEL_USER,
@@ -37,9 +46,6 @@ from shared.protocol import ContainerSpec, ResourceSpec
 
 T = TypeVar("T")
 
-LABEL_HASH = "clawfleet.spec_hash"
-LABEL_GENERATION = "clawfleet.generation"
-LABEL_IMAGE = "clawfleet.image"
 MANAGED_FILTER = f"{LABEL_MANAGED}=true"
 
 
@@ -51,54 +57,6 @@ def cpu_options(resources: ResourceSpec) -> dict[str, int]:
     return {"cpu_shares": max(2, round(resources.cpus * 1024))}
 
 
-class DockerError(AgentError):
-    """A Docker operation failed; the message is safe to log and report."""
-
-    code = "docker_error"
-
-
-class ForeignObjectError(DockerError):
-    """An object the spec names exists but does not carry this user's labels."""
-
-
-@dataclass(frozen=True)
-class Observed:
-    """One managed container as inspected."""
-
-    id: str
-    name: str
-    user_id: str
-    spec_hash: str
-    image_ref: str
-    image_id: str
-    status: str  # Docker State.Status: created, running, restarting, exited, paused, dead
-    started_at: str
-    restart_count: int
-    host_ports: Mapping[int, int] = field(default_factory=dict)
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def running(self) -> bool:
-        return self.status == "running"
-
-
-@dataclass(frozen=True)
-class Tagged:
-    """A managed network (id) or volume (id is its name), with its labels."""
-
-    id: str
-    name: str
-    labels: Mapping[str, str]
-
-    @property
-    def user_id(self) -> str:
-        return self.labels.get(LABEL_USER, "")
-
-
-def owned_labels(user_id: str, owner: Owner) -> dict[str, str]:
-    return {LABEL_MANAGED: "true", LABEL_USER: user_id, **owner.labels()}
-
-
 def is_root_user(user: str) -> bool:
     """True unless `user` is numeric uid:gid with both ids non-zero (names can be root)."""
     try:
@@ -108,21 +66,6 @@ def is_root_user(user: str) -> bool:
     return False
 
 
-def _host_ports(inspect: Mapping[str, Any]) -> dict[int, int]:
-    ports: dict[int, int] = {}
-    bindings = (inspect.get("NetworkSettings") or {}).get("Ports") or {}
-    for key, binds in bindings.items():
-        if not binds:
-            continue
-        container_port = int(str(key).split("/", 1)[0])
-        for bind in binds:
-            # Only loopback bindings count: the agent never publishes elsewhere.
-            if bind.get("HostIp") in ("127.0.0.1", "") and bind.get("HostPort"):
-                ports[container_port] = int(bind["HostPort"])
-                break
-    return ports
-
-
 def _mounts(spec: ContainerSpec, binds: Mapping[str, str]) -> list[Mount]:
     if spec.volume is None:
         return [Mount(v.target, v.name, type="volume") for v in spec.volumes]
@@ -130,24 +73,6 @@ def _mounts(spec: ContainerSpec, binds: Mapping[str, str]) -> list[Mount]:
     if missing:
         raise DockerError(f"volume {spec.volume.id} is not mounted for {', '.join(missing)}")
     return [Mount(v.target, binds[v.name], type="bind") for v in spec.volumes]
-
-
-def observed_from_inspect(data: Mapping[str, Any]) -> Observed:
-    labels = (data.get("Config") or {}).get("Labels") or {}
-    state = data.get("State") or {}
-    return Observed(
-        id=str(data["Id"]),
-        name=str(data.get("Name", "")).lstrip("/"),
-        user_id=labels.get(LABEL_USER, ""),
-        spec_hash=labels.get(LABEL_HASH, ""),
-        image_ref=labels.get(LABEL_IMAGE, ""),
-        image_id=str(data.get("Image", "")),
-        status=str(state.get("Status", "unknown")),
-        started_at=str(state.get("StartedAt", "")),
-        restart_count=int(data.get("RestartCount", 0) or 0),
-        host_ports=_host_ports(data),
-        labels=dict(labels),
-    )
 
 
 class DockerRuntime:

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from agent.docker_objects import DockerError
 from agent.ownership import Owner
-from agent.runtime import DockerError, DockerRuntime
+from agent.runtime import DockerRuntime
 from tests.fixtures import free_port
 
 POOLS_USED_UP = (

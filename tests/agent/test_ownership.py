@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from agent.docker_objects import Observed
 from agent.ownership import (
     LABEL_CLUSTER,
     LABEL_WORKER,
@@ -19,7 +20,6 @@ from agent.ownership import (
     refusal,
 )
 from agent.reconcile_view import owned_containers, view_of
-from agent.runtime import Observed
 from agent.state import Credentials, StateStore
 from shared.protocol import (
     ConfigFileSpec,

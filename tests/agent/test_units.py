@@ -16,9 +16,10 @@ from agent import client as cp
 from agent import health
 from agent.config import ConfigError, load_settings, parse_env_file, read_environment
 from agent.daemon import next_beat
+from agent.docker_objects import Observed
 from agent.metadata_block import rule_position
 from agent.reconcile_plan import Create, PurgeVolumes, Remove, RemoveNetwork, Replace, Start, plan
-from agent.runtime import Observed, cpu_options, is_root_user
+from agent.runtime import cpu_options, is_root_user
 from agent.state import Credentials, StateStore
 from agent.traefik import Gate, RouteOptions, prune, render, write_route
 from shared.protocol import (
