@@ -43,8 +43,9 @@ from pathlib import Path
 from agent.backups import Repository, Restic, RetentionPolicy
 from agent.docker_objects import DockerError
 from agent.errors import AgentError
+from agent.mountinfo import mounted_at, parse_mountinfo
 from agent.runtime import DockerRuntime
-from agent.volumes import VolumeError, mounted_at, parse_mountinfo
+from agent.volume_commands import VolumeError
 from shared.logsafe import escape
 from shared.protocol import MAX_BACKUP_ERROR, MAX_KEPT, BackupJob, BackupReport, BlockVolumeSpec
 

@@ -37,7 +37,7 @@ from agent.reconcile_plan import (
 from agent.reconcile_steps import ReconcileSteps, RolledBack
 from agent.reconcile_view import View, owned_by_user, owned_containers, view_of
 from agent.tenant_files import TenantFileError
-from agent.volumes import VolumeError
+from agent.volume_commands import VolumeError
 from shared.protocol import Assignments, ContainerReport
 
 log = logging.getLogger("agent.reconcile")

@@ -32,7 +32,8 @@ from agent.reconcile_view import View
 from agent.runtime import DockerRuntime
 from agent.session import LazySession
 from agent.tenant_files import TenantFileError
-from agent.volumes import LABEL_VOLUME, BlockVolumes, VolumeError
+from agent.volume_commands import VolumeError
+from agent.volumes import LABEL_VOLUME, BlockVolumes
 from shared.names import parse_container_user
 from shared.protocol import Assignments, BlockVolumeSpec, ContainerSpec, VolumeReport
 

@@ -25,10 +25,11 @@ from agent.backup_jobs import BackupJobs, error_line
 from agent.backups import Repository, Restic
 from agent.config import load_settings
 from agent.daemon import Daemon
+from agent.mountinfo import parse_mountinfo
 from agent.ownership import LABEL_MANAGED, LABEL_USER
 from agent.runtime import DockerRuntime
 from agent.state import DESIRED, Credentials, StateStore
-from agent.volumes import BlockVolumes, parse_mountinfo
+from agent.volumes import BlockVolumes
 from shared.protocol import (
     MAX_BACKUP_ERROR,
     Assignments,

@@ -14,18 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.volumes import (
-    BlockVolumes,
-    Decision,
-    VolumeError,
-    VolumeMissing,
-    _create_sparse,
-    _lock,
-    format_decision,
-    mounted_at,
-    one_line,
-    parse_mountinfo,
-)
+from agent.mountinfo import mounted_at, parse_mountinfo
+from agent.volume_commands import VolumeError, VolumeMissing, one_line
+from agent.volume_files import create_sparse, lock
+from agent.volume_format import Decision, format_decision
+from agent.volumes import BlockVolumes
 from shared.protocol import MAX_VOLUME_ERROR, BlockVolumeSpec, VolumeReport
 
 EXT4 = "DEVNAME=/dev/loop3\nUUID=0b6e\nVERSION=1.0\nTYPE=ext4\nUSAGE=filesystem\n"
@@ -300,8 +293,8 @@ async def test_an_agent_sharing_the_loop_dir_never_detaches_a_device_another_is_
     other = BlockVolumes(tmp_path / "other-mounts", volumes.loop_dir)
     spec = loop("shared")
     backing = volumes.loop_dir / "shared.img"
-    _create_sparse(backing, 1)
-    held = _lock(backing, fcntl.LOCK_EX)  # what `ensure` holds from attach to mount
+    create_sparse(backing, 1)
+    held = lock(backing, fcntl.LOCK_EX)  # what `ensure` holds from attach to mount
     assert held is not None
     try:
         device = await volumes._device(spec)

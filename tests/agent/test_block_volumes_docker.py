@@ -19,9 +19,10 @@ import pytest
 
 from agent.config import load_settings
 from agent.daemon import Daemon
+from agent.mountinfo import parse_mountinfo
 from agent.ownership import Owner
 from agent.reconcile import Reconciler
-from agent.volumes import LABEL_VOLUME, parse_mountinfo
+from agent.volumes import LABEL_VOLUME
 from shared.protocol import Assignments, BlockVolumeSpec, ContainerSpec, VolumeReport
 from tests.agent.conftest import GOOD, new_user
 from tests.agent.specs import make_spec
