@@ -13,11 +13,12 @@ Contract:
   before it is raised or logged, and bounded to `MESSAGE_MAX` characters.
 - restic is a blocking subprocess run in a thread (`asyncio.to_thread`), with an explicit
   timeout per call; on timeout it is interrupted (SIGINT: restic removes its lock), then
-  killed. A cancelled call interrupts restic too and returns only once it has exited.
-  Calls on one `Restic` run one at a time (restic's exclusive prune lock would refuse an
-  overlapping one). Its stdout and stderr go to unlinked temporary files, so memory stays bounded
-  whatever it prints; more than `OUTPUT_MAX` bytes of output is an error. JSON output is
-  decoded with msgspec into bounded structs.
+  killed (agent/restic_process.py). A cancelled call interrupts restic too and returns only
+  once it has exited. Calls on one `Restic` run one at a time (restic's exclusive prune
+  lock would refuse an overlapping one). Its stdout and stderr go to unlinked temporary
+  files, so memory stays bounded whatever it prints; more than `OUTPUT_MAX` bytes of output
+  is an error. JSON output is decoded with msgspec into bounded structs
+  (agent/restic_output.py).
 - `init_if_missing()` is idempotent (True when it created the repository); a wrong
   password is `WrongPassword`, never an init.
 - `snapshot(path, tags)` backs up the directory's contents (run from inside it, so a
@@ -41,18 +42,25 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Annotated
 
 import msgspec
 
-from agent.errors import AgentError
+from agent.backup_errors import BackupError, RepositoryMissing, RestoreRefused, WrongPassword
+from agent.restic_output import (
+    FORGET,
+    SNAPSHOTS,
+    Pruned,
+    Snapshot,
+    Summary,
+    first_json,
+    read_summary,
+)
+from agent.restic_process import Process, Result, head, tail, wait
 from shared.logsafe import escape
 
 log = logging.getLogger(__name__)
@@ -65,31 +73,6 @@ REPLACED_PREFIX = ".clawfleet-replaced-"
 _TAG = re.compile(r"[A-Za-z0-9_.:=-]{1,64}")  # restic splits tags on commas
 _SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
 _KEPT_ENV = ("PATH", "HOME", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
-_INTERRUPT_GRACE = 10.0
-
-
-class BackupError(AgentError):
-    """restic failed; the message is restic's own words, scrubbed of every secret."""
-
-    code = "backup_failed"
-
-
-class WrongPassword(BackupError):
-    """The repository exists but this password opens none of its keys."""
-
-    code = "backup_wrong_password"
-
-
-class RepositoryMissing(BackupError):
-    """No repository at the URL (init_if_missing creates one)."""
-
-    code = "backup_repository_missing"
-
-
-class RestoreRefused(BackupError):
-    """The restore target holds data and the caller did not ask to replace it."""
-
-    code = "restore_target_not_empty"
 
 
 @dataclass(frozen=True)
@@ -125,53 +108,6 @@ class RetentionPolicy:
         counts = {"--keep-hourly": self.hourly, "--keep-daily": self.daily}
         counts["--keep-weekly"] = self.weekly
         return [part for flag, n in counts.items() if n for part in (flag, str(n))]
-
-
-class Summary(msgspec.Struct, frozen=True):
-    """restic's backup summary: what one snapshot added."""
-
-    snapshot_id: Annotated[str, msgspec.Meta(max_length=64)]
-    data_added: Annotated[int, msgspec.Meta(ge=0)]
-    files_new: Annotated[int, msgspec.Meta(ge=0)]
-    files_changed: Annotated[int, msgspec.Meta(ge=0)]
-    files_unmodified: Annotated[int, msgspec.Meta(ge=0)]
-    total_bytes_processed: Annotated[int, msgspec.Meta(ge=0)]
-    total_duration: Annotated[float, msgspec.Meta(ge=0)]
-
-
-class Snapshot(msgspec.Struct, frozen=True):
-    id: Annotated[str, msgspec.Meta(max_length=64)]
-    time: datetime
-    tags: (
-        Annotated[list[Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=64)]
-        | None
-    ) = None
-
-
-class _SummaryLine(msgspec.Struct):
-    message_type: Annotated[str, msgspec.Meta(max_length=32)]
-
-
-class _ForgetGroup(msgspec.Struct):
-    keep: Annotated[list[Snapshot], msgspec.Meta(max_length=100_000)] | None = None
-    remove: Annotated[list[Snapshot], msgspec.Meta(max_length=100_000)] | None = None
-
-
-_SNAPSHOTS = msgspec.json.Decoder(Annotated[list[Snapshot], msgspec.Meta(max_length=100_000)])
-_FORGET = msgspec.json.Decoder(Annotated[list[_ForgetGroup], msgspec.Meta(max_length=1000)])
-
-
-@dataclass(frozen=True)
-class Pruned:
-    kept: tuple[str, ...]
-    removed: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class _Result:
-    returncode: int
-    stdout: bytes
-    stderr: str
 
 
 class Restic:
@@ -241,7 +177,7 @@ class Restic:
         if at is not None:
             args += ["--time", at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")]
         out = await self._ok(args, self._timeout, cwd=path)
-        summary = _summary(out)
+        summary = read_summary(out)
         log.info(
             "snapshot %s of %s: %d bytes added",
             summary.snapshot_id,
@@ -254,7 +190,7 @@ class Restic:
         """Every snapshot in the repository, oldest first."""
         out = await self._ok(("snapshots", "--json"), self._quick)
         try:
-            found = _SNAPSHOTS.decode(out)
+            found = SNAPSHOTS.decode(out)
         except msgspec.ValidationError as exc:
             raise BackupError(f"unexpected restic snapshots output: {exc}") from None
         return sorted(found, key=lambda s: s.time)
@@ -265,7 +201,7 @@ class Restic:
         out = await self._ok(args, self._timeout)
         try:
             # prune's own report follows the JSON on stdout in restic 0.14: read the JSON only.
-            groups = _FORGET.decode(_first_json(out))
+            groups = FORGET.decode(first_json(out))
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise BackupError(f"unexpected restic forget output: {exc}") from None
         kept = tuple(s.id for g in groups for s in g.keep or ())
@@ -297,11 +233,9 @@ class Restic:
             raise self._error(f"restic {args[0]}", result)
         return result.stdout
 
-    async def _call(
-        self, args: tuple[str, ...], seconds: float, cwd: Path | None = None
-    ) -> _Result:
+    async def _call(self, args: tuple[str, ...], seconds: float, cwd: Path | None = None) -> Result:
         async with self._lock:
-            process = _Process()
+            process = Process()
             run = asyncio.ensure_future(asyncio.to_thread(self._run, args, seconds, cwd, process))
             try:
                 return await asyncio.shield(run)
@@ -318,8 +252,8 @@ class Restic:
         args: tuple[str, ...],
         timeout: float,
         cwd: Path | None,
-        process: _Process,
-    ) -> _Result:
+        process: Process,
+    ) -> Result:
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
@@ -333,15 +267,15 @@ class Restic:
             except OSError as exc:
                 raise BackupError(f"cannot run {self._binary}: {exc.strerror}") from None
             process.started(proc)
-            returncode = _wait(proc, timeout)
-            stdout, stderr = _head(out, OUTPUT_MAX + 1), _tail(err, 4096)
+            returncode = wait(proc, timeout)
+            stdout, stderr = head(out, OUTPUT_MAX + 1), tail(err, 4096)
         if returncode is None:
             raise BackupError(f"restic {args[0]} timed out after {timeout:g} s")
         if len(stdout) > OUTPUT_MAX:
             raise BackupError(f"restic printed more than {OUTPUT_MAX} bytes")
-        return _Result(returncode, stdout, stderr.decode(errors="replace"))
+        return Result(returncode, stdout, stderr.decode(errors="replace"))
 
-    def _error(self, what: str, result: _Result) -> BackupError:
+    def _error(self, what: str, result: Result) -> BackupError:
         text = self.scrub(result.stderr.strip())
         lines = [line for line in text.splitlines() if line.strip()]
         detail = escape(" / ".join(lines[-3:]))
@@ -358,72 +292,6 @@ class Restic:
             if value:
                 text = text.replace(value, "***")
         return text
-
-
-class _Process:
-    """The restic process of one call, interruptible from the event loop's thread even
-    before the worker thread has started it (then it is interrupted as it starts)."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._interrupted = False
-
-    def started(self, proc: subprocess.Popen[bytes]) -> None:
-        with self._guard:
-            self._proc = proc
-            if self._interrupted:
-                proc.send_signal(signal.SIGINT)
-
-    def interrupt(self) -> None:
-        with self._guard:
-            self._interrupted = True
-            if self._proc is not None:
-                self._proc.send_signal(signal.SIGINT)
-
-
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
-    """The exit status, or None after interrupting (then killing) a process that overran."""
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # restic removes its repository lock on SIGINT
-        try:
-            proc.wait(timeout=_INTERRUPT_GRACE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        return None
-
-
-def _head(file: IO[bytes], limit: int) -> bytes:
-    file.seek(0)
-    return file.read(limit)
-
-
-def _tail(file: IO[bytes], limit: int) -> bytes:
-    # The end of stderr holds restic's fatal line; earlier lines are per-file warnings.
-    size = file.seek(0, os.SEEK_END)
-    file.seek(max(0, size - limit))
-    return file.read(limit)
-
-
-def _summary(out: bytes) -> Summary:
-    for line in reversed(out.splitlines()):
-        try:
-            if msgspec.json.decode(line, type=_SummaryLine).message_type == "summary":
-                return msgspec.json.decode(line, type=Summary)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            continue
-    raise BackupError("restic backup printed no summary")
-
-
-def _first_json(out: bytes) -> bytes:
-    """The first line of `out` that holds a JSON document (the rest is prune's report)."""
-    for line in out.splitlines():
-        if line.lstrip().startswith((b"[", b"{")):
-            return line
-    return b"[]"
 
 
 def _contents(directory: Path) -> list[Path]:

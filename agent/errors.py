@@ -7,7 +7,7 @@ answered with (`correlation_id`, to find the request in its log). Subclasses:
 `ConfigError` (agent/config.py), `ControlPlaneError`, `DockerError` and
 `ForeignObjectError` (agent/docker_objects.py), `StateError` (agent/state.py),
 `MetadataBlockError` (agent/metadata_block.py), `BackupError` and its kinds
-(agent/backups.py) and the daemon's fatal stop.
+(agent/backup_errors.py) and the daemon's fatal stop.
 """
 
 from __future__ import annotations

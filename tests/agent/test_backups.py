@@ -13,15 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.backups import (
-    HOST,
-    BackupError,
-    Repository,
-    Restic,
-    RestoreRefused,
-    RetentionPolicy,
-    WrongPassword,
-)
+from agent.backup_errors import BackupError, RestoreRefused, WrongPassword
+from agent.backups import HOST, Repository, Restic, RetentionPolicy
 from tests.backup_state import change_one_file, make_state
 from tests.s3server import ACCESS_KEY, S3, SECRET_KEY, s3_server
 
