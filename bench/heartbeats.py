@@ -16,6 +16,14 @@ What it does, all on 127.0.0.1:
 6. starts a bare aiohttp server (this file with `--serve-baseline`) as a subprocess
    that answers `ok`, and drives it closed-loop with the same client code and requests.
 
+In phases 4 and 5 every worker also holds one long-poll at all times (`after` its last
+generation, `wait` 55 s, as agents do; `--no-longpolls` turns that off), and during
+phase 5 the wake-up is measured again, once a second, under that load. The control
+plane runs under bench/gc_probe.py, which times every garbage collection: the pauses
+inside phase 5's window are reported (`gc`), with the server's peak RSS.
+`--insert-workers` writes the N workers into the database instead of registering them
+(10k registrations each cost a placement round); `--skip-closed-loop` runs phase 5 only.
+
 The last line printed is one JSON object with the figures (docs/benchmarks.md).
 """
 
@@ -24,11 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import multiprocessing
 import os
 import secrets
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -49,16 +59,28 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from agent.features import FEATURES  # noqa: E402
+from control.keyring import Keyring  # noqa: E402
+from control.users import features  # noqa: E402
 from shared import signing  # noqa: E402
 
 HOST = "127.0.0.1"
 HEARTBEAT_PATH = "/v1/agent/heartbeat"
+ASSIGNMENTS_PATH = "/v1/agent/assignments"
+LONGPOLL_WAIT = 55  # what agents ask for (agent/config.py POLL_WAIT)
 RESOURCES = {"cpus": 4, "memory_mb": 8192, "disk_gb": 80}
 # The long-poll worker must be the one with the most free memory, so that every user
 # the benchmark creates is placed on it.
 LONGPOLL_RESOURCES = {"cpus": 64, "memory_mb": 1_000_000, "disk_gb": 1000}
 HEARTBEAT_BODY = json.dumps(
-    {"agent_version": "bench", "applied_generation": 0, "resources": RESOURCES, "containers": []}
+    {
+        "agent_version": "bench",
+        "applied_generation": 0,
+        "resources": RESOURCES,
+        "containers": [],
+        # A worker whose agent lacks a feature users' specs need gets no user at all.
+        "features": list(FEATURES),
+    }
 ).encode()
 REQUEST_TIMEOUT = 30.0
 STARTUP_TIMEOUT = 30.0
@@ -78,6 +100,11 @@ class LoadResult:
     error_kinds: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    polls: int = 0  # long-poll answers (200 or 304) received in the window
+    poll_errors: int = 0
+    wake_ms: list[float] = field(default_factory=list)  # wake-ups measured under this load
+    window_from: float = 0.0  # unix time the measured window began
+    rss_peak_mb: float | None = None  # the server's peak resident memory (VmHWM) so far
     server_cpu: float | None = None  # CPU-seconds the server used per wall second
     client_cpu: float | None = None  # same, summed over the load-generator processes
     machine_busy: float | None = None  # share of all CPUs busy (incl. kernel) while measured
@@ -90,6 +117,10 @@ class LoadResult:
             "p99_ms": round(percentile(lat, 99), 2),
             "errors": self.errors,
             "error_kinds": self.error_kinds,
+            "polls": self.polls,
+            "poll_errors": self.poll_errors,
+            "wake_p50_ms": round(percentile(sorted(self.wake_ms), 50), 2),
+            "wake_p99_ms": round(percentile(sorted(self.wake_ms), 99), 2),
             "server_cpu": None if self.server_cpu is None else round(self.server_cpu, 2),
             "client_cpu": None if self.client_cpu is None else round(self.client_cpu, 2),
             "machine_busy": None if self.machine_busy is None else round(self.machine_busy, 2),
@@ -223,7 +254,13 @@ async def register_worker(
     minted = await admin_post(session, url, admin_token, "/v1/join-tokens", {})
     key_id, _, secret = minted["token"].partition(".")
     body = json.dumps(
-        {"protocol": 1, "agent_version": "bench", "hostname": hostname, "resources": resources}
+        {
+            "protocol": 1,
+            "agent_version": "bench",
+            "hostname": hostname,
+            "resources": resources,
+            "features": list(FEATURES),
+        }
     ).encode()
     status, reply = await signed(
         session, url, Credentials(key_id, secret), "POST", "/v1/agent/register", body
@@ -253,18 +290,21 @@ async def drive(
     warmup: float,
     seconds: float,
     period: float | None,
+    longpolls: bool = True,
 ) -> LoadResult:
     """Runs every worker until start+warmup+seconds; only requests that complete inside
     the measured window [start+warmup, start+warmup+seconds] are counted.
 
     `period` None: closed loop (send, await the reply, send again). Otherwise paced:
-    a worker sends at start + offset + k * period (right away when it is late)."""
+    a worker sends at start + offset + k * period (right away when it is late).
+    `longpolls`: each worker also holds one long-poll at all times, as an agent does."""
     result = LoadResult(seconds=seconds)
     measure_from = start + warmup
     measure_to = measure_from + seconds
     lat = array("d")
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-    connector = aiohttp.TCPConnector(limit=max(1, len(workers)))
+    # No limit: with long-polls each worker needs two connections at once.
+    connector = aiohttp.TCPConnector(limit=0 if longpolls else max(1, len(workers)))
 
     async def loop(creds: Credentials, offset: float, session: aiohttp.ClientSession) -> None:
         due = start + offset
@@ -301,12 +341,56 @@ async def drive(
                 lat.append((time.perf_counter() - sent) * 1000)
 
     async with aiohttp.ClientSession(connector=connector) as session:
+        polls = [
+            asyncio.create_task(hold_longpoll(url, c, session, result, measure_from, measure_to))
+            for c, _ in workers
+            if longpolls
+        ]
         delay = start - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
         await asyncio.gather(*(loop(c, offset, session) for c, offset in workers))
+        for task in polls:
+            task.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
     result.latencies_ms = lat.tolist()
     return result
+
+
+async def hold_longpoll(
+    url: str,
+    creds: Credentials,
+    session: aiohttp.ClientSession,
+    result: LoadResult,
+    measure_from: float,
+    measure_to: float,
+) -> None:
+    """One long-poll at all times, as an agent holds it: `after` its last generation,
+    `wait` LONGPOLL_WAIT; answers and errors inside the window are counted."""
+    after = 0
+    timeout = aiohttp.ClientTimeout(total=LONGPOLL_WAIT + REQUEST_TIMEOUT)
+    while True:
+        params = {"after": str(after), "wait": str(LONGPOLL_WAIT)}
+        query, headers = signing.sign_request(
+            creds.key_id, creds.secret, "GET", ASSIGNMENTS_PATH, params
+        )
+        failed = False
+        try:
+            async with session.get(
+                f"{url}{ASSIGNMENTS_PATH}?{query}", headers=headers, timeout=timeout
+            ) as r:
+                if r.status == 200:
+                    after = int((await r.json())["generation"])
+                else:
+                    await r.read()
+                    failed = r.status != 304
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            failed = True
+        if measure_from <= time.time() <= measure_to:
+            result.poll_errors += failed
+            result.polls += not failed
+        if failed:
+            await asyncio.sleep(1.0)  # as an agent backs off; no hot loop
 
 
 def client_process(
@@ -315,6 +399,7 @@ def client_process(
     warmup: float,
     seconds: float,
     period: float | None,
+    longpolls: bool,
     ready: MpEvent,
     go: MpEvent,
     start_box: Any,
@@ -325,13 +410,17 @@ def client_process(
         out.send(None)
         return
     cpu0 = time.process_time()
-    result = asyncio.run(drive(url, workers, float(start_box.value), warmup, seconds, period))
+    result = asyncio.run(
+        drive(url, workers, float(start_box.value), warmup, seconds, period, longpolls)
+    )
     # Builtins only: the parent must not need this module's classes to unpickle.
     out.send(
         {
             "ok": result.ok,
             "errors": result.errors,
             "error_kinds": result.error_kinds,
+            "polls": result.polls,
+            "poll_errors": result.poll_errors,
             "latencies_ms": array("d", result.latencies_ms).tobytes(),
             "client_cpu": time.process_time() - cpu0,
         }
@@ -347,9 +436,12 @@ def run_load(
     seconds: float,
     server_pid: int,
     rate: float | None = None,
+    longpolls: bool = True,
+    during: Any = None,
 ) -> LoadResult:
     """Closed loop when `rate` is None, else each worker paced so that the fleet sends
-    `rate` heartbeats per second, spread evenly."""
+    `rate` heartbeats per second, spread evenly. `during(seconds)`, when given, runs in
+    this process for the measured window and returns wake-up samples (ms)."""
     ctx = multiprocessing.get_context("spawn")
     period = None if rate is None else len(workers) / rate
     spread = [
@@ -367,7 +459,7 @@ def run_load(
             ready = ctx.Event()
             proc = ctx.Process(
                 target=client_process,
-                args=(url, share, warmup, seconds, period, ready, go, start_box, sender),
+                args=(url, share, warmup, seconds, period, longpolls, ready, go, start_box, sender),
                 daemon=True,
             )
             proc.start()
@@ -383,9 +475,10 @@ def run_load(
         go.set()
         time.sleep(max(0.0, start + warmup - time.time()))
         server_cpu0, busy0 = cpu_seconds(server_pid), machine_busy()
+        wake = during(start + warmup + seconds - time.time()) if during else []
         time.sleep(max(0.0, start + warmup + seconds - time.time()))
         server_cpu1, busy1 = cpu_seconds(server_pid), machine_busy()
-        merged = LoadResult(seconds=seconds)
+        merged = LoadResult(seconds=seconds, wake_ms=wake, window_from=start + warmup)
         client_cpu = 0.0
         for pipe in pipes:
             if not pipe.poll(timeout=REQUEST_TIMEOUT + 30):
@@ -395,6 +488,8 @@ def run_load(
                 raise RuntimeError("a load-generator process was never told to start")
             merged.ok += part["ok"]
             merged.errors += part["errors"]
+            merged.polls += part["polls"]
+            merged.poll_errors += part["poll_errors"]
             for kind, count in part["error_kinds"].items():
                 merged.error_kinds[kind] = merged.error_kinds.get(kind, 0) + count
             latencies = array("d")
@@ -419,27 +514,36 @@ def run_load(
 
 
 # --- long-poll wake-up latency ----------------------------------------------------
-async def longpoll_wake(url: str, admin_token: str, rounds: int) -> float:
-    """Median ms from an admin's `POST /v1/users` to the answer of a long-poll that was
-    already waiting on the worker the user is placed on."""
+async def longpoll_worker(url: str, admin_token: str) -> list[Any]:
+    """The worker every user the benchmark creates lands on, and its generation."""
     async with aiohttp.ClientSession() as session:
         creds = await register_worker(
             session, url, admin_token, "bench-longpoll", LONGPOLL_RESOURCES
         )
         status, reply = await signed(
-            session, url, creds, "GET", "/v1/agent/assignments", params={"after": "0", "wait": "0"}
+            session, url, creds, "GET", ASSIGNMENTS_PATH, params={"after": "0", "wait": "0"}
         )
         if status != 200:
             raise RuntimeError(f"assignments -> {status}: {reply}")
-        generation = int(reply["generation"])
         # A heartbeat reports resources too: keep reporting the large ones.
         report = {**json.loads(HEARTBEAT_BODY), "resources": LONGPOLL_RESOURCES}
-        beat = json.dumps(report).encode()
-        status, reply = await signed(session, url, creds, "POST", HEARTBEAT_PATH, beat)
+        status, beat = await signed(
+            session, url, creds, "POST", HEARTBEAT_PATH, json.dumps(report).encode()
+        )
         if status != 200:
-            raise RuntimeError(f"heartbeat -> {status}: {reply}")
-        tag = secrets.token_hex(3)
-        samples: list[float] = []
+            raise RuntimeError(f"heartbeat -> {status}: {beat}")
+        return [creds, int(reply["generation"])]  # [credentials, generation]: updated
+
+
+async def longpoll_wake(
+    url: str, admin_token: str, worker: list[Any], rounds: int, gap: float = 0.0
+) -> list[float]:
+    """ms from an admin's `POST /v1/users` to the answer of a long-poll that was already
+    waiting on the worker the user is placed on, one sample per round (`gap` s apart)."""
+    creds, generation = worker
+    tag = secrets.token_hex(3)
+    samples: list[float] = []
+    async with aiohttp.ClientSession() as session:
         for i in range(rounds):
             poll = asyncio.create_task(
                 signed(
@@ -447,7 +551,7 @@ async def longpoll_wake(url: str, admin_token: str, rounds: int) -> float:
                     url,
                     creds,
                     "GET",
-                    "/v1/agent/assignments",
+                    ASSIGNMENTS_PATH,
                     params={"after": str(generation), "wait": "30"},
                     limit=40,
                 )
@@ -465,20 +569,29 @@ async def longpoll_wake(url: str, admin_token: str, rounds: int) -> float:
             if status != 200 or int(reply["generation"]) <= generation:
                 raise RuntimeError(f"long-poll answered {status}: {reply}")
             generation = int(reply["generation"])
-        return statistics.median(samples)
+            await asyncio.sleep(gap)
+    worker[1:] = [generation]  # the next measurement waits after this generation
+    return samples
 
 
 # --- orchestration ----------------------------------------------------------------
-def measure_control(
-    args: argparse.Namespace, tmp: Path
-) -> tuple[LoadResult, LoadResult | None, float | None]:
-    admin_token = secrets.token_urlsafe(32)
+@dataclass
+class ControlFigures:
+    closed: LoadResult | None = None
+    paced: LoadResult | None = None
+    wake_ms: float | None = None  # median, before the fleet exists
+    gc: dict[str, Any] = field(default_factory=dict)  # pauses in the paced window
+    held_longpolls: float | None = None  # the server's count, late in the paced window
+
+
+def measure_control(args: argparse.Namespace, tmp: Path) -> ControlFigures:
+    admin_token, internal_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     port = free_port()
     url = f"http://{HOST}:{port}"
     env = {
         **os.environ,
         "ADMIN_TOKEN": admin_token,
-        "INTERNAL_SECRET": secrets.token_urlsafe(32),
+        "INTERNAL_SECRET": internal_secret,
         "DATABASE_PATH": str(tmp / "clawfleet.db"),
         "LISTEN_HOST": HOST,
         "LISTEN_PORT": str(port),
@@ -488,31 +601,107 @@ def measure_control(
         "WARM_HEADROOM": "0",
         "LOCAL_WORKERS_DIR": str(tmp / "workers"),
     }
-    log_path = tmp / "control.log"
-    command = [sys.executable, *args.server_prefix, "-m", "control"]
-    proc = start_process(command, env, log_path)
+    log_path, gc_path = tmp / "control.log", tmp / "gc.json"
+    probe = str(ROOT / "bench" / "gc_probe.py")
+    proc = start_process([sys.executable, *args.server_prefix, probe, str(gc_path)], env, log_path)
+    figures = ControlFigures()
     try:
         asyncio.run(wait_ready(url, proc, log_path))
         # First, while its worker is the only one: every user the measurement creates
         # can only be placed there, whatever the placement policy.
-        wake = None
+        lp = asyncio.run(longpoll_worker(url, admin_token))
         if args.longpoll_rounds > 0:
-            wake = asyncio.run(longpoll_wake(url, admin_token, args.longpoll_rounds))
-            print(f"long-poll wake-up: median {wake:.2f} ms", flush=True)
+            wake = asyncio.run(longpoll_wake(url, admin_token, lp, args.longpoll_rounds))
+            figures.wake_ms = statistics.median(wake)
+            print(f"long-poll wake-up: median {figures.wake_ms:.2f} ms", flush=True)
         t0 = time.monotonic()
-        workers = asyncio.run(register_workers(url, admin_token, args.workers))
+        if args.insert_workers:
+            workers = insert_workers(str(tmp / "clawfleet.db"), internal_secret, args.workers)
+        else:
+            workers = asyncio.run(register_workers(url, admin_token, args.workers))
         print(f"registered {len(workers)} workers in {time.monotonic() - t0:.1f}s", flush=True)
-        result = run_load(url, workers, args.clients, args.warmup, args.seconds, proc.pid)
-        print(f"control plane: {json.dumps(result.summary())}", flush=True)
-        paced = None
+        load = functools.partial(
+            run_load, url, workers, args.clients, args.warmup, args.seconds, proc.pid
+        )
+        if not args.skip_closed_loop:
+            figures.closed = load(longpolls=args.longpolls)
+            print(f"control plane: {json.dumps(figures.closed.summary())}", flush=True)
         if args.paced_rate > 0:
-            paced = run_load(
-                url, workers, args.clients, args.warmup, args.seconds, proc.pid, args.paced_rate
-            )
-            print(f"control plane at {args.paced_rate:g}/s: {json.dumps(paced.summary())}")
-        return result, paced, wake
+            held: list[float] = []
+
+            def wakes(seconds: float) -> list[float]:
+                rounds = max(1, int(seconds / 1.0))
+                samples = asyncio.run(longpoll_wake(url, admin_token, lp, rounds, gap=0.5))
+                held.append(asyncio.run(held_longpolls(url)))  # still inside the window
+                return samples
+
+            figures.paced = load(rate=args.paced_rate, longpolls=args.longpolls, during=wakes)
+            figures.paced.rss_peak_mb = rss_peak_mb(proc.pid)
+            figures.held_longpolls = held[0] if held else None
+            print(f"control plane at {args.paced_rate:g}/s: {json.dumps(figures.paced.summary())}")
     finally:
         stop_process(proc)
+    if figures.paced is not None and gc_path.exists():
+        start = figures.paced.window_from
+        figures.gc = gc_summary(json.loads(gc_path.read_text()), start, start + args.seconds)
+        print(f"GC in the paced window: {json.dumps(figures.gc)}", flush=True)
+    return figures
+
+
+def gc_summary(probe: dict[str, Any], start: float, end: float) -> dict[str, Any]:
+    """The pauses (ms) of the collections that ran inside [start, end], by generation."""
+    pauses = [(gen, ms) for at, gen, ms, _ in probe["pauses"] if start <= at <= end]
+    every = sorted(ms for _, ms in pauses)
+    summary: dict[str, Any] = {
+        "thresholds": probe["thresholds"],
+        "frozen": probe["frozen"],
+        "count": len(every),
+        "p50_ms": round(percentile(every, 50), 2),
+        "p99_ms": round(percentile(every, 99), 2),
+        "max_ms": round(every[-1], 2) if every else 0.0,
+        "ms_per_s": round(sum(every) / (end - start), 2),
+    }
+    for gen in (0, 1, 2):
+        mine = sorted(ms for g, ms in pauses if g == gen)
+        summary[f"gen{gen}"] = [len(mine), round(mine[-1], 2) if mine else 0.0]  # count, max
+    return summary
+
+
+async def held_longpolls(url: str) -> float:
+    """Long-polls the control plane holds now (`clawfleet_assignment_waiters`: /metrics
+    is open to loopback callers)."""
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith("clawfleet_assignment_waiters "):
+                return float(line.split()[1])
+    raise RuntimeError("/metrics has no clawfleet_assignment_waiters")
+
+
+def rss_peak_mb(pid: int) -> float | None:
+    """The process's peak resident set (VmHWM) in MB, from /proc (Linux)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def insert_workers(db_path: str, internal_secret: str, n: int) -> list[Credentials]:
+    """N active workers written straight into the database (registering 10k through
+    the API costs a placement round each). They declare this agent's features, as the
+    benchmark's heartbeats do, and share one secret."""
+    secret = secrets.token_urlsafe(32)
+    ciphertext = Keyring(internal_secret).encrypt(secret)
+    now = time.time()
+    ids = [f"srv-bench{i:06d}" for i in range(n)]
+    with sqlite3.connect(db_path, timeout=30) as db:
+        db.executemany(
+            "INSERT INTO servers (id, name, status, origin, created_at, status_changed_at, "
+            "registered_at, last_heartbeat, secret_ciphertext, generation, features) "
+            "VALUES (?, ?, 'active', 'join', ?, ?, ?, ?, ?, 1, ?)",
+            [(i, i, now, now, now, now, ciphertext, features.stored(FEATURES)) for i in ids],
+        )
+    return [Credentials(i, secret) for i in ids]
 
 
 def measure_baseline(args: argparse.Namespace, tmp: Path) -> LoadResult:
@@ -527,7 +716,9 @@ def measure_baseline(args: argparse.Namespace, tmp: Path) -> LoadResult:
         workers = [
             Credentials(f"srv-bench{i:05d}", secrets.token_urlsafe(32)) for i in range(args.workers)
         ]
-        result = run_load(url, workers, args.clients, args.warmup, args.seconds, proc.pid)
+        result = run_load(
+            url, workers, args.clients, args.warmup, args.seconds, proc.pid, longpolls=False
+        )
         print(f"baseline: {json.dumps(result.summary())}", flush=True)
         return result
     finally:
@@ -565,6 +756,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-baseline", action="store_true", help="measure the control plane only"
     )
+    parser.add_argument(
+        "--skip-closed-loop",
+        action="store_true",
+        help="only the paced phase (at 10k workers the closed loop's N heartbeat "
+        "connections and N long-polls exceed the file-descriptor limit)",
+    )
+    parser.add_argument(
+        "--no-longpolls",
+        dest="longpolls",
+        action="store_false",
+        help="workers only heartbeat (by default each also holds one long-poll, as agents do)",
+    )
+    parser.add_argument(
+        "--insert-workers",
+        action="store_true",
+        help="write the N workers into the database instead of registering them (fast at 10k)",
+    )
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument(
         "--server-prefix",
@@ -591,35 +799,47 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="clawfleet-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        control, paced, wake = measure_control(args, tmp)
+        control = measure_control(args, tmp)
         baseline = None if args.skip_baseline else measure_baseline(args, tmp)
-    c = control.summary()
-    b = baseline.summary() if baseline else None
+    c = control.closed.summary() if control.closed else {}
+    b = baseline.summary() if baseline else {}
+    p = control.paced.summary() if control.paced else {}
     figures: dict[str, Any] = {
         "workers": args.workers,
         "seconds": args.seconds,
         "clients": args.clients,
-        "heartbeats_per_s": c["per_s"],
-        "p50_ms": c["p50_ms"],
-        "p99_ms": c["p99_ms"],
-        "errors": c["errors"],
-        "baseline_per_s": b["per_s"] if b else None,
-        "baseline_p50_ms": b["p50_ms"] if b else None,
-        "baseline_p99_ms": b["p99_ms"] if b else None,
-        "baseline_errors": b["errors"] if b else None,
-        "ratio": round(c["per_s"] / b["per_s"], 3) if b and b["per_s"] else None,
-        "longpoll_wake_ms": None if wake is None else round(wake, 2),
-        "paced_rate": args.paced_rate if paced else None,
-        "paced_per_s": paced.summary()["per_s"] if paced else None,
-        "paced_p50_ms": paced.summary()["p50_ms"] if paced else None,
-        "paced_p99_ms": paced.summary()["p99_ms"] if paced else None,
-        "paced_errors": paced.errors if paced else None,
-        "server_cpu": c["server_cpu"],
-        "baseline_server_cpu": b["server_cpu"] if b else None,
-        "client_cpu": c["client_cpu"],
-        "baseline_client_cpu": b["client_cpu"] if b else None,
-        "machine_busy": c["machine_busy"],
-        "baseline_machine_busy": b["machine_busy"] if b else None,
+        "longpolls": args.longpolls,
+        "heartbeats_per_s": c.get("per_s"),
+        "p50_ms": c.get("p50_ms"),
+        "p99_ms": c.get("p99_ms"),
+        "errors": c.get("errors"),
+        "baseline_per_s": b.get("per_s"),
+        "baseline_p50_ms": b.get("p50_ms"),
+        "baseline_p99_ms": b.get("p99_ms"),
+        "baseline_errors": b.get("errors"),
+        "ratio": round(c["per_s"] / b["per_s"], 3) if c and b and b["per_s"] else None,
+        "longpoll_wake_ms": None if control.wake_ms is None else round(control.wake_ms, 2),
+        "paced_rate": args.paced_rate if p else None,
+        "paced_per_s": p.get("per_s"),
+        "paced_p50_ms": p.get("p50_ms"),
+        "paced_p99_ms": p.get("p99_ms"),
+        "paced_errors": p.get("errors"),
+        "paced_polls": p.get("polls"),
+        "paced_poll_errors": p.get("poll_errors"),
+        "paced_wake_p50_ms": p.get("wake_p50_ms"),
+        "paced_wake_p99_ms": p.get("wake_p99_ms"),
+        "held_longpolls": control.held_longpolls,
+        "paced_server_cpu": p.get("server_cpu"),
+        "rss_peak_mb": None
+        if control.paced is None or control.paced.rss_peak_mb is None
+        else round(control.paced.rss_peak_mb, 1),
+        "gc": control.gc or None,
+        "server_cpu": c.get("server_cpu"),
+        "baseline_server_cpu": b.get("server_cpu"),
+        "client_cpu": c.get("client_cpu"),
+        "baseline_client_cpu": b.get("client_cpu"),
+        "machine_busy": c.get("machine_busy") or p.get("machine_busy"),
+        "baseline_machine_busy": b.get("machine_busy"),
         **machine(),
     }
     print(json.dumps(figures), flush=True)

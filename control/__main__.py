@@ -5,6 +5,9 @@ STRIPE_WEBHOOK_SECRET default to files in DIR, generated with mode 0600 on first
 printed once, when it is created. DIR is made 0700: it holds secrets (and, with `make run`,
 the database).
 
+Once start-up is done, the garbage collector is tuned (`tune_collector`): what
+start-up built is frozen and the thresholds are GC_THRESHOLDS (docs/benchmarks.md).
+
 The port is bound before anything else starts, so a port in use stops start-up before
 the store is opened or the autoscaler runs once. A failed start-up prints one line,
 `clawfleet: <kind> error: <cause>`, on stderr and exits:
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import secrets
 import socket
@@ -38,6 +42,11 @@ from control.workers.bootstrap import DistMissing
 
 EXIT_START = 1
 EXIT_CONFIG = 2
+# The collector after start-up (issue 16): at 10k workers every held long-poll is a
+# few dozen long-lived objects, and Python's defaults (700, 10, 10) make the loop
+# stop for a full collection every few seconds. Measured in docs/benchmarks.md.
+GC_THRESHOLDS = (50_000, 20, 10)
+GC_FREEZE = True
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -151,6 +160,21 @@ def main(argv: list[str] | None = None) -> int:
             sock.close()
 
 
+def tune_collector(app: web.Application) -> None:
+    """Once start-up is done (the last start-up hook): collect, freeze what survived
+    (modules, settings, routes: never garbage, never walked again by a collection)
+    and set the thresholds measured for a fleet's steady load (docs/benchmarks.md,
+    "Garbage collection")."""
+
+    async def tuned(_app: web.Application) -> None:
+        gc.collect()
+        if GC_FREEZE:
+            gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+
+    app.on_startup.append(tuned)
+
+
 def serve(settings: Settings, listeners: list[socket.socket]) -> int:
     if settings.provider == "local":
         settings = ensure_agent_image(settings)
@@ -160,7 +184,9 @@ def serve(settings: Settings, listeners: list[socket.socket]) -> int:
         flush=True,
     )
     try:
-        web.run_app(create_app(settings), sock=listeners, print=None)
+        app = create_app(settings)
+        tune_collector(app)
+        web.run_app(app, sock=listeners, print=None)
     except (ProviderError, DistMissing, DnsError) as exc:
         # Checked before serving: a wrong server type, a missing wheel or a DNS token
         # without edit rights must not surface hours later as a user who never starts.
