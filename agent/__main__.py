@@ -18,7 +18,8 @@ import sys
 from typing import TextIO
 
 from agent.config import ConfigError, settings_from_process
-from agent.daemon import EXIT_CONFIG, Daemon
+from agent.daemon import Daemon
+from agent.registration import EXIT_CONFIG
 from shared.logsafe import SafeTextFormatter
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

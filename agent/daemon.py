@@ -5,9 +5,10 @@ desired set kept in STATE_DIR, independent of the control plane. Control-plane o
 (unreachable, 5xx, 408/429) are retried with capped exponential backoff and jitter and
 never change a container. 403 (revoked) stops every loop, leaves containers as they
 are, and returns EXIT_REVOKED. 401 unknown_worker re-registers only with a usable
-bootstrap token. `stop()` (SIGTERM) cancels and awaits the loops without touching
-containers. The sign-in verifier (agent/verifier.py) is one of the loops: it follows
-the reconciler's accepted specs, so it answers from the saved desired set too.
+bootstrap token (both in agent/registration.py, the base of `Daemon`). `stop()`
+(SIGTERM) cancels and awaits the loops without touching containers. The sign-in
+verifier (agent/verifier.py) is one of the loops: it follows the reconciler's accepted
+specs, so it answers from the saved desired set too.
 Backup jobs (agent/backup_jobs.py) follow each assignments reply, after its reconcile
 pass; they are never saved, so the first poll after a start asks for the current set
 (after=0) to get pending jobs back. `stop()` interrupts and awaits running jobs.
@@ -22,38 +23,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
-import socket
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from agent import client as cp
 from agent.backup_jobs import BackupJobs
 from agent.config import Settings
 from agent.docker_objects import DockerError
-from agent.errors import AgentError
 from agent.features import FEATURES
+from agent.host_resources import host_resources
 from agent.metadata_block import MetadataBlock
 from agent.origin_tls import OFF_CHECK_EVERY, OriginTls, OriginTlsError, Signer
-from agent.ownership import MAX_PREVIOUS, Owner
 from agent.reconcile import Reconciler
 from agent.reconcile_steps import ReconcilerOptions
+from agent.registration import EXIT_CONFIG, Fatal, Registration
 from agent.runtime import DockerRuntime
-from agent.state import Credentials, StateError, StateStore
+from agent.state import StateError
 from agent.traefik import RouteOptions
 from agent.verifier import Verifier, serve
 from agent.volumes import BlockVolumes
-from shared.protocol import Heartbeat, HostReport, RegisterRequest, Resources
-from shared.version import PROTOCOL_VERSION, __version__
+from shared.protocol import Heartbeat, HostReport
+from shared.version import __version__
 
 log = logging.getLogger("agent")
 
 EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_REVOKED = 3
-DEFAULT_HEARTBEAT = 10.0
 
 
 def next_beat(interval: float, beat: Heartbeat) -> float:
@@ -67,52 +61,9 @@ def next_beat(interval: float, beat: Heartbeat) -> float:
     return interval
 
 
-class _Fatal(AgentError):
-    """The daemon must stop with exit `status` (no credentials, revoked)."""
-
-    code = "fatal"
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _meminfo() -> tuple[int, int | None]:
-    total = avail = None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                key, _, rest = line.partition(":")
-                if key == "MemTotal":
-                    total = int(rest.split()[0]) // 1024
-                elif key == "MemAvailable":
-                    avail = int(rest.split()[0]) // 1024
-    except OSError:
-        pass
-    return total or 0, avail
-
-
-def host_resources(disk_path: str) -> Resources:
-    total, avail = _meminfo()
-    try:
-        usage = shutil.disk_usage(disk_path if os.path.isdir(disk_path) else "/")
-        disk_gb, free_gb = usage.total // 2**30, usage.free // 2**30
-    except OSError:
-        disk_gb, free_gb = 0, None
-    return Resources(
-        cpus=os.cpu_count() or 1,
-        memory_mb=total,
-        disk_gb=disk_gb,
-        memory_available_mb=avail,
-        disk_free_gb=free_gb,
-    )
-
-
-class Daemon:
+class Daemon(Registration):
     def __init__(self, settings: Settings) -> None:
-        self.s = settings
-        self.store = StateStore(settings.state_dir)
-        self.client = cp.ControlClient(settings.control_url, timeout=settings.request_timeout)
+        super().__init__(settings)
         self.runtime = DockerRuntime(settings.docker_host, timeout=settings.docker_timeout)
         self.reconciler = Reconciler(
             self.runtime,
@@ -149,119 +100,9 @@ class Daemon:
             settings.state_dir, settings.traefik_dynamic_dir, traefik_group=settings.traefik_group
         )
         self.reconciler.on_specs = self.verifier.set_specs
-        self.creds: Credentials | None = None
-        self.heartbeat_interval = DEFAULT_HEARTBEAT
-        self._token: str | None = settings.bootstrap_token
-        self._token_file: Path | None = settings.bootstrap_token_file
         self._stop = asyncio.Event()
-        self._registered = asyncio.Event()
-        # The poll and heartbeat loops can both learn at once that the control plane
-        # forgot this worker: one re-registers, the other sees new credentials after it.
-        self._reregistering = asyncio.Lock()
         self._reconcile_now = asyncio.Event()
         self._docker_version: str | None = None
-        self._disk_path = "/"
-
-    # -- credentials ----------------------------------------------------------------------
-
-    def bootstrap_token(self) -> str | None:
-        if self._token:
-            return self._token
-        if self._token_file is not None:
-            try:
-                token = self._token_file.read_text().strip()
-            except OSError:
-                return None
-            return token or None
-        return None
-
-    def _forget_token(self) -> None:
-        self._token = None
-        if self._token_file is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._token_file.unlink()
-                log.info("deleted bootstrap token file %s", self._token_file)
-        self._token_file = None
-
-    async def _register(self) -> None:
-        token = self.bootstrap_token()
-        if token is None:
-            raise _Fatal(EXIT_CONFIG, "no stored credentials and no BOOTSTRAP_TOKEN")
-        request = RegisterRequest(
-            protocol=PROTOCOL_VERSION,
-            agent_version=__version__,
-            hostname=socket.gethostname(),
-            resources=host_resources(self._disk_path),
-            features=list(FEATURES),
-        )
-        attempt = 0
-        while True:
-            try:
-                reply = await self.client.register(token, request)
-                break
-            except cp.ControlPlaneError as err:
-                if not cp.is_transient(err):
-                    raise _Fatal(
-                        EXIT_CONFIG, f"registration refused ({err.status} {err.code})"
-                    ) from None
-                delay = cp.backoff_delay(attempt, self.s.backoff_base, self.s.backoff_max)
-                log.warning(
-                    "registration: control plane unavailable (%s); retry in %.1fs", err, delay
-                )
-                attempt += 1
-                await asyncio.sleep(delay)
-        old = self.creds
-        previous = (old.worker_id, *old.previous)[:MAX_PREVIOUS] if old else ()
-        creds = Credentials(reply.worker_id, reply.secret, previous)
-        self.store.save_credentials(creds)
-        self._set_creds(creds)
-        self.heartbeat_interval = reply.heartbeat_interval or DEFAULT_HEARTBEAT
-        self._forget_token()
-        log.info("registered as worker %s", reply.worker_id)
-
-    def _set_creds(self, creds: Credentials | None) -> None:
-        self.creds = creds
-        if creds is not None:
-            previous = frozenset(creds.previous) - {creds.worker_id}
-            self.reconciler.owner = Owner(creds.worker_id, previous=previous)
-
-    async def _handle_auth_error(self, err: cp.ControlPlaneError) -> bool:
-        """True when the error was handled (re-registered); raises _Fatal on revocation."""
-        if cp.is_revoked(err):
-            worker = self.creds.worker_id if self.creds else "?"
-            raise _Fatal(
-                EXIT_REVOKED,
-                f"worker {worker} revoked by the control plane; reconciling stopped, "
-                "containers left as they are",
-            )
-        if cp.is_unknown_worker(err):
-            return await self._reregister(self.creds.worker_id if self.creds else None)
-        return False
-
-    async def _reregister(self, refused_as: str | None) -> bool:
-        async with self._reregistering:
-            if self.creds is not None and self.creds.worker_id != refused_as:
-                return True  # the other loop re-registered meanwhile: retry as that worker
-            if self.bootstrap_token() is None:
-                log.error("control plane does not know this worker and no bootstrap token is left")
-                return False
-            log.warning("control plane does not know this worker; re-registering")
-            self.store.forget_credentials()
-            self._registered.clear()
-            await self._register()
-            self._registered.set()
-            return True
-
-    async def _after_failure(self, what: str, err: cp.ControlPlaneError, attempt: int) -> int:
-        """The retry rule of the loops that call the control plane: after an auth error
-        that re-registered, retry at once; else one log line and the backoff of
-        `attempt`. Returns the attempt number of the next failure."""
-        if await self._handle_auth_error(err):
-            return attempt
-        delay = cp.backoff_delay(attempt, self.s.backoff_base, self.s.backoff_max)
-        log.warning("%s failed (%s); retry in %.1fs", what, err, delay)
-        await asyncio.sleep(delay)
-        return attempt + 1
 
     # -- loops ----------------------------------------------------------------------------
 
@@ -428,7 +269,9 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
-    async def run(self) -> int:
+    def _restore(self) -> int | None:
+        """The credentials and the desired set kept in STATE_DIR; an exit status when
+        the agent cannot start from them."""
         try:
             self.store.ensure_dir()
             self._set_creds(self.store.load_credentials())
@@ -453,6 +296,12 @@ class Daemon:
                 self.reconciler.desired.generation,
                 len(self.reconciler.desired.containers),
             )
+        return None
+
+    async def run(self) -> int:
+        cannot_start = self._restore()
+        if cannot_start is not None:
+            return cannot_start
 
         async def register_once() -> None:
             if self.creds is None:
@@ -480,11 +329,11 @@ class Daemon:
                 fatal = None
                 for task in done:
                     failure = task.exception()
-                    if isinstance(failure, _Fatal):
+                    if isinstance(failure, Fatal):
                         fatal = failure
                     elif failure is not None:
                         log.error("loop %s crashed: %r", task.get_name(), failure)
-                        fatal = _Fatal(1, f"internal error in {task.get_name()}")
+                        fatal = Fatal(1, f"internal error in {task.get_name()}")
                 if fatal is not None:
                     log.error("%s", fatal)
                     status = fatal.status
