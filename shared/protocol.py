@@ -8,20 +8,25 @@ they become identifiers (user ids, host names, container and volume names, Traef
 hosts), a full-match character class (`\\A...\\Z`: a trailing newline never passes),
 lists a maximum length, and a message at most `MAX_DEPTH` levels of nesting, unknown
 fields included. `decode` turns every shape or bound error into `ProtocolError` with
-a path-qualified message ("... - at `$.resources.cpus`").
+a path-qualified message ("... - at `$.resources.cpus`"). `decode`, `encode`,
+`to_builtins`, `ProtocolError` and `MAX_DEPTH` live in shared/codec.py and are
+re-exported here, where both programs import them from.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
-T = TypeVar("T")
+from shared.codec import MAX_DEPTH as MAX_DEPTH
+from shared.codec import ProtocolError as ProtocolError
+from shared.codec import decode as decode
+from shared.codec import encode as encode
+from shared.codec import nesting_exceeds as nesting_exceeds
+from shared.codec import to_builtins as to_builtins
 
-MAX_DEPTH = 32
 MAX_CONTAINERS = 1000
 MAX_TEXT = 2048  # free text: error messages
 GENERATION_MAX = 2**53 - 1  # counters stay exact in every JSON implementation
@@ -78,15 +83,6 @@ SnapshotId = Annotated[str, Meta(pattern=r"\A([0-9a-f]{8,64})?\Z")]  # restic's,
 ShortSnapshotId = Annotated[str, Meta(pattern=r"\A[0-9a-f]{8}\Z")]  # restic's short form
 Feature = Annotated[str, Meta(pattern=r"\A[a-z0-9-]{1,32}\Z")]
 Features = Annotated[list[Feature], Meta(max_length=MAX_FEATURES)]
-
-
-class ProtocolError(ValueError):
-    """A message did not match its schema.
-
-    A ValueError, not a subclass of either program's root (ClawfleetError, AgentError):
-    shared/ is below both programs and imports neither, and a malformed message is a bad
-    value like any other decoder's. Each side turns it into its own error where it is
-    caught (the control plane's 400, the agent's ControlPlaneError)."""
 
 
 class Resources(msgspec.Struct, frozen=True):
@@ -372,49 +368,6 @@ class OriginCertReply(msgspec.Struct, frozen=True):
     expires_at: Annotated[float, Meta(ge=0, le=1e11)]
 
 
-_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
-# Escapes first (an escaped quote ends no string), then strings (a bracket inside a
-# string is text), then everything but brackets. Each step is one linear regex pass.
-_ESCAPE = re.compile(rb"\\.", re.S)
-_STRING = re.compile(rb'"[^"]*"')
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
-# Objects and arrays count alike for depth: "{...}" becomes "[...]".
-_ONE_KIND = bytes.maketrans(b"{}", b"[]")
-
-
-def nesting_exceeds(data: bytes, limit: int = MAX_DEPTH) -> bool:
-    """True when `data` nests arrays/objects deeper than `limit` (a document whose
-    brackets do not balance is left to the decoder to describe). Each pass deletes the
-    innermost empty pairs, so `limit` passes clear any document within the limit."""
-    text = _STRING.sub(b"", _ESCAPE.sub(b"", data))
-    brackets = text.translate(_ONE_KIND, _NOT_BRACKET)
-    opens = brackets.count(b"[")
-    if opens <= limit or 2 * opens != len(brackets):
-        return False
-    for _ in range(limit):
-        if not brackets:
-            return False
-        # replace() never rescans what it produced: one level per pass.
-        brackets = brackets.replace(b"[]", b"")
-    return bool(brackets)
-
-
-def decode(data: bytes, kind: type[T]) -> T:
-    decoder = _decoders.get(kind)
-    if decoder is None:
-        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
-    too_deep = ProtocolError(f"JSON nested deeper than {MAX_DEPTH} levels")
-    if nesting_exceeds(data):
-        raise too_deep
-    try:
-        return decoder.decode(data)  # type: ignore[no-any-return]
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(str(exc)) from None
-    except RecursionError:
-        # Unbalanced and deep (e.g. a megabyte of "["): the decoder's own stack guard.
-        raise too_deep from None
-
-
 def clip_errors(beat: Heartbeat) -> Heartbeat:
     """`beat` with each container's error cut to MAX_TEXT characters and each volume's
     and backup's to MAX_VOLUME_ERROR and MAX_BACKUP_ERROR: the agent's free text
@@ -440,11 +393,3 @@ def clip_errors(beat: Heartbeat) -> Heartbeat:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def encode(message: Any) -> bytes:
-    return msgspec.json.encode(message)
-
-
-def to_builtins(message: Any) -> Any:
-    return msgspec.to_builtins(message)
