@@ -103,6 +103,8 @@ class LoadResult:
     polls: int = 0  # long-poll answers (200 or 304) received in the window
     poll_errors: int = 0
     wake_ms: list[float] = field(default_factory=list)  # wake-ups measured under this load
+    wake_missed: int = 0  # users created under load whose worker's long-poll never answered
+    answers: list[tuple[str, float]] = field(default_factory=list)  # (worker, unix time): 200s
     window_from: float = 0.0  # unix time the measured window began
     rss_peak_mb: float | None = None  # the server's peak resident memory (VmHWM) so far
     server_cpu: float | None = None  # CPU-seconds the server used per wall second
@@ -119,6 +121,8 @@ class LoadResult:
             "error_kinds": self.error_kinds,
             "polls": self.polls,
             "poll_errors": self.poll_errors,
+            "wakes": len(self.wake_ms),
+            "wake_missed": self.wake_missed,
             "wake_p50_ms": round(percentile(sorted(self.wake_ms), 50), 2),
             "wake_p99_ms": round(percentile(sorted(self.wake_ms), 99), 2),
             "server_cpu": None if self.server_cpu is None else round(self.server_cpu, 2),
@@ -381,6 +385,7 @@ async def hold_longpoll(
             ) as r:
                 if r.status == 200:
                     after = int((await r.json())["generation"])
+                    result.answers.append((creds.key_id, time.time()))
                 else:
                     await r.read()
                     failed = r.status != 304
@@ -421,6 +426,7 @@ def client_process(
             "error_kinds": result.error_kinds,
             "polls": result.polls,
             "poll_errors": result.poll_errors,
+            "answers": result.answers,
             "latencies_ms": array("d", result.latencies_ms).tobytes(),
             "client_cpu": time.process_time() - cpu0,
         }
@@ -441,7 +447,9 @@ def run_load(
 ) -> LoadResult:
     """Closed loop when `rate` is None, else each worker paced so that the fleet sends
     `rate` heartbeats per second, spread evenly. `during(seconds)`, when given, runs in
-    this process for the measured window and returns wake-up samples (ms)."""
+    this process for the measured window and returns the users it created as
+    (unix time, server id): each one's wake-up is the time until that worker's
+    long-poll answered."""
     ctx = multiprocessing.get_context("spawn")
     period = None if rate is None else len(workers) / rate
     spread = [
@@ -475,10 +483,10 @@ def run_load(
         go.set()
         time.sleep(max(0.0, start + warmup - time.time()))
         server_cpu0, busy0 = cpu_seconds(server_pid), machine_busy()
-        wake = during(start + warmup + seconds - time.time()) if during else []
+        created = during(start + warmup + seconds - time.time()) if during else []
         time.sleep(max(0.0, start + warmup + seconds - time.time()))
         server_cpu1, busy1 = cpu_seconds(server_pid), machine_busy()
-        merged = LoadResult(seconds=seconds, wake_ms=wake, window_from=start + warmup)
+        merged = LoadResult(seconds=seconds, window_from=start + warmup)
         client_cpu = 0.0
         for pipe in pipes:
             if not pipe.poll(timeout=REQUEST_TIMEOUT + 30):
@@ -490,6 +498,7 @@ def run_load(
             merged.errors += part["errors"]
             merged.polls += part["polls"]
             merged.poll_errors += part["poll_errors"]
+            merged.answers.extend((str(w), float(t)) for w, t in part["answers"])
             for kind, count in part["error_kinds"].items():
                 merged.error_kinds[kind] = merged.error_kinds.get(kind, 0) + count
             latencies = array("d")
@@ -501,6 +510,7 @@ def run_load(
         if busy0 is not None and busy1 is not None and busy1[1] > busy0[1]:
             merged.machine_busy = (busy1[0] - busy0[0]) / (busy1[1] - busy0[1])
         merged.client_cpu = client_cpu / (warmup + seconds)
+        merged.wake_ms, merged.wake_missed = wake_ups(created, merged.answers)
         return merged
     finally:
         go.set()
@@ -511,6 +521,43 @@ def run_load(
                 proc.join(timeout=5)
         for pipe in pipes:
             pipe.close()
+
+
+def wake_ups(
+    created: list[tuple[float, str]], answers: list[tuple[str, float]]
+) -> tuple[list[float], int]:
+    """ms from each user's creation to the first answer of its worker's long-poll after
+    it, and how many users saw none (placed nowhere, or on a worker without a poll)."""
+    by_worker: dict[str, list[float]] = {}
+    for worker, at in answers:
+        by_worker.setdefault(worker, []).append(at)
+    samples, missed = [], 0
+    for t0, server_id in created:
+        after = [t for t in by_worker.get(server_id, []) if t >= t0]
+        if after:
+            samples.append((min(after) - t0) * 1000)
+        else:
+            missed += 1
+    return samples, missed
+
+
+async def create_users(url: str, admin_token: str, seconds: float, rate: float) -> list[Any]:
+    """Creates `rate` users per second for `seconds`: [(unix time sent, server id)]."""
+    created: list[Any] = []
+    tag = secrets.token_hex(3)
+    end = time.time() + seconds
+    async with aiohttp.ClientSession() as session:
+        i = 0
+        while time.time() < end - 1.0:  # the last answer must land inside the window
+            user = f"bench-u-{tag}-{i}"
+            t0 = time.time()
+            reply = await admin_post(
+                session, url, admin_token, "/v1/users", {"user_id": user, "subdomain": user}
+            )
+            created.append((t0, str(reply.get("server_id"))))
+            i += 1
+            await asyncio.sleep(max(0.0, t0 + 1 / rate - time.time()))
+    return created
 
 
 # --- long-poll wake-up latency ----------------------------------------------------
@@ -629,11 +676,10 @@ def measure_control(args: argparse.Namespace, tmp: Path) -> ControlFigures:
         if args.paced_rate > 0:
             held: list[float] = []
 
-            def wakes(seconds: float) -> list[float]:
-                rounds = max(1, int(seconds / 1.0))
-                samples = asyncio.run(longpoll_wake(url, admin_token, lp, rounds, gap=0.5))
+            def wakes(seconds: float) -> list[Any]:
+                created = asyncio.run(create_users(url, admin_token, seconds, args.user_rate))
                 held.append(asyncio.run(held_longpolls(url)))  # still inside the window
-                return samples
+                return created
 
             figures.paced = load(rate=args.paced_rate, longpolls=args.longpolls, during=wakes)
             figures.paced.rss_peak_mb = rss_peak_mb(proc.pid)
@@ -694,12 +740,19 @@ def insert_workers(db_path: str, internal_secret: str, n: int) -> list[Credentia
     ciphertext = Keyring(internal_secret).encrypt(secret)
     now = time.time()
     ids = [f"srv-bench{i:06d}" for i in range(n)]
+    # What registration records as the worker's stated size: the heartbeats' claims
+    # are held to it (control/workers/trust.py).
+    known = (RESOURCES["cpus"], RESOURCES["memory_mb"], RESOURCES["disk_gb"])
     with sqlite3.connect(db_path, timeout=30) as db:
         db.executemany(
             "INSERT INTO servers (id, name, status, origin, created_at, status_changed_at, "
-            "registered_at, last_heartbeat, secret_ciphertext, generation, features) "
-            "VALUES (?, ?, 'active', 'join', ?, ?, ?, ?, ?, 1, ?)",
-            [(i, i, now, now, now, now, ciphertext, features.stored(FEATURES)) for i in ids],
+            "registered_at, last_heartbeat, secret_ciphertext, generation, features, "
+            "known_cpus, known_memory_mb, known_disk_gb) "
+            "VALUES (?, ?, 'active', 'join', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+            [
+                (i, i, now, now, now, now, ciphertext, features.stored(FEATURES), *known)
+                for i in ids
+            ],
         )
     return [Credentials(i, secret) for i in ids]
 
@@ -769,6 +822,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="workers only heartbeat (by default each also holds one long-poll, as agents do)",
     )
     parser.add_argument(
+        "--user-rate",
+        type=float,
+        default=2.0,
+        help="users created per second during the paced phase (their wake-ups are measured)",
+    )
+    parser.add_argument(
         "--insert-workers",
         action="store_true",
         help="write the N workers into the database instead of registering them (fast at 10k)",
@@ -828,6 +887,8 @@ def main(argv: list[str] | None = None) -> int:
         "paced_poll_errors": p.get("poll_errors"),
         "paced_wake_p50_ms": p.get("wake_p50_ms"),
         "paced_wake_p99_ms": p.get("wake_p99_ms"),
+        "paced_wakes": p.get("wakes"),
+        "paced_wake_missed": p.get("wake_missed"),
         "held_longpolls": control.held_longpolls,
         "paced_server_cpu": p.get("server_cpu"),
         "rss_peak_mb": None
