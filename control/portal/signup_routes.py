@@ -17,7 +17,8 @@ Contract:
   checkout and opens a Stripe Checkout Session for it (control/portal/stripe_checkout.py);
   201 `{"url"}`: where the browser goes to pay. When Stripe fails the reservation is
   released at once (503 `payment_unavailable`). Nothing else is created: the user
-  comes from Stripe's webhook only. The status page's token goes only into the
+  comes from Stripe's webhook only. An opened Checkout asks the autoscaler for a run
+  at once (its buyer counts in the warm headroom: control/capacity/decisions.py). The status page's token goes only into the
   success URL; the cancel URL carries it too, so that coming back releases the name.
 """
 
@@ -34,7 +35,7 @@ from aiohttp import web
 from control.api import edge
 from control.api.bodies import decode_body
 from control.api.ratelimit import RateLimited
-from control.appkeys import SETTINGS, STORE
+from control.appkeys import FLEET, SETTINGS, STORE
 from control.errors import BadRequest, ClawfleetError
 from control.plans import Plan
 from control.portal import checkouts, stand_in
@@ -130,6 +131,9 @@ async def create_checkout(request: web.Request) -> web.Response:
         await store.write(lambda conn: checkouts.release(conn, row["id"], portal.clock()))
         raise
     await store.write(lambda conn: checkouts.attach_session(conn, row["id"], session.id))
+    # Demand about to arrive (CHECKOUT_HEADROOM_MINUTES): the autoscaler counts it now,
+    # not at its next tick, so the buyer's server is booting while they pay.
+    request.app[FLEET].on_pending()
     return web.json_response({"url": session.url}, status=201)
 
 
