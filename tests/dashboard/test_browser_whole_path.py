@@ -205,6 +205,9 @@ async def cancel_in_billing(page: Any, artifacts: Path, size: str) -> None:
         return bool(re.match("Cancelled", await page.locator(".agent .state").inner_text()))
 
     await until(cancelled, "the account page says cancelled", timeout=30)
+    # Nothing runs to open, configure or sign out of; invoices stay reachable.
+    await expect(page.locator(".agent .open, .agent .settings, .agent .rotate")).to_have_count(0)
+    await expect(page.locator(".agent .billing")).to_be_visible()
     await shot(page, artifacts, "7-cancelled", size)
 
 

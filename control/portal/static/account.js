@@ -107,6 +107,10 @@ async function renderAgent(summary) {
   card.querySelector(".open").addEventListener("click", () => act(path, "open"));
   card.querySelector(".billing").addEventListener("click", () => act(path, "billing-portal"));
   card.querySelector(".rotate").addEventListener("click", () => rotate(path));
+  if (agent.state === "deprovisioned") {
+    // Cancelled: nothing runs to open, configure or sign out of; invoices stay reachable.
+    for (const part of card.querySelectorAll(".open, .settings, .danger")) part.remove();
+  }
   return card;
 }
 
