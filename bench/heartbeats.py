@@ -345,9 +345,14 @@ async def drive(
                 lat.append((time.perf_counter() - sent) * 1000)
 
     async with aiohttp.ClientSession(connector=connector) as session:
+        # The first polls spread over half the warm-up, as agents do not all start at once:
+        # the window opens once every worker holds one.
+        spread = warmup / 2 / max(1, len(workers))
         polls = [
-            asyncio.create_task(hold_longpoll(url, c, session, result, measure_from, measure_to))
-            for c, _ in workers
+            asyncio.create_task(
+                hold_longpoll(url, c, session, result, start + i * spread, measure_to)
+            )
+            for i, (c, _) in enumerate(workers)
             if longpolls
         ]
         delay = start - time.time()
@@ -366,11 +371,13 @@ async def hold_longpoll(
     creds: Credentials,
     session: aiohttp.ClientSession,
     result: LoadResult,
-    measure_from: float,
+    first_at: float,
     measure_to: float,
 ) -> None:
-    """One long-poll at all times, as an agent holds it: `after` its last generation,
-    `wait` LONGPOLL_WAIT; answers and errors inside the window are counted."""
+    """One long-poll at all times from `first_at`, as an agent holds it: `after` its last
+    generation, `wait` LONGPOLL_WAIT; answers and errors inside the window are counted."""
+    measure_from = measure_to - result.seconds
+    await asyncio.sleep(max(0.0, first_at - time.time()))
     after = 0
     timeout = aiohttp.ClientTimeout(total=LONGPOLL_WAIT + REQUEST_TIMEOUT)
     while True:
