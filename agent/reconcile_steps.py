@@ -61,6 +61,9 @@ class ReconcilerOptions:
 
 
 class ReconcileSteps:
+    """All of the reconciler's state, the steps of each action and the per-user
+    failures; `Reconciler` (agent/reconcile.py) adds the passes."""
+
     def __init__(
         self,
         runtime: DockerRuntime,

@@ -63,6 +63,7 @@ class Registration:
         # The poll and heartbeat loops can both learn at once that the control plane
         # forgot this worker: one re-registers, the other sees new credentials after it.
         self._reregistering = asyncio.Lock()
+        # Docker's root directory once a heartbeat has asked: the disk registration reports.
         self._disk_path = "/"
 
     # -- credentials ----------------------------------------------------------------------

@@ -26,6 +26,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def device_number(device: Path) -> str:
+    """The block device's "major:minor", as /proc/self/mountinfo names a mount's device."""
     info = os.stat(device)
     if not stat.S_ISBLK(info.st_mode):
         raise VolumeError(f"{device} is not a block device")
