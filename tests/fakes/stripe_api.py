@@ -26,9 +26,6 @@ another. Each created session is kept in `billing_portal_sessions`.
 Checkout Sessions (create, retrieve, expire; `checkout.prices` lists the prices that
 exist, `checkout.complete(...)` is a buyer paying): tests/fakes/stripe_checkout.py.
 
-Checkout Sessions (create, retrieve, expire; `checkout.prices` lists the prices that
-exist, `checkout.complete(...)` is a buyer paying): tests/fakes/stripe_checkout.py.
-
 Inspection: `calls` (every request as `Call(method, path, status)`; the Authorization
 header is never recorded); `count(path=None)`.
 Injection (each for the next `times` requests, in order queued):
@@ -51,8 +48,6 @@ from typing import Any
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-
-from tests.fakes.stripe_checkout import CheckoutSessions
 
 from tests.fakes.stripe_checkout import CheckoutSessions
 
@@ -81,7 +76,6 @@ class StripeFake:
     url: str = ""  # the API base, e.g. http://127.0.0.1:PORT, once started
     subscriptions: dict[str, Json] = field(default_factory=dict)
     checkout: CheckoutSessions = field(default_factory=CheckoutSessions)
-    checkout: CheckoutSessions = field(default_factory=CheckoutSessions)
     customers: set[str] = field(default_factory=set)
     billing_portal_sessions: list[Json] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
@@ -93,7 +87,6 @@ class StripeFake:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/v1/subscriptions/{id}", self._get_subscription)
-        self.checkout.routes(app)  # Checkout Sessions: tests/fakes/stripe_checkout.py
         self.checkout.routes(app)  # Checkout Sessions: tests/fakes/stripe_checkout.py
         app.router.add_post("/v1/billing_portal/sessions", self._create_billing_portal_session)
         return app
