@@ -224,6 +224,11 @@ class Fleet:
         if server_id:
             self.board.notify(server_id)
 
+    async def restart_user(self, user_id: str) -> None:
+        """The user's container replaced on its server, its state kept."""
+        change = functools.partial(records.count_restart, user_id=user_id, now=time.time())
+        self.board.notify(await assignments.commit(self.store, change, lambda s: [s]))
+
     async def place(self) -> placing.PlacementResult:
         change = functools.partial(
             placing.place_pending, plans=self.plans, reserve=self.reserve, needs=self.needs

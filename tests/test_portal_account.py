@@ -35,6 +35,7 @@ ENDPOINTS: list[tuple[str, str, Any]] = [
     ("POST", "/open", {}),
     ("PUT", "/settings", {"ANTHROPIC_API_KEY": "sk-evil"}),
     ("POST", "/billing-portal", {}),
+    ("POST", "/restart", {}),
     ("POST", "/rotate", {}),  # last: it ends the caller's session too
 ]
 

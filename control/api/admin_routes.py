@@ -177,6 +177,16 @@ async def move_user(request: web.Request) -> web.Response:
     return web.json_response((await views.users(fleet, user_id))[0])
 
 
+@admin_routes.post("/v1/users/{user_id}/restart")
+async def restart_user(request: web.Request) -> web.Response:
+    """Replaces the user's container on its server; its state is kept (409 `not_running`
+    unless it is placed)."""
+    fleet = request.app[FLEET]
+    user_id = request.match_info["user_id"]
+    await fleet.restart_user(user_id)
+    return web.json_response((await views.users(fleet, user_id))[0])
+
+
 @admin_routes.get("/v1/users/{user_id}/access")
 async def user_access(request: web.Request) -> web.Response:
     """What the operator's platform hands its customer: the agent's URL and gateway token."""

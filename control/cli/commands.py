@@ -36,7 +36,17 @@ from control.cli.render import (
 
 SERVER_COMMANDS = frozenset({"servers", "server", "cordon", "uncordon", "drain"})
 USER_COMMANDS = frozenset(
-    {"users", "user", "suspend", "resume", "move", "access", "rotate-token", "login-link"}
+    {
+        "users",
+        "user",
+        "suspend",
+        "resume",
+        "restart",
+        "move",
+        "access",
+        "rotate-token",
+        "login-link",
+    }
 )
 
 
@@ -88,7 +98,7 @@ def _users(cmd: str, args: argparse.Namespace, api: Api) -> int:
     if cmd == "move":
         where = {"server_id": args.to, "location": args.location}
         body = api.call("POST", f"{user}/move", {k: v for k, v in where.items() if v})
-    else:  # suspend, resume
+    else:  # suspend, resume, restart
         body = api.call("POST", f"{user}/{cmd}")
     return show(args, body, lambda u: table(USER_HEADERS, [user_row(u)]))
 

@@ -131,6 +131,9 @@ def _user_commands(add: Add) -> None:
         type=_nonempty,
         help="another location than the user's volume: through a backup and a restore",
     )
+    add("restart", "replace a user's container on its server; its state is kept").add_argument(
+        "user", type=_nonempty
+    )
     add("rotate-token", "give a user a new gateway token; prints URL and token").add_argument(
         "user", type=_nonempty
     )

@@ -288,4 +288,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX volumes_held ON volumes(server_id) WHERE server_id IS NOT NULL;
     CREATE INDEX relocations_phase ON relocations(phase);
     """,
+    # a restart asked for by the operator or the customer: part of the spec's hash
+    # (control/workers/specs.py), so the worker replaces the container with its state
+    """
+    ALTER TABLE users ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
+    """,
 )

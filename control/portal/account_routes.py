@@ -15,6 +15,8 @@ goes through `owned` (404 alike for another customer's agent and none at all).
 - `PUT .../settings` `{"NAME": "value" | null}`: the admin API's own secret path
   (control/users/secrets.py: checked, encrypted at rest, never echoed); a change
   restarts the container with it.
+- `POST .../restart`: the agent's container replaced, its state kept (409
+  `not_running` while nothing runs).
 - `POST .../rotate`: a new gateway token (the container restarts with it, and every
   sign-in into the agent ends) and every portal session of the address ends; the
   caller gets a new one.
@@ -141,6 +143,13 @@ def _changes(body: dict[str, Any]) -> dict[str, str | None]:
         if value is not None and not isinstance(value, str):
             raise BadRequest(f"{str(name)[:64]}: expected a string or null", code="bad_secret")
     return {str(name): value for name, value in body.items()}
+
+
+@account_routes.post(_AGENT + "/restart")
+async def restart(request: web.Request) -> web.Response:
+    user_id = await owned(request, await changing(request), request.match_info["user_id"])
+    await request.app[FLEET].restart_user(user_id)
+    return web.json_response(await agent_view(request, user_id))
 
 
 @account_routes.post(_AGENT + "/rotate")

@@ -85,6 +85,21 @@ async def set_gateway_token(
     return str(row["server_id"]) if row["server_id"] else None
 
 
+async def count_restart(conn: aiosqlite.Connection, user_id: str, now: float) -> str:
+    """A restart of a placed user's container (its state kept): one more in the count
+    the spec's hash covers. Returns the server that replaces the container."""
+    row = await fetch_one(conn, "SELECT server_id, state FROM users WHERE id = ?", (user_id,))
+    if row is None:
+        raise NotFound(f"no user {user_id}")
+    if row["state"] not in ("provisioning", "running") or row["server_id"] is None:
+        raise Conflict(f"user {user_id} is {row['state']}: nothing runs", code="not_running")
+    await conn.execute(
+        "UPDATE users SET restarts = restarts + 1, updated_at = ? WHERE id = ?", (now, user_id)
+    )
+    await events.record(conn, "user_restarted", "restart asked for", user_id=user_id)
+    return str(row["server_id"])
+
+
 async def set_secrets(
     conn: aiosqlite.Connection,
     user_id: str,

@@ -238,7 +238,7 @@ async def desired_set(
 ) -> Assignments:
     rows = await store.fetch_all(
         "SELECT s.generation, s.features, u.id, u.subdomain, u.plan, u.gateway_token_ciphertext, "
-        "u.secrets_ciphertext, u.server_id AS user_server, v.provider_id AS volume_id, "
+        "u.secrets_ciphertext, u.restarts, u.server_id AS user_server, v.provider_id AS volume_id, "
         "v.device, v.size_gb, "
         "v.server_id AS volume_server, v.state AS volume_state FROM servers s "
         # Two index searches, not an OR in the join (which read every user).
@@ -267,6 +267,7 @@ async def desired_set(
                 _env(keyring, r),
                 stored_secrets(keyring, r["secrets_ciphertext"]),
                 _block_volume(r) if settings.user_volumes else None,
+                r["restarts"],
             ),
             settings,
             server_id,

@@ -19,7 +19,8 @@ the profile's gate is on) and the secret file (the user's secrets as KEY=value l
 absent when there are none), and the user's block volume when it is attached to the
 worker the spec is for (control/volumes/). Secret values are only ever in
 `secret_files`, never in env or labels; the hash covers them, so changing a secret
-replaces the container.
+replaces the container. So does a restart asked for (`restarts`, the label
+`clawfleet.restart`): the container is replaced, its volumes and state kept.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class UserPlacement:
     secrets: dict[str, str] = field(default_factory=dict)
     # The user's block volume, set only on the server it is attached to (issue 13).
     volume: BlockVolumeSpec | None = None
+    restarts: int = 0  # restarts asked for (a new count is a new hash: a new container)
 
 
 def _volume(user: UserPlacement, kind: str) -> str:
@@ -147,6 +149,8 @@ def build_spec(user: UserPlacement, settings: Settings, worker_id: str) -> Conta
             "clawfleet.subdomain": user.subdomain,
             "clawfleet.worker": worker_id,
             "clawfleet.cluster": settings.cluster_name,
+            # Only once asked for: a user never restarted keeps the hash it had.
+            **({"clawfleet.restart": str(user.restarts)} if user.restarts else {}),
         },
         "hostname": user.subdomain,
         "route_host": f"{user.subdomain}.{settings.base_domain}",

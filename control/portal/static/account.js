@@ -107,9 +107,10 @@ async function renderAgent(summary) {
   card.querySelector(".open").addEventListener("click", () => act(path, "open"));
   card.querySelector(".billing").addEventListener("click", () => act(path, "billing-portal"));
   card.querySelector(".rotate").addEventListener("click", () => rotate(path));
+  card.querySelector(".restart").addEventListener("click", () => restart(path, card));
   if (agent.state === "deprovisioned") {
     // Cancelled: nothing runs to open, configure or sign out of; invoices stay reachable.
-    for (const part of card.querySelectorAll(".open, .settings, .danger")) part.remove();
+    for (const part of card.querySelectorAll(".open, .restart, .settings, .danger")) part.remove();
   }
   return card;
 }
@@ -118,6 +119,16 @@ async function act(path, action) {
   try {
     const reply = await api("POST", `${path}/${action}`, {});
     location.assign(reply.url);
+  } catch (error) {
+    say(error.message);
+  }
+}
+
+async function restart(path, card) {
+  try {
+    const agent = await api("POST", `${path}/restart`, {});
+    card.querySelector(".state").textContent = stateWords(agent);
+    say("Your agent is restarting; its files and settings are kept.");
   } catch (error) {
     say(error.message);
   }
