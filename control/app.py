@@ -372,7 +372,8 @@ def _firewall_now(app: web.Application) -> None:
 
 
 def _autoscale_now(app: web.Application) -> None:
-    """A placement left users pending: run the autoscaler now, not at the next tick.
+    """Run the autoscaler now, not at the next tick (Fleet's `on_pending`: users left
+    pending, demand about to arrive, a volume step that waited on a worker may go on).
     Not a scheduled sweep, so it does not count towards orphan sightings."""
     scheduler = app[SCHEDULER]
     if scheduler.running:

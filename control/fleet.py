@@ -70,7 +70,8 @@ class Fleet:
         price_of: PriceLookup = lambda server_type: None,
         volume_price: VolumePriceLookup = lambda: None,
     ) -> None:
-        """`on_pending`: asks the autoscaler for a run when users are left pending;
+        """`on_pending`: asks the autoscaler for a run now (users left pending, a Checkout
+        opened, a worker let a container or a volume go);
         `on_change`: any worker's desired set changed (DNS follows assignments);
         `price_of`: hourly price of a server type, if the provider knows it;
         `volume_price`: the provider's price of a GB of volume per month, if it knows it."""
@@ -98,6 +99,9 @@ class Fleet:
         self.auth = Authenticator(store, keyring, self.ledger)
         self.board = assignments.GenerationBoard(on_change)
         self.heartbeats = HeartbeatWriter(store, self.needs)
+        # What each worker last reported holding (containers and mounted volumes): when
+        # something goes, a detach or a move's next step may be due (`_let_go`).
+        self._held: dict[str, frozenset[str]] = {}
         self.started_at = time.time()
         self._live_workers = 0
         # Workers the sweep found unhealthy: the heartbeat that revives one makes room.
@@ -137,7 +141,23 @@ class Fleet:
         self._unhealthy.discard(caller.key_id)
         if revived or released:  # back to active, or a finished move freed its old server
             await self.place()
+        self._let_go(caller.key_id, hb)
         return HeartbeatReply(heartbeat_interval=interval, generation=gen)
+
+    def _let_go(self, server_id: str, hb: Heartbeat) -> None:
+        """With volumes, a container or a mount that a worker no longer reports is what a
+        volume's detach (a move, a cancellation) or a move's snapshot waits for: ask the
+        autoscaler, which runs those steps, for a run now rather than at its next tick."""
+        if not self.settings.user_volumes:
+            return
+        held = frozenset(
+            [f"c:{c.user_id}" for c in hb.containers]
+            + [f"v:{v.id}" for v in hb.volumes if v.state == "mounted"]
+        )
+        before = self._held.get(server_id)
+        self._held[server_id] = held
+        if before is not None and before - held:
+            self.on_pending()
 
     def assignments(
         self, caller: AgentCaller, after: int, wait: float
