@@ -24,6 +24,7 @@ from control.api import edge
 from control.api.ratelimit import FailureLimiter
 from control.appkeys import SETTINGS
 from control.portal.account_routes import account_routes
+from control.portal.backup_download import backup_download_routes
 from control.portal.customers import install_customers
 from control.portal.signin_routes import signin_routes
 from control.portal.signup_routes import signup_routes
@@ -62,6 +63,7 @@ def install_portal(app: web.Application) -> None:
     install_customers(app)  # returning customers: sessions, mail, limits
     app.add_routes(signin_routes)
     app.add_routes(account_routes)
+    app.add_routes(backup_download_routes(app))  # the customer's backups, as tar downloads
     app.router.add_static("/portal/static", STATIC_DIR)
     app.on_response_prepare.append(_security_headers)
 
