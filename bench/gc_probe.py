@@ -4,8 +4,10 @@ Run: `python bench/gc_probe.py OUT.json` (bench/heartbeats.py starts the control
 this way). Each collection's pause is measured with `gc.callbacks` (start to stop, on
 the event loop's thread: the loop is frozen for exactly that long) and, when the
 control plane exits (SIGTERM ends `web.run_app` gracefully), written to OUT.json as
-`{"pauses": [[unix time, generation, ms, objects collected], ...], "thresholds": [...],
-"frozen": n}`.
+`{"pauses": [[unix time, generation, ms, objects collected, CPU ms], ...], "thresholds":
+[...], "frozen": n}`. The CPU ms is the loop thread's own time in the collection: on a
+machine shared with other work, the wall-clock pause also holds time the process
+waited for a core.
 
 `BENCH_GC_THRESHOLDS=a,b,c` and `BENCH_GC_FREEZE=0` replace the control plane's own
 collector settings (control/__main__.py), to compare settings under the same load.
@@ -28,15 +30,17 @@ if str(ROOT) not in sys.path:
 
 def main() -> int:
     out = Path(sys.argv[1])
-    pauses: list[tuple[float, int, float, int]] = []
-    started = [0.0]
+    pauses: list[tuple[float, int, float, int, float]] = []
+    started = [0.0, 0.0]
 
     def timed(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            started[0] = time.perf_counter()
+            started[:] = [time.perf_counter(), time.thread_time()]
         else:
             pause = (time.perf_counter() - started[0]) * 1000
-            pauses.append((time.time(), int(info["generation"]), pause, int(info["collected"])))
+            cpu = (time.thread_time() - started[1]) * 1000
+            gen, found = int(info["generation"]), int(info["collected"])
+            pauses.append((time.time(), gen, pause, found, cpu))
 
     gc.callbacks.append(timed)
     from control import __main__ as control_main

@@ -703,8 +703,9 @@ def measure_control(args: argparse.Namespace, tmp: Path) -> ControlFigures:
 
 def gc_summary(probe: dict[str, Any], start: float, end: float) -> dict[str, Any]:
     """The pauses (ms) of the collections that ran inside [start, end], by generation."""
-    pauses = [(gen, ms) for at, gen, ms, _ in probe["pauses"] if start <= at <= end]
-    every = sorted(ms for _, ms in pauses)
+    pauses = [(gen, ms, cpu) for at, gen, ms, _, cpu in probe["pauses"] if start <= at <= end]
+    every = sorted(ms for _, ms, _ in pauses)
+    cpu = sorted(c for _, _, c in pauses)
     summary: dict[str, Any] = {
         "thresholds": probe["thresholds"],
         "frozen": probe["frozen"],
@@ -713,10 +714,15 @@ def gc_summary(probe: dict[str, Any], start: float, end: float) -> dict[str, Any
         "p99_ms": round(percentile(every, 99), 2),
         "max_ms": round(every[-1], 2) if every else 0.0,
         "ms_per_s": round(sum(every) / (end - start), 2),
+        # the same, counting only the collector's own CPU time (no waiting for a core)
+        "cpu_p99_ms": round(percentile(cpu, 99), 2),
+        "cpu_max_ms": round(cpu[-1], 2) if cpu else 0.0,
     }
     for gen in (0, 1, 2):
-        mine = sorted(ms for g, ms in pauses if g == gen)
-        summary[f"gen{gen}"] = [len(mine), round(mine[-1], 2) if mine else 0.0]  # count, max
+        mine = sorted(ms for g, ms, _ in pauses if g == gen)
+        found = sum(n for at, g, _, n, _ in probe["pauses"] if g == gen and start <= at <= end)
+        # count, longest pause (ms), unreachable objects found (cyclic garbage)
+        summary[f"gen{gen}"] = [len(mine), round(mine[-1], 2) if mine else 0.0, found]
     return summary
 
 
