@@ -192,6 +192,7 @@ async def test_she_downloads_the_snapshot_she_picks_as_a_tar_of_its_files(
 
     listed = await call(plane, "GET", BACKUPS.format("alice"), headers=alice.headers(False))
     assert listed.status == 200, listed.text
+    assert listed.json()["backups_enabled"] is True
     snaps = listed.json()["snapshots"]
     assert [(s["id"], s["bytes_added"]) for s in snaps] == [
         (second.snapshot_id, second.data_added),
@@ -250,16 +251,17 @@ async def test_only_her_own_listed_snapshots_and_nothing_before_restic_runs(
     assert reply.status == 503 and code_of(reply) == "backup_download_failed", reply.text
 
 
-async def test_backups_off_is_409_for_the_list_and_the_download(
+async def test_backups_off_lists_none_and_a_download_is_409(
     make_plane: Callable[..., Any], inbox: Inbox
 ) -> None:
     plane = await make_plane(backups=False)
     alice = await sign_in(plane, inbox, "alice@example.com")
     await recorded(plane, "alice", "aaaa0001", 10)
-    for suffix in ("", "/aaaa0001/download"):
-        path = BACKUPS.format("alice") + suffix
-        reply = await call(plane, "GET", path, headers=alice.headers(False))
-        assert reply.status == 409 and code_of(reply) == "backups_off", reply.text
+    listed = await call(plane, "GET", BACKUPS.format("alice"), headers=alice.headers(False))
+    assert listed.json() == {"backups_enabled": False, "snapshots": []}
+    path = BACKUPS.format("alice") + "/aaaa0001/download"
+    reply = await call(plane, "GET", path, headers=alice.headers(False))
+    assert reply.status == 409 and code_of(reply) == "backups_off", reply.text
     bob = await call(plane, "GET", BACKUPS.format("bob"), headers=alice.headers(False))
     assert bob.status == 404  # ownership first: the refusal says nothing of bob
 

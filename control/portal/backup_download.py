@@ -5,12 +5,13 @@ plane (control/portal/backup_download_stream.py).
 Contract: both routes are reads: a portal session (401 `signed_out`), no CSRF token
 (the session cookie is SameSite=Strict, so a cross-site page cannot send it), and
 `owned` on `{user_id}` (404 alike for another customer's agent and none at all).
-With BACKUP_S3_ENDPOINT unset both are 409 `backups_off` (the page then shows no
-Backups section).
-- `GET /portal/api/account/agents/{user_id}/backups`: `{"snapshots": [{"id", "at",
-  "bytes_added"}]}`, newest first: the user's done snapshot jobs restic still holds
-  (those a later snapshot's retention forgot are not listed), as the admin's list.
-- `GET .../backups/{snapshot_id}/download`: the snapshot's files as a tar archive,
+- `GET /portal/api/account/agents/{user_id}/backups`: `{"backups_enabled", "snapshots":
+  [{"id", "at", "bytes_added"}]}`, newest first: the user's done snapshot jobs restic
+  still holds (those a later snapshot's retention forgot are not listed), as the
+  admin's list; none with BACKUP_S3_ENDPOINT unset (the page then shows no Backups
+  section).
+- `GET .../backups/{snapshot_id}/download`: 409 `backups_off` with BACKUP_S3_ENDPOINT
+  unset; else the snapshot's files as a tar archive,
   `<user id>-<UTC time>-<snapshot id>.tar`. Only a snapshot listed for that very user:
   400 `unknown_snapshot` (malformed, another user's, never listed) or
   `snapshot_forgotten`, before restic runs; then the limits (one download per
@@ -31,7 +32,6 @@ from control.backups.repository import repository_url
 from control.clock import iso
 from control.errors import BadRequest, Conflict
 from control.portal.backup_download_stream import Download, Downloads, stream
-from control.portal.customer_sessions import Customer
 from control.portal.customers import customer, owned
 
 DOWNLOADS: web.AppKey[Downloads] = web.AppKey("portal_backup_downloads")
@@ -47,17 +47,11 @@ def backup_download_routes(app: web.Application) -> web.RouteTableDef:
     return routes
 
 
-async def _user(request: web.Request, who: Customer) -> str:
-    """The caller's own user of the path; 409 while backups are off."""
-    user_id = await owned(request, who, request.match_info["user_id"])
-    if not request.app[FLEET].settings.backups_enabled:
-        raise Conflict("backups are not offered here", code="backups_off")
-    return user_id
-
-
 @routes.get(_BACKUPS)
 async def list_backups(request: web.Request) -> web.Response:
-    user_id = await _user(request, await customer(request))
+    user_id = await owned(request, await customer(request), request.match_info["user_id"])
+    if not request.app[FLEET].settings.backups_enabled:
+        return web.json_response({"backups_enabled": False, "snapshots": []})
     rows = await request.app[FLEET].store.fetch_all(
         "SELECT result_snapshot_id, finished_at, bytes_added FROM backup_jobs "
         "WHERE user_id = ? AND kind = 'snapshot' AND state = 'done' "
@@ -72,7 +66,7 @@ async def list_backups(request: web.Request) -> web.Response:
         }
         for r in rows
     ]
-    return web.json_response({"snapshots": snapshots})
+    return web.json_response({"backups_enabled": True, "snapshots": snapshots})
 
 
 async def listed_at(request: web.Request, user_id: str, snapshot_id: str) -> float:
@@ -98,7 +92,9 @@ async def listed_at(request: web.Request, user_id: str, snapshot_id: str) -> flo
 @routes.get(_BACKUPS + "/{snapshot_id}/download")
 async def download(request: web.Request) -> web.StreamResponse:
     who = await customer(request)
-    user_id = await _user(request, who)
+    user_id = await owned(request, who, request.match_info["user_id"])
+    if not request.app[FLEET].settings.backups_enabled:
+        raise Conflict("backups are not offered here", code="backups_off")
     snapshot_id = request.match_info["snapshot_id"]
     at = await listed_at(request, user_id, snapshot_id)
     settings, keyring = request.app[FLEET].settings, request.app[FLEET].keyring

@@ -108,11 +108,42 @@ async function renderAgent(summary) {
   card.querySelector(".billing").addEventListener("click", () => act(path, "billing-portal"));
   card.querySelector(".rotate").addEventListener("click", () => rotate(path));
   card.querySelector(".restart").addEventListener("click", () => restart(path, card));
+  await showBackups(card.querySelector(".backups"), path);
   if (agent.state === "deprovisioned") {
     // Cancelled: nothing runs to open, configure or sign out of; invoices stay reachable.
     for (const part of card.querySelectorAll(".open, .restart, .settings, .danger")) part.remove();
   }
   return card;
+}
+
+function sizeWords(bytes) {
+  if (bytes < 1024 * 1024) return `${Math.max(1, Math.round(bytes / 1024))} KB`;
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+}
+
+// Backups: a section only where this deployment makes them. Each download is a plain
+// link: a GET with the session cookie, the archive streamed to the browser's downloads.
+async function showBackups(section, path) {
+  const { backups_enabled: enabled, snapshots } = await api("GET", `${path}/backups`);
+  if (!enabled) return;
+  const list = section.querySelector(".snapshots");
+  for (const snapshot of snapshots) {
+    const item = document.createElement("li");
+    const when = document.createElement("span");
+    when.textContent = `${new Date(snapshot.at).toLocaleString()} (${sizeWords(snapshot.bytes_added || 0)} new)`;
+    const link = document.createElement("a");
+    link.href = `${path}/backups/${encodeURIComponent(snapshot.id)}/download`;
+    link.textContent = "Download";
+    link.setAttribute("download", "");
+    item.append(when, link);
+    list.append(item);
+  }
+  if (snapshots.length === 0) {
+    const none = document.createElement("li");
+    none.textContent = "No backup has been made yet.";
+    list.append(none);
+  }
+  section.hidden = false;
 }
 
 async function act(path, action) {
