@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
+import aiosqlite
 import pytest
 
 from control.appkeys import STORE
@@ -117,11 +118,14 @@ async def test_a_new_server_being_prepared_has_an_estimate(
     assert "Finding room" in shown["message"]
     assert plane.app is not None
     created = time.time() - 60
-    await plane.app[STORE].write(
-        lambda conn: servers.insert_created(
-            conn, "srv-new", "cf-new", "local", ("cx22", "local"), created
-        )
-    )
+
+    async def being_prepared(conn: aiosqlite.Connection) -> None:
+        await servers.insert_created(conn, "srv-new", "cf-new", "local", ("cx22", "local"), created)
+        # Its create confirmed: unconfirmed, the autoscaler would create it again, and the
+        # local provider would start a real agent that outlives the test.
+        await servers.confirm_created(conn, "srv-new", "cf-new", None, ("cx22", "local"), created)
+
+    await plane.app[STORE].write(being_prepared)
     shown = await status(plane, stripe_fake, session_id)
     assert shown["step"] == "placing" and "new server is being prepared" in shown["message"]
     assert 230 <= shown["estimate_seconds"] <= 240  # PORTAL_BOOT_SECONDS=300, 60 s ago
