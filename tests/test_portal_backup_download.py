@@ -246,6 +246,8 @@ async def test_only_her_own_listed_snapshots_and_nothing_before_restic_runs(
     assert [s["id"] for s in listed] == ["aaaa0002", "aaaa0001"]
     signed_out = await call(plane, "GET", BACKUPS.format("alice") + "/aaaa0001/download")
     assert signed_out.status == 401
+    head = await call(plane, "HEAD", BACKUPS.format("alice") + "/aaaa0001/download")
+    assert head.status == 405  # a HEAD would run restic for nothing
     # Her own listed snapshot passes every check: only then is restic run (here: missing).
     reply = await get("alice", "/aaaa0001/download")
     assert reply.status == 503 and code_of(reply) == "backup_download_failed", reply.text

@@ -89,7 +89,7 @@ async def listed_at(request: web.Request, user_id: str, snapshot_id: str) -> flo
     raise unknown
 
 
-@routes.get(_BACKUPS + "/{snapshot_id}/download")
+@routes.get(_BACKUPS + "/{snapshot_id}/download", allow_head=False)  # HEAD would run restic
 async def download(request: web.Request) -> web.StreamResponse:
     who = await customer(request)
     user_id = await owned(request, who, request.match_info["user_id"])
