@@ -140,7 +140,7 @@ async def test_a_worker_registered_before_features_is_told_to_wait_for_its_heart
     its agent keeps every container as it is and retries."""
     w = await worker(openclaw, "w", list(FEATURES))
     await openclaw.admin("POST", "/v1/users", {"user_id": "alice", "subdomain": "a"})
-    with sqlite3.connect(openclaw.settings.database_path) as db:
+    with sqlite3.connect(openclaw.settings.database_path, timeout=30) as db:
         db.execute("UPDATE servers SET features = NULL WHERE id = ?", (w.key_id,))
     reply = await w.assignments()
     assert (reply.status, reply.body["error"]["code"]) == (503, "features_unknown")
