@@ -47,7 +47,7 @@ def test_images(dclient: docker.DockerClient) -> Iterator[dict[str, str]]:
 
 def purge_user(client: docker.DockerClient, user_id: str) -> None:
     flt = {"label": f"{LABEL_USER}={user_id}"}
-    for c in client.containers.list(all=True, filters=flt):
+    for c in client.containers.list(all=True, filters=flt, ignore_removed=True):
         with contextlib.suppress(docker.errors.APIError):
             c.remove(force=True)
     for n in client.networks.list(filters=flt):

@@ -111,7 +111,9 @@ async def make_agent(
 
 
 def user_containers(dclient: docker.DockerClient, user: str) -> list[Any]:
-    return dclient.containers.list(all=True, filters={"label": f"clawfleet.user={user}"})
+    return dclient.containers.list(
+        all=True, filters={"label": f"clawfleet.user={user}"}, ignore_removed=True
+    )
 
 
 async def wait_running(plane: ControlPlane, user: str) -> dict[str, Any]:

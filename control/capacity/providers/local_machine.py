@@ -84,7 +84,7 @@ def _remove_docker_objects(worker: str) -> None:
         return
     flt = {"label": ["clawfleet.managed=true", f"clawfleet.worker={worker}"]}
     try:
-        for container in client.containers.list(all=True, filters=flt):
+        for container in client.containers.list(all=True, filters=flt, ignore_removed=True):
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
         for network in client.networks.list(filters=flt):
