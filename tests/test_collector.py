@@ -46,6 +46,8 @@ async def test_start_up_objects_are_frozen_after_every_context_started(collector
 
 
 def test_the_thresholds_are_the_measured_ones() -> None:
-    # Young collections every 50k net allocations, not 700: docs/benchmarks.md.
-    assert control_main.GC_THRESHOLDS[0] >= 10_000
+    # Young collections every 50k net allocations, not 700, and an older generation
+    # rarely: each walks every held long-poll (docs/benchmarks.md).
+    young, older, _ = control_main.GC_THRESHOLDS
+    assert young >= 10_000 and older >= 100
     assert control_main.GC_FREEZE
