@@ -6,9 +6,11 @@ live in control/api/metrics_endpoint.py.
 Contract: one `CollectorRegistry` per `Metrics` (no process globals). Counters that
 only this process sees (heartbeats, provider and DNS calls, refused sign-ins) are
 counted as they happen; everything the database knows (servers by status, users by
-state, pending waits, webhook outbox, autoscaler decisions) is set by `refresh` from
-a snapshot read at scrape time, so it survives restarts and never drifts from the
-truth. `MeteredProvider` is its provider in every other respect.
+state, pending waits, webhook outbox, autoscaler decisions, the workers' heartbeat
+ages) is set by `refresh` from a snapshot read at scrape time, so it survives restarts
+and never drifts from the truth. Every series is an aggregate: none is labelled by
+server or user, so a scrape costs the same at 10 or 10,000 workers (issue 16).
+`MeteredProvider` is its provider in every other respect.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from control.capacity.providers.base import (
     CreateRequest,
@@ -93,10 +97,12 @@ class Metrics:
         )
 
     def _fleet_gauges(self) -> None:
-        self.heartbeat_age = self._gauge(
-            "clawfleet_heartbeat_age_seconds",
-            "Seconds since each worker's last heartbeat.",
-            ["server"],
+        # Aggregates only: a series per server is 10k series per scrape at 10k workers.
+        self.heartbeat_age = HeartbeatAges()
+        self.registry.register(self.heartbeat_age)
+        self.heartbeat_oldest = self._gauge(
+            "clawfleet_heartbeat_oldest_age_seconds",
+            "Seconds since the last heartbeat of the live worker heard from least recently.",
         )
         self.servers = self._gauge("clawfleet_servers", "Servers by status.", ["status"])
         self.users = self._gauge("clawfleet_users", "Users by state.", ["state"])
@@ -129,6 +135,26 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class HeartbeatAges(Collector):
+    """`clawfleet_heartbeat_age_seconds`, a histogram of the live (active, unhealthy)
+    workers' heartbeat ages at scrape time, set from the snapshot's aggregate."""
+
+    NAME = "clawfleet_heartbeat_age_seconds"
+    DOC = "Seconds since each live worker's last heartbeat, as a histogram over the workers."
+
+    def __init__(self) -> None:
+        self.ages: dict[str, Any] = {"buckets": [], "count": 0, "sum": 0.0}
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.NAME, self.DOC)]
+
+    def collect(self) -> list[Metric]:
+        ages = self.ages
+        buckets = [(str(float(le)), n) for le, n in ages["buckets"]]
+        buckets.append(("+Inf", ages["count"]))
+        return [HistogramMetricFamily(self.NAME, self.DOC, buckets, ages["sum"])]
 
 
 class MeteredProvider:
@@ -202,15 +228,14 @@ class MeteredProvider:
 
 
 async def refresh(metrics: Metrics, snapshot: dict[str, Any]) -> None:
-    """Sets the scrape-time gauges from a database snapshot (views.metrics_snapshot)."""
+    """Sets the scrape-time gauges from a database snapshot (control/api/metrics_snapshot.py)."""
     now = time.time()
     for status in SERVER_STATUSES:
         metrics.servers.labels(status).set(snapshot["servers"].get(status, 0))
     for state in USER_STATES:
         metrics.users.labels(state).set(snapshot["users"].get(state, 0))
-    metrics.heartbeat_age.clear()
-    for server_id, last in snapshot["heartbeats"]:
-        metrics.heartbeat_age.labels(server_id).set(max(0.0, now - last))
+    metrics.heartbeat_age.ages = snapshot["heartbeat_ages"]
+    metrics.heartbeat_oldest.set(snapshot["heartbeat_ages"]["oldest"])
     oldest = snapshot["oldest_pending"]
     metrics.pending_wait.set(now - oldest if oldest else 0)
     metrics.reconcile_errors.set(snapshot["container_errors"])

@@ -4,7 +4,8 @@ Contract: every admin route needs the admin token or a dashboard session (checke
 control/api/middleware.py `admin_auth` before a handler runs). Handlers stay thin:
 decode and validate the body (400 on any shape error, before anything is written),
 call one Fleet operation, answer with the JSON shapes of control/api/views.py; an
-unknown server or user is 404. `/healthz` is liveness only and needs no credential:
+unknown server or user is 404. The listings of servers and users are pages, and
+`/v1/summary` the fleet's headline numbers (control/api/admin_pages.py). `/healthz` is liveness only and needs no credential:
 it answers 200 with the provider's and the DNS provider's states, whatever they are.
 """
 
@@ -17,8 +18,8 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
-from control.api import views
-from control.api.bodies import decode_body, query_number
+from control.api import admin_pages, views
+from control.api.bodies import decode_body, query_number, refuse_duplicate_parameters
 from control.appkeys import DNS_HEALTH, FIREWALL_SYNC, FLEET, INBOX, PROVIDER_HEALTH
 from control.billing import rules
 from control.clock import iso
@@ -77,17 +78,33 @@ async def create_join_token(request: web.Request) -> web.Response:
 
 @admin_routes.get("/v1/servers")
 async def list_servers(request: web.Request) -> web.Response:
+    """A page of servers (control/api/admin_pages.py: limit, cursor, status)."""
     fleet = request.app[FLEET]
-    provider = request.app[PROVIDER_HEALTH].as_json()  # the dashboard polls this call
-    dns = request.app[DNS_HEALTH].as_json()
+    refuse_duplicate_parameters(request)
+    page = admin_pages.parse_page("servers", request.query)
+    servers, cursor = await admin_pages.server_page(fleet, page, _firewall(request))
     return web.json_response(
         {
-            "servers": await views.servers(fleet, firewall=_firewall(request)),
+            "servers": servers,
+            "next_cursor": cursor,
             "volume_cost": await views.volume_cost(fleet),  # shown beside the servers' cost
-            "provider": provider,
-            "dns": dns,
+            **_health(request),
         }
     )
+
+
+@admin_routes.get("/v1/summary")
+async def fleet_summary(request: web.Request) -> web.Response:
+    """The dashboard's headline numbers, from aggregate queries (admin_pages.summary)."""
+    return web.json_response({**await admin_pages.summary(request.app[FLEET]), **_health(request)})
+
+
+def _health(request: web.Request) -> dict[str, object]:
+    # The dashboard's banner: the cloud and DNS providers' states.
+    return {
+        "provider": request.app[PROVIDER_HEALTH].as_json(),
+        "dns": request.app[DNS_HEALTH].as_json(),
+    }
 
 
 @admin_routes.get("/v1/servers/{server_id}")
@@ -123,7 +140,11 @@ async def create_user(request: web.Request) -> web.Response:
 
 @admin_routes.get("/v1/users")
 async def list_users(request: web.Request) -> web.Response:
-    return web.json_response({"users": await views.users(request.app[FLEET])})
+    """A page of users (control/api/admin_pages.py: limit, cursor, state, server)."""
+    refuse_duplicate_parameters(request)
+    page = admin_pages.parse_page("users", request.query)
+    users, cursor = await admin_pages.user_page(request.app[FLEET], page)
+    return web.json_response({"users": users, "next_cursor": cursor})
 
 
 @admin_routes.get("/v1/users/{user_id}")

@@ -2,7 +2,7 @@
 
 Contract: `install_metrics(app, settings)` gives the app its `Metrics`
 (control/metrics.py: one registry per app, no process globals) and its access mode,
-and adds the route. A scrape reads what the database knows (views.metrics_snapshot)
+and adds the route. A scrape reads what the database knows (metrics_snapshot.py)
 and the live state (long-poll waiters, the autoscaler's held-back demand, the provider
 and DNS states and the DNS counters) into the gauges, then renders the registry.
 
@@ -29,7 +29,8 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from control import metrics
-from control.api import edge, views
+from control.api import edge
+from control.api.metrics_snapshot import metrics_snapshot
 from control.appkeys import (
     DNS_HEALTH,
     DNS_SYNC,
@@ -113,7 +114,7 @@ async def prometheus(request: web.Request) -> web.Response:
     check(request, app[SETTINGS].metrics_token)
     fleet = app[FLEET]
     m = app[METRICS]
-    snapshot = await views.metrics_snapshot(fleet.store)
+    snapshot = await metrics_snapshot(fleet.store)
     if INBOX in app:
         snapshot["webhooks"] = await app[INBOX].counts()
     await metrics.refresh(m, snapshot)

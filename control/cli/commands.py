@@ -4,7 +4,8 @@ move, access, rotate-token), backups (control/cli/backups.py), the event log, jo
 tokens and simulate-payment.
 
 Contract: `run(args, api)` makes the command's requests, prints the result (JSON with
-`--json`) and returns EXIT_OK; failures raise `CliError`. Path segments from the command
+`--json`) and returns EXIT_OK; `servers` and `users` follow the listing's cursors to
+its end and print it whole (`--json`: the API's body, with every page's rows); failures raise `CliError`. Path segments from the command
 line are percent-encoded, so an id can never name another route.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import urllib.parse
+from typing import Any
 
 from control.cli.backups import BACKUP_COMMANDS, run_backups
 from control.cli.client import EXIT_OK, EXIT_USAGE, Api, CliError
@@ -34,6 +36,7 @@ from control.cli.render import (
     wants_json,
 )
 
+PAGE_LIMIT = 500  # the most rows a page of the admin API holds
 SERVER_COMMANDS = frozenset({"servers", "server", "cordon", "uncordon", "drain"})
 USER_COMMANDS = frozenset(
     {
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace, api: Api) -> int:
 
 def _servers(cmd: str, args: argparse.Namespace, api: Api) -> int:
     if cmd == "servers":
-        return show(args, api.call("GET", "/v1/servers"), render_servers)
+        listing = every_page(api, "/v1/servers", "servers", {"status": args.status})
+        return show(args, listing, render_servers)
     if cmd == "server":
         return show(args, api.call("GET", f"/v1/servers/{_seg(args.server)}"), render_server)
     body = api.call("POST", f"/v1/servers/{_seg(args.server)}/{cmd}")  # cordon, uncordon, drain
@@ -84,7 +88,8 @@ def _servers(cmd: str, args: argparse.Namespace, api: Api) -> int:
 
 def _users(cmd: str, args: argparse.Namespace, api: Api) -> int:
     if cmd == "users":
-        return show(args, api.call("GET", "/v1/users"), render_users)
+        filters = {"state": args.state, "server": args.server}
+        return show(args, every_page(api, "/v1/users", "users", filters), render_users)
     user = f"/v1/users/{_seg(args.user)}"
     if cmd == "user":
         return show(args, api.call("GET", user), render_user)
@@ -101,6 +106,21 @@ def _users(cmd: str, args: argparse.Namespace, api: Api) -> int:
     else:  # suspend, resume, restart
         body = api.call("POST", f"{user}/{cmd}")
     return show(args, body, lambda u: table(USER_HEADERS, [user_row(u)]))
+
+
+def every_page(api: Api, path: str, key: str, filters: dict[str, str | None]) -> dict[str, Any]:
+    """A whole listing: its first page's body with every page's rows, following the
+    API's cursors (the largest pages it gives, so 10k servers are 20 requests)."""
+    query = {"limit": PAGE_LIMIT, **{k: v for k, v in filters.items() if v}}
+    body: dict[str, Any] = api.call("GET", f"{path}?{urllib.parse.urlencode(query)}")
+    cursor = body.get("next_cursor")
+    while cursor:
+        page = api.call("GET", f"{path}?{urllib.parse.urlencode({**query, 'cursor': cursor})}")
+        body[key].extend(page[key])
+        cursor = page.get("next_cursor")
+    if "next_cursor" in body:
+        body["next_cursor"] = None  # the whole listing: nothing after it
+    return body
 
 
 def _secrets(args: argparse.Namespace, api: Api) -> int:

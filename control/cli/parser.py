@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _server_commands(add: Add) -> None:
-    add("servers", "list servers: status, heartbeat age, capacity used/total")
+    servers = add("servers", "list servers: status, heartbeat age, capacity used/total")
+    servers.add_argument("--status", help="only these statuses, comma-separated (e.g. active)")
     add("server", "one server and its containers").add_argument("server", type=_nonempty)
     for action, text in (
         ("cordon", "stop placing users on a server"),
@@ -117,7 +118,9 @@ def _server_commands(add: Add) -> None:
 
 
 def _user_commands(add: Add) -> None:
-    add("users", "list users: state, server, billing, container")
+    users = add("users", "list users: state, server, billing, container")
+    users.add_argument("--state", help="only these states, comma-separated (e.g. pending)")
+    users.add_argument("--server", metavar="SERVER", help="only the users placed on SERVER")
     add("user", "one user").add_argument("user", type=_nonempty)
     add("suspend", "stop a user's container (data kept)").add_argument("user", type=_nonempty)
     add("resume", "start a suspended user again").add_argument("user", type=_nonempty)

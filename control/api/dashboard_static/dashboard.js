@@ -1,20 +1,30 @@
 // Clawfleet dashboard: a small single-page app over the admin API (/v1/*).
 // Authorized by the HttpOnly session cookie; unsafe calls carry X-CSRF-Token.
 // All data reaches the page through textContent / attributes, never parsed as HTML.
+// Sized for big fleets (issue 16): the headline numbers come from GET /v1/summary
+// (aggregates), and the tables read one page of a listing at a time (PAGE rows,
+// following the API's next_cursor; Previous goes back through the cursors seen).
 "use strict";
 
 (() => {
   const MONTH_HOURS = 730; // monthly cost estimate = hourly x 730 (ignores Hetzner's monthly cap)
   const LATE_INTERVALS = 3; // a heartbeat is late after 3 of the server's intervals
+  const PAGE = 50; // rows per table page
+  const LIVE_STATUSES = "provisioning,active,unhealthy,dead,deleting"; // all but deleted
+  const USER_STATES = ["pending", "provisioning", "running", "suspended", "deprovisioned"];
 
   const state = {
     csrf: "",
     baseDomain: "",
     pollMs: 3000,
-    servers: [],
-    volumeCost: null, // {count, size_gb, monthly_price, currency} from GET /v1/servers
-    users: [],
-    health: {}, // {provider, dns}: each {state, detail, ...} from GET /v1/servers
+    servers: [], // the servers table's page (the move panel loads its own list)
+    server: null, // the server page's server
+    summary: null, // GET /v1/summary: counts, capacity, costs, provider and DNS health
+    users: [], // the users table's page
+    pending: [], // the fleet page's first page of pending users
+    exact: null, // the user whose id is the users page's search, wherever its page is
+    pages: { servers: { cursors: [null], next: null }, users: { cursors: [null], next: null } },
+    health: {}, // {provider, dns}: each {state, detail, ...} from GET /v1/summary
     fetchedAt: 0, // Date.now() when servers were fetched: ages tick from there
     lastOk: 0,
     failing: false,
@@ -25,6 +35,7 @@
     panels: new Map(), // user_id -> {kind: "access"|"move"|"backups", node: <tr>}
     route: null,
     timer: null,
+    searchTimer: null,
   };
 
   // --- DOM helpers -------------------------------------------------------------
@@ -195,7 +206,9 @@
     const path = location.pathname.replace(/\/+$/, "");
     const params = new URLSearchParams(location.search);
     if (path === "/dashboard" || path === "") return { page: "fleet" };
-    if (path === "/dashboard/users") return { page: "users", q: params.get("q") || "" };
+    if (path === "/dashboard/users") {
+      return { page: "users", q: params.get("q") || "", state: params.get("state") || "", server: params.get("server") || "" };
+    }
     if (path === "/dashboard/events") return { page: "events" };
     const m = path.match(/^\/dashboard\/servers\/([^/]+)$/);
     if (m) return { page: "server", id: decodeURIComponent(m[1]) };
@@ -216,6 +229,8 @@
   function enter() {
     state.route = parseRoute();
     state.panels.clear();
+    firstPage("servers");
+    firstPage("users");
     for (const a of document.querySelectorAll("[data-nav]")) {
       const current = a.dataset.nav === state.route.page || (a.dataset.nav === "fleet" && state.route.page === "server");
       a.classList.toggle("current", current);
@@ -240,11 +255,10 @@
           state.moreEvents = data.events.length === 100;
         }
       } else {
-        const [servers, users] = await Promise.all([api("GET", "/v1/servers"), api("GET", "/v1/users")]);
-        state.servers = servers.servers;
-        state.volumeCost = servers.volume_cost || null;
-        state.health = { provider: servers.provider, dns: servers.dns };
-        state.users = users.users;
+        const loads = { fleet: loadFleet, server: loadServer, users: loadUsers, missing: async () => {} };
+        const [summary] = await Promise.all([api("GET", "/v1/summary"), loads[route.page](route)]);
+        state.summary = summary;
+        state.health = { provider: summary.provider, dns: summary.dns };
         state.fetchedAt = Date.now();
         // An open backups panel follows its jobs (a snapshot or restore running) live.
         if (route.page === "users") for (const [uid, p] of state.panels) if (p.kind === "backups") loadBackups(uid);
@@ -259,6 +273,71 @@
     renderBanner();
     tick();
   }
+  // --- pages: one page of a listing, the cursors seen so far for Previous ----------
+  function firstPage(kind) {
+    state.pages[kind] = { cursors: [null], next: null };
+  }
+  function pageQuery(kind, params) {
+    const cursors = state.pages[kind].cursors;
+    const query = new URLSearchParams({ limit: String(PAGE), ...params });
+    const cursor = cursors[cursors.length - 1];
+    if (cursor) query.set("cursor", cursor);
+    return "/v1/" + kind + "?" + query;
+  }
+  async function loadPage(kind, params) {
+    const data = await api("GET", pageQuery(kind, params));
+    state.pages[kind].next = data.next_cursor || null;
+    return data;
+  }
+  function turn(kind, forward) {
+    const page = state.pages[kind];
+    if (forward && page.next) page.cursors.push(page.next);
+    else if (!forward && page.cursors.length > 1) page.cursors.pop();
+    else return;
+    page.next = null;
+    refresh();
+  }
+  function pager(kind) {
+    const page = state.pages[kind];
+    const nav = $("#" + kind + "-pager");
+    if (!nav) return;
+    clear(nav).append(
+      h("button", { type: "button", class: "page-prev", disabled: page.cursors.length < 2, onclick: () => turn(kind, false) }, "← Previous"),
+      h("span", { class: "small muted page-number" }, "page " + page.cursors.length),
+      h("button", { type: "button", class: "page-next", disabled: !page.next, onclick: () => turn(kind, true) }, "Next →"));
+  }
+  const pagerNav = (kind) => h("nav", { class: "pager", id: kind + "-pager", "aria-label": kind + " pages" });
+
+  async function loadFleet() {
+    const [servers, pending] = await Promise.all([
+      loadPage("servers", state.showDeleted ? {} : { status: LIVE_STATUSES }),
+      api("GET", "/v1/users?state=pending&limit=" + PAGE),
+    ]);
+    state.servers = servers.servers;
+    state.pending = pending.users;
+  }
+  async function loadServer(route) {
+    try {
+      state.server = await api("GET", "/v1/servers/" + encodeURIComponent(route.id));
+    } catch (err) {
+      if (err.status !== 404) throw err;
+      state.server = null;
+    }
+  }
+  async function loadUsers(route) {
+    const filters = {};
+    if (route.state) filters.state = route.state;
+    if (route.server) filters.server = route.server;
+    const q = (route.q || "").trim();
+    const [page, exact] = await Promise.all([
+      loadPage("users", filters),
+      // A search naming a user finds it on whatever page it is.
+      q && !/\s/.test(q) ? api("GET", "/v1/users/" + encodeURIComponent(q)).catch((err) => { if (err.status === 404) return null; throw err; }) : null,
+    ]);
+    state.users = page.users;
+    state.exact = exact;
+  }
+
   function schedule() {
     clearTimeout(state.timer);
     state.timer = setTimeout(async () => {
@@ -308,11 +387,12 @@
       h("div", { class: "toolbar" },
         h("label", { class: "small muted" },
           h("input", { type: "checkbox", id: "show-deleted", checked: state.showDeleted,
-            onchange: (ev) => { state.showDeleted = ev.target.checked; render(); } }),
+            onchange: (ev) => { state.showDeleted = ev.target.checked; firstPage("servers"); refresh(); } }),
           " show deleted servers")),
       h("div", { class: "panel" }, h("table", { class: "responsive", id: "servers" },
         h("thead", null, h("tr", null, ["Server", "Status", "Heartbeat", "Type · location", "Public IP", "Agent", "Memory", "Containers"].map((t) => h("th", null, t)))),
         h("tbody"))),
+      pagerNav("servers"),
       h("h2", null, "Pending users"),
       h("div", { class: "panel", id: "pending" }),
     );
@@ -330,40 +410,14 @@
   }
 
   function renderFleet() {
-    const live = state.servers.filter((s) => s.status !== "deleted");
-    const counted = live.filter((s) => s.status !== "dead");
-    const memUsed = counted.reduce((n, s) => n + (s.capacity.memory_mb.used || 0), 0);
-    const memTotal = counted.reduce((n, s) => n + (s.capacity.memory_mb.total || 0), 0);
-    const running = live.reduce((n, s) => n + s.containers_running, 0);
-    const desired = live.reduce((n, s) => n + s.containers_desired, 0);
-    const priced = live.filter((s) => typeof s.hourly_price === "number");
-    const hourly = priced.reduce((n, s) => n + s.hourly_price, 0);
-    const unpriced = live.length - priced.length;
-    const pending = state.users.filter((u) => u.state === "pending");
-    const byStatus = {};
-    for (const s of live) byStatus[s.status] = (byStatus[s.status] || 0) + 1;
-
-    const card = (id, label, value, sub) => h("div", { class: "card", id }, h("div", { class: "label" }, label), h("div", { class: "value" }, value), sub ? h("div", { class: "sub" }, sub) : null);
-    clear($("#totals")).append(
-      card("total-servers", "Servers", String(live.length), Object.entries(byStatus).map(([k, v]) => v + " " + k).join(", ") || "none"),
-      card("total-memory", "Memory", fmtMb(memUsed) + " / " + fmtMb(memTotal), capacityBar({ used: memUsed, total: memTotal })),
-      card("total-containers", "Containers", running + " / " + desired, "running / desired"),
-      card("total-pending", "Pending users", String(pending.length), pending.length ? "waiting for room" : "none waiting"),
-      priced.length
-        ? card("total-cost", "Est. cost", fmtMoney(hourly, 4) + " /h",
-          "≈ " + fmtMoney(hourly * MONTH_HOURS, 2) + " /month (× " + MONTH_HOURS + " h, net, provider currency)" +
-          (unpriced ? "; " + unpriced + " server(s) without a price" : ""))
-        : card("total-cost", "Est. cost", "—", live.length ? live.length + " server(s) without a price" : "no servers"),
-      volumeCostCard(card, state.volumeCost, priced.length ? hourly * MONTH_HOURS : null),
-    );
-
-    const shown = state.showDeleted ? state.servers : live;
-    const deletedCount = state.servers.length - live.length;
+    const sum = state.summary;
+    if (sum) renderTotals(sum);
+    const deletedCount = sum ? sum.servers.by_status.deleted || 0 : 0;
     const toggle = $("#show-deleted");
-    if (toggle) toggle.parentElement.hidden = deletedCount === 0;
+    if (toggle) toggle.parentElement.hidden = deletedCount === 0 && !state.showDeleted;
     const tbody = clear($("#servers tbody"));
-    if (!shown.length) tbody.append(h("tr", null, h("td", { colspan: 8, class: "empty full" }, "No servers yet. Workers appear here when they register.")));
-    for (const s of shown) {
+    if (!state.servers.length) tbody.append(h("tr", null, h("td", { colspan: 8, class: "empty full" }, "No servers yet. Workers appear here when they register.")));
+    for (const s of state.servers) {
       const mem = s.capacity.memory_mb;
       tbody.append(h("tr", { dataset: { serverId: s.id } },
         cell("Server", link(serverHref(s.id), s.hostname || s.name || s.id), h("div", { class: "small muted mono" }, s.id)),
@@ -376,7 +430,10 @@
         h("td", { "data-label": "Containers", class: "num containers" }, s.containers_running + " / " + s.containers_desired),
       ));
     }
+    pager("servers");
 
+    const pending = state.pending;
+    const waiting = sum ? sum.users.by_state.pending || 0 : pending.length;
     const box = clear($("#pending"));
     if (!pending.length) box.append(h("p", { class: "empty" }, "No user is waiting for capacity."));
     else {
@@ -387,7 +444,31 @@
           cell("Plan", u.plan),
           cell("Waiting since", fmtTime(u.updated_at))))),
       ));
+      if (waiting > pending.length) box.append(h("p", { class: "small muted" }, link("/dashboard/users?state=pending", "all " + waiting + " pending users")));
     }
+  }
+
+  // The headline cards, from the summary's aggregates (never from a page of rows).
+  function renderTotals(sum) {
+    const byStatus = Object.entries(sum.servers.by_status).filter(([k]) => k !== "deleted");
+    const mem = sum.capacity.memory_mb;
+    const c = sum.containers;
+    const cost = sum.cost;
+    const pending = sum.users.by_state.pending || 0;
+    const card = (id, label, value, sub) => h("div", { class: "card", id }, h("div", { class: "label" }, label), h("div", { class: "value" }, value), sub ? h("div", { class: "sub" }, sub) : null);
+    const monthly = cost.hourly === null ? null : cost.hourly * MONTH_HOURS;
+    clear($("#totals")).append(
+      card("total-servers", "Servers", String(sum.servers.live), byStatus.map(([k, v]) => v + " " + k).join(", ") || "none"),
+      card("total-memory", "Memory", fmtMb(mem.used) + " / " + fmtMb(mem.total), capacityBar(mem)),
+      card("total-containers", "Containers", c.running + " / " + c.desired, "running / desired"),
+      card("total-pending", "Pending users", String(pending), pending ? "waiting for room" : "none waiting"),
+      cost.priced_servers
+        ? card("total-cost", "Est. cost", fmtMoney(cost.hourly, 4) + " /h",
+          "≈ " + fmtMoney(monthly, 2) + " /month (× " + MONTH_HOURS + " h, net, provider currency)" +
+          (cost.unpriced_servers ? "; " + cost.unpriced_servers + " server(s) without a price" : ""))
+        : card("total-cost", "Est. cost", "—", sum.servers.live ? sum.servers.live + " server(s) without a price" : "no servers"),
+      volumeCostCard(card, sum.volume_cost, monthly),
+    );
   }
 
   // --- server page ---------------------------------------------------------------
@@ -408,7 +489,7 @@
   }
 
   function renderServer() {
-    const s = state.servers.find((x) => x.id === state.route.id);
+    const s = state.server && state.server.id === state.route.id ? state.server : null;
     if (!s) {
       if (state.fetchedAt) clear($("#server-detail")).append(h("p", { class: "empty" }, "No such server."));
       return;
@@ -468,19 +549,39 @@
     main.append(
       h("h1", null, "Users"),
       h("div", { class: "toolbar" },
-        h("input", { type: "search", id: "user-search", placeholder: "Search user, subdomain, server, state, plan…",
+        h("input", { type: "search", id: "user-search", placeholder: "User id, or search this page…",
           "aria-label": "Search users", value: state.route.q || "",
           oninput: (ev) => {
             state.route.q = ev.target.value;
-            const url = ev.target.value ? "/dashboard/users?q=" + encodeURIComponent(ev.target.value) : "/dashboard/users";
-            history.replaceState(null, "", url);
+            history.replaceState(null, "", usersHref(state.route));
             renderUsers();
+            clearTimeout(state.searchTimer);
+            state.searchTimer = setTimeout(refresh, 300); // the exact id, on any page
           } }),
+        h("select", { id: "user-state", "aria-label": "Users in state",
+          onchange: (ev) => {
+            state.route.state = ev.target.value;
+            history.replaceState(null, "", usersHref(state.route));
+            firstPage("users");
+            refresh();
+          } },
+          h("option", { value: "" }, "every state"),
+          USER_STATES.map((v) => h("option", { value: v, selected: state.route.state === v }, v))),
+        state.route.server ? h("span", { class: "small", id: "user-server-filter" }, "on server ", link(serverHref(state.route.server), state.route.server),
+          " ", link(usersHref({ ...state.route, server: "" }), "(all servers)")) : null,
         h("span", { class: "small muted", id: "user-count" })),
       h("div", { class: "panel" }, h("table", { class: "responsive", id: "users" },
         h("thead", null, h("tr", null, ["User", "State", "Plan", "Server", "Address", "Container", "Actions"].map((t) => h("th", null, t)))),
         h("tbody"))),
+      pagerNav("users"),
     );
+  }
+
+  function usersHref(route) {
+    const query = new URLSearchParams();
+    for (const key of ["q", "state", "server"]) if (route[key]) query.set(key, route[key]);
+    const text = query.toString();
+    return "/dashboard/users" + (text ? "?" + text : "");
   }
 
   function userMatches(u, q) {
@@ -493,7 +594,11 @@
   function renderUsers() {
     const q = state.route.q || "";
     const users = state.users.filter((u) => userMatches(u, q));
-    $("#user-count").textContent = users.length + " of " + state.users.length;
+    const exact = state.exact;
+    if (exact && exact.user_id === q.trim() && !users.some((u) => u.user_id === exact.user_id)) users.unshift(exact);
+    const total = state.summary ? " · " + state.summary.users.total + " users in all" : "";
+    $("#user-count").textContent = users.length + " shown of " + state.users.length + " on this page" + total;
+    pager("users");
     const tbody = $("#users tbody");
     // Keep open panels' nodes (a half-chosen move target survives a poll).
     const kept = new Map(state.panels);
@@ -510,7 +615,7 @@
     const uid = encodeURIComponent(u.user_id);
     const base = "/v1/users/" + uid + "/";
     const url = state.baseDomain ? "https://" + u.subdomain + "." + state.baseDomain : null;
-    const server = state.servers.find((s) => s.id === u.server_id);
+    const server = state.servers.find((s) => s.id === u.server_id); // when it is on the page loaded
     const c = u.container;
     // Two sources: billing says whether the user may run, an operator's hold whether
     // it will; only a resume lifts the hold (control/billing/rules.py).
@@ -570,19 +675,27 @@
         .then((a) => showAccess(u, a))
         .catch((err) => { clear(td).append(h("span", { class: "error" }, "Access failed: " + err.message)); });
     } else {
-      const targets = state.servers.filter((s) => s.id !== u.server_id && s.status === "active" && !s.cordoned);
-      const select = h("select", { "aria-label": "Move " + u.user_id + " to", class: "move-target" },
-        h("option", { value: "" }, "best fit (any server with room)"),
-        targets.map((s) => h("option", { value: s.id }, (s.hostname || s.name || s.id) + " — " + fmtMb(s.capacity.memory_mb.used) + " / " + fmtMb(s.capacity.memory_mb.total))));
-      td.append(h("div", { class: "inline-panel" },
-        h("span", null, "Move " + u.user_id + " to"), select,
-        h("button", { type: "button", class: "primary act-move-go",
-          onclick: async () => {
-            const r = await act("Move " + u.user_id, "POST", "/v1/users/" + encodeURIComponent(u.user_id) + "/move", { server_id: select.value || null });
-            if (r) { node.remove(); state.panels.delete(u.user_id); }
-          } }, "Move"),
-        h("button", { type: "button", class: "link", onclick: () => togglePanel(u, "move") }, "Cancel")));
+      td.append(h("div", { class: "inline-panel" }, "Loading servers…"));
+      // The first active servers (a page of the most the API gives): more is not a list to choose from.
+      api("GET", "/v1/servers?status=active&limit=500")
+        .then((data) => { if (state.panels.get(u.user_id)?.node === node) movePanel(u, clear(td), node, data.servers); })
+        .catch((err) => { clear(td).append(h("span", { class: "error" }, "Servers failed: " + err.message)); });
     }
+  }
+
+  function movePanel(u, td, node, servers) {
+    const targets = servers.filter((s) => s.id !== u.server_id && !s.cordoned);
+    const select = h("select", { "aria-label": "Move " + u.user_id + " to", class: "move-target" },
+      h("option", { value: "" }, "best fit (any server with room)"),
+      targets.map((s) => h("option", { value: s.id }, (s.hostname || s.name || s.id) + " — " + fmtMb(s.capacity.memory_mb.used) + " / " + fmtMb(s.capacity.memory_mb.total))));
+    td.append(h("div", { class: "inline-panel" },
+      h("span", null, "Move " + u.user_id + " to"), select,
+      h("button", { type: "button", class: "primary act-move-go",
+        onclick: async () => {
+          const r = await act("Move " + u.user_id, "POST", "/v1/users/" + encodeURIComponent(u.user_id) + "/move", { server_id: select.value || null });
+          if (r) { node.remove(); state.panels.delete(u.user_id); }
+        } }, "Move"),
+      h("button", { type: "button", class: "link", onclick: () => togglePanel(u, "move") }, "Cancel")));
   }
 
   function showAccess(u, access) {
@@ -642,7 +755,8 @@
 
   function volumeLine(v) {
     if (!v) return h("span", { class: "muted volume-line" }, "none (no USER_VOLUMES, or not placed yet)");
-    const currency = state.volumeCost && state.volumeCost.currency ? " " + state.volumeCost.currency : "";
+    const cost = state.summary && state.summary.volume_cost;
+    const currency = cost && cost.currency ? " " + cost.currency : "";
     const price = typeof v.monthly_price === "number" ? fmtMoney(v.monthly_price, 2) + currency + " /month" : "no price";
     return h("span", { class: "volume-line" }, badge(v.state), " " + v.size_gb + " GB · " + [v.location, price].filter(Boolean).join(" · "),
       v.error ? h("span", { class: "error" }, " " + v.error) : null);
