@@ -6,6 +6,7 @@ health-headers, tenant-files and signin-gate (control/users/features.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import Any
 
@@ -132,6 +133,12 @@ async def test_unchanged_features_bump_no_generation(openclaw: ControlPlane) -> 
     assert (await w.assignments()).body["generation"] == generation
 
 
+def forget_features(path: str, server_id: str) -> None:
+    """Off the event loop: the control plane's own write must be able to finish first."""
+    with sqlite3.connect(path, timeout=10) as db:
+        db.execute("UPDATE servers SET features = NULL WHERE id = ?", (server_id,))
+
+
 async def test_a_worker_registered_before_features_is_told_to_wait_for_its_heartbeat(
     openclaw: ControlPlane,
 ) -> None:
@@ -140,8 +147,7 @@ async def test_a_worker_registered_before_features_is_told_to_wait_for_its_heart
     its agent keeps every container as it is and retries."""
     w = await worker(openclaw, "w", list(FEATURES))
     await openclaw.admin("POST", "/v1/users", {"user_id": "alice", "subdomain": "a"})
-    with sqlite3.connect(openclaw.settings.database_path, timeout=30) as db:
-        db.execute("UPDATE servers SET features = NULL WHERE id = ?", (w.key_id,))
+    await asyncio.to_thread(forget_features, openclaw.settings.database_path, w.key_id)
     reply = await w.assignments()
     assert (reply.status, reply.body["error"]["code"]) == (503, "features_unknown")
     assert (await w.heartbeat()).status == 200
