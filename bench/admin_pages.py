@@ -8,8 +8,8 @@ straight into SQLite: servers active with a fresh heartbeat and a report holding
 users' containers (so every page parses real reports), users running on them, a few
 pending. Then each path is read `--reps` times, one request at a time, and its median
 and worst time and reply size printed; the last line is one JSON object of them all.
-Paths the code does not serve (before pagination) say so instead of a time. The
-"dashboard poll" line is what one poll of an open dashboard reads.
+Paths the code does not serve (before pagination) say so instead of a time; before
+pagination every listing path answers the whole table, whatever its query.
 
     .venv/bin/python bench/admin_pages.py [--servers 10000] [--users 100000] [--reps 20]
 """
@@ -140,6 +140,12 @@ async def measure(url: str, token: str, reps: int, whole_reps: int) -> dict[str,
             "GET /v1/users?state=pending": ("/v1/users?state=pending", reps),
             "GET /v1/users?server=srv-005000": ("/v1/users?server=srv-005000", reps),
             "GET /v1/summary": ("/v1/summary", reps),
+            # What an open dashboard's fleet page reads besides the summary, every poll.
+            "GET /v1/servers?limit=50&status=(all but deleted)": (
+                "/v1/servers?limit=50&status=provisioning,active,unhealthy,dead,deleting",
+                reps,
+            ),
+            "GET /v1/users?state=pending&limit=50": ("/v1/users?state=pending&limit=50", reps),
             "GET /metrics": ("/metrics", reps),
         }
         if servers_mid:

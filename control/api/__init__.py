@@ -2,7 +2,8 @@
 worker protocol and the agent wheel; stripe_webhook; metrics_endpoint: /metrics and who
 may read it; readiness: /readyz; dashboard), the middleware (request ids, the one JSON
 error shape, body limit, admin auth), bodies (request decoding shared by the routes),
-views (the JSON shapes of the admin API), the dashboard's sessions, rate limits on
+views (the JSON shapes of the admin API), admin_pages (its listings' pages and the
+fleet summary), metrics_snapshot (what /metrics reads), the dashboard's sessions, rate limits on
 credentials, and edge (how callers reach us).
 
 Owns: the `dashboard_sessions` table, and every HTTP shape.
