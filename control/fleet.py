@@ -27,7 +27,7 @@ from control.db.store import Store
 from control.keyring import Keyring
 from control.metrics import Metrics
 from control.settings import Settings
-from control.users import names, placing, records
+from control.users import names, placing, records, secrets
 from control.users.features import fleet_needs
 from control.users.rooms import Reserve
 from control.volumes import backups as volume_backups
@@ -243,6 +243,19 @@ class Fleet:
         server_id = await assignments.commit(self.store, change, lambda s: [s])
         if server_id:
             self.board.notify(server_id)
+
+    async def set_secrets(self, user_id: str, changes: dict[str, str | None]) -> list[str]:
+        """Merges {"NAME": "value" | None} into the user's secrets (only the names the
+        tenant profile allows; encrypted at rest); a change restarts its container.
+        Returns the names set, never a value."""
+        secrets.check_changes(changes, self.settings.tenant_profile.secret_names)
+        change = functools.partial(
+            secrets.change, keyring=self.keyring, user_id=user_id, changes=changes
+        )
+        set_names, server = await assignments.commit(self.store, change, lambda r: [r[1]])
+        if server:
+            self.board.notify(server)
+        return list(set_names)
 
     async def restart_user(self, user_id: str) -> None:
         """The user's container replaced on its server, its state kept."""

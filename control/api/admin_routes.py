@@ -11,7 +11,6 @@ it answers 200 with the provider's and the DNS provider's states, whatever they 
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Annotated
 
@@ -26,7 +25,6 @@ from control.clock import iso
 from control.errors import BadRequest, NotFound
 from control.users import access, secrets, signin_links
 from control.volumes import relocate_start
-from control.workers import assignments
 from control.workers.trust import Stated
 
 admin_routes = web.RouteTableDef()
@@ -253,13 +251,7 @@ async def put_secrets(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     user_id = request.match_info["user_id"]
     changes = decode_body(await request.read(), dict[str, str | None])
-    secrets.check_changes(changes, fleet.settings.tenant_profile.secret_names)
-    change = functools.partial(
-        secrets.change, keyring=fleet.keyring, user_id=user_id, changes=changes
-    )
-    names, server = await assignments.commit(fleet.store, change, lambda r: [r[1]])
-    if server:
-        fleet.board.notify(server)
+    names = await fleet.set_secrets(user_id, changes)
     allowed = list(fleet.settings.tenant_profile.secret_names)
     return web.json_response({"names": names, "allowed": allowed})
 

@@ -27,7 +27,6 @@ goes through `owned` (404 alike for another customer's agent and none at all).
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,6 @@ from control.portal.customers import (
 from control.portal.stand_in import STAND_IN
 from control.users import secrets, signin_links
 from control.users.access import user_url
-from control.workers import assignments
 
 STATIC_DIR = Path(__file__).with_name("static")
 _AGENT = "/portal/api/account/agents/{user_id}"
@@ -126,14 +124,7 @@ async def open_agent(request: web.Request) -> web.Response:
 async def put_settings(request: web.Request) -> web.Response:
     user_id = await owned(request, await changing(request), request.match_info["user_id"])
     fleet = request.app[FLEET]
-    changes = _changes(await json_body(request))
-    secrets.check_changes(changes, fleet.settings.tenant_profile.secret_names)
-    change = functools.partial(
-        secrets.change, keyring=fleet.keyring, user_id=user_id, changes=changes
-    )
-    names, server = await assignments.commit(fleet.store, change, lambda r: [r[1]])
-    if server:
-        fleet.board.notify(server)
+    names = await fleet.set_secrets(user_id, _changes(await json_body(request)))
     allowed = list(fleet.settings.tenant_profile.secret_names)
     return web.json_response({"set": names, "allowed": allowed})
 
