@@ -19,15 +19,13 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import requests
-from hcloud import APIException, Client
+from hcloud import Client
 from hcloud.firewalls import (
     Firewall,
     FirewallResource,
@@ -35,15 +33,13 @@ from hcloud.firewalls import (
     FirewallRule,
 )
 
+from control.capacity.providers import hetzner_calls
 from control.capacity.providers.base import ProviderError
-from control.capacity.providers.hetzner_errors import api_error, request_error
 from control.capacity.providers.hetzner_ratelimit import RateBudget
 from control.edge.firewall_rules import Found, Rule, rule_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-BUDGET_WAIT = 5.0  # seconds a call may wait for the rate-limit bucket before failing
 
 
 def _api_rule(rule: Rule) -> FirewallRule:
@@ -174,31 +170,4 @@ class HetznerFirewalls:
         """Run a blocking hcloud call on the pool, bounded by `self.timeout`."""
         if self._closed:
             raise ProviderError("Hetzner firewall client is closed", kind="invalid")
-        await self.budget.hold(what, max(self.timeout, BUDGET_WAIT))
-        loop = asyncio.get_running_loop()
-        job = functools.partial(self._run, fn, what)
-        try:
-            result = await asyncio.wait_for(
-                loop.run_in_executor(self._executor, job), timeout=self.timeout
-            )
-        except ProviderError as exc:
-            self.budget.refused(exc)
-            raise
-        except TimeoutError:
-            raise ProviderError(
-                f"Hetzner API: {what} did not answer within {self.timeout:g} s",
-                kind="transient",
-                code="timeout",
-            ) from None
-        self.budget.answered()
-        return result
-
-    def _run(self, fn: Callable[[], T], what: str) -> T:
-        """On the worker thread, where the response hook left the failed reply's headers."""
-        self.budget.start()
-        try:
-            return fn()
-        except APIException as exc:
-            raise api_error(exc, what, self.budget.reply()) from None
-        except requests.RequestException as exc:
-            raise request_error(exc, what, self.timeout) from None
+        return await hetzner_calls.call(self.budget, self._executor, self.timeout, fn, what)

@@ -39,7 +39,6 @@ error message.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import functools
 import logging
@@ -48,13 +47,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import requests
-from hcloud import APIException, Client
+from hcloud import Client
 from hcloud.images import Image
 from hcloud.locations import Location
 from hcloud.server_types import ServerType as HServerType
 from hcloud.servers import Server
 from hcloud.ssh_keys import SSHKey
 
+from control.capacity.providers import hetzner_calls
 from control.capacity.providers.base import (
     CreateRequest,
     ProviderError,
@@ -69,7 +69,7 @@ from control.capacity.providers.hetzner_catalog import (
     to_server,
     type_infos,
 )
-from control.capacity.providers.hetzner_errors import action_error, api_error, request_error
+from control.capacity.providers.hetzner_errors import action_error
 from control.capacity.providers.hetzner_ratelimit import RateBudget
 from control.capacity.providers.hetzner_volumes import HetznerVolumes
 
@@ -77,7 +77,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-BUDGET_WAIT = 5.0  # seconds a call may wait for the rate-limit bucket before failing
 _MAX_PAGES = 200  # 200 pages x 50 servers: far beyond any fleet; bounds a buggy next_page loop
 _USER_DATA_MAX = 32 * 1024  # the API's limit on user_data
 
@@ -267,26 +266,9 @@ class HetznerProvider(HetznerVolumes):
         """Run a blocking hcloud call on the pool, bounded by `self.timeout`."""
         if self._closed:
             raise ProviderError("Hetzner provider is closed", kind="invalid")
-        await self.budget.hold(what, max(self.timeout, BUDGET_WAIT))
-        loop = asyncio.get_running_loop()
-        job = functools.partial(self._run, fn, what, *args)
-        try:
-            result = await asyncio.wait_for(
-                loop.run_in_executor(self._executor, job), timeout=self.timeout
-            )
-        except ProviderError as exc:
-            self.budget.refused(exc)
-            raise
-        except TimeoutError:
-            # The thread may still be waiting on the socket; hcloud's request timeout
-            # frees it. The call itself may still take effect (hence create's look-up).
-            raise ProviderError(
-                f"Hetzner API: {what} did not answer within {self.timeout:g} s",
-                kind="transient",
-                code="timeout",
-            ) from None
-        self.budget.answered()
-        return result
+        # A timed-out call may still take effect (hence create's look-up by name).
+        job = functools.partial(fn, *args)
+        return await hetzner_calls.call(self.budget, self._executor, self.timeout, job, what)
 
     async def _find(self, name: str) -> ProviderServer | None:
         return await self._call(self._find_by_name, name, what=f"look up server {name}")
@@ -323,17 +305,6 @@ class HetznerProvider(HetznerVolumes):
         return ", ".join(f"{t}@{loc}" for t, loc in self._pairs) or "none"
 
     # -- blocking code, run on the pool ---------------------------------------------
-
-    def _run(self, fn: Callable[..., T], what: str, *args: Any) -> T:
-        """Call `fn` and turn every failure into a ProviderError (on the worker thread,
-        where the response hook left the status and headers of the failed reply)."""
-        self.budget.start()
-        try:
-            return fn(*args)
-        except APIException as exc:
-            raise api_error(exc, what, self.budget.reply()) from None
-        except requests.RequestException as exc:
-            raise request_error(exc, what, self.timeout) from None
 
     def _load_server_types(self) -> dict[str, TypeInfo]:
         return type_infos(self._client.server_types.get_all())
