@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from tests.agent.test_e2e import until
 from tests.fakes.hetzner import HetznerFake
-from tests.test_autoscaler import boot, run
 from tests.test_volumes_fleet import (
     Start,
     beat,
     cloud,
-    placed_with_volume,
+    drained_away,
     source_provider_id,
     specs,
 )
@@ -25,14 +24,8 @@ async def test_the_heartbeat_that_lets_the_volume_go_moves_it_now(
     cloud: Start, hetzner_fake: HetznerFake
 ) -> None:
     control = await cloud()
-    source = await placed_with_volume(control, hetzner_fake)
-    (volume,) = hetzner_fake.volumes.values()
+    source, target, volume = await drained_away(control, hetzner_fake)
     vid = str(volume["id"])
-    await beat(source, ["alice"], [vid])
-    await control.admin("POST", f"/v1/servers/{source.key_id}/drain")
-    await run(control)  # alice is demand: a second server
-    target = await boot(control, hetzner_fake)
-    await run(control)  # the drain moves alice; the old container still runs
     assert volume["server"] == int(source_provider_id(hetzner_fake, source))
 
     await beat(source, [], [])  # stopped and unmounted: no run() from here on

@@ -122,18 +122,27 @@ async def test_first_placement_creates_the_volume_there_and_attaches_it(
     assert "volume_created" in kinds and "volume_attached" in kinds
 
 
+async def drained_away(
+    control: ControlPlane, fake: HetznerFake
+) -> tuple[FakeWorker, FakeWorker, dict[str, Any]]:
+    """alice, running with her volume on a first server, moved off it by a drain to a
+    second one; the old container still runs. (source, target, the volume)"""
+    source = await placed_with_volume(control, fake)
+    (volume,) = fake.volumes.values()
+    await beat(source, ["alice"], [str(volume["id"])])
+    await control.admin("POST", f"/v1/servers/{source.key_id}/drain")
+    await run(control)  # alice is demand: a second server
+    target = await boot(control, fake)
+    await run(control)  # the drain moves alice; the old container still runs
+    return source, target, volume
+
+
 async def test_a_move_detaches_once_the_old_container_stopped_then_attaches(
     cloud: Start, hetzner_fake: HetznerFake
 ) -> None:
     control = await cloud()
-    source = await placed_with_volume(control, hetzner_fake)
-    (volume,) = hetzner_fake.volumes.values()
+    source, target, volume = await drained_away(control, hetzner_fake)
     vid = str(volume["id"])
-    await beat(source, ["alice"], [vid])
-    await control.admin("POST", f"/v1/servers/{source.key_id}/drain")
-    await run(control)  # alice is demand: a second server
-    target = await boot(control, hetzner_fake)
-    await run(control)  # the drain moves alice; the old container still runs
     _, alice = await control.admin("GET", "/v1/users/alice")
     assert alice["server_id"] == target.key_id
     assert await specs(target) == {} and await specs(source) == {}  # break before make
