@@ -164,12 +164,14 @@ async def test_a_restore_mounts_its_volume_after_a_restart_unmounted_it(
     # The first passes: no spec names the volume, so it is unmounted. An unmount the
     # kernel finds busy (a loaded machine: the first agent's restic just exited) is
     # retried by the next pass, as the agent's own loop does.
-    for _ in range(10):
+    for _ in range(60):
         await again.reconciler.reconcile()
         if not volumes_mounted(state_dir):
             break
         await asyncio.sleep(0.5)
-    assert volumes_mounted(state_dir) == []
+    volumes = again.reconciler.volumes
+    assert volumes is not None
+    assert volumes_mounted(state_dir) == [], {k: str(v) for k, v in volumes.failures.items()}
     again._registered.set()
     poll = asyncio.create_task(again._poll_loop())
     try:

@@ -90,11 +90,14 @@ async def start_plane(
     return control
 
 
-async def active_servers(control: ControlPlane, count: int) -> list[dict[str, Any]]:
+async def active_servers(
+    control: ControlPlane, count: int, at_least: bool = False
+) -> list[dict[str, Any]]:
     async def check() -> list[dict[str, Any]] | None:
         _, body = await control.admin("GET", "/v1/servers")
         active = [s for s in body.get("servers", []) if s["status"] == "active"]
-        return active if len(active) == count else None
+        enough = len(active) >= count if at_least else len(active) == count
+        return active if enough else None
 
     found: list[dict[str, Any]] = await until(check, f"{count} active local workers", 90)
     return found
@@ -138,7 +141,9 @@ async def test_state_follows_the_user_through_a_drain_and_a_killed_deleted_worke
     # The drain leaves the user no room: the autoscaler starts the second local worker.
     await control.admin("POST", f"/v1/servers/{first}/drain")
     second = await running_on(control, user, away_from=first)
-    await active_servers(control, 2)
+    # The drained first worker may already be gone: the heartbeat that showed it empty
+    # ran the autoscaler at once, and a drained empty server is deleted.
+    assert second in {s["id"] for s in await active_servers(control, 1, at_least=True)}
     assert sh(dclient, user, f"cat {STATE}/a {STATE}/d/b") == "drained\nx\n"
 
     sh(dclient, user, f"echo killed > {STATE}/c && sync")
