@@ -106,6 +106,7 @@ def dockerd2(dclient: docker.DockerClient, test_images: dict[str, str]) -> Itera
             c = d.client()
             for ctr in c.containers.list(all=True):
                 ctr.remove(force=True)
+            c.networks.prune()  # else each run left a bridge interface on the host
             c.close()
         except Exception:  # noqa: S110 - the data root goes away below regardless
             pass
