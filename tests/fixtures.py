@@ -87,20 +87,31 @@ class ControlPlane:
             return r.status, body
 
 
-@pytest.fixture
-async def control_factory(tmp_path: Path) -> AsyncIterator[Callable[..., ControlPlane]]:
-    made: list[ControlPlane] = []
+class PlaneFactory:
+    """Makes control planes on one test's database; `close_all` stops every one of them
+    (safe to call twice), so a fixture that must outlive them can stop them first."""
 
-    def factory(
-        provider_factory: ProviderFactory = build_provider, **overrides: Any
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.made: list[ControlPlane] = []
+
+    def __call__(
+        self, provider_factory: ProviderFactory = build_provider, **overrides: Any
     ) -> ControlPlane:
-        plane = ControlPlane(make_settings(tmp_path, **overrides), provider_factory)
-        made.append(plane)
+        plane = ControlPlane(make_settings(self.tmp_path, **overrides), provider_factory)
+        self.made.append(plane)
         return plane
 
+    async def close_all(self) -> None:
+        for plane in self.made:
+            await plane.close()
+
+
+@pytest.fixture
+async def control_factory(tmp_path: Path) -> AsyncIterator[PlaneFactory]:
+    factory = PlaneFactory(tmp_path)
     yield factory
-    for plane in made:
-        await plane.close()
+    await factory.close_all()
 
 
 @pytest.fixture

@@ -10,14 +10,16 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
 from agent.runtime import LABEL_USER
+from control.capacity.providers.local import LocalProvider
 from tests.agent import images
+from tests.fixtures import PlaneFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = "clawfleet-test/agent:good"
@@ -115,3 +117,33 @@ def agent_proc(tmp_path: Path) -> Iterator[list[AgentProcess]]:
     yield made
     for a in made:
         a.stop()
+
+
+def unmount_and_detach(root: Path) -> None:
+    """Whatever a failed test left: mounts under the workers' dir, then the loop devices
+    still backing its volume files (the machine has few: max_loop is often 8)."""
+    for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+        target = line.split()[4]
+        if target.startswith(f"{root}/"):
+            subprocess.run(["umount", target], check=False)
+    for backing in (root / "volumes").glob("*.img"):
+        found = subprocess.run(
+            ["losetup", "-j", str(backing)], capture_output=True, text=True, check=False
+        )
+        for line in found.stdout.splitlines():
+            subprocess.run(["losetup", "-d", line.split(":", 1)[0]], check=False)
+
+
+@pytest.fixture
+async def local_providers(control_factory: PlaneFactory) -> AsyncIterator[list[LocalProvider]]:
+    """The local providers a test's control planes made. Local agents outlive the control
+    plane on purpose (like real servers), so this stops them, their containers and
+    mounts. The control planes stop first: a running autoscaler would make a new local
+    server for a user whose server was just deleted, and its agent would outlive the test."""
+    made: list[LocalProvider] = []
+    yield made
+    await control_factory.close_all()
+    for provider in made:
+        for server in provider._list({}):
+            provider._delete(server.provider_id)
+        unmount_and_detach(provider.root)

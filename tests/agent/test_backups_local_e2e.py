@@ -20,9 +20,8 @@ import pytest
 from control.capacity.providers.local import LocalProvider
 from tests.agent.conftest import new_user
 from tests.agent.test_e2e import until
-from tests.agent.test_volumes_local_e2e import (  # noqa: F401 (local_providers: a fixture)
+from tests.agent.test_volumes_local_e2e import (
     STATE,
-    local_providers,
     running_on,
     sh,
     start_plane,
@@ -91,7 +90,7 @@ async def test_a_restored_snapshot_brings_back_the_state_it_was_taken_of(
     control_factory: Callable[..., ControlPlane],
     test_images: dict[str, str],
     users: list[str],
-    local_providers: list[LocalProvider],  # noqa: F811 (the fixture)
+    local_providers: list[LocalProvider],
     dclient: docker.DockerClient,
     s3: S3,
 ) -> None:

@@ -4,7 +4,7 @@ container on the local Docker engine."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,16 +16,6 @@ from tests.agent.test_e2e import plane_settings, wait_running
 from tests.fixtures import ControlPlane
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def local_providers() -> Iterator[list[LocalProvider]]:
-    made: list[LocalProvider] = []
-    yield made
-    # Local agents outlive the control plane on purpose (like real servers): stop them.
-    for provider in made:
-        for server in provider._list({}):
-            provider._delete(server.provider_id)
 
 
 async def test_local_provider_starts_one_agent_that_runs_the_user(

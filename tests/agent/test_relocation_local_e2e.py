@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,10 +25,9 @@ from control.capacity.providers.local import LocalProvider
 from tests.agent.conftest import new_user
 from tests.agent.test_backups_local_e2e import s3  # noqa: F401 (a fixture)
 from tests.agent.test_e2e import until
-from tests.agent.test_volumes_local_e2e import (  # noqa: F401 (local_providers: a fixture)
+from tests.agent.test_volumes_local_e2e import (
     STATE,
     active_servers,
-    local_providers,
     running_on,
     sh,
     start_plane,
@@ -54,7 +54,7 @@ async def test_a_move_to_another_location_brings_the_users_files_along(
     control_factory: Callable[..., ControlPlane],
     test_images: dict[str, str],
     users: list[str],
-    local_providers: list[LocalProvider],  # noqa: F811 (the fixture)
+    local_providers: list[LocalProvider],
     dclient: docker.DockerClient,
     s3: S3,  # noqa: F811 (the fixture)
 ) -> None:
@@ -88,12 +88,25 @@ async def test_a_move_to_another_location_brings_the_users_files_along(
     assert status == 200, body
     assert body["server_id"] == second and body["move"]["phase"] == "stopping"
 
+    steps: list[str] = []  # each new (state, move, error) seen: what a timeout reports
+
     async def moved() -> dict[str, Any] | None:
         seen = await user_view(control, user)
+        step = f"{seen['state']} {seen['move']} {seen['error']} {seen['volume']}"
+        if not steps or not steps[-1].endswith(step):
+            steps.append(f"{time.monotonic() - began:.1f}s {step}")
         done = seen["state"] == "running" and seen["move"] is None
         return seen if done and seen["server_id"] == second else None
 
-    seen: dict[str, Any] = await until(moved, f"{user} moved to local-b with its data", 240)
+    began = time.monotonic()
+    try:
+        seen: dict[str, Any] = await until(moved, f"{user} moved to local-b with its data", 240)
+    except AssertionError as exc:
+        _, listed = await control.admin("GET", "/v1/events?limit=200")
+        happened = [
+            f"{e['at']} {e['kind']} {e['user_id']} {e['message']}" for e in listed["events"]
+        ]
+        raise AssertionError("\n".join([str(exc), *steps, *happened])) from None
     assert seen["volume"]["location"] == "local-b"
     assert sh(dclient, user, f"cat {STATE}/a {STATE}/d/b") == "moved\nx\n"
     (provider,) = local_providers

@@ -16,8 +16,7 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,32 +34,6 @@ pytestmark = pytest.mark.docker
 
 STATE = "/home/node/.openclaw"  # the generic profile's `state` volume
 FAST_AGENT = {"POLL_WAIT": "2", "RECONCILE_INTERVAL": "1"}
-
-
-def unmount_and_detach(root: Path) -> None:
-    """Whatever a failed test left: mounts under the workers' dir, then the loop devices
-    still backing its volume files."""
-    for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
-        target = line.split()[4]
-        if target.startswith(f"{root}/"):
-            subprocess.run(["umount", target], check=False)
-    for backing in (root / "volumes").glob("*.img"):
-        found = subprocess.run(
-            ["losetup", "-j", str(backing)], capture_output=True, text=True, check=False
-        )
-        for line in found.stdout.splitlines():
-            subprocess.run(["losetup", "-d", line.split(":", 1)[0]], check=False)
-
-
-@pytest.fixture
-def local_providers() -> Iterator[list[LocalProvider]]:
-    made: list[LocalProvider] = []
-    yield made
-    for provider in made:
-        # Deleting a local server stops its agent, removes its containers, unmounts.
-        for server in provider._list({}):
-            provider._delete(server.provider_id)
-        unmount_and_detach(provider.root)
 
 
 async def start_plane(
