@@ -35,16 +35,16 @@ def dclient() -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture(scope="session")
-def test_images(dclient: docker.DockerClient) -> Iterator[dict[str, str]]:
-    built = {
+def test_images(dclient: docker.DockerClient) -> dict[str, str]:
+    """The busybox test images, built (from the engine's cache after the first time) and
+    never removed: under xdist each worker runs its own session, and one that finished
+    first used to remove the images under the other's running containers, which then
+    never came back (a stopped user's container is re-created from its image)."""
+    return {
         GOOD: images.build(dclient, GOOD, healthy=True, marker="v1"),
         GOOD2: images.build(dclient, GOOD2, healthy=True, marker="v2"),
         BROKEN: images.build(dclient, BROKEN, healthy=False, marker="broken"),
     }
-    yield built
-    for tag in built:
-        with contextlib.suppress(docker.errors.APIError):
-            dclient.images.remove(tag, force=True)
 
 
 def purge_user(client: docker.DockerClient, user_id: str) -> None:
