@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from agent.features import FEATURES
+from control.api import admin_pages
+from control.api.metrics_snapshot import metrics_snapshot
 from control.db.store import Store
 from control.fleet import Fleet
 from control.keyring import Keyring
@@ -147,3 +149,26 @@ def test_a_scan_is_told_from_a_search(tmp_path: Path, statement: str, scans: lis
         db.execute("CREATE INDEX users_state ON users(state)")
         db.execute("CREATE INDEX users_error ON users(error) WHERE error IS NOT NULL")
         assert table_scans(db, statement) == scans
+
+
+# The counts the database keeps (control/db/counts_schema.py): a few rows by design,
+# read whole; every other table an admin read touches goes through an index.
+_COUNTS = frozenset({"server_counts", "user_counts", "event_counts", "volume_counts"})
+
+
+async def test_summary_and_metrics_read_counts_not_tables(fleet: Fleet) -> None:
+    await hot_paths(fleet)  # a fleet with workers, users and events to count
+
+    async def run() -> None:
+        await admin_pages.summary(fleet)
+        await metrics_snapshot(fleet.store)
+
+    statements = await traced(fleet.store, run)
+    assert any("FROM server_counts" in s for s in statements)
+    assert any("FROM user_counts" in s for s in statements)
+    with sqlite3.connect(fleet.store.path) as db:
+        scans = {
+            s: [step for step in table_scans(db, s) if step.split()[1] not in _COUNTS]
+            for s in statements
+        }
+    assert {s: steps for s, steps in scans.items() if steps} == {}

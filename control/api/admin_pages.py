@@ -13,8 +13,9 @@ Contract:
 - `next_cursor` is null on the last page; a page with one is never empty.
 - Filters: servers by `status`, users by `state` and `server` (its server_id); a status
   or state filter may list several values, comma-separated.
-- The summary is aggregate SQL only (counts, sums, GROUP BY): its reply is a few
-  hundred bytes whatever the fleet's size. It answers the dashboard's headline numbers:
+- The summary is aggregate SQL only: its counts of servers (by status, type, size) and
+  users (by state) read the counts the database keeps (control/db/counts.py), not the
+  tables; its reply is a few hundred bytes whatever the fleet's size. It answers the dashboard's headline numbers:
   servers by status, users by state, memory and CPUs used and total, containers
   running and desired, the servers' hourly cost and the volumes' monthly cost.
 """
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from control.api import views
 from control.clock import iso
+from control.db import counts
 from control.db.store import Row
 from control.errors import BadRequest
 from control.users.plans import plan_of
@@ -151,21 +153,12 @@ async def user_page(fleet: Fleet, page: PageQuery) -> tuple[list[dict[str, Any]]
 
 
 async def summary(fleet: Fleet) -> dict[str, Any]:
-    """The fleet's headline numbers, from aggregate queries only: one pass over the
-    servers, users by state from their index, and what the placed users take."""
+    """The fleet's headline numbers: servers and users from the counts the database
+    keeps (control/db/counts.py, a few rows whatever the fleet's size), the oldest
+    pending user through its index, and what the placed users take."""
     reserve = fleet.reserve
-    groups = await fleet.store.fetch_all(
-        "SELECT status, server_type, COUNT(*) AS n, SUM(cordoned) AS cordoned, "
-        "SUM(draining) AS draining, SUM(MAX(0, memory_mb - ?)) AS memory_mb, "
-        "SUM(MAX(0, cpus - ?)) AS cpus FROM servers GROUP BY status, server_type",
-        (reserve.memory_mb, reserve.cpus),
-    )
-    by_state = {
-        r["state"]: r["n"]
-        for r in await fleet.store.fetch_all(
-            "SELECT state, COUNT(*) AS n FROM users GROUP BY state"
-        )
-    }
+    groups = await counts.server_groups(fleet.store, reserve.memory_mb, reserve.cpus)
+    by_state = await counts.users_by_state(fleet.store)
     oldest = await fleet.store.fetch_one(
         "SELECT MIN(updated_at) AS t FROM users WHERE state = 'pending'"
     )

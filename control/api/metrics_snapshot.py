@@ -4,7 +4,10 @@ sets the gauges from it through control/metrics.py `refresh`).
 Contract: aggregates only, never a row per server or user: counts by status and state,
 the oldest pending wait, event counts, the containers reporting an error, and the live
 workers' heartbeat ages as a histogram. At 10k servers the rows per server made 10k
-series and parsed 10k reports in Python on every scrape (issue 16).
+series and parsed 10k reports in Python on every scrape (issue 16). The counts and the
+errors come from the counts the database keeps by itself (control/db/counts.py: a few
+rows, however big the fleet), the oldest wait through `users_state`, the histogram from
+the `servers_heartbeat` index (one entry per server, not its row with its report).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from control.db import counts
 from control.db.store import Store
 
 # Upper bounds (seconds) of /metrics' heartbeat-age histogram: around the default
@@ -22,27 +26,16 @@ _LIVE = "status IN ('active', 'unhealthy')"
 
 async def metrics_snapshot(store: Store) -> dict[str, Any]:
     """The scrape's aggregates, as `control.metrics.refresh` takes them."""
-    servers = await store.fetch_all("SELECT status, COUNT(*) AS n FROM servers GROUP BY status")
-    users = await store.fetch_all("SELECT state, COUNT(*) AS n FROM users GROUP BY state")
     oldest = await store.fetch_one(
         "SELECT MIN(updated_at) AS t FROM users WHERE state = 'pending' AND error IS NULL"
     )
-    kinds = await store.fetch_all("SELECT kind, COUNT(*) AS n FROM events GROUP BY kind")
-    # SQLite reads the reports without building Python objects: a text search first
-    # (heartbeats store compact JSON, control/workers/heartbeats.py, so every report
-    # with a string error holds `"error":"`), then JSON only where it matched.
-    errors = await store.fetch_one(
-        "SELECT COUNT(*) AS n FROM servers s, json_each(s.report, '$.containers') c "
-        f'WHERE s.{_LIVE} AND instr(s.report, \'"error":"\') > 0 '
-        "AND IFNULL(json_extract(c.value, '$.error'), '') != ''"
-    )
     return {
-        "servers": {r["status"]: r["n"] for r in servers},
-        "users": {r["state"]: r["n"] for r in users},
+        "servers": await counts.servers_by_status(store),
+        "users": await counts.users_by_state(store),
         "heartbeat_ages": await heartbeat_ages(store, time.time()),
         "oldest_pending": oldest["t"] if oldest else None,
-        "events": {r["kind"]: r["n"] for r in kinds},
-        "container_errors": errors["n"] if errors else 0,
+        "events": await counts.events_by_kind(store),
+        "container_errors": await counts.container_errors(store),
         "webhooks": {},
     }
 

@@ -2,13 +2,14 @@
 
 Costs are the provider's list prices, net of VAT, in its currency, None when it gave
 none: a server's `hourly_price`, a user's `volume.monthly_price` (size x the price of a
-GB-month) and, beside the servers listing, `volume_cost` (every volume row, one SUM per
-listing: never read on a hot path). A server shows the agent `features` it declared;
-a user on a server whose agent lacks some its spec needs shows why in `spec_withheld`
-(control/users/features.py), else None. `firewall` says whether the cluster's edge
-firewall covers the server (control/edge/firewall_rules.py `coverage`). `origin_cert`
-is how its origin certificate stands (control/edge/tls_rules.py `cert_state`: off, ok,
-renew_due, expired or missing; None before its first heartbeat and once retired)."""
+GB-month) and, beside the servers listing and in the summary, `volume_cost` (from the
+volumes' counts the database keeps, control/db/counts.py). A server shows the agent
+`features` it declared; a user on a server whose agent lacks some its spec needs shows
+why in `spec_withheld` (control/users/features.py), else None. `firewall` says whether
+the cluster's edge firewall covers the server (control/edge/firewall_rules.py
+`coverage`). `origin_cert` is how its origin certificate stands
+(control/edge/tls_rules.py `cert_state`: off, ok, renew_due, expired or missing; None
+before its first heartbeat and once retired)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from control.billing.rules import shown_billing_state
 from control.capacity import decisions
 from control.capacity.providers.base import VolumePrice
 from control.clock import iso
+from control.db import counts
 from control.db.store import Row, Store
 from control.edge import tls_rules
 from control.edge.firewall_rules import coverage
@@ -201,10 +203,7 @@ def _origin_cert(view: dict[str, Any], on: bool, now: float) -> str | None:
 
 async def volume_cost(fleet: Fleet) -> dict[str, Any]:
     """What the users' volumes cost together per month, for the servers listing."""
-    row = await fleet.store.fetch_one(
-        "SELECT COUNT(*) AS count, COALESCE(SUM(size_gb), 0) AS size_gb FROM volumes"
-    )
-    count, size_gb = (row["count"], row["size_gb"]) if row else (0, 0)
+    count, size_gb = await counts.volume_totals(fleet.store)  # kept by the database
     price = fleet.volume_price()
     return {
         "count": count,

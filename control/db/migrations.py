@@ -5,6 +5,8 @@ syntax (times are epoch seconds passed in from Python, conflicts use ON CONFLICT
 so that a PostgreSQL backend can follow.
 """
 
+from control.db.counts_schema import COUNTS_MIGRATION
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: servers, tokens, users, nonces, events
     """
@@ -293,4 +295,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE users ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
     """,
+    # counts kept by the writes themselves (issue 16): the triggers that keep them, and
+    # why, are control/db/counts_schema.py's (frozen there like any shipped migration)
+    COUNTS_MIGRATION,
 )

@@ -316,7 +316,19 @@ def _open_failure(path: str, exc: BaseException) -> BaseException:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    # A trigger's body holds `;` of its own: a piece joins the next ones until SQLite
+    # calls the statement complete.
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if statement := pending.strip().rstrip(";").strip():
+                statements.append(statement)
+            pending = ""
+    if leftover := pending.strip().rstrip(";").strip():
+        statements.append(leftover)  # incomplete: SQLite says what is wrong with it
+    return statements
 
 
 async def fetch_one(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> Row | None:

@@ -1,0 +1,370 @@
+"""The room index (control/users/room_index.py) against its oracle, `rooms()`.
+
+Random operations run through the real code paths (the Fleet's workers, users, moves,
+billing and flags; the writer modules of servers, volumes and relocations, as the
+liveness sweep, the autoscaler and the volume steps call them) on a real SQLite
+store, and after every one the index equals a fresh read of the whole fleet. A write
+that rolls back leaves the index as it was; users placed in one transaction see each
+other's use; and the index rebuilt at start-up equals the one kept live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from agent.features import FEATURES
+from control.db.store import Store, fetch_all
+from control.errors import ClawfleetError
+from control.fleet import Fleet
+from control.keyring import Keyring
+from control.plans import DEFAULT_PLAN
+from control.users import placing
+from control.users import records as users
+from control.users.placement import Demand, Room
+from control.users.rooms import SOURCE_HELD, rooms
+from control.volumes import records as volumes
+from control.volumes import relocations
+from control.workers import servers
+from control.workers.auth import AgentCaller
+from shared import signing
+from shared.protocol import ContainerReport, Heartbeat, RegisterRequest, Resources
+from tests.fixtures import INTERNAL_SECRET, make_settings
+
+SMALL = dataclasses.replace(DEFAULT_PLAN, memory_mb=512, cpus=0.3)
+BIG = dataclasses.replace(DEFAULT_PLAN, name="big", memory_mb=1536, cpus=0.7)
+PHASES = [p.strip("' ") for p in SOURCE_HELD.strip("()").split(",")] + ["done", "aborted"]
+Op = Callable[["World"], Awaitable[bool]]
+
+
+def caller(key_id: str) -> AgentCaller:
+    return AgentCaller(key_id, signing.new_nonce(), int(time.time()), b"")
+
+
+class World:
+    """A Fleet on a real store, and what the random operations pick from."""
+
+    def __init__(self, fleet: Fleet, rng: random.Random) -> None:
+        self.fleet, self.rng = fleet, rng
+        self.workers: dict[str, Resources] = {}
+        self.users = 0
+
+    async def write(self, fn: Callable[[aiosqlite.Connection], Awaitable[object]]) -> None:
+        await self.fleet.store.write(fn)
+
+    async def pick(self, sql: str) -> str | None:
+        rows = await self.fleet.store.fetch_all(sql)
+        return str(self.rng.choice(rows)[0]) if rows else None
+
+    async def oracle(self) -> dict[str, Room]:
+        fleet = self.fleet
+
+        async def read(conn: aiosqlite.Connection) -> list[Room]:
+            return await rooms(conn, fleet.plans, fleet.reserve)
+
+        return {room.server_id: room for room in await fleet.store.write(read)}
+
+    def index(self) -> dict[str, Room]:
+        return {room.server_id: room for room in self.fleet.room_index.rooms()}
+
+
+async def join(w: World, memory_mb: int | None = None) -> bool:
+    memory = memory_mb or w.rng.choice([2048, 4096])
+    resources = Resources(cpus=w.rng.choice([1, 2]), memory_mb=memory, disk_gb=40)
+    minted = await w.fleet.mint_join_token(None)
+    request = RegisterRequest(1, "1.0.0", f"w{len(w.workers)}", resources, list(FEATURES))
+    reply = await w.fleet.register(caller(minted.token_id), request)
+    w.workers[reply.worker_id] = resources
+    return True
+
+
+async def create(w: World) -> bool:
+    w.users += 1
+    user = f"u{w.users}"
+    await w.fleet.create_user(user, user, w.rng.choice(["default", "big"]))
+    return True
+
+
+async def move(w: World) -> bool:
+    user = await w.pick("SELECT id FROM users WHERE server_id IS NOT NULL AND state = 'running'")
+    if user is None:
+        return False
+    await w.fleet.move_user(user, None)
+    return True
+
+
+async def heartbeat(w: World) -> bool:
+    """A worker reports its users healthy: provisioning users run, moves complete."""
+    if not w.workers:
+        return False
+    worker = w.rng.choice(sorted(w.workers))
+    rows = await w.fleet.store.fetch_all("SELECT id FROM users WHERE server_id = ?", (worker,))
+    running = [ContainerReport(r["id"], "running", "healthy") for r in rows]
+    beat = Heartbeat("1.0.0", 1, w.workers[worker], running, features=list(FEATURES))
+    await w.fleet.heartbeat(caller(worker), beat)
+    return True
+
+
+async def user_target(w: World) -> bool:
+    user = await w.pick("SELECT id FROM users WHERE state != 'deprovisioned'")
+    if user is None:
+        return False
+    goal = w.rng.choice(["deprovision", "suspend", "run", "run"])
+    await w.fleet.set_user_target(user, goal, "test")  # type: ignore[arg-type]
+    return True
+
+
+async def plan(w: World) -> bool:
+    user = await w.pick("SELECT id FROM users")
+    if user is None:
+        return False
+    name = w.rng.choice(["default", "big"])
+    await w.write(lambda conn: users.set_billing_status(conn, user, None, None, name, 1.0))
+    return True
+
+
+async def flag(w: World) -> bool:
+    server = await w.pick("SELECT id FROM servers WHERE status = 'active'")
+    if server is None:
+        return False
+    await w.fleet.set_server_flag(server, w.rng.choice(["cordon", "uncordon", "drain"]))
+    return True
+
+
+async def retire(w: World) -> bool:
+    """A worker dies (its users are released, as the sweep does) or is deleted."""
+    server = await w.pick("SELECT id FROM servers WHERE status NOT IN ('dead', 'deleted')")
+    if server is None:
+        return False
+    status = w.rng.choice(["dead", "deleted", "unhealthy"])
+
+    async def apply(conn: aiosqlite.Connection) -> None:
+        await servers.set_status(conn, server, status, time.time())
+        if status == "dead":
+            await users.release_from(conn, [server], time.time())
+        if status == "deleted":
+            await users.forget_suspended_on(conn, server)
+
+    await w.write(apply)
+    return True
+
+
+async def volume(w: World) -> bool:
+    """A user's volume is created, attached somewhere, detached or deleted."""
+    user = await w.pick("SELECT id FROM users")
+    server = await w.pick("SELECT id FROM servers")
+    if user is None or server is None:
+        return False
+    step, now = w.rng.choice(["create", "attach", "attaching", "detach", "forget"]), time.time()
+
+    async def apply(conn: aiosqlite.Connection) -> None:
+        if step == "create":
+            await volumes.begin_create(conn, user, f"v-{user}", "local", "here", 10, now)
+            await volumes.created(conn, user, f"p-{user}", "/dev/x", now)
+        elif step == "forget":
+            await volumes.forget(conn, user)
+        else:
+            state = {"attach": "attached", "attaching": "attaching", "detach": "detached"}[step]
+            await volumes.set_state(conn, user, state, None if step == "detach" else server, now)
+
+    await w.write(apply)
+    return True
+
+
+async def relocation(w: World) -> bool:
+    """A move to another location begins, goes through its phases, or is forgotten."""
+    row = await w.fleet.store.fetch_one(
+        "SELECT v.*, u.server_id AS source FROM volumes v JOIN users u ON u.id = v.user_id "
+        "ORDER BY random() LIMIT 1"
+    )
+    target = await w.pick("SELECT id FROM servers")
+    if row is None or target is None:
+        return False
+    user, now = row["user_id"], time.time()
+
+    async def apply(conn: aiosqlite.Connection) -> None:
+        moving = await relocations.get(conn, user)
+        if moving is None:
+            source = row["source"] or target
+            await relocations.begin(conn, row, source, target, "there", f"n-{user}", now)
+        elif w.rng.random() < 0.2:
+            await relocations.forget(conn, user)
+        else:
+            await relocations.advance(conn, user, w.rng.choice(PHASES), now)
+
+    await w.write(apply)
+    return True
+
+
+OPS: list[tuple[Op, int]] = [
+    (join, 3),
+    (create, 6),
+    (move, 3),
+    (heartbeat, 4),
+    (user_target, 3),
+    (plan, 2),
+    (flag, 2),
+    (retire, 1),
+    (volume, 3),
+    (relocation, 2),
+]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = Store(str(tmp_path / "clawfleet.db"))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def started(store: Store, tmp_path: Path, user_volumes: bool) -> Fleet:
+    settings = make_settings(
+        tmp_path, plans={"default": SMALL, "big": BIG}, user_volumes=user_volumes
+    )
+    fleet = Fleet(settings, store, Keyring(INTERNAL_SECRET))
+    await fleet.start()
+    return fleet
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("user_volumes", [False, True])
+async def test_the_index_equals_a_rebuild_after_every_operation(
+    store: Store, tmp_path: Path, seed: int, user_volumes: bool
+) -> None:
+    world = World(await started(store, tmp_path, user_volumes), random.Random(seed))
+    done: dict[str, int] = {}
+    ops, weights = zip(*OPS, strict=True)
+    used = slots = False
+    for step in range(150):
+        op = join if step < 2 else world.rng.choices(ops, weights)[0]
+        try:
+            happened = await op(world)
+        except ClawfleetError:  # refused (no room, not movable): the refusal rolled back
+            happened = False
+        done[op.__name__] = done.get(op.__name__, 0) + happened
+        assert world.index() == await world.oracle(), f"after {op.__name__} (step {step})"
+        used = used or any(r.memory_used_mb for r in world.index().values())
+        slots = slots or any(r.volume_slots < 16 for r in world.index().values())
+    await world.fleet.heartbeats.close()
+    # Every kind of operation really ran, and the fleet really held users and volumes.
+    assert [op.__name__ for op, _ in OPS if not done.get(op.__name__)] == [], done
+    assert used and slots
+
+
+async def test_a_rolled_back_write_leaves_the_index_unchanged(store: Store, tmp_path: Path) -> None:
+    world = World(await started(store, tmp_path, False), random.Random(0))
+    for op in (join, join, create, create):
+        await op(world)
+    await world.write(_pending)
+    before = world.index()
+    fleet = world.fleet
+
+    async def placed_then_failed(conn: aiosqlite.Connection) -> None:
+        result = await placing.place_pending(
+            conn, fleet.plans, fleet.reserve, fleet.needs, fleet.room_index
+        )
+        assert result.placed  # the write did change rooms before it failed
+        await servers.set_flag(conn, sorted(world.workers)[0], "drain")
+        raise RuntimeError("failed after placing")
+
+    with pytest.raises(RuntimeError):
+        await store.write(placed_then_failed)
+    assert world.index() == before
+    await store.probe()  # the next commit re-reads what the rolled-back write touched
+    assert world.index() == before == await world.oracle()
+    await fleet.heartbeats.close()
+
+
+async def _pending(conn: aiosqlite.Connection) -> None:
+    """Two users left pending (as if no worker had room when they came)."""
+    for user in ("p1", "p2"):
+        await users.insert(conn, user, user, SMALL.name, "token", now=1.0)
+
+
+async def test_users_placed_in_one_transaction_see_each_others_use(
+    store: Store, tmp_path: Path
+) -> None:
+    fleet = await started(store, tmp_path, False)
+    world = World(fleet, random.Random(0))
+    await join(world, 1536)  # less the 512 MB reserve: room for two small users, not three
+    (server,) = world.workers
+    free = world.index()[server].memory_free_mb
+    assert free // SMALL.memory_mb == 2
+    index = fleet.room_index
+
+    async def place_three(conn: aiosqlite.Connection) -> list[str | None]:
+        chosen: list[str | None] = []
+        for user in ("a", "b", "c"):
+            await users.insert(conn, user, user, SMALL.name, "token", now=time.time())
+            placed, _ = await index.place(conn, [Demand(user, SMALL.memory_mb, SMALL.cpus)])
+            chosen.append(placed.get(user))
+            if user in placed:
+                await users.set_state(conn, user, "provisioning", placed[user], time.time())
+        assert await index.room(conn, server) == (await rooms(conn, fleet.plans, fleet.reserve))[0]
+        return chosen
+
+    assert await store.write(place_three) == [server, server, None]
+    assert world.index() == await world.oracle()
+    assert world.index()[server].memory_free_mb == free - 2 * SMALL.memory_mb
+    await fleet.heartbeats.close()
+
+
+async def test_the_start_up_rebuild_equals_the_live_index(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "clawfleet.db"))
+    await store.open()
+    world = World(await started(store, tmp_path, True), random.Random(7))
+    for step in range(60):
+        op = join if step < 2 else world.rng.choices(*zip(*OPS, strict=True))[0]
+        try:
+            await op(world)
+        except ClawfleetError:
+            pass
+    live = world.index()
+    await world.fleet.heartbeats.close()
+    await store.close()
+    store = Store(str(tmp_path / "clawfleet.db"))
+    await store.open()
+    try:
+        again = await started(store, tmp_path, True)
+        assert {r.server_id: r for r in again.room_index.rooms()} == live
+        assert any(r.memory_used_mb for r in live.values())
+        await again.heartbeats.close()
+    finally:
+        await store.close()
+
+
+async def test_the_store_commit_hook_runs_only_after_commit(store: Store) -> None:
+    """Its first half sees the write; its second runs only once COMMIT succeeded."""
+    seen: list[str] = []
+
+    async def hook(conn: aiosqlite.Connection) -> Callable[[], None]:
+        rows = await fetch_all(conn, "SELECT COUNT(*) FROM users")
+        seen.append(f"prepared {rows[0][0]}")
+        return lambda: seen.append("committed")
+
+    store.add_commit_hook(hook)
+
+    async def user(conn: aiosqlite.Connection) -> None:
+        await users.insert(conn, "a", "a", "default", "token", now=1.0)
+
+    async def fails_at_commit(conn: aiosqlite.Connection) -> None:
+        # A deferred foreign key is checked by COMMIT itself, after the hook ran.
+        await conn.execute("PRAGMA defer_foreign_keys = ON")
+        await users.insert(conn, "b", "b", "default", "token", now=1.0)
+        await users.set_state(conn, "b", "provisioning", "no-such-server", 1.0)
+
+    await store.write(user)
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.write(fails_at_commit)
+    assert seen == ["prepared 1", "committed", "prepared 2"]
+    assert [r["id"] for r in await store.fetch_all("SELECT id FROM users")] == ["a"]
