@@ -12,7 +12,8 @@ aiohttp runs them in this order and unwinds them in reverse:
    refusal within PROVIDER_STARTUP_WAIT stops start-up; an outage is retried in the
    background while everything else serves (a DNS provider verified late triggers a
    DNS round at once, a provider validated late a firewall round);
-4. the Fleet facade (its long-poll board and heartbeat writer), then the autoscaler
+4. the Fleet facade (its long-poll board, heartbeat writer and room index, rebuilt
+   from the store), then the autoscaler
    (and the agent wheel under DIST, with a real provider), then the liveness sweeps;
 5. the Stripe inbox processor;
 6. the scheduler's jobs (autoscale, DNS and firewall rounds, Stripe pruning), started last.
@@ -226,6 +227,7 @@ async def _scaler(app: web.Application) -> AsyncIterator[None]:
         _user_data(app, settings, provider),
         app[FLEET].board.notify,
         expected=open_checkouts,  # open checkouts count in the warm headroom (issue 15)
+        room_index=app[FLEET].room_index,  # its snapshot's active rooms, without a scan
     )
     scaler = Scaler(provisioner, health=app[PROVIDER_HEALTH])
     app[SCALER] = scaler

@@ -8,7 +8,9 @@ control/workers/assignments.py `commit`, which bumps the generation of every ser
 it touched in the same transaction. Placement runs whenever room may have appeared:
 a worker registers or comes back from unhealthy, a move completes, a user changes
 (leaves, suspends, changes plan), a server is uncordoned; the autoscaler places on
-every run as a safety net. Collaborators that act outside the fleet (the autoscaler's
+every run as a safety net. Placement decides over the room index the Fleet owns
+(`room_index`, control/users/room_index.py), attached to the store and rebuilt by
+`start()`. Collaborators that act outside the fleet (the autoscaler's
 nudge, the provider's prices, DNS following assignments) are given at construction.
 """
 
@@ -29,6 +31,7 @@ from control.metrics import Metrics
 from control.settings import Settings
 from control.users import names, placing, records, secrets
 from control.users.features import fleet_needs
+from control.users.room_index import RoomIndex
 from control.users.rooms import Reserve
 from control.volumes import backups as volume_backups
 from control.workers import assignments, liveness, nonces, registration, servers, tokens
@@ -88,6 +91,8 @@ class Fleet:
         )
         # The agent features every user's spec needs: placed only where an agent has them.
         self.needs = fleet_needs(settings)
+        # Every active server's room, kept by the store's writes (attached by `start`).
+        self.room_index = RoomIndex(self.plans, self.reserve)
         self.billing_policy = rules.Policy(
             self.plans,
             settings.past_due_grace,
@@ -109,6 +114,7 @@ class Fleet:
 
     async def start(self) -> None:
         self.started_at = time.time()
+        await self.room_index.attach(self.store)
         await self.ledger.load(self.store, self.started_at)
         self._live_workers = await servers.live_count(self.store)
         self._unhealthy = await servers.unhealthy_ids(self.store)
@@ -229,6 +235,7 @@ class Fleet:
             user_id=user_id,
             target=target,
             needs=self.needs,
+            index=self.room_index,
         )
         source, chosen = await assignments.commit(self.store, change, lambda m: [m[1]])
         self.board.notify(chosen, source)
@@ -264,7 +271,11 @@ class Fleet:
 
     async def place(self) -> placing.PlacementResult:
         change = functools.partial(
-            placing.place_pending, plans=self.plans, reserve=self.reserve, needs=self.needs
+            placing.place_pending,
+            plans=self.plans,
+            reserve=self.reserve,
+            needs=self.needs,
+            index=self.room_index,
         )
         result = await assignments.commit(self.store, change, lambda r: r.placed.values())
         self.board.notify(*result.touched_servers)

@@ -42,6 +42,7 @@ from control.users import records
 from control.users.features import fleet_needs
 from control.users.placement import Demand, Room
 from control.users.plans import plan_of
+from control.users.room_index import RoomIndex
 from control.users.rooms import Reserve, rooms
 from control.workers import servers, tokens, trust
 from control.workers.bootstrap import UserDataRenderer
@@ -95,6 +96,7 @@ class Provisioner:
         notify: Callable[..., None],
         clock: Callable[[], float] = time.time,
         expected: ExpectedDemand | None = None,
+        room_index: RoomIndex | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -104,6 +106,8 @@ class Provisioner:
         self.notify = notify
         self.clock = clock  # epoch seconds for every step's "now"; tests inject one
         self.expected = expected
+        # The Fleet's room index (control/users/room_index.py), when the app gives it.
+        self.room_index = room_index
         self.state = ScalerState()
         self.reserve = Reserve(
             settings.system_reserve_mb, settings.system_reserve_cpus, settings.user_volumes
@@ -194,7 +198,9 @@ class Provisioner:
         async def read(conn: aiosqlite.Connection) -> list[Room]:
             return await rooms(conn, plans, self.reserve)
 
-        active = await self.store.write(read)
+        index = self.room_index
+        # The index's rooms are as of the last commit, as a read in a write would be.
+        active = index.rooms() if index and index.ready else await self.store.write(read)
         on_the_way = [
             self.type_room(r["server_type"] or "local", r["id"], r["location"])
             for r in await self.store.fetch_all(

@@ -6,7 +6,9 @@ both memory and CPU. Full servers stay full and lightly used ones empty out, so 
 autoscaler can delete them. Ties go to the lower server id, so a decision can be
 replayed. `place` packs many users at once in O(users x log servers) (bisect over
 servers sorted by free memory), fast enough for 100,000 users over 1,000 servers
-well under a second (bench/placement.py).
+well under a second (bench/placement.py). The sorted lists are `Orders`, which also
+change one room at a time: the room index (control/users/room_index.py) keeps one for
+the whole fleet, so that one more user costs O(log servers), not a sort.
 
 Volumes (issue 13): a user whose data is on a volume (`Demand.location`) only goes to
 servers in that location, and a user that needs a volume attached (`Demand.volume`)
@@ -17,16 +19,17 @@ location is not known (a server not yet created) is taken to be anywhere.
 Agent features (control/users/features.py): a user goes only to a server whose agent
 declared every feature its spec needs (`Demand.features` <= `Room.features`). A room
 with `features` None is a server not yet created, which will run this version's agent.
-`place` keeps one sorted list per distinct feature set and searches only those that
-cover the demand: O(users x feature sets x log servers), and agents of only a few
-versions ever run at once.
+`Orders` keeps one sorted list per distinct (feature set, location) and searches only
+those that cover the demand: O(users x lists x log servers), and agents of only a few
+versions, in a few locations, ever run at once.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 MAX_VOLUMES_PER_SERVER = 16  # Hetzner's limit (docs.hetzner.com/cloud/volumes/faq)
 
@@ -101,55 +104,123 @@ def choose_server(
 
 
 _Order = list[tuple[int, str]]  # (free memory, server id), sorted
+_Key = tuple[frozenset[str] | None, str | None]  # (features, location) of a sorted list
+
+
+class Orders:
+    """Rooms by server id, and those that accept work in one list sorted by free memory
+    per (feature set, location). `put` changes one room in O(log n) comparisons (a
+    bisect, then one list insert or delete: a memmove of at most n pointers); `take`
+    places one user in O(lists x log n) (a walk past rooms that fit in memory but not
+    in CPU or volume slots aside). Within `trial()`, every change is undone on exit:
+    what a placement tries before its transaction commits (control/users/room_index.py)."""
+
+    def __init__(self, rooms: Iterable[Room] = ()) -> None:
+        self.rooms: dict[str, Room] = {room.server_id: room for room in rooms}
+        self._orders: dict[_Key, _Order] = {}
+        for room in self.rooms.values():
+            if room.accepts_work:
+                self._orders.setdefault(_key(room), []).append(_entry(room))
+        for order in self._orders.values():
+            order.sort()
+        self._undo: dict[str, Room | None] | None = None
+
+    def put(self, server_id: str, room: Room | None) -> None:
+        """`room` is now the server's room (None: it has none: not active)."""
+        old = self.rooms.get(server_id)
+        if self._undo is not None:
+            self._undo.setdefault(server_id, old)
+        if old is not None and old.accepts_work:
+            order = self._orders[_key(old)]
+            del order[bisect.bisect_left(order, _entry(old))]
+            if not order:
+                del self._orders[_key(old)]
+        if room is None:
+            self.rooms.pop(server_id, None)
+            return
+        self.rooms[server_id] = room
+        if room.accepts_work:
+            bisect.insort(self._orders.setdefault(_key(room), []), _entry(room))
+
+    @contextmanager
+    def trial(self) -> Iterator[None]:
+        self._undo = {}
+        try:
+            yield
+        finally:
+            undo, self._undo = self._undo, None
+            for server_id, room in undo.items():
+                self.put(server_id, room)
+
+    def best(self, demand: Demand, exact_location: str | None = None) -> str | None:
+        """The server that fits `demand` with the least free memory (ties: the lower id);
+        with `exact_location`, only among servers known to be there."""
+        best: tuple[int, str] | None = None
+        for (features, location), order in self._orders.items():
+            if not _covers(features, demand) or not _in_place(location, demand, exact_location):
+                continue
+            found = self._first_fit(order, demand)
+            if found is not None and (best is None or found < best):
+                best = found
+        return best[1] if best else None
+
+    def take(self, demand: Demand, exact_location: str | None = None) -> str | None:
+        """Places `demand` as `best` chooses and counts it against that server's room."""
+        server_id = self.best(demand, exact_location)
+        if server_id is not None:
+            room = self.rooms[server_id]
+            slots = room.volume_slots - 1 if demand.volume else room.volume_slots
+            taken = replace(
+                room,
+                memory_used_mb=room.memory_used_mb + demand.memory_mb,
+                cpus_used=room.cpus_used + demand.cpus,
+                volume_slots=slots,
+            )
+            self.put(server_id, taken)
+        return server_id
+
+    def _first_fit(self, order: _Order, demand: Demand) -> tuple[int, str] | None:
+        """The entry of `order` with the least free memory that fits `demand`."""
+        i = bisect.bisect_left(order, (demand.memory_mb, ""))
+        while i < len(order):
+            room = self.rooms[order[i][1]]
+            if room.cpus_free + _EPSILON >= demand.cpus and (
+                room.volume_slots > 0 or not demand.volume
+            ):
+                return order[i]
+            i += 1  # fits in memory but not in CPU or volumes: try the next larger room
+        return None
+
+
+def _key(room: Room) -> _Key:
+    return (room.features, room.location)
+
+
+def _entry(room: Room) -> tuple[int, str]:
+    return (room.memory_free_mb, room.server_id)
+
+
+def _in_place(location: str | None, demand: Demand, exact: str | None) -> bool:
+    if exact is not None:
+        return location == exact
+    return demand.location is None or location is None or location == demand.location
 
 
 def place(demands: Iterable[Demand], rooms: Iterable[Room]) -> tuple[dict[str, str], list[str]]:
     """Places users in the order given. Returns (user id -> server id, unplaced ids)."""
-    # One sorted list per feature set; each entry's room is updated as users land on it.
-    free: dict[str, tuple[int, float]] = {}
-    where: dict[str, tuple[str | None, int]] = {}  # location and free volume slots
-    orders: dict[frozenset[str] | None, _Order] = {}
-    for room in rooms:
-        if room.accepts_work:
-            free[room.server_id] = (room.memory_free_mb, room.cpus_free)
-            where[room.server_id] = (room.location, room.volume_slots)
-            orders.setdefault(room.features, []).append((room.memory_free_mb, room.server_id))
-    for order in orders.values():
-        order.sort()
+    return place_in(Orders(rooms), demands)
+
+
+def place_in(
+    orders: Orders, demands: Iterable[Demand], exact_location: str | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """`place` over `orders`, which it changes as users land (undo with `Orders.trial`)."""
     placed: dict[str, str] = {}
     unplaced: list[str] = []
     for demand in demands:
-        best: tuple[_Order, int] | None = None
-        for features, order in orders.items():
-            i = _first_fit(order, demand, free, where) if _covers(features, demand) else None
-            if i is not None and (best is None or order[i] < best[0][best[1]]):
-                best = (order, i)
-        if best is None:
+        server_id = orders.take(demand, exact_location)
+        if server_id is None:
             unplaced.append(demand.user_id)
-            continue
-        order, i = best
-        mem, server_id = order.pop(i)
-        cpus = free[server_id][1]
-        free[server_id] = (mem - demand.memory_mb, cpus - demand.cpus)
-        bisect.insort(order, (mem - demand.memory_mb, server_id))
-        if demand.volume:
-            location, slots = where[server_id]
-            where[server_id] = (location, slots - 1)
-        placed[demand.user_id] = server_id
+        else:
+            placed[demand.user_id] = server_id
     return placed, unplaced
-
-
-def _first_fit(
-    order: _Order,
-    demand: Demand,
-    free: dict[str, tuple[int, float]],
-    where: dict[str, tuple[str | None, int]],
-) -> int | None:
-    """The index of the entry of `order` with the least free memory that fits `demand`."""
-    i = bisect.bisect_left(order, (demand.memory_mb, ""))
-    while i < len(order) and (
-        free[order[i][1]][1] + _EPSILON < demand.cpus
-        or not _volume_fits(*where[order[i][1]], demand)
-    ):
-        i += 1  # fits in memory but not in CPU or volumes: try the next larger room
-    return i if i < len(order) else None

@@ -1,7 +1,9 @@
 """Placing users on servers and moving them, as store transactions.
 
 Contract: each function runs in the caller's transaction, decides with the pure
-rules of control/users/placement.py over `rooms.rooms`, writes through
+rules of control/users/placement.py over the room index it is given
+(control/users/room_index.py; without one, an unattached index: a read of the whole
+fleet, `rooms.rooms`), writes through
 control/users/records.py and records each decision as an event. It returns the
 servers whose desired set changed; the caller bumps their generation in the same
 transaction (control/workers/assignments.py `commit`) and wakes them after. `needs` is
@@ -22,9 +24,10 @@ from control.errors import Conflict, NotFound
 from control.plans import Plan
 from control.users import records
 from control.users.features import withheld_reason
-from control.users.placement import Demand, place
+from control.users.placement import Demand, Room, place
 from control.users.plans import plan_of
-from control.users.rooms import Reserve, rooms
+from control.users.room_index import RoomIndex
+from control.users.rooms import Reserve
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,11 @@ def demand(
 
 
 async def place_pending(
-    conn: aiosqlite.Connection, plans: dict[str, Plan], reserve: Reserve, needs: frozenset[str]
+    conn: aiosqlite.Connection,
+    plans: dict[str, Plan],
+    reserve: Reserve,
+    needs: frozenset[str],
+    index: RoomIndex | None = None,
 ) -> PlacementResult:
     """Places every pending user that fits somewhere, oldest first."""
     now = time.time()
@@ -63,7 +70,7 @@ async def place_pending(
     if not pending:
         return PlacementResult({}, [])
     demands = [demand(plans, u, needs, reserve.volume_per_user) for u in pending]
-    placed, waiting = place(demands, await rooms(conn, plans, reserve))
+    placed, waiting = await (index or RoomIndex(plans, reserve)).place(conn, demands)
     for user_id, server_id in placed.items():
         await records.set_state(conn, user_id, "provisioning", server_id, now)
         await events.record(
@@ -85,6 +92,7 @@ async def start_move(
     target: str | None,
     reason: str,
     needs: frozenset[str],
+    index: RoomIndex | None = None,
 ) -> tuple[str, str] | None:
     """Make-before-break: the user is assigned to `target` (or the best fit elsewhere)
     while its old server keeps running it until the new container reports healthy
@@ -100,18 +108,16 @@ async def start_move(
         raise NotFound(f"no user {user_id}")
     source = user["server_id"]
     _check_movable(user, target)
-    candidates = [r for r in await rooms(conn, plans, reserve) if r.server_id != source]
-    if target is not None:
-        candidates = [r for r in candidates if r.server_id == target]
-        if not candidates:
-            raise Conflict(
-                f"server {target} is not active and accepting work", code="target_unavailable"
-            )
+    rooms = index or RoomIndex(plans, reserve)
+    wanted = demand(plans, user, needs, reserve.volume_per_user)
+    if target is None:
+        chosen = (await rooms.place(conn, [wanted], exclude=source))[0].get(user_id)
+    else:
+        room = await _target_room(conn, rooms, target)
+        if lacks := withheld_reason(target, needs, room.features):
+            raise Conflict(lacks, code="target_lacks_features")
+        chosen = place([wanted], [room])[0].get(user_id)
     plan = plan_of(plans, user["plan"])
-    if target is not None and (lacks := withheld_reason(target, needs, candidates[0].features)):
-        raise Conflict(lacks, code="target_lacks_features")
-    placed, _ = place([demand(plans, user, needs, reserve.volume_per_user)], candidates)
-    chosen = placed.get(user_id)
     if chosen is None:
         if target is not None:
             raise Conflict(f"server {target} has no room for plan {plan.name}", code="no_room")
@@ -130,9 +136,10 @@ async def operator_move(
     user_id: str,
     target: str | None,
     needs: frozenset[str],
+    index: RoomIndex | None = None,
 ) -> tuple[str, str]:
     """An operator's move: as `start_move`, but no room anywhere is a 409 `no_room`."""
-    moved = await start_move(conn, plans, reserve, user_id, target, "operator", needs)
+    moved = await start_move(conn, plans, reserve, user_id, target, "operator", needs, index)
     if moved is None:
         raise Conflict(f"no other server has room for {user_id}", code="no_room")
     return moved
@@ -146,6 +153,7 @@ async def start_relocation(
     target: str | None,
     location: str | None,
     needs: frozenset[str],
+    index: RoomIndex | None = None,
 ) -> tuple[str, str]:
     """A move to another location (issue 13): the user (a row with its volume's
     `location`) is placed on `target`, or the best fit in `location`, counting the
@@ -154,25 +162,23 @@ async def start_relocation(
     target); the caller records the move in the same transaction."""
     source = user["server_id"]
     _check_movable(user, target)
-    candidates = [r for r in await rooms(conn, plans, reserve) if r.server_id != source]
-    if target is not None:
-        candidates = [r for r in candidates if r.server_id == target]
-        if not candidates:
-            raise Conflict(
-                f"server {target} is not active and accepting work", code="target_unavailable"
-            )
-        location = location or candidates[0].location
-    candidates = [r for r in candidates if r.location == location]
-    if location is None or location == user["location"] or (target and not candidates):
+    rooms = index or RoomIndex(plans, reserve)
+    room = None if target is None else await _target_room(conn, rooms, target)
+    location = location or (room.location if room else None)
+    if location is None or location == user["location"] or (room and room.location != location):
         raise Conflict(
             f"{target or location} is not in another location than {user['id']}'s volume",
             code="same_location",
         )
-    if target is not None and (lacks := withheld_reason(target, needs, candidates[0].features)):
+    if room is not None and (lacks := withheld_reason(room.server_id, needs, room.features)):
         raise Conflict(lacks, code="target_lacks_features")
     plan = plan_of(plans, user["plan"])
     wanted = Demand(user["id"], plan.memory_mb, plan.cpus, location, True, needs)
-    chosen = place([wanted], candidates)[0].get(user["id"])
+    if room is None:
+        placed = await rooms.place(conn, [wanted], exclude=source, exact_location=location)
+    else:
+        placed = place([wanted], [room])
+    chosen = placed[0].get(user["id"])
     if chosen is None:
         raise Conflict(f"no server in {location} has room for {user['id']}", code="no_room")
     now = time.time()
@@ -186,6 +192,15 @@ async def start_relocation(
         at=now,
     )
     return source, chosen
+
+
+async def _target_room(conn: aiosqlite.Connection, rooms: RoomIndex, target: str) -> Room:
+    room = await rooms.room(conn, target)
+    if room is None:
+        raise Conflict(
+            f"server {target} is not active and accepting work", code="target_unavailable"
+        )
+    return room
 
 
 def _check_movable(user: Row, target: str | None) -> None:
