@@ -14,6 +14,12 @@ Contract:
 - `write(fn)` runs `fn(conn)` inside one transaction (BEGIN IMMEDIATE … COMMIT) on
   the single write connection; writes never interleave, and an exception rolls the
   whole function back. Callers get `fn`'s result only after COMMIT.
+- `add_commit_hook(hook)`: after each write function, still in its transaction,
+  `await hook(conn)` runs (it sees the write's changes; raising rolls the write back
+  as `fn` raising does) and may return a function that runs after COMMIT succeeds,
+  still under the write lock, and must not fail: memory kept in step with the
+  database (control/users/room_index.py) changes in commit order and never for a
+  write that rolled back.
 - `fetch_all`/`fetch_one` read from a separate connection; WAL gives them a consistent
   snapshot without waiting for the writer.
 - A failure of the database itself (read-only, I/O error, full disk, corrupt, busy
@@ -47,6 +53,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Row = aiosqlite.Row
 WriteFn = Callable[[aiosqlite.Connection], Awaitable[T]]
+# What runs after COMMIT (None: nothing), as a commit hook returns it.
+AfterCommit = Callable[[], None]
+CommitHook = Callable[[aiosqlite.Connection], Awaitable[AfterCommit | None]]
 
 _PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -97,6 +106,10 @@ class Store:
         self._reader: aiosqlite.Connection | None = None
         self._lock_fd: int | None = None
         self._lock = asyncio.Lock()
+        self._hooks: list[CommitHook] = []
+
+    def add_commit_hook(self, hook: CommitHook) -> None:
+        self._hooks.append(hook)
 
     async def open(self) -> None:
         try:
@@ -213,10 +226,13 @@ class Store:
             await conn.execute("BEGIN IMMEDIATE")
             try:
                 result = await fn(conn)
+                after = [then for hook in self._hooks if (then := await hook(conn))]
                 await conn.execute("COMMIT")
             except BaseException:
                 await _rollback(conn)
                 raise
+            for then in after:
+                then()
             return result
 
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
