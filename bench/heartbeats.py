@@ -416,14 +416,18 @@ def client_process(
     go: MpEvent,
     start_box: Any,
     out: Connection,
+    driver: Any = None,
 ) -> None:
+    """`driver`: `drive` unless given (a module-level function of drive's signature, so
+    that a spawned process can import it: bench/fleet.py's heartbeats at the served
+    interval)."""
     ready.set()
     if not go.wait(timeout=120):
         out.send(None)
         return
     cpu0 = time.process_time()
     result = asyncio.run(
-        drive(url, workers, float(start_box.value), warmup, seconds, period, longpolls)
+        (driver or drive)(url, workers, float(start_box.value), warmup, seconds, period, longpolls)
     )
     # Builtins only: the parent must not need this module's classes to unpickle.
     out.send(
@@ -451,12 +455,13 @@ def run_load(
     rate: float | None = None,
     longpolls: bool = True,
     during: Any = None,
+    driver: Any = None,
 ) -> LoadResult:
     """Closed loop when `rate` is None, else each worker paced so that the fleet sends
     `rate` heartbeats per second, spread evenly. `during(seconds)`, when given, runs in
     this process for the measured window and returns the users it created as
     (unix time, server id): each one's wake-up is the time until that worker's
-    long-poll answered."""
+    long-poll answered. `driver`: what each client process runs (client_process)."""
     ctx = multiprocessing.get_context("spawn")
     period = None if rate is None else len(workers) / rate
     spread = [
@@ -475,6 +480,7 @@ def run_load(
             proc = ctx.Process(
                 target=client_process,
                 args=(url, share, warmup, seconds, period, longpolls, ready, go, start_box, sender),
+                kwargs={"driver": driver},
                 daemon=True,
             )
             proc.start()
@@ -654,6 +660,8 @@ def measure_control(args: argparse.Namespace, tmp: Path) -> ControlFigures:
         "MAX_SERVERS": "0",
         "WARM_HEADROOM": "0",
         "LOCAL_WORKERS_DIR": str(tmp / "workers"),
+        # The closed loop sends each worker's heartbeats back to back: throughput, not pace.
+        "AGENT_CALLS_PER_SECOND": "0",
     }
     log_path, gc_path = tmp / "control.log", tmp / "gc.json"
     probe = str(ROOT / "bench" / "gc_probe.py")

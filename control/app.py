@@ -41,6 +41,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from control.api import middleware
 from control.api.admin_routes import admin_routes
+from control.api.agent_pace import AgentPace
 from control.api.agent_routes import agent_routes
 from control.api.backup_routes import backup_routes
 from control.api.dashboard import install_dashboard
@@ -50,6 +51,7 @@ from control.api.ratelimit import install_auth_guard
 from control.api.readiness import install_readiness
 from control.api.stripe_webhook import stripe_routes
 from control.appkeys import (
+    AGENT_PACE,
     DIST,
     DNS_HEALTH,
     DNS_SYNC,
@@ -110,6 +112,7 @@ def create_app(
     app[DNS_HEALTH] = ProviderHealth()  # the DNS provider's verification (control/dns/sync.py)
     app[SCHEDULER] = AsyncIOScheduler()  # started by the last context, once all is wired
     install_auth_guard(app, settings, lambda: app[STORE], app[METRICS].auth_refused_by)
+    app[AGENT_PACE] = AgentPace(settings.agent_calls_per_second)
     app.add_routes(agent_routes)
     app.add_routes(origin_tls_routes)
     app.add_routes(admin_routes)

@@ -6,7 +6,7 @@ Contract: this module only names keys. The types are imported for the type check
 alone (the keys carry them as annotations), so importing it imports none of the
 modules it names. Who sets each key, and when:
 - at construction (`create_app`): SETTINGS, PROVIDER_FACTORY, METRICS, METRICS_MODE,
-  PROVIDER_HEALTH, DNS_HEALTH, AUTH_GUARD, SESSIONS, STORE_PROBE, SCHEDULER (started
+  PROVIDER_HEALTH, DNS_HEALTH, AUTH_GUARD, AGENT_PACE, SESSIONS, STORE_PROBE, SCHEDULER (started
   only once everything below runs);
 - by the cleanup context that owns the resource, on start-up, in this order: STORE,
   PROVIDER, DNS_SYNC, FIREWALL_SYNC, FLEET, SCALER (and DIST with a real provider),
@@ -24,6 +24,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+    from control.api.agent_pace import AgentPace
     from control.api.metrics_endpoint import MetricsMode
     from control.api.origin_tls_routes import OriginTlsSlot
     from control.api.ratelimit import AuthGuard
@@ -51,6 +52,7 @@ METRICS_MODE: web.AppKey[MetricsMode] = web.AppKey("metrics_mode")  # who may re
 PROVIDER_HEALTH: web.AppKey[ProviderHealth] = web.AppKey("provider_health")
 DNS_HEALTH: web.AppKey[ProviderHealth] = web.AppKey("dns_health")  # DNS verification
 AUTH_GUARD: web.AppKey[AuthGuard] = web.AppKey("auth_guard")
+AGENT_PACE: web.AppKey[AgentPace] = web.AppKey("agent_pace")
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("dashboard_sessions")
 STORE_PROBE: web.AppKey[StoreProbe] = web.AppKey("store_probe")
 SCHEDULER: web.AppKey[AsyncIOScheduler] = web.AppKey("scheduler")

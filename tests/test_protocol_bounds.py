@@ -8,6 +8,7 @@ import copy
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -484,8 +485,11 @@ def snapshot(path: str) -> tuple[Any, ...]:
 
 
 async def test_out_of_bounds_messages_are_400_naming_the_field_and_write_nothing(
-    control: ControlPlane,
+    control_factory: Callable[..., ControlPlane],
 ) -> None:
+    # One worker sends every case back to back: no pace (tests/test_agent_pace.py has it).
+    control = control_factory(agent_calls_per_second=0)
+    await control.start()
     tok = await token(control)
     worker = FakeWorker.with_token(control.url, control.session, await token(control))
     assert (await worker.register()).status == 201

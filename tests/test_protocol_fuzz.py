@@ -538,8 +538,11 @@ async def poisoned_batch(fz: Fuzz) -> None:
 async def test_protocol_fuzz(
     control_factory: Callable[..., ControlPlane], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Liveness and the autoscaler stay quiet for the test's length (see `settle`).
-    control = control_factory(heartbeat_interval=60, dead_after=600, autoscale_interval=3600)
+    # Liveness and the autoscaler stay quiet for the test's length (see `settle`); a few
+    # workers send thousands of requests, so no pace (tests/test_agent_pace.py has it).
+    control = control_factory(
+        heartbeat_interval=60, dead_after=600, autoscale_interval=3600, agent_calls_per_second=0
+    )
     rng = random.Random(SEED)
     fz = Fuzz(control, rng, RawClient(control.settings.listen_port))
     scheduled_tick = Scaler.tick

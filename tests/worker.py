@@ -19,6 +19,7 @@ RESOURCES = {"cpus": 4, "memory_mb": 8192, "disk_gb": 80}
 class Reply:
     status: int
     body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class FakeWorker:
     async def send(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
         async with self.session.request(method, self.url + target, data=body, headers=headers) as r:
             payload = await r.json() if r.content_type == "application/json" else {}
-            return Reply(r.status, payload)
+            return Reply(r.status, payload, dict(r.headers))
 
     async def replay(self, index: int = -1) -> Reply:
         last = self.sent[index]

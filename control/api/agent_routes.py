@@ -3,7 +3,8 @@
 Contract:
 - `POST /v1/agent/register` (bootstrap token), `POST /v1/agent/heartbeat` and
   `GET /v1/agent/assignments?after=&wait=` (worker signature): each handler
-  authenticates first (control/workers/auth.py, through `Fleet.auth`), refuses a
+  authenticates first (control/workers/auth.py, through `Fleet.auth`), then keeps the
+  worker to its pace (control/api/agent_pace.py: 429 past AGENT_CALLS_PER_SECOND), refuses a
   repeated query parameter, decodes and validates the body (400 on any shape error,
   before anything is written), calls one Fleet operation and encodes its reply.
   Assignments answer 304 when the worker's generation is still `after` after `wait` s.
@@ -14,6 +15,8 @@ These paths carry no admin credential: the auth middleware leaves them to the ab
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from control.api.bodies import (
@@ -22,7 +25,7 @@ from control.api.bodies import (
     query_number,
     refuse_duplicate_parameters,
 )
-from control.appkeys import DIST, FLEET
+from control.appkeys import AGENT_PACE, DIST, FLEET
 from control.errors import NotFound
 from shared import protocol
 
@@ -42,6 +45,7 @@ async def register(request: web.Request) -> web.Response:
 async def heartbeat(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     caller = await fleet.auth.worker(request)
+    request.app[AGENT_PACE].admit("heartbeat", caller.key_id, time.monotonic())
     refuse_duplicate_parameters(request)
     hb = decode_body(caller.body, protocol.Heartbeat)
     return msgspec_response(await fleet.heartbeat(caller, hb))
@@ -51,6 +55,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def get_assignments(request: web.Request) -> web.StreamResponse:
     fleet = request.app[FLEET]
     caller = await fleet.auth.worker(request)
+    request.app[AGENT_PACE].admit("poll", caller.key_id, time.monotonic())
     refuse_duplicate_parameters(request)
     after = query_number(request, "after", 0)
     wait = query_number(request, "wait", 0)

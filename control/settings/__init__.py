@@ -25,6 +25,7 @@ from control.plans import Plan
 from control.settings import portal, rules
 from control.settings.backups import BackupSettings
 from control.settings.edge import EdgeSettings
+from control.settings.liveness import LivenessSettings
 from control.settings.local import LocalSettings
 from control.settings.profiles import Profile
 from control.settings.rules import SettingsError
@@ -52,7 +53,14 @@ DEFAULT_AGENT_IMAGE = "ghcr.io/openclaw/openclaw:2026.11.20"
 
 
 @dataclass(frozen=True)
-class Settings(BackupSettings, LocalSettings, VolumeSettings, EdgeSettings, portal.PortalSettings):
+class Settings(
+    BackupSettings,
+    LocalSettings,
+    VolumeSettings,
+    EdgeSettings,
+    portal.PortalSettings,
+    LivenessSettings,
+):
     admin_token: str = setting(
         "ADMIN_TOKEN",
         None,
@@ -205,15 +213,6 @@ class Settings(BackupSettings, LocalSettings, VolumeSettings, EdgeSettings, port
         "openclaw",
         rules.tenant_profile,
         "What each user's container runs (docs/tenants.md): a shipped profile (openclaw, generic) or the path of an operator's TOML profile. Start-up fails when a plan has less memory than the profile's min_memory_mb.",
-    )
-    heartbeat_interval: float = setting(
-        "HEARTBEAT_INTERVAL", "10", number(1, 3600), "Base seconds between worker heartbeats."
-    )
-    dead_after: float = setting(
-        "DEAD_AFTER",
-        "300",
-        number(10, 30 * rules.DAY),
-        "Seconds without a heartbeat before a worker is declared dead.",
     )
     bootstrap_token_ttl: int = setting(
         "BOOTSTRAP_TOKEN_TTL",
