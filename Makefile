@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CODE := control agent shared cloud_init tenant tests bench
 
-.PHONY: run test lint typecheck unit bench clean docs dist stop-workers openclaw-image
+.PHONY: run test lint typecheck unit bench bench-fleet clean docs dist stop-workers openclaw-image
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(PY) bench/heartbeats.py
 	$(PY) bench/placement.py
+
+# A whole fleet (issue 16): long-polls, heartbeats at the served interval, users and an
+# open dashboard; docs/benchmarks.md. `make bench-fleet FLEET_ARGS="--workers 10000
+# --insert-workers"` for the issue's size.
+FLEET_ARGS ?= --workers 1000 --insert-workers
+bench-fleet: $(STAMP)
+	$(PY) bench/fleet.py $(FLEET_ARGS)
 
 dist: $(STAMP)
 	rm -rf dist && $(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .

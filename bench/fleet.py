@@ -1,0 +1,489 @@
+"""A whole fleet's load on one control plane, in the figures issue 16's targets are
+stated in: N workers behaving as agents do, users created at a rate, and an open
+dashboard.
+
+Run: `make bench-fleet` (or `.venv/bin/python bench/fleet.py --workers 1000 --seconds 30
+--insert-workers`). Everything on 127.0.0.1:
+
+1. starts the control plane (`python -m control` under bench/gc_probe.py, which times
+   every garbage collection) on a temp database, as bench/heartbeats.py does;
+2. registers N workers through join tokens (or, with `--insert-workers`, writes them
+   into the database: 10k registrations each cost a placement round), each with
+   4 CPUs and 8 GB, so a worker holds a few users of the default plan;
+3. one heartbeat asks the control plane the interval it hands out at this size
+   (control/workers/liveness.py `heartbeat_interval`);
+4. load, from `--clients` processes (default: one per 2,000 workers, so that no client
+   process nears a core; the report says what they used): every worker holds one
+   long-poll at all times (`after` its last generation, `wait` 55 s, as agents do,
+   the first ones spread over half the warm-up) and heartbeats at the interval of its
+   last reply (signed, fresh nonce each time), the first beats spread evenly over one
+   interval. The warm-up is one interval and 5 s, so that every worker has beaten and
+   holds its long-poll when the window opens;
+5. during the measured `--seconds`, from this process: users created at `--user-rate`
+   through `POST /v1/users` (its latency is measured), and each one's wake-up, the time
+   from that POST to the answer of the long-poll held by the worker the reply places it
+   on; an open dashboard, which every `--dashboard-poll` seconds (3, the dashboard's own)
+   reads its fleet page's requests at once (the summary, the first page of live servers,
+   the pending users) and the users page's first page; and a Prometheus scrape of
+   `/metrics` every `--scrape-interval` seconds;
+6. reports heartbeat, wake-up, `POST /v1/users` and each admin read's p50 and p99, the
+   control plane's CPU (cores, over the window), its peak RSS, and its collector's
+   pauses in the window (longest, how many over 50 ms): a table, then one JSON line.
+
+Develop and check it at N <= 500 and runs of 30 s or less on a shared machine; the
+figures in docs/benchmarks.md say at what N and on what machine they were measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import resource
+import secrets
+import sys
+import tempfile
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.heartbeats import (  # noqa: E402
+    HEARTBEAT_BODY,
+    HEARTBEAT_PATH,
+    HOST,
+    REQUEST_TIMEOUT,
+    Credentials,
+    LoadResult,
+    free_port,
+    gc_summary,
+    held_longpolls,
+    hold_longpoll,
+    insert_workers,
+    machine,
+    percentile,
+    register_workers,
+    rss_peak_mb,
+    run_load,
+    signed,
+    start_process,
+    stop_process,
+    wait_ready,
+)
+
+DASHBOARD_POLL = 3.0  # control/api/dashboard.py POLL_SECONDS: what an open dashboard waits
+DASHBOARD_PAGE = 50  # its rows per table page (dashboard.js PAGE)
+LIVE_STATUSES = "provisioning,active,unhealthy,dead,deleting"  # its fleet page: all but deleted
+# What one poll of an open dashboard reads, at once (dashboard.js `refresh`): the fleet
+# page's requests, and the users page's first page.
+DASHBOARD_READS = {
+    "GET /v1/summary": "/v1/summary",
+    "GET /v1/servers (first page)": f"/v1/servers?limit={DASHBOARD_PAGE}&status={LIVE_STATUSES}",
+    "GET /v1/users?state=pending": f"/v1/users?state=pending&limit={DASHBOARD_PAGE}",
+    "GET /v1/users (first page)": f"/v1/users?limit={DASHBOARD_PAGE}",
+}
+METRICS_READ = "GET /metrics"
+GC_PAUSE_LIMIT_MS = 50.0  # issue 16: no pause over 50 ms
+WORKERS_PER_CLIENT = 2000
+CLIENT_CPU_WARNING = 0.6  # cores per client process: above it, they may be the bottleneck
+
+
+# --- the workers (in the client processes) ------------------------------------------
+@dataclass
+class Window:
+    opens: float
+    closes: float
+
+    def holds(self, at: float) -> bool:
+        return self.opens <= at <= self.closes
+
+
+async def served_beats(
+    url: str,
+    creds: Credentials,
+    first_at: float,
+    interval: float,
+    session: aiohttp.ClientSession,
+    result: LoadResult,
+    latencies: array[float],
+    window: Window,
+) -> None:
+    """One worker's heartbeats until the window closes, each `heartbeat_interval` (of
+    the last reply) after the one before, as the agent paces itself."""
+    due = first_at
+    while True:
+        await asyncio.sleep(max(0.0, due - time.time()))
+        if time.time() >= window.closes:
+            return
+        sent_at, sent = time.time(), time.perf_counter()
+        kind = ""
+        try:
+            status, reply = await signed(
+                session, url, creds, "POST", HEARTBEAT_PATH, HEARTBEAT_BODY
+            )
+            if status == 200:
+                interval = float(reply["heartbeat_interval"])
+            else:
+                kind = f"http_{status}"
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            kind = type(exc).__name__
+        if window.holds(time.time()):
+            if kind:
+                result.errors += 1
+                result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
+            else:
+                result.ok += 1
+                latencies.append((time.perf_counter() - sent) * 1000)
+        due = sent_at + interval
+
+
+async def drive_fleet(
+    url: str,
+    workers: list[tuple[Credentials, float]],
+    start: float,
+    warmup: float,
+    seconds: float,
+    period: float | None,
+    longpolls: bool = True,
+) -> LoadResult:
+    """bench/heartbeats.py `drive`'s signature (run_load's client processes run it):
+    `period` is the served interval the load starts from, each worker's offset its
+    first beat's place in it."""
+    result = LoadResult(seconds=seconds)
+    window = Window(start + warmup, start + warmup + seconds)
+    latencies = array("d")
+    interval = period or 5.0
+    # No limit: each worker needs its long-poll's connection and one for its beat.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        spread = warmup / 2 / max(1, len(workers))
+        polls = [
+            asyncio.create_task(
+                hold_longpoll(url, c, session, result, start + i * spread, window.closes)
+            )
+            for i, (c, _) in enumerate(workers)
+            if longpolls
+        ]
+        await asyncio.gather(
+            *(
+                served_beats(url, c, start + offset, interval, session, result, latencies, window)
+                for c, offset in workers
+            )
+        )
+        for task in polls:
+            task.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
+    result.latencies_ms = latencies.tolist()
+    return result
+
+
+# --- users and the dashboard (in this process, during the window) -------------------
+@dataclass
+class Foreground:
+    created: list[tuple[float, str]] = field(default_factory=list)  # (sent at, server id)
+    post_ms: list[float] = field(default_factory=list)
+    post_errors: int = 0
+    unplaced: int = 0  # created, but no worker had room: no wake-up to measure
+    reads: dict[str, list[float]] = field(default_factory=dict)
+    read_errors: dict[str, int] = field(default_factory=dict)
+    held_longpolls: float | None = None
+
+
+async def create_users(
+    session: aiohttp.ClientSession, url: str, token: str, rate: float, end: float, fg: Foreground
+) -> None:
+    """`rate` users a second until `end` (open loop: a slow reply delays only its own
+    slot), each through the admin API, as an operator's or a payment's creation does."""
+    tag, first, i = secrets.token_hex(3), time.time(), 0
+    while (slot := first + i / rate) < end - 1.0:  # the last wake-up must land inside
+        await asyncio.sleep(max(0.0, slot - time.time()))
+        user = f"fleet-{tag}-{i}"
+        i += 1
+        sent_at, sent = time.time(), time.perf_counter()
+        async with session.post(
+            url + "/v1/users",
+            json={"user_id": user, "subdomain": user},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as r:
+            reply = await r.json()
+        if r.status != 201:
+            fg.post_errors += 1
+            continue
+        fg.post_ms.append((time.perf_counter() - sent) * 1000)
+        if reply.get("server_id"):
+            fg.created.append((sent_at, str(reply["server_id"])))
+        else:
+            fg.unplaced += 1
+
+
+async def timed_read(
+    session: aiohttp.ClientSession, url: str, token: str, name: str, path: str, fg: Foreground
+) -> None:
+    sent = time.perf_counter()
+    async with session.get(url + path, headers={"Authorization": f"Bearer {token}"}) as r:
+        await r.read()
+    if r.status == 200:
+        fg.reads.setdefault(name, []).append((time.perf_counter() - sent) * 1000)
+    else:
+        fg.read_errors[name] = fg.read_errors.get(name, 0) + 1
+
+
+async def dashboard(
+    session: aiohttp.ClientSession, url: str, token: str, poll: float, end: float, fg: Foreground
+) -> None:
+    """An open dashboard: its reads at once, then `poll` seconds after they all answered."""
+    while time.time() < end:
+        await asyncio.gather(
+            *(timed_read(session, url, token, n, p, fg) for n, p in DASHBOARD_READS.items())
+        )
+        await asyncio.sleep(min(poll, max(0.0, end - time.time())))
+
+
+async def scraper(
+    session: aiohttp.ClientSession, url: str, every: float, end: float, fg: Foreground
+) -> None:
+    """Prometheus: /metrics every `every` seconds (loopback callers need no token)."""
+    while time.time() < end:
+        await timed_read(session, url, "", METRICS_READ, "/metrics", fg)
+        await asyncio.sleep(min(every, max(0.0, end - time.time())))
+
+
+async def foreground(url: str, token: str, seconds: float, args: argparse.Namespace) -> Foreground:
+    fg = Foreground()
+    end = time.time() + seconds
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(
+            create_users(session, url, token, args.user_rate, end, fg),
+            dashboard(session, url, token, args.dashboard_poll, end, fg),
+            scraper(session, url, args.scrape_interval, end, fg),
+        )
+    fg.held_longpolls = await held_longpolls(url)  # late in the window, after the rest
+    return fg
+
+
+# --- the run ------------------------------------------------------------------------
+@dataclass
+class Run:
+    load: LoadResult
+    fg: Foreground
+    interval: float
+    clients: int
+    gc: dict[str, Any]
+
+
+def control_env(tmp: Path, port: int, admin_token: str, internal_secret: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ADMIN_TOKEN": admin_token,
+        "INTERNAL_SECRET": internal_secret,
+        "DATABASE_PATH": str(tmp / "clawfleet.db"),
+        "LISTEN_HOST": HOST,
+        "LISTEN_PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+        # The simulated workers are the whole fleet: no autoscaler-made local agents.
+        "MAX_SERVERS": "0",
+        "WARM_HEADROOM": "0",
+        "LOCAL_WORKERS_DIR": str(tmp / "workers"),
+    }
+
+
+async def served_interval(url: str, creds: Credentials) -> float:
+    """The heartbeat interval the control plane hands out to this fleet."""
+    async with aiohttp.ClientSession() as session:
+        status, reply = await signed(session, url, creds, "POST", HEARTBEAT_PATH, HEARTBEAT_BODY)
+    if status != 200:
+        raise RuntimeError(f"heartbeat -> {status}: {reply}")
+    return float(reply["heartbeat_interval"])
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> Run:
+    admin_token, internal_secret, port = (
+        secrets.token_urlsafe(32),
+        secrets.token_urlsafe(32),
+        free_port(),
+    )
+    url = f"http://{HOST}:{port}"
+    log_path, gc_path = tmp / "control.log", tmp / "gc.json"
+    probe = str(ROOT / "bench" / "gc_probe.py")
+    env = control_env(tmp, port, admin_token, internal_secret)
+    proc = start_process([sys.executable, probe, str(gc_path)], env, log_path)
+    try:
+        asyncio.run(wait_ready(url, proc, log_path))
+        t0 = time.monotonic()
+        if args.insert_workers:
+            workers = insert_workers(str(tmp / "clawfleet.db"), internal_secret, args.workers)
+        else:
+            workers = asyncio.run(register_workers(url, admin_token, args.workers))
+        print(f"{len(workers)} workers in {time.monotonic() - t0:.1f}s", flush=True)
+        interval = asyncio.run(served_interval(url, workers[0]))
+        warmup = args.warmup if args.warmup is not None else interval + 5.0
+        clients = args.clients or max(1, math.ceil(args.workers / WORKERS_PER_CLIENT))
+        print(f"served interval {interval:g}s, warm-up {warmup:g}s, {clients} client process(es)")
+        fgs: list[Foreground] = []
+
+        def during(seconds: float) -> list[tuple[float, str]]:
+            fgs.append(asyncio.run(foreground(url, admin_token, seconds, args)))
+            return fgs[0].created
+
+        rate = len(workers) / interval  # run_load's period: the served interval
+        load = run_load(
+            url,
+            workers,
+            clients,
+            warmup,
+            args.seconds,
+            proc.pid,
+            rate=rate,
+            during=during,
+            driver=drive_fleet,
+        )
+        load.rss_peak_mb = rss_peak_mb(proc.pid)
+    finally:
+        stop_process(proc)
+    probe_out = json.loads(gc_path.read_text()) if gc_path.exists() else {"pauses": []}
+    gc = pauses(probe_out, load.window_from, load.window_from + args.seconds)
+    return Run(load, fgs[0] if fgs else Foreground(), interval, clients, gc)
+
+
+def pauses(probe: dict[str, Any], start: float, end: float) -> dict[str, Any]:
+    """The collector in the window: bench/heartbeats.py's summary, and how many pauses
+    were over issue 16's 50 ms."""
+    if "thresholds" not in probe:
+        return {"count": 0, "max_ms": 0.0, "over_50ms": 0}
+    summary = gc_summary(probe, start, end)
+    summary["over_50ms"] = sum(
+        1 for at, _, ms, _, _ in probe["pauses"] if start <= at <= end and ms > GC_PAUSE_LIMIT_MS
+    )
+    return summary
+
+
+def p50_p99(samples: list[float]) -> dict[str, float | int]:
+    ordered = sorted(samples)
+    return {
+        "n": len(ordered),
+        "p50_ms": round(percentile(ordered, 50), 2),
+        "p99_ms": round(percentile(ordered, 99), 2),
+    }
+
+
+def figures(args: argparse.Namespace, run: Run) -> dict[str, Any]:
+    load, fg = run.load, run.fg
+    beats = load.summary()
+    client_cpu = load.client_cpu
+    return {
+        "workers": args.workers,
+        "seconds": args.seconds,
+        "heartbeat_interval_s": run.interval,
+        "clients": run.clients,
+        "heartbeat": {**p50_p99(load.latencies_ms), "errors": load.errors},
+        "heartbeats_per_s": beats["per_s"],
+        "longpolls_held": fg.held_longpolls,
+        "longpoll_errors": load.poll_errors,
+        "wake": {**p50_p99(load.wake_ms), "missed": load.wake_missed, "unplaced": fg.unplaced},
+        "post_users": {**p50_p99(fg.post_ms), "errors": fg.post_errors},
+        "admin": {
+            name: {**p50_p99(fg.reads.get(name, [])), "errors": fg.read_errors.get(name, 0)}
+            for name in [*DASHBOARD_READS, METRICS_READ]
+        },
+        "server_cpu_cores": None if load.server_cpu is None else round(load.server_cpu, 2),
+        "rss_peak_mb": None if load.rss_peak_mb is None else round(load.rss_peak_mb, 1),
+        "gc_max_ms": run.gc.get("max_ms", 0.0),
+        "gc_pauses_over_50ms": run.gc.get("over_50ms", 0),
+        "gc": run.gc,
+        # Summed over the client processes, per wall second: each should stay well
+        # under one core, or the clients, not the control plane, set the figures.
+        "client_cpu_cores": None if client_cpu is None else round(client_cpu, 2),
+        "machine_busy": beats["machine_busy"],
+        **machine(),
+    }
+
+
+def table(f: dict[str, Any]) -> str:
+    """The figures a reader looks at first, one row each."""
+    rows = [
+        ("heartbeat p50 / p99", _ms(f["heartbeat"]), f"{f['heartbeat']['errors']} errors"),
+        ("wake-up p50 / p99", _ms(f["wake"]), f"{f['wake']['missed']} missed"),
+        ("POST /v1/users p50 / p99", _ms(f["post_users"]), f"{f['post_users']['errors']} errors"),
+        *((name, _ms(v), f"{v['errors']} errors") for name, v in f["admin"].items()),
+        ("control-plane CPU", f"{f['server_cpu_cores']} cores", ""),
+        ("control-plane peak RSS", f"{f['rss_peak_mb']} MB", ""),
+        ("GC pauses", f"longest {f['gc_max_ms']} ms", f"{f['gc_pauses_over_50ms']} over 50 ms"),
+        ("long-polls held", str(f["longpolls_held"]), f"{f['longpoll_errors']} errors"),
+        ("client processes", f"{f['client_cpu_cores']} cores", f"{f['clients']} processes"),
+    ]
+    title = (
+        f"{f['workers']} workers, {f['seconds']:g} s, heartbeat every "
+        f"{f['heartbeat_interval_s']:g} s ({f['heartbeats_per_s']}/s)"
+    )
+    width = max(len(r[0]) for r in rows)
+    lines = [title, *(f"  {a:<{width}}  {b:<22} {c}".rstrip() for a, b, c in rows)]
+    return "\n".join(lines)
+
+
+def _ms(v: dict[str, Any]) -> str:
+    return f"{v['p50_ms']} / {v['p99_ms']} ms (n={v['n']})"
+
+
+def raise_fd_limit() -> None:
+    """Long-polls hold a socket each: the soft limit up to the hard one, for the control
+    plane and the clients this process starts."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--workers", type=int, default=500, help="simulated workers (N)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds")
+    parser.add_argument(
+        "--warmup", type=float, help="unmeasured seconds of load first (default: interval + 5)"
+    )
+    parser.add_argument(
+        "--clients", type=int, help=f"load processes (default: one per {WORKERS_PER_CLIENT})"
+    )
+    parser.add_argument("--user-rate", type=float, default=2.0, help="users created per second")
+    parser.add_argument("--dashboard-poll", type=float, default=DASHBOARD_POLL, help="seconds")
+    parser.add_argument("--scrape-interval", type=float, default=15.0, help="/metrics, seconds")
+    parser.add_argument(
+        "--insert-workers",
+        action="store_true",
+        help="write the N workers into the database instead of registering them (fast at 10k)",
+    )
+    args = parser.parse_args(argv)
+    if not 1 <= args.workers <= 20000 or not 1 <= args.seconds <= 600:
+        parser.error("--workers: 1-20000, --seconds: 1-600")
+    if args.clients is not None and not 1 <= args.clients <= 16:
+        parser.error("--clients: 1-16")
+    if not 0 < args.user_rate <= 100 or args.dashboard_poll <= 0 or args.scrape_interval <= 0:
+        parser.error("--user-rate: (0, 100]; --dashboard-poll, --scrape-interval: > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_fd_limit()
+    with tempfile.TemporaryDirectory(prefix="clawfleet-fleet-") as tmp:
+        run = measure(args, Path(tmp))
+    result = figures(args, run)
+    print(table(result), flush=True)
+    if (result["client_cpu_cores"] or 0) / run.clients > CLIENT_CPU_WARNING:
+        print(
+            f"warning: the client processes used {result['client_cpu_cores']} cores: "
+            "they may have set these figures; run again with more --clients"
+        )
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
