@@ -213,8 +213,8 @@ async def create_users(
             json={"user_id": user, "subdomain": user},
             headers={"Authorization": f"Bearer {token}"},
         ) as r:
-            reply = await r.json()
-        if r.status != 201:
+            reply = await r.json() if r.status == 201 else await r.read()
+        if not isinstance(reply, dict):
             fg.post_errors += 1
             continue
         fg.post_ms.append((time.perf_counter() - sent) * 1000)
@@ -256,6 +256,12 @@ async def scraper(
         await asyncio.sleep(min(every, max(0.0, end - time.time())))
 
 
+async def count_held(at: float, url: str, fg: Foreground) -> None:
+    """The long-polls the control plane holds at `at` (its own count, from /metrics)."""
+    await asyncio.sleep(max(0.0, at - time.time()))
+    fg.held_longpolls = await held_longpolls(url)
+
+
 async def foreground(url: str, token: str, seconds: float, args: argparse.Namespace) -> Foreground:
     fg = Foreground()
     end = time.time() + seconds
@@ -265,8 +271,8 @@ async def foreground(url: str, token: str, seconds: float, args: argparse.Namesp
             create_users(session, url, token, args.user_rate, end, fg),
             dashboard(session, url, token, args.dashboard_poll, end, fg),
             scraper(session, url, args.scrape_interval, end, fg),
+            count_held(end - min(2.0, seconds / 2), url, fg),  # late, but inside the window
         )
-    fg.held_longpolls = await held_longpolls(url)  # late in the window, after the rest
     return fg
 
 
