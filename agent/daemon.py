@@ -16,6 +16,8 @@ Registration and every heartbeat declare the features this agent implements
 (agent/features.py), so an upgraded agent's new ones are known at its next beat.
 The origin TLS loop (agent/origin_tls.py) first re-serves a saved certificate, then
 keeps it signed and fresh; each heartbeat reports its expiry.
+While a container starts, heartbeats come every tenth of the interval (`next_beat`)
+and, between them, the moment its health changes (agent/heartbeat.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from agent import client as cp
+from agent import heartbeat
 from agent.backup_jobs import BackupJobs
 from agent.config import Settings
 from agent.docker_objects import DockerError
@@ -120,7 +123,11 @@ class Daemon(Registration):
             attempt = 0
             if reply.heartbeat_interval > 0:
                 self.heartbeat_interval = reply.heartbeat_interval
-            await asyncio.sleep(cp.jittered(next_beat(self.heartbeat_interval, beat)))
+            await heartbeat.until_due(
+                cp.jittered(next_beat(self.heartbeat_interval, beat)),
+                beat.containers,
+                self.reconciler.reports,
+            )
 
     async def _poll_loop(self) -> None:
         await self._registered.wait()
