@@ -28,7 +28,7 @@ from control.keyring import Keyring
 from control.plans import DEFAULT_PLAN
 from control.users import placing
 from control.users import records as users
-from control.users.placement import Demand, Room
+from control.users.placement import Demand, Orders, Room, choose_server, place
 from control.users.rooms import SOURCE_HELD, rooms
 from control.volumes import records as volumes
 from control.volumes import relocations
@@ -60,7 +60,7 @@ class World:
         await self.fleet.store.write(fn)
 
     async def pick(self, sql: str) -> str | None:
-        rows = await self.fleet.store.fetch_all(sql)
+        rows = await self.fleet.store.fetch_all(sql + " ORDER BY 1")  # the seed decides alone
         return str(self.rng.choice(rows)[0]) if rows else None
 
     async def oracle(self) -> dict[str, Room]:
@@ -76,8 +76,8 @@ class World:
 
 
 async def join(w: World, memory_mb: int | None = None) -> bool:
-    memory = memory_mb or w.rng.choice([2048, 4096])
-    resources = Resources(cpus=w.rng.choice([1, 2]), memory_mb=memory, disk_gb=40)
+    memory = memory_mb or w.rng.choice([4096, 8192])
+    resources = Resources(cpus=w.rng.choice([2, 4]), memory_mb=memory, disk_gb=40)
     minted = await w.fleet.mint_join_token(None)
     request = RegisterRequest(1, "1.0.0", f"w{len(w.workers)}", resources, list(FEATURES))
     reply = await w.fleet.register(caller(minted.token_id), request)
@@ -93,10 +93,12 @@ async def create(w: World) -> bool:
 
 
 async def move(w: World) -> bool:
+    """An operator's move, to the best fit or (a third of the time) to a named server."""
     user = await w.pick("SELECT id FROM users WHERE server_id IS NOT NULL AND state = 'running'")
     if user is None:
         return False
-    await w.fleet.move_user(user, None)
+    target = await w.pick("SELECT id FROM servers") if w.rng.random() < 0.3 else None
+    await w.fleet.move_user(user, target)
     return True
 
 
@@ -180,13 +182,14 @@ async def volume(w: World) -> bool:
 
 async def relocation(w: World) -> bool:
     """A move to another location begins, goes through its phases, or is forgotten."""
-    row = await w.fleet.store.fetch_one(
+    rows = await w.fleet.store.fetch_all(
         "SELECT v.*, u.server_id AS source FROM volumes v JOIN users u ON u.id = v.user_id "
-        "ORDER BY random() LIMIT 1"
+        "ORDER BY v.user_id"
     )
     target = await w.pick("SELECT id FROM servers")
-    if row is None or target is None:
+    if not rows or target is None:
         return False
+    row = w.rng.choice(rows)
     user, now = row["user_id"], time.time()
 
     async def apply(conn: aiosqlite.Connection) -> None:
@@ -205,8 +208,8 @@ async def relocation(w: World) -> bool:
 
 OPS: list[tuple[Op, int]] = [
     (join, 3),
-    (create, 6),
-    (move, 3),
+    (create, 5),
+    (move, 5),
     (heartbeat, 4),
     (user_target, 3),
     (plan, 2),
@@ -245,7 +248,7 @@ async def test_the_index_equals_a_rebuild_after_every_operation(
     done: dict[str, int] = {}
     ops, weights = zip(*OPS, strict=True)
     used = slots = False
-    for step in range(150):
+    for step in range(200):
         op = join if step < 2 else world.rng.choices(ops, weights)[0]
         try:
             happened = await op(world)
@@ -368,3 +371,85 @@ async def test_the_store_commit_hook_runs_only_after_commit(store: Store) -> Non
         await store.write(fails_at_commit)
     assert seen == ["prepared 1", "committed", "prepared 2"]
     assert [r["id"] for r in await store.fetch_all("SELECT id FROM users")] == ["a"]
+
+
+def random_rooms(rng: random.Random, n: int) -> list[Room]:
+    features = [None, frozenset(), frozenset({"a"}), frozenset({"a", "b"})]
+    return [
+        Room(
+            f"s{i:02d}",
+            rng.random() > 0.2,
+            rng.choice([2048, 4096]),
+            rng.choice([0, 512, 1024]),
+            rng.choice([1.0, 2.0]),
+            rng.choice([0.0, 0.25, 0.5]),
+            rng.choice([None, "x", "y"]),
+            rng.choice([0, 1, 2]),
+            rng.choice(features),
+        )
+        for i in range(n)
+    ]
+
+
+def random_demands(rng: random.Random, n: int) -> list[Demand]:
+    needs = [frozenset(), frozenset({"a"}), frozenset({"b"})]
+    return [
+        Demand(
+            f"u{i}",
+            rng.choice([256, 512, 1024]),
+            rng.choice([0.25, 0.5]),
+            rng.choice([None, None, "x", "y"]),
+            rng.random() < 0.5,
+            rng.choice(needs),
+        )
+        for i in range(n)
+    ]
+
+
+def one_by_one(demands: list[Demand], rooms: list[Room]) -> tuple[dict[str, str], list[str]]:
+    """The reference: `choose_server` over every room for each user in turn."""
+    by_id = {room.server_id: room for room in rooms}
+    placed: dict[str, str] = {}
+    unplaced: list[str] = []
+    for d in demands:
+        chosen = choose_server(by_id.values(), d.memory_mb, d.cpus, d)
+        if chosen is None:
+            unplaced.append(d.user_id)
+            continue
+        r = by_id[chosen]
+        slots = r.volume_slots - (1 if d.volume else 0)
+        by_id[chosen] = dataclasses.replace(
+            r,
+            memory_used_mb=r.memory_used_mb + d.memory_mb,
+            cpus_used=r.cpus_used + d.cpus,
+            volume_slots=slots,
+        )
+        placed[d.user_id] = chosen
+    return placed, unplaced
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_sorted_orders_place_as_a_scan_of_every_room_would(seed: int) -> None:
+    rng = random.Random(seed)
+    rooms, demands = random_rooms(rng, 30), random_demands(rng, 60)
+    assert place(demands, rooms) == one_by_one(demands, rooms)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_orders_changed_room_by_room_equal_orders_built_at_once(seed: int) -> None:
+    """`put` keeps the sorted lists as a fresh build would; `trial` undoes puts and takes."""
+    rng = random.Random(seed)
+    before, after = random_rooms(rng, 30), random_rooms(rng, 30)
+    gone = {r.server_id for r in after if rng.random() < 0.2}
+    demands = random_demands(rng, 40)
+    orders = Orders(before)
+    with orders.trial():
+        for room in after:
+            orders.put(room.server_id, None if room.server_id in gone else room)
+        orders.take(demands[0])
+    assert [orders.best(d) for d in demands] == [Orders(before).best(d) for d in demands]
+    for room in after:
+        orders.put(room.server_id, None if room.server_id in gone else room)
+    final = [r for r in after if r.server_id not in gone]
+    assert orders.rooms == {r.server_id: r for r in final}
+    assert [orders.best(d) for d in demands] == [Orders(final).best(d) for d in demands]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 MAX_VOLUMES_PER_SERVER = 16  # Hetzner's limit (docs.hetzner.com/cloud/volumes/faq)
 
@@ -105,6 +105,7 @@ def choose_server(
 
 _Order = list[tuple[int, str]]  # (free memory, server id), sorted
 _Key = tuple[frozenset[str] | None, str | None]  # (features, location) of a sorted list
+_Free = tuple[int, float, int]  # free memory, CPUs and volume slots
 
 
 class Orders:
@@ -112,35 +113,32 @@ class Orders:
     per (feature set, location). `put` changes one room in O(log n) comparisons (a
     bisect, then one list insert or delete: a memmove of at most n pointers); `take`
     places one user in O(lists x log n) (a walk past rooms that fit in memory but not
-    in CPU or volume slots aside). Within `trial()`, every change is undone on exit:
-    what a placement tries before its transaction commits (control/users/room_index.py)."""
+    in CPU or volume slots aside) and counts it in what is free there, not in `rooms`.
+    Within `trial()`, every change is undone on exit: what a placement tries before its
+    transaction commits (control/users/room_index.py)."""
 
     def __init__(self, rooms: Iterable[Room] = ()) -> None:
         self.rooms: dict[str, Room] = {room.server_id: room for room in rooms}
+        self._free: dict[str, _Free] = {}  # servers that accept work: what is left
+        self._keys: dict[str, _Key] = {}  # their sorted list
         self._orders: dict[_Key, _Order] = {}
         for room in self.rooms.values():
             if room.accepts_work:
-                self._orders.setdefault(_key(room), []).append(_entry(room))
+                self._add(room, sort=False)
         for order in self._orders.values():
             order.sort()
         self._undo: dict[str, Room | None] | None = None
 
     def put(self, server_id: str, room: Room | None) -> None:
         """`room` is now the server's room (None: it has none: not active)."""
-        old = self.rooms.get(server_id)
-        if self._undo is not None:
-            self._undo.setdefault(server_id, old)
-        if old is not None and old.accepts_work:
-            order = self._orders[_key(old)]
-            del order[bisect.bisect_left(order, _entry(old))]
-            if not order:
-                del self._orders[_key(old)]
+        self._remember(server_id)
+        self._remove(server_id)
         if room is None:
             self.rooms.pop(server_id, None)
             return
         self.rooms[server_id] = room
         if room.accepts_work:
-            bisect.insort(self._orders.setdefault(_key(room), []), _entry(room))
+            self._add(room, sort=True)
 
     @contextmanager
     def trial(self) -> Iterator[None]:
@@ -165,39 +163,51 @@ class Orders:
         return best[1] if best else None
 
     def take(self, demand: Demand, exact_location: str | None = None) -> str | None:
-        """Places `demand` as `best` chooses and counts it against that server's room."""
+        """Places `demand` as `best` chooses and counts it in what that server has free."""
         server_id = self.best(demand, exact_location)
         if server_id is not None:
-            room = self.rooms[server_id]
-            slots = room.volume_slots - 1 if demand.volume else room.volume_slots
-            taken = replace(
-                room,
-                memory_used_mb=room.memory_used_mb + demand.memory_mb,
-                cpus_used=room.cpus_used + demand.cpus,
-                volume_slots=slots,
-            )
-            self.put(server_id, taken)
+            self._remember(server_id)
+            memory, cpus, slots = self._free[server_id]
+            order = self._orders[self._keys[server_id]]
+            del order[bisect.bisect_left(order, (memory, server_id))]
+            memory -= demand.memory_mb
+            slots -= 1 if demand.volume else 0
+            self._free[server_id] = (memory, cpus - demand.cpus, slots)
+            bisect.insort(order, (memory, server_id))
         return server_id
 
     def _first_fit(self, order: _Order, demand: Demand) -> tuple[int, str] | None:
         """The entry of `order` with the least free memory that fits `demand`."""
         i = bisect.bisect_left(order, (demand.memory_mb, ""))
         while i < len(order):
-            room = self.rooms[order[i][1]]
-            if room.cpus_free + _EPSILON >= demand.cpus and (
-                room.volume_slots > 0 or not demand.volume
-            ):
+            _, cpus, slots = self._free[order[i][1]]
+            if cpus + _EPSILON >= demand.cpus and (slots > 0 or not demand.volume):
                 return order[i]
             i += 1  # fits in memory but not in CPU or volumes: try the next larger room
         return None
 
+    def _remember(self, server_id: str) -> None:
+        if self._undo is not None and server_id not in self._undo:
+            self._undo[server_id] = self.rooms.get(server_id)
 
-def _key(room: Room) -> _Key:
-    return (room.features, room.location)
+    def _add(self, room: Room, sort: bool) -> None:
+        key, free = (room.features, room.location), room.memory_free_mb
+        self._keys[room.server_id] = key
+        self._free[room.server_id] = (free, room.cpus_free, room.volume_slots)
+        order = self._orders.setdefault(key, [])
+        if sort:
+            bisect.insort(order, (free, room.server_id))
+        else:
+            order.append((free, room.server_id))
 
-
-def _entry(room: Room) -> tuple[int, str]:
-    return (room.memory_free_mb, room.server_id)
+    def _remove(self, server_id: str) -> None:
+        key = self._keys.pop(server_id, None)
+        if key is None:
+            return
+        order = self._orders[key]
+        del order[bisect.bisect_left(order, (self._free.pop(server_id)[0], server_id))]
+        if not order:
+            del self._orders[key]
 
 
 def _in_place(location: str | None, demand: Demand, exact: str | None) -> bool:
