@@ -10,6 +10,7 @@ other's use; and the index rebuilt at start-up equals the one kept live.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import sqlite3
@@ -29,7 +30,7 @@ from control.plans import DEFAULT_PLAN
 from control.users import placing
 from control.users import records as users
 from control.users.placement import Demand, Orders, Room, choose_server, place
-from control.users.rooms import SOURCE_HELD, rooms
+from control.users.rooms import HOLDERS_SQL, SOURCE_HELD, rooms
 from control.volumes import records as volumes
 from control.volumes import relocations
 from control.workers import servers
@@ -73,6 +74,15 @@ class World:
 
     def index(self) -> dict[str, Room]:
         return {room.server_id: room for room in self.fleet.room_index.rooms()}
+
+    async def used(self) -> tuple[int, float]:
+        """What every holder takes, less the holders on dead and deleted servers."""
+        held = await self.fleet.store.fetch_all(
+            f"SELECT h.plan FROM ({HOLDERS_SQL}) h JOIN servers s ON s.id = h.holder "
+            "WHERE s.status NOT IN ('dead', 'deleted')"
+        )
+        plans = [self.fleet.plans[r["plan"]] for r in held]
+        return sum(p.memory_mb for p in plans), round(sum(p.cpus for p in plans), 6)
 
 
 async def join(w: World, memory_mb: int | None = None) -> bool:
@@ -256,6 +266,8 @@ async def test_the_index_equals_a_rebuild_after_every_operation(
             happened = False
         done[op.__name__] = done.get(op.__name__, 0) + happened
         assert world.index() == await world.oracle(), f"after {op.__name__} (step {step})"
+        memory, cpus = world.fleet.room_index.used()
+        assert (memory, round(cpus, 6)) == await world.used(), f"after {op.__name__}"
         used = used or any(r.memory_used_mb for r in world.index().values())
         slots = slots or any(r.volume_slots < 16 for r in world.index().values())
     await world.fleet.heartbeats.close()
@@ -453,3 +465,30 @@ def test_orders_changed_room_by_room_equal_orders_built_at_once(seed: int) -> No
     final = [r for r in after if r.server_id not in gone]
     assert orders.rooms == {r.server_id: r for r in final}
     assert [orders.best(d) for d in demands] == [Orders(final).best(d) for d in demands]
+
+
+async def test_what_another_connection_writes_is_seen(store: Store, tmp_path: Path) -> None:
+    """An operator's sqlite3 shell: no trigger of ours fires, SQLite's data_version tells."""
+    fleet = await started(store, tmp_path, False)
+    world = World(fleet, random.Random(0))
+    for _ in range(2):
+        await join(world, 4096)
+    first, second = sorted(world.workers)
+
+    def elsewhere(sql: str, server: str) -> None:
+        with sqlite3.connect(store.path, timeout=10) as db:
+            db.execute(sql, (server,))
+
+    await asyncio.to_thread(elsewhere, "UPDATE servers SET cordoned = 1 WHERE id = ?", first)
+    # Placement, before any write of ours, decides on what the database holds now.
+    await world.write(lambda conn: users.insert(conn, "p", "p", SMALL.name, "t", now=1.0))
+    result = await fleet.place()
+    assert result.placed == {"p": second}
+    assert world.index() == await world.oracle()
+    # A reader: `synced` applies it without a write of the reader's own.
+    await asyncio.to_thread(elsewhere, "UPDATE servers SET status = 'dead' WHERE id = ?", second)
+    await fleet.room_index.synced()
+    assert second not in world.index() and world.index() == await world.oracle()
+    memory, cpus = fleet.room_index.used()
+    assert (memory, round(cpus, 6)) == await world.used() == (0, 0.0)
+    await fleet.heartbeats.close()

@@ -199,7 +199,8 @@ class Provisioner:
             return await rooms(conn, plans, self.reserve)
 
         index = self.room_index
-        # The index's rooms are as of the last commit, as a read in a write would be.
+        if index is not None:
+            await index.synced()  # as of the last commit, as a read in a write would be
         active = index.rooms() if index and index.ready else await self.store.write(read)
         on_the_way = [
             self.type_room(r["server_type"] or "local", r["id"], r["location"])

@@ -3,7 +3,8 @@ scan of the fleet.
 
 Contract:
 - A `RoomIndex` holds what `rooms()` (control/users/rooms.py) returns for every active
-  server, as of the last committed write. The app owns one (the Fleet's `room_index`);
+  server, and the memory and CPUs used on every COUNTED server (all but dead and
+  deleted: the fleet summary's capacity, `used()`), as of the last committed write. The app owns one (the Fleet's `room_index`);
   `attach(store)`, once at start-up, hooks it to the store and rebuilds it with the
   whole `rooms()` read, in one write transaction. Unattached (`RoomIndex(plans,
   reserve)` alone), every call reads the whole fleet, as `rooms()` does.
@@ -21,22 +22,29 @@ Contract:
   in `Orders.trial` and undoes every change before it returns, with no await in
   between, so no other coroutine ever sees a room that was only tried. One user costs
   O(lists x log servers) (control/users/placement.py `Orders`), not a read of the fleet.
-- Only writes through the store's write connection are seen: the store's lock file
-  makes it the only writer of the database.
+- Another connection's writes (an operator's sqlite3 shell; the store's lock file keeps
+  other control planes out) are not seen by the triggers, but SQLite's data_version
+  shows them: the next write rebuilds the index whole, placement decides on a whole
+  read meanwhile, and `synced()` brings the index up to date for a reader.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Collection, Iterable
 
 import aiosqlite
 
-from control.db.store import AfterCommit, Store
+from control.db.store import AfterCommit, Store, fetch_one
 from control.plans import Plan
 from control.users.placement import Demand, Orders, Room, place_in
-from control.users.rooms import Reserve, rooms
+from control.users.rooms import Reserve, rooms, rooms_by_status
 
+# Every status but dead and deleted: the servers whose users the fleet's capacity counts.
+COUNTED = ("provisioning", "active", "unhealthy", "deleting")
+
+_Found = tuple[str, Room]  # a server's status and room
 _TOUCHED = "clawfleet_room_touched"  # the SQL function the triggers call
 # Per table: the servers a row R touches, and the columns a room depends on (an
 # update that changes none of them touches no room). Keep in step with rooms.py.
@@ -95,22 +103,36 @@ class RoomIndex:
     def __init__(self, plans: dict[str, Plan], reserve: Reserve) -> None:
         self._plans = plans
         self._reserve = reserve
-        self._orders = Orders()
+        self._orders = Orders()  # the active servers' rooms
+        self._used: dict[str, tuple[int, float]] = {}  # counted servers' memory and CPUs used
         self._touched: set[str] = set()  # servers touched since the last commit hook
-        self._attached = False
+        self._version: int | None = None  # the write connection's data_version, as read
+        self._store: Store | None = None
         self.ready = False  # rebuilt, and kept in step by the triggers
 
     async def attach(self, store: Store) -> None:
         """Hooks the index to `store`, the one it will see every write of, and rebuilds
         it from there (once)."""
-        if not self._attached:
-            self._attached = True
+        if self._store is None:
+            self._store = store
             store.add_commit_hook(self._before_commit)
             await store.write(_nothing)
+
+    async def synced(self) -> None:
+        """Applies what another connection wrote since the last write of this store (an
+        operator's sqlite3 shell): the write hook's check, without a write of its own."""
+        if self._store is not None:
+            await self._store.write(_nothing)
 
     def rooms(self) -> list[Room]:
         """Every active server's room as of the last commit (empty before `attach`)."""
         return list(self._orders.rooms.values())
+
+    def used(self) -> tuple[int, float]:
+        """Memory (MB) and CPUs the users take on the COUNTED servers (a moving user on
+        both of its servers), as of the last commit (nothing before `attach`)."""
+        held = self._used.values()
+        return sum(memory for memory, _ in held), math.fsum(cpus for _, cpus in held)
 
     async def place(
         self,
@@ -121,50 +143,78 @@ class RoomIndex:
     ) -> tuple[dict[str, str], list[str]]:
         """`placement.place` of `demands` over this transaction's rooms, less `exclude`'s,
         only in `exact_location` when given. Returns (user id -> server id, unplaced)."""
-        if not self.ready:
+        if not self.ready or await self._stale(conn):
             fleet = await rooms(conn, self._plans, self._reserve)
             orders = Orders(r for r in fleet if r.server_id != exclude)
             return place_in(orders, demands, exact_location)
         fresh = await self._read(conn, self._touched) if self._touched else {}
         with self._orders.trial():  # no await inside: nobody else sees what is tried
-            for server_id, room in fresh.items():
-                self._orders.put(server_id, room)
+            for server_id, found in fresh.items():
+                self._orders.put(server_id, _active(found))
             if exclude is not None:
                 self._orders.put(exclude, None)
             return place_in(self._orders, demands, exact_location)
 
     async def room(self, conn: aiosqlite.Connection, server_id: str) -> Room | None:
         """The server's room in this transaction; None when it is not active."""
-        if self.ready and server_id not in self._touched:
+        if self.ready and server_id not in self._touched and not await self._stale(conn):
             return self._orders.rooms.get(server_id)
-        return (await self._read(conn, [server_id]))[server_id]
+        return _active((await self._read(conn, [server_id]))[server_id])
 
     async def _read(
-        self, conn: aiosqlite.Connection, server_ids: Collection[str]
-    ) -> dict[str, Room | None]:
-        ids = set(server_ids)
-        found = {r.server_id: r for r in await rooms(conn, self._plans, self._reserve, only=ids)}
-        return {server_id: found.get(server_id) for server_id in ids}
+        self, conn: aiosqlite.Connection, server_ids: Collection[str] | None
+    ) -> dict[str, _Found | None]:
+        """The COUNTED servers' rooms (every one of them, with `server_ids` None)."""
+        ids = None if server_ids is None else set(server_ids)
+        read = await rooms_by_status(conn, self._plans, self._reserve, COUNTED, ids)
+        found: dict[str, _Found | None] = {room.server_id: (s, room) for s, room in read}
+        return {server_id: found.get(server_id) for server_id in ids or ()} | found
 
     def _touch(self, *server_ids: object) -> None:
         # Called by SQLite (on the store's connection thread) once per row a trigger sees.
         self._touched.update(s for s in server_ids if isinstance(s, str))
 
+    async def _stale(self, conn: aiosqlite.Connection) -> bool:
+        """Whether another connection changed the database since the index last read it
+        (SQLite's data_version moves only for other connections' commits)."""
+        return await _data_version(conn) != self._version
+
     async def _before_commit(self, conn: aiosqlite.Connection) -> AfterCommit | None:
-        if not self.ready:
-            await conn.create_function(_TOUCHED, -1, self._touch)
-            for statement in trigger_sql():
-                await conn.execute(statement)
-            return functools.partial(self._load, await rooms(conn, self._plans, self._reserve))
+        version = await _data_version(conn)
+        if not self.ready or version != self._version:  # at start-up, or written elsewhere
+            if not self.ready:
+                await conn.create_function(_TOUCHED, -1, self._touch)
+                for statement in trigger_sql():
+                    await conn.execute(statement)
+            self._touched = set()  # the whole read below covers them
+            return functools.partial(self._load, await self._read(conn, None), version)
         if not self._touched:
             return None
         touched, self._touched = self._touched, set()
         return functools.partial(self._apply, await self._read(conn, touched))
 
-    def _load(self, fleet: list[Room]) -> None:
-        self._orders = Orders(fleet)
+    def _load(self, fleet: dict[str, _Found | None], version: int) -> None:
+        self._version = version
+        self._orders = Orders(room for found in fleet.values() if (room := _active(found)))
+        self._used = {}
+        self._apply(fleet, orders=False)
         self.ready = True
 
-    def _apply(self, fresh: dict[str, Room | None]) -> None:
-        for server_id, room in fresh.items():
-            self._orders.put(server_id, room)
+    def _apply(self, fresh: dict[str, _Found | None], orders: bool = True) -> None:
+        for server_id, found in fresh.items():
+            if orders:
+                self._orders.put(server_id, _active(found))
+            if found is None:
+                self._used.pop(server_id, None)
+            else:
+                self._used[server_id] = (found[1].memory_used_mb, found[1].cpus_used)
+
+
+async def _data_version(conn: aiosqlite.Connection) -> int:
+    row = await fetch_one(conn, "PRAGMA data_version")
+    return int(row[0]) if row else 0
+
+
+def _active(found: _Found | None) -> Room | None:
+    """The room placement may use: an active server's, as `rooms()` lists them."""
+    return found[1] if found is not None and found[0] == "active" else None

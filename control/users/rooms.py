@@ -114,10 +114,21 @@ async def rooms(
     through their indexes, as the room index refreshes them). A user counts against
     every server that holds its container: its own and, during a move, the one it is
     leaving."""
+    return [room for _, room in await rooms_by_status(conn, plans, reserve, statuses, only)]
+
+
+async def rooms_by_status(
+    conn: aiosqlite.Connection,
+    plans: dict[str, Plan],
+    reserve: Reserve,
+    statuses: tuple[str, ...],
+    only: Collection[str] | None = None,
+) -> list[tuple[str, Room]]:
+    """`rooms`, each with its server's status."""
     if only is None:
         return await _rooms(conn, plans, reserve, statuses, [])
     ids = sorted(only)
-    found: list[Room] = []
+    found: list[tuple[str, Room]] = []
     for start in range(0, len(ids), _CHUNK):
         found += await _rooms(conn, plans, reserve, statuses, ids[start : start + _CHUNK])
     return found
@@ -129,8 +140,8 @@ async def _rooms(
     reserve: Reserve,
     statuses: tuple[str, ...],
     ids: list[str],
-) -> list[Room]:
-    """`rooms` of every server in `statuses` (`ids` empty), or of those in `ids`."""
+) -> list[tuple[str, Room]]:
+    """`rooms_by_status` of every server in `statuses` (`ids` empty), or of those in `ids`."""
     marks = ", ".join("?" for _ in statuses)
     among = "(" + ", ".join("?" for _ in ids) + ")" if ids else None
     servers = await fetch_all(
@@ -148,7 +159,10 @@ async def _rooms(
         r["server"]: int(r["n"])
         for r in await fetch_all(conn, volume_use_sql(reserve.volume_per_user, among), ids * 3)
     }
-    return [_room(s, reserve, used.get(s["id"], []), volumes.get(s["id"], 0)) for s in servers]
+    return [
+        (s["status"], _room(s, reserve, used.get(s["id"], []), volumes.get(s["id"], 0)))
+        for s in servers
+    ]
 
 
 def _room(server: Row, reserve: Reserve, held: list[Plan], volumes: int) -> Room:
