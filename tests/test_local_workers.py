@@ -5,6 +5,7 @@ its own sign-in verifier port. Real processes stand in for the agent and Traefik
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -76,3 +77,29 @@ def test_a_deleted_workers_ids_and_mounts_are_read_from_its_home(tmp_path: Path)
         for n, target in enumerate([f"{mounts}/a", f"{mounts}/a/sub", "/elsewhere", f"{mounts}/b"])
     )
     assert mounts_under(info, mounts) == [f"{mounts}/b", f"{mounts}/a"]
+
+
+async def test_two_creates_of_one_name_at_once_start_one_agent(tmp_path: Path) -> None:
+    """The autoscaler's retry of an unconfirmed create and the create itself can meet (a
+    CI run saw two agents share one server's state, and its user never started): the
+    second call adopts what the first started."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    started = tmp_path / "started"
+    python = bin_dir / "python"
+    python.write_text(f"#!/bin/sh\necho $$ >> {started}\nexec sleep 60\n")
+    python.chmod(0o755)
+    provider = LocalProvider(str(tmp_path / "workers"), python=str(python))
+    request = CreateRequest("srv-w1", "w1", "local", "local", USER_DATA, {})
+    try:
+        made = await asyncio.gather(*(provider.create(request) for _ in range(4)))
+        assert {m.provider_id for m in made} == {"w1"}
+        for _ in range(50):  # the shells write their pid as they start
+            if started.exists():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert len(started.read_text().split()) == 1
+    finally:
+        for server in provider._list({}):
+            provider._delete(server.provider_id)

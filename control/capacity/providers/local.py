@@ -3,8 +3,9 @@
 Contract (control/capacity/providers/base.py): `create` starts `python -m agent` with its own
 state directory under LOCAL_WORKERS_DIR/<name>, using the local Docker engine, with
 the CONTROL_URL and BOOTSTRAP_TOKEN that the user data carries, and is idempotent
-by name (a live process is adopted). `delete` stops that process (SIGTERM, then
-SIGKILL after 10 s) and then does what a server's deletion does to what it held
+by name (a live process is adopted, even by a call made at the same time). `delete`
+stops that process (SIGTERM, then SIGKILL after 10 s) and then does what a server's
+deletion does to what it held
 (local_machine.power_off: its containers, networks and mounts go). Agents run in their
 own session, so they outlive a restart of the control plane just as a real server would.
 Nothing is billed. Users' volumes are local_volumes.py's (a name each; the agent backs
@@ -38,6 +39,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -120,6 +122,9 @@ class LocalProvider(LocalVolumes):
         self.router_address = router_address
         # The client address the router claims for every request ("" = the real one).
         self.client_address = client_address
+        # Creates run in threads; the check for a live agent and the start of a new one
+        # must be one step, or two calls for one name start two agents on one state dir.
+        self._creating = threading.Lock()
 
     async def validate(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -140,6 +145,10 @@ class LocalProvider(LocalVolumes):
         return await asyncio.to_thread(self._create, request)
 
     def _create(self, request: CreateRequest) -> ProviderServer:
+        with self._creating:
+            return self._create_once(request)
+
+    def _create_once(self, request: CreateRequest) -> ProviderServer:
         home = self.root / request.name
         existing = self._read(home)
         if existing is not None and existing.status == "running":
