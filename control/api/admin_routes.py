@@ -181,7 +181,7 @@ async def move_user(request: web.Request) -> web.Response:
     user_id = request.match_info["user_id"]
     req = decode_body(await request.read(), MoveUser, empty_ok=True)
     if await relocate_start.crosses_locations(fleet.store, user_id, req.server_id, req.location):
-        placement = (fleet.plans, fleet.reserve, fleet.needs)
+        placement = (fleet.plans, fleet.reserve, fleet.needs, fleet.room_index)
         await relocate_start.start(
             fleet.store,
             fleet.settings,

@@ -130,6 +130,7 @@ async def _move(p: Provisioner, user_id: str, source: str) -> None:
         target=None,
         reason=f"draining {source}",
         needs=p.needs,
+        index=p.room_index,
     )
     moved = await assignments.commit(p.store, change, lambda m: m[1:] if m else ())
     if moved:

@@ -140,7 +140,11 @@ class Scaler:
 
 async def _place_pending(p: Provisioner) -> None:
     change = functools.partial(
-        placing.place_pending, plans=p.settings.plans, reserve=p.reserve, needs=p.needs
+        placing.place_pending,
+        plans=p.settings.plans,
+        reserve=p.reserve,
+        needs=p.needs,
+        index=p.room_index,
     )
     result = await assignments.commit(p.store, change, lambda r: r.placed.values())
     p.notify(*result.touched_servers)

@@ -25,6 +25,7 @@ from control.errors import Conflict, NotFound
 from control.plans import Plan
 from control.settings import Settings
 from control.users import placing
+from control.users.room_index import RoomIndex
 from control.users.rooms import Reserve
 from control.volumes import records, relocations
 from control.workers import servers
@@ -59,7 +60,7 @@ async def crosses_locations(
 async def start(
     store: Store,
     settings: Settings,
-    placement: tuple[dict[str, Plan], Reserve, frozenset[str]],
+    placement: tuple[dict[str, Plan], Reserve, frozenset[str], RoomIndex | None],
     notify: Callable[..., None],
     user_id: str,
     server_id: str | None,
@@ -75,9 +76,9 @@ async def start(
 
     async def change(conn: aiosqlite.Connection) -> tuple[str, str]:
         user, volume = await _movable(conn, user_id, settings)
-        plans, reserve, needs = placement
+        plans, reserve, needs, index = placement
         source, chosen = await placing.start_relocation(
-            conn, plans, reserve, user, server_id, location, needs
+            conn, plans, reserve, user, server_id, location, needs, index
         )
         where = await fetch_one(conn, "SELECT location FROM servers WHERE id = ?", (chosen,))
         there = str(where["location"]) if where else str(location)
