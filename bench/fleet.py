@@ -302,12 +302,23 @@ def control_env(tmp: Path, port: int, admin_token: str, internal_secret: str) ->
     }
 
 
+SWEEP_SECONDS = 5.0  # control/fleet.py run_sweeps: when the live workers are counted again
+
+
 async def served_interval(url: str, creds: Credentials) -> float:
-    """The heartbeat interval the control plane hands out to this fleet."""
+    """The heartbeat interval the control plane hands out to this fleet, once its
+    liveness sweep has counted the workers just made (inserted workers are not counted
+    before it: the first answer is the base interval, and a whole fleet beating at it
+    would measure a start-up no real fleet has)."""
     async with aiohttp.ClientSession() as session:
-        status, reply = await signed(session, url, creds, "POST", HEARTBEAT_PATH, HEARTBEAT_BODY)
-    if status != 200:
-        raise RuntimeError(f"heartbeat -> {status}: {reply}")
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(SWEEP_SECONDS + 1)
+            status, reply = await signed(
+                session, url, creds, "POST", HEARTBEAT_PATH, HEARTBEAT_BODY
+            )
+            if status != 200:
+                raise RuntimeError(f"heartbeat -> {status}: {reply}")
     return float(reply["heartbeat_interval"])
 
 

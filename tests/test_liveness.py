@@ -68,3 +68,24 @@ async def test_restart_gives_every_worker_a_fresh_grace(
     assert (await server(control, worker.key_id))["status"] == "active"
     assert (await worker.heartbeat()).status == 200
     assert (await server(control, worker.key_id))["status"] == "active"
+
+
+async def test_a_worker_without_an_interval_does_not_stop_the_sweep_for_the_others(
+    control: ControlPlane,
+) -> None:
+    """A live row with no interval (written by hand, as bench/heartbeats.py inserts its
+    workers) made every sweep fail: no worker could be found dead or counted."""
+    silent, nulled = await registered(control, "w1"), await registered(control, "w2")
+
+    def null_interval() -> None:  # off the loop: the app may be writing meanwhile
+        with sqlite3.connect(control.settings.database_path, timeout=10) as db:
+            db.execute(
+                "UPDATE servers SET heartbeat_interval = NULL WHERE id = ?", (nulled.key_id,)
+            )
+
+    await asyncio.to_thread(null_interval)
+    interval = (await server(control, silent.key_id))["heartbeat_interval"]
+    await fleet(control).sweep(now=time.time() + 3 * interval + 1)
+    assert (await server(control, silent.key_id))["status"] == "unhealthy"
+    # Without one, the longest interval any worker is handed: not missed three times yet.
+    assert (await server(control, nulled.key_id))["status"] == "active"

@@ -77,7 +77,8 @@ async def sweep(store: Store, now: float, started_at: float, dead_after: float) 
                 row["status"],
                 last_seen,
                 now,
-                interval=row["heartbeat_interval"],
+                # None: never handed one (a row written by hand); the longest any gets.
+                interval=row["heartbeat_interval"] or dead_after / (MISSED_INTERVALS + 1),
                 dead_after=dead_after,
                 started_at=started_at,
             )
