@@ -139,7 +139,11 @@ def test_openclaw_spec() -> None:
                 },
             },
             "trustedProxies": ["{{network_gateway}}"],
-            "controlUi": {"allowedOrigins": ["https://alice.clawfleet.localhost"]},
+            "controlUi": {
+                "allowedOrigins": ["https://alice.clawfleet.localhost"],
+                # The image's UI as a configured root: no 54 MB copy into the volume.
+                "root": "/opt/openclaw/node_modules/openclaw/dist/control-ui",
+            },
         }
     }
     (secret,) = spec.secret_files

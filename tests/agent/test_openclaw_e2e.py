@@ -295,6 +295,10 @@ async def test_gated_control_ui_signs_in_without_pairing_and_gets_the_customer_k
         assert await ui.key_providers() == []  # no provider key yet
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "control-ui.png"))
+        # Served from the image (the profile's controlUi.root): the gateway keeps no
+        # 54 MB copy of the UI in the customer's volume (docs/openclaw-config.md, 9).
+        cache = container.exec_run(["ls", "-A", f"{STATE}/cache"], user="1000:1000")
+        assert "control-ui-assets" not in cache.output.decode(), cache.output
 
         before = container.id
         status, body = await stack.plane.admin(
