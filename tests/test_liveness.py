@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import time
 from collections.abc import Callable
 
 from control.appkeys import FLEET
 from control.fleet import Fleet
+from control.workers import liveness
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered, server
 
@@ -89,3 +91,42 @@ async def test_a_worker_without_an_interval_does_not_stop_the_sweep_for_the_othe
     assert (await server(control, silent.key_id))["status"] == "unhealthy"
     # Without one, the longest interval any worker is handed: not missed three times yet.
     assert (await server(control, nulled.key_id))["status"] == "active"
+
+
+def test_the_sweeps_filter_returns_every_worker_whose_status_changes() -> None:
+    """The sweep reads only the candidates SQLite finds (liveness.CANDIDATES_SQL); every
+    row `next_status` would change must be among them, boundaries included."""
+    rng = random.Random(16)
+    now, started, dead_after = 1_800_000_000.0, 1_799_999_000.0, 300.0
+    db = sqlite3.connect(":memory:")
+    db.execute(
+        "CREATE TABLE servers (id TEXT, status TEXT, last_heartbeat REAL, "
+        "registered_at REAL, heartbeat_interval REAL)"
+    )
+    rows = []
+    for i in range(3000):
+        interval = rng.choice([None, 10.0, 37.5, 75.0])
+        edge = rng.choice([dead_after, 3 * (interval or 75.0), 0.0, rng.uniform(0, 400)])
+        seen = now - edge + rng.choice([-1e-7, 0.0, 1e-7, 0.5, -0.5])
+        heartbeat = rng.choice([seen, None])
+        registered = rng.choice([seen, None, started - 5]) if heartbeat is None else seen - 1
+        status = rng.choice(["active", "unhealthy", "dead", "provisioning"])
+        rows.append((f"s{i}", status, heartbeat, registered, interval))
+    db.executemany("INSERT INTO servers VALUES (?, ?, ?, ?, ?)", rows)
+    params = (now, started, dead_after, dead_after / 4)
+    candidates = {r[0] for r in db.execute(liveness.CANDIDATES_SQL, params)}
+    changed = {
+        sid
+        for sid, status, heartbeat, registered, interval in rows
+        if liveness.next_status(
+            status,
+            heartbeat or registered or 0.0,
+            now,
+            interval=interval or dead_after / 4,
+            dead_after=dead_after,
+            started_at=started,
+        )
+        != status
+    }
+    assert changed and changed <= candidates
+    assert len(candidates) < len(rows) / 2  # and it does filter
