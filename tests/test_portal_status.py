@@ -71,6 +71,7 @@ async def test_progress_to_ready_then_open_signed_in(
     session_id = await signed_up(plane, stripe_fake)
     shown = await status(plane, stripe_fake, session_id)
     assert shown["step"] == "payment" and shown["url"] is None
+    assert shown["poll_seconds"] == 2.0
     assert shown["steps"] == ["payment", "placing", "starting", "ready"]
     page = await call(plane, "GET", status_path(stripe_fake, session_id))
     assert page.status == 200 and "status.js" in page.body
@@ -78,6 +79,7 @@ async def test_progress_to_ready_then_open_signed_in(
     await pay(plane, stripe_fake, session_id)
     shown = await status(plane, stripe_fake, session_id)
     assert shown["step"] == "starting", shown
+    assert shown["poll_seconds"] == 0.5  # the answer is due any moment now
     user_id = stripe_fake.checkout.requests[session_id]["client_reference_id"]
     opened = await call(
         plane,

@@ -43,6 +43,9 @@ from control.users.access import user_url
 from control.users.signin_links import signin_link
 
 POLL_SECONDS = 2.0
+# While the container is coming up, the answer is due any moment: the page asks again
+# sooner, so the customer's button appears within half a second of the agent being up.
+STARTING_POLL_SECONDS = 0.5
 BOOT_SAMPLES = 10
 STATUS_KEY = "{token:[A-Za-z0-9_-]{43}}"  # secrets.token_urlsafe(32)
 
@@ -97,7 +100,7 @@ async def status(request: web.Request) -> web.Response:
             "steps": list(STEPS),
             "subdomain": subdomain,
             "url": user_url(settings, subdomain) if ready else None,
-            "poll_seconds": POLL_SECONDS,
+            "poll_seconds": STARTING_POLL_SECONDS if shown.step == "starting" else POLL_SECONDS,
         }
     )
 
