@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import resource
 import secrets
 import sys
@@ -64,6 +63,7 @@ from bench.heartbeats import (  # noqa: E402
     REQUEST_TIMEOUT,
     Credentials,
     LoadResult,
+    control_env,
     free_port,
     gc_summary,
     held_longpolls,
@@ -284,22 +284,6 @@ class Run:
     interval: float
     clients: int
     gc: dict[str, Any]
-
-
-def control_env(tmp: Path, port: int, admin_token: str, internal_secret: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "ADMIN_TOKEN": admin_token,
-        "INTERNAL_SECRET": internal_secret,
-        "DATABASE_PATH": str(tmp / "clawfleet.db"),
-        "LISTEN_HOST": HOST,
-        "LISTEN_PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-        # The simulated workers are the whole fleet: no autoscaler-made local agents.
-        "MAX_SERVERS": "0",
-        "WARM_HEADROOM": "0",
-        "LOCAL_WORKERS_DIR": str(tmp / "workers"),
-    }
 
 
 SWEEP_SECONDS = 5.0  # control/fleet.py run_sweeps: when the live workers are counted again

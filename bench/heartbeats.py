@@ -644,11 +644,9 @@ class ControlFigures:
     held_longpolls: float | None = None  # the server's count, late in the paced window
 
 
-def measure_control(args: argparse.Namespace, tmp: Path) -> ControlFigures:
-    admin_token, internal_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    env = {
+def control_env(tmp: Path, port: int, admin_token: str, internal_secret: str) -> dict[str, str]:
+    """The control plane's environment for a benchmark: a temp database, quiet logs."""
+    return {
         **os.environ,
         "ADMIN_TOKEN": admin_token,
         "INTERNAL_SECRET": internal_secret,
@@ -660,9 +658,15 @@ def measure_control(args: argparse.Namespace, tmp: Path) -> ControlFigures:
         "MAX_SERVERS": "0",
         "WARM_HEADROOM": "0",
         "LOCAL_WORKERS_DIR": str(tmp / "workers"),
-        # The closed loop sends each worker's heartbeats back to back: throughput, not pace.
-        "AGENT_CALLS_PER_SECOND": "0",
     }
+
+
+def measure_control(args: argparse.Namespace, tmp: Path) -> ControlFigures:
+    admin_token, internal_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    # The closed loop sends each worker's heartbeats back to back: throughput, not pace.
+    env = control_env(tmp, port, admin_token, internal_secret) | {"AGENT_CALLS_PER_SECOND": "0"}
     log_path, gc_path = tmp / "control.log", tmp / "gc.json"
     probe = str(ROOT / "bench" / "gc_probe.py")
     proc = start_process([sys.executable, *args.server_prefix, probe, str(gc_path)], env, log_path)

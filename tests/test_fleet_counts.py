@@ -26,6 +26,7 @@ from control.db.counts_schema import COUNTS_MIGRATION
 from control.db.migrations import MIGRATIONS
 from control.db.store import Store, _statements
 from tests.fixtures import ControlPlane
+from tests.test_admin_pages import container
 from tests.test_protocol import registered
 from tests.worker import FakeWorker
 
@@ -96,18 +97,6 @@ async def assert_counts_true(path: str) -> Counts:
 
 
 # --- through the real API ----------------------------------------------------------------
-def container(user_id: str, error: str | None) -> dict[str, Any]:
-    return {
-        "user_id": user_id,
-        "state": "running" if error is None else "exited",
-        "health": "healthy" if error is None else "unhealthy",
-        "image_id": "sha256:" + "0" * 64,
-        "started_at": "2026-11-20T10:00:00Z",
-        "restart_count": 0,
-        "error": error,
-    }
-
-
 async def random_step(
     control: ControlPlane, rng: random.Random, workers: list[FakeWorker], users: list[str]
 ) -> None:
