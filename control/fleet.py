@@ -23,6 +23,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
+import aiosqlite
+
 from control.billing import rules
 from control.capacity.providers.base import VolumePrice
 from control.db.store import Store
@@ -198,9 +200,16 @@ class Fleet:
 
     # --- users -------------------------------------------------------------------
     async def create_user(self, user_id: str, subdomain: str, plan_name: str) -> None:
+        """The user and its placement in one transaction: one wait for the write lock,
+        not two, between the request and its worker's wake-up (issue 16)."""
         plan = names.known_plan(self.plans, plan_name)
-        await records.create(self.store, self.keyring, user_id, subdomain, plan)
-        await self.place()
+        add = records.creation(self.keyring, user_id, subdomain, plan)
+
+        async def change(conn: aiosqlite.Connection) -> placing.PlacementResult:
+            await add(conn)
+            return await self._place_pending(conn)
+
+        self._placed(await assignments.commit(self.store, change, lambda r: r.placed.values()))
 
     async def set_user_target(self, user_id: str, goal: rules.Target, reason: str) -> None:
         """Deprovision (DELETE), suspend or resume a user at the operator's request: a
@@ -270,14 +279,17 @@ class Fleet:
         self.board.notify(await assignments.commit(self.store, change, lambda s: [s]))
 
     async def place(self) -> placing.PlacementResult:
-        change = functools.partial(
-            placing.place_pending,
-            plans=self.plans,
-            reserve=self.reserve,
-            needs=self.needs,
-            index=self.room_index,
+        result = await assignments.commit(
+            self.store, self._place_pending, lambda r: r.placed.values()
         )
-        result = await assignments.commit(self.store, change, lambda r: r.placed.values())
+        return self._placed(result)
+
+    async def _place_pending(self, conn: aiosqlite.Connection) -> placing.PlacementResult:
+        return await placing.place_pending(
+            conn, self.plans, self.reserve, self.needs, index=self.room_index
+        )
+
+    def _placed(self, result: placing.PlacementResult) -> placing.PlacementResult:
         self.board.notify(*result.touched_servers)
         if result.pending:
             log.info("%d user(s) pending: no worker has room", len(result.pending))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from control.appkeys import FLEET
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered, server
 
@@ -161,3 +164,31 @@ async def test_operator_move_is_make_before_break(control: ControlPlane) -> None
     assert mo["state"] == "running" and mo["moving_from"] is None
     status, body = await control.admin("POST", "/v1/users/mo/move", {"server_id": "srv-nope"})
     assert status == 409 and body["error"]["code"] == "target_unavailable"
+
+
+async def test_a_new_user_is_created_and_placed_in_one_transaction(
+    control: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One wait for the write lock between the request and its worker's wake-up, not
+    two (issue 16: a wake-up at 10k workers is mostly write-lock waits)."""
+    worker = await registered(control)
+    assert control.app is not None
+    store = control.app[FLEET].store
+    writes: list[str] = []
+    write = store.write
+
+    async def counted(fn: Any) -> Any:
+        writes.append(fn.__qualname__)
+        return await write(fn)
+
+    monkeypatch.setattr(store, "write", counted)
+    status, _ = await control.admin("POST", "/v1/users", {"user_id": "olga", "subdomain": "olga"})
+    assert status == 201
+    # (The autoscaler's run, which the new user also triggers, writes beside it.)
+    theirs = ("Provisioner.", "_nothing")
+    assert [w for w in writes if not w.startswith(theirs)] == ["commit.<locals>.apply"]
+    _, user = await control.admin("GET", "/v1/users/olga")
+    assert user["state"] == "provisioning" and user["server_id"] == worker.key_id
+    # A refused creation places nothing and writes nothing.
+    status, _ = await control.admin("POST", "/v1/users", {"user_id": "olga", "subdomain": "o2"})
+    assert status == 409

@@ -14,21 +14,25 @@ Contract:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import aiosqlite
 
 from control.db import events
-from control.db.store import Store, fetch_all, fetch_one
+from control.db.store import fetch_all, fetch_one
 from control.errors import Conflict, NotFound
 from control.keyring import Keyring
 from control.plans import Plan
 from control.users.names import validate_subdomain, validate_user_id
 
 
-async def create(store: Store, keyring: Keyring, user_id: str, subdomain: str, plan: Plan) -> None:
-    """An operator's user: validated, with a fresh gateway token, waiting for placement.
-    The caller has checked the plan (control/users/names.py `known_plan`)."""
+def creation(
+    keyring: Keyring, user_id: str, subdomain: str, plan: Plan
+) -> Callable[[aiosqlite.Connection], Awaitable[None]]:
+    """An operator's user, as a function to run in the caller's transaction (with its
+    placement: control/fleet.py `create_user`): validated now, with a fresh gateway
+    token, waiting for placement. The caller has checked the plan
+    (control/users/names.py `known_plan`)."""
     validate_user_id(user_id)
     validate_subdomain(subdomain)
     token = keyring.encrypt(keyring.new_secret())
@@ -48,7 +52,7 @@ async def create(store: Store, keyring: Keyring, user_id: str, subdomain: str, p
             at=now,
         )
 
-    await store.write(apply)
+    return apply
 
 
 async def insert(
