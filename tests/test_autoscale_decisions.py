@@ -39,6 +39,9 @@ def way(n: int) -> list[Room]:
         ([], [], [], 0, 0, []),
         ([], [], [], 2, 1, []),  # warm headroom alone asks for a server
         ([], [Room("a", True, 3584, 0, 1.75, 0)], [], 2, 0, []),  # 3 free units already
+        ([], [], way(1), 4, 1, []),  # a booting server's 3 units count, one more wanted
+        ([], [Room("c", False, 3584, 0, 1.75, 0)], [], 2, 1, []),  # a cordoned one's do not
+        ([], [Room("a", True, 3584, 3072, 1.75, 1.5)], way(1), 4, 1, []),  # 0 + 3 free
         (users(1), [], [], 0, 1, []),
         (users(3), [], [], 0, 1, []),  # three fit one server
         (users(4), [], [], 0, 2, []),

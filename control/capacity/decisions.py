@@ -67,6 +67,8 @@ def servers_needed(
     booting servers first, then as many new servers as packing needs; then enough
     more servers for the warm headroom."""
     rooms = [*active, *on_the_way]
+    if not pending:  # the usual run: no sorted lists to build over the whole fleet
+        return _for_headroom(0, [], sum(units(r, unit) for r in rooms), new_server, unit, headroom)
     placed, left_ids = place(pending, rooms)
     left_set = set(left_ids)
     left = [d for d in pending if d.user_id in left_set]
@@ -94,14 +96,27 @@ def servers_needed(
         left = [d for d in left if d.user_id in still_set]
     after = [_taken(r, [d for d in pending if placed.get(d.user_id) == r.server_id]) for r in rooms]
     free = sum(units(r, unit) for r in [*after, *new])
-    count = len(new)
+    need = _for_headroom(len(new), locations, free, new_server, unit, headroom)
+    return Need(need.servers, infeasible, need.free_units, need.locations)
+
+
+def _for_headroom(
+    count: int,
+    locations: list[str | None],
+    free: int,
+    new_server: Room,
+    unit: Demand,
+    headroom: int,
+) -> Need:
+    """`count` new servers (in `locations`) with `free` units among all, plus as many
+    more (anywhere) as the warm headroom still wants."""
     per_server = units(new_server, unit)
     if free < headroom and per_server > 0:
         extra = math.ceil((headroom - free) / per_server)
         count += extra
         free += extra * per_server
-        locations += [None] * extra
-    return Need(servers=count, infeasible=infeasible, free_units=free, locations=locations)
+        locations = [*locations, *[None] * extra]
+    return Need(servers=count, free_units=free, locations=locations)
 
 
 def expected_headroom(expected: Iterable[tuple[Demand, int]], unit: Demand) -> int:
