@@ -17,6 +17,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import pytest
@@ -491,4 +492,19 @@ async def test_what_another_connection_writes_is_seen(store: Store, tmp_path: Pa
     assert second not in world.index() and world.index() == await world.oracle()
     memory, cpus = fleet.room_index.used()
     assert (memory, round(cpus, 6)) == await world.used() == (0, 0.0)
+    # Nothing written elsewhere since: a reader takes no write lock at all.
+    writes = 0
+    write = store.write
+
+    async def counted(fn: Any) -> Any:
+        nonlocal writes
+        writes += 1
+        return await write(fn)
+
+    store.write = counted  # type: ignore[method-assign]
+    await fleet.room_index.synced()
+    assert writes == 0
+    await asyncio.to_thread(elsewhere, "UPDATE servers SET status = 'dead' WHERE id = ?", first)
+    await fleet.room_index.synced()
+    assert writes == 1 and world.index() == {}
     await fleet.heartbeats.close()

@@ -111,6 +111,13 @@ class Store:
     def add_commit_hook(self, hook: CommitHook) -> None:
         self._hooks.append(hook)
 
+    async def data_version(self) -> int:
+        """SQLite's `data_version` on the write connection: it moves only when another
+        connection commits (an operator's sqlite3 shell). Read without the write lock
+        (a read-only pragma between any transaction's statements is harmless)."""
+        row = await fetch_one(self._require(self._writer), "PRAGMA data_version")
+        return int(row[0]) if row else 0
+
     async def open(self) -> None:
         try:
             Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)

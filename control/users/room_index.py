@@ -120,8 +120,10 @@ class RoomIndex:
 
     async def synced(self) -> None:
         """Applies what another connection wrote since the last write of this store (an
-        operator's sqlite3 shell): the write hook's check, without a write of its own."""
-        if self._store is not None:
+        operator's sqlite3 shell), through an empty write whose hook rebuilds the index;
+        without the write lock when nothing was written elsewhere (the usual case: a
+        dashboard's summary must not queue behind the heartbeats' writes)."""
+        if self._store is not None and await self._store.data_version() != self._version:
             await self._store.write(_nothing)
 
     def rooms(self) -> list[Room]:
