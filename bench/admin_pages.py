@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import sqlite3
 import statistics
@@ -38,6 +37,7 @@ if str(ROOT) not in sys.path:
 
 from bench.heartbeats import (  # noqa: E402
     HOST,
+    control_env,
     free_port,
     stop_process,
     wait_ready,
@@ -162,20 +162,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     token, port = secrets.token_urlsafe(32), free_port()
     url = f"http://{HOST}:{port}"
     db_path = str(tmp / "clawfleet.db")
-    env = {
-        **os.environ,
-        "ADMIN_TOKEN": token,
-        "INTERNAL_SECRET": secrets.token_urlsafe(32),
-        "DATABASE_PATH": db_path,
-        "LISTEN_HOST": HOST,
-        "LISTEN_PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-        "MAX_SERVERS": "0",
-        "WARM_HEADROOM": "0",
-        "LOCAL_WORKERS_DIR": str(tmp / "workers"),
-        # The inserted heartbeats must not go stale while the pages are read.
-        "DEAD_AFTER": "3600",
-    }
+    # The inserted heartbeats must not go stale while the pages are read.
+    env = control_env(tmp, port, token, secrets.token_urlsafe(32)) | {"DEAD_AFTER": "3600"}
     log_path = tmp / "control.log"
     # `-m` puts the working directory first on sys.path: run from the tree measured.
     with log_path.open("wb") as log:
