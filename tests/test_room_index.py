@@ -343,7 +343,9 @@ async def test_the_start_up_rebuild_equals_the_live_index(tmp_path: Path) -> Non
     store = Store(str(tmp_path / "clawfleet.db"))
     await store.open()
     world = World(await started(store, tmp_path, True), random.Random(7))
-    for step in range(60):
+    for step in range(300):  # at least 60 steps, and on until some server holds a user
+        if step >= 60 and any(r.memory_used_mb for r in world.index().values()):
+            break
         op = join if step < 2 else world.rng.choices(*zip(*OPS, strict=True))[0]
         try:
             await op(world)
