@@ -152,6 +152,8 @@ def build_spec(user: UserPlacement, settings: Settings, worker_id: str) -> Conta
             # Only once asked for: a user never restarted keeps the hash it had.
             **({"clawfleet.restart": str(user.restarts)} if user.restarts else {}),
         },
+        # Fixed for the user's life: OpenClaw reclaims a killed gateway's owner lease
+        # only from the same hostname (docs/openclaw-config.md, 10).
         "hostname": user.subdomain,
         "route_host": f"{user.subdomain}.{settings.base_domain}",
         **_files(user, settings),

@@ -440,6 +440,15 @@ async def test_restarts_keep_the_customers_config_and_resync_the_platforms(
     assert "token" not in after["gateway"]["auth"]
     await until(lambda: stack.reaches_gateway(user, cookie), "signed in after replace", 60)
 
+    # Killed (SIGKILL) and removed: the gateway's owner lease stays in the state. The
+    # agent's new container reclaims it because it has the same hostname (a new one would
+    # be refused "Another Gateway owner lease is still active" for up to 300 s;
+    # docs/openclaw-config.md, 10).
+    killed = the_container(dclient, user).id
+    the_container(dclient, user).remove(force=True)
+    await replaced_and_running(stack, dclient, user, killed)
+    await until(lambda: stack.reaches_gateway(user, cookie), "signed in after SIGKILL", STARTUP)
+
 
 def write_config(container: Any, config: dict[str, Any]) -> None:
     text = json.dumps(config, indent=2)
