@@ -9,6 +9,11 @@ write transaction of `placing.place_pending` on a real SQLite store seeded with
 (control/users/room_index.py) and once reading the whole fleet as before it. Prints
 the seeding and index rebuild times and, per way, the median and worst of --repeat
 placements in milliseconds.
+
+With --autoscaler: one autoscaler decision (`decisions.servers_needed`) over --servers
+CPX31-sized rooms (7.5 GB, 3.75 CPUs free of the reserve), each holding 5-7 users of the
+default plan, with --users users waiting (they fit on the fleet). Prints the median and
+worst of --repeat decisions in milliseconds, and the decision.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 import aiosqlite
 
+from control.capacity import decisions
 from control.db.store import Store
 from control.plans import DEFAULT_PLAN
 from control.users import placing
@@ -124,13 +130,36 @@ def _ms(times: list[float]) -> dict[str, float]:
     }
 
 
+def autoscaler_bench(servers: int, users: int, repeat: int) -> dict[str, Any]:
+    rng = random.Random(1)
+    size = Demand("unit", DEFAULT_PLAN.memory_mb, DEFAULT_PLAN.cpus)
+    held = [rng.choice([5, 6, 7]) for _ in range(servers)]
+    rooms = [
+        Room(f"s{i:05d}", True, 7680, n * size.memory_mb, 3.75, n * size.cpus)
+        for i, n in enumerate(held)
+    ]
+    pending = [Demand(f"u{i}", size.memory_mb, size.cpus) for i in range(users)]
+    new = Room("new", True, 7680, 0, 3.75, 0.0)
+    times, need = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        need = decisions.servers_needed(pending, rooms, [], new, size, 5)
+        times.append(time.perf_counter() - start)
+    assert need is not None
+    return {"servers": servers, "pending": users, "new_servers": need.servers, **_ms(times)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--servers", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--store", action="store_true", help="one placement, index vs scan")
+    parser.add_argument("--autoscaler", action="store_true", help="one servers_needed")
     args = parser.parse_args()
+    if args.autoscaler:
+        print(json.dumps(autoscaler_bench(args.servers, args.users, args.repeat)))
+        return
     if args.store:
         print(json.dumps(asyncio.run(store_bench(args.servers, args.users, args.repeat))))
         return

@@ -18,8 +18,9 @@ from control.capacity.decisions import (
     provision_expired,
     retry_decision,
     servers_needed,
+    units,
 )
-from control.users.placement import Demand, Room
+from control.users.placement import Demand, Room, place
 
 UNIT = Demand("unit", 1024, 0.5)
 NEW = Room("new", True, 3584, 0, 1.75, 0.0)  # cpx22 less the reserve: 3 default users
@@ -290,3 +291,52 @@ def test_new_servers_go_where_the_waiting_volumes_are(
     need = servers_needed(pending, [], on_the_way, NEW, UNIT, headroom)
     assert need.locations == locations
     assert need.servers == len(locations)
+
+
+def random_fleet(rng: random.Random, n: int) -> list[Room]:
+    return [
+        Room(
+            f"s{i:03d}",
+            rng.random() > 0.1,
+            3584,
+            rng.choice([0, 512, 1024, 2048, 2560, 3072, 3584]),
+            1.75,
+            rng.choice([0.0, 0.5, 1.0, 1.25, 1.5, 1.75]),
+            location=rng.choice([None, "fsn1", "nbg1"]),
+        )
+        for i in range(n)
+    ]
+
+
+def free_units_packing_every_room(pending: list[Demand], rooms: list[Room]) -> int:
+    """The fleet's free units once `pending` is packed over every room, no room left out."""
+    placed, _ = place(pending, rooms)
+    free = 0
+    for room in rooms:
+        took = [d for d in pending if placed.get(d.user_id) == room.server_id]
+        memory = room.memory_used_mb + sum(d.memory_mb for d in took)
+        cpus = room.cpus_used + sum(d.cpus for d in took)
+        free += units(Room("x", room.accepts_work, room.memory_total_mb, memory, 1.75, cpus), UNIT)
+    return free
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_packing_only_rooms_that_fit_someone_decides_as_packing_every_room(seed: int) -> None:
+    """servers_needed packs only the rooms that could take the smallest pending user
+    (sorting the whole fleet cost ~30 ms at 10k servers): the same servers, locations and
+    free units as packing every room."""
+    rng = random.Random(seed)
+    rooms = random_fleet(rng, 40)
+    sizes = [(512, 0.25), (1024, 0.5), (2048, 1.0)]
+    pending = [
+        Demand(f"u{i}", *rng.choice(sizes), location=rng.choice([None, None, "fsn1"]))
+        for i in range(rng.randint(1, 12))
+    ]
+    need = servers_needed(pending, rooms, [], NEW, UNIT, 0)
+    _, left = place(pending, rooms)
+    assert need.servers >= (1 if left else 0)
+    if not left:  # nothing new: the fleet's free units are what packing every room leaves
+        assert (need.servers, need.free_units) == (0, free_units_packing_every_room(pending, rooms))
+    # Rooms that could take no one change nothing, wherever they are in the list.
+    full = [Room(f"f{i}", True, 3584, 3584, 1.75, 1.75) for i in range(5)]
+    assert servers_needed(pending, full + rooms + full, [], NEW, UNIT, 0) == need
