@@ -184,8 +184,9 @@ async def test_a_new_user_is_created_and_placed_in_one_transaction(
     monkeypatch.setattr(store, "write", counted)
     status, _ = await control.admin("POST", "/v1/users", {"user_id": "olga", "subdomain": "olga"})
     assert status == 201
-    # (The autoscaler's run, which the new user also triggers, writes beside it.)
-    theirs = ("Provisioner.", "_nothing")
+    # (The autoscaler's run, which the new user also triggers, writes beside it: its
+    # scale-up and, when it finds nothing waiting, its scale-down.)
+    theirs = ("Provisioner.", "_nothing", "scale_down.")
     assert [w for w in writes if not w.startswith(theirs)] == ["commit.<locals>.apply"]
     _, user = await control.admin("GET", "/v1/users/olga")
     assert user["state"] == "provisioning" and user["server_id"] == worker.key_id
