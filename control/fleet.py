@@ -183,9 +183,7 @@ class Fleet:
             caller.key_id,
         )
         wait = min(max(wait, 0.0), MAX_WAIT)
-        return assignments.long_poll(
-            self.store, self.board, caller.key_id, after, wait, read, accept
-        )
+        return assignments.long_poll(self.board, caller.key_id, after, wait, read, accept)
 
     async def mint_join_token(
         self, ttl: float | None, stated: Stated | None = None

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import aiosqlite
 import pytest
 
 from agent.features import FEATURES
@@ -21,6 +22,7 @@ from control.db.store import Store
 from control.errors import Forbidden
 from control.fleet import Fleet
 from control.keyring import Keyring
+from control.workers import servers
 from control.workers.assignments import GenerationBoard
 from control.workers.auth import AgentCaller
 from shared import signing
@@ -146,3 +148,44 @@ async def test_until_parked_returns_once_a_long_poll_waits(fleet: Fleet) -> None
     assert not poll.done() and fleet.board.waiters() == 1
     fleet.board.close()
     assert await poll is None
+
+
+async def test_a_woken_long_poll_answers_from_one_read_and_refuses_a_revoked_worker(
+    fleet: Fleet,
+) -> None:
+    """A woken round reads the set (generation and status with it) in one go: a change
+    is delivered, and a worker retired while it waits gets 403, not a set."""
+    first, second = await registered(fleet, 2)
+    reads = [0]
+    store_read = fleet.store.read
+
+    async def counting(fn: Callable[..., T]) -> T:
+        reads[0] += 1
+        return await store_read(fn)
+
+    fleet.store.read = counting  # type: ignore[method-assign]
+    generations = {}
+    for worker in (first, second):
+        reply = await fleet.assignments(caller(worker), 0, 0)
+        assert reply is not None
+        generations[worker] = reply.generation
+    polls = {
+        w: asyncio.create_task(fleet.assignments(caller(w), g, FAR)) for w, g in generations.items()
+    }
+    for worker in polls:
+        await fleet.board.until_parked(worker)
+    reads[0] = 0
+
+    async def retire(conn: aiosqlite.Connection) -> None:
+        await conn.execute("UPDATE servers SET status = 'dead' WHERE id = ?", (second,))
+        for worker in (first, second):
+            await servers.bump_generation(conn, worker)
+
+    await fleet.store.write(retire)
+    fleet.board.notify(first, second)
+    delivered = await polls[first]
+    assert delivered is not None and delivered.generation == generations[first] + 1
+    with pytest.raises(Forbidden) as refused:
+        await polls[second]
+    assert refused.value.code == "worker_revoked"
+    assert reads[0] == 2  # one read per woken poll: no separate generation query

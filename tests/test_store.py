@@ -54,6 +54,45 @@ async def test_failed_write_rolls_back_everything(tmp_path: Path) -> None:
     await store.close()  # safe twice
 
 
+async def test_a_read_function_sees_one_snapshot_in_one_thread_and_cannot_write(
+    tmp_path: Path,
+) -> None:
+    store = Store(str(tmp_path / "db.sqlite"))
+    await store.open()
+    await store.write(
+        lambda c: c.execute("INSERT INTO events (at, kind, message) VALUES (1, 'a', 'x')")
+    )
+    threads: set[str] = set()
+
+    def count(conn: sqlite3.Connection) -> int:
+        threads.add(threading.current_thread().name)
+        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def around_a_commit(conn: sqlite3.Connection) -> tuple[int, int]:
+        before = count(conn)
+        # Another connection commits between the function's two queries.
+        with sqlite3.connect(store.path) as other:
+            other.execute("INSERT INTO events (at, kind, message) VALUES (2, 'b', 'y')")
+        return before, count(conn)
+
+    assert await store.read(around_a_commit) == (1, 1)  # one snapshot
+    assert await store.read(count) == 2  # the next read sees the commit
+    assert len(threads) == 1 and threading.current_thread().name not in threads
+
+    def writes(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM events")
+
+    with pytest.raises(StoreUnavailable, match="readonly"):
+        await store.read(writes)
+    assert await store.read(count) == 2
+    await store.close()
+    await store.close()  # safe twice
+    [name] = threads
+    assert name not in {t.name for t in threading.enumerate()}  # its thread ended
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.read(count)
+
+
 async def test_writes_never_interleave(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "db.sqlite"))
     await store.open()
