@@ -22,6 +22,7 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -154,10 +155,15 @@ async def summary(fleet: Fleet) -> dict[str, Any]:
     keeps (control/db/counts.py, a few rows whatever the fleet's size), the oldest
     pending user through its index, and what the placed users take."""
     reserve = fleet.reserve
-    groups = await counts.server_groups(fleet.store, reserve.memory_mb, reserve.cpus)
-    by_state = await counts.users_by_state(fleet.store)
-    oldest = await fleet.store.fetch_one(
-        "SELECT MIN(updated_at) AS t FROM users WHERE state = 'pending'"
+    # Asked at once: the reads queue on the read connection's thread back to back, instead
+    # of each waiting for the event loop's turn before the next is sent (at 10k workers
+    # that wait was most of the summary's 20 ms).
+    groups, by_state, oldest, used, volume_cost = await asyncio.gather(
+        counts.server_groups(fleet.store, reserve.memory_mb, reserve.cpus),
+        counts.users_by_state(fleet.store),
+        fleet.store.fetch_one("SELECT MIN(updated_at) AS t FROM users WHERE state = 'pending'"),
+        _used(fleet),
+        views.volume_cost(fleet),
     )
     return {
         "servers": _server_counts(groups),
@@ -166,14 +172,14 @@ async def summary(fleet: Fleet) -> dict[str, Any]:
             "by_state": by_state,
             "oldest_pending_since": iso(oldest["t"] if oldest else None),
         },
-        "capacity": _capacity(await _used(fleet), _totals(groups)),
+        "capacity": _capacity(used, _totals(groups)),
         # Desired: placed to run; running: reported running and healthy (the state says).
         "containers": {
             "running": by_state.get("running", 0),
             "desired": by_state.get("running", 0) + by_state.get("provisioning", 0),
         },
         "cost": _server_cost(fleet, groups),
-        "volume_cost": await views.volume_cost(fleet),
+        "volume_cost": volume_cost,
     }
 
 
