@@ -324,7 +324,8 @@ def _in_snapshot(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]
     try:
         return fn(conn)
     finally:
-        conn.execute("ROLLBACK")  # it only read
+        if conn.in_transaction:  # SQLite ends it itself on an I/O error
+            conn.execute("ROLLBACK")  # it only read
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
