@@ -57,18 +57,20 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
 
 
 async def traced(store: Store, run: Callable[[], Awaitable[None]]) -> list[str]:
-    """The statements SQLite ran (on both connections) while `run()` was awaited."""
+    """The statements SQLite ran (on every connection) while `run()` was awaited."""
     seen: list[str] = []
     conns = [store._writer, store._reader]
     for conn in conns:
         assert conn is not None
         await conn.set_trace_callback(seen.append)
+    await store.read(lambda conn: conn.set_trace_callback(seen.append))  # Store.read's
     try:
         await run()
     finally:
         for conn in conns:
             assert conn is not None
             await conn.set_trace_callback(None)
+        await store.read(lambda conn: conn.set_trace_callback(None))
     return [s for s in dict.fromkeys(seen) if not _NOT_QUERIES.match(s)]
 
 

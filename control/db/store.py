@@ -22,10 +22,9 @@ Contract:
   write that rolled back.
 - `fetch_all`/`fetch_one` read from a separate connection; WAL gives them a consistent
   snapshot without waiting for the writer.
-- `read(fn)` runs the plain function `fn(conn)` on a third connection, in that
-  connection's own thread and inside one read transaction: every query of `fn` sees
-  one snapshot, and all of them cost one hop off the event loop instead of one each
-  (a long-poll's answer, control/workers/assignments.py). `fn` must only read.
+- `read(fn)` runs the plain function `fn(conn)` in one read transaction on a third
+  connection with its own thread (control/db/read_thread.py): one snapshot, one hop
+  off the event loop (a long-poll's answer, control/workers/assignments.py).
 - A failure of the database itself (read-only, I/O error, full disk, corrupt, busy
   beyond the timeout) leaves `write`, `fetch_*` and `probe` as `StoreUnavailable`
   (503 `store_unavailable`, with SQLite's cause), never as a raw sqlite3 error; any
@@ -45,13 +44,13 @@ import sqlite3
 import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
 from control.db.migrations import MIGRATIONS
+from control.db.read_thread import ReadThread
 from control.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -109,9 +108,7 @@ class Store:
         self.failure: str | None = None  # cause of the last failed write, until one succeeds
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        # `read`'s connection, used only from its executor's one thread.
-        self._read_pool: ThreadPoolExecutor | None = None
-        self._read_db: sqlite3.Connection | None = None
+        self._reads = ReadThread(_PRAGMAS)  # `read`'s connection and thread
         self._lock_fd: int | None = None
         self._lock = asyncio.Lock()
         self._hooks: list[CommitHook] = []
@@ -134,8 +131,7 @@ class Store:
             self._writer = await self._connect()
             await self._migrate(self._writer)
             self._reader = await self._connect()
-            self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="store-read")
-            self._read_db = await self._in_read_thread(_connect_plain, self.path)
+            await self._reads.open(self.path)
             await self._write(_rewrite_user_version)
         except BaseException as exc:
             # A connection left open keeps its non-daemon thread, and with it a process
@@ -214,7 +210,7 @@ class Store:
                 if conn is not None:
                     with contextlib.suppress(sqlite3.Error):
                         await conn.close()
-            await self._close_read_thread()
+            await self._reads.close()
         finally:
             fd, self._lock_fd = self._lock_fd, None
             if fd is not None:
@@ -254,30 +250,13 @@ class Store:
             return result
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._read_db is None:
-            raise RuntimeError("store is not open")
         try:
-            return await self._in_read_thread(_in_snapshot, self._read_db, fn)
+            return await self._reads.run(fn)
         except sqlite3.Error as exc:
             failure = storage_failure(exc)
             if failure is None:
                 raise
             raise failure from exc
-
-    async def _in_read_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._read_pool is None:
-            raise RuntimeError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._read_pool, fn, *args)
-
-    async def _close_read_thread(self) -> None:
-        pool, db = self._read_pool, self._read_db
-        self._read_pool = self._read_db = None
-        if pool is None:
-            return
-        if db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                await asyncio.get_running_loop().run_in_executor(pool, db.close)
-        await asyncio.to_thread(pool.shutdown, wait=True)
 
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
         try:
@@ -304,28 +283,6 @@ async def _rewrite_user_version(conn: aiosqlite.Connection) -> None:
     # commit really writes, without touching any table.
     row = await fetch_one(conn, "PRAGMA user_version")
     await conn.execute(f"PRAGMA user_version = {int(row[0]) if row else 0}")
-
-
-def _connect_plain(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.row_factory = sqlite3.Row
-        for pragma in _PRAGMAS:
-            conn.execute(pragma)
-        conn.execute("PRAGMA query_only=ON")  # `read` functions must never write
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _in_snapshot(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    conn.execute("BEGIN")
-    try:
-        return fn(conn)
-    finally:
-        if conn.in_transaction:  # SQLite ends it itself on an I/O error
-            conn.execute("ROLLBACK")  # it only read
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:

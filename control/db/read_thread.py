@@ -1,0 +1,72 @@
+"""A plain SQLite connection that lives on its own thread: what `Store.read` runs on.
+
+Contract: `open(path)` starts one thread and opens the connection there, with the
+store's pragmas and `query_only` (a function given to `run` can never write). `run(fn)`
+runs `fn(conn)` on that thread inside one read transaction (BEGIN ... ROLLBACK): every
+query of `fn` sees one snapshot, and all of them cost one hop off the event loop
+instead of one each. `close()` closes the connection on its thread, then ends the
+thread; it is safe to call twice. sqlite3 errors propagate unchanged (the store turns
+the database's own failures into `StoreUnavailable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ReadThread:
+    def __init__(self, pragmas: Iterable[str]) -> None:
+        self._pragmas = tuple(pragmas)
+        self._pool: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only on the pool's thread
+
+    async def open(self, path: str) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="store-read")
+        self._conn = await self._on_thread(self._connect, path)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            raise RuntimeError("store is not open")
+        return await self._on_thread(_in_snapshot, self._conn, fn)
+
+    async def close(self) -> None:
+        pool, conn = self._pool, self._conn
+        self._pool = self._conn = None
+        if pool is None:
+            return
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await asyncio.get_running_loop().run_in_executor(pool, conn.close)
+        await asyncio.to_thread(pool.shutdown, wait=True)
+
+    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _connect(self, path: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            for pragma in (*self._pragmas, "PRAGMA query_only=ON"):
+                conn.execute(pragma)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+
+def _in_snapshot(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN")
+    try:
+        return fn(conn)
+    finally:
+        if conn.in_transaction:  # SQLite ends it itself on an I/O error
+            conn.execute("ROLLBACK")  # it only read
