@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 _WORDS = (
@@ -44,7 +45,9 @@ def _session(rng: random.Random, size: int) -> str:
 
 
 def _database(path: Path, rng: random.Random, size: int) -> None:
-    with sqlite3.connect(path) as db:
+    # `with db` only commits: the file stays open until a garbage collection closes the
+    # connection, and an open file on a test's volume makes its unmount "busy".
+    with closing(sqlite3.connect(path)) as db, db:
         db.execute("CREATE TABLE chunks (id INTEGER PRIMARY KEY, source TEXT, body TEXT)")
         written = 0
         while written < size:

@@ -162,8 +162,9 @@ async def test_a_restore_mounts_its_volume_after_a_restart_unmounted_it(
     again = agent(url, state_dir, worker)
     again.reconciler.desired = again.store.load_desired()
     # The first passes: no spec names the volume, so it is unmounted. An unmount the
-    # kernel finds busy (a loaded machine: the first agent's restic just exited) is
-    # retried by the next pass, as the agent's own loop does.
+    # kernel finds busy is retried by the next pass, as the agent's own loop does. (CI
+    # once found it busy for 30 s: make_state's SQLite files stayed open until a garbage
+    # collection, now closed at once.)
     for _ in range(60):
         await again.reconciler.reconcile()
         if not volumes_mounted(state_dir):
