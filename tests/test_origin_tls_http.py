@@ -309,3 +309,31 @@ async def test_an_unreadable_pull_pair_file_is_logged_and_retried(
     finally:
         await cp.close()
     assert cloudflare_fake.count(UPLOAD) == 0
+
+
+async def test_an_unreadable_ssl_mode_is_a_warning_and_workers_still_get_certificates(
+    tls_plane: Start, cloudflare_fake: CloudflareFake, tmp_path: Path, caplog: Any
+) -> None:
+    """The SSL mode is checked, not depended on: a token without Zone Settings: Read
+    (Cloudflare's real 403 envelope) costs a warning naming why, never the certificates."""
+    cloudflare_fake.scopes -= {"zone_settings:read", "zone_settings:edit"}
+    with caplog.at_level(logging.WARNING, logger="control.edge.tls_origin"):
+        plane = await tls_plane()
+        cp = ControlClient(plane.url, timeout=10)
+        try:
+            worker, secret = await joined(plane, cp)
+            await ready(cp, worker, secret)
+            agent = agent_tls.OriginTls(tmp_path / "state", tmp_path / "traefik")
+            assert await agent.check(signer(cp, worker, secret)) == agent_tls.CHECK_EVERY
+        finally:
+            await cp.close()
+    assert agent.current() is not None
+    assert (
+        "Cloudflare SSL mode of the zone could not be read (CLOUDFLARE_API_TOKEN lacks "
+        "Zone Settings: Read on this zone: Cloudflare read the zone's SSL mode: HTTP 403, "
+        "code 10000: Authentication error); origin TLS is set up all the same" in caplog.text
+    )
+    (read,) = [
+        c for c in cloudflare_fake.calls if c.endpoint == "GET /zones/{zone_id}/settings/ssl"
+    ]
+    assert read.status == 403

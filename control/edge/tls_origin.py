@@ -12,7 +12,9 @@ Contract:
   (CloudflareApi's pure retry rule); the worker retries the rest. It gets no private
   key and sends none.
 - `OriginTls.start()` runs once at start-up: reads the zone's SSL mode and logs a
-  warning naming it unless it is "strict", then makes sure the deployment's
+  warning naming it unless it is "strict" (one that cannot be read, for a token
+  without Zone Settings: Read or an outage, is a warning naming why, never a reason
+  to stop), then makes sure the deployment's
   origin-pull certificate is uploaded and enabled (`origin_pull.ensure_uploaded`).
   Workers are refused a certificate (503) until that has succeeded once, because
   Traefik would otherwise require a client certificate Cloudflare does not present.
@@ -57,10 +59,21 @@ class OriginTls:
         return OriginTlsPolicy(hostnames=list(self.hostnames), client_ca=ca)
 
     async def start(self) -> None:
-        self.ssl_mode = await self.read_ssl_mode()
-        warning = tls_rules.ssl_mode_warning(self.ssl_mode)
-        if warning:
-            log.warning("%s", warning)
+        try:
+            self.ssl_mode = await self.read_ssl_mode()
+        except OriginTlsError as exc:
+            # Only a check: a token without Zone Settings: Read, or an outage, must not
+            # keep every worker without a certificate.
+            log.warning(
+                "Cloudflare SSL mode of the zone could not be read (%s); origin TLS is set "
+                "up all the same: check in Cloudflare's dashboard that SSL/TLS is Full (strict)",
+                exc.message,
+            )
+            self.ssl_mode = None
+        else:
+            warning = tls_rules.ssl_mode_warning(self.ssl_mode)
+            if warning:
+                log.warning("%s", warning)
         pair = self._store.load_or_create()
         await ensure_uploaded(self.api, pair)
         self._pair = PullPair(pair.certificate)  # the key stays on disk, encrypted
