@@ -4,6 +4,11 @@ manages the agents their address paid for, and nothing else.
 Contract: every route needs a portal session (401 `signed_out`); every change also
 its CSRF token and JSON (control/portal/customers.py `changing`); every `{user_id}`
 goes through `owned` (404 alike for another customer's agent and none at all).
+Every change on one's own agent counts against the customer's address
+(control/portal/customers.py `Limits`): restart, rotate and settings
+(`container_changes`: each replaces the container), open and billing-portal
+(`account_links`: a billing-portal press is a Stripe API call); past it 429
+`rate_limited` with Retry-After, before anything is done.
 - `GET /portal/account`: the page (without a session: to `/portal/signin`).
 - `GET /portal/api/account`: the address, the CSRF token, RETENTION_DAYS and each
   agent's view (`agent_view`: no server, error text, Stripe id or token).
@@ -37,8 +42,9 @@ from control.appkeys import FLEET, SETTINGS
 from control.clock import iso
 from control.errors import BadRequest, Conflict
 from control.portal.billing_portal import billing_portal_url
-from control.portal.customer_sessions import COOKIE_NAME
+from control.portal.customer_sessions import COOKIE_NAME, Customer
 from control.portal.customers import (
+    LIMITS,
     PORTAL_SESSIONS,
     changing,
     customer,
@@ -46,6 +52,7 @@ from control.portal.customers import (
     owned,
     owned_users,
     set_session_cookie,
+    take,
 )
 from control.portal.stand_in import STAND_IN
 from control.users import secrets, signin_links
@@ -55,6 +62,19 @@ STATIC_DIR = Path(__file__).with_name("static")
 _AGENT = "/portal/api/account/agents/{user_id}"
 
 account_routes = web.RouteTableDef()
+
+
+async def _own_change(request: web.Request, replaces_container: bool) -> tuple[Customer, str]:
+    """The session and its own agent for a change, counted against the address."""
+    who = await changing(request)
+    user_id = await owned(request, who, request.match_info["user_id"])
+    limits = request.app[LIMITS]
+    if replaces_container:
+        limiter, what = limits.container_changes, "restarts and changes for your account"
+    else:
+        limiter, what = limits.account_links, "requests from your account"
+    take(limiter, who.email, time.monotonic(), what)
+    return who, user_id
 
 
 @account_routes.get("/portal/account")
@@ -112,7 +132,7 @@ async def agent(request: web.Request) -> web.Response:
 
 @account_routes.post(_AGENT + "/open")
 async def open_agent(request: web.Request) -> web.Response:
-    user_id = await owned(request, await changing(request), request.match_info["user_id"])
+    _, user_id = await _own_change(request, replaces_container=False)
     fleet = request.app[FLEET]
     link = await signin_links.signin_link(
         fleet.store, fleet.keyring, fleet.settings, user_id, time.time()
@@ -122,7 +142,7 @@ async def open_agent(request: web.Request) -> web.Response:
 
 @account_routes.put(_AGENT + "/settings")
 async def put_settings(request: web.Request) -> web.Response:
-    user_id = await owned(request, await changing(request), request.match_info["user_id"])
+    _, user_id = await _own_change(request, replaces_container=True)
     fleet = request.app[FLEET]
     names = await fleet.set_secrets(user_id, _changes(await json_body(request)))
     allowed = list(fleet.settings.tenant_profile.secret_names)
@@ -138,15 +158,14 @@ def _changes(body: dict[str, Any]) -> dict[str, str | None]:
 
 @account_routes.post(_AGENT + "/restart")
 async def restart(request: web.Request) -> web.Response:
-    user_id = await owned(request, await changing(request), request.match_info["user_id"])
+    _, user_id = await _own_change(request, replaces_container=True)
     await request.app[FLEET].restart_user(user_id)
     return web.json_response(await agent_view(request, user_id))
 
 
 @account_routes.post(_AGENT + "/rotate")
 async def rotate(request: web.Request) -> web.Response:
-    who = await changing(request)
-    user_id = await owned(request, who, request.match_info["user_id"])
+    who, user_id = await _own_change(request, replaces_container=True)
     await request.app[FLEET].rotate_token(user_id)
     sessions = request.app[PORTAL_SESSIONS]
     await sessions.end_all(who.email)
@@ -158,7 +177,7 @@ async def rotate(request: web.Request) -> web.Response:
 
 @account_routes.post(_AGENT + "/billing-portal")
 async def billing_portal(request: web.Request) -> web.Response:
-    user_id = await owned(request, await changing(request), request.match_info["user_id"])
+    _, user_id = await _own_change(request, replaces_container=False)
     fleet = request.app[FLEET]
     row = await fleet.store.fetch_one(
         "SELECT stripe_customer_id FROM users WHERE id = ?", (user_id,)

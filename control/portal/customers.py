@@ -8,8 +8,9 @@ Contract:
 - `customer(request)` is the request's live portal session, else 401 `signed_out`;
   `changing(request)` also requires, for every method that changes something, the
   session's CSRF token in `X-CSRF-Token` (403 `csrf_failed`), and it and
-  `json_body` want `Content-Type: application/json` (415), which a cross-site form
-  cannot send without the browser asking first (and nothing here answers CORS).
+  `json_body` want `Content-Type: application/json` (415, `want_json`, which the
+  sign-up's checkout uses too), which a cross-site form cannot send without the
+  browser asking first (and nothing here answers CORS).
 - `owned(request, customer, user_id)` is the only way to a user: 404 `not_found`,
   alike for another customer's user and for no user at all, unless the customer's
   address paid for it (control/portal/checkouts.py `users_with_email`).
@@ -19,10 +20,13 @@ Contract:
 - `Limits` are token buckets per client address (control/api/edge.py `client_key`,
   the same rule as the admin sign-in's) and per normalised e-mail address; they count
   requests, not outcomes, so a limit says nothing about whether an address is known.
+  Each remembers at most 10,000 keys (FailureLimiter's bound). `take` refuses with
+  429 `rate_limited`, Retry-After in whole seconds and the wait in plain words.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +57,12 @@ class UnsupportedMediaType(ClawfleetError):
 @dataclass
 class Limits:
     """Per address: 3 links at once, then one every 5 minutes (12 an hour); per client
-    address: 10, then one a minute; failed link redemptions: 10, then one every 6 s."""
+    address: 10, then one a minute; failed link redemptions: 10, then one every 6 s.
+    Availability checks per client address: 60, then one a second (typing a name asks
+    once a keystroke pause; a script listing taken names gets 3,600 an hour). A
+    customer's actions per address: what replaces the container (restart, rotate, a
+    settings change) 5, then one every 2 minutes; what only asks for a link (open, the
+    billing portal: a Stripe API call each) 20, then one every 6 s."""
 
     per_email: FailureLimiter = field(
         default_factory=lambda: FailureLimiter(burst=3, refill_seconds=300.0)
@@ -63,6 +72,15 @@ class Limits:
     )
     redeem_failures: FailureLimiter = field(
         default_factory=lambda: FailureLimiter(burst=10, refill_seconds=6.0)
+    )
+    availability: FailureLimiter = field(
+        default_factory=lambda: FailureLimiter(burst=60, refill_seconds=1.0)
+    )
+    container_changes: FailureLimiter = field(
+        default_factory=lambda: FailureLimiter(burst=5, refill_seconds=120.0)
+    )
+    account_links: FailureLimiter = field(
+        default_factory=lambda: FailureLimiter(burst=20, refill_seconds=6.0)
     )
 
 
@@ -93,7 +111,16 @@ def refuse_if_spent(limiter: FailureLimiter, key: str, now: float, what: str) ->
     """429 with Retry-After when `key` has nothing left in `limiter`."""
     wait = limiter.retry_after(key, now)
     if wait > 0:
-        raise RateLimited(f"too many {what}: try again later", retry_after=max(1, round(wait)))
+        seconds = max(1, math.ceil(wait))
+        raise RateLimited(f"too many {what}: try again {wait_words(seconds)}", retry_after=seconds)
+
+
+def wait_words(seconds: int) -> str:
+    """How long to wait, in the words a customer reads."""
+    if seconds < 60:
+        return "in a few seconds" if seconds < 10 else f"in {seconds} seconds"
+    minutes = math.ceil(seconds / 60)
+    return "in a minute" if minutes == 1 else f"in {minutes} minutes"
 
 
 def take(limiter: FailureLimiter, key: str, now: float, what: str) -> None:
@@ -116,12 +143,12 @@ async def changing(request: web.Request) -> Customer:
         presented = request.headers.get(CSRF_HEADER)
         if not request.app[PORTAL_SESSIONS].check_csrf(found, presented):
             raise Forbidden(f"changes need the session's {CSRF_HEADER} header", code="csrf_failed")
-        _want_json(request)
+        want_json(request)
     return found
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
-    _want_json(request)
+    want_json(request)
     try:
         body = await request.json()
     except ValueError:
@@ -131,7 +158,9 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _want_json(request: web.Request) -> None:
+def want_json(request: web.Request) -> None:
+    """415 unless the body is declared JSON: a cross-site form can only send
+    text/plain, urlencoded or multipart without a CORS preflight, which nothing answers."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send Content-Type: application/json")
 

@@ -9,8 +9,12 @@ Contract:
 - `GET /portal/api/availability?subdomain=`: `{"subdomain", "available", "reason"}`,
   the validation being the admin API's (control/users/names.py `validate_subdomain`:
   a full match of one DNS label, not reserved), then taken by a user or held by an open
-  sign-up (control/portal/checkouts.py).
-- `POST /portal/api/checkout` `{"subdomain", "plan", "email"}`: validates as above
+  sign-up (control/portal/checkouts.py). Counted per client address
+  (control/portal/customers.py `Limits.availability`): past it 429 with Retry-After,
+  in the same shape with the wait as `reason` and the usual `error`.
+- `POST /portal/api/checkout` `{"subdomain", "plan", "email"}` (`Content-Type:
+  application/json` only, else 415, before anything is read: no cross-site form can
+  open a Checkout in a visitor's name): validates as above
   (400; e-mail per shared/names.py), refuses a taken name (409 `subdomain_taken`),
   counts against the caller's address (PORTAL_CHECKOUTS_PER_HOUR, 429 `rate_limited`
   with Retry-After, before anything is reserved), reserves the name in a new open
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ from control.appkeys import FLEET, SETTINGS, STORE
 from control.errors import BadRequest, ClawfleetError
 from control.plans import Plan
 from control.portal import checkouts, stand_in
+from control.portal.customers import LIMITS, client_key, take, want_json
 from control.portal.state import PORTAL
 from control.portal.stripe_checkout import Order, Urls
 from control.settings import Settings
@@ -83,6 +89,13 @@ async def plans(request: web.Request) -> web.Response:
 @signup_routes.get("/portal/api/availability")
 async def availability(request: web.Request) -> web.Response:
     subdomain = request.query.get("subdomain", "")
+    try:  # counted before anything is looked up: it lists taken names to anyone
+        limits, key = request.app[LIMITS], client_key(request)
+        take(limits.availability, key, time.monotonic(), "name checks from your address")
+    except RateLimited as exc:  # in the page's own shape, so it shows the reason
+        refused = {"subdomain": subdomain, "available": False, "reason": exc.message}
+        error = {"code": exc.code, "message": exc.message}
+        return web.json_response({**refused, "error": error}, status=429, headers=exc.headers)
     try:
         validate_subdomain(subdomain)
     except BadRequest as exc:
@@ -99,6 +112,7 @@ def _available(subdomain: str, available: bool, reason: str | None) -> web.Respo
 @signup_routes.post("/portal/api/checkout")
 async def create_checkout(request: web.Request) -> web.Response:
     settings, portal, store = request.app[SETTINGS], request.app[PORTAL], request.app[STORE]
+    want_json(request)  # another site's text/plain form must not reserve names (CSRF)
     wanted = decode_body(await request.read(), CheckoutRequest)
     plan = _checked(wanted, settings)
     now = portal.clock()
