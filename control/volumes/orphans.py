@@ -6,19 +6,36 @@ with a restored database).
 Contract, as for orphan servers (control/capacity/orphans.py): an orphan is acted on only
 after ORPHAN_SWEEPS consecutive scheduled sweeps saw it, and never when the database or
 the provider could not be read (the listing backs off under SWEEP_KEY; a failed database
-read raises and the scaler keeps the counts). An attached orphan is detached first and
-deleted by a later sweep; at most ORPHAN_DELETES_PER_SWEEP calls a sweep, none while the
-provider's rate-limit budget is low. `orphan_volume_deleted` is recorded after the delete.
+read raises and the scaler keeps the counts). What is done with it depends on its
+`clawfleet-user` label:
+- it names a user row that exists: the volume holds that customer's state (a retained
+  user's, after a database restore) and is NEVER deleted. With no `volumes` row for that
+  user it is adopted: recorded as the user's (records.py, in one transaction that checks
+  both rows), detached, or attached to the server of ours that holds it (whose
+  generation is bumped), and `orphan_volume_adopted` is recorded; it is then the user's
+  volume like any other (kept, resumed, deleted after retention). Otherwise (the user
+  has another volume, or it is attached to a server we do not know) it is left where it
+  is and `orphan_volume_kept` is recorded once a streak of sightings, for the operator.
+- no such user: an attached orphan is detached first and deleted by a later sweep; at
+  most ORPHAN_DELETES_PER_SWEEP calls a sweep, none while the provider's rate-limit
+  budget is low. `orphan_volume_deleted` is recorded after the delete.
 Only with USER_VOLUMES on.
 """
 
 from __future__ import annotations
 
+import aiosqlite
+
 from control.capacity.orphans import ORPHAN_SWEEPS, budget_left, known_keys, orphans
 from control.capacity.providers.base import ProviderError, ProviderVolume
 from control.capacity.provisioning import Provisioner
+from control.db import events
+from control.db.store import fetch_one
+from control.volumes import records
+from control.workers import servers
 
 SWEEP_KEY = "orphan-volume-sweep"
+OWNER_LABEL = "clawfleet-user"
 
 
 async def sweep(p: Provisioner) -> None:
@@ -37,16 +54,69 @@ async def sweep(p: Provisioner) -> None:
         "SELECT new_provider_id, new_name FROM relocations"
     )
     found = orphans(seen, known_keys(rows), p.labels, p.state.volume_sightings)
+    owners = await _owners(p, found)
     sightings = {volume.provider_id: count for volume, count in found}
     budget = budget_left(p)
     for volume, count in found:
         key = f"volume:{volume.provider_id}"
+        if count >= ORPHAN_SWEEPS and volume.labels.get(OWNER_LABEL) in owners:
+            if await _adopt(p, volume, count):
+                sightings.pop(volume.provider_id)
+            continue
         if count < ORPHAN_SWEEPS or budget <= 0 or not p.due(key, p.clock()):
             continue
         budget -= 1
         if await _remove(p, volume, key, count):
             sightings.pop(volume.provider_id)
     p.state.volume_sightings = sightings
+
+
+async def _owners(p: Provisioner, found: list[tuple[ProviderVolume, int]]) -> set[str]:
+    """The users that exist among those the orphans' labels name."""
+    named = sorted({v.labels[OWNER_LABEL] for v, _ in found if v.labels.get(OWNER_LABEL)})
+    if not named:
+        return set()
+    marks = ", ".join("?" for _ in named)
+    rows = await p.store.fetch_all(f"SELECT id FROM users WHERE id IN ({marks})", named)
+    return {r["id"] for r in rows}
+
+
+async def _adopt(p: Provisioner, volume: ProviderVolume, count: int) -> bool:
+    """Records a customer's orphan as their volume; True once it is the user's. Never
+    deletes: a volume that cannot be adopted is kept and reported."""
+    user_id, now = volume.labels[OWNER_LABEL], p.clock()
+    holder = None
+    if volume.server_id is not None:
+        row = await p.store.fetch_one(
+            "SELECT id FROM servers WHERE provider_id = ? AND status != 'deleted'",
+            (volume.server_id,),
+        )
+        holder = row["id"] if row else None
+
+    async def apply(conn: aiosqlite.Connection) -> bool:
+        taken = await records.get(conn, user_id)
+        user = await fetch_one(conn, "SELECT id FROM users WHERE id = ?", (user_id,))
+        if taken is not None or user is None or (volume.server_id and holder is None):
+            if count == ORPHAN_SWEEPS:  # once a streak: the operator decides
+                why = "has another volume" if taken else "is attached to a server we do not know"
+                what = f"{volume.name} ({volume.provider_id}) is {user_id}'s but {why}: kept"
+                await events.record(conn, "orphan_volume_kept", what, user_id=user_id, at=now)
+            return False
+        await records.begin_create(
+            conn, user_id, volume.name, p.provider.name, volume.location, volume.size_gb, now
+        )
+        await records.created(conn, user_id, volume.provider_id, volume.device, now)
+        if holder is not None:
+            await records.set_state(conn, user_id, "attached", holder, now)
+            await servers.bump_generation(conn, holder)  # its set may now carry the volume
+        what = f"{volume.name} ({volume.provider_id}) carried {user_id}'s label: adopted"
+        await events.record(conn, "orphan_volume_adopted", what, user_id=user_id, at=now)
+        return True
+
+    adopted = await p.store.write(apply)
+    if adopted and holder is not None:
+        p.notify(holder)
+    return adopted
 
 
 async def _remove(p: Provisioner, volume: ProviderVolume, key: str, count: int) -> bool:
