@@ -165,7 +165,8 @@ async def test_sign_out_needs_csrf_and_ends_the_session(plane: ControlPlane, inb
 async def test_without_smtp_sign_in_by_mail_is_off(
     control_factory: Callable[..., ControlPlane],
 ) -> None:
-    cp = control_factory()
+    # A Stripe key: not the local demo, which logs links instead (test_portal_demo_signin.py).
+    cp = control_factory(stripe_secret_key="sk_test_" + "k" * 24)
     await cp.start()
     reply = await ask_link(cp, "alice@example.com")
     assert reply.status == 503 and reply.json()["error"]["code"] == "mail_off"

@@ -2,9 +2,11 @@
 rate limits on the app, and the one way a request proves who it is and what it owns.
 
 Contract:
-- `install_customers(app)` puts a `PortalSessions`, a `Mailer` and `Limits` under this
-  module's AppKeys (never the dashboard's) and waits for mail still being sent on
-  cleanup; install.py calls it once and adds the sign-in and account routes.
+- `install_customers(app)` puts a `PortalSessions`, a `Mailer` (in the local demo
+  without SMTP_HOST, the `DemoMailer` that logs the link instead:
+  control/portal/demo_mail.py) and `Limits` under this module's AppKeys (never the
+  dashboard's) and waits for mail still being sent on cleanup; install.py calls it
+  once and adds the sign-in and account routes.
 - `customer(request)` is the request's live portal session, else 401 `signed_out`;
   `changing(request)` also requires, for every method that changes something, the
   session's CSRF token in `X-CSRF-Token` (403 `csrf_failed`), and it and
@@ -36,7 +38,7 @@ from control.api import edge
 from control.api.ratelimit import FailureLimiter, RateLimited
 from control.appkeys import SETTINGS, STORE
 from control.errors import BadRequest, ClawfleetError, Forbidden, NotFound, Unauthorized
-from control.portal import checkouts
+from control.portal import checkouts, demo_mail
 from control.portal.customer_sessions import (
     COOKIE_NAME,
     COOKIE_PATH,
@@ -92,7 +94,7 @@ LIMITS: web.AppKey[Limits] = web.AppKey("portal_limits")
 def install_customers(app: web.Application) -> None:
     settings = app[SETTINGS]
     app[PORTAL_SESSIONS] = PortalSessions(lambda: app[STORE], settings.internal_secret)
-    app[MAILER] = Mailer(settings)
+    app[MAILER] = demo_mail.mailer_for(settings)
     app[LIMITS] = Limits()
 
     async def close_mailer(app: web.Application) -> None:
