@@ -16,6 +16,12 @@ retention forgot).
   can never be taken), recorded with an event; 201 with the waiver's id
   (control/volumes/final_waiver.py: 404 without a volume, 409 for a user not cancelled,
   a job still open or backups off). It works for a purged user too (no user row).
+- `POST /v1/users/{id}/recover` `{"snapshot_id": ...}`: the user's volume is lost at the
+  provider; the snapshot is restored onto a new volume, then the user starts on it.
+  `POST /v1/users/{id}/recover-empty` `{"accept_data_loss": <the user id>, "reason": ...}`:
+  the explicit choice to start it on an EMPTY new volume. Both 202 with the user's view
+  (its `move` shows the recovery's phase); 409 `volume_exists` while the provider still
+  lists the volume, and the other refusals of control/volumes/recover.py.
 """
 
 from __future__ import annotations
@@ -26,14 +32,15 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from control.api import views
 from control.api.bodies import decode_body
-from control.appkeys import FLEET
+from control.appkeys import FLEET, SCALER
 from control.backup_jobs.records import COLUMNS
 from control.clock import iso
 from control.db.store import Row, Store
 from control.errors import NotFound
 from control.fleet import Fleet
-from control.volumes import backups, final_waiver
+from control.volumes import backups, final_waiver, recover
 
 backup_routes = web.RouteTableDef()
 RECENT_JOBS = 20
@@ -41,6 +48,15 @@ RECENT_JOBS = 20
 
 class RestoreRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     snapshot_id: str
+
+
+class RecoverRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    snapshot_id: str
+
+
+class EmptyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    accept_data_loss: str
+    reason: str
 
 
 class WaiveRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -136,3 +152,19 @@ async def waive_final(request: web.Request) -> web.Response:
     req = decode_body(await request.read(), WaiveRequest)
     waiver = await final_waiver.waive(fleet.store, fleet.settings, user_id, req.reason, time.time())
     return web.json_response({"user_id": user_id, "waiver": waiver}, status=201)
+
+
+@backup_routes.post("/v1/users/{user_id}/recover")
+async def recover_volume(request: web.Request) -> web.Response:
+    fleet, user_id = request.app[FLEET], request.match_info["user_id"]
+    req = decode_body(await request.read(), RecoverRequest)
+    await recover.from_snapshot(request.app[SCALER].provisioner, user_id, req.snapshot_id)
+    return web.json_response((await views.users(fleet, user_id))[0], status=202)
+
+
+@backup_routes.post("/v1/users/{user_id}/recover-empty")
+async def recover_empty(request: web.Request) -> web.Response:
+    fleet, user_id = request.app[FLEET], request.match_info["user_id"]
+    req = decode_body(await request.read(), EmptyRequest)
+    await recover.empty(request.app[SCALER].provisioner, user_id, req.accept_data_loss, req.reason)
+    return web.json_response((await views.users(fleet, user_id))[0], status=202)

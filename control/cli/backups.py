@@ -1,6 +1,9 @@
 """The backup commands of `clawfleet` (docs/backups.md): `backups USER` lists a user's
 snapshots and recent jobs, `backup USER` asks for a snapshot now, `restore USER
-SNAPSHOT` restores the user's volume to one of its snapshots.
+SNAPSHOT` restores the user's volume to one of its snapshots; when the volume is lost
+at the provider, `recover USER SNAPSHOT` restores a snapshot onto a new volume and
+`recover-empty USER --accept-data-loss USER --reason TEXT` starts the user on an empty
+one (control/volumes/recover.py); both print the user.
 
 Contract: `run_backups(cmd, args, api)` makes the command's request and prints the
 result (JSON with `--json`); the API's refusals (no volume, backups off, a job still
@@ -17,9 +20,9 @@ import urllib.parse
 from typing import Any
 
 from control.cli.client import Api
-from control.cli.render import show, table
+from control.cli.render import render_user, show, table
 
-BACKUP_COMMANDS = frozenset({"backups", "backup", "restore"})
+BACKUP_COMMANDS = frozenset({"backups", "backup", "restore", "recover", "recover-empty"})
 SNAPSHOT_HEADERS = ("SNAPSHOT", "AT", "BYTES ADDED", "REASON")
 JOB_HEADERS = ("JOB", "KIND", "REASON", "STATE", "SNAPSHOT", "CREATED", "ERROR")
 
@@ -57,5 +60,11 @@ def run_backups(cmd: str, args: argparse.Namespace, api: Api) -> int:
         return show(args, api.call("GET", f"{path}/backups"), render_backups)
     if cmd == "backup":
         return show(args, api.call("POST", f"{path}/backups"), render_job)
+    if cmd == "recover":
+        body = api.call("POST", f"{path}/recover", {"snapshot_id": args.snapshot})
+        return show(args, body, render_user)
+    if cmd == "recover-empty":
+        confirm = {"accept_data_loss": args.accept_data_loss, "reason": args.reason}
+        return show(args, api.call("POST", f"{path}/recover-empty", confirm), render_user)
     body = api.call("POST", f"{path}/restore", {"snapshot_id": args.snapshot})
     return show(args, body, render_job)

@@ -153,6 +153,22 @@ def _user_commands(add: Add) -> None:
     restore = add("restore", "restore a user's volume to a snapshot (its container is stopped)")
     restore.add_argument("user", type=_nonempty)
     restore.add_argument("snapshot", type=_nonempty, help="a snapshot id from `backups USER`")
+    recover = add("recover", "a user whose volume is lost: restore a snapshot onto a new volume")
+    recover.add_argument("user", type=_nonempty)
+    recover.add_argument("snapshot", type=_nonempty, help="a snapshot id from `backups USER`")
+    empty = add(
+        "recover-empty",
+        "a user whose volume is lost and who has no snapshot: start it on an EMPTY new "
+        "volume (its state is lost)",
+    )
+    empty.add_argument("user", type=_nonempty)
+    empty.add_argument(
+        "--accept-data-loss",
+        metavar="USER",
+        required=True,
+        help="the user id again: you accept that its state is lost",
+    )
+    empty.add_argument("--reason", type=_nonempty, required=True, help="why (in the event)")
 
 
 def _other_commands(add: Add) -> None:

@@ -217,7 +217,8 @@ def move_line(move: dict[str, Any] | None) -> str | None:
     """A move to another location (control/volumes/relocation.py), on one line."""
     if not move:
         return None
-    line = f"{move.get('phase')}: {move.get('from')} -> {move.get('to')} in {move.get('location')}"
+    source = move.get("from") or "lost volume"  # a recovery has no source server
+    line = f"{move.get('phase')}: {source} -> {move.get('to')} in {move.get('location')}"
     return line + (f" ({move['error']})" if move.get("error") else "")
 
 

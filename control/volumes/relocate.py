@@ -12,6 +12,9 @@ Contract:
   control/volumes/steps.py `on_failure`. A wait is a `move_waiting` event per new reason.
 - The old volume is deleted once the user ran on the target with its restored state;
   the `move` snapshot it was copied through stays in the repository for its retention.
+- A recovery (no source: the old volume is lost, control/volumes/recover.py) ends once
+  the user ran on the new volume, with a `volume_recovered` event; the lost volume is
+  never called (no detach, no delete). Called off, the user waits for it again.
 """
 
 from __future__ import annotations
@@ -89,7 +92,12 @@ def _move(row: Row) -> relocation.Move:
         )
 
     return relocation.Move(
-        row["phase"], row["source_server"], row["target_server"], job("sj"), job("rj")
+        row["phase"],
+        row["source_server"],
+        row["target_server"],
+        job("sj"),
+        job("rj"),
+        recovery=row["source_server"] is None,
     )
 
 
@@ -179,7 +187,8 @@ async def _create(p: Provisioner, row: Row, action: relocation.Action) -> None:
     made = await p.provider.create_volume(
         row["new_name"], row["size_gb"], row["target_location"], labels
     )
-    what = f"{row['new_name']} ({row['size_gb']} GB) in {row['target_location']}, for the move"
+    why = "the recovery" if row["source_server"] is None else "the move"
+    what = f"{row['new_name']} ({row['size_gb']} GB) in {row['target_location']}, for {why}"
     await _write(
         p,
         row,
@@ -239,6 +248,8 @@ async def _abort(p: Provisioner, row: Row, action: relocation.Action) -> None:
         if back:  # placement finds it a server where its volume is
             await users.set_state(conn, row["user_id"], "pending", None, now)
         what = f"{action.reason}: called off; its volume {row['old_name']} stays its own"
+        if row["source_server"] is None:
+            what = f"{action.reason}: the recovery is called off; ask for it again"
         await events.record(conn, "move_aborted", what, user_id=row["user_id"], at=now)
 
     await p.store.write(apply)
@@ -249,6 +260,14 @@ async def _discard(p: Provisioner, row: Row, action: relocation.Action) -> None:
         await p.provider.detach(_new(row))
         await p.provider.delete_volume(_new(row))
     await _finish(p, row, ("volume_deleted", f"{row['new_name']}: the move was called off"))
+
+
+async def _recovered(p: Provisioner, row: Row, action: relocation.Action) -> None:
+    what = (
+        f"runs on {row['new_name']} in {row['target_location']}, restored from snapshot "
+        f"{row['snapshot_id']}; its lost volume {row['old_name']} is forgotten"
+    )
+    await _finish(p, row, ("volume_recovered", what))
 
 
 async def _write(
@@ -319,4 +338,5 @@ ACTIONS: dict[str, Callable[[Provisioner, Row, relocation.Action], Awaitable[Non
     "delete_old": _delete_old,
     "abort": _abort,
     "discard": _discard,
+    "recovered": _recovered,
 }

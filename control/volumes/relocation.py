@@ -23,6 +23,13 @@ stored in the same transaction):
 - `releasing`, `deleting`: the old volume is detached (once the source unmounted it,
   at once when the source is dead or gone) and deleted; then the move is forgotten.
 
+A recovery (control/volumes/recover.py: the operator's way out when the user's volume is
+lost at the provider) is a move with no source (`recovery`): it is recorded at
+`creating`, in the lost volume's location, with the snapshot the operator chose, and goes
+through the same `creating`, `attaching`, `restoring` and `starting`; once the user runs
+on the new volume (or left the target) it is over (`recovered`): there is no old volume
+to detach or delete. Called off before the swap, the user waits for its lost volume again.
+
 Before the swap, the old volume is the user's only state. A move whose user left the
 target (cancelled, the target died) or whose source died before the snapshot is called
 off (`abort`): the new volume, if any, is detached and deleted, and the user goes back
@@ -60,6 +67,7 @@ ActionKind = Literal[
     "delete_old",
     "abort",
     "discard",
+    "recovered",
 ]
 OPEN = ("pending", "running")
 
@@ -81,6 +89,7 @@ class Move:
     target: str
     snapshot: Job | None = None
     restore: Job | None = None
+    recovery: bool = False  # the old volume is lost: restored from a snapshot (no source)
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,7 @@ def next_action(move: Move, facts: Facts, now: float) -> Action:
         return _job(move.restore, "restore", f"the restore on {move.target}", now)
     if move.phase == "starting":
         if facts.running or not facts.on_target:
-            return Action("release")
+            return Action("recovered" if move.recovery else "release")
         return Action("wait", reason=f"moving: waiting for the container on {move.target}")
     if move.phase == "releasing":
         if facts.source_alive and facts.source_mounted:

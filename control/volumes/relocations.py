@@ -6,7 +6,8 @@ old volume's identity and the new volume's name (the idempotency key of its crea
 before anything acts, and each phase is recorded before the call it stands for, with
 the job it created in the same statement; `failed` and `waiting` are the retry state
 and what the user is told. The row is deleted only once the move is over (the old
-volume deleted, or the move called off and the new one deleted).
+volume deleted, or the move called off and the new one deleted). A recovery's row has
+no source server (`begin_recovery`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,38 @@ async def begin(
             source,
             target,
             location,
+            volume["provider_id"],
+            volume["name"],
+            volume["location"],
+            volume["device"],
+            volume["size_gb"],
+            new_name,
+            now,
+            now,
+        ),
+    )
+
+
+async def begin_recovery(
+    conn: aiosqlite.Connection,
+    volume: Row,
+    target: str,
+    new_name: str,
+    snapshot_id: str,
+    now: float,
+) -> None:
+    """A recovery (control/volumes/recover.py): no source, the snapshot chosen, and its
+    first phase `creating` (the lost volume cannot be snapshotted), in its location."""
+    await conn.execute(
+        "INSERT INTO relocations (user_id, phase, source_server, target_server, "
+        "target_location, snapshot_id, old_provider_id, old_name, old_location, old_device, "
+        "size_gb, new_name, created_at, updated_at) "
+        "VALUES (?, 'creating', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            volume["user_id"],
+            target,
+            volume["location"],
+            snapshot_id,
             volume["provider_id"],
             volume["name"],
             volume["location"],
