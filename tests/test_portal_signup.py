@@ -145,9 +145,22 @@ async def test_orders_are_validated_before_stripe(
     assert (await available(plane, "alice"))["available"] is True
 
 
-async def test_plans_are_the_ones_with_a_price(plane: ControlPlane) -> None:
+async def test_plans_are_the_ones_with_a_price(
+    plane: ControlPlane, stripe_fake: StripeFake
+) -> None:
+    stripe_fake.prices.add(se.PRICE, 1900, "eur", "Pro agent")
     reply = await call(plane, "GET", "/portal/api/plans")
-    assert reply.body["plans"] == [{"name": "pro", "memory_mb": 2048, "cpus": 1.0, "disk_gb": 20}]
+    assert reply.body["plans"] == [
+        {
+            "name": "pro",
+            "display_name": "Pro agent",  # the Stripe Price's Product
+            "price": "€19.00 a month",
+            "demo": False,
+            "memory_mb": 2048,
+            "cpus": 1.0,
+            "disk_gb": 20,
+        }
+    ]
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,9 @@
 
 Contract:
 - `signin_message(settings, to, url, minutes)` is pure: the plain-text message, From
-  MAIL_FROM, that carries the link and says how long it works and what to do when
-  the customer did not ask for it.
+  MAIL_FROM under the product's name (PORTAL_PRODUCT_NAME, also in the subject and the
+  text, always on one line), that carries the link and says how long it works, what to
+  do when the customer did not ask for it and, with SUPPORT_EMAIL, whom to ask.
 - `Mailer(settings)` sends with aiosmtplib per MailSettings (control/settings/mail.py):
   SMTP_TLS `tls` connects with TLS, `starttls` requires the upgrade (a server that
   does not offer it is an error, never a plain-text fallback), `none` sends in plain
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from email.headerregistry import Address
 from email.message import EmailMessage
 
 import aiosmtplib
@@ -29,18 +31,27 @@ log = logging.getLogger(__name__)
 
 
 def signin_message(settings: Settings, to: str, url: str, minutes: int) -> EmailMessage:
+    product = one_line(settings.portal_product_name)
     message = EmailMessage()
-    message["From"] = settings.mail_from
+    message["From"] = Address(display_name=product, addr_spec=settings.mail_from)
     message["To"] = to
-    message["Subject"] = "Your sign-in link"
+    message["Subject"] = f"Your sign-in link for {product}"
+    support = settings.support_email
+    help_line = f"\nQuestions? Write to {support}.\n" if support else ""
     message.set_content(
         "Hello,\n\n"
-        "Open this link to sign in to your account. It works once, "
+        f"Open this link to sign in to your {product} account. It works once, "
         f"for {minutes} minutes:\n\n{url}\n\n"
         "If you did not ask to sign in, ignore this message: nothing happens "
-        "unless the link is opened.\n"
+        "unless the link is opened.\n" + help_line
     )
     return message
+
+
+def one_line(text: str) -> str:
+    """Whitespace runs (line breaks included) as one space: the settings refuse control
+    characters at start-up, and this keeps a header one header whatever reaches it."""
+    return " ".join(text.split())
 
 
 class Mailer:

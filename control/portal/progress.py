@@ -5,7 +5,8 @@ Contract:
 - The steps are STEPS: payment confirmed → placing → starting → ready. `progress`
   gives the current one (`step`; "ready" when all are done), or "expired" (the
   Checkout ended unpaid) or "stopped" (the agent exists but is not meant to run, e.g.
-  suspended), with a plain-words `message` for a non-technical buyer.
+  suspended), with a plain-words `message` for a non-technical buyer; "contact
+  support" names SUPPORT_EMAIL when one is set (`Facts.support_email`).
 - Payment is confirmed when Stripe's webhook created the user (the webhook is the only
   source of truth; the Checkout's redirect proves nothing). Placing: the user waits for
   its subscription to start or for room on a server. Starting: the user is on a server
@@ -45,6 +46,7 @@ class Facts:
     booting_since: float | None  # creation time of the oldest server not started yet
     boot: Boot
     now: float
+    support_email: str = ""  # SUPPORT_EMAIL: where "contact support" points, if set
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,18 @@ def progress(facts: Facts) -> Progress:
     if facts.user_state == "provisioning":
         return Progress("starting", "Payment confirmed. Your agent is starting…")
     if facts.user_state != "pending":
-        return Progress("stopped", "Your agent is not running right now. Please contact support.")
+        return Progress("stopped", f"Your agent is not running right now. {_contact(facts)}")
     if facts.awaiting_subscription:
         return Progress("placing", "Payment confirmed. Starting your subscription…")
     if facts.booting_since is None:
         return Progress("placing", "Payment confirmed. Finding room for your agent…")
     return _new_server(facts.booting_since, facts.boot, facts.now)
+
+
+def _contact(facts: Facts) -> str:
+    if facts.support_email:
+        return f"Please contact support at {facts.support_email}."
+    return "Please contact support."
 
 
 def _new_server(since: float, boot: Boot, now: float) -> Progress:

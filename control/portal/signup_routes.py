@@ -4,8 +4,9 @@ Contract:
 - `GET /portal/signup`: the page (HTML shell; its script is static/signup.js).
 - `GET /portal/api/plans`: the plans a buyer can choose, those with a Stripe price
   (the first of `stripe_price_ids` is the one sold; with the Checkout stand-in on, every
-  plan: control/portal/stand_in.py `price_of`), with their sizes, and the base
-  domain the agent's address ends in.
+  plan: control/portal/stand_in.py `price_of`), with their display name and price in
+  words (control/portal/plan_prices.py) and their sizes, and the base domain the
+  agent's address ends in.
 - `GET /portal/api/availability?subdomain=`: `{"subdomain", "available", "reason"}`,
   the validation being the admin API's (control/users/names.py `validate_subdomain`:
   a full match of one DNS label, not reserved), then taken by a user or held by an open
@@ -31,6 +32,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from control.errors import BadRequest, ClawfleetError
 from control.plans import Plan
 from control.portal import checkouts, stand_in
 from control.portal.customers import LIMITS, client_key, take, want_json
+from control.portal.plan_prices import PLAN_PRICES
 from control.portal.state import PORTAL
 from control.portal.stripe_checkout import Order, Urls
 from control.settings import Settings
@@ -79,9 +82,19 @@ async def signup_page(request: web.Request) -> web.Response:
 @signup_routes.get("/portal/api/plans")
 async def plans(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    sold = sold_plans(settings)
+    cards = await request.app[PLAN_PRICES].cards(
+        {name: stand_in.price_of(settings, plan) or "" for name, plan in sold.items()}
+    )
     listed = [
-        {"name": p.name, "memory_mb": p.memory_mb, "cpus": p.cpus, "disk_gb": p.disk_gb}
-        for p in sold_plans(settings).values()
+        {
+            "name": p.name,
+            **asdict(cards[p.name]),  # display_name, price (words or None), demo
+            "memory_mb": p.memory_mb,
+            "cpus": p.cpus,
+            "disk_gb": p.disk_gb,
+        }
+        for p in sold.values()
     ]
     return web.json_response({"plans": listed, "base_domain": settings.base_domain})
 

@@ -90,6 +90,7 @@ async def status(request: web.Request) -> web.Response:
         booting_since=await _booting_since(store),
         boot=typical_boot(await _boot_samples(store), settings.portal_boot_seconds),
         now=now,
+        support_email=settings.support_email,
     )
     shown = progress(facts)
     subdomain = checkout["subdomain"] if user is None else user["subdomain"]

@@ -9,8 +9,9 @@ PORTAL_CHECKOUTS_PER_HOUR bounds the Checkouts one address may open;
 PORTAL_BOOT_SECONDS is the status page's estimate of a new server's start-up until
 the fleet has measured its own; PORTAL_STATUS_HOURS is how long a status page's link
 works after its sign-up.
-It inherits MailSettings (control/settings/mail.py, the sign-in links' SMTP), so that
-`Settings` names one base class for the whole portal.
+It inherits MailSettings (control/settings/mail.py, the sign-in links' SMTP) and
+BrandSettings (control/settings/brand.py, the operator's name, logo, colour and support
+address), so that `Settings` names one base class for the whole portal.
 CHECKOUT_HEADROOM_MINUTES is how long an open Checkout counts as demand about to arrive
 in the autoscaler's warm headroom (control/capacity, issue 15 point 6);
 CHECKOUT_STAND_IN is whether the portal serves its local stand-in for Stripe's hosted
@@ -22,12 +23,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from control.settings.brand import BrandSettings
 from control.settings.mail import MailSettings
 from shared.config import choice, setting, whole
 
 
 @dataclass(frozen=True, kw_only=True)
-class PortalSettings(MailSettings):
+class PortalSettings(MailSettings, BrandSettings):
     portal_checkout_minutes: int = setting(
         "PORTAL_CHECKOUT_MINUTES",
         "30",

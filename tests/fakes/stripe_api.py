@@ -25,6 +25,8 @@ another. Each created session is kept in `billing_portal_sessions`.
 
 Checkout Sessions (create, retrieve, expire; `checkout.prices` lists the prices that
 exist, `checkout.complete(...)` is a buyer paying): tests/fakes/stripe_checkout.py.
+Prices with their Products (`GET /v1/prices/{id}`, `expand[]=product`; `prices.add(...)`):
+tests/fakes/stripe_prices.py.
 
 Inspection: `calls` (every request as `Call(method, path, status)`; the Authorization
 header is never recorded); `count(path=None)`.
@@ -50,6 +52,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.fakes.stripe_checkout import CheckoutSessions
+from tests.fakes.stripe_prices import Prices
 
 Json = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -76,6 +79,7 @@ class StripeFake:
     url: str = ""  # the API base, e.g. http://127.0.0.1:PORT, once started
     subscriptions: dict[str, Json] = field(default_factory=dict)
     checkout: CheckoutSessions = field(default_factory=CheckoutSessions)
+    prices: Prices = field(default_factory=Prices)  # tests/fakes/stripe_prices.py
     customers: set[str] = field(default_factory=set)
     billing_portal_sessions: list[Json] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
@@ -88,6 +92,7 @@ class StripeFake:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/v1/subscriptions/{id}", self._get_subscription)
         self.checkout.routes(app)  # Checkout Sessions: tests/fakes/stripe_checkout.py
+        self.prices.routes(app)  # Prices (the sign-up page's plan cards)
         app.router.add_post("/v1/billing_portal/sessions", self._create_billing_portal_session)
         return app
 

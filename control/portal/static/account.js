@@ -1,12 +1,15 @@
 // The customer's page (docs/portal.md): every change sends the session's CSRF token;
 // data is only ever written with textContent, never as HTML.
 "use strict";
+// SUPPORT_EMAIL, rendered into the page by the server (control/portal/brand.py).
+const SUPPORT = document.body.dataset.support || "";
+const CONTACT = SUPPORT ? `please contact support at ${SUPPORT}` : "please contact support";
 const STATES = {
   preparing: "We are setting up your agent.",
   pending: "Waiting for a server: your agent starts as soon as one is ready.",
   provisioning: "Starting…",
   running: "Running.",
-  suspended: "Paused: please check your payment details.",
+  suspended: `Paused: please check your payment details, or ${CONTACT}.`,
   deprovisioned: "Cancelled.",
 };
 let csrf = "";
@@ -26,7 +29,9 @@ async function api(method, path, body) {
     throw new Error("signed out");
   }
   const data = reply.status === 204 ? {} : await reply.json();
-  if (!reply.ok) throw new Error(data.error ? data.error.message : "Something went wrong.");
+  if (!reply.ok) {
+    throw new Error(data.error ? data.error.message : `Something went wrong: ${CONTACT}.`);
+  }
   return data;
 }
 
@@ -186,7 +191,7 @@ async function load() {
     "mind; after that it is deleted for good and cannot be recovered.";
   const cards = await Promise.all(account.agents.map(renderAgent));
   document.getElementById("agents").replaceChildren(...cards);
-  if (cards.length === 0) say("There is no agent on this account yet.");
+  if (cards.length === 0) say(`There is no agent on this account yet. If you paid for one, ${CONTACT}.`);
 }
 
 document.getElementById("signout").addEventListener("click", async () => {

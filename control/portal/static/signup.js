@@ -35,10 +35,15 @@ function showPlans(plans) {
       const input = document.createElement("input");
       Object.assign(input, { type: "radio", name: "plan", value: plan.name, checked: index === 0 });
       const name = document.createElement("strong");
-      name.textContent = plan.name;
+      name.textContent = plan.display_name;
+      const price = document.createElement("span");
+      price.className = "price";
+      price.textContent = plan.price || "Price shown at payment";
+      if (plan.demo) price.textContent += " (demo: nothing is charged)";
       const size = document.createElement("span");
+      size.className = "size";
       size.textContent = `${plan.memory_mb / 1024} GB memory · ${plan.cpus} CPU · ${plan.disk_gb} GB storage`;
-      label.append(input, " ", name, size);
+      label.append(input, " ", name, price, size);
       return label;
     }),
   );
