@@ -184,3 +184,29 @@ async def test_a_recovery_waits_for_the_user_to_be_placed_and_a_failed_listing_d
     status, reply = await control.admin("POST", "/v1/users/alice/recover", {"snapshot_id": SNAP})
     assert (status, reply["error"]["code"]) == (409, "not_placed"), reply
     assert (await user(control))["move"] is None
+
+
+async def test_the_cli_asks_for_a_recovery_and_prints_the_refusal(
+    cloud: Start,
+    hetzner_fake: HetznerFake,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    control = await cloud(**BACKUPS)
+    worker, vid = await mounted_alice(control, hetzner_fake)
+    await snapshot_done(control, worker, vid, SNAP)
+    monkeypatch.setenv("CLAWFLEET_URL", control.url)
+    monkeypatch.setenv("ADMIN_TOKEN", control.admin_token)
+    said = await cli(capsys, "recover", "alice", SNAP)
+    assert said.code == 1
+    assert said.err.startswith("clawfleet: volume_exists: the volume cf-default-alice")
+    (volume,) = hetzner_fake.volumes.values()
+    await delete_by_hand(control, volume)
+    said = await cli(capsys, "recover", "alice", SNAP)  # alice is still placed on it
+    assert said.code == 0, said.err
+    line = next(x for x in said.out.splitlines() if x.startswith("move "))
+    assert f"creating: lost volume -> {worker.key_id} in nbg1" in line
+    await run(control)  # on the server it still runs on: its container goes for the restore
+    (restore,) = await jobs_of(worker)
+    assert restore["kind"] == "restore" and restore["volume"]["id"] != vid
+    assert await specs(worker) == {}
