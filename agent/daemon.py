@@ -14,8 +14,9 @@ pass; they are never saved, so the first poll after a start asks for the current
 (after=0) to get pending jobs back. `stop()` interrupts and awaits running jobs.
 Registration and every heartbeat declare the features this agent implements
 (agent/features.py), so an upgraded agent's new ones are known at its next beat.
-The origin TLS loop (agent/origin_tls.py) first re-serves a saved certificate, then
-keeps it signed and fresh; each heartbeat reports its expiry.
+Before any loop starts (so before any route is written), origin TLS (agent/origin_tls.py)
+re-serves a saved certificate or else serves a file refusing every TLS handshake until
+its loop has one signed; the loop keeps it fresh, and each heartbeat reports its expiry.
 While a container starts, heartbeats come every tenth of the interval (`next_beat`)
 and, between them, the moment its health changes (agent/heartbeat.py).
 """
@@ -100,7 +101,10 @@ class Daemon(Registration):
         )
         self.reconciler.job_volumes = self.backups.volume_ids
         self.origin_tls = OriginTls(
-            settings.state_dir, settings.traefik_dynamic_dir, traefik_group=settings.traefik_group
+            settings.state_dir,
+            settings.traefik_dynamic_dir,
+            traefik_group=settings.traefik_group,
+            routers_tls=settings.traefik_tls,
         )
         self.reconciler.on_specs = self.verifier.set_specs
         self._stop = asyncio.Event()
@@ -221,9 +225,6 @@ class Daemon(Registration):
     async def _origin_tls_loop(self) -> None:
         """Keeps Traefik's origin certificate signed and fresh (agent/origin_tls.py);
         a failure is retried with backoff and never touches the certificate served."""
-        with contextlib.suppress(OSError, ValueError):
-            if self.origin_tls.restore():
-                log.info("origin TLS: serving the saved certificate")
         await self._registered.wait()
         attempt = 0
         while True:
@@ -235,11 +236,25 @@ class Daemon(Registration):
                     attempt = await self._after_failure("origin TLS", err, attempt)
                     continue
                 delay = OFF_CHECK_EVERY  # a control plane older than origin TLS
+                with contextlib.suppress(OSError):
+                    self.origin_tls.off()
             except (OriginTlsError, OSError, ValueError) as exc:
                 delay = cp.backoff_delay(attempt, self.s.backoff_base, self.s.backoff_max)
                 log.error("origin TLS: %s; retry in %.1fs", exc, delay)
                 attempt += 1
             await asyncio.sleep(cp.jittered(delay))
+
+    def _prepare_origin_tls(self) -> None:
+        """Before any loop writes a route: fail closed until a certificate is served."""
+        try:
+            done = self.origin_tls.prepare()
+        except (OSError, ValueError) as exc:
+            log.error("origin TLS: cannot write Traefik's TLS file: %s", exc)
+            return
+        if done == "saved":
+            log.info("origin TLS: serving the saved certificate")
+        elif done == "closed":
+            log.info("origin TLS: no certificate yet; TLS handshakes refused until one is signed")
 
     async def _build_heartbeat(self) -> Heartbeat:
         try:
@@ -309,6 +324,7 @@ class Daemon(Registration):
         cannot_start = self._restore()
         if cannot_start is not None:
             return cannot_start
+        self._prepare_origin_tls()
 
         async def register_once() -> None:
             if self.creds is None:

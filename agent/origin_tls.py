@@ -16,6 +16,14 @@ Contract:
   with the group of `traefik_group` when that group exists, else 0600. Its TLS options
   `default` require and verify a client certificate issued as `client_ca`, for every
   router and for a handshake that matches none.
+- Fail closed (issue 14, point 3): `prepare()` runs at the agent's start, before any
+  route is written. With a saved certificate it re-serves it; otherwise, unless the
+  control plane last said origin TLS is off or the routers use no TLS (the local
+  provider's plain HTTP), it writes `closed_tls_config()`: a client certificate is
+  required from a CA whose key was discarded, so every TLS handshake is refused, even
+  Cloudflare's, until the real file replaces it (`startup_file` is the pure rule). A
+  policy with no hostnames (or a control plane that has no origin TLS: the daemon calls
+  `off()`) removes that closed file and remembers "off" for the next start.
 - `renewal_reason(current, hostnames, now)` is the pure renewal rule; `expires_at()`
   is what the heartbeat reports.
 """
@@ -29,8 +37,9 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -45,6 +54,9 @@ DIRECTORY = "origin-tls"
 KEY_FILE, CERT_FILE, CA_FILE = "key.pem", "cert.pem", "client-ca.pem"
 # Not "clawfleet-*": route pruning (agent/traefik.py) never sees it as a user's route.
 TLS_FILE = "tls-origin.yaml"
+OFF_FILE = "off"  # in DIRECTORY: the control plane last said origin TLS is off
+# First line of the closed file (JSON is YAML, so a YAML comment may precede it).
+CLOSED_MARK = b"# clawfleet: every handshake refused until the origin certificate arrives\n"
 DAY = 86400.0
 RENEW_BEFORE = 30 * DAY  # a third of the 90 days the control plane asks Cloudflare for
 CHECK_EVERY = 6 * 3600.0  # a hand-rotated client CA reaches Traefik within this
@@ -133,23 +145,60 @@ def make_csr(key: ec.EllipticCurvePrivateKey, hostnames: Sequence[str]) -> str:
     return csr.public_bytes(PEM).decode()
 
 
-def traefik_tls_config(cert: str, key: str, client_ca: str) -> bytes:
-    """Traefik's dynamic TLS config: our certificate, and client certificates required."""
-    config = {
-        "tls": {
-            "certificates": [{"certFile": cert, "keyFile": key}],
-            "options": {
-                "default": {
-                    "minVersion": "VersionTLS12",
-                    "clientAuth": {
-                        "caFiles": [client_ca],
-                        "clientAuthType": "RequireAndVerifyClientCert",
-                    },
-                }
+StartupFile = Literal["saved", "closed", "none"]
+
+
+def startup_file(*, saved: bool, off: bool, routers_tls: bool) -> StartupFile:
+    """What Traefik's TLS file is at the agent's start, before any route: the saved
+    certificate, the closed file, or nothing (origin TLS off, or plain HTTP routers,
+    which TLS options never reach)."""
+    if saved:
+        return "saved"
+    return "closed" if routers_tls and not off else "none"
+
+
+def _options(client_ca: str) -> dict[str, object]:
+    """TLS options `default`: every router's and a handshake's that matches none."""
+    return {
+        "default": {
+            "minVersion": "VersionTLS12",
+            "clientAuth": {
+                "caFiles": [client_ca],
+                "clientAuthType": "RequireAndVerifyClientCert",
             },
         }
     }
+
+
+def _dump(config: dict[str, object]) -> bytes:
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+
+
+def traefik_tls_config(cert: str, key: str, client_ca: str) -> bytes:
+    """Traefik's dynamic TLS config: our certificate, and client certificates required."""
+    certificates = [{"certFile": cert, "keyFile": key}]
+    return _dump({"tls": {"certificates": certificates, "options": _options(client_ca)}})
+
+
+def closed_tls_config(now: datetime | None = None) -> bytes:
+    """TLS options that refuse every handshake: the only client CA is one made here
+    whose key is dropped when this returns, so no client can present a certificate
+    it issued. Traefik keeps its self-signed default certificate meanwhile."""
+    key = new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clawfleet closed (key discarded)")])
+    start = (now or datetime.now(UTC)) - timedelta(hours=1)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return CLOSED_MARK + _dump({"tls": {"options": _options(ca.public_bytes(PEM).decode())}})
 
 
 def _same_key(cert_pem: str, key: ec.EllipticCurvePrivateKey) -> bool:
@@ -168,11 +217,13 @@ class OriginTls:
         traefik_dir: Path,
         *,
         traefik_group: str = "",
+        routers_tls: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.dir = state_dir / DIRECTORY
         self.traefik_file = traefik_dir / TLS_FILE
         self._group = traefik_group
+        self._routers_tls = routers_tls
         self._clock = clock
 
     def current(self) -> CertInfo | None:
@@ -188,7 +239,9 @@ class OriginTls:
     async def check(self, signer: Signer) -> float:
         policy = await signer.policy()
         if not policy.hostnames:
+            self.off()
             return OFF_CHECK_EVERY
+        (self.dir / OFF_FILE).unlink(missing_ok=True)  # a restart from now on starts closed
         if renewal_reason(self.current(), policy.hostnames, self._clock()) is None:
             if policy.client_ca and policy.client_ca != self._read(CA_FILE):
                 self._save_ca(policy.client_ca)
@@ -214,6 +267,24 @@ class OriginTls:
         self._write_traefik()
         return True
 
+    def prepare(self) -> StartupFile:
+        """At start, before any route: the saved certificate, else the closed file
+        (`startup_file`). What it did is returned, for the log."""
+        off = (self.dir / OFF_FILE).exists()
+        done = startup_file(saved=self.restore(), off=off, routers_tls=self._routers_tls)
+        if done == "closed":
+            self._serve(closed_tls_config())
+        return done
+
+    def off(self) -> None:
+        """The control plane signs nothing: no closed file (an older real one stays, as
+        before), and the next start opens with none."""
+        if not (self.dir / OFF_FILE).exists():
+            atomic_write(self.dir / OFF_FILE, b"", mode=0o644)
+        with contextlib.suppress(FileNotFoundError):
+            if self.traefik_file.read_bytes().startswith(CLOSED_MARK):
+                self.traefik_file.unlink()
+
     def _read(self, name: str) -> str:
         try:
             return (self.dir / name).read_text()
@@ -225,9 +296,11 @@ class OriginTls:
         atomic_write(self.dir / CA_FILE, pem.encode(), mode=0o644)
 
     def _write_traefik(self) -> None:
-        content = traefik_tls_config(
-            self._read(CERT_FILE), self._read(KEY_FILE), self._read(CA_FILE)
+        self._serve(
+            traefik_tls_config(self._read(CERT_FILE), self._read(KEY_FILE), self._read(CA_FILE))
         )
+
+    def _serve(self, content: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             if self.traefik_file.read_bytes() == content:
                 return

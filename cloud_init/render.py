@@ -633,8 +633,25 @@ def agent_env(params: WorkerBootstrap) -> str:
     return "\n".join(lines) + "\n"
 
 
-def traefik_static_config(params: WorkerBootstrap) -> str:
+@dataclass(frozen=True)
+class TraefikListen:
+    """Where the static config makes Traefik listen and read routes. Only tests change
+    it (a real Traefik on free 127.0.0.1 ports, tests/agent/test_origin_tls_traefik.py);
+    user data always renders `PRODUCTION_LISTEN`."""
+
+    web: str = ":80"
+    websecure: str = ":443"
+    dynamic_dir: str = TRAEFIK_DYNAMIC_DIR
+
+
+PRODUCTION_LISTEN = TraefikListen()
+
+
+def traefik_static_config(
+    params: WorkerBootstrap, listen: TraefikListen = PRODUCTION_LISTEN
+) -> str:
     """/etc/clawfleet/traefik.yml. Strings are JSON-quoted (valid YAML double quotes)."""
+    web = ["  web:", f"    address: {json.dumps(listen.web)}"]
     lines = [
         "# Written by the Clawfleet bootstrap script. Routes: files in the directory below,",
         "# written by the agent. No Docker provider: Traefik never sees the Docker socket.",
@@ -646,12 +663,12 @@ def traefik_static_config(params: WorkerBootstrap) -> str:
         # No `api:` section: Traefik's API and dashboard stay off. Only 443 listens;
         # 80 only for ACME's HTTP-01 challenge (origin TLS needs none: issue 14).
         "entryPoints:",
-        *(["  web:", '    address: ":80"'] if params.acme_email is not None else []),
+        *(web if params.acme_email is not None else []),
         "  websecure:",
-        '    address: ":443"',
+        f"    address: {json.dumps(listen.websecure)}",
         "providers:",
         "  file:",
-        f"    directory: {json.dumps(TRAEFIK_DYNAMIC_DIR)}",
+        f"    directory: {json.dumps(listen.dynamic_dir)}",
         "    watch: true",
     ]
     if params.acme_email is not None:

@@ -12,7 +12,10 @@ host's firewall. The daemon's reconcile loop logs Docker's absence and goes on.
   no new one.
 - With a saved certificate inside the renewal window, it renews at start.
 - Until the control plane has set up origin pulls (503), it retries with back-off and
-  keeps beating; once they are set up, it gets its certificate.
+  keeps beating, and Traefik's file is the closed one (every handshake refused); once
+  they are set up, it gets its certificate.
+- With origin TLS off at the control plane, the closed file is removed and a restart
+  writes none; with plain HTTP routers (TRAEFIK_TLS=false) none is ever written.
 - A Cloudflare outage while signing (503 `origin_tls_error`) is retried the same way
   until it ends."""
 
@@ -86,8 +89,10 @@ class Daemons:
         self.tmp_path = tmp_path
         self.running: dict[Daemon, asyncio.Task[int]] = {}
 
-    async def start(self, plane: ControlPlane, bootstrap: bool = True) -> tuple[Daemon, Checks]:
-        env = {
+    async def start(
+        self, plane: ControlPlane, bootstrap: bool = True, **more: str
+    ) -> tuple[Daemon, Checks]:
+        env = more | {
             "CONTROL_URL": plane.url,
             "STATE_DIR": str(self.tmp_path / "state"),
             "TRAEFIK_DYNAMIC_DIR": str(self.tmp_path / "traefik"),
@@ -134,6 +139,10 @@ def expiry_shown(plane: ControlPlane, worker: str) -> Callable[[], Any]:
 
 def served(tmp_path: Path) -> Path:
     return tmp_path / "traefik" / agent_tls.TLS_FILE
+
+
+def closed(tmp_path: Path) -> bool:
+    return served(tmp_path).read_bytes().startswith(agent_tls.CLOSED_MARK)
 
 
 def saved_cert(tmp_path: Path) -> x509.Certificate:
@@ -241,14 +250,14 @@ async def test_the_daemon_waits_for_origin_pulls_and_keeps_beating(
         return status == 200 and body["last_heartbeat_age"] is not None
 
     await until(beating, "heartbeats while origin TLS waits")
-    assert not served(tmp_path).exists() and cloudflare_fake.count(SIGN) == 0
+    assert closed(tmp_path) and cloudflare_fake.count(SIGN) == 0
     assert await expiry_shown(plane, worker)() is None
 
     cloudflare_fake.clear_faults()
     assert plane.app is not None and plane.app[ORIGIN_TLS].service is not None
     await plane.app[ORIGIN_TLS].service.start()  # what the start-up task retries
     await checks.until(lambda o: o[-1] == "ok")
-    assert served(tmp_path).exists() and cloudflare_fake.count(SIGN) == 1
+    assert not closed(tmp_path) and cloudflare_fake.count(SIGN) == 1
     await until(expiry_shown(plane, worker), "the expiry shown")
 
 
@@ -263,8 +272,38 @@ async def test_a_cloudflare_outage_while_signing_is_retried_until_it_ends(
     cloudflare_fake.outage(503, 10000, "Service Unavailable")
     daemon, checks = await daemons.start(plane)
     await checks.until(lambda o: o.count("503 origin_tls_error") >= 3)
-    assert not served(tmp_path).exists() and daemon.origin_tls.expires_at() is None
+    assert closed(tmp_path) and daemon.origin_tls.expires_at() is None
     cloudflare_fake.clear_faults()
     await checks.until(lambda o: o[-1] == "ok")
-    assert served(tmp_path).exists()
+    assert not closed(tmp_path)
     assert [c.status for c in cloudflare_fake.calls if c.endpoint == SIGN][-1] == 200
+
+
+async def test_origin_tls_off_leaves_no_closed_file(
+    tls_plane: Start, daemons: Daemons, tmp_path: Path
+) -> None:
+    """Without Cloudflare DNS the control plane signs nothing: a worker must not stay
+    closed, then or at its next start (before the control plane answers)."""
+    plane = await tls_plane(dns_provider="none")
+    daemon, checks = await daemons.start(plane)
+    await checks.until(lambda o: "ok" in o)
+    assert not served(tmp_path).exists()
+    await daemons.stop(daemon)
+    assert daemon.origin_tls.prepare() == "none" and not served(tmp_path).exists()
+
+
+@pytest.mark.parametrize(("routers_tls", "written"), [("false", False), ("true", True)])
+def test_plain_http_routers_get_no_closed_file(
+    tmp_path: Path, routers_tls: str, written: bool
+) -> None:
+    """The local provider's demo (TRAEFIK_TLS=false): TLS options would reach no router."""
+    env = {
+        "CONTROL_URL": "http://127.0.0.1:9",
+        "BOOTSTRAP_TOKEN": "abcdef.0123456789abcdefghijklmnopqrstuvwxyz",
+        "STATE_DIR": str(tmp_path / "state"),
+        "TRAEFIK_DYNAMIC_DIR": str(tmp_path / "traefik"),
+        "TRAEFIK_TLS": routers_tls,
+    }
+    Daemon(load_settings(env))._prepare_origin_tls()  # what run() does before any loop
+    assert served(tmp_path).exists() is written
+    assert not written or closed(tmp_path)

@@ -10,7 +10,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from agent.origin_tls import DAY, RENEW_BEFORE, CertInfo, make_csr, new_key, renewal_reason
+from agent.origin_tls import (
+    DAY,
+    RENEW_BEFORE,
+    CertInfo,
+    make_csr,
+    new_key,
+    renewal_reason,
+    startup_file,
+)
 from control.edge import tls_rules
 from control.edge.origin_pull import deployed_status
 
@@ -88,6 +96,21 @@ def test_a_tampered_csr_is_refused() -> None:
     tampered = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
     with pytest.raises(tls_rules.BadCsr, match="signature"):
         tls_rules.check_csr(tampered.decode(), NAMES)
+
+
+@pytest.mark.parametrize(
+    ("saved", "off", "routers_tls", "served"),
+    [
+        (False, False, True, "closed"),  # a new worker: refused until its certificate
+        (True, False, True, "saved"),
+        (True, True, True, "saved"),
+        (False, True, True, "none"),  # the control plane said origin TLS is off
+        (False, False, False, "none"),  # plain HTTP routers (the local demo)
+        (True, False, False, "saved"),
+    ],
+)
+def test_startup_file(saved: bool, off: bool, routers_tls: bool, served: str) -> None:
+    assert startup_file(saved=saved, off=off, routers_tls=routers_tls) == served
 
 
 @pytest.mark.parametrize(
