@@ -10,7 +10,11 @@ Contract:
 - No server whose disk holds users' data (retained or suspended) is deleted, whether
   idle or drained (`decisions.kept_because`).
 - `drain` moves a draining server's users make-before-break, one at a time, and
-  deletes it once nothing holds it (`decisions.drain_action`).
+  deletes it once nothing holds it (`decisions.drain_action`). With USER_VOLUMES the
+  move is break-before-make (the volume follows the user), and with backups on the
+  move's transaction also asks the draining server for the user's final snapshot
+  (control/volumes/backups.py `on_drain_move`), so the set that withdraws the
+  container carries it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from control.capacity.provisioning import Provisioner
 from control.db.store import fetch_one
 from control.users import placing
 from control.users.rooms import HELD_DATA_SQL, HOLDERS_SQL
+from control.volumes import backups as volume_backups
 from control.workers import assignments, servers
 
 
@@ -122,7 +127,7 @@ async def drain(p: Provisioner) -> None:
 
 
 async def _move(p: Provisioner, user_id: str, source: str) -> None:
-    change = functools.partial(
+    start = functools.partial(
         placing.start_move,
         plans=p.settings.plans,
         reserve=p.reserve,
@@ -132,6 +137,15 @@ async def _move(p: Provisioner, user_id: str, source: str) -> None:
         needs=p.needs,
         index=p.room_index,
     )
-    moved = await assignments.commit(p.store, change, lambda m: m[1:] if m else ())
+
+    async def change(conn: aiosqlite.Connection) -> tuple[tuple[str, str] | None, set[str]]:
+        moved = await start(conn)
+        if moved is None or not (p.settings.user_volumes and p.settings.backups_enabled):
+            return moved, set()
+        return moved, await volume_backups.on_drain_move(conn, user_id, source, p.clock())
+
+    moved, _ = await assignments.commit(
+        p.store, change, lambda r: [*(r[0][1:] if r[0] else ()), *r[1]]
+    )
     if moved:
         p.notify(moved[1], source)

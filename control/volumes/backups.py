@@ -24,6 +24,10 @@ Contract:
   attached to a live server it creates the final snapshot job there and returns that
   server, whose generation the same transaction bumps: no worker can read a set
   without the container and without the job (the step above is the backstop).
+- `on_drain_move(conn, user_id, source, now)`: the same for a drain-and-delete, in the
+  transaction that moves the user off its draining server (control/capacity/
+  scale_down.py, with backups on): the set that withdraws the container carries the
+  `final-drain` job, so the old agent never unmounts before it arrives.
 - `may_delete(p, user_id)`: with backups on, a volume is deleted only after a snapshot
   that finished after its latest final snapshot was asked for (`final_cleared`), or once
   an operator waived that snapshot (control/volumes/final_waiver.py).
@@ -326,11 +330,36 @@ async def on_cancelled(conn: aiosqlite.Connection, user_id: str, now: float) -> 
     live server its volume is attached to; returns that server (its generation is bumped
     by the caller's commit), or nothing when there is no such volume. The job describes
     the volume, so the agent mounts it for the job even if it has unmounted it already."""
+    return await _final_in(conn, user_id, "final-retention", None, now)
+
+
+async def on_drain_move(
+    conn: aiosqlite.Connection, user_id: str, source: str, now: float
+) -> set[str]:
+    """In the transaction that moves `user_id` off draining `source` (which withdraws its
+    container there: with volumes it runs only where its volume is): its final-drain
+    snapshot, asked of `source` while the volume is attached there; returns `source` for
+    the caller's commit to bump, or nothing. The set without the container carries the
+    job, so the agent keeps the volume mounted for it (and the volume step does not
+    detach before the job ends, control/volumes/runner.py)."""
+    return await _final_in(conn, user_id, "final-drain", source, now)
+
+
+async def _final_in(
+    conn: aiosqlite.Connection,
+    user_id: str,
+    reason: decide.Reason,
+    server_id: str | None,
+    now: float,
+) -> set[str]:
+    """A final snapshot job of the volume attached to a live server (`server_id`, when
+    named), in the caller's transaction; the server it is asked of."""
     row = await fetch_one(
         conn,
         "SELECT v.provider_id, v.server_id FROM volumes v JOIN servers s ON s.id = v.server_id "
-        "WHERE v.user_id = ? AND v.state = 'attached' AND s.status IN ('active', 'unhealthy')",
-        (user_id,),
+        "WHERE v.user_id = ? AND v.state = 'attached' AND s.status IN ('active', 'unhealthy') "
+        "AND (? IS NULL OR v.server_id = ?)",
+        (user_id, server_id, server_id),
     )
     if row is None or not row["provider_id"]:
         return set()
@@ -338,11 +367,11 @@ async def on_cancelled(conn: aiosqlite.Connection, user_id: str, now: float) -> 
         conn,
         user_id=user_id,
         kind="snapshot",
-        reason="final-retention",
+        reason=reason,
         server_id=row["server_id"],
         volume_id=row["provider_id"],
         now=now,
     )
-    what = f"snapshot {job_id} (final-retention) on {row['server_id']}"
+    what = f"snapshot {job_id} ({reason}) on {row['server_id']}"
     await events.record(conn, "backup_requested", what, user_id=user_id, at=now)
     return {row["server_id"]}

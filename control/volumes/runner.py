@@ -17,6 +17,11 @@ Contract:
 - A user moving to another location is left to control/volumes/relocate.py (run at
   the end of each run) until its state is restored onto the new volume: its volume row
   still names the old one, which that move snapshots, keeps, and deletes at its end.
+- A detach that is not forced waits while the final snapshot of a drain (`final-drain`,
+  asked in the move's transaction, control/volumes/backups.py) is open on the server
+  it leaves: the volume leaves only once that job reports done or failed (or times
+  out), whatever the agent's mounts say meanwhile. (A cancelled user's volume may
+  leave first: its deletion waits for the final snapshot instead, `may_delete`.)
 - A volume is deleted (retention over) only once `final_backup_before_delete` says so:
   with backups on, after its final snapshot (control/volumes/backups.py); until then
   it waits, kept, with that reason on the user's volume.
@@ -116,6 +121,9 @@ async def _advance(p: Provisioner, user: _User) -> bool:
     if step.kind == "wait":
         await _wait(p, user.id, row, step)
         return False
+    if step.kind == "detach" and not step.forced and (job := await _open_job(p, row)):
+        await _wait(p, user.id, row, steps.Step("wait", reason=job))
+        return False
     if step.kind == "delete" and not await final_backup_before_delete(p, user.id):
         await _wait(p, user.id, row, steps.Step("wait", reason=NO_FINAL_SNAPSHOT))
         return False
@@ -125,6 +133,21 @@ async def _advance(p: Provisioner, user: _User) -> bool:
         await _failed(p, user.id, step, exc)
         return False
     return True
+
+
+async def _open_job(p: Provisioner, row: Row | None) -> str:
+    """Why the volume stays: its drain's final snapshot still open on its holder, else ""."""
+    if row is None or row["server_id"] is None:
+        return ""
+    job = await p.store.fetch_one(
+        "SELECT id, reason FROM backup_jobs WHERE user_id = ? AND server_id = ? "
+        "AND volume_id = ? AND reason = 'final-drain' AND state IN ('pending', 'running') "
+        "ORDER BY created_at LIMIT 1",
+        (row["user_id"], row["server_id"], row["provider_id"]),
+    )
+    if job is None:
+        return ""
+    return f"waiting for backup job {job['id']} ({job['reason']}) on {row['server_id']} to end"
 
 
 def _view(row: Row | None) -> steps.Volume | None:
