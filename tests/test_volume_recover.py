@@ -186,7 +186,7 @@ async def test_a_recovery_waits_for_the_user_to_be_placed_and_a_failed_listing_d
     assert (await user(control))["move"] is None
 
 
-async def test_the_cli_asks_for_a_recovery_and_prints_the_refusal(
+async def test_a_volume_deleted_under_its_running_server_is_recovered_with_the_cli(
     cloud: Start,
     hetzner_fake: HetznerFake,
     monkeypatch: pytest.MonkeyPatch,
@@ -206,7 +206,14 @@ async def test_the_cli_asks_for_a_recovery_and_prints_the_refusal(
     assert said.code == 0, said.err
     line = next(x for x in said.out.splitlines() if x.startswith("move "))
     assert f"creating: lost volume -> {worker.key_id} in nbg1" in line
+    # No set names the lost volume again: an old mount of it must not run the container.
+    assert await specs(worker) == {}
     await run(control)  # on the server it still runs on: its container goes for the restore
     (restore,) = await jobs_of(worker)
-    assert restore["kind"] == "restore" and restore["volume"]["id"] != vid
+    new = restore["volume"]["id"]
+    assert restore["kind"] == "restore" and new != vid
     assert await specs(worker) == {}
+    await beat(worker, [], [vid, new], [{"id": restore["id"], "state": "done"}])
+    assert await specs(worker) == {}  # restored, but not swapped in yet: still nothing
+    await run(control)
+    assert (await specs(worker))["alice"]["volume"]["id"] == new

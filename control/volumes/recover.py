@@ -9,6 +9,9 @@ on its own. Two operator actions end the wait:
   which is a move with no source (control/volumes/relocation.py): a new volume in the
   lost volume's location, attached to the server the user is placed on, the chosen
   snapshot restored onto it with the user's spec withheld, then the user starts on it.
+  The lost volume's row is recorded detached in the same transaction (the server it
+  named is bumped): no set names the lost volume again, so no agent starts the
+  container on what an old mount of it may still hold.
   Each phase is recorded before it acts (control/volumes/relocate.py runs it), so a
   crash resumes. Conflict `backups_off` without BACKUP_S3_ENDPOINT, `not_placed` until
   the user is placed on a live server in the volume's location (the autoscaler places a
@@ -41,6 +44,7 @@ from control.errors import BadRequest, Conflict, NotFound
 from control.volumes import records, relocations, steps
 from control.volumes.backups import _check_snapshot as check_snapshot
 from control.volumes.relocate_start import new_volume_name
+from control.workers import servers
 
 ALIVE = ("provisioning", "active", "unhealthy")
 
@@ -55,7 +59,7 @@ async def from_snapshot(p: Provisioner, user_id: str, snapshot_id: str) -> None:
     await check_snapshot(p.store, user_id, snapshot_id)
     volume = await _lost(p, user_id)
 
-    async def begin(conn: aiosqlite.Connection) -> None:
+    async def begin(conn: aiosqlite.Connection) -> str | None:
         fresh = await _unchanged(conn, user_id, volume)
         target = await _target(conn, user_id, fresh)
         if await fetch_one(
@@ -67,13 +71,21 @@ async def from_snapshot(p: Provisioner, user_id: str, snapshot_id: str) -> None:
         name = new_volume_name(p.settings.cluster_name, user_id, fresh["location"])
         now = p.clock()
         await relocations.begin_recovery(conn, fresh, target, name, snapshot_id, now)
+        # The lost volume is attached nowhere: no set carries the user until the swap
+        # (a set naming it would start the container on whatever its old mount holds).
+        await records.set_state(conn, user_id, "detached", None, now)
+        if fresh["server_id"]:
+            await servers.bump_generation(conn, fresh["server_id"])
         what = (
             f"operator: its volume {fresh['name']} ({fresh['provider_id']}) is gone at the "
             f"provider; snapshot {snapshot_id} is restored onto a new volume {name} on {target}"
         )
         await events.record(conn, "volume_recovery", what, user_id=user_id, at=now)
+        return str(fresh["server_id"]) if fresh["server_id"] else None
 
-    await p.store.write(begin)
+    held = await p.store.write(begin)
+    if held:
+        p.notify(held)
 
 
 async def empty(p: Provisioner, user_id: str, accept: str, reason: str) -> None:
