@@ -749,7 +749,7 @@
         h("button", { type: "button", class: "link", onclick: () => togglePanel(u, "backups") }, "Close")),
       data.backups_enabled ? null : h("p", { class: "small muted" }, "Backups are off (no BACKUP_S3_ENDPOINT)."),
       restoring ? h("p", { class: "small restoring" }, "Restore in progress: the container is stopped until it ends.") : null,
-      h("h3", null, "Snapshots"), snapshotsTable(uid, data.snapshots, busy),
+      h("h3", null, "Snapshots"), snapshotsTable(uid, data.snapshots, busy, volumeLost(u.volume)),
       h("h3", null, "Recent jobs"), jobsTable(data.jobs));
   }
 
@@ -762,14 +762,21 @@
       v.error ? h("span", { class: "error" }, " " + v.error) : null);
   }
 
-  function snapshotsTable(uid, snapshots, busy) {
+  // The provider no longer has the volume (docs/backups.md, A lost volume): there is
+  // nothing to restore onto, so a snapshot is recovered onto a new volume instead.
+  const volumeLost = (v) => Boolean(v && v.error && /not found at the provider|reports it missing/.test(v.error));
+
+  function snapshotsTable(uid, snapshots, busy, lost) {
     const rows = snapshots.map((s) => h("tr", { dataset: { snapshotId: s.id } },
       cell("Taken", fmtTime(s.at)),
       cell("Added", fmtBytes(s.bytes_added)),
       cell("Why", s.reason),
       cell("Snapshot", h("span", { class: "mono", title: s.id }, s.id.slice(0, 8))),
-      cell("Action", h("button", { type: "button", class: "danger act-restore", disabled: busy,
-        onclick: () => confirmRestore(uid, s) }, "Restore this snapshot"))));
+      cell("Action", lost
+        ? h("button", { type: "button", class: "danger act-recover", disabled: busy,
+          onclick: () => confirmRecover(uid, s) }, "Recover onto a new volume")
+        : h("button", { type: "button", class: "danger act-restore", disabled: busy,
+          onclick: () => confirmRestore(uid, s) }, "Restore this snapshot"))));
     if (!rows.length) rows.push(h("tr", null, h("td", { colspan: 5, class: "empty full" }, "No snapshots yet.")));
     return h("table", { class: "responsive nested snapshots" },
       h("thead", null, h("tr", null, ["Taken", "Added", "Why", "Snapshot", ""].map((t) => h("th", null, t)))),
@@ -781,6 +788,12 @@
     const question = "Restore " + uid + " to the snapshot of " + fmtTime(s.at) + " (" + s.id.slice(0, 8) + ")? " +
       "Their container stops until the restore is done, and everything written since that snapshot is lost.";
     if (confirm(question)) act("Restore of " + uid + " asked for", "POST", "/v1/users/" + encodeURIComponent(uid) + "/restore", { snapshot_id: s.id });
+  }
+
+  function confirmRecover(uid, s) {
+    const question = "The volume of " + uid + " is gone at the provider. Restore the snapshot of " + fmtTime(s.at) +
+      " (" + s.id.slice(0, 8) + ") onto a new volume and start " + uid + " on it? Everything written since that snapshot is lost.";
+    if (confirm(question)) act("Recovery of " + uid + " asked for", "POST", "/v1/users/" + encodeURIComponent(uid) + "/recover", { snapshot_id: s.id });
   }
 
   function jobsTable(jobs) {
