@@ -7,7 +7,9 @@ Checkout, the subdomain it holds while open, and the hash of its status page's t
 the sign-up and status pages and their JSON (`/portal/signup`, `/portal/status/{token}`,
 `/portal/api/plans`, `/portal/api/availability`, `/portal/api/checkout`,
 `/portal/api/status/...`); the portal's security headers and static files
-(install.py, static/); returning customers: the `portal_login_links` table
+(install.py, static/); the operator's brand on every page (brand.py:
+`/portal/brand.css`, `/portal/brand/logo.*`) and the plan cards' names and prices read
+from Stripe (plan_prices.py); returning customers: the `portal_login_links` table
 (login_links.py) and the `portal_sessions` table (customer_sessions.py), sign-in by
 e-mail over SMTP (mail.py, signin_routes.py), the customer's page and its JSON
 (`/portal/signin`, `/portal/account`, `/portal/api/signin...`,
