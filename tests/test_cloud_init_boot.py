@@ -14,6 +14,7 @@ the SSH step comes before it, so the tests wait, with a deadline, for the script
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -35,7 +36,7 @@ from tests.test_cloud_init import params
 
 pytestmark = pytest.mark.docker
 
-# Booting, three cloud-init stages and the script's first steps: about 20 s on an idle
+# Booting, three cloud-init stages and the script's first steps: under 10 s on an idle
 # 2-core machine; the bound allows for a loaded CI machine.
 BOOTED_WITHIN = 240.0
 SSH_STEP_DONE = "== apt-get update"  # the step after "locking root and sealing SSH"
@@ -59,7 +60,9 @@ def boot_image() -> str:
     cloud_init_image.ensure_image()
     # A warning: the one report pytest shows from every xdist worker, pass or fail.
     warnings.warn(
-        f"built {tag} in {time.monotonic() - started:.0f} s (once per machine)", stacklevel=1
+        f"{tag} was missing, ready after {time.monotonic() - started:.0f} s (built once per "
+        "machine; a first debootstrap takes minutes)",
+        stacklevel=1,
     )
     return tag
 
@@ -106,6 +109,7 @@ def wait_for_ssh_step(container: Container) -> str:
     pytest.fail(f"no {SSH_STEP_DONE!r} in {BOOTED_WITHIN:.0f} s:\n{text}\n{story}\n{cloud_log}")
 
 
+@contextlib.contextmanager
 def boot(
     dclient: docker.DockerClient, image: str, user_data: str, tmp_path: Path
 ) -> Iterator[Container]:
@@ -150,7 +154,7 @@ def booted_sealed(
     dclient: docker.DockerClient, boot_image: str, tmp_path: Path
 ) -> Iterator[tuple[Container, str]]:
     user_data = render_user_data(params(image="debian-12"))
-    for container in boot(dclient, boot_image, user_data, tmp_path):
+    with boot(dclient, boot_image, user_data, tmp_path) as container:
         yield container, wait_for_ssh_step(container)
 
 
@@ -182,7 +186,7 @@ def booted_break_glass(
         (keys / name).chmod(0o600)
     (keys / "other.pub").write_text(other_public + "\n")
     user_data = render_user_data(params(image="debian-12", break_glass_ssh_key=public))
-    for container in boot(dclient, boot_image, user_data, tmp_path):
+    with boot(dclient, boot_image, user_data, tmp_path) as container:
         yield container, wait_for_ssh_step(container)
 
 

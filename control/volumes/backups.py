@@ -283,11 +283,11 @@ async def request(
         raise Conflict(f"a backup job of {user_id} is still open", code="backup_in_flight")
     if snapshot_id is None:
         return await create_job(store, notify, user, "snapshot", "operator", now)
-    await _check_snapshot(store, user_id, snapshot_id)
+    await check_snapshot(store, user_id, snapshot_id)
     return await create_job(store, notify, user, "restore", "operator", now, snapshot_id)
 
 
-async def _check_snapshot(store: Store, user_id: str, snapshot_id: str) -> None:
+async def check_snapshot(store: Store, user_id: str, snapshot_id: str) -> None:
     """BadRequest unless `snapshot_id` is one of the user's snapshots restic still holds."""
     if not SNAPSHOT_ID.fullmatch(snapshot_id):
         raise BadRequest(f"snapshot_id: not a snapshot of {user_id}", code="unknown_snapshot")

@@ -42,7 +42,7 @@ from control.db import events
 from control.db.store import Row, fetch_one
 from control.errors import BadRequest, Conflict, NotFound
 from control.volumes import records, relocations, steps
-from control.volumes.backups import _check_snapshot as check_snapshot
+from control.volumes.backups import check_snapshot
 from control.volumes.relocate_start import new_volume_name
 from control.workers import servers
 
