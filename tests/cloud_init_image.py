@@ -60,7 +60,7 @@ def pins() -> build.Versions:
 
 def image_tag() -> str:
     versions = pins()
-    digest = build._short_hash([*build._debian_pins(versions), RECIPE])
+    digest = build.short_hash([*build.debian_pins(versions), RECIPE])
     return f"{REPOSITORY}:{SUITE}-{digest}"
 
 
@@ -71,15 +71,15 @@ def ensure_image(cache_dir: Path | None = None) -> str:
         return tag
     cache = cache_dir or Path(os.environ.get(build.CACHE_ENV, build.DEFAULT_CACHE))
     cache.mkdir(parents=True, exist_ok=True)
-    with build._locked(cache / CACHE_LOCK):
+    with build.locked(cache / CACHE_LOCK):
         if build.image_exists(tag):  # another process built it while we waited
             return tag
         started = time.monotonic()
         tarball = cache / "debian" / f"cloud-init-{tag.split(':')[1]}-{VARIANT}.tar"
         if not tarball.is_file():
             tarball.parent.mkdir(parents=True, exist_ok=True)
-            build._make_rootfs(tarball, pins())
-        build._run(
+            build.make_rootfs(tarball, pins())
+        build.run_step(
             ["docker", "import", "--change", 'CMD ["/sbin/init"]', str(tarball), tag],
             step="docker import",
             timeout=build.TIMEOUT_DOCKER,

@@ -14,6 +14,9 @@ Contract:
   a timeout; a failure raises BuildError naming the step (its output went to stderr).
 - Making the rootfs needs root (debootstrap); `python -m tenant.openclaw.build` prints the
   tag on stdout and progress on stderr.
+- `make_rootfs`, `run_step`, `locked`, `debian_pins` and `short_hash` are public for
+  other Debian-based images (tests/cloud_init_image.py builds the cloud-init boot image
+  with them).
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def image_tag(openclaw_version: str, digest: str) -> str:
 
 def base_tag(versions: Versions) -> str:
     """The rootfs depends only on the [debian] pins, so other changes reuse it."""
-    return f"{BASE_REPOSITORY}:{versions.debian_suite}-{_short_hash(_debian_pins(versions))}"
+    return f"{BASE_REPOSITORY}:{versions.debian_suite}-{short_hash(debian_pins(versions))}"
 
 
 def check_consistent(versions: Versions, inputs: Mapping[str, bytes]) -> None:
@@ -147,7 +150,7 @@ def ensure_image(cache_dir: Path | None = None) -> str:
         return tag
     cache = cache_dir or Path(os.environ.get(CACHE_ENV, DEFAULT_CACHE))
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / "openclaw-build.lock"):
+    with locked(cache / "openclaw-build.lock"):
         if image_exists(tag):  # another process built it while we waited
             return tag
         node = ensure_node(cache, versions)
@@ -182,7 +185,7 @@ def ensure_node(cache: Path, versions: Versions) -> Path:
 
 def _download_wheel(wheel: Path, versions: Versions) -> None:
     tmp = _fresh_dir(wheel.with_name(f".tmp-wheel-{os.getpid()}"))
-    _run(
+    run_step(
         [
             *(sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"),
             *("--only-binary=:all:", "--platform", "manylinux_2_28_x86_64", "--dest", str(tmp)),
@@ -209,7 +212,7 @@ def ensure_npm_tree(cache: Path, versions: Versions, node: Path) -> Path:
     Install scripts are not run: none is needed by the gateway (measured), and skipping
     them keeps the tree a pure function of the lockfile.
     """
-    key = _short_hash(
+    key = short_hash(
         [hashlib.sha256((HERE / name).read_bytes()).hexdigest() for name in NPM_FILES]
         + [versions.node_version, NPM_RECIPE]
     )
@@ -221,7 +224,7 @@ def ensure_npm_tree(cache: Path, versions: Versions, node: Path) -> Path:
         shutil.copyfile(HERE / name, tmp / name)
     env = dict(os.environ, PATH=f"{node / 'bin'}:{os.environ.get('PATH', '')}")
     env["npm_config_cache"] = str(cache / "npm")
-    _run(
+    run_step(
         _npm(node, "ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund"),
         step="npm ci of tenant/openclaw/package-lock.json",
         timeout=TIMEOUT_NPM,
@@ -247,7 +250,7 @@ def _complete_lifecycle(package: Path, node: Path, versions: Versions) -> None:
     "package lifecycle is incomplete". Its launcher does the same work on `--version`.
     """
     home = _fresh_dir(package.parent.parent / ".lifecycle-home")
-    _run(
+    run_step(
         [str(node / "bin" / "node"), str(package / "openclaw.mjs"), "--version"],
         step="complete openclaw's package lifecycle",
         timeout=TIMEOUT_QUICK,
@@ -265,19 +268,19 @@ def ensure_base(cache: Path, versions: Versions) -> str:
         return tag
     tarball = cache / "debian" / f"{tag.split(':')[1]}-{versions.debian_variant}.tar"
     if not tarball.is_file():
-        _make_rootfs(tarball, versions)
-    _run(["docker", "import", str(tarball), tag], step="docker import", timeout=TIMEOUT_DOCKER)
+        make_rootfs(tarball, versions)
+    run_step(["docker", "import", str(tarball), tag], step="docker import", timeout=TIMEOUT_DOCKER)
     return tag
 
 
-def _make_rootfs(tarball: Path, versions: Versions) -> None:
+def make_rootfs(tarball: Path, versions: Versions) -> None:
     if os.geteuid() != 0:
         raise BuildError("making the Debian rootfs runs debootstrap, which needs root")
     if shutil.which("debootstrap") is None:
         raise BuildError("debootstrap is not installed (apt-get install debootstrap)")
     root = _fresh_dir(tarball.with_name(f".tmp-rootfs-{os.getpid()}"))
     try:
-        _run(
+        run_step(
             [
                 "debootstrap",
                 f"--variant={versions.debian_variant}",
@@ -293,7 +296,7 @@ def _make_rootfs(tarball: Path, versions: Versions) -> None:
                 if path.is_file():
                     path.unlink()
         part = tarball.with_suffix(".part")
-        _run(
+        run_step(
             ["tar", "--numeric-owner", "-C", str(root), "-cf", str(part), "."],
             step="tar the rootfs",
             timeout=TIMEOUT_DOCKER,
@@ -324,7 +327,7 @@ def _docker_build(
         argv = ["docker", "build", "--build-arg", f"BASE={base}", "-t", tag]
         for key, value in labels.items():
             argv += ["--label", f"{key}={value}"]
-        _run([*argv, str(ctx)], step="docker build", timeout=TIMEOUT_DOCKER)
+        run_step([*argv, str(ctx)], step="docker build", timeout=TIMEOUT_DOCKER)
     finally:
         shutil.rmtree(ctx, ignore_errors=True)
 
@@ -334,7 +337,7 @@ def relock(cache: Path) -> None:
     inputs = read_inputs()
     versions = parse_versions(inputs["versions.toml"].decode())
     node = ensure_node(cache, versions)
-    _run(
+    run_step(
         _npm(
             node,
             *("install", "--package-lock-only", "--omit=dev", "--ignore-scripts"),
@@ -362,7 +365,7 @@ def image_exists(tag: str) -> bool:
     return result.returncode == 0
 
 
-def _run(
+def run_step(
     argv: Sequence[str],
     *,
     step: str,
@@ -385,7 +388,7 @@ def _run(
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -394,7 +397,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _debian_pins(versions: Versions) -> list[str]:
+def debian_pins(versions: Versions) -> list[str]:
     return [
         versions.debian_suite,
         versions.debian_mirror,
@@ -403,7 +406,7 @@ def _debian_pins(versions: Versions) -> list[str]:
     ]
 
 
-def _short_hash(parts: Sequence[str]) -> str:
+def short_hash(parts: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(parts)).encode()).hexdigest()[:12]
 
 
