@@ -14,6 +14,8 @@ the new agent mounts it and starts the container. After each run the file is rea
 in the new container (not timed).
 
     sudo .venv/bin/python bench/volume_move.py --runs 5
+
+bench/volume_move_hetzner.py runs the same moves against the fake Hetzner API.
 """
 
 from __future__ import annotations
@@ -36,9 +38,8 @@ import docker  # noqa: E402
 from control.capacity.providers.local import LocalProvider  # noqa: E402
 from control.settings import Settings  # noqa: E402
 from tests.agent import images  # noqa: E402
-from tests.agent.conftest import GOOD, new_user, purge_user  # noqa: E402
+from tests.agent.conftest import GOOD, new_user, purge_user, unmount_and_detach  # noqa: E402
 from tests.agent.test_e2e import plane_settings  # noqa: E402
-from tests.agent.test_volumes_local_e2e import unmount_and_detach  # noqa: E402
 from tests.fixtures import ControlPlane, make_settings  # noqa: E402
 
 STATE = "/home/node/.openclaw"
@@ -77,6 +78,32 @@ async def set_up(control: ControlPlane, client: Any, users: list[str]) -> tuple[
     return first, second
 
 
+async def timed_moves(
+    control: ControlPlane, client: Any, users: list[str], runs: int
+) -> list[float]:
+    """The set-up, then `runs` moves back and forth, each timed from the decision to the
+    user's view saying it runs on the other server; the file is read back after each."""
+    here, there = await set_up(control, client, users)
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        await control.admin("POST", f"/v1/users/{users[0]}/move", {"server_id": there})
+        arrived = await poll(control, users[0], here)
+        timings.append(time.perf_counter() - started)
+        assert arrived == there and sh(client, users[0], f"cat {STATE}/data") == "moved\n"
+        here, there = there, here
+    return timings
+
+
+def report(timings: list[float], load_before: tuple[float, ...]) -> None:
+    ordered = sorted(timings)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    print(f"runs: {len(timings)}  cpus: {os.cpu_count()}")
+    print("each (s): " + " ".join(f"{t:.2f}" for t in timings))
+    print(f"p50: {statistics.median(timings):.2f} s  p99: {p99:.2f} s  max: {max(timings):.2f} s")
+    print(f"load average before: {load_before}  after: {os.getloadavg()}")
+
+
 async def measure(runs: int, work: Path) -> list[float]:
     made: list[LocalProvider] = []
 
@@ -98,16 +125,7 @@ async def measure(runs: int, work: Path) -> list[float]:
     users: list[str] = []
     await control.start()
     try:
-        here, there = await set_up(control, client, users)
-        timings = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            await control.admin("POST", f"/v1/users/{users[0]}/move", {"server_id": there})
-            arrived = await poll(control, users[0], here)
-            timings.append(time.perf_counter() - started)
-            assert arrived == there and sh(client, users[0], f"cat {STATE}/data") == "moved\n"
-            here, there = there, here
-        return timings
+        return await timed_moves(control, client, users, runs)
     finally:
         await control.close()
         for each in made:
@@ -126,13 +144,7 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="volume-move-") as tmp:
         timings = asyncio.run(measure(args.runs, Path(tmp)))
-    load_after = os.getloadavg()
-    ordered = sorted(timings)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    print(f"runs: {len(timings)}  cpus: {os.cpu_count()}")
-    print("each (s): " + " ".join(f"{t:.2f}" for t in timings))
-    print(f"p50: {statistics.median(timings):.2f} s  p99: {p99:.2f} s  max: {max(timings):.2f} s")
-    print(f"load average before: {load_before}  after: {load_after}")
+    report(timings, load_before)
 
 
 if __name__ == "__main__":
