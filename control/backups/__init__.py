@@ -27,6 +27,7 @@ from control.backups.triggers import (
     FinalReason,
     UserBackupState,
     final_cleared,
+    final_owed,
     final_snapshot_reason,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "UserBackupState",
     "due_for_snapshot",
     "final_cleared",
+    "final_owed",
     "final_snapshot_reason",
     "parse_retention",
     "repository_url",

@@ -10,7 +10,12 @@ user's state and returns the first reason that applies, or None:
   opened. The state no longer changes then, so that snapshot is the final one.
 `final_cleared(asked, done, waived)` says when the purge (which deletes the volume) may
 go on with backups on: once a snapshot finished, or an operator waived it, after the
-LATEST final snapshot was asked for.
+LATEST final snapshot was asked for. `final_owed(asked, done, waived, cancelled_at)`
+says whether a cancelled (or purged) user's volume still owes that snapshot: none
+finished and none waived since the later of that ask and the cancellation (a user
+cancelled again while its volume was detached was never asked: its cancellation is
+what a snapshot must follow); what control/volumes/final_attach.py takes for a
+volume no live server holds.
 A snapshot "finished since" T means `last_snapshot_at >= T`.
 """
 
@@ -63,3 +68,13 @@ def final_cleared(asked: float | None, done: float | None, waived: float | None)
     if waived is not None and (asked is None or waived >= asked):
         return True
     return asked is not None and done is not None and done >= asked
+
+
+def final_owed(
+    asked: float | None, done: float | None, waived: float | None, cancelled_at: float | None
+) -> bool:
+    """Whether the volume of a cancelled user (`cancelled_at`: when; None once purged,
+    when it is no longer known) still needs its final snapshot: `final_cleared` since
+    the later of the latest final snapshot asked for and the cancellation."""
+    since = max((t for t in (asked, cancelled_at) if t is not None), default=None)
+    return not final_cleared(since, done, waived)

@@ -12,7 +12,9 @@ Contract:
   users due, the runs (one every AUTOSCALE_INTERVAL) left in their interval and the
   steady rate of all, at most MAX_PER_RUN. A user with a job
   open, or whose last automatic job failed less than its back-off ago, is not asked
-  again; the next try counts the attempts in a row.
+  again; the next try counts the attempts in a row. Last, a cancelled user's volume
+  that no live server holds gets its final snapshot on one it is attached to for the
+  job (control/volumes/final_attach.py).
 - A job is created in one transaction with a bump of its server's generation, and that
   server is notified: its long-poll returns with the job (control/workers/assignments.py).
 - `request(...)`: the operator's snapshot or restore. Conflict when backups are off,
@@ -61,6 +63,7 @@ from control.db import events
 from control.db.store import Row, Store, fetch_one
 from control.errors import BadRequest, Conflict
 from control.settings import Settings
+from control.volumes import final_attach
 from control.workers import servers
 
 MAX_PER_RUN = 200  # scheduled snapshots asked for in one run at most: a run stays cheap
@@ -199,6 +202,7 @@ async def run(p: Provisioner) -> None:
         await create_job(
             p.store, p.notify, users[user_id], "snapshot", "scheduled", now, attempts=attempts
         )
+    await final_attach.run(p)  # cancelled users' volumes no live server holds
 
 
 async def _finals(

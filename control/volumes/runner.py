@@ -17,14 +17,16 @@ Contract:
 - A user moving to another location is left to control/volumes/relocate.py (run at
   the end of each run) until its state is restored onto the new volume: its volume row
   still names the old one, which that move snapshots, keeps, and deletes at its end.
-- A detach that is not forced waits while the final snapshot of a drain (`final-drain`,
-  asked in the move's transaction, control/volumes/backups.py) is open on the server
-  it leaves: the volume leaves only once that job reports done or failed (or times
-  out), whatever the agent's mounts say meanwhile. (A cancelled user's volume may
-  leave first: its deletion waits for the final snapshot instead, `may_delete`.)
+- A detach that is not forced waits while a final snapshot of the volume is open on
+  the server it leaves: a drain's (`final-drain`, asked in the move's transaction,
+  control/volumes/backups.py) or a cancelled user's (`final-retention`, asked when it
+  was cancelled, or by control/volumes/final_attach.py, which attached the volume
+  there for that job only): the volume leaves only once that job reports done or
+  failed (or times out), whatever the agent's mounts say meanwhile.
 - A volume is deleted (retention over) only once `final_backup_before_delete` says so:
   with backups on, after its final snapshot (control/volumes/backups.py); until then
-  it waits, kept, with that reason on the user's volume.
+  it waits, kept, with that reason on the user's volume (or the more precise one
+  final_attach.py gave, which begins the same and is left as it is).
 """
 
 from __future__ import annotations
@@ -41,13 +43,13 @@ from control.capacity.provisioning import Provisioner
 from control.db import events
 from control.db.store import Row
 from control.users.plans import plan_of
-from control.volumes import backups, records, relocate, relocation, steps
+from control.volumes import backups, final_attach, records, relocate, relocation, steps
 from control.workers import servers
 
 log = logging.getLogger(__name__)
 MAX_STEPS = 4
 ALIVE = ("provisioning", "active", "unhealthy")
-NO_FINAL_SNAPSHOT = "kept until its final snapshot is done (docs/backups.md)"
+NO_FINAL_SNAPSHOT = final_attach.KEPT
 
 
 async def final_backup_before_delete(p: Provisioner, user_id: str) -> bool:
@@ -125,7 +127,8 @@ async def _advance(p: Provisioner, user: _User) -> bool:
         await _wait(p, user.id, row, steps.Step("wait", reason=job))
         return False
     if step.kind == "delete" and not await final_backup_before_delete(p, user.id):
-        await _wait(p, user.id, row, steps.Step("wait", reason=NO_FINAL_SNAPSHOT))
+        if not (row and (row["last_error"] or "").startswith(NO_FINAL_SNAPSHOT)):
+            await _wait(p, user.id, row, steps.Step("wait", reason=NO_FINAL_SNAPSHOT))
         return False
     try:
         await _apply(p, user, row, step)
@@ -136,18 +139,20 @@ async def _advance(p: Provisioner, user: _User) -> bool:
 
 
 async def _open_job(p: Provisioner, row: Row | None) -> str:
-    """Why the volume stays: its drain's final snapshot still open on its holder, else ""."""
+    """Why the volume stays: its final snapshot still open on its holder, else ""."""
     if row is None or row["server_id"] is None:
         return ""
     job = await p.store.fetch_one(
         "SELECT id, reason FROM backup_jobs WHERE user_id = ? AND server_id = ? "
-        "AND volume_id = ? AND reason = 'final-drain' AND state IN ('pending', 'running') "
+        "AND volume_id = ? AND reason IN ('final-drain', 'final-retention') "
+        "AND state IN ('pending', 'running') "
         "ORDER BY created_at LIMIT 1",
         (row["user_id"], row["server_id"], row["provider_id"]),
     )
     if job is None:
         return ""
-    return f"waiting for backup job {job['id']} ({job['reason']}) on {row['server_id']} to end"
+    what = f"{job['id']} ({job['reason']}) on {row['server_id']}"
+    return f"waiting for backup job {what} to end: the volume's final snapshot"
 
 
 def _view(row: Row | None) -> steps.Volume | None:
