@@ -1,10 +1,11 @@
 """The operator's way out for a volume whose final snapshot can never be taken.
 
 With backups on, a cancelled user's volume is deleted at retention end only after its
-final snapshot (control/volumes/backups.py `may_delete`). When that snapshot keeps
-failing, or its volume can no longer be mounted anywhere, the volume would be kept
-forever, saying so on the user. `waive(...)` is the explicit, recorded decision to let
-it go without one (`POST /v1/users/{id}/backups/waive-final`, docs/backups.md).
+final snapshot (control/volumes/backups.py `may_delete`; a volume no live server holds
+is attached to one for it, control/volumes/final_attach.py). When that snapshot keeps
+failing, or no live server in the volume's location can take it, the volume would be
+kept forever, saying so on the user. `waive(...)` is the explicit, recorded decision to
+let it go without one (`POST /v1/users/{id}/backups/waive-final`, docs/backups.md).
 
 Contract: `waive(store, settings, user_id, why, now)` writes, in one transaction, a
 `final-waived` row (control/backup_jobs/records.py `waive`) and a
