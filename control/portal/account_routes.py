@@ -13,8 +13,8 @@ Every change on one's own agent counts against the customer's address
 - `GET /portal/api/account`: the address, the CSRF token, RETENTION_DAYS and each
   agent's view (`agent_view`: no server, error text, Stripe id or token).
 - `GET /portal/api/account/agents/{user_id}`: the view plus the settings: the names
-  the tenant profile lets a customer set (`[secrets] names`) and which are set,
-  never a value.
+  the tenant profile lets a customer set (`[secrets] names`), each with the label and
+  hint its `[secrets.about]` gives (`fields`), and which are set, never a value.
 - `POST .../open`: a fresh one-time sign-in link into the agent (control/users/
   signin_links.py; 409 while it has no container).
 - `PUT .../settings` `{"NAME": "value" | null}`: the admin API's own secret path
@@ -55,6 +55,7 @@ from control.portal.customers import (
     take,
 )
 from control.portal.stand_in import STAND_IN
+from control.settings import Settings
 from control.users import secrets, signin_links
 from control.users.access import user_url
 
@@ -126,8 +127,7 @@ async def agent(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     view = await agent_view(request, user_id)
     names = await secrets.names(fleet.store, fleet.keyring, user_id) if "url" in view else []
-    allowed = list(fleet.settings.tenant_profile.secret_names)
-    return web.json_response({**view, "settings": {"set": names, "allowed": allowed}})
+    return web.json_response({**view, "settings": {"set": names, **_settable(fleet.settings)}})
 
 
 @account_routes.post(_AGENT + "/open")
@@ -145,8 +145,14 @@ async def put_settings(request: web.Request) -> web.Response:
     _, user_id = await _own_change(request, replaces_container=True)
     fleet = request.app[FLEET]
     names = await fleet.set_secrets(user_id, _changes(await json_body(request)))
-    allowed = list(fleet.settings.tenant_profile.secret_names)
-    return web.json_response({"set": names, "allowed": allowed})
+    return web.json_response({"set": names, **_settable(fleet.settings)})
+
+
+def _settable(settings: Settings) -> dict[str, list[Any]]:
+    """The names a customer may set, and how the page presents each."""
+    profile = settings.tenant_profile
+    fields = [{"name": f.name, "label": f.label, "hint": f.hint} for f in profile.secret_fields]
+    return {"allowed": list(profile.secret_names), "fields": fields}
 
 
 def _changes(body: dict[str, Any]) -> dict[str, str | None]:

@@ -6,7 +6,10 @@ operator's `*.toml`), with tomllib, strictly: an unknown key, a wrong type or a 
 value raises `Invalid` naming the file and the key, so TENANT_PROFILE fails start-up
 with one line. `render_owned(profile, ...)` fills the owned config's placeholders
 (`{origin}`, `{port}`, `{identity_header}`; `{{network_gateway}}` is left for the
-agent). A profile is the foundation's (the settings parse it at start-up, like PLANS);
+agent). `[secrets.about]` gives each settable name the label and one-line hint the customer's
+page shows (a name without one shows as itself); an entry for a name not in `names`,
+or a label or hint that is empty, too long or not plain one-line text, is refused.
+A profile is the foundation's (the settings parse it at start-up, like PLANS);
 control/workers/specs.py turns it into a worker's spec.
 """
 
@@ -32,6 +35,9 @@ _TARGET = re.compile(r"/[^\s]{0,1023}")
 _REL = re.compile(REL_PATH_PATTERN)
 _HEADER = re.compile(HEADER_NAME_PATTERN)
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
+# A label or hint is read by a buyer: one line of printable text (any script), bounded.
+_WORDS = re.compile(r"[^\x00-\x1f\x7f]+")
+LABEL_MAX, HINT_MAX = 60, 200
 # `{name}` but not `{{name}}`: the doubled form is the agent's placeholder.
 _PLACEHOLDER = re.compile(r"(?<!\{)\{([a-z_]+)\}(?!\})")
 PLACEHOLDERS = ("origin", "port", "identity_header")
@@ -45,6 +51,15 @@ class ConfigFile:
     owned: str  # JSON object text with placeholders, merged over the file each start
     # Merged over `owned` only when the local demo's router listens on loopback.
     loopback_owned: str = ""
+
+
+@dataclass(frozen=True)
+class SecretField:
+    """A settable secret as the customer's page shows it."""
+
+    name: str
+    label: str  # the name itself when the profile gives none
+    hint: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,7 @@ class Profile:
     secret_volume: str  # empty: no secrets can be set
     secret_path: str
     secret_names: tuple[str, ...]
+    secret_fields: tuple[SecretField, ...] = ()  # one per name, in the same order
 
 
 def load(ref: str) -> Profile:
@@ -142,7 +158,7 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
     if not 16 <= memory <= 1024 * 1024 or not 0 <= fraction < 1:
         raise _Bad("min_memory_mb must be 16..1048576 and heap_fraction 0 <= f < 1")
     signin = _table(top.get("signin", {}), "signin", {"enabled": False, "identity_header": False})
-    secret_volume, secret_path, secret_names = _secrets(top.get("secrets"), volumes)
+    secret_volume, secret_path, secret_fields = _secrets(top.get("secrets"), volumes)
     profile = Profile(
         name=name,
         command=_command(top.get("command")),
@@ -158,7 +174,8 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
         identity_header=_text(signin, "identity_header", "signin.identity_header", _HEADER),
         secret_volume=secret_volume,
         secret_path=secret_path,
-        secret_names=secret_names,
+        secret_names=tuple(f.name for f in secret_fields),
+        secret_fields=secret_fields,
     )
     if profile.signin and not profile.identity_header:
         raise _Bad("signin.identity_header: required when signin.enabled")
@@ -237,15 +254,37 @@ def _config(raw: Any, volumes: tuple[tuple[str, str], ...]) -> ConfigFile | None
     )
 
 
-def _secrets(raw: Any, volumes: tuple[tuple[str, str], ...]) -> tuple[str, str, tuple[str, ...]]:
+def _secrets(
+    raw: Any, volumes: tuple[tuple[str, str], ...]
+) -> tuple[str, str, tuple[SecretField, ...]]:
     if raw is None:
         return "", "", ()
-    table = _table(raw, "secrets", {"volume": True, "path": True, "names": True})
+    keys = {"volume": True, "path": True, "names": True, "about": False}
+    table = _table(raw, "secrets", keys)
     volume = _kind(_get(table, "volume", str, "secrets.volume", ""), volumes, "secrets.volume")
     names = _get(table, "names", list, "secrets.names", [])
     if not all(isinstance(n, str) and _ENV.fullmatch(n) for n in names):
         raise _Bad("secrets.names: expected a list of NAMES ([A-Za-z_][A-Za-z0-9_]*)")
-    return volume, _text(table, "path", "secrets.path", _REL), tuple(names)
+    about = _get(table, "about", dict, "secrets.about", {})
+    for name in about:
+        if name not in names:
+            raise _Bad(f"secrets.about.{name}: not one of secrets.names")
+    fields = tuple(_field(name, about.get(name)) for name in names)
+    return volume, _text(table, "path", "secrets.path", _REL), fields
+
+
+def _field(name: str, raw: Any) -> SecretField:
+    """`{label = "...", hint = "..."}` for `name` (None: labelled by the name)."""
+    if raw is None:
+        return SecretField(name, name)
+    where = f"secrets.about.{name}"
+    table = _table(raw, where, {"label": True, "hint": False})
+    label = _get(table, "label", str, f"{where}.label", "")
+    hint = _get(table, "hint", str, f"{where}.hint", "")
+    for key, text, most in (("label", label, LABEL_MAX), ("hint", hint, HINT_MAX)):
+        if (text or key == "label") and not (_WORDS.fullmatch(text) and len(text) <= most):
+            raise _Bad(f"{where}.{key}: expected one line of 1-{most} printable characters")
+    return SecretField(name, label, hint)
 
 
 def _json(text: str, where: str) -> Any:

@@ -47,11 +47,13 @@ function stateWords(agent) {
   return words;
 }
 
-function keyField(form, name, isSet) {
+// `field`: a name the tenant profile lets the customer set, with its label and hint.
+function keyField(form, field, isSet) {
+  const name = field.name;
   const row = document.createElement("div");
   row.className = "field";
   const label = document.createElement("label");
-  label.textContent = `${name} ${isSet ? "(set)" : "(not set)"}`;
+  label.textContent = `${field.label} ${isSet ? "(set)" : "(not set)"}`;
   label.htmlFor = `key-${name}`;
   const input = document.createElement("input");
   input.type = "password";
@@ -60,6 +62,14 @@ function keyField(form, name, isSet) {
   input.autocomplete = "off";
   input.placeholder = isSet ? "Leave empty to keep it" : "Paste your key";
   row.append(label, input);
+  if (field.hint) {
+    const hint = document.createElement("p");
+    hint.className = "hint";
+    hint.id = `hint-${name}`;
+    hint.textContent = field.hint;
+    input.setAttribute("aria-describedby", hint.id);
+    row.append(hint);
+  }
   if (isSet) {
     const remove = document.createElement("button");
     remove.type = "button";
@@ -98,8 +108,8 @@ async function renderAgent(summary) {
   const form = card.querySelector(".settings");
   form.dataset.path = path;
   const fields = form.querySelector(".fields");
-  for (const name of agent.settings.allowed) {
-    fields.append(keyField(form, name, agent.settings.set.includes(name)));
+  for (const field of agent.settings.fields) {
+    fields.append(keyField(form, field, agent.settings.set.includes(field.name)));
   }
   form.addEventListener("submit", (event) => {
     event.preventDefault();
