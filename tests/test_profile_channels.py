@@ -58,6 +58,7 @@ def test_a_name_without_words_is_labelled_by_itself(tmp_path: Path) -> None:
         ("A_KEY = 'A'", "secrets.about.A_KEY: expected a table"),
         ("A_KEY = {label = 1}", "secrets.about.A_KEY.label: expected str"),
         ("A_KEY = {label = ''}", "secrets.about.A_KEY.label: expected one line of 1-60"),
+        ("A_KEY = {label = '  '}", "secrets.about.A_KEY.label: expected one line of 1-60"),
         ('A_KEY = {label = "a\\nb"}', "secrets.about.A_KEY.label: expected one line"),
         (f"A_KEY = {{label = '{'x' * 61}'}}", "secrets.about.A_KEY.label: expected one line"),
         (

@@ -282,7 +282,8 @@ def _field(name: str, raw: Any) -> SecretField:
     label = _get(table, "label", str, f"{where}.label", "")
     hint = _get(table, "hint", str, f"{where}.hint", "")
     for key, text, most in (("label", label, LABEL_MAX), ("hint", hint, HINT_MAX)):
-        if (text or key == "label") and not (_WORDS.fullmatch(text) and len(text) <= most):
+        fits = _WORDS.fullmatch(text) and text.strip() and len(text) <= most
+        if (text or key == "label") and not fits:
             raise _Bad(f"{where}.{key}: expected one line of 1-{most} printable characters")
     return SecretField(name, label, hint)
 
