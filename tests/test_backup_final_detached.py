@@ -138,16 +138,21 @@ async def test_one_volume_whose_attach_fails_keeps_no_other_waiting_and_is_unwou
     await run(control)  # dead: both volumes forced off it
     for user in ("alice", "bob"):
         assert (await control.admin("DELETE", f"/v1/users/{user}"))[0] in (200, 202)
-    second = await boot(control, hetzner_fake)
+    await run(control)  # after the runs the cancellations triggered: none is under way
+    # The run the registration triggers (or the next) takes both volumes, alice's first
+    # (by user id): hers meets the fault. A frozen clock keeps her back-off running.
     hetzner_fake.inject("POST /volumes/{id}/actions/attach", 503, "unavailable", times=1)
-    await run(control)  # alice first (by user id): her attach fails
+    frozen = time.time()
+    control.app[SCALER].provisioner.clock = lambda: frozen
+    second = await boot(control, hetzner_fake)
+    await run(control)
     alice = volume_row(control, "alice")
     assert (alice["state"], alice["server_id"]) == ("attaching", second.key_id)
     assert alice["last_error"].startswith(KEPT) and "busy" in alice["last_error"]
     assert "volume_failed" in event_kinds(control, "alice")
     assert volume_row(control, "bob")["state"] == "attached"
     assert [j["user_id"] for j in await jobs(second)] == ["bob"]
-    control.app[SCALER].provisioner.clock = lambda: time.time() + 60  # past the back-off
+    control.app[SCALER].provisioner.clock = lambda: frozen + 60  # past the back-off
     await run(control)  # unwound by a detach, then attached again, with its job
     assert volume_row(control, "alice")["state"] == "attached"
     assert sorted(j["user_id"] for j in await jobs(second)) == ["alice", "bob"]

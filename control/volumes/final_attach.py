@@ -58,15 +58,16 @@ DAY = 86400.0
 # The attach may have happened: only a detach (idempotent) can tell, the volume step's.
 UNKNOWN_OUTCOME = ("transient", "rate_limited")
 
+# Run every autoscaler run over every cancelled user's detached volume, whose jobs may
+# be weeks of scheduled ones: each subquery walks an index of backup_jobs from its end
+# (the latest final ask is near it) or reads one entry (the latest done snapshot).
 OWED_SQL = (
     "SELECT v.user_id, v.provider_id, v.name, v.location, v.size_gb, v.device, "
     "v.last_error, v.not_before, u.purge_after, "
-    "(SELECT MAX(j.created_at) FROM backup_jobs j WHERE j.user_id = v.user_id "
-    "AND j.reason = 'final-retention') AS asked, "
+    "(SELECT j.created_at FROM backup_jobs j WHERE j.user_id = v.user_id "
+    "AND j.reason = 'final-retention' ORDER BY j.created_at DESC LIMIT 1) AS asked, "
     "(SELECT MAX(j.finished_at) FROM backup_jobs j WHERE j.user_id = v.user_id "
-    "AND j.kind = 'snapshot' AND j.state = 'done') AS done, "
-    "(SELECT MAX(j.created_at) FROM backup_jobs j WHERE j.user_id = v.user_id "
-    "AND j.reason = 'final-waived') AS waived "
+    "AND j.kind = 'snapshot' AND j.state = 'done') AS done "
     "FROM volumes v LEFT JOIN users u ON u.id = v.user_id "
     "WHERE v.state = 'detached' AND v.server_id IS NULL AND v.provider_id IS NOT NULL "
     "AND (u.id IS NULL OR u.state = 'deprovisioned') "
@@ -106,21 +107,24 @@ async def run(p: Provisioner) -> None:
     lead = p.settings.retention_days * DAY  # purge_after - lead: when the user was cancelled
     for row in await p.store.fetch_all(OWED_SQL):
         now = p.clock()
-        cancelled = row["purge_after"] - lead if row["purge_after"] is not None else None
-        if not final_owed(row["asked"], row["done"], row["waived"], cancelled):
-            continue
         if row["not_before"] is not None and now < row["not_before"]:
-            continue
+            continue  # the volume's back-off after a failed call
+        cancelled = row["purge_after"] - lead if row["purge_after"] is not None else None
+        if not final_owed(row["asked"], row["done"], None, cancelled):
+            continue  # a snapshot finished since: the common case, no waiver to read
         try:
-            await _take(p, row, now)
+            await _take(p, row, cancelled, now)
         except ProviderError as exc:
             await _failed(p, row, exc, now)
         except Exception:  # on purpose: one volume's trouble must not keep the others waiting
             log.exception("final snapshot of the detached volume of %s", row["user_id"])
 
 
-async def _take(p: Provisioner, row: Row, now: float) -> None:
-    """Attaches the volume of `row` for its final snapshot, or says why it waits."""
+async def _take(p: Provisioner, row: Row, cancelled: float | None, now: float) -> None:
+    """Attaches the volume of `row` for its final snapshot, unless an operator waived it
+    (or a job is open or backing off); or says why it waits."""
+    if not final_owed(row["asked"], row["done"], await _waived(p, row), cancelled):
+        return
     latest = await p.store.fetch_one(
         f"SELECT {jobs.COLUMNS} FROM backup_jobs WHERE user_id = ? "
         "ORDER BY created_at DESC, id DESC LIMIT 1",
@@ -197,6 +201,16 @@ async def _rooms_in(p: Provisioner, conn: aiosqlite.Connection, location: str) -
     if index is None:
         return await rooms(conn, p.settings.plans, p.reserve, only=ids)
     return [room for sid in ids if (room := await index.room(conn, sid)) is not None]
+
+
+async def _waived(p: Provisioner, row: Row) -> float | None:
+    """When an operator last waived the final snapshot of the volume of `row`."""
+    found = await p.store.fetch_one(
+        "SELECT created_at FROM backup_jobs WHERE user_id = ? AND reason = 'final-waived' "
+        "ORDER BY created_at DESC LIMIT 1",
+        (row["user_id"],),
+    )
+    return found["created_at"] if found else None
 
 
 def _volume(row: Row) -> ProviderVolume:
