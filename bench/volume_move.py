@@ -79,13 +79,20 @@ async def set_up(control: ControlPlane, client: Any, users: list[str]) -> tuple[
 
 
 async def timed_moves(
-    control: ControlPlane, client: Any, users: list[str], runs: int
+    control: ControlPlane,
+    client: Any,
+    users: list[str],
+    runs: int,
+    starts: list[float] | None = None,
 ) -> list[float]:
     """The set-up, then `runs` moves back and forth, each timed from the decision to the
-    user's view saying it runs on the other server; the file is read back after each."""
+    user's view saying it runs on the other server; the file is read back after each.
+    `starts` gets each move's start (epoch seconds), for a breakdown of its steps."""
     here, there = await set_up(control, client, users)
     timings = []
     for _ in range(runs):
+        if starts is not None:
+            starts.append(time.time())
         started = time.perf_counter()
         await control.admin("POST", f"/v1/users/{users[0]}/move", {"server_id": there})
         arrived = await poll(control, users[0], here)

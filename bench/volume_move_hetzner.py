@@ -54,6 +54,7 @@ from tests.fixtures import ControlPlane, make_settings
 
 BY_ID = Path("/dev/disk/by-id")
 TICK = 0.02  # seconds between the hypervisor's looks at the fake
+DETACH = "POST /volumes/{id}/actions/detach"
 FIRST_ID = 970_000_000  # the fake's server and volume ids start here (see the docstring)
 
 
@@ -68,6 +69,7 @@ class Hypervisor:
         self.booted: dict[int, str] = {}  # fake server id -> machine name
         self.loops: dict[int, str] = {}  # fake volume id -> /dev/loopN
         self.links: dict[Path, str] = {}  # link made -> the loop device it points to
+        self.appeared: list[float] = []  # epoch seconds each link was made
         self.made_dirs: list[Path] = []
 
     async def run(self) -> None:
@@ -133,6 +135,7 @@ class Hypervisor:
                 self.made_dirs.append(folder)
         link.symlink_to(device)  # FileExistsError: never replace a link not ours
         self.links[link] = device
+        self.appeared.append(time.time())
 
     def clean_up(self) -> None:
         for server in self.machines._list({}):
@@ -157,6 +160,27 @@ def hetzner_fake(action_seconds: float) -> HetznerFake:
     # default; the bucket is raised so the run measures moves, not the rate limit.
     fake.rate_limit_limit = fake.rate_limit_remaining = 36_000
     return fake
+
+
+def breakdown(
+    fake: HetznerFake, appeared: list[float], starts: list[float], timings: list[float]
+) -> None:
+    """Per move, seconds from the decision to: the detach the API accepted, the attach it
+    accepted (after how many 423 `locked`), the device showing up, the user running."""
+    print("move: detach / attach (locked tries) / device / running, s after the decision")
+    for index, (start, took) in enumerate(zip(starts, timings, strict=True), 1):
+        end = start + took
+        mine = [c for c in fake.calls if start <= c.at <= end]
+        attach = "POST /volumes/{id}/actions/attach"
+        locked = sum(1 for c in mine if c.endpoint == attach and c.status == 423)
+        device = [t for t in appeared if start <= t <= end]
+        detached = _first([c.at for c in mine if c.endpoint == DETACH and c.status == 201], start)
+        attached = _first([c.at for c in mine if c.endpoint == attach and c.status == 201], start)
+        print(f"{index}: {detached} / {attached} ({locked}) / {_first(device, start)} / {took:.2f}")
+
+
+def _first(times: list[float], start: float) -> str:
+    return f"{times[0] - start:.2f}" if times else "-"
 
 
 async def measure(runs: int, action_seconds: float, work: Path) -> list[float]:
@@ -184,8 +208,13 @@ async def measure(runs: int, action_seconds: float, work: Path) -> list[float]:
     await control.start()
     try:
         calls = len(fake.calls)
-        timings = await timed_moves(control, client, users, runs)
+        starts: list[float] = []
+        timings = await timed_moves(control, client, users, runs, starts)
         print(f"Hetzner API calls during the moves: {len(fake.calls) - calls}")
+        breakdown(fake, hypervisor.appeared, starts, timings)
+        logs = (work / "machines").glob("*/agent.log")
+        waits = sum(log.read_text().count("is the volume attached?") for log in logs)
+        print(f"agents' log lines of a volume whose device was not there yet: {waits}")
         return timings
     finally:
         await control.close()
