@@ -99,10 +99,12 @@ async def test_a_detached_volume_is_attached_elsewhere_for_its_final_snapshot_th
     assert kinds.count("volume_attached") == 2 and "volume_deleted" in kinds
 
 
-async def test_without_a_live_server_in_its_location_the_volume_waits_and_stays(
+async def test_without_a_live_server_in_its_location_the_volume_waits_until_one_comes(
     backed_up: Start,  # noqa: F811 (the imported fixture)
     hetzner_fake: HetznerFake,
 ) -> None:
+    """Nothing is deleted meanwhile, even once retention is over; the first server that
+    registers there takes the job, and the purged user's volume then goes at once."""
     control = await backed_up()
     volume = await died_then_cancelled(control, hetzner_fake)
     await run(control)  # the server made for alice has not registered: not live
@@ -116,6 +118,15 @@ async def test_without_a_live_server_in_its_location_the_volume_waits_and_stays(
     assert "no live server in nbg1" in volume_row(control, "alice")["last_error"]
     assert event_kinds(control, "alice").count("volume_waiting") == 1  # one per new reason
     assert [j["reason"] for j in job_rows(control)] == ["operator"]
+    second = await boot(control, hetzner_fake)
+    await run(control)
+    assert volume["server"] == source_provider_id(hetzner_fake, second)
+    (final,) = await jobs(second)
+    vid = str(volume["id"])
+    await beat(second, [], [vid], [{"id": final["id"], "state": "done", "snapshot_id": SNAP2}])
+    await beat(second, [], [])
+    await run(control)  # detached, then deleted: retention is over
+    assert hetzner_fake.volumes == {} and volume_row(control, "alice") == {}
 
 
 async def test_one_volume_whose_attach_fails_keeps_no_other_waiting_and_is_unwound(
