@@ -287,7 +287,7 @@ async def test_a_cancelled_users_volume_is_deleted_only_after_its_final_snapshot
     await beat(worker, [], [vid])
     await run(control)
     assert [j["id"] for j in await jobs(worker)] == [final["id"]]  # asked once
-    await beat(worker, [], [])  # unmounted: the volume detaches
+    await beat(worker, [], [])  # unmounted, but attached while its final job is open
     await run(control)
     await asyncio.to_thread(purge_now, control)
     assert control.app is not None
