@@ -22,6 +22,9 @@ decode), so the links are made in /dev/disk/by-id itself: only names not there b
 (the fake's ids start at a high number no real Hetzner volume here has, and an existing
 name stops the bench), each removed at exit with the loop devices, and the directories
 removed when the bench made them and they are empty. Needs root (losetup, mount).
+Besides p50/p99 it prints each move's steps from the fake's call log: when the API
+accepted the detach, the attach (after how many 423 `locked`), when the device appeared
+and when the user ran, and how often an agent met a device not there yet.
 
     .venv/bin/python bench/volume_move_hetzner.py --runs 20 --action-seconds 3
 """
