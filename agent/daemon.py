@@ -17,8 +17,10 @@ Registration and every heartbeat declare the features this agent implements
 Before any loop starts (so before any route is written), origin TLS (agent/origin_tls.py)
 re-serves a saved certificate or else serves a file refusing every TLS handshake until
 its loop has one signed; the loop keeps it fresh, and each heartbeat reports its expiry.
-While a container starts, heartbeats come every tenth of the interval (`next_beat`)
-and, between them, the moment its health changes (agent/heartbeat.py).
+Reconcile passes come every RECONCILE_INTERVAL, or sooner when a failed user's backoff
+ends (`next_pass`). While a container starts, heartbeats come every tenth of the
+interval (`next_beat`) and, between them, the moment its health changes
+(agent/heartbeat.py).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from shared.version import __version__
 log = logging.getLogger("agent")
 
 EXIT_OK = 0
+MIN_PASS = 0.5  # seconds: the shortest wait between reconcile passes
 
 
 def next_beat(interval: float, beat: Heartbeat) -> float:
@@ -63,6 +66,17 @@ def next_beat(interval: float, beat: Heartbeat) -> float:
     if any(c.health == "starting" for c in beat.containers):
         return min(interval, max(1.0, interval / 10))
     return interval
+
+
+def next_pass(interval: float, retry: float | None) -> float:
+    """Seconds to the next reconcile pass: the interval, or sooner when a failed user
+    is due again (`Reconciler.next_retry`), as the kubelet requeues a pod at its
+    backoff. A move's spec can arrive a moment before its volume's device appears; the
+    mount is then retried within its backoff, not a whole interval later. Never less
+    than MIN_PASS, so a failure due at once cannot spin the loop."""
+    if retry is None:
+        return interval
+    return min(interval, max(MIN_PASS, retry))
 
 
 class Daemon(Registration):
@@ -108,7 +122,6 @@ class Daemon(Registration):
         )
         self.reconciler.on_specs = self.verifier.set_specs
         self._stop = asyncio.Event()
-        self._reconcile_now = asyncio.Event()
         self._docker_version: str | None = None
 
     # -- loops ----------------------------------------------------------------------------
@@ -180,7 +193,8 @@ class Daemon(Registration):
             try:
                 await self.reconciler.reconcile()
                 attempt = 0
-                delay = cp.jittered(self.s.reconcile_interval)
+                retry = self.reconciler.next_retry()
+                delay = next_pass(cp.jittered(self.s.reconcile_interval), retry)
             except DockerError as exc:
                 delay = min(
                     self.s.reconcile_interval,

@@ -11,7 +11,8 @@ job's volume between passes, never during one (under the pass lock); it writes t
 spec's config and secret files into its volumes before each container it creates
 (agent/tenant_files.py; a refused file means no start); it gates upgrades on health and
 rolls back (`RolledBack`: the failure is already recorded with its retry delay); and it
-keeps per-user errors and backoff, dropped when the user's spec changes.
+keeps per-user errors and backoff, dropped when the user's spec changes; `next_retry`
+says when the earliest failed user is due again.
 """
 
 from __future__ import annotations
@@ -126,6 +127,15 @@ class ReconcileSteps:
         )
         self.errors[spec.user_id] = message
         log.warning("user %s: %s (retry in %.0fs)", spec.user_id, message, delay)
+
+    def next_retry(self, now: float | None = None) -> float | None:
+        """Seconds until the earliest failed user may be tried again (None: none
+        failed), so a pass comes then rather than a whole interval later: a volume
+        attached a moment after its spec arrived is mounted within its backoff."""
+        if not self._failures:
+            return None
+        now = time.monotonic() if now is None else now
+        return max(0.0, min(f.retry_at for f in self._failures.values()) - now)
 
     def _succeed(self, user_id: str) -> None:
         self._failures.pop(user_id, None)

@@ -1,8 +1,8 @@
 """Thin async wrappers over docker-py.
 
 Contract: every Docker call runs in the runtime's own small thread pool with an
-explicit timeout (`asyncio.wait_for`), so a hung engine never blocks the event loop or
-shutdown. The agent only ever lists objects carrying `clawfleet.managed=true`, acts only
+explicit timeout (`asyncio.timeout`), so a hung engine never blocks the event loop or
+shutdown, and a cancelled caller is always cancelled. The agent only ever lists objects carrying `clawfleet.managed=true`, acts only
 on those its `Owner` claims (agent/ownership.py: its worker id and cluster), and acts on
 the ids it inspected, never on names it guessed. `create` is the one place
 the tenant isolation profile is written down (docs/agent.md, "Isolation profile"), and
@@ -131,7 +131,11 @@ class DockerRuntime:
 
         future = loop.run_in_executor(self._pool, call)
         try:
-            return await asyncio.wait_for(future, limit or self._timeout)
+            # Not asyncio.wait_for: on Python 3.11 it returns the result, swallowing the
+            # task's cancellation, when the call ends as the cancel arrives (a stopping
+            # agent's reconcile loop then slept on for a whole interval).
+            async with asyncio.timeout(limit or self._timeout):
+                return await future
         except TimeoutError:
             raise DockerError(f"docker call {fn.__name__} timed out") from None
 

@@ -60,7 +60,8 @@ async def run(argv: Sequence[str], limit: float) -> Result:
     except FileNotFoundError:
         raise VolumeError(f"{argv[0]} is not installed on this worker") from None
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), limit)
+        async with asyncio.timeout(limit):  # not wait_for: see agent/runtime.py `_call`
+            out, err = await proc.communicate()
     except TimeoutError:
         proc.kill()
         await proc.wait()

@@ -136,7 +136,8 @@ class BlockVolumes:
 
     async def _format_if_blank(self, device: Path) -> None:
         probe = await run(["blkid", "-p", "-o", "export", str(device)], PROBE_TIMEOUT)
-        head_zero = await asyncio.wait_for(asyncio.to_thread(head_is_zero, device), PROBE_TIMEOUT)
+        async with asyncio.timeout(PROBE_TIMEOUT):  # not wait_for: see agent/runtime.py
+            head_zero = await asyncio.to_thread(head_is_zero, device)
         decision = format_decision(probe.rc, probe.out, head_zero)
         if decision.action == "refuse":
             raise VolumeError(f"{device}: {decision.reason}; left untouched")

@@ -7,6 +7,8 @@ removal and re-creation; a missing device means no container and a `missing` rep
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import uuid
@@ -160,6 +162,80 @@ async def test_a_missing_device_means_no_container_and_a_missing_report(
     daemon.reconciler._failures.clear()
     await reconcile(daemon.reconciler, 1, with_volume(make_spec(user, GOOD), volume))
     assert not containers_of(dclient, user)
+
+
+async def test_a_device_that_appears_after_its_spec_is_mounted_within_the_backoff(
+    state_dir: Path,
+    test_images: dict[str, str],
+    dclient: docker.DockerClient,
+    users: list[str],
+    tmp_path: Path,
+) -> None:
+    """A move's spec can reach the new worker a moment before the provider finishes the
+    attach, so the first pass finds no device. The next pass comes when that failure is
+    due again, not RECONCILE_INTERVAL later (bench/volume_move_hetzner.py saw 3-30 s lost
+    per move): with a 600 s interval the container runs soon after the device appears."""
+    user = new_user()
+    users.append(user)
+    settings = load_settings(
+        {
+            "CONTROL_URL": "http://127.0.0.1:9",
+            "STATE_DIR": str(state_dir),
+            "TRAEFIK_DYNAMIC_DIR": str(state_dir.parent / "traefik"),
+            "STOP_GRACE": "1",
+            "RECONCILE_INTERVAL": "600",
+            "BACKOFF_BASE": "0.5",
+            "BACKOFF_MAX": "2",
+        }
+    )
+    made = Daemon(settings)
+    made.reconciler.owner = Owner(f"srv-{uuid.uuid4().hex[:12]}")
+    vid = str(980_000_000 + uuid.uuid4().int % 10_000_000)  # no real or bench volume's id
+    link = Path(f"/dev/disk/by-id/scsi-0HC_Volume_{vid}")
+    volume = BlockVolumeSpec(id=vid, device=str(link), size_gb=1)
+    made.reconciler.desired = Assignments(
+        generation=1, containers=[with_volume(make_spec(user, GOOD), volume)]
+    )
+    backing = tmp_path / "attached.img"
+    with open(backing, "wb") as f:
+        f.truncate(1024**3)
+    made_dirs = [d for d in (link.parent.parent, link.parent) if not d.exists()]
+    loop = ""
+    passes = asyncio.create_task(made._reconcile_loop())
+    try:
+        await until(lambda: asyncio.sleep(0, user in made.reconciler.errors), "the missing device")
+        assert "not found (is the volume attached?)" in made.reconciler.errors[user]
+        loop = subprocess.run(
+            ["losetup", "--find", "--show", str(backing)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(loop)
+
+        async def running() -> bool:
+            found = containers_of(dclient, user)
+            return bool(found) and found[0].attrs["State"]["Running"] is True
+
+        await until(running, "the container on its volume", timeout=60)
+        assert _mounts_under(state_dir) == [str(state_dir / "mounts" / vid)]
+    finally:
+        passes.cancel()
+        await asyncio.gather(passes, return_exceptions=True)
+        for c in containers_of(dclient, user):
+            c.remove(force=True)
+        for target in reversed(_mounts_under(state_dir)):
+            subprocess.run(["umount", "-l", target], check=False)
+        link.unlink(missing_ok=True)
+        for d in reversed(made_dirs):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if loop:
+            subprocess.run(["losetup", "-d", loop], check=False)
+        await made.reconciler.close()
+        await made.client.close()
+        made.runtime.close()
 
 
 async def test_a_stopped_container_is_not_started_until_its_volume_is_back(

@@ -3,6 +3,7 @@ route rendering, metadata-rule parsing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -15,11 +16,11 @@ import pytest
 from agent import client as cp
 from agent import health
 from agent.config import ConfigError, load_settings, parse_env_file, read_environment
-from agent.daemon import next_beat
+from agent.daemon import MIN_PASS, next_beat, next_pass
 from agent.docker_objects import Observed
 from agent.metadata_block import rule_position
 from agent.reconcile_plan import Create, PurgeVolumes, Remove, RemoveNetwork, Replace, Start, plan
-from agent.runtime import cpu_options, is_root_user
+from agent.runtime import DockerRuntime, cpu_options, is_root_user
 from agent.state import Credentials, StateStore
 from agent.traefik import Gate, RouteOptions, prune, render, write_route
 from shared.protocol import (
@@ -341,6 +342,22 @@ def test_heartbeats_come_sooner_while_a_container_starts(
 
 
 @pytest.mark.parametrize(
+    ("interval", "retry", "expected"),
+    [
+        (30.0, None, 30.0),  # nothing failed: the interval
+        (30.0, 2.0, 2.0),  # a failed user due in 2 s: a pass then
+        (30.0, 60.0, 30.0),  # due after the interval: the interval
+        (30.0, 0.0, MIN_PASS),  # due now (or overdue): never a spinning loop
+        (0.2, 5.0, 0.2),  # a short interval stays the bound
+    ],
+)
+def test_a_pass_comes_when_a_failed_user_is_due(
+    interval: float, retry: float | None, expected: float
+) -> None:
+    assert next_pass(interval, retry) == expected
+
+
+@pytest.mark.parametrize(
     ("cpus", "limit", "expected"),
     [
         (0.5, False, {"cpu_shares": 512}),
@@ -425,3 +442,24 @@ def test_health_gate_is_the_profiles_allowance_when_stated(
 ) -> None:
     spec = HealthSpec(path="/healthz", port=18789, start_seconds=start_seconds)
     assert health.gate_for(spec, default) == gate
+
+
+async def test_a_docker_call_that_ends_as_its_caller_is_cancelled_still_cancels_it() -> None:
+    """asyncio.wait_for on Python 3.11 returns the result when the inner call is done as
+    the cancel arrives, so the cancelled task ran on: a stopping agent's reconcile loop
+    then slept a whole interval. Here the cancel reaches the loop just before the call's
+    result does (the call asks for it from its thread); the task must end cancelled."""
+    runtime = DockerRuntime(None)
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[str]] = []
+
+    def call() -> str:
+        loop.call_soon_threadsafe(tasks[0].cancel)
+        return "finished"
+
+    try:
+        tasks.append(asyncio.create_task(runtime._run(call)))
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+    finally:
+        runtime.close()
