@@ -258,17 +258,20 @@ class Daemon(Registration):
                 attempt += 1
             await asyncio.sleep(cp.jittered(delay))
 
-    def _prepare_origin_tls(self) -> None:
-        """Before any loop writes a route: fail closed until a certificate is served."""
+    def _prepare_origin_tls(self) -> int | None:
+        """Before any loop writes a route: fail closed until a certificate is served;
+        an exit status when Traefik's TLS file cannot be written (routes then served on
+        443 would take any client: better no agent, restarted by systemd, than that)."""
         try:
             done = self.origin_tls.prepare()
         except (OSError, ValueError) as exc:
             log.error("origin TLS: cannot write Traefik's TLS file: %s", exc)
-            return
+            return EXIT_CONFIG
         if done == "saved":
             log.info("origin TLS: serving the saved certificate")
         elif done == "closed":
             log.info("origin TLS: no certificate yet; TLS handshakes refused until one is signed")
+        return None
 
     async def _build_heartbeat(self) -> Heartbeat:
         try:
@@ -338,7 +341,9 @@ class Daemon(Registration):
         cannot_start = self._restore()
         if cannot_start is not None:
             return cannot_start
-        self._prepare_origin_tls()
+        cannot_start = self._prepare_origin_tls()
+        if cannot_start is not None:
+            return cannot_start
 
         async def register_once() -> None:
             if self.creds is None:

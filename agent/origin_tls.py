@@ -23,7 +23,9 @@ Contract:
   required from a CA whose key was discarded, so every TLS handshake is refused, even
   Cloudflare's, until the real file replaces it (`startup_file` is the pure rule). A
   policy with no hostnames (or a control plane that has no origin TLS: the daemon calls
-  `off()`) removes that closed file and remembers "off" for the next start.
+  `off()`) removes that closed file and remembers "off" for the next start; a policy
+  with hostnames and no TLS file (origin TLS turned on later) serves it at once. A TLS
+  file that cannot be written at start stops the agent (agent/daemon.py).
 - `renewal_reason(current, hostnames, now)` is the pure renewal rule; `expires_at()`
   is what the heartbeat reports.
 """
@@ -242,6 +244,8 @@ class OriginTls:
             self.off()
             return OFF_CHECK_EVERY
         (self.dir / OFF_FILE).unlink(missing_ok=True)  # a restart from now on starts closed
+        if self._routers_tls and not self.traefik_file.exists():
+            self._serve(closed_tls_config())  # turned on (or the file lost): closed till signed
         if renewal_reason(self.current(), policy.hostnames, self._clock()) is None:
             if policy.client_ca and policy.client_ca != self._read(CA_FILE):
                 self._save_ca(policy.client_ca)

@@ -38,6 +38,7 @@ from agent import origin_tls as agent_tls
 from agent.client import ControlPlaneError
 from agent.config import load_settings
 from agent.daemon import Daemon
+from agent.registration import EXIT_CONFIG
 from control.appkeys import ORIGIN_TLS
 from tests.agent.test_e2e import until
 from tests.fakes.cloudflare import CloudflareFake
@@ -290,6 +291,44 @@ async def test_origin_tls_off_leaves_no_closed_file(
     assert not served(tmp_path).exists()
     await daemons.stop(daemon)
     assert daemon.origin_tls.prepare() == "none" and not served(tmp_path).exists()
+
+
+async def test_origin_tls_turned_on_after_off_closes_443_before_signing(
+    tls_plane: Start, daemons: Daemons, cloudflare_fake: CloudflareFake, tmp_path: Path
+) -> None:
+    """A worker that last heard "off" starts with no TLS file; once the control plane has
+    hostnames for it (origin TLS turned on), 443 is closed at once, not only once a
+    certificate is signed (here Cloudflare is down, so none is)."""
+    (tmp_path / "state" / agent_tls.DIRECTORY).mkdir(parents=True)
+    (tmp_path / "state" / agent_tls.DIRECTORY / agent_tls.OFF_FILE).touch()
+    plane = await tls_plane()
+    assert plane.app is not None
+    service = plane.app[ORIGIN_TLS].service
+    assert service is not None
+    await until(lambda: asyncio.sleep(0, service.policy().client_ca), "origin pulls set up")
+    cloudflare_fake.outage(503, 10000, "Service Unavailable")
+    daemon, checks = await daemons.start(plane)
+    await checks.until(lambda o: o.count("503 origin_tls_error") >= 2)
+    assert closed(tmp_path) and daemon.origin_tls.expires_at() is None
+    assert not (tmp_path / "state" / agent_tls.DIRECTORY / agent_tls.OFF_FILE).exists()
+
+
+async def test_an_unwritable_tls_file_stops_the_agent(tmp_path: Path) -> None:
+    """Routes served on 443 with no TLS options would take any client: the agent does
+    not start rather than serve them (systemd restarts it)."""
+    env = {
+        "CONTROL_URL": "http://127.0.0.1:9",
+        "BOOTSTRAP_TOKEN": "abcdef.0123456789abcdefghijklmnopqrstuvwxyz",
+        "STATE_DIR": str(tmp_path / "state"),
+        "TRAEFIK_DYNAMIC_DIR": str(tmp_path / "traefik"),
+    }
+    (tmp_path / "traefik").write_text("a file where the directory should be")
+    daemon = Daemon(load_settings(env))
+    try:
+        async with asyncio.timeout(30):  # a regression runs on, trying to register
+            assert await daemon.run() == EXIT_CONFIG
+    finally:
+        daemon.stop()
 
 
 @pytest.mark.parametrize(("routers_tls", "written"), [("false", False), ("true", True)])
