@@ -129,13 +129,15 @@ class ReconcileSteps:
         log.warning("user %s: %s (retry in %.0fs)", spec.user_id, message, delay)
 
     def next_retry(self, now: float | None = None) -> float | None:
-        """Seconds until the earliest failed user may be tried again (None: none
-        failed), so a pass comes then rather than a whole interval later: a volume
-        attached a moment after its spec arrived is mounted within its backoff."""
-        if not self._failures:
-            return None
+        """Seconds until the earliest failed user may be tried again (None: none is
+        due later), so a pass comes then rather than a whole interval later: a volume
+        attached a moment after its spec arrived is mounted within its backoff. Asked
+        right after a pass: a failure already due was retried by it (a new failure
+        moves its time on), so one left due is stale (a container started by a later
+        Start, a create skipped) and must not make the loop spin."""
         now = time.monotonic() if now is None else now
-        return max(0.0, min(f.retry_at for f in self._failures.values()) - now)
+        due = [f.retry_at - now for f in self._failures.values() if f.retry_at > now]
+        return min(due) if due else None
 
     def _succeed(self, user_id: str) -> None:
         self._failures.pop(user_id, None)

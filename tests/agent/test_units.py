@@ -18,8 +18,10 @@ from agent import health
 from agent.config import ConfigError, load_settings, parse_env_file, read_environment
 from agent.daemon import MIN_PASS, next_beat, next_pass
 from agent.docker_objects import Observed
-from agent.metadata_block import rule_position
+from agent.metadata_block import MetadataBlock, rule_position
+from agent.reconcile import Reconciler
 from agent.reconcile_plan import Create, PurgeVolumes, Remove, RemoveNetwork, Replace, Start, plan
+from agent.reconcile_steps import ReconcilerOptions
 from agent.runtime import DockerRuntime, cpu_options, is_root_user
 from agent.state import Credentials, StateStore
 from agent.traefik import Gate, RouteOptions, prune, render, write_route
@@ -463,3 +465,29 @@ async def test_a_docker_call_that_ends_as_its_caller_is_cancelled_still_cancels_
             await tasks[0]
     finally:
         runtime.close()
+
+
+@pytest.mark.parametrize(
+    ("since", "ahead"),
+    [
+        (0.0, True),  # just failed: the next pass comes when its backoff ends
+        (1.0, True),  # still ahead
+        (20.0, False),  # due already: the pass just run retried it, or it is stale
+    ],
+)
+def test_only_a_failure_still_ahead_brings_the_next_pass_forward(since: float, ahead: bool) -> None:
+    """A stale failure (its user started by a later Start, or its create skipped) left
+    due must not make the reconcile loop run every MIN_PASS for good."""
+    rec = Reconciler(
+        DockerRuntime(None), MetadataBlock(["iptables"]), ReconcilerOptions(backoff_base=4)
+    )
+    try:
+        assert rec.next_retry() is None  # nothing failed
+        rec._fail(make_spec("alice", "img"), "device not found")
+        retry_at = rec._failures["alice"].retry_at  # 2-4 s away: backoff with jitter
+        got = rec.next_retry(now=retry_at - 4 + since)
+        assert (got is not None) is ahead
+        if got is not None:
+            assert got == pytest.approx(4 - since)
+    finally:
+        rec.runtime.close()
