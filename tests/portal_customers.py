@@ -82,6 +82,12 @@ def portal_plane(
     )
 
 
+def status_token(user_id: str) -> str:
+    """The status page token `add_customer` gives the user's checkout (43 characters,
+    as secrets.token_urlsafe(32) makes them)."""
+    return (user_id + "t" * 43)[:43]
+
+
 async def add_customer(
     plane: ControlPlane, user_id: str, address: str, customer_id: str | None = None
 ) -> None:
@@ -91,7 +97,7 @@ async def add_customer(
     now = time.time()
     row: dict[str, str | float] = {
         "id": "co_" + user_id,
-        "token_hash": checkouts.token_hash("t" * 43 + user_id),
+        "token_hash": checkouts.token_hash(status_token(user_id)),
         "user_id": user_id,
         "subdomain": user_id,
         "plan": "default",

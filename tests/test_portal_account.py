@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from control.portal.customers import LIMITS
 from shared import signin
 from tests.dashboard.http import Reply, call
 from tests.fakes.stripe_api import StripeFake, stripe_fake_fixture  # noqa: F401
@@ -24,7 +25,9 @@ from tests.portal_customers import (
     portal_plane,
     sign_in,
     smtp,  # noqa: F401
+    status_token,
 )
+from tests.portal_signup import HEALTHY
 from tests.test_protocol import registered
 
 KEY = "sk-ant-portal-" + "v4lu3" * 8
@@ -173,6 +176,38 @@ async def test_rotating_access_ends_every_session(plane: ControlPlane, inbox: In
     fresh = reply.set_cookies[0].split(";")[0].split("=", 1)[1]
     renewed = Signed(fresh, reply.json()["csrf_token"])
     assert (await on(plane, renewed, "GET", "/portal/api/account")).status == 200
+
+
+async def test_rotating_access_ends_the_status_page_and_its_open(
+    plane: ControlPlane, inbox: Inbox
+) -> None:
+    """The status page's Open makes sign-in links for as long as the page lives (72 h by
+    default), and its link may have leaked: "Sign out everywhere" ends it too."""
+    worker = await registered(plane)
+    await worker.heartbeat([{"user_id": "alice", **HEALTHY}])
+    api = "/portal/api/status/" + status_token("alice")
+    assert (await call(plane, "POST", api + "/open")).status == 201
+    alice = await sign_in(plane, inbox, "alice@example.com")
+    assert (await on(plane, alice, "POST", AGENT.format("alice") + "/rotate", {})).status == 200
+    for method, path in (("GET", api), ("POST", api + "/open")):
+        reply = await call(plane, method, path)
+        assert reply.status == 410 and reply.json()["error"]["code"] == "link_expired", path
+    bob = "/portal/api/status/" + status_token("bob")
+    assert (await call(plane, "GET", bob)).status == 200  # another customer's page stays
+    assert (await call(plane, "GET", api)).status == 410  # a poll never revives it
+
+
+async def test_the_status_pages_open_counts_against_the_address(plane: ControlPlane) -> None:
+    """Each Open is a fresh sign-in link: a leaked status link is not an unbounded
+    source of them (the customer page's Open shares the address's allowance)."""
+    worker = await registered(plane)
+    await worker.heartbeat([{"user_id": "alice", **HEALTHY}])
+    api = "/portal/api/status/" + status_token("alice") + "/open"
+    burst = plane.app[LIMITS].account_links.burst if plane.app is not None else 0
+    for _ in range(burst):
+        assert (await call(plane, "POST", api)).status == 201
+    refused = await call(plane, "POST", api)
+    assert refused.status == 429 and "Retry-After" in refused.headers
 
 
 async def test_billing_portal_session_through_stripe(

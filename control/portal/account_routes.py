@@ -23,8 +23,9 @@ Every change on one's own agent counts against the customer's address
 - `POST .../restart`: the agent's container replaced, its state kept (409
   `not_running` while nothing runs).
 - `POST .../rotate`: a new gateway token (the container restarts with it, and every
-  sign-in into the agent ends) and every portal session of the address ends; the
-  caller gets a new one.
+  sign-in into the agent ends), every portal session of the address ends (the caller
+  gets a new one), and so does the agent's status page (410 from then on: its Open
+  made sign-in links).
 - `POST .../billing-portal`: a Stripe billing portal session's URL, returning to
   `/portal/account` (409 `no_billing` for an agent Stripe does not bill); with the
   Checkout stand-in on, its stand-in billing page's (control/portal/stand_in.py).
@@ -38,9 +39,10 @@ from typing import Any
 
 from aiohttp import web
 
-from control.appkeys import FLEET, SETTINGS
+from control.appkeys import FLEET, SETTINGS, STORE
 from control.clock import iso
 from control.errors import BadRequest, Conflict
+from control.portal import checkouts
 from control.portal.billing_portal import billing_portal_url
 from control.portal.customer_sessions import COOKIE_NAME, Customer
 from control.portal.customers import (
@@ -173,6 +175,9 @@ async def restart(request: web.Request) -> web.Response:
 async def rotate(request: web.Request) -> web.Response:
     who, user_id = await _own_change(request, replaces_container=True)
     await request.app[FLEET].rotate_token(user_id)
+    # The status page's Open makes sign-in links too: it ends with the sessions.
+    now = time.time()
+    await request.app[STORE].write(lambda conn: checkouts.end_status_page(conn, user_id, now))
     sessions = request.app[PORTAL_SESSIONS]
     await sessions.end_all(who.email)
     session_id, fresh = await sessions.create(who.email)

@@ -6,7 +6,8 @@ Contract:
   its user: the user id is the Checkout's `client_reference_id`) or `expired` (past
   `expires_at`, or released when the buyer came back from Checkout without paying).
   Nothing here creates a user: the webhook stays the only source of truth, and a
-  checkout is marked paid only once that user exists (`settle`, `mark_paid`).
+  checkout is marked paid only once that user exists (`settle`, `mark_paid`). Rotating
+  the user's access ends its status page for good (`ended`, `end_status_page`).
 - `expires_at` is when the reservation ends: the Checkout Session's own expiry plus
   `HOLD_GRACE`, so that a payment completed in the session's last moment still finds
   its name free when its webhook arrives a little late. While a checkout is open and
@@ -118,9 +119,17 @@ async def release(conn: aiosqlite.Connection, checkout_id: str, now: float) -> b
 
 async def mark_paid(conn: aiosqlite.Connection, checkout_id: str, now: float) -> None:
     await conn.execute(
-        "UPDATE checkouts SET state = 'paid', updated_at = ? WHERE id = ? AND state != 'paid' "
-        "AND user_id IN (SELECT id FROM users)",
+        "UPDATE checkouts SET state = 'paid', updated_at = ? WHERE id = ? "
+        "AND state NOT IN ('paid', 'ended') AND user_id IN (SELECT id FROM users)",
         (now, checkout_id),
+    )
+
+
+async def end_status_page(conn: aiosqlite.Connection, user_id: str, now: float) -> None:
+    """Access rotated: the user's status page ends (`ended`), since its Open makes fresh
+    sign-in links for as long as the page lives and its link may have leaked."""
+    await conn.execute(
+        "UPDATE checkouts SET state = 'ended', updated_at = ? WHERE user_id = ?", (now, user_id)
     )
 
 

@@ -5,7 +5,8 @@ Contract:
 - Everything here is keyed by the status page's secret token (the path; only its
   sha256 is stored) and shows only that checkout's own progress: no user id, no
   server, nobody else's data. An unknown token is 404; one older than
-  PORTAL_STATUS_HOURS is 410 `link_expired` (the customer signs in by e-mail then).
+  PORTAL_STATUS_HOURS, or whose agent's access was rotated since (its Open would keep
+  making sign-in links), is 410 `link_expired` (the customer signs in by e-mail then).
 - `GET /portal/status/{token}`: the page (static/status.js polls the JSON below), the
   same whether it is opened for the first time or again later.
 - `GET /portal/api/status/{token}`: `{"step", "steps", "message", "estimate_seconds",
@@ -16,7 +17,8 @@ Contract:
   marks the checkout paid.
 - `POST /portal/api/status/{token}/open`: 201 `{"url"}`, a fresh one-time sign-in link
   into the agent (control/users/signin_links.py), or its plain address when the
-  tenant profile has no sign-in gate; 409 `not_running` until it runs (ready).
+  tenant profile has no sign-in gate; 409 `not_running` until it runs (ready). It counts
+  against the buyer's address as the customer page's Open does (`account_links`: 429).
 - `POST /portal/api/status/{token}/cancel`: the buyer came back from Checkout without
   paying (the cancel URL): the Checkout Session is expired at Stripe and the name
   released (unless Stripe says the session was completed after all: 409
@@ -36,6 +38,7 @@ from control.billing.claims import AWAITING
 from control.db.store import Row, Store
 from control.errors import ClawfleetError, Conflict, NotFound
 from control.portal import checkouts
+from control.portal.customers import LIMITS, take
 from control.portal.progress import STEPS, Facts, progress, typical_boot
 from control.portal.signup_routes import page
 from control.portal.state import PORTAL
@@ -68,6 +71,11 @@ async def _checkout(request: web.Request) -> Row:
     if row is None:
         raise NotFound("this status page does not exist: check the link")
     hours = request.app[SETTINGS].portal_status_hours
+    if row["state"] == "ended":
+        raise LinkExpired(
+            "this status page was closed when access to the agent was renewed: "
+            "sign in with your e-mail address instead"
+        )
     if row["created_at"] + hours * 3600 <= portal.clock():
         raise LinkExpired("this status page has expired: sign in with your e-mail address instead")
     return row
@@ -135,6 +143,8 @@ async def _boot_samples(store: Store) -> list[float]:
 @status_routes.post(f"/portal/api/status/{STATUS_KEY}/open")
 async def open_agent(request: web.Request) -> web.Response:
     checkout = await _checkout(request)
+    limit = request.app[LIMITS].account_links
+    take(limit, checkout["email"].lower(), time.monotonic(), "requests for your agent")
     fleet, settings = request.app[FLEET], request.app[SETTINGS]
     user_id = checkout["user_id"]
     row = await fleet.store.fetch_one("SELECT state, subdomain FROM users WHERE id = ?", (user_id,))
