@@ -18,9 +18,9 @@ Before any loop starts (so before any route is written), origin TLS (agent/origi
 re-serves a saved certificate or else serves a file refusing every TLS handshake until
 its loop has one signed; the loop keeps it fresh, and each heartbeat reports its expiry.
 Reconcile passes come every RECONCILE_INTERVAL, or sooner when a failed user's backoff
-ends (`next_pass`). While a container starts, heartbeats come every tenth of the
-interval (`next_beat`) and, between them, the moment its health changes
-(agent/heartbeat.py).
+ends, whichever pass recorded the failure (agent/pacing.py `next_pass`). While a
+container starts, heartbeats come every tenth of the interval (`next_beat`) and,
+between them, the moment its health changes (agent/heartbeat.py).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -40,6 +41,7 @@ from agent.features import FEATURES
 from agent.host_resources import host_resources
 from agent.metadata_block import MetadataBlock
 from agent.origin_tls import OFF_CHECK_EVERY, OriginTls, OriginTlsError, Signer
+from agent.pacing import MIN_PASS, next_beat, next_pass
 from agent.reconcile import Reconciler
 from agent.reconcile_steps import ReconcilerOptions
 from agent.registration import EXIT_CONFIG, Fatal, Registration
@@ -54,29 +56,6 @@ from shared.version import __version__
 log = logging.getLogger("agent")
 
 EXIT_OK = 0
-MIN_PASS = 0.5  # seconds: the shortest wait between reconcile passes
-
-
-def next_beat(interval: float, beat: Heartbeat) -> float:
-    """Seconds to the next heartbeat: a tenth of the interval (at least 1 s) while a
-    container is starting, so the control plane (and the customer waiting for it) hears
-    it is healthy within a second or so, not up to an interval later. The fleet-wide
-    budget still holds: the control plane stretches the interval for large fleets, and
-    this shortens it only as long as a start lasts."""
-    if any(c.health == "starting" for c in beat.containers):
-        return min(interval, max(1.0, interval / 10))
-    return interval
-
-
-def next_pass(interval: float, retry: float | None) -> float:
-    """Seconds to the next reconcile pass: the interval, or sooner when a failed user
-    is due again (`Reconciler.next_retry`), as the kubelet requeues a pod at its
-    backoff. A move's spec can arrive a moment before its volume's device appears; the
-    mount is then retried within its backoff, not a whole interval later. Never less
-    than MIN_PASS, so a failure due at once cannot spin the loop."""
-    if retry is None:
-        return interval
-    return min(interval, max(MIN_PASS, retry))
 
 
 class Daemon(Registration):
@@ -202,7 +181,22 @@ class Daemon(Registration):
                 )
                 attempt += 1
                 log.error("reconcile failed: %s; retry in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
+            await self._until_next_pass(delay)
+
+    async def _until_next_pass(self, delay: float) -> None:
+        """Sleeps `delay`, cut short when another pass (the long-poll's, with new
+        assignments) records a failure due sooner: a move's spec that found no device
+        yet is retried at its backoff, not when this loop's interval ends."""
+        end = time.monotonic() + delay
+        failed = self.reconciler.failed
+        while (left := end - time.monotonic()) > 0:
+            failed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await failed.wait()
+            retry = self.reconciler.next_retry()
+            if retry is not None:
+                end = min(end, time.monotonic() + max(MIN_PASS, retry))
 
     async def _verifier_loop(self) -> None:
         """Serves the sign-in verifier on 127.0.0.1:AUTH_PORT; a taken port is logged

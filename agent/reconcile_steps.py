@@ -85,6 +85,7 @@ class ReconcileSteps:
         self.metadata_blocked: bool | None = None
         self.refused: Mapping[str, str] = {}
         self._failures: dict[str, _Failure] = {}
+        self.failed = asyncio.Event()  # set at each failure: the daemon's loop re-plans
         self._lock = asyncio.Lock()
         self._http = LazySession(limit=8)  # the health checks' probes
         # Told the accepted specs at the start of every pass (the sign-in verifier),
@@ -126,6 +127,7 @@ class ReconcileSteps:
             spec.spec_hash, attempts, time.monotonic() + delay, upgrade
         )
         self.errors[spec.user_id] = message
+        self.failed.set()
         log.warning("user %s: %s (retry in %.0fs)", spec.user_id, message, delay)
 
     def next_retry(self, now: float | None = None) -> float | None:

@@ -16,9 +16,9 @@ import pytest
 from agent import client as cp
 from agent import health
 from agent.config import ConfigError, load_settings, parse_env_file, read_environment
-from agent.daemon import MIN_PASS, next_beat, next_pass
 from agent.docker_objects import Observed
 from agent.metadata_block import MetadataBlock, rule_position
+from agent.pacing import MIN_PASS, next_beat, next_pass
 from agent.reconcile import Reconciler
 from agent.reconcile_plan import Create, PurgeVolumes, Remove, RemoveNetwork, Replace, Start, plan
 from agent.reconcile_steps import ReconcilerOptions
