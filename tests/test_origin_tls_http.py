@@ -212,7 +212,9 @@ async def not_ready_then_ready(
     agent = agent_tls.OriginTls(tmp_path / "state", tmp_path / "traefik")
     err = await refused(agent.check(signer(cp, worker, secret)))
     assert (err.status, err.code) == (503, "origin_tls_not_ready") and is_transient(err)
-    assert agent.current() is None and not (tmp_path / "traefik").exists()
+    assert agent.current() is None  # no certificate: 443 closed meanwhile (fail closed)
+    served = tmp_path / "traefik" / agent_tls.TLS_FILE
+    assert served.read_bytes().startswith(agent_tls.CLOSED_MARK)
     assert cloudflare_fake.count(SIGN) == 0
 
     cloudflare_fake.clear_faults()
