@@ -34,26 +34,7 @@ async def begin(
     new_name: str,
     now: float,
 ) -> None:
-    await conn.execute(
-        "INSERT INTO relocations (user_id, phase, source_server, target_server, "
-        "target_location, old_provider_id, old_name, old_location, old_device, size_gb, "
-        "new_name, created_at, updated_at) "
-        "VALUES (?, 'stopping', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            volume["user_id"],
-            source,
-            target,
-            location,
-            volume["provider_id"],
-            volume["name"],
-            volume["location"],
-            volume["device"],
-            volume["size_gb"],
-            new_name,
-            now,
-            now,
-        ),
-    )
+    await _insert(conn, volume, "stopping", source, target, location, None, new_name, now)
 
 
 async def begin_recovery(
@@ -66,15 +47,32 @@ async def begin_recovery(
 ) -> None:
     """A recovery (control/volumes/recover.py): no source, the snapshot chosen, and its
     first phase `creating` (the lost volume cannot be snapshotted), in its location."""
+    location = volume["location"]
+    await _insert(conn, volume, "creating", None, target, location, snapshot_id, new_name, now)
+
+
+async def _insert(
+    conn: aiosqlite.Connection,
+    volume: Row,
+    phase: str,
+    source: str | None,
+    target: str,
+    location: str,
+    snapshot_id: str | None,
+    new_name: str,
+    now: float,
+) -> None:
     await conn.execute(
         "INSERT INTO relocations (user_id, phase, source_server, target_server, "
         "target_location, snapshot_id, old_provider_id, old_name, old_location, old_device, "
         "size_gb, new_name, created_at, updated_at) "
-        "VALUES (?, 'creating', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             volume["user_id"],
+            phase,
+            source,
             target,
-            volume["location"],
+            location,
             snapshot_id,
             volume["provider_id"],
             volume["name"],
