@@ -43,6 +43,28 @@ async def sign_in_by_mail(page: Any, inbox: Inbox) -> None:
     await expect(page).to_have_url(re.compile(r"/portal/account$"))
 
 
+async def with_alice(
+    control_factory: Callable[..., ControlPlane],
+    smtp: tuple[Inbox, int],  # noqa: F811
+    stripe_fake: StripeFake,
+) -> tuple[ControlPlane, FakeWorker, Inbox]:
+    """A started portal plane with a registered worker and alice, a paid customer."""
+    inbox, port = smtp
+    plane = portal_plane(control_factory, port, stripe_fake)
+    await plane.start()
+    worker = await registered(plane)
+    await add_customer(plane, "alice", "alice@example.com")
+    return plane, worker, inbox
+
+
+async def ask_and_sign_in(page: Any, inbox: Inbox) -> None:
+    """Alice asks for a link on the sign-in page and follows the one mailed to her."""
+    await page.goto("/portal/signin")
+    await page.fill("#email", "alice@example.com")
+    await page.click("button[type=submit]")
+    await sign_in_by_mail(page, inbox)
+
+
 @pytest.mark.parametrize(("size", "viewport"), [("phone", PHONE), ("laptop", LAPTOP)])
 async def test_sign_in_by_mail_and_set_a_key(
     control_factory: Callable[..., ControlPlane],
@@ -55,11 +77,7 @@ async def test_sign_in_by_mail_and_set_a_key(
 ) -> None:
     from playwright.async_api import expect
 
-    inbox, port = smtp
-    plane = portal_plane(control_factory, port, stripe_fake)
-    await plane.start()
-    worker = await registered(plane)
-    await add_customer(plane, "alice", "alice@example.com")
+    plane, worker, inbox = await with_alice(control_factory, smtp, stripe_fake)
     async with tab(browser, plane, viewport) as opened:
         page = opened.page
         await page.goto("/portal/account")
@@ -110,17 +128,10 @@ async def test_restart_sign_out_everywhere_and_open(
 ) -> None:
     from playwright.async_api import expect
 
-    inbox, port = smtp
-    plane = portal_plane(control_factory, port, stripe_fake)
-    await plane.start()
-    worker = await registered(plane)
-    await add_customer(plane, "alice", "alice@example.com")
+    plane, worker, inbox = await with_alice(control_factory, smtp, stripe_fake)
     async with tab(browser, plane, LAPTOP) as opened:
         page = opened.page
-        await page.goto("/portal/signin")
-        await page.fill("#email", "alice@example.com")
-        await page.click("button[type=submit]")
-        await sign_in_by_mail(page, inbox)
+        await ask_and_sign_in(page, inbox)
         message = page.locator("#message")
 
         before = await spec_hash(worker, "alice")

@@ -14,11 +14,10 @@ import pytest
 
 from tests.dashboard.conftest import PHONE
 from tests.dashboard.test_browser import tab
-from tests.dashboard.test_browser_portal_account import sign_in_by_mail
+from tests.dashboard.test_browser_portal_account import ask_and_sign_in, with_alice
 from tests.fakes.stripe_api import StripeFake, stripe_fake_fixture  # noqa: F401
 from tests.fixtures import ControlPlane
-from tests.portal_customers import Inbox, add_customer, portal_plane, smtp  # noqa: F401
-from tests.test_protocol import registered
+from tests.portal_customers import Inbox, smtp  # noqa: F401 (smtp: a fixture)
 
 pytestmark = pytest.mark.browser
 TOKEN = "7712345678:AAH-browser-" + "b0t" * 10
@@ -33,17 +32,10 @@ async def test_telegram_token_with_its_words_on_a_phone(
 ) -> None:
     from playwright.async_api import expect
 
-    inbox, port = smtp
-    plane = portal_plane(control_factory, port, stripe_fake)
-    await plane.start()
-    worker = await registered(plane)
-    await add_customer(plane, "alice", "alice@example.com")
+    plane, worker, inbox = await with_alice(control_factory, smtp, stripe_fake)
     async with tab(browser, plane, PHONE) as opened:
         page = opened.page
-        await page.goto("/portal/signin")
-        await page.fill("#email", "alice@example.com")
-        await page.click("button[type=submit]")
-        await sign_in_by_mail(page, inbox)
+        await ask_and_sign_in(page, inbox)
 
         label = page.locator("label[for=key-TELEGRAM_BOT_TOKEN]")
         await expect(label).to_have_text("Telegram bot token (not set)")
