@@ -6,10 +6,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
+from control.capacity.providers import hetzner_calls
 from control.capacity.providers.base import CreateRequest, ErrorKind, ProviderError, ServerType
 from control.capacity.providers.hetzner import HetznerProvider
 from control.capacity.providers.hetzner_errors import classify
@@ -444,3 +446,20 @@ async def test_closed_provider_refuses_calls(make: Factory) -> None:
 )
 def test_classify(status: int, code: str, kind: ErrorKind) -> None:
     assert classify(status, code) == kind
+
+
+async def test_a_call_that_ends_as_its_caller_is_cancelled_still_cancels_it() -> None:
+    """asyncio.wait_for on Python 3.11 returns the result when the call is done as the
+    cancel arrives, so a cancelled autoscaler run went on as if not cancelled. Here the
+    cancel reaches the loop just before the call's result (asked for from its thread)."""
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[str]] = []
+
+    def fn() -> str:
+        loop.call_soon_threadsafe(tasks[0].cancel)
+        return "answered"
+
+    with ThreadPoolExecutor(1) as executor:
+        tasks.append(asyncio.create_task(hetzner_calls.call(RateBudget(), executor, 5, fn, "x")))
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]

@@ -3,7 +3,7 @@
 Contract:
 - `HetznerFirewalls(token, endpoint, timeout)` holds its own hcloud client with the same
   settings and care as `HetznerProvider` (control/capacity/providers/hetzner.py): every
-  call runs on a small thread pool under `asyncio.wait_for(timeout)` and hcloud's own
+  call runs on a small thread pool under `asyncio.timeout(timeout)` and hcloud's own
   request timeout, hcloud's built-in retries are off (the sync's next round retries),
   the `RateBudget` response hook keeps the project's `RateLimit-*` figures and holds
   calls back after a 429, and every failure is a `ProviderError` built by

@@ -29,7 +29,7 @@ Contract (on top of `control.capacity.providers.base`):
   slowly refilling bucket), or fail at once with kind "rate_limited".
 
 hcloud is synchronous: every call runs on a small dedicated thread pool (shut down by
-`close()`) under `asyncio.wait_for`, and hcloud's own per-request timeout is set too.
+`close()`) under `asyncio.timeout`, and hcloud's own per-request timeout is set too.
 Two small reaches into hcloud internals, both guarded: hcloud's built-in retries are
 switched off because the autoscaler owns retries and back-off; and a `requests` response
 hook on hcloud's session reads the HTTP status and the `RateLimit-*`/`X-Correlation-Id`

@@ -42,7 +42,10 @@ async def call(
     loop = asyncio.get_running_loop()
     job = functools.partial(_run, budget, seconds, fn, what)
     try:
-        result = await asyncio.wait_for(loop.run_in_executor(executor, job), timeout=seconds)
+        # Not asyncio.wait_for: on Python 3.11 it returns the result, swallowing the
+        # caller's cancellation, when the call ends as the cancel arrives.
+        async with asyncio.timeout(seconds):
+            result = await loop.run_in_executor(executor, job)
     except ProviderError as exc:
         budget.refused(exc)
         raise
