@@ -11,6 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.postgres_server import PostgresServer
+from tests.postgres_server import binaries as postgres_binaries
+
 pytest_plugins = [
     "tests.fixtures",
     "tests.fakes.hetzner",
@@ -66,6 +69,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("docker"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """This pytest process's throwaway PostgreSQL cluster (tests/postgres_server.py):
+    skipped when PostgreSQL is not installed, a failure under CI=true."""
+    bindir = postgres_binaries()
+    if bindir is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but PostgreSQL is not installed (.ci/run installs it)")
+        pytest.skip("PostgreSQL is not installed (set CI=true to make this a failure)")
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database of the session's cluster."""
+    return postgres_server.new_database()
 
 
 @pytest.fixture(autouse=True)
