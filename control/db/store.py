@@ -85,6 +85,8 @@ _STORAGE_CODES = frozenset(
         sqlite3.SQLITE_NOTADB,
     }
 )
+# Both backends record an applied migration with this (control/db/postgres.py too).
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)"
 # SQLite's companions of a database in WAL mode: they hold recent pages (raw Stripe
 # payloads among them), so they are as private as the database.
 COMPANIONS = ("-wal", "-shm")
@@ -181,10 +183,7 @@ class Store:
             try:
                 for statement in _statements(script):
                     await conn.execute(statement)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                    (version, time.time()),
-                )
+                await conn.execute(RECORD_MIGRATION, (version, time.time()))
                 await conn.execute("COMMIT")
             except BaseException:
                 await _rollback(conn)

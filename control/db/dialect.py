@@ -1,0 +1,110 @@
+"""SQLite's SQL, as the control plane writes it, in PostgreSQL's dialect.
+
+Contract:
+- `statement(sql)` turns one SQLite statement with `?` placeholders into PostgreSQL
+  text for psycopg (`%s` placeholders, a literal `%` doubled: send it WITH a parameter
+  sequence, even an empty one, so psycopg undoubles it). The translation is sqlglot's
+  (`sqlite` to `postgres`: `IFNULL`, scalar `MAX`/`MIN` to `GREATEST`/`LEAST`, `IS NOT`
+  to `IS DISTINCT FROM`, `instr`, NULL ordering kept as SQLite sorts) plus what sqlglot
+  leaves alone: `INSERT OR IGNORE` becomes `ON CONFLICT DO NOTHING`, `COLLATE NOCASE`
+  compares `LOWER()` of both sides, and the keys of an `ON CONFLICT` lose the NULL
+  ordering PostgreSQL refuses there. Results are cached per statement text (the
+  statements are the program's constants). `INSERT OR REPLACE` and anything sqlglot
+  cannot parse raise `UnsupportedStatement`: nothing is sent half-translated.
+- `script(ddl)` translates a migration (several statements) the same way, with
+  SQLite's 64-bit INTEGER as BIGINT (PostgreSQL's INTEGER is 32 bits: byte counts and
+  Stripe's timestamps would overflow), REAL as DOUBLE PRECISION (float4 cannot hold
+  epoch seconds), and an index's columns without NULL ordering.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+from control.errors import ClawfleetError
+
+
+class UnsupportedStatement(ClawfleetError):
+    """A statement this module cannot translate (a bug in the caller's SQL for PostgreSQL)."""
+
+
+_DO_NOTHING = sqlglot.parse_one("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING", read="postgres")
+
+
+@functools.lru_cache(maxsize=4096)
+def statement(sql: str) -> str:
+    trees = _parse(sql)
+    if len(trees) != 1:
+        raise UnsupportedStatement(f"one statement expected, got {len(trees)}: {sql!r}")
+    return _generate(_rewrite(trees[0]))
+
+
+def script(ddl: str) -> list[str]:
+    """A migration's statements, each in PostgreSQL's dialect."""
+    return [_generate(_ddl_types(_rewrite(tree))) for tree in _parse(ddl)]
+
+
+def _parse(sql: str) -> list[exp.Expr]:
+    try:
+        trees = sqlglot.parse(sql, read="sqlite")
+    except SqlglotError as exc:
+        raise UnsupportedStatement(f"cannot translate for PostgreSQL: {exc}") from exc
+    return [tree for tree in trees if tree is not None]
+
+
+def _generate(tree: exp.Expr) -> str:
+    for literal in tree.find_all(exp.Literal):
+        if literal.is_string and "%" in literal.this:
+            literal.set("this", literal.this.replace("%", "%%"))
+    return tree.sql(dialect="postgres")
+
+
+def _rewrite(tree: exp.Expr) -> exp.Expr:
+    if isinstance(tree, exp.Insert) and tree.args.get("alternative"):
+        alternative = str(tree.args["alternative"]).upper()
+        if alternative != "IGNORE" or tree.args.get("conflict"):
+            raise UnsupportedStatement(f"INSERT OR {alternative} has no PostgreSQL twin")
+        tree.set("alternative", None)
+        tree.set("conflict", _DO_NOTHING.args["conflict"].copy())
+    for conflict in tree.find_all(exp.OnConflict):
+        keys = conflict.args.get("conflict_keys") or []
+        conflict.set("conflict_keys", [_unordered(key) for key in keys])
+    return tree.transform(_nocase)
+
+
+def _unordered(key: exp.Expr) -> exp.Expr:
+    return key.this if isinstance(key, exp.Ordered) else key
+
+
+def _is_nocase(node: exp.Expr) -> bool:
+    return isinstance(node, exp.Collate) and node.expression.name.upper() == "NOCASE"
+
+
+def _nocase(node: exp.Expr) -> exp.Expr:
+    """`a = b COLLATE NOCASE` compares LOWER(a) and LOWER(b); a NOCASE index is one
+    on LOWER(column). (SQLite's NOCASE folds ASCII only; LOWER folds more, which can
+    only find more rows for an address typed in another case.)"""
+    if isinstance(node, exp.Binary) and (_is_nocase(node.left) or _is_nocase(node.right)):
+        left, right = (side.this if _is_nocase(side) else side for side in (node.left, node.right))
+        node.set("this", exp.Lower(this=left.copy()))
+        node.set("expression", exp.Lower(this=right.copy()))
+        return node
+    if _is_nocase(node):
+        return exp.Lower(this=node.this.copy())
+    return node
+
+
+def _ddl_types(tree: exp.Expr) -> exp.Expr:
+    for kind in tree.find_all(exp.DataType):
+        if kind.this in (exp.DataType.Type.INT, exp.DataType.Type.BIGINT):
+            kind.set("this", exp.DataType.Type.BIGINT)
+        elif kind.this in (exp.DataType.Type.FLOAT, exp.DataType.Type.DOUBLE):
+            kind.set("this", exp.DataType.Type.DOUBLE)
+    for index in tree.find_all(exp.IndexParameters):
+        columns = index.args.get("columns") or []
+        index.set("columns", [_unordered(column) for column in columns])
+    return tree

@@ -1,0 +1,221 @@
+"""The store on PostgreSQL (issue 16): control/db/store.py's contract on a server.
+
+Not yet selectable by an operator (no setting names it): the app's SQL runs here only
+in tests, and the room index's TEMP triggers have no twin yet.
+
+Contract, as `Store`'s, with these differences:
+- `PostgresStore(url)`: `open()` connects (a write connection, a read connection and
+  `read`'s thread with its own), applies pending migrations (control/db/postgres_schema.py)
+  while holding an advisory lock, so that replicas starting at once apply each one once,
+  and proves the database writable (`probe()`). No lock file: several processes may
+  share a database, and the write lock below keeps their writes apart. A failure closes
+  what it opened and raises `StoreUnavailable` (`schema_too_new` for a database newer
+  than this build, else `store_unavailable`, naming host, port and database, never a
+  password).
+- `write(fn)` runs `fn(conn)` in one transaction that first takes the advisory
+  `WRITE_LOCK` (`pg_advisory_xact_lock`, released by COMMIT or ROLLBACK): writes never
+  interleave, in this process (an asyncio lock) nor across processes, as BEGIN
+  IMMEDIATE keeps SQLite's writers apart. `conn` is control/db/postgres_conn.py's
+  `WriteConnection`, which takes the SQLite statements the write functions hold.
+  Commit hooks run as `Store`'s.
+- `fetch_all`/`fetch_one` run each statement on the read connection (autocommit: each
+  sees the last commit). `read(fn)` runs `fn` on its own thread in one REPEATABLE READ
+  READ ONLY transaction: one snapshot, and a write in it fails as `StoreUnavailable`.
+- `data_version()` moves when another process's write commits (every write draws from
+  one sequence; the store knows how many it drew itself). Unlike SQLite's, a psql
+  session's writes do not move it.
+- A failure of the database itself (control/db/postgres_conn.py `storage_failure`)
+  is `StoreUnavailable` from `write`, `read`, `fetch_*` and `probe`; `failure` names it
+  until a write succeeds again. A connection the server dropped is opened again by the
+  next call that needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+
+import aiosqlite
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from control.db import postgres_schema as schema
+from control.db.migrations import MIGRATIONS
+from control.db.postgres_conn import Row, WriteConnection, configure, row_factory, storage_failure
+from control.db.postgres_read import PostgresReadThread
+from control.db.store import RECORD_MIGRATION, CommitHook, StoreUnavailable, WriteFn
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+AsyncConn = psycopg.AsyncConnection[Row]
+
+
+class PostgresStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.failure: str | None = None
+        self._writer: AsyncConn | None = None
+        self._reader: AsyncConn | None = None
+        self._reads = PostgresReadThread(url)
+        self._lock = asyncio.Lock()
+        self._hooks: list[CommitHook] = []
+        self._drawn = 0  # how many values of the commits sequence this store drew
+        self._opened = False
+
+    def add_commit_hook(self, hook: CommitHook) -> None:
+        self._hooks.append(hook)
+
+    async def open(self) -> None:
+        try:
+            self._opened = True
+            writer = await self._connection("_writer")
+            await _migrate(writer)
+            await self._connection("_reader")
+            await self._reads.open()
+            await self.probe()
+        except BaseException as exc:
+            await self._close()
+            if isinstance(exc, StoreUnavailable):
+                raise
+            if storage_failure(exc) is None:
+                raise
+            raise StoreUnavailable(f"database {_where(self.url)}: {exc}") from exc
+
+    async def _connection(self, attr: str) -> AsyncConn:
+        """The connection `attr` names, opened (again, after the server dropped it)."""
+        conn: AsyncConn | None = getattr(self, attr)
+        if not self._opened:
+            raise RuntimeError("store is not open")
+        if conn is None or conn.closed:
+            conn = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, row_factory=row_factory
+            )
+            configure(conn)
+            setattr(self, attr, conn)
+        return conn
+
+    async def data_version(self) -> int:
+        async with self._lock:
+            reader = await self._connection("_reader")
+            row = await (
+                await reader.execute(f"SELECT last_value FROM {schema.COMMITS}")
+            ).fetchone()
+            last = int(row[0]) if row else 0
+            return last - self._drawn
+
+    async def probe(self) -> None:
+        """A real write (it takes a transaction id, which its COMMIT writes to the WAL)
+        that changes no table."""
+
+        async def xid(conn: aiosqlite.Connection) -> None:
+            await cast(WriteConnection, conn).raw.execute("SELECT pg_current_xact_id()")
+
+        await self.write(xid)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._close()
+
+    async def _close(self) -> None:
+        self._opened = False
+        for attr in ("_reader", "_writer"):
+            conn: AsyncConn | None = getattr(self, attr)
+            setattr(self, attr, None)
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
+        await self._reads.close()
+
+    async def write(self, fn: WriteFn[T]) -> T:
+        try:
+            result = await asyncio.shield(self._write(fn))
+        except psycopg.Error as exc:
+            failure = storage_failure(exc)
+            if failure is None:
+                raise
+            if self.failure is None:
+                log.error("store: writes are failing: %s", failure.message)
+            self.failure = failure.message
+            raise failure from exc
+        if self.failure is not None:
+            log.warning("store: writes succeed again (after: %s)", self.failure)
+            self.failure = None
+        return result
+
+    async def _write(self, fn: WriteFn[T]) -> T:
+        async with self._lock:
+            raw = await self._connection("_writer")
+            # The write functions take aiosqlite's connection; this one answers the
+            # same calls (control/db/postgres_conn.py).
+            conn = cast(aiosqlite.Connection, WriteConnection(raw))
+            async with raw.transaction():
+                await raw.execute("SELECT pg_advisory_xact_lock(%s)", (schema.WRITE_LOCK,))
+                await raw.execute(f"SELECT nextval('{schema.COMMITS}')")
+                self._drawn += 1
+                result = await fn(conn)
+                after = [then for hook in self._hooks if (then := await hook(conn))]
+            for then in after:
+                then()
+            return result
+
+    async def read(self, fn: Callable[[Any], T]) -> T:
+        try:
+            return await self._reads.run(fn)
+        except psycopg.Error as exc:
+            failure = storage_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+
+    async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+        try:
+            reader = await self._connection("_reader")
+            return await WriteConnection(reader).execute_fetchall(sql, params)
+        except psycopg.Error as exc:
+            failure = storage_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+
+    async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+
+async def _migrate(conn: AsyncConn) -> None:
+    """Applies pending migrations, each in its own transaction, under MIGRATE_LOCK."""
+    await conn.execute("SELECT pg_advisory_lock(%s)", (schema.MIGRATE_LOCK,))
+    try:
+        for statement in schema.STORE_SETUP:
+            await conn.execute(statement)
+        row = await (await conn.execute("SELECT MAX(version) FROM schema_migrations")).fetchone()
+        current = int(row[0] or 0) if row else 0
+        if current > len(MIGRATIONS):
+            raise StoreUnavailable(
+                f"database schema version {current} is newer than this build knows "
+                f"({len(MIGRATIONS)}): upgrade the control plane",
+                code="schema_too_new",
+            )
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            async with conn.transaction():
+                for statement in schema.migration(version):
+                    await conn.execute(statement, ())
+                await WriteConnection(conn).execute(RECORD_MIGRATION, (version, time.time()))
+            log.info("applied schema migration %d", version)
+    finally:
+        if not conn.closed:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (schema.MIGRATE_LOCK,))
+
+
+def _where(url: str) -> str:
+    """Host, port and database of `url`: never its password."""
+    with contextlib.suppress(psycopg.ProgrammingError):
+        parts = conninfo_to_dict(url)
+        return (
+            f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
+        )
+    return "(unparsable URL)"

@@ -1,0 +1,194 @@
+"""psycopg connections dressed as the SQLite ones the control plane's SQL functions take.
+
+Contract:
+- `WriteConnection` wraps an async psycopg connection and offers what the write
+  functions use of aiosqlite's: `await conn.execute(sql, params)` and `async with
+  conn.execute(...) as cur`, `executemany`, `execute_fetchall`, and cursors with
+  `fetchone`/`fetchall`/`rowcount` (a statement that returns no rows fetches None and
+  []). `ReadConnection` wraps a sync one as `sqlite3.Connection` does for `Store.read`
+  (`conn.execute(sql, params).fetchone()`). Every statement is SQLite's text, sent as
+  control/db/dialect.py translates it, always with a parameter sequence.
+- Rows (`Row`) are indexed by position and by column name, iterate over their
+  values, and have `keys()`, as `sqlite3.Row`.
+- Values come back as SQLite would give them: NUMERIC (what SUM over BIGINT makes) as
+  an int when whole, else a float; Python's bool goes in as 0 or 1, as SQLite stores it.
+- `storage_failure(exc)`: the StoreUnavailable for a failure of the database itself
+  (connection lost, server shutting down, out of disk or memory, I/O, a read-only
+  transaction, corruption), else None: a constraint or an error in the SQL stays what
+  it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from decimal import Decimal
+from typing import Any, overload
+
+import psycopg
+from psycopg.adapt import Buffer, Dumper, Loader
+from psycopg.pq import Format
+from psycopg.rows import RowMaker
+
+from control.db import dialect
+from control.db.store import StoreUnavailable
+
+# SQLSTATE classes that say the database cannot be used right now: 08 connection,
+# 53 insufficient resources (disk full, out of memory), 57 operator intervention
+# (shutdown), 58 system error (I/O), XX internal error (corruption); and 25006, a
+# write in a read-only transaction (a standby, or default_transaction_read_only).
+_STORAGE_CLASSES = ("08", "53", "57", "58", "XX")
+_READ_ONLY = "25006"
+
+
+def storage_failure(exc: BaseException) -> StoreUnavailable | None:
+    if not isinstance(exc, psycopg.Error):
+        return None
+    state = exc.sqlstate
+    if state is None and not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return None
+    if state is not None and state != _READ_ONLY and not state.startswith(_STORAGE_CLASSES):
+        return None
+    return StoreUnavailable(f"the database cannot be used: {exc}")
+
+
+class Row(Sequence[Any]):
+    __slots__ = ("_columns", "_names", "_values")
+
+    def __init__(self, columns: tuple[str, ...], names: dict[str, int], values: Sequence[Any]):
+        self._columns = columns
+        self._names = names
+        self._values = tuple(values)
+
+    @overload
+    def __getitem__(self, key: int | str) -> Any: ...
+    @overload
+    def __getitem__(self, key: slice) -> tuple[Any, ...]: ...
+    def __getitem__(self, key: int | str | slice) -> Any:
+        if isinstance(key, str):
+            return self._values[self._names[key]]
+        return self._values[key]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def keys(self) -> list[str]:
+        return list(self._columns)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Row):
+            return self._values == other._values and self._columns == other._columns
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._values)
+
+    def __repr__(self) -> str:
+        return f"Row({dict(zip(self._columns, self._values, strict=True))!r})"
+
+
+def row_factory(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> RowMaker[Row]:
+    columns = tuple(column.name for column in cursor.description or ())
+    names: dict[str, int] = {}
+    for i, name in enumerate(columns):
+        names.setdefault(name, i)  # as sqlite3.Row: a repeated name finds the first
+    return lambda values: Row(columns, names, values)
+
+
+class _NumericLoader(Loader):
+    def load(self, data: Buffer) -> int | float:
+        number = Decimal(bytes(data).decode())
+        return int(number) if number == number.to_integral_value() else float(number)
+
+
+class _BoolDumper(Dumper):
+    format = Format.TEXT
+    oid = psycopg.adapters.types["int8"].oid
+
+    def dump(self, obj: Any) -> Buffer:
+        return b"1" if obj else b"0"
+
+
+def configure(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    conn.adapters.register_loader("numeric", _NumericLoader)
+    conn.adapters.register_dumper(bool, _BoolDumper)
+
+
+class WriteCursor:
+    def __init__(self, cursor: psycopg.AsyncCursor[Row]) -> None:
+        self._cursor = cursor
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    async def fetchone(self) -> Row | None:
+        return await self._cursor.fetchone() if self._cursor.description else None
+
+    async def fetchall(self) -> list[Row]:
+        return await self._cursor.fetchall() if self._cursor.description else []
+
+    async def close(self) -> None:
+        await self._cursor.close()
+
+
+class _Pending:
+    """What `WriteConnection.execute` returns: awaitable, and an async context manager
+    that closes its cursor, as aiosqlite's."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Row], sql: str, params: Iterable[Any]):
+        self._conn, self._sql, self._params = conn, sql, tuple(params)
+        self._cursor: WriteCursor | None = None
+
+    async def _run(self) -> WriteCursor:
+        cursor = self._conn.cursor()
+        await cursor.execute(dialect.statement(self._sql), self._params)
+        self._cursor = WriteCursor(cursor)
+        return self._cursor
+
+    def __await__(self) -> Any:
+        return self._run().__await__()
+
+    async def __aenter__(self) -> WriteCursor:
+        return await self._run()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._cursor is not None:
+            await self._cursor.close()
+
+
+class WriteConnection:
+    def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
+        self.raw = conn
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> _Pending:
+        return _Pending(self.raw, sql, params)
+
+    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        async with self.raw.cursor() as cursor:
+            await cursor.executemany(dialect.statement(sql), [tuple(r) for r in rows])
+
+    async def execute_fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+        async with self.execute(sql, params) as cursor:
+            return await cursor.fetchall()
+
+
+class ReadCursor:
+    def __init__(self, cursor: psycopg.Cursor[Row]) -> None:
+        self._cursor = cursor
+
+    def fetchone(self) -> Row | None:
+        return self._cursor.fetchone() if self._cursor.description else None
+
+    def fetchall(self) -> list[Row]:
+        return self._cursor.fetchall() if self._cursor.description else []
+
+
+class ReadConnection:
+    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+        self.raw = conn
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> ReadCursor:
+        return ReadCursor(self.raw.execute(dialect.statement(sql), tuple(params)))
