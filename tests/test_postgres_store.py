@@ -160,7 +160,7 @@ async def test_a_read_function_sees_one_snapshot_in_one_thread_and_cannot_write(
     def writes(conn: Any) -> None:
         conn.execute("DELETE FROM events")
 
-    with pytest.raises(StoreUnavailable, match="read-?only"):
+    with pytest.raises(StoreUnavailable, match=r"read-?only"):
         await store.read(writes)
     assert await store.read(count) == 2
     await store.close()
