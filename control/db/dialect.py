@@ -4,11 +4,12 @@ Contract:
 - `statement(sql)` turns one SQLite statement with `?` placeholders into PostgreSQL
   text for psycopg (`%s` placeholders, a literal `%` doubled: send it WITH a parameter
   sequence, even an empty one, so psycopg undoubles it). The translation is sqlglot's
-  (`sqlite` to `postgres`: `IFNULL`, scalar `MAX`/`MIN` to `GREATEST`/`LEAST`, `IS NOT`
-  to `IS DISTINCT FROM`, `instr`, NULL ordering kept as SQLite sorts) plus what sqlglot
-  leaves alone: `INSERT OR IGNORE` becomes `ON CONFLICT DO NOTHING`, `COLLATE NOCASE`
-  compares `LOWER()` of both sides, and the keys of an `ON CONFLICT` lose the NULL
-  ordering PostgreSQL refuses there. Results are cached per statement text (the
+  (`sqlite` to `postgres`: `IFNULL`, `IS NOT` to `IS DISTINCT FROM`, `instr`, NULL
+  ordering kept as SQLite sorts) plus what sqlglot leaves alone or gets wrong: `INSERT
+  OR IGNORE` becomes `ON CONFLICT DO NOTHING`, `COLLATE NOCASE` compares `LOWER()` of
+  both sides, the keys of an `ON CONFLICT` lose the NULL ordering PostgreSQL refuses
+  there, and scalar `MAX`/`MIN` call the schema's `clawfleet_greatest`/`clawfleet_least`,
+  NULL when an argument is (GREATEST and LEAST would skip it). Results are cached per statement text (the
   statements are the program's constants). `INSERT OR REPLACE` and anything sqlglot
   cannot parse raise `UnsupportedStatement`: nothing is sent half-translated.
 - `script(ddl)` translates a migration (several statements) the same way, with
@@ -30,9 +31,6 @@ from control.errors import ClawfleetError
 
 class UnsupportedStatement(ClawfleetError):
     """A statement this module cannot translate (a bug in the caller's SQL for PostgreSQL)."""
-
-
-_DO_NOTHING = sqlglot.parse_one("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING", read="postgres")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -69,11 +67,25 @@ def _rewrite(tree: exp.Expr) -> exp.Expr:
         if alternative != "IGNORE" or tree.args.get("conflict"):
             raise UnsupportedStatement(f"INSERT OR {alternative} has no PostgreSQL twin")
         tree.set("alternative", None)
-        tree.set("conflict", _DO_NOTHING.args["conflict"].copy())
+        tree.set("conflict", exp.OnConflict(duplicate=False, action=exp.var("DO NOTHING")))
     for conflict in tree.find_all(exp.OnConflict):
         keys = conflict.args.get("conflict_keys") or []
         conflict.set("conflict_keys", [_unordered(key) for key in keys])
-    return tree.transform(_nocase)
+    return tree.transform(_nocase).transform(_scalar_extremes)
+
+
+_EXTREMES: dict[type[exp.Expr], str] = {exp.Greatest: "greatest", exp.Least: "least"}
+
+
+def _scalar_extremes(node: exp.Expr) -> exp.Expr:
+    """SQLite's scalar MAX/MIN is NULL when any argument is; PostgreSQL's GREATEST and
+    LEAST skip NULLs. `clawfleet_greatest`/`clawfleet_least` (control/db/postgres_schema.py)
+    answer as SQLite, each argument written once (a `?` stays one parameter)."""
+    name = _EXTREMES.get(type(node))
+    if name is None or node.args.get("ignore_nulls"):
+        return node
+    arguments = [node.this, *node.expressions]
+    return exp.Anonymous(this=f"clawfleet_{name}", expressions=[a.copy() for a in arguments])
 
 
 def _unordered(key: exp.Expr) -> exp.Expr:

@@ -10,8 +10,10 @@ Contract:
   once empty, a server's containers with an error are counted from its report's JSON
   without Python, only when the report holds `"error":"`, and an invalid report counts 0).
 - `STORE_SETUP`: what the store itself needs, idempotent, run before the migrations:
-  the `schema_migrations` table and the sequence every write draws from
-  (control/db/postgres.py `data_version`).
+  the `schema_migrations` table, the sequence every write draws from
+  (control/db/postgres.py `data_version`), and SQLite's scalar MAX and MIN
+  (`clawfleet_greatest`, `clawfleet_least`: NULL when any argument is NULL), which
+  control/db/dialect.py translates to.
 - Keys for PostgreSQL's advisory locks: `MIGRATE_LOCK` (held by the process applying
   migrations, so replicas starting at once apply each migration once) and `WRITE_LOCK`
   (held by every write transaction: writers never interleave, across processes too).
@@ -32,6 +34,12 @@ STORE_SETUP = (
     "CREATE TABLE IF NOT EXISTS schema_migrations "
     "(version BIGINT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)",
     f"CREATE SEQUENCE IF NOT EXISTS {COMMITS}",
+    *(
+        f"CREATE OR REPLACE FUNCTION clawfleet_{name}(VARIADIC a ANYCOMPATIBLEARRAY) "
+        "RETURNS ANYCOMPATIBLE LANGUAGE sql IMMUTABLE AS $$ SELECT CASE "
+        f"WHEN array_position(a, NULL) IS NULL THEN (SELECT {agg}(x) FROM unnest(a) x) END $$"
+        for name, agg in (("greatest", "max"), ("least", "min"))
+    ),
 )
 
 # How many of a report's containers carry an error (SQLite: json_each over
@@ -62,12 +70,29 @@ END $$
 
 
 def _counter(
-    counts: str, source: str, keys: dict[str, str], values: dict[str, str], fired: str
+    counts: str,
+    source: str,
+    keys: dict[str, str],
+    values: dict[str, str],
+    watched: tuple[str, ...],
+    fired: str | None = None,
 ) -> list[str]:
-    """The trigger function and triggers that keep `counts` (grouped by `keys`, summing
-    `values`; expressions over {r} the row and {s} the sign) for every change of
-    `source` that `fired` says (the UPDATE trigger's WHEN, over OLD and NEW)."""
+    """The backfill of `counts` from the rows of `source` already there, then the trigger
+    function and triggers that keep it (grouped by `keys`, summing `values`; expressions
+    over {r} the row and {s} the sign) for every insert and delete on `source`, and every
+    update of a `watched` column that changes one (or for which `fired` holds, over OLD
+    and NEW).
+    One definition for both: the backfill and the triggers cannot count differently."""
     columns = ", ".join([*keys, *values])
+    groups = ", ".join(str(i) for i in range(1, len(keys) + 1))
+    backfill = (
+        f"INSERT INTO {counts} ({columns}) SELECT "
+        + ", ".join(
+            [*(k.format(r="r") for k in keys.values())]
+            + [f"SUM({v.format(r='r', s='1')})" for v in values.values()]
+        )
+        + f" FROM {source} r GROUP BY {groups}"
+    )
 
     def delta(row: str, sign: str) -> str:
         exprs = [e.format(r=row, s=sign) for e in (*keys.values(), *values.values())]
@@ -79,6 +104,7 @@ def _counter(
 
     function = f"clawfleet_{counts}"
     return [
+        backfill,
         f"""CREATE FUNCTION {function}() RETURNS TRIGGER LANGUAGE plpgsql AS $$
         BEGIN
             IF TG_OP <> 'INSERT' THEN {delta("OLD", "-1")} END IF;
@@ -87,8 +113,8 @@ def _counter(
         END $$""",
         f"CREATE TRIGGER {counts}_change AFTER INSERT OR DELETE ON {source} "
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
-        f"CREATE TRIGGER {counts}_update AFTER UPDATE ON {source} "
-        f"FOR EACH ROW WHEN ({fired}) EXECUTE FUNCTION {function}()",
+        f"CREATE TRIGGER {counts}_update AFTER UPDATE OF {', '.join(watched)} ON {source} "
+        f"FOR EACH ROW WHEN ({fired or _changed(*watched)}) EXECUTE FUNCTION {function}()",
     ]
 
 
@@ -105,8 +131,10 @@ _SERVER_KEYS = {
     "draining": "{r}.draining",
 }
 _SERVER_VALUES = {"n": "{s}", "container_errors": "{s} * clawfleet_container_errors({r}.report)"}
+_SHAPE = ("status", "server_type", "memory_mb", "cpus", "cordoned", "draining")
+# A heartbeat changes the report only: counted again only when either report has errors.
 _SERVERS_FIRED = (
-    _changed("status", "server_type", "memory_mb", "cpus", "cordoned", "draining")
+    _changed(*_SHAPE)
     + """ OR position('"error":"' IN OLD.report) > 0 OR position('"error":"' IN NEW.report) > 0"""
 )
 
@@ -124,34 +152,33 @@ def _counts_migration() -> list[str]:
         "size_gb BIGINT NOT NULL)",
         _CONTAINER_ERRORS,
     ]
-    server_keys = ", ".join(k.format(r="s") for k in _SERVER_KEYS.values())
-    backfill = [
-        f"INSERT INTO server_counts SELECT {server_keys}, COUNT(*), "
-        "SUM(clawfleet_container_errors(s.report)) FROM servers s GROUP BY 1, 2, 3, 4, 5, 6",
-        "INSERT INTO user_counts SELECT state, plan, COUNT(*) FROM users GROUP BY state, plan",
-        "INSERT INTO event_counts SELECT kind, COUNT(*) FROM events GROUP BY kind",
-        "INSERT INTO volume_counts SELECT state, COUNT(*), SUM(size_gb) FROM volumes GROUP BY state",
-    ]
     triggers = [
-        *_counter("server_counts", "servers", _SERVER_KEYS, _SERVER_VALUES, _SERVERS_FIRED),
+        *_counter(
+            "server_counts",
+            "servers",
+            _SERVER_KEYS,
+            _SERVER_VALUES,
+            (*_SHAPE, "report"),
+            _SERVERS_FIRED,
+        ),
         *_counter(
             "user_counts",
             "users",
             {"state": "{r}.state", "plan": "{r}.plan"},
             {"n": "{s}"},
-            _changed("state", "plan"),
+            ("state", "plan"),
         ),
-        *_counter("event_counts", "events", {"kind": "{r}.kind"}, {"n": "{s}"}, _changed("kind")),
+        *_counter("event_counts", "events", {"kind": "{r}.kind"}, {"n": "{s}"}, ("kind",)),
         *_counter(
             "volume_counts",
             "volumes",
             {"state": "{r}.state"},
             {"n": "{s}", "size_gb": "{s} * {r}.size_gb"},
-            _changed("state", "size_gb"),
+            ("state", "size_gb"),
         ),
     ]
     index = "CREATE INDEX servers_heartbeat ON servers(status, last_heartbeat)"
-    return [*tables, *backfill, *triggers, index]
+    return [*tables, *triggers, index]
 
 
 def migration(version: int) -> list[str]:
