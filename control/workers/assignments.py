@@ -19,6 +19,9 @@ keeps what runs as it is instead of acting on a set computed without them.
 `GenerationBoard.notify` is called after a commit that bumped a worker's generation
 and wakes every long-poll waiting on that worker; a waiter enters the board BEFORE
 reading the generation, so a change between the read and the wait is never missed.
+With replicas on PostgreSQL, every replica's commits reach the board too, through
+the database's NOTIFY (control/workers/wake_bus.py), and `wake_all` wakes every
+waiter when some changes may have been missed (each re-reads its set).
 A waiting long-poll holds a handful of objects and no task or timer of its own: one
 future, resolved by `notify`, by the board's single deadline timer or by `close`
 (issue 16: at 10k workers these are what every full collection walks). Its nonce
@@ -119,6 +122,16 @@ class GenerationBoard:
             for woken in self._waiting.pop(server_id, ()):
                 if not woken.done():
                     woken.set_result(True)
+
+    def wake_all(self) -> None:
+        """Wakes every waiter as if its worker changed, and calls `on_change`: what a
+        replica does when changes may have been missed (control/workers/wake_bus.py)."""
+        self.on_change()
+        for waiting in self._waiting.values():
+            for woken in waiting:
+                if not woken.done():
+                    woken.set_result(True)
+        self._waiting.clear()
 
     def waiters(self) -> int:
         """Long-polls waiting now."""
