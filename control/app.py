@@ -13,26 +13,29 @@ aiohttp runs them in this order and unwinds them in reverse:
    background while everything else serves (a DNS provider verified late triggers a
    DNS round at once, a provider validated late a firewall round);
 4. the Fleet facade (its long-poll board, heartbeat writer and room index, rebuilt
-   from the store), then the autoscaler
-   (and the agent wheel under DIST, with a real provider), then the liveness sweeps;
-5. the Stripe inbox processor;
-6. the scheduler's jobs (autoscale, DNS and firewall rounds, Stripe pruning), started last.
+   from the store), then the autoscaler (and the agent wheel under DIST, with a real provider);
+5. the Stripe inbox processor, on every replica (docs/production.md says why);
+6. the leadership (control/leadership/): the singletons' lease, then the sweeps;
+7. the scheduler's jobs (autoscale, DNS and firewall rounds, Stripe pruning), started last.
+The singletons (the liveness sweeps, every scheduled job and `*-now` job, and with the
+autoscaler its backup step) run only while this replica holds the lease (`guard`), their
+writes fenced; a new leader asks for an autoscaler run and DNS and firewall rounds.
 On shutdown, long-polls are woken first (`on_shutdown`), then the contexts unwind: the
-scheduler stops, the inbox processor and the sweeps are cancelled and awaited, the
-autoscaler's run in progress is waited for, the heartbeat writer flushes, the start-up
-checks still running are cancelled, and the firewall's clients (after its round in
-progress), the DNS provider, the provider and the store close, in that order. The
-Fleet's collaborators that act later (the autoscaler, the scheduler's DNS round) are
-reached through the app, and act only once the scheduler runs, which is after
-everything is wired.
+scheduler stops, the leadership cancels and awaits the singletons' work and releases the
+lease, the inbox processor is cancelled and awaited, the heartbeat writer flushes, the
+start-up checks still running are cancelled, and the firewall's clients, the DNS
+provider, the provider and the store close, in that order. The Fleet's collaborators
+that act later (the autoscaler, the DNS round) are reached through the app, and act
+only once the scheduler runs, after everything is wired.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shlex
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -58,6 +61,7 @@ from control.appkeys import (
     FIREWALL_SYNC,
     FLEET,
     INBOX,
+    LEADERSHIP,
     METRICS,
     PROVIDER,
     PROVIDER_FACTORY,
@@ -83,6 +87,8 @@ from control.edge.firewall_sync import build_firewall_sync
 from control.fleet import Fleet
 from control.health import ProviderHealth
 from control.keyring import Keyring
+from control.leadership.leadership import Job, Leadership
+from control.leadership.observe import install_gauges
 from control.metrics import MeteredProvider
 from control.portal.checkouts import open_checkouts
 from control.portal.install import install_portal
@@ -111,6 +117,8 @@ def create_app(
     app[PROVIDER_HEALTH] = ProviderHealth()
     app[DNS_HEALTH] = ProviderHealth()  # the DNS provider's verification (control/dns/sync.py)
     app[SCHEDULER] = AsyncIOScheduler()  # started by the last context, once all is wired
+    app[LEADERSHIP] = Leadership(settings.leader_lease_ttl)  # started by its context
+    install_gauges(app[METRICS].registry, app[LEADERSHIP])
     install_auth_guard(app, settings, lambda: app[STORE], app[METRICS].auth_refused_by)
     app[AGENT_PACE] = AgentPace(settings.agent_calls_per_second)
     app.add_routes(agent_routes)
@@ -131,8 +139,8 @@ def create_app(
             origin_tls_context,  # the zone's SSL mode and origin pulls, in the background
             _fleet,
             _scaler,
-            _liveness_sweeps,
             _stripe_inbox,
+            _leadership,
             _scheduled_jobs,
         ]
     )
@@ -240,14 +248,6 @@ async def _scaler(app: web.Application) -> AsyncIterator[None]:
         await scaler.stopped()  # waits for a run in progress
 
 
-async def _liveness_sweeps(app: web.Application) -> AsyncIterator[None]:
-    sweeper = asyncio.create_task(app[FLEET].run_sweeps(), name="liveness-sweeps")
-    try:
-        yield
-    finally:
-        await _cancelled(sweeper)
-
-
 async def _stripe_inbox(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     inbox = StripeInbox(
@@ -268,14 +268,26 @@ async def _stripe_inbox(app: web.Application) -> AsyncIterator[None]:
         await _cancelled(processor)
 
 
+async def _leadership(app: web.Application) -> AsyncIterator[None]:
+    leadership = app[LEADERSHIP]
+    leadership.add_loop("liveness-sweeps", app[FLEET].run_sweeps)
+    for now in (_autoscale_now, _dns_now, _firewall_now):  # a new leader acts at once
+        leadership.on_lead.append(functools.partial(now, app))
+    await leadership.start(app[STORE])
+    try:
+        yield
+    finally:
+        await leadership.stop()
+
+
 async def _scheduled_jobs(app: web.Application) -> AsyncIterator[None]:
     settings, scheduler = app[SETTINGS], app[SCHEDULER]
-    _every(scheduler, settings.autoscale_interval, "autoscale", app[SCALER].tick, scheduled=True)
-    _every(scheduler, settings.dns_reconcile_interval, "dns", app[DNS_SYNC].tick)
-    _every(scheduler, settings.firewall_reconcile_interval, "firewall", app[FIREWALL_SYNC].tick)
+    _every(app, settings.autoscale_interval, "autoscale", app[SCALER].tick, scheduled=True)
+    _every(app, settings.dns_reconcile_interval, "dns", app[DNS_SYNC].tick)
+    _every(app, settings.firewall_reconcile_interval, "firewall", app[FIREWALL_SYNC].tick)
     # Pruning can wait its first interval: at start-up it would only race shutdown in
     # short-lived processes, and apscheduler reports a cancelled job as an error.
-    _every(scheduler, STRIPE_PRUNE_INTERVAL, "stripe-prune", app[INBOX].prune_job, now=False)
+    _every(app, STRIPE_PRUNE_INTERVAL, "stripe-prune", app[INBOX].prune_job, now=False)
     scheduler.start()
     try:
         yield
@@ -341,17 +353,12 @@ def _price_lookup(provider: Provider) -> Callable[[str | None], float | None]:
 
 
 def _every(
-    scheduler: AsyncIOScheduler,
-    seconds: float,
-    job_id: str,
-    job: Callable[..., Awaitable[None]],
-    now: bool = True,
-    **kwargs: Any,
+    app: web.Application, seconds: float, job_id: str, job: Job, now: bool = True, **kwargs: Any
 ) -> None:
-    """A periodic job that never runs twice at a time, first run at once (`now`) or
-    after one interval."""
-    scheduler.add_job(
-        job,
+    """A periodic singleton job that never runs twice at a time, first run at once (`now`)
+    or after one interval."""
+    app[SCHEDULER].add_job(
+        app[LEADERSHIP].guard(job),
         "interval",
         seconds=seconds,
         id=job_id,
@@ -362,32 +369,27 @@ def _every(
     )
 
 
+def _now(app: web.Application, job_id: str, job: Job, **options: Any) -> None:
+    """A singleton job now, not at its next tick (once the scheduler runs)."""
+    if app[SCHEDULER].running:
+        guarded = app[LEADERSHIP].guard(job)
+        app[SCHEDULER].add_job(guarded, id=job_id, replace_existing=True, **options)
+
+
 def _dns_now(app: web.Application) -> None:
-    """Assignments changed (or DNS was verified late): a DNS round now, not at the next tick."""
-    scheduler = app[SCHEDULER]
-    if scheduler.running:
-        scheduler.add_job(app[DNS_SYNC].tick, id="dns-now", replace_existing=True, max_instances=2)
+    """Assignments changed (or DNS was verified late): a DNS round now."""
+    _now(app, "dns-now", app[DNS_SYNC].tick, max_instances=2)
 
 
 def _firewall_now(app: web.Application) -> None:
-    """The provider was validated late: a firewall round now, not at the next tick."""
-    scheduler = app[SCHEDULER]
-    if scheduler.running:
-        scheduler.add_job(app[FIREWALL_SYNC].tick, id="firewall-now", replace_existing=True)
+    """The provider was validated late: a firewall round now."""
+    _now(app, "firewall-now", app[FIREWALL_SYNC].tick)
 
 
 def _autoscale_now(app: web.Application) -> None:
-    """Run the autoscaler now, not at the next tick (Fleet's `on_pending`: users left
-    pending, demand about to arrive, a volume step that waited on a worker may go on).
-    Not a scheduled sweep, so it does not count towards orphan sightings."""
-    scheduler = app[SCHEDULER]
-    if scheduler.running:
-        scheduler.add_job(
-            app[SCALER].tick,
-            id="autoscale-now",
-            replace_existing=True,
-            kwargs={"scheduled": False},
-            # One may wait behind a run in progress (runs never overlap: Scaler's lock),
-            # so a user left pending during a run is still seen by a run after it.
-            max_instances=2,
-        )
+    """Run the autoscaler now (Fleet's `on_pending`: users left pending, demand about to
+    arrive, a volume step that waited on a worker may go on). Not a scheduled sweep, so
+    it does not count towards orphan sightings. One may wait behind a run in progress
+    (runs never overlap: Scaler's lock), so a user left pending during a run is still
+    seen by a run after it."""
+    _now(app, "autoscale-now", app[SCALER].tick, kwargs={"scheduled": False}, max_instances=2)

@@ -7,7 +7,7 @@ alone (the keys carry them as annotations), so importing it imports none of the
 modules it names. Who sets each key, and when:
 - at construction (`create_app`): SETTINGS, PROVIDER_FACTORY, METRICS, METRICS_MODE,
   PROVIDER_HEALTH, DNS_HEALTH, AUTH_GUARD, AGENT_PACE, SESSIONS, STORE_PROBE, SCHEDULER (started
-  only once everything below runs);
+  only once everything below runs), LEADERSHIP (started by its own context);
 - by the cleanup context that owns the resource, on start-up, in this order: STORE,
   PROVIDER, DNS_SYNC, FIREWALL_SYNC, FLEET, SCALER (and DIST with a real provider),
   INBOX. A key is absent until its resource is running: readers that may run earlier
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from control.edge.firewall_sync import FirewallSync
     from control.fleet import Fleet
     from control.health import ProviderHealth
+    from control.leadership.leadership import Leadership
     from control.metrics import Metrics
     from control.settings import Settings
     from control.workers.bootstrap import AgentDist
@@ -56,6 +57,7 @@ AGENT_PACE: web.AppKey[AgentPace] = web.AppKey("agent_pace")
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("dashboard_sessions")
 STORE_PROBE: web.AppKey[StoreProbe] = web.AppKey("store_probe")
 SCHEDULER: web.AppKey[AsyncIOScheduler] = web.AppKey("scheduler")
+LEADERSHIP: web.AppKey[Leadership] = web.AppKey("leadership")  # the singletons' lease
 
 # Set by each resource's cleanup context once it runs.
 STORE: web.AppKey[Store] = web.AppKey("store")

@@ -22,7 +22,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # backups: pure decisions the settings use too (BACKUP_RETENTION), like plans.
     ("errors", "clock", "settings", "keyring", "logs", "health", "plans", "backups"),
     ("db",),
-    ("users", "workers", "billing", "dns", "backup_jobs"),
+    # leadership: the singletons' lease, below everything the app hands it to run.
+    ("users", "workers", "billing", "dns", "backup_jobs", "leadership"),
     # edge: the firewall uses the Hetzner client (capacity) and Cloudflare's (dns).
     ("capacity", "volumes", "edge"),
     ("metrics", "fleet"),
@@ -38,6 +39,7 @@ DOMAIN_USES: dict[str, set[str]] = {
     "billing": {"users"},
     "dns": set(),
     "backup_jobs": set(),
+    "leadership": set(),
 }
 
 

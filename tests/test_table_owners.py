@@ -31,6 +31,7 @@ OWNERS: dict[str, str] = {
     "checkouts": "control/portal/checkouts.py",
     "portal_login_links": "control/portal/login_links.py",
     "portal_sessions": "control/portal/customer_sessions.py",
+    "leases": "control/leadership/lease.py",
     # The store records which migrations ran; the migrations create every table.
     "schema_migrations": "control/db/store.py",
     # Counts the database keeps by itself: only their triggers write them.

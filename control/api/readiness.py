@@ -13,6 +13,9 @@ one small function:
 - `dns`: the DNS provider; ok when none is configured, else when its verification
   state (`appkeys.DNS_HEALTH`) is "ok" and the last reconciliation round failed on
   nothing (`DnsSync.counters.last_error` is None).
+- `leader`: who runs the singletons (control/leadership/): always ok (a replica that
+  follows serves all the same), its detail names the leader, its epoch and whether it
+  is this replica.
 `verdict` turns the checks into the answer: 503 "not_ready" when a required check
 fails; else 200, "degraded" when an optional one fails. The provider and DNS are
 optional because the webhook, the agent protocol and the admin API keep serving
@@ -28,7 +31,15 @@ from dataclasses import asdict, dataclass
 
 from aiohttp import web
 
-from control.appkeys import DNS_HEALTH, DNS_SYNC, FLEET, PROVIDER_HEALTH, SETTINGS, STORE_PROBE
+from control.appkeys import (
+    DNS_HEALTH,
+    DNS_SYNC,
+    FLEET,
+    LEADERSHIP,
+    PROVIDER_HEALTH,
+    SETTINGS,
+    STORE_PROBE,
+)
 from control.db.store import Store, StoreUnavailable
 
 PROBE_INTERVAL = 1.0  # seconds an answer of the store probe is reused
@@ -103,12 +114,24 @@ def dns_check(app: web.Application) -> Check:
     return Check(health.usable, f"{health.state}: {health.detail}")
 
 
+def leader_check(app: web.Application) -> Check:
+    status = app[LEADERSHIP].status()
+    if status["leader"] is None:
+        return Check(True, f"no leader known yet (this replica: {status['me']})")
+    if status["leading"]:
+        return Check(True, f"this replica leads: {status['leader']}, epoch {status['epoch']}")
+    if status["leader"] == status["me"]:
+        return Check(True, f"this replica ({status['me']}) is not renewing its lease")
+    return Check(True, f"{status['leader']} leads, epoch {status['epoch']}; this: {status['me']}")
+
+
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
     checks = {
         "store": await store_check(app),
         "provider": provider_check(app),
         "dns": dns_check(app),
+        "leader": leader_check(app),
     }
     status, word = verdict(checks)
     body = {"status": word, "checks": {name: asdict(c) for name, c in checks.items()}}

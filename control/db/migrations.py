@@ -298,4 +298,16 @@ MIGRATIONS: tuple[str, ...] = (
     # counts kept by the writes themselves (issue 16): the triggers that keep them, and
     # why, are control/db/counts_schema.py's (frozen there like any shipped migration)
     COUNTS_MIGRATION,
+    # the singletons' leader among replicas sharing one database (issue 16,
+    # control/leadership/): one row per lease; `epoch` is the fencing token, raised on
+    # every change of holder; times are epoch seconds from the holders' clocks
+    """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        acquired_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    """,
 )
