@@ -38,6 +38,15 @@ from control.db.store import Store
         ("SELECT a FROM s WHERE b LIKE '%x'", "SELECT a FROM s WHERE b LIKE '%%x'"),
         # SQLite sorts NULL first, PostgreSQL last: the order is SQLite's.
         ("SELECT a FROM s ORDER BY b", "SELECT a FROM s ORDER BY b NULLS FIRST"),
+        # PostgreSQL 15 wants a name for a subquery in FROM.
+        (
+            "SELECT s, COUNT(*) FROM (SELECT s FROM a UNION ALL SELECT s FROM b) GROUP BY s",
+            "SELECT s, COUNT(*) FROM (SELECT s FROM a UNION ALL SELECT s FROM b) AS _sub0 GROUP BY s",
+        ),
+        (
+            "SELECT x.s FROM (SELECT s FROM a) x JOIN (SELECT s FROM b) ON 1 = 1",
+            "SELECT x.s FROM (SELECT s FROM a) AS x JOIN (SELECT s FROM b) AS _sub1 ON 1 = 1",
+        ),
         (
             "INSERT INTO k (a, n) VALUES (?, 1) ON CONFLICT (a) DO UPDATE SET n = n + excluded.n",
             "INSERT INTO k (a, n) VALUES (%s, 1) ON CONFLICT(a) DO UPDATE SET n = n + excluded.n",
@@ -88,6 +97,7 @@ QUERIES: list[tuple[str, tuple[Any, ...]]] = [
     ("SELECT IFNULL(server_type, '-') AS t, COUNT(*) AS n FROM servers GROUP BY 1 ORDER BY 1", ()),
     ("SELECT SUM(memory_mb) AS total, MIN(memory_mb) AS least FROM servers", ()),
     ("SELECT id, MIN(memory_mb, 2000.5) AS m FROM servers ORDER BY id", ()),
+    ("SELECT COUNT(*) AS n FROM (SELECT id FROM servers WHERE memory_mb > ?)", (2000,)),
 ]
 INSERT = (
     "INSERT OR IGNORE INTO servers (id, name, status, origin, memory_mb, server_type, "

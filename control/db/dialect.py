@@ -8,7 +8,7 @@ Contract:
   ordering kept as SQLite sorts) plus what sqlglot leaves alone or gets wrong: `INSERT
   OR IGNORE` becomes `ON CONFLICT DO NOTHING`, `COLLATE NOCASE` compares `LOWER()` of
   both sides, the keys of an `ON CONFLICT` lose the NULL ordering PostgreSQL refuses
-  there, and scalar `MAX`/`MIN` call the schema's `clawfleet_greatest`/`clawfleet_least`,
+  there, a subquery in FROM gets the name PostgreSQL 15 wants, and scalar `MAX`/`MIN` call the schema's `clawfleet_greatest`/`clawfleet_least`,
   NULL when an argument is (GREATEST and LEAST would skip it). Results are cached per statement text (the
   statements are the program's constants). `INSERT OR REPLACE` and anything sqlglot
   cannot parse raise `UnsupportedStatement`: nothing is sent half-translated.
@@ -71,6 +71,10 @@ def _rewrite(tree: exp.Expr) -> exp.Expr:
     for conflict in tree.find_all(exp.OnConflict):
         keys = conflict.args.get("conflict_keys") or []
         conflict.set("conflict_keys", [_unordered(key) for key in keys])
+    for n, subquery in enumerate(tree.find_all(exp.Subquery)):
+        # PostgreSQL before 16 refuses a subquery in FROM without a name; SQLite needs none.
+        if isinstance(subquery.parent, exp.From | exp.Join) and not subquery.alias:
+            subquery.set("alias", exp.TableAlias(this=exp.to_identifier(f"_sub{n}")))
     return tree.transform(_nocase).transform(_scalar_extremes)
 
 
