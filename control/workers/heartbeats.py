@@ -18,7 +18,9 @@ missing: 403, nothing written), and it gets the worker's generation from that re
 Heartbeats that arrive while a transaction is in flight are queued and committed
 together in the next one, so a large fleet costs a handful of SQLite round trips
 per batch instead of per heartbeat. A revoked or unknown worker's heartbeat fails
-on its own (403/401) and writes nothing; it never fails the others in its batch. Nor
+on its own (403/401) and writes nothing; it never fails the others in its batch. So
+does a request whose nonce the database already holds (401 `replayed_request`: a copy
+another replica sharing the database accepted, control/workers/nonces.py). Nor
 does a heartbeat whose write fails: a failed batch is split and retried until the
 failing heartbeat is alone, and only its request gets the error.
 """
@@ -159,18 +161,14 @@ async def _apply(
             ids,
         )
     }
-    outcomes: list[Outcome | ClawfleetError] = []
-    admitted: list[_Beat | _Poll] = []
-    for item in batch:
-        outcomes.append(_admission(item, rows.get(item.worker_id)))
-        if not isinstance(outcomes[-1], ClawfleetError):
-            admitted.append(item)
-    if not admitted:
+    outcomes = await _admitted(conn, batch, rows)
+    accepted = [
+        b
+        for b, o in zip(batch, outcomes, strict=True)
+        if isinstance(b, _Beat) and not isinstance(o, ClawfleetError)
+    ]
+    if not accepted:
         return outcomes
-    await nonces.persist_many(
-        conn, [(b.worker_id, b.caller.nonce, b.caller.timestamp) for b in admitted]
-    )
-    accepted = [b for b in admitted if isinstance(b, _Beat)]
     await servers.record_heartbeats(
         conn, [_server_update(b, rows[b.worker_id], now) for b in accepted]
     )
@@ -199,6 +197,24 @@ async def _apply(
         else outcome
         for beat, outcome in zip(batch, outcomes, strict=True)
     ]
+
+
+async def _admitted(
+    conn: aiosqlite.Connection, batch: list[_Beat | _Poll], rows: dict[str, Row]
+) -> list[Outcome | ClawfleetError]:
+    """Each request's outcome so far: refused (unknown, revoked, or its nonce already
+    in the database: a replay another replica accepted), else admitted, its nonce
+    written. A replay fails its own request, never the batch's transaction."""
+    outcomes = [_admission(item, rows.get(item.worker_id)) for item in batch]
+    admitted = [i for i, o in enumerate(outcomes) if not isinstance(o, ClawfleetError)]
+    fresh = await nonces.persist_many(
+        conn,
+        [(batch[i].worker_id, batch[i].caller.nonce, batch[i].caller.timestamp) for i in admitted],
+    )
+    for i, new in zip(admitted, fresh, strict=True):
+        if not new:
+            outcomes[i] = nonces.replayed(batch[i].worker_id)
+    return outcomes
 
 
 def _admission(item: _Beat | _Poll, row: Row | None) -> Outcome | ClawfleetError:
