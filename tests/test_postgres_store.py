@@ -155,6 +155,8 @@ async def test_a_read_function_sees_one_snapshot_in_one_thread_and_cannot_write(
 
     assert await store.read(around_a_commit) == (1, 1)  # one snapshot
     assert await store.read(count) == 2  # the next read sees the commit
+    ats = await store.read(lambda c: [tuple(r) for r in c.execute("SELECT at FROM events")])
+    assert sorted(ats) == [(1.0,), (2.0,)]  # a cursor iterates over its rows
     assert len(threads) == 1 and threading.current_thread().name not in threads
 
     def writes(conn: Any) -> None:

@@ -6,8 +6,9 @@ Contract:
   conn.execute(...) as cur`, `executemany`, `execute_fetchall`, and cursors with
   `fetchone`/`fetchall`/`rowcount` (a statement that returns no rows fetches None and
   []). `ReadConnection` wraps a sync one as `sqlite3.Connection` does for `Store.read`
-  (`conn.execute(sql, params).fetchone()`). Every statement is SQLite's text, sent as
-  control/db/dialect.py translates it, always with a parameter sequence.
+  (`conn.execute(sql, params).fetchone()`, `for row in conn.execute(...)`). Every
+  statement is SQLite's text, sent as control/db/dialect.py translates it, always with
+  a parameter sequence.
 - Rows (`Row`) are indexed by position and by column name, iterate over their
   values, and have `keys()`, as `sqlite3.Row`.
 - Values come back as SQLite would give them: NUMERIC (what SUM over BIGINT makes) as
@@ -184,6 +185,9 @@ class ReadCursor:
 
     def fetchall(self) -> list[Row]:
         return self._cursor.fetchall() if self._cursor.description else []
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.fetchall())
 
 
 class ReadConnection:
