@@ -138,6 +138,8 @@ class Leadership:
         """One decision: take, renew or wait. Returns when to decide next."""
         store = self._require()
         now = self._clock()
+        if self.term is not None and self.seen is not None and self.seen.expires_at <= now:
+            await self._end_term("the lease lapsed before it was renewed")
         take = functools.partial(lease.take, name=LEASE, me=self.holder, now=now, ttl=self.ttl)
         try:
             async with asyncio.timeout(self._patience(now)):
