@@ -1,0 +1,106 @@
+"""The real control plane (127.0.0.1, a real SQLite file) and the singletons' lease: on a
+fresh database it leads from start-up; started while another holder's lease is live, it
+runs no autoscaler and no sweep, says so on /readyz and /metrics, and takes over once
+that lease has lapsed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from control.appkeys import LEADERSHIP, SCALER
+from control.db.store import Store
+from control.leadership import lease
+from control.leadership.leadership import LEASE
+from tests.fixtures import ControlPlane
+
+WAIT = 60.0
+SWEEPS = "singleton-liveness-sweeps"
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {WAIT:.0f} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+def sweeping() -> bool:
+    return any(task.get_name() == SWEEPS and not task.done() for task in asyncio.all_tasks())
+
+
+async def leader_metric(plane: ControlPlane) -> str:
+    async with plane.session.get(plane.url + "/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    return next(line for line in text.splitlines() if line.startswith("clawfleet_leader "))
+
+
+async def leader_check(plane: ControlPlane) -> str:
+    async with plane.session.get(plane.url + "/readyz") as r:
+        body = await r.json()
+    assert body["checks"]["leader"]["ok"] is True, body
+    return str(body["checks"]["leader"]["detail"])
+
+
+async def test_on_a_fresh_database_the_control_plane_leads_from_start_up(
+    control: ControlPlane,
+) -> None:
+    assert control.app is not None
+    leadership = control.app[LEADERSHIP]
+    assert leadership.term is not None and leadership.term.epoch == 1
+    assert sweeping()
+    await until(lambda: control.app is not None and control.app[SCALER].state.runs >= 1, "a run")
+    assert await leader_metric(control) == "clawfleet_leader 1.0"
+    assert "this replica leads" in await leader_check(control)
+
+
+async def hold_elsewhere(database: str) -> None:
+    """Another replica's lease, live for an hour, written before this one starts."""
+    store = Store(database)
+    await store.open()
+    try:
+        take = functools.partial(lease.take, name=LEASE, me="other", now=time.time(), ttl=3600)
+        await store.write(take)
+    finally:
+        await store.close()
+
+
+def lapse(database: str) -> None:
+    """The other holder stopped renewing and its lease ran out."""
+    with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as db:
+        db.execute("UPDATE leases SET expires_at = ?", (time.time() - 1,))
+
+
+async def test_a_live_lease_of_another_holder_holds_the_singletons_until_it_lapses(
+    control_factory: Callable[..., ControlPlane], tmp_path: Path
+) -> None:
+    plane = control_factory(leader_lease_ttl=3)  # looks again every second
+    await hold_elsewhere(plane.settings.database_path)
+    await plane.start()
+    assert plane.app is not None
+    app, leadership = plane.app, plane.app[LEADERSHIP]
+    # The scheduler's first autoscaler run is due at start-up: it is refused, twice over.
+    await until(lambda: leadership.refused >= 1 and leadership.attempts >= 2, "a refused run")
+    assert leadership.term is None
+    assert app[SCALER].state.runs == 0
+    assert not sweeping()
+    assert await leader_metric(plane) == "clawfleet_leader 0.0"
+    assert (await leader_check(plane)).startswith("other leads, epoch 1")
+
+    lapse(plane.settings.database_path)
+    await until(lambda: leadership.term is not None, "the take-over")
+    assert leadership.term is not None and leadership.term.epoch == 2
+    await until(lambda: app[SCALER].state.runs >= 1, "an autoscaler run by the new leader")
+    assert sweeping()
+    assert await leader_metric(plane) == "clawfleet_leader 1.0"
+    with contextlib.closing(sqlite3.connect(plane.settings.database_path)) as db:
+        kinds = [
+            row[0] for row in db.execute("SELECT message FROM events WHERE kind = 'leader_elected'")
+        ]
+    assert len(kinds) == 2 and "epoch 2" in kinds[-1], kinds
