@@ -77,6 +77,7 @@ class Leadership:
         self._work: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+        self._stepping = asyncio.Lock()
 
     # --- what the app hands over ----------------------------------------------------
     def add_loop(self, name: str, factory: Loop) -> None:
@@ -136,7 +137,10 @@ class Leadership:
 
     async def step(self) -> float:
         """One decision: take, renew or wait. Returns when to decide next."""
-        store = self._require()
+        async with self._stepping:  # the loop's and a caller's (tests) never overlap
+            return await self._step(self._require())
+
+    async def _step(self, store: LeaseStore) -> float:
         now = self._clock()
         if self.term is not None and self.seen is not None and self.seen.expires_at <= now:
             await self._end_term("the lease lapsed before it was renewed")
