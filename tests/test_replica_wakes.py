@@ -124,18 +124,52 @@ async def test_a_lost_listen_connection_reconnects_and_wakes_every_waiter(
     b.board.leave("w1", again)
 
 
+async def _sessions(url: str, pid: int) -> int:
+    async with await psycopg.AsyncConnection.connect(url) as db:
+        found = await (
+            await db.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+        ).fetchone()
+    return int(found[0]) if found else 0
+
+
 async def test_close_ends_the_listen_session(
     replicas: tuple[Replica, Replica], postgres_url: str
 ) -> None:
     _, b = replicas
+    pid = b.bus.backend_pid()
+    assert pid is not None and await _sessions(postgres_url, pid) == 1
     await b.bus.close()
     await b.bus.close()  # twice is safe
     assert b.bus.backend_pid() is None
-    async with await psycopg.AsyncConnection.connect(postgres_url) as db:
-        row = await (
-            await db.execute(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'clawfleet-wake' "
-                "AND datname = current_database()"
-            )
-        ).fetchone()
-    assert row is not None and row[0] == 1  # the other replica's only
+    # The server process ends just after the client hangs up: a bounded poll.
+    for _ in range(int(WAIT / 0.05)):
+        if not await _sessions(postgres_url, pid):
+            break
+        await asyncio.sleep(0.05)
+    assert await _sessions(postgres_url, pid) == 0
+
+
+async def test_a_payload_may_name_several_servers(
+    replicas: tuple[Replica, Replica], postgres_url: str
+) -> None:
+    _, b = replicas
+    first, second = b.waiter("w1"), b.waiter("w2")
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
+        await db.execute("SELECT pg_notify('clawfleet_wake', 'w1 w2')")
+    assert await asyncio.wait_for(asyncio.gather(first, second), WAIT) == [True, True]
+    b.board.leave("w1", first)
+    b.board.leave("w2", second)
+
+
+async def test_wake_all_wakes_every_waiter_and_says_the_sets_changed() -> None:
+    changes: list[None] = []
+    board = GenerationBoard(on_change=lambda: changes.append(None))
+    deadline = asyncio.get_running_loop().time() + FAR
+    waiters = [board.enter(w, deadline) for w in ("w1", "w1", "w2")]
+    board.wake_all()
+    assert [w.result() for w in waiters] == [True, True, True]
+    assert len(changes) == 1
+    for server_id, woken in zip(("w1", "w1", "w2"), waiters, strict=True):
+        board.leave(server_id, woken)
+    assert board.waiters() == 0
+    board.close()
