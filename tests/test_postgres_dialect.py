@@ -38,6 +38,11 @@ from control.db.store import Store
         ("SELECT a FROM s WHERE b LIKE '%x'", "SELECT a FROM s WHERE b LIKE '%%x'"),
         # SQLite sorts NULL first, PostgreSQL last: the order is SQLite's.
         ("SELECT a FROM s ORDER BY b", "SELECT a FROM s ORDER BY b NULLS FIRST"),
+        # SQLite's numbered parameters: one value in several places (dialect.bind names them).
+        (
+            "SELECT a FROM t WHERE x < ?1 AND y = ?1",
+            "SELECT a FROM t WHERE x < %(p1)s AND y = %(p1)s",
+        ),
         # PostgreSQL 15 wants a name for a subquery in FROM.
         (
             "SELECT s, COUNT(*) FROM (SELECT s FROM a UNION ALL SELECT s FROM b) GROUP BY s",
@@ -73,9 +78,19 @@ def test_scripts(ddl: str, postgres: str) -> None:
     assert dialect.script(ddl) == [postgres]
 
 
+def test_bind_names_numbered_parameters() -> None:
+    assert dialect.bind("SELECT ?2 + ?1", (1, 2)) == ("SELECT %(p2)s + %(p1)s", {"p1": 1, "p2": 2})
+    assert dialect.bind("SELECT ? + ?", [1, 2]) == ("SELECT %s + %s", (1, 2))
+
+
 @pytest.mark.parametrize(
     "sql",
-    ["INSERT OR REPLACE INTO t (a) VALUES (?)", "SELECT 1; SELECT 2", "SELECT FROM WHERE ("],
+    [
+        "INSERT OR REPLACE INTO t (a) VALUES (?)",
+        "SELECT 1; SELECT 2",
+        "SELECT FROM WHERE (",
+        "SELECT a FROM t WHERE x = ?1 AND y = ?",
+    ],
 )
 def test_what_cannot_be_translated_is_refused(sql: str) -> None:
     with pytest.raises(dialect.UnsupportedStatement):
@@ -98,6 +113,7 @@ QUERIES: list[tuple[str, tuple[Any, ...]]] = [
     ("SELECT SUM(memory_mb) AS total, MIN(memory_mb) AS least FROM servers", ()),
     ("SELECT id, MIN(memory_mb, 2000.5) AS m FROM servers ORDER BY id", ()),
     ("SELECT COUNT(*) AS n FROM (SELECT id FROM servers WHERE memory_mb > ?)", (2000,)),
+    ("SELECT id FROM servers WHERE memory_mb > ?2 OR name = ?1 ORDER BY id", ("c", 2000)),
 ]
 INSERT = (
     "INSERT OR IGNORE INTO servers (id, name, status, origin, memory_mb, server_type, "

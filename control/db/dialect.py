@@ -12,6 +12,9 @@ Contract:
   NULL when an argument is (GREATEST and LEAST would skip it). Results are cached per statement text (the
   statements are the program's constants). `INSERT OR REPLACE` and anything sqlglot
   cannot parse raise `UnsupportedStatement`: nothing is sent half-translated.
+- `bind(sql, params)` is `statement(sql)` with its parameters for psycopg: a sequence,
+  or for SQLite's numbered `?N` (one value in several places) a mapping of `%(pN)s`
+  names. A statement with both `?` and `?N` is refused.
 - `script(ddl)` translates a migration (several statements) the same way, with
   SQLite's 64-bit INTEGER as BIGINT (PostgreSQL's INTEGER is 32 bits: byte counts and
   Stripe's timestamps would overflow), REAL as DOUBLE PRECISION (float4 cannot hold
@@ -21,6 +24,9 @@ Contract:
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -28,13 +34,28 @@ from sqlglot.errors import SqlglotError
 
 from control.errors import ClawfleetError
 
+_NUMBERED = re.compile(r"\?(\d+)")
+
 
 class UnsupportedStatement(ClawfleetError):
     """A statement this module cannot translate (a bug in the caller's SQL for PostgreSQL)."""
 
 
+def bind(sql: str, params: Iterable[Any]) -> tuple[str, Sequence[Any] | dict[str, Any]]:
+    """The statement and its parameters as psycopg takes them: SQLite's numbered `?N`
+    become the names `pN`, so that one value can serve several places."""
+    values = tuple(params)
+    if _NUMBERED.search(sql) is None:
+        return statement(sql), values
+    return statement(sql), {f"p{i}": value for i, value in enumerate(values, start=1)}
+
+
 @functools.lru_cache(maxsize=4096)
 def statement(sql: str) -> str:
+    if _NUMBERED.search(sql) is not None:
+        if re.search(r"\?(?!\d)", sql):
+            raise UnsupportedStatement(f"both ? and ?N in one statement: {sql!r}")
+        sql = _NUMBERED.sub(r":p\1", sql)
     trees = _parse(sql)
     if len(trees) != 1:
         raise UnsupportedStatement(f"one statement expected, got {len(trees)}: {sql!r}")

@@ -145,7 +145,7 @@ class _Pending:
 
     async def _run(self) -> WriteCursor:
         cursor = self._conn.cursor()
-        await cursor.execute(dialect.statement(self._sql), self._params)
+        await cursor.execute(*dialect.bind(self._sql, self._params))
         self._cursor = WriteCursor(cursor)
         return self._cursor
 
@@ -169,7 +169,8 @@ class WriteConnection:
 
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         async with self.raw.cursor() as cursor:
-            await cursor.executemany(dialect.statement(sql), [tuple(r) for r in rows])
+            bound = [dialect.bind(sql, row) for row in rows]
+            await cursor.executemany(dialect.statement(sql), [params for _, params in bound])
 
     async def execute_fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
         async with self.execute(sql, params) as cursor:
@@ -195,4 +196,4 @@ class ReadConnection:
         self.raw = conn
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> ReadCursor:
-        return ReadCursor(self.raw.execute(dialect.statement(sql), tuple(params)))
+        return ReadCursor(self.raw.execute(*dialect.bind(sql, params)))
