@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 import aiosqlite
 import pytest
@@ -76,7 +77,8 @@ async def test_a_request_accepted_by_one_replica_is_refused_by_another(
 ) -> None:
     a, b = replicas
     poll = caller("w1")
-    first, second = HeartbeatWriter(a), HeartbeatWriter(b)
+    # The domain code is typed with SQLite's Store; PostgresStore keeps its contract.
+    first, second = HeartbeatWriter(cast(Store, a)), HeartbeatWriter(cast(Store, b))
     assert await first.accept(poll) == 0
     with pytest.raises(Unauthorized) as refused:
         await second.accept(poll)
@@ -102,7 +104,7 @@ async def test_a_replay_in_a_heartbeat_batch_fails_alone_and_the_batch_commits(
         return lambda: writes.append(1)
 
     b.add_commit_hook(count)
-    writer = HeartbeatWriter(b)
+    writer = HeartbeatWriter(cast(Store, b))
     beat = Heartbeat("1.0.0", 0, RESOURCES, [], features=list(FEATURES))
     # Submitted together: one batch, one transaction.
     outcomes = await asyncio.gather(

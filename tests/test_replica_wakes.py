@@ -9,12 +9,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 import aiosqlite
 import psycopg
 import pytest
 
 from control.db.postgres import PostgresStore
+from control.db.store import Store
 from control.workers import assignments, servers
 from control.workers.assignments import GenerationBoard
 from control.workers.wake_bus import WakeBus
@@ -72,7 +74,7 @@ async def test_a_commit_on_one_replica_wakes_waiters_on_every_replica(
 ) -> None:
     a, b = replicas
     there, here, other = b.waiter("w1"), a.waiter("w1"), b.waiter("w2")
-    await assignments.commit(a.store, lambda conn: asyncio.sleep(0), lambda _: ["w1"])
+    await assignments.commit(cast(Store, a.store), lambda conn: asyncio.sleep(0), lambda _: ["w1"])
     assert await asyncio.wait_for(there, WAIT) is True
     assert await asyncio.wait_for(here, WAIT) is True  # the writer's own come back too
     assert not other.done()
@@ -156,7 +158,7 @@ async def test_a_payload_may_name_several_servers(
     first, second = b.waiter("w1"), b.waiter("w2")
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as db:
         await db.execute("SELECT pg_notify('clawfleet_wake', 'w1 w2')")
-    assert await asyncio.wait_for(asyncio.gather(first, second), WAIT) == [True, True]
+    assert list(await asyncio.wait_for(asyncio.gather(first, second), WAIT)) == [True, True]
     b.board.leave("w1", first)
     b.board.leave("w2", second)
 
