@@ -16,10 +16,11 @@ import psycopg
 import pytest
 
 from control.db.postgres import PostgresStore
-from control.db.store import Store
+from control.db.store import Store, StoreUnavailable
 from control.workers import assignments, servers
 from control.workers.assignments import GenerationBoard
 from control.workers.wake_bus import WakeBus
+from tests.ports import free_port
 
 WAIT = 60.0  # generous bound for CI under load; every wait ends on an event
 FAR = 3600.0
@@ -174,4 +175,15 @@ async def test_wake_all_wakes_every_waiter_and_says_the_sets_changed() -> None:
     for server_id, woken in zip(("w1", "w1", "w2"), waiters, strict=True):
         board.leave(server_id, woken)
     assert board.waiters() == 0
+    board.close()
+
+
+async def test_a_bus_that_cannot_reach_the_database_does_not_start() -> None:
+    board = GenerationBoard()
+    bus = WakeBus(f"postgresql://clawfleet:s3cret@127.0.0.1:{free_port()}/fleet", board)
+    with pytest.raises(StoreUnavailable) as refused:
+        await bus.start()
+    assert "s3cret" not in refused.value.message
+    assert bus.backend_pid() is None
+    await bus.close()  # nothing to stop, and safe
     board.close()
