@@ -136,6 +136,11 @@ async def test_rows_and_cursors_answer_as_sqlite_s(store: AnyStore) -> None:
     )  # fmt: skip
     (n,) = await store.fetch_all("SELECT COUNT(*) FROM events")
     assert list(n) == [4] and type(n[0]) is int
+    # SUM over PostgreSQL's BIGINT is NUMERIC: it comes back an int, as SQLite's SUM does;
+    # a bool goes in as SQLite stores it, 0 or 1.
+    sums = await store.fetch_one("SELECT SUM(id) AS ids, ? + 1 AS two FROM events", (True,))
+    assert sums is not None and (sums["ids"], sums["two"]) == (10, 2)
+    assert type(sums["ids"]) is int
 
 
 async def test_a_read_function_sees_one_snapshot_in_one_thread_and_cannot_write(
