@@ -31,7 +31,7 @@ from control.db.store import Store
 from control.keyring import Keyring
 from control.metrics import Metrics
 from control.settings import Settings
-from control.users import names, placing, records, secrets
+from control.users import names, placing, prestart, records, secrets
 from control.users.features import fleet_needs
 from control.users.room_index import RoomIndex
 from control.users.rooms import Reserve
@@ -312,7 +312,8 @@ class Fleet:
         self._live_workers = await servers.live_count(self.store)
 
     async def _billing_deadlines(self, now: float) -> None:
-        """past_due past its grace → suspended; deprovisioned past retention → purged."""
+        """past_due past its grace → suspended; provisional users due → withdrawn
+        (control/users/prestart.py); deprovisioned past retention → purged."""
         grace = self.settings.past_due_grace
         for user_id in await rules.overdue(self.store, now, grace):
             change = functools.partial(
@@ -323,6 +324,9 @@ class Fleet:
                 reason=f"past_due for more than {grace:.0f}s",
             )
             await self._after(await assignments.commit(self.store, change, _applied))
+        ttl = self.settings.prestart_ttl_minutes * 60.0  # unpaid agents started at sign-up
+        gone = functools.partial(prestart.withdraw_due, now=now, ttl=ttl)
+        self.board.notify(*await assignments.commit(self.store, gone, lambda t: t))
         purges = functools.partial(records.advance_purges, now=now)
         self.board.notify(*await assignments.commit(self.store, purges, lambda t: t))
 

@@ -10,8 +10,12 @@ plus `billing_conflict` on the named user, and the payment is linked to nobody. 
 user gets the subdomain the payment asks for unless a user has it or another buyer's
 open sign-up Checkout reserves it (control/portal/checkouts.py), else one derived from
 its id. A subscription whose user an operator deleted stays unlinked after the user
-is purged (`subscriptions.held_user`). Users are written through
-control/users/records.py.
+is purged (`subscriptions.held_user`). A provisional user the payment names (started
+while its buyer paid, control/users/prestart.py) is adopted: linked as if the payment
+had created it, nothing its container's spec covers changed unless the payment asks
+for another subdomain (or rules.py records another plan); one withdrawn unpaid and not
+yet purged makes `resolve` raise `Withdrawing`, so the outbox retries and then creates
+the user anew. Users are written through control/users/records.py.
 """
 
 from __future__ import annotations
@@ -28,14 +32,21 @@ from control.billing.decode import BillingFact
 from control.billing.subscriptions import END_STATUSES
 from control.db import events
 from control.db.store import Row, fetch_one
+from control.errors import ServiceUnavailable
 from control.keyring import Keyring
-from control.users import records
+from control.users import prestart, records
 from control.users.names import RESERVED_SUBDOMAINS
 from shared.names import dns_label_ok, user_id_ok
 
-STRIPE = "stripe"  # users.created_by of a user a payment created
+STRIPE = prestart.CREATED_BY  # users.created_by of a user a payment created
 AWAITING = "awaiting an active subscription"
 Claim = Literal["link", "relink", "ignore", "conflict"]
+
+
+class Withdrawing(ServiceUnavailable):
+    """Retried by the outbox: the user the payment names is being purged."""
+
+    code = "user_withdrawing"
 
 
 @dataclass(frozen=True)
@@ -98,12 +109,41 @@ async def resolve(
     if row is None:
         row = await _create_user(conn, fact, keyring, now)
         return await _link(conn, row, fact, renew=False, now=now) if row else None
+    if prestart.is_provisional(row):
+        row = await _adopt(conn, row, fact, now)
     verdict, why = claim(await _owner(conn, row), _payer(fact, sub))
     if verdict == "conflict":
         await _conflict(conn, row, fact, why, now)
     if verdict not in ("link", "relink"):
         return None
     return await _link(conn, row, fact, renew=verdict == "relink", now=now)
+
+
+async def _adopt(conn: aiosqlite.Connection, user: Row, fact: BillingFact, now: float) -> Row:
+    """The provisional user started while its buyer paid (control/users/prestart.py)
+    becomes the one this payment created: same id, token and plan (the price's plan
+    is then recorded by rules.py), the subdomain the payment asks for if it differs and
+    is free. A withdrawn one is still being purged: the outbox retries, and then creates
+    the user anew."""
+    if user["state"] == "deprovisioned":
+        raise Withdrawing(f"user {user['id']} was withdrawn unpaid and is being purged")
+    subdomain = user["subdomain"]
+    wanted = fact.subdomain
+    if wanted and wanted != subdomain and wanted not in RESERVED_SUBDOMAINS:
+        free = dns_label_ok(wanted) and not await _subdomain_held(conn, wanted, user["id"], now)
+        subdomain = wanted if free else subdomain
+    await records.adopt(conn, user["id"], subdomain, now)
+    await events.record(
+        conn,
+        "user_adopted",
+        f"from Stripe event {fact.event_id}: the agent started at sign-up is now paid for",
+        server_id=user["server_id"],
+        user_id=user["id"],
+        at=now,
+    )
+    adopted = await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (user["id"],))
+    assert adopted is not None
+    return adopted
 
 
 async def _owner(conn: aiosqlite.Connection, user: Row) -> Owner:

@@ -14,7 +14,9 @@ Contract:
   (control/billing/subscriptions.py), the user it may act on is found or created
   (control/billing/claims.py), and the user converges. Identity and linking (a
   checkout) are not subscription state: a checkout that arrives after its
-  subscription events links the user to the state those events left.
+  subscription events links the user to the state those events left. A provisional
+  user a payment adopts (control/users/prestart.py) touches its server only when the
+  payment changed its plan or subdomain: otherwise its running container is kept.
 - Every function returns `Applied`: the servers whose desired set changed (the caller
   bumps their generation in the same transaction, control/workers/assignments.py
   `commit`) and whether placement should run. Users are written only through
@@ -46,7 +48,7 @@ from control.db.store import Row, Store, fetch_one
 from control.errors import NotFound
 from control.keyring import Keyring
 from control.plans import Plan
-from control.users import records
+from control.users import prestart, records
 
 Target = Literal["run", "suspend", "deprovision", "wait"]
 Hold = Literal["suspended", "deleted"]
@@ -149,12 +151,27 @@ async def apply_fact(
     if fact.subscription_id and fact.status is not None:
         await subscriptions.record(conn, fact, now)
     sub = await subscriptions.get(conn, fact.subscription_id)
+    named = await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (fact.user_id,))
     user = await claims.resolve(conn, fact, sub, keyring, now)
     if user is None:
         # Nobody yet, or nobody it may act on: its state waits in `subscriptions`.
         return Applied(None, set(), False)
     sub = await subscriptions.get(conn, user["stripe_subscription_id"])
-    return await converge(conn, user["id"], sub, policy, now=now)
+    applied = await converge(conn, user["id"], sub, policy, now=now)
+    if named is None or not prestart.is_provisional(named):
+        return applied
+    return Applied(applied.user_id, applied.touched | await _respecced(conn, named), applied.place)
+
+
+async def _respecced(conn: aiosqlite.Connection, before: Row) -> set[str]:
+    """The server of an adopted provisional user whose plan or subdomain the payment
+    changed (its container is replaced); none when the spec is unchanged, so the worker
+    keeps the container that started while its buyer paid."""
+    after = await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (before["id"],))
+    if after is None or after["server_id"] is None:
+        return set()
+    same = (after["plan"], after["subdomain"]) == (before["plan"], before["subdomain"])
+    return set() if same else {str(after["server_id"])}
 
 
 async def operator_action(

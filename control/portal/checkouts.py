@@ -6,7 +6,10 @@ Contract:
   its user: the user id is the Checkout's `client_reference_id`) or `expired` (past
   `expires_at`, or released when the buyer came back from Checkout without paying).
   Nothing here creates a user: the webhook stays the only source of truth, and a
-  checkout is marked paid only once that user exists (`settle`, `mark_paid`). Rotating
+  checkout is marked paid only once that user exists (`settle`, `mark_paid`) and is
+  not provisional (control/users/prestart.py: started at sign-up, not paid yet; it
+  neither pays its checkout nor keeps it from being released, nor counts as the
+  e-mail's user in `users_with_email`). Rotating
   the user's access ends its status page for good (`ended`, `end_status_page`).
 - `expires_at` is when the reservation ends: the Checkout Session's own expiry plus
   `HOLD_GRACE`, so that a payment completed in the session's last moment still finds
@@ -32,6 +35,11 @@ import aiosqlite
 
 from control.db.store import Row, Store, fetch_all
 from control.errors import Conflict
+from control.users.prestart import provisional_sql
+
+# Users a payment created or adopted: a provisional user (started while its buyer is on
+# the checkout page, control/users/prestart.py) does not make its checkout paid.
+PAID_USERS = f"(SELECT id FROM users WHERE NOT {provisional_sql()})"
 
 HOLD_GRACE = 600.0  # seconds past the Checkout Session's expiry that its name stays held
 Source = aiosqlite.Connection | Store  # reads take either: a transaction's, or the store's
@@ -66,7 +74,7 @@ async def settle(conn: aiosqlite.Connection, now: float) -> None:
     """Open checkouts whose user exists are paid; the rest past their hold expire."""
     await conn.execute(
         "UPDATE checkouts SET state = 'paid', updated_at = ? "
-        "WHERE state = 'open' AND user_id IN (SELECT id FROM users)",
+        f"WHERE state = 'open' AND user_id IN {PAID_USERS}",
         (now,),
     )
     await conn.execute(
@@ -111,7 +119,7 @@ async def release(conn: aiosqlite.Connection, checkout_id: str, now: float) -> b
     was not open."""
     cursor = await conn.execute(
         "UPDATE checkouts SET state = 'expired', updated_at = ? "
-        "WHERE id = ? AND state = 'open' AND user_id NOT IN (SELECT id FROM users)",
+        f"WHERE id = ? AND state = 'open' AND user_id NOT IN {PAID_USERS}",
         (now, checkout_id),
     )
     return cursor.rowcount == 1
@@ -120,7 +128,7 @@ async def release(conn: aiosqlite.Connection, checkout_id: str, now: float) -> b
 async def mark_paid(conn: aiosqlite.Connection, checkout_id: str, now: float) -> None:
     await conn.execute(
         "UPDATE checkouts SET state = 'paid', updated_at = ? WHERE id = ? "
-        "AND state NOT IN ('paid', 'ended') AND user_id IN (SELECT id FROM users)",
+        f"AND state NOT IN ('paid', 'ended') AND user_id IN {PAID_USERS}",
         (now, checkout_id),
     )
 
@@ -142,7 +150,8 @@ async def users_with_email(conn: Source, email: str) -> list[str]:
     rows = await _rows(
         conn,
         "SELECT c.user_id FROM checkouts c JOIN users u ON u.id = c.user_id "
-        "WHERE c.email = ? COLLATE NOCASE ORDER BY c.created_at",
+        f"WHERE c.email = ? COLLATE NOCASE AND NOT {provisional_sql('u.billing_status')} "
+        "ORDER BY c.created_at",
         (email,),
     )
     return [row["user_id"] for row in rows]

@@ -21,8 +21,11 @@ Contract:
   with Retry-After, before anything is reserved), reserves the name in a new open
   checkout and opens a Stripe Checkout Session for it (control/portal/stripe_checkout.py);
   201 `{"url"}`: where the browser goes to pay. When Stripe fails the reservation is
-  released at once (503 `payment_unavailable`). Nothing else is created: the user
-  comes from Stripe's webhook only. An opened Checkout asks the autoscaler for a run
+  released at once (503 `payment_unavailable`). Once the Checkout is open, with
+  PRESTART on, the buyer's agent starts where a server has room now, as a provisional
+  user (control/users/prestart.py, at most PRESTART_MAX at once) that only the
+  payment's webhook makes a customer; the same transaction as the reservation first
+  withdraws the provisional users that are due. An opened Checkout asks the autoscaler for a run
   at once (its buyer counts in the warm headroom: control/capacity/decisions.py). The status page's token goes only into the
   success URL; the cancel URL carries it too, so that coming back releases the name.
 """
@@ -36,6 +39,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import msgspec
 from aiohttp import web
 
@@ -44,6 +48,7 @@ from control.api.bodies import decode_body
 from control.api.ratelimit import RateLimited
 from control.appkeys import FLEET, SETTINGS, STORE
 from control.errors import BadRequest, ClawfleetError
+from control.fleet import Fleet
 from control.plans import Plan
 from control.portal import checkouts, stand_in
 from control.portal.customers import LIMITS, client_key, take, want_json
@@ -51,7 +56,9 @@ from control.portal.plan_prices import PLAN_PRICES
 from control.portal.state import PORTAL
 from control.portal.stripe_checkout import Order, Urls
 from control.settings import Settings
+from control.users import prestart
 from control.users.names import validate_subdomain
+from control.workers import assignments
 from shared.names import email_ok
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -141,7 +148,7 @@ async def create_checkout(request: web.Request) -> web.Response:
         "email": wanted.email,
         "expires_at": session_expiry + checkouts.HOLD_GRACE,
     }
-    await store.write(lambda conn: checkouts.reserve(conn, row, now))
+    await _reserve(request.app[FLEET], row, now)
     order = Order(
         row["id"],
         row["user_id"],
@@ -157,11 +164,44 @@ async def create_checkout(request: web.Request) -> web.Response:
     except ClawfleetError:
         await store.write(lambda conn: checkouts.release(conn, row["id"], portal.clock()))
         raise
-    await store.write(lambda conn: checkouts.attach_session(conn, row["id"], session.id))
+    await _attach(request.app[FLEET], row, session.id, now)
     # Demand about to arrive (CHECKOUT_HEADROOM_MINUTES): the autoscaler counts it now,
     # not at its next tick, so the buyer's server is booting while they pay.
     request.app[FLEET].on_pending()
     return web.json_response({"url": session.url}, status=201)
+
+
+async def _reserve(fleet: Fleet, row: dict[str, Any], now: float) -> None:
+    """The reservation, after withdrawing the provisional users that are due: a name
+    whose sign-up was released is free again at once, not at the next sweep."""
+    ttl = fleet.settings.prestart_ttl_minutes * 60.0
+
+    async def change(conn: aiosqlite.Connection) -> list[str]:
+        gone = await prestart.withdraw_due(conn, now, ttl)
+        await checkouts.reserve(conn, row, now)
+        return gone
+
+    fleet.board.notify(*await assignments.commit(fleet.store, change, lambda s: s))
+
+
+async def _attach(fleet: Fleet, row: dict[str, Any], session_id: str, now: float) -> None:
+    """The Checkout Session is open: its buyer's agent starts now, where there is room
+    (control/users/prestart.py), so that it is warm when they have paid."""
+    settings = fleet.settings
+    token = fleet.keyring.encrypt(fleet.keyring.new_secret())
+
+    async def change(conn: aiosqlite.Connection) -> str | None:
+        await checkouts.attach_session(conn, row["id"], session_id)
+        live = await prestart.live_count(conn)
+        volumes = fleet.reserve.volume_per_user
+        if not prestart.may_start(settings.prestart, live, settings.prestart_max, volumes):
+            return None
+        index, needs = fleet.room_index, fleet.needs
+        return await prestart.start(conn, row, fleet.plans, index, needs, lambda: token, now)
+
+    server = await assignments.commit(fleet.store, change, lambda s: [s])
+    if server is not None:
+        fleet.board.notify(server)
 
 
 def _checked(wanted: CheckoutRequest, settings: Settings) -> Plan:

@@ -43,6 +43,7 @@ from control.portal.progress import STEPS, Facts, progress, typical_boot
 from control.portal.signup_routes import page
 from control.portal.state import PORTAL
 from control.users.access import user_url
+from control.users.prestart import provisional_sql
 from control.users.signin_links import signin_link
 
 POLL_SECONDS = 2.0
@@ -86,8 +87,9 @@ async def status(request: web.Request) -> web.Response:
     checkout = await _checkout(request)
     store, settings = request.app[STORE], request.app[SETTINGS]
     now = request.app[PORTAL].clock()
-    user = await store.fetch_one(
-        "SELECT state, error, subdomain FROM users WHERE id = ?", (checkout["user_id"],)
+    user = await store.fetch_one(  # a provisional user is nobody's until paid (prestart.py)
+        f"SELECT state, error, subdomain FROM users WHERE id = ? AND NOT {provisional_sql()}",
+        (checkout["user_id"],),
     )
     if user is not None and checkout["state"] == "open":
         await store.write(lambda conn: checkouts.mark_paid(conn, checkout["id"], now))
@@ -147,7 +149,9 @@ async def open_agent(request: web.Request) -> web.Response:
     take(limit, checkout["email"].lower(), time.monotonic(), "requests for your agent")
     fleet, settings = request.app[FLEET], request.app[SETTINGS]
     user_id = checkout["user_id"]
-    row = await fleet.store.fetch_one("SELECT state, subdomain FROM users WHERE id = ?", (user_id,))
+    row = await fleet.store.fetch_one(
+        f"SELECT state, subdomain FROM users WHERE id = ? AND NOT {provisional_sql()}", (user_id,)
+    )
     if row is None or row["state"] != "running":  # the button shows once it is ready
         raise Conflict("your agent is not ready yet", code="not_running")
     try:

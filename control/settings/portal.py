@@ -16,7 +16,9 @@ CHECKOUT_HEADROOM_MINUTES is how long an open Checkout counts as demand about to
 in the autoscaler's warm headroom (control/capacity, issue 15 point 6);
 CHECKOUT_STAND_IN is whether the portal serves its local stand-in for Stripe's hosted
 Checkout page (control/portal/stand_in.py), which never runs with a Stripe key or in
-live mode.
+live mode. PRESTART, PRESTART_MAX and PRESTART_TTL_MINUTES: whether a sign-up starts
+its buyer's gateway while they pay, on at most that many at once, withdrawn after
+that long unpaid (control/users/prestart.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 from control.settings.brand import BrandSettings
 from control.settings.mail import MailSettings
-from shared.config import choice, setting, whole
+from shared.config import choice, flag, setting, whole
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,4 +67,22 @@ class PortalSettings(MailSettings, BrandSettings):
         "auto",
         choice("auto", "false"),
         "auto: with no STRIPE_SECRET_KEY and Stripe in test mode (the `make run` demo), sign-up's Checkout goes to a local stand-in for Stripe's hosted page whose Pay button sends the signed webhooks Stripe would (docs/portal.md); never with a key or in live mode. false: never.",
+    )
+    prestart: bool = setting(
+        "PRESTART",
+        "true",
+        flag,
+        "Start a buyer's agent while they are on the checkout page, on a server that has room now (never a new one), so that it is warm when they pay; withdrawn, its state removed, if they do not pay (docs/portal.md).",
+    )
+    prestart_max: int = setting(
+        "PRESTART_MAX",
+        "3",
+        whole(0, 1000),
+        "At most this many agents started for buyers who have not paid yet, at once (the cost of checkouts opened and never paid: docs/capacity.md); 0: none.",
+    )
+    prestart_ttl_minutes: int = setting(
+        "PRESTART_TTL_MINUTES",
+        "15",
+        whole(1, 1440),
+        "Minutes an agent started for an unpaid checkout may run before it is withdrawn, even while its checkout is still open; a later payment starts it anew.",
     )

@@ -157,6 +157,24 @@ async def deprovision(
     )
 
 
+async def withdraw(conn: aiosqlite.Connection, user_id: str, now: float) -> str | None:
+    """A provisional user nobody paid for (control/users/prestart.py) leaves its server
+    with no retention: its volumes are in the server's `purge` list from the very
+    generation that drops its container (the caller's bump of the returned server), and
+    `advance_purges` forgets it once that is applied. Its subdomain, no DNS label (it
+    has a dot), frees the name at once. No hold: a later payment creates it anew."""
+    row = await fetch_one(conn, "SELECT server_id FROM users WHERE id = ?", (user_id,))
+    server = row["server_id"] if row else None
+    await conn.execute(
+        "UPDATE users SET state = 'deprovisioned', server_id = NULL, moving_from = NULL, "
+        "subdomain = id || '.withdrawn', data_server_id = ?1, purge_after = ?2, "
+        "purge_generation = (SELECT generation + 1 FROM servers WHERE id = ?1), "
+        "updated_at = ?2 WHERE id = ?3",
+        (server, now, user_id),
+    )
+    return str(server) if server else None
+
+
 async def mark_running(
     conn: aiosqlite.Connection, healthy: set[tuple[str, str]], now: float
 ) -> list[tuple[str, str, str | None]]:
@@ -288,6 +306,16 @@ async def link_billing(
         "UPDATE users SET stripe_customer_id = ?, stripe_subscription_id = ?, updated_at = ? "
         "WHERE id = ?",
         (customer, subscription, now, user_id),
+    )
+
+
+async def adopt(conn: aiosqlite.Connection, user_id: str, subdomain: str, now: float) -> None:
+    """A payment makes a provisional user (control/users/prestart.py) its own: billing
+    re-derives its status and verdict from here; `subdomain` is the one it paid for."""
+    await conn.execute(
+        "UPDATE users SET billing_status = NULL, billing_state = NULL, subdomain = ?, "
+        "updated_at = ? WHERE id = ?",
+        (subdomain, now, user_id),
     )
 
 

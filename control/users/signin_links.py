@@ -7,7 +7,9 @@ token, the key the worker's verifier holds), valid `TICKET_SECONDS` from `now`, 
 random nonce (the verifier accepts each nonce once). It refuses with 409 when the tenant
 profile has no sign-in gate (`signin_off`: the route goes straight to the container)
 and when the user has no container to sign into (`not_running`: pending, suspended or
-deprovisioned; a ticket would expire long before a pending user is placed).
+deprovisioned; a ticket would expire long before a pending user is placed), and with
+409 `not_paid` for a provisional user (control/users/prestart.py: started while its
+buyer pays, nobody's agent until the payment arrives).
 Read-only: nothing is stored.
 """
 
@@ -20,6 +22,7 @@ from control.errors import Conflict, NotFound
 from control.keyring import Keyring
 from control.settings import Settings
 from control.users.access import user_url
+from control.users.prestart import is_provisional
 from shared import signin
 
 SIGNIN_PATH = "/_clawfleet/signin"
@@ -35,10 +38,13 @@ async def signin_link(
     store: Store, keyring: Keyring, settings: Settings, user_id: str, now: float
 ) -> Link:
     row = await store.fetch_one(
-        "SELECT subdomain, state, gateway_token_ciphertext FROM users WHERE id = ?", (user_id,)
+        "SELECT subdomain, state, gateway_token_ciphertext, billing_status FROM users WHERE id = ?",
+        (user_id,),
     )
     if row is None:
         raise NotFound(f"no user {user_id}")
+    if is_provisional(row):
+        raise Conflict(f"user {user_id} is not paid for yet", code="not_paid")
     if not settings.tenant_profile.signin:
         raise Conflict(
             f"TENANT_PROFILE {settings.tenant_profile.name} has no sign-in gate: "
