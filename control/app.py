@@ -17,9 +17,8 @@ aiohttp runs them in this order and unwinds them in reverse:
 5. the Stripe inbox processor, on every replica (docs/production.md says why);
 6. the leadership (control/leadership/): the singletons' lease, then the sweeps;
 7. the scheduler's jobs (autoscale, DNS and firewall rounds, Stripe pruning), started last.
-The singletons (the liveness sweeps, every scheduled job and `*-now` job, and with the
-autoscaler its backup step) run only while this replica holds the lease (`guard`), their
-writes fenced; a new leader asks for an autoscaler run and DNS and firewall rounds.
+The singletons (the sweeps, every scheduled and `*-now` job, the autoscaler's backup step)
+run only while this replica holds the lease, writes fenced.
 On shutdown, long-polls are woken first (`on_shutdown`), then the contexts unwind: the
 scheduler stops, the leadership cancels and awaits the singletons' work and releases the
 lease, the inbox processor is cancelled and awaited, the heartbeat writer flushes, the
@@ -34,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import os
 import shlex
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
@@ -117,7 +118,7 @@ def create_app(
     app[PROVIDER_HEALTH] = ProviderHealth()
     app[DNS_HEALTH] = ProviderHealth()  # the DNS provider's verification (control/dns/sync.py)
     app[SCHEDULER] = AsyncIOScheduler()  # started by the last context, once all is wired
-    app[LEADERSHIP] = Leadership(settings.leader_lease_ttl)  # started by its context
+    app[LEADERSHIP] = Leadership(settings.leader_lease_ttl, holder=_holder(settings))
     install_gauges(app[METRICS].registry, app[LEADERSHIP])
     install_auth_guard(app, settings, lambda: app[STORE], app[METRICS].auth_refused_by)
     app[AGENT_PACE] = AgentPace(settings.agent_calls_per_second)
@@ -292,8 +293,7 @@ async def _scheduled_jobs(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        # Jobs already running are not waited for here: each resource's own context
-        # waits for its work (the autoscaler's run, a DNS round) as it unwinds.
+        # Jobs running now are stopped and awaited by the leadership, which unwinds next.
         scheduler.shutdown(wait=False)
 
 
@@ -340,6 +340,13 @@ def build_dns(settings: Settings) -> DnsProvider:
     return NoDns()
 
 
+def _holder(settings: Settings) -> str:
+    """One holder per SQLite database (its lock file admits one process at a time): a
+    restart after a crash renews the live lease at once instead of waiting for it."""
+    path = os.path.realpath(settings.database_path).encode()
+    return "sqlite-" + hashlib.sha256(path).hexdigest()[:16]
+
+
 def _price_lookup(provider: Provider) -> Callable[[str | None], float | None]:
     def price(server_type: str | None) -> float | None:
         if not server_type:
@@ -371,9 +378,8 @@ def _every(
 
 def _now(app: web.Application, job_id: str, job: Job, **options: Any) -> None:
     """A singleton job now, not at its next tick (once the scheduler runs)."""
-    if app[SCHEDULER].running:
-        guarded = app[LEADERSHIP].guard(job)
-        app[SCHEDULER].add_job(guarded, id=job_id, replace_existing=True, **options)
+    if (scheduler := app[SCHEDULER]).running:
+        scheduler.add_job(app[LEADERSHIP].guard(job), id=job_id, replace_existing=True, **options)
 
 
 def _dns_now(app: web.Application) -> None:
@@ -387,9 +393,7 @@ def _firewall_now(app: web.Application) -> None:
 
 
 def _autoscale_now(app: web.Application) -> None:
-    """Run the autoscaler now (Fleet's `on_pending`: users left pending, demand about to
-    arrive, a volume step that waited on a worker may go on). Not a scheduled sweep, so
-    it does not count towards orphan sightings. One may wait behind a run in progress
-    (runs never overlap: Scaler's lock), so a user left pending during a run is still
-    seen by a run after it."""
+    """Run the autoscaler now (Fleet's `on_pending`), not as a scheduled sweep (no orphan
+    sightings). One may wait behind a run in progress (Scaler's lock), so a user left
+    pending during a run is still seen by a run after it."""
     _now(app, "autoscale-now", app[SCALER].tick, kwargs={"scheduled": False}, max_instances=2)

@@ -104,3 +104,26 @@ async def test_a_live_lease_of_another_holder_holds_the_singletons_until_it_laps
             row[0] for row in db.execute("SELECT message FROM events WHERE kind = 'leader_elected'")
         ]
     assert len(kinds) == 2 and "epoch 2" in kinds[-1], kinds
+
+
+async def test_a_restart_after_a_crash_leads_at_once_on_sqlite(
+    control_factory: Callable[..., ControlPlane],
+) -> None:
+    """SQLite's lock file admits one process per database, so a restarted control plane
+    is the same holder and renews the lease its crashed predecessor left live."""
+    plane = control_factory()
+    await plane.start()
+    assert plane.app is not None
+    holder = plane.app[LEADERSHIP].holder
+    await plane.stop()
+    with contextlib.closing(
+        sqlite3.connect(plane.settings.database_path, isolation_level=None)
+    ) as db:
+        # As a kill -9 leaves it: live for a long while, never released.
+        db.execute("UPDATE leases SET expires_at = ?", (time.time() + 3600,))
+    await plane.start()
+    assert plane.app is not None
+    leadership = plane.app[LEADERSHIP]
+    assert leadership.holder == holder
+    assert leadership.term is not None and leadership.term.epoch == 1
+    assert sweeping()
