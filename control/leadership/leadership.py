@@ -7,6 +7,8 @@ Contract:
   it; while it does not, the call returns at once and the job does not run (`refused`
   counts those). `add_loop(name, factory)` names a singleton loop (the liveness sweeps),
   started as a task under the term whenever leadership is gained.
+- `holder` is this process's id in the lease (random unless given: control/app.py gives
+  SQLite's one process per database a stable one).
 - `start(store)` installs the fence on the store, makes the first attempt before
   returning (on a database nobody leads, the caller leads from start-up: singletons
   start as they did without a lease) and then keeps deciding in the background
