@@ -125,7 +125,8 @@ async def _adopt(conn: aiosqlite.Connection, user: Row, fact: BillingFact, now: 
     is then recorded by rules.py), the subdomain the payment asks for if it differs and
     is free. A withdrawn one is still being purged: the outbox retries, and then creates
     the user anew."""
-    if user["state"] == "deprovisioned":
+    if user["state"] == "deprovisioned" and user["hold"] is None:
+        # (An operator's delete is a hold: that user is linked, and stays deleted.)
         raise Withdrawing(f"user {user['id']} was withdrawn unpaid and is being purged")
     subdomain = user["subdomain"]
     wanted = fact.subdomain
