@@ -35,6 +35,7 @@ from control import logs
 from control.app import create_app
 from control.capacity.demo_image import ensure_agent_image
 from control.capacity.providers.base import ProviderError
+from control.db.postgres import where
 from control.db.store import StoreUnavailable
 from control.dns.provider import DnsError
 from control.settings import Settings, SettingsError
@@ -178,12 +179,20 @@ def tune_collector(app: web.Application) -> None:
     app.on_startup.append(tuned)
 
 
+def database_name(settings: Settings) -> str:
+    """The database as logs may show it: PostgreSQL's host, port and name (never the
+    URL, which may hold a password), or SQLite's file."""
+    if settings.database_url:
+        return "postgresql " + where(settings.database_url)
+    return settings.database_path
+
+
 def serve(settings: Settings, listeners: list[socket.socket]) -> int:
     if settings.provider == "local":
         settings = ensure_agent_image(settings)
     print(
         f"Clawfleet control plane on http://{settings.listen_host}:{settings.listen_port} "
-        f"(database {settings.database_path}, provider {settings.provider})",
+        f"(database {database_name(settings)}, provider {settings.provider})",
         flush=True,
     )
     try:

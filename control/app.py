@@ -4,7 +4,7 @@ Contract: `create_app(settings)` builds the whole control plane and nothing runs
 the app starts. Every long-lived resource has its own cleanup context, which opens it
 and puts it under its key (control/appkeys.py) on start-up and closes it on shutdown;
 aiohttp runs them in this order and unwinds them in reverse:
-1. the store;
+1. the store: SQLite, or PostgreSQL with DATABASE_URL (control/db/backend.py);
 2. the provider (metered), then the DNS sync with its DNS provider, then the edge
    firewall's sync (control/edge/firewall_sync.py; off unless EDGE_FIREWALL is on);
 3. the start-up checks: the provider's validation (control/capacity/providers/health.py)
@@ -13,7 +13,8 @@ aiohttp runs them in this order and unwinds them in reverse:
    background while everything else serves (a DNS provider verified late triggers a
    DNS round at once, a provider validated late a firewall round);
 4. the Fleet facade (its long-poll board, heartbeat writer and room index, rebuilt
-   from the store), then the autoscaler (and the agent wheel under DIST, with a real provider);
+   from the store; on PostgreSQL its wake bus, control/api/agent_wakes.py), then the
+   autoscaler (and the agent wheel under DIST, with a real provider);
 5. the Stripe inbox processor, on every replica (docs/production.md says why);
 6. the leadership (control/leadership/): the singletons' lease, then the sweeps;
 7. the scheduler's jobs (autoscale, DNS and firewall rounds, Stripe pruning), started last.
@@ -47,6 +48,7 @@ from control.api import middleware
 from control.api.admin_routes import admin_routes
 from control.api.agent_pace import AgentPace
 from control.api.agent_routes import agent_routes
+from control.api.agent_wakes import start_wake_bus, wake_long_polls
 from control.api.backup_routes import backup_routes
 from control.api.dashboard import install_dashboard
 from control.api.metrics_endpoint import install_metrics
@@ -79,7 +81,7 @@ from control.capacity.providers.base import Provider, ProviderError
 from control.capacity.providers.health import start_validation
 from control.capacity.provisioning import Provisioner
 from control.capacity.scaler import Scaler
-from control.db.store import Store
+from control.db.backend import open_store
 from control.dns.cloudflare import CloudflareDns
 from control.dns.cloudflare_api import CloudflareApi
 from control.dns.provider import DnsProvider, NoDns
@@ -145,13 +147,13 @@ def create_app(
             _scheduled_jobs,
         ]
     )
-    app.on_shutdown.append(_wake_long_polls)
+    app.on_shutdown.append(wake_long_polls)
     return app
 
 
 # --- one cleanup context per resource, in start-up order ----------------------------
 async def _store(app: web.Application) -> AsyncIterator[None]:
-    store = app[STORE] = Store(app[SETTINGS].database_path)
+    store = app[STORE] = open_store(app[SETTINGS].database_url, app[SETTINGS].database_path)
     await store.open()
     try:
         yield
@@ -223,9 +225,10 @@ async def _fleet(app: web.Application) -> AsyncIterator[None]:
     await fleet.start()
     app[FLEET] = fleet
     try:
+        await start_wake_bus(app, fleet.board)  # on PostgreSQL: other replicas' changes
         yield
     finally:
-        fleet.board.close()
+        await wake_long_polls(app)
         await fleet.heartbeats.close()  # writes the heartbeats still buffered
 
 
@@ -295,11 +298,6 @@ async def _scheduled_jobs(app: web.Application) -> AsyncIterator[None]:
     finally:
         # Jobs running now are stopped and awaited by the leadership, which unwinds next.
         scheduler.shutdown(wait=False)
-
-
-async def _wake_long_polls(app: web.Application) -> None:
-    if FLEET in app:
-        app[FLEET].board.close()
 
 
 async def _cancelled(*tasks: asyncio.Task[Any] | None) -> None:

@@ -1,5 +1,6 @@
 """The HTTP layer: the routes (admin_routes: admin API and /healthz; agent_routes: the
-worker protocol and the agent wheel; stripe_webhook; metrics_endpoint: /metrics and who
+worker protocol and the agent wheel; agent_wakes: waking held long-polls across
+replicas and at shutdown; stripe_webhook; metrics_endpoint: /metrics and who
 may read it; readiness: /readyz; dashboard), the middleware (request ids, the one JSON
 error shape, body limit, admin auth), bodies (request decoding shared by the routes),
 views (the JSON shapes of the admin API), admin_pages (its listings' pages and the

@@ -1,7 +1,7 @@
 """The store on PostgreSQL (issue 16): control/db/store.py's contract on a server.
 
-Not yet selectable by an operator (no setting names it): the app's SQL runs here only
-in tests, and the room index's TEMP triggers have no twin yet.
+Chosen by DATABASE_URL (control/app.py); the room index keeps itself in step through
+its own triggers (control/users/room_feed_pg.py).
 
 Contract, as `Store`'s, with these differences:
 - `PostgresStore(url)`: `open()` connects (a write connection, a read connection and
@@ -22,8 +22,8 @@ Contract, as `Store`'s, with these differences:
   sees the last commit). `read(fn)` runs `fn` on its own thread in one REPEATABLE READ
   READ ONLY transaction: one snapshot, and a write in it fails as `StoreUnavailable`.
 - `data_version()` moves when another process's write commits (every write draws from
-  one sequence; the store knows how many it drew itself). Unlike SQLite's, a psql
-  session's writes do not move it.
+  one sequence; the store knows how many it drew itself, `drawn`). A psql session's
+  writes move it only through the room index's triggers (on the tables it watches).
 - A failure of the database itself (control/db/postgres_conn.py `storage_failure`)
   is `StoreUnavailable` from `write`, `read`, `fetch_*` and `probe`; `failure` names it
   until a write succeeds again. A connection the server dropped is opened again by the
@@ -47,14 +47,14 @@ from control.db import postgres_schema as schema
 from control.db.migrations import MIGRATIONS
 from control.db.postgres_conn import Row, WriteConnection, configure, row_factory, storage_failure
 from control.db.postgres_read import PostgresReadThread
-from control.db.store import RECORD_MIGRATION, CommitHook, StoreUnavailable, WriteFn
+from control.db.store import RECORD_MIGRATION, CommitHook, Database, StoreUnavailable, WriteFn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 AsyncConn = psycopg.AsyncConnection[Row]
 
 
-class PostgresStore:
+class PostgresStore(Database):
     def __init__(self, url: str) -> None:
         self.url = url
         self.failure: str | None = None
@@ -68,6 +68,11 @@ class PostgresStore:
 
     def add_commit_hook(self, hook: CommitHook) -> None:
         self._hooks.append(hook)
+
+    @property
+    def drawn(self) -> int:
+        """How many values of the commits sequence this store's writes drew."""
+        return self._drawn
 
     async def open(self) -> None:
         try:
@@ -83,7 +88,7 @@ class PostgresStore:
                 raise
             if storage_failure(exc) is None:
                 raise
-            raise StoreUnavailable(f"database {_where(self.url)}: {exc}") from exc
+            raise StoreUnavailable(f"database {where(self.url)}: {exc}") from exc
 
     async def _connection(self, attr: str) -> AsyncConn:
         """The connection `attr` names, opened (again, after the server dropped it)."""
@@ -211,7 +216,7 @@ async def _migrate(conn: AsyncConn) -> None:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (schema.MIGRATE_LOCK,))
 
 
-def _where(url: str) -> str:
+def where(url: str) -> str:
     """Host, port and database of `url`: never its password."""
     with contextlib.suppress(psycopg.ProgrammingError):
         parts = conninfo_to_dict(url)

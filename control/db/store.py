@@ -21,7 +21,8 @@ Contract:
   database (control/users/room_index.py) changes in commit order and never for a
   write that rolled back.
 - `fetch_all`/`fetch_one` read from a separate connection; WAL gives them a consistent
-  snapshot without waiting for the writer.
+  snapshot without waiting for the writer. Inside read_thread.py's `reads_apart()` (an
+  admin request's reads) they run on `read`'s thread instead, each in its own snapshot.
 - `read(fn)` runs the plain function `fn(conn)` in one read transaction on a third
   connection with its own thread (control/db/read_thread.py): one snapshot, one hop
   off the event loop (a long-poll's answer, control/workers/assignments.py).
@@ -50,7 +51,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from control.db.migrations import MIGRATIONS
-from control.db.read_thread import ReadThread
+from control.db.read_thread import APART, ReadThread, rows_of
 from control.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,15 @@ class StoreUnavailable(ServiceUnavailable):
     code = "store_unavailable"
 
 
+class Database:
+    """What both stores are (`Store` here, control/db/postgres.py `PostgresStore`): code
+    that takes either a store or a transaction's connection tells them apart with
+    `isinstance(source, Database)`. The domain's type hints name `Store`, whose contract
+    the PostgreSQL store keeps (control/app.py casts it)."""
+
+    failure: str | None
+
+
 def storage_failure(exc: BaseException) -> StoreUnavailable | None:
     """The domain error for a failure of the database itself, else None."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -104,7 +114,7 @@ def storage_failure(exc: BaseException) -> StoreUnavailable | None:
     return StoreUnavailable(f"the database cannot be used: {exc}")
 
 
-class Store:
+class Store(Database):
     def __init__(self, path: str) -> None:
         self.path = path
         self.failure: str | None = None  # cause of the last failed write, until one succeeds
@@ -258,6 +268,8 @@ class Store:
             raise failure from exc
 
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+        if APART.get():  # an admin read: never queued behind the loops' reads
+            return await self.read(rows_of(sql, params))
         try:
             return await fetch_all(self._require(self._reader), sql, params)
         except sqlite3.Error as exc:

@@ -33,7 +33,7 @@ import time
 
 import aiosqlite
 
-from control.db.store import Row, Store, fetch_all
+from control.db.store import Database, Row, Store, fetch_all
 from control.errors import Conflict
 from control.users.prestart import provisional_sql
 
@@ -54,7 +54,7 @@ def token_hash(token: str) -> str:
 
 
 async def _rows(source: Source, sql: str, params: tuple[object, ...]) -> list[Row]:
-    if isinstance(source, Store):
+    if isinstance(source, Database):  # either store (SQLite's or PostgreSQL's)
         return await source.fetch_all(sql, params)
     return await fetch_all(source, sql, params)
 

@@ -24,6 +24,7 @@ from typing import Any
 from control.plans import Plan
 from control.settings import portal, rules
 from control.settings.backups import BackupSettings
+from control.settings.database import DatabaseSettings
 from control.settings.edge import EdgeSettings
 from control.settings.liveness import LivenessSettings
 from control.settings.local import LocalSettings
@@ -60,6 +61,7 @@ class Settings(
     EdgeSettings,
     portal.PortalSettings,
     LivenessSettings,
+    DatabaseSettings,
 ):
     admin_token: str = setting(
         "ADMIN_TOKEN",
@@ -76,9 +78,6 @@ class Settings(
         "Master secret (at least 32 characters). Never leaves the control plane: derives bootstrap-token secrets and encrypts worker and user secrets at rest.",
         secret=True,
         required=True,
-    )
-    database_path: str = setting(
-        "DATABASE_PATH", "data/clawfleet.db", text, "SQLite database file."
     )
     listen_host: str = setting("LISTEN_HOST", "127.0.0.1", text, "Address the HTTP server binds.")
     listen_port: int = setting("LISTEN_PORT", "8080", port, "Port the HTTP server binds.")

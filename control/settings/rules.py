@@ -62,6 +62,21 @@ def agent_user(value: str) -> str:
     return value
 
 
+def database_url(value: str) -> str:
+    """Empty (SQLite at DATABASE_PATH) or a PostgreSQL URL naming a database; the message
+    never repeats the value, which may hold a password."""
+    if not value:
+        return ""
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("postgresql", "postgres") and parts.port != 0
+    except ValueError:  # a port that is not a number
+        ok = False
+    if not ok or not parts.path.strip("/"):
+        raise Invalid("expected postgresql://user:password@host[:port]/database")
+    return value
+
+
 def plans(value: str) -> dict[str, Plan]:
     try:
         return parse_plans(value)

@@ -26,6 +26,14 @@ Contract:
   other control planes out) are not seen by the triggers, but SQLite's data_version
   shows them: the next write rebuilds the index whole, placement decides on a whole
   read meanwhile, and `synced()` brings the index up to date for a reader.
+- On PostgreSQL (control/db/postgres.py, several replicas on one database) the same
+  rows are reported by permanent triggers into a session-local table
+  (control/users/room_feed_pg.py), read by the commit hook and by `place`/`room`.
+  Another replica's or a psql session's write moves the store's data_version, so,
+  under the write lock (every replica's writes share it), `place` decides on a whole
+  read and the commit hook rebuilds the index: placement never acts on another
+  replica's stale view. (While replicas write often, that is a read of the fleet per
+  placement: correct, not yet incremental.)
 """
 
 from __future__ import annotations
@@ -36,8 +44,10 @@ from collections.abc import Collection, Iterable
 
 import aiosqlite
 
+from control.db.postgres import PostgresStore
 from control.db.store import AfterCommit, Store, fetch_one
 from control.plans import Plan
+from control.users import room_feed_pg
 from control.users.placement import Demand, Orders, Room, place_in
 from control.users.rooms import Reserve, rooms, rooms_by_status
 
@@ -108,6 +118,7 @@ class RoomIndex:
         self._touched: set[str] = set()  # servers touched since the last commit hook
         self._version: int | None = None  # the write connection's data_version, as read
         self._store: Store | None = None
+        self._postgres: PostgresStore | None = None  # the store, when it is PostgreSQL's
         self.ready = False  # rebuilt, and kept in step by the triggers
 
     async def attach(self, store: Store) -> None:
@@ -115,6 +126,8 @@ class RoomIndex:
         it from there (once)."""
         if self._store is None:
             self._store = store
+            if isinstance(store, PostgresStore):  # cast by the app: it keeps Store's contract
+                self._postgres = store
             store.add_commit_hook(self._before_commit)
             await store.write(_nothing)
 
@@ -145,11 +158,12 @@ class RoomIndex:
     ) -> tuple[dict[str, str], list[str]]:
         """`placement.place` of `demands` over this transaction's rooms, less `exclude`'s,
         only in `exact_location` when given. Returns (user id -> server id, unplaced)."""
-        if not self.ready or await self._stale(conn):
+        changed = await self._changes(conn)
+        if changed is None:
             fleet = await rooms(conn, self._plans, self._reserve)
             orders = Orders(r for r in fleet if r.server_id != exclude)
             return place_in(orders, demands, exact_location)
-        fresh = await self._read(conn, self._touched) if self._touched else {}
+        fresh = await self._read(conn, changed) if changed else {}
         with self._orders.trial():  # no await inside: nobody else sees what is tried
             for server_id, found in fresh.items():
                 self._orders.put(server_id, _active(found))
@@ -159,7 +173,8 @@ class RoomIndex:
 
     async def room(self, conn: aiosqlite.Connection, server_id: str) -> Room | None:
         """The server's room in this transaction; None when it is not active."""
-        if self.ready and server_id not in self._touched and not await self._stale(conn):
+        changed = await self._changes(conn)
+        if changed is not None and server_id not in changed:
             return self._orders.rooms.get(server_id)
         return _active((await self._read(conn, [server_id]))[server_id])
 
@@ -176,24 +191,46 @@ class RoomIndex:
         # Called by SQLite (on the store's connection thread) once per row a trigger sees.
         self._touched.update(s for s in server_ids if isinstance(s, str))
 
-    async def _stale(self, conn: aiosqlite.Connection) -> bool:
-        """Whether another connection changed the database since the index last read it
-        (SQLite's data_version moves only for other connections' commits)."""
-        return await _data_version(conn) != self._version
+    async def _version_now(self, conn: aiosqlite.Connection) -> int:
+        """Moves only when another connection commits: SQLite's data_version, or on
+        PostgreSQL the commits sequence less what this store drew (another replica's
+        writes, a psql session's)."""
+        if self._postgres is not None:
+            return await room_feed_pg.version(conn, self._postgres.drawn)
+        return await _data_version(conn)
+
+    async def _changes(self, conn: aiosqlite.Connection) -> set[str] | None:
+        """The servers this transaction touched so far (on SQLite, since the last commit
+        hook), or None when the index cannot be trusted: not built yet, or another
+        connection wrote since it last read (on PostgreSQL: another replica)."""
+        if not self.ready or await self._version_now(conn) != self._version:
+            return None
+        if self._postgres is None:
+            return self._touched
+        return await room_feed_pg.touched(conn)
 
     async def _before_commit(self, conn: aiosqlite.Connection) -> AfterCommit | None:
-        version = await _data_version(conn)
-        if not self.ready or version != self._version:  # at start-up, or written elsewhere
-            if not self.ready:
-                await conn.create_function(_TOUCHED, -1, self._touch)
-                for statement in trigger_sql():
-                    await conn.execute(statement)
+        touched = await self._changes(conn)
+        if touched is None:  # at start-up, or written elsewhere: rebuild
+            await self._install(conn)
             self._touched = set()  # the whole read below covers them
+            version = await self._version_now(conn)
             return functools.partial(self._load, await self._read(conn, None), version)
-        if not self._touched:
+        self._touched = set()
+        if not touched:
             return None
-        touched, self._touched = self._touched, set()
         return functools.partial(self._apply, await self._read(conn, touched))
+
+    async def _install(self, conn: aiosqlite.Connection) -> None:
+        """What reports touched servers: SQLite's TEMP triggers once; on PostgreSQL the
+        permanent triggers once and the session's table at every rebuild."""
+        if self._postgres is not None:
+            triggers = None if self.ready else room_feed_pg.trigger_sql(WATCHED)
+            await room_feed_pg.install(conn, triggers)
+        elif not self.ready:
+            await conn.create_function(_TOUCHED, -1, self._touch)
+            for statement in trigger_sql():
+                await conn.execute(statement)
 
     def _load(self, fleet: dict[str, _Found | None], version: int) -> None:
         self._version = version
