@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from control.appkeys import FLEET, STORE
+from control.appkeys import FLEET, INBOX, STORE
 from control.db.store import Row
 from control.portal import checkouts
 from control.users import prestart
@@ -267,3 +267,29 @@ async def test_a_released_name_can_be_signed_up_for_again_at_once(
     gone, again = await user(plane, first), await user(plane, second)
     assert gone is not None and gone["state"] == "deprovisioned"
     assert again is not None and again["subdomain"] == "alice" and again["state"] == "provisioning"
+
+
+async def test_a_payment_while_it_is_being_purged_is_retried_then_creates_the_user(
+    plane: ControlPlane, stripe_fake: StripeFake
+) -> None:
+    worker = await registered(plane)
+    user_id, session_id = await checkout_of(plane, stripe_fake)
+    at = time.time() + TTL
+    await sweep(plane, at)  # withdrawn; its worker has not purged it yet
+    await pay(plane, stripe_fake, session_id)
+    row = await user(plane, user_id)
+    assert row is not None and row["state"] == "deprovisioned"  # not revived half-purged
+    assert plane.app is not None
+    store = plane.app[STORE]
+    failed = await store.fetch_all("SELECT status, last_error FROM stripe_events")
+    assert failed and all(r["status"] == "pending" for r in failed)
+    assert all("withdrawn unpaid" in r["last_error"] for r in failed)
+    reply = await worker.assignments()
+    await worker.heartbeat(generation=reply.body["generation"])
+    await sweep(plane, at)
+    assert await user(plane, user_id) is None
+    await worker.heartbeat(generation=reply.body["generation"])  # live again
+    await plane.app[INBOX].process_due(plane.app[FLEET].apply_billing, now=at + DAY)
+    row = await user(plane, user_id)
+    assert row is not None and row["billing_status"] == "active" and row["subdomain"] == "alice"
+    assert user_id in await containers(worker)
