@@ -18,6 +18,8 @@ Contract:
   tables; its reply is a few hundred bytes whatever the fleet's size. It answers the dashboard's headline numbers:
   servers by status, users by state, memory and CPUs used and total, containers
   running and desired, the servers' hourly cost and the volumes' monthly cost.
+- Pages and the summary read apart from the loops' reads (control/db/read_thread.py
+  `reads_apart`), as `/metrics` does: a dashboard never waits behind a sweep's read.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from control.api import views
 from control.clock import iso
 from control.db import counts
+from control.db.read_thread import reads_apart
 from control.db.store import Row
 from control.errors import BadRequest
 
@@ -137,33 +140,26 @@ async def server_page(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of server views and the next page's cursor (None: the last page)."""
     tail, params = page_sql(page, "status", "id")
-    rows = await fleet.store.fetch_all(f"SELECT {views.SERVER_COLUMNS} FROM servers {tail}", params)
-    rows, cursor = _cut("servers", rows, page, "id")
-    return await views.server_views(fleet, rows, firewall), cursor
+    with reads_apart():  # never behind the sweeps' reads (control/db/read_thread.py)
+        sql = f"SELECT {views.SERVER_COLUMNS} FROM servers {tail}"
+        rows, cursor = _cut("servers", await fleet.store.fetch_all(sql, params), page, "id")
+        return await views.server_views(fleet, rows, firewall), cursor
 
 
 async def user_page(fleet: Fleet, page: PageQuery) -> tuple[list[dict[str, Any]], str | None]:
     """One page of user views and the next page's cursor (None: the last page)."""
     tail, params = page_sql(page, "u.state", "u.id")
-    rows = await views.user_rows(fleet, tail, params)
-    rows, cursor = _cut("users", rows, page, "id")
-    return await views.user_views(fleet, rows), cursor
+    with reads_apart():
+        rows, cursor = _cut("users", await views.user_rows(fleet, tail, params), page, "id")
+        return await views.user_views(fleet, rows), cursor
 
 
 async def summary(fleet: Fleet) -> dict[str, Any]:
     """The fleet's headline numbers: servers and users from the counts the database
     keeps (control/db/counts.py, a few rows whatever the fleet's size), the oldest
     pending user through its index, and what the placed users take."""
-    reserve = fleet.reserve
-    # Asked at once: the reads queue on the read connection's thread back to back, instead
-    # of each waiting for the event loop's turn before the next is sent (at 10k workers
-    # that wait was most of the summary's 20 ms).
-    groups, by_state, oldest, used, volume_cost = await asyncio.gather(
-        counts.server_groups(fleet.store, reserve.memory_mb, reserve.cpus),
-        counts.users_by_state(fleet.store),
-        fleet.store.fetch_one("SELECT MIN(updated_at) AS t FROM users WHERE state = 'pending'"),
-        _used(fleet),
-        views.volume_cost(fleet),
+    (groups, by_state, oldest, volume_cost), used = await asyncio.gather(
+        _counted(fleet), _used(fleet)
     )
     return {
         "servers": _server_counts(groups),
@@ -181,6 +177,22 @@ async def summary(fleet: Fleet) -> dict[str, Any]:
         "cost": _server_cost(fleet, groups),
         "volume_cost": volume_cost,
     }
+
+
+async def _counted(fleet: Fleet) -> tuple[list[Row], dict[str, int], Row | None, Any]:
+    """The summary's reads, on the thread apart (control/db/read_thread.py): never behind
+    the sweeps' reads. Asked at once: they queue on that thread back to back, instead of
+    each waiting for the event loop's turn before the next is sent (at 10k workers that
+    wait was most of the summary's 20 ms)."""
+    reserve = fleet.reserve
+    with reads_apart():
+        groups, by_state, oldest, volume_cost = await asyncio.gather(
+            counts.server_groups(fleet.store, reserve.memory_mb, reserve.cpus),
+            counts.users_by_state(fleet.store),
+            fleet.store.fetch_one("SELECT MIN(updated_at) AS t FROM users WHERE state = 'pending'"),
+            views.volume_cost(fleet),
+        )
+    return groups, by_state, oldest, volume_cost
 
 
 def _server_counts(groups: list[Row]) -> dict[str, Any]:

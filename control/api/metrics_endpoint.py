@@ -42,6 +42,7 @@ from control.appkeys import (
     SCALER,
     SETTINGS,
 )
+from control.db.read_thread import reads_apart
 from control.errors import Forbidden, Unauthorized
 from control.health import PROVIDER_STATES
 from control.settings import Settings
@@ -114,9 +115,10 @@ async def prometheus(request: web.Request) -> web.Response:
     check(request, app[SETTINGS].metrics_token)
     fleet = app[FLEET]
     m = app[METRICS]
-    snapshot = await metrics_snapshot(fleet.store)
-    if INBOX in app:
-        snapshot["webhooks"] = await app[INBOX].counts()
+    with reads_apart():  # never behind the sweeps' reads (control/db/read_thread.py)
+        snapshot = await metrics_snapshot(fleet.store)
+        if INBOX in app:
+            snapshot["webhooks"] = await app[INBOX].counts()
     await metrics.refresh(m, snapshot)
     m.waiters.set(fleet.board.waiters())
     if SCALER in app:

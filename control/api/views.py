@@ -23,6 +23,7 @@ from control.capacity import decisions
 from control.capacity.providers.base import VolumePrice
 from control.clock import iso
 from control.db import counts
+from control.db.read_thread import reads_apart
 from control.db.store import Row, Store
 from control.edge import tls_rules
 from control.edge.firewall_rules import coverage
@@ -187,7 +188,8 @@ def _origin_cert(view: dict[str, Any], on: bool, now: float) -> str | None:
 
 async def volume_cost(fleet: Fleet) -> dict[str, Any]:
     """What the users' volumes cost together per month, for the servers listing."""
-    count, size_gb = await counts.volume_totals(fleet.store)  # kept by the database
+    with reads_apart():  # never behind the sweeps' reads (control/db/read_thread.py)
+        count, size_gb = await counts.volume_totals(fleet.store)  # kept by the database
     price = fleet.volume_price()
     return {
         "count": count,

@@ -7,6 +7,12 @@ query of `fn` sees one snapshot, and all of them cost one hop off the event loop
 instead of one each. `close()` closes the connection on its thread, then ends the
 thread; it is safe to call twice. sqlite3 errors propagate unchanged (the store turns
 the database's own failures into `StoreUnavailable`).
+
+`with reads_apart():` marks the reads of the code inside (and of the tasks it starts) as
+an admin request's: the store sends their `fetch_all`/`fetch_one` to this thread, which
+only long-poll answers share, instead of the read connection that the liveness sweep's,
+the autoscaler's and the other loops' reads queue on (issue 16: a dashboard read must
+not wait behind them). Reads only: never wrap a write in it.
 """
 
 from __future__ import annotations
@@ -14,11 +20,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+# A context variable, not an argument: the counts and views an admin request reads
+# through take the store, and tasks it gathers inherit the mark.
+APART: ContextVar[bool] = ContextVar("reads_apart", default=False)
+
+
+@contextlib.contextmanager
+def reads_apart() -> Iterator[None]:
+    token = APART.set(True)
+    try:
+        yield
+    finally:
+        APART.reset(token)
+
+
+def rows_of(sql: str, params: Iterable[Any]) -> Callable[[sqlite3.Connection], list[Any]]:
+    """A read function for `ReadThread.run`: one statement's rows."""
+    bound = tuple(params)
+    return lambda conn: conn.execute(sql, bound).fetchall()
 
 
 class ReadThread:
