@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +93,59 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """A fresh, empty database of the session's cluster."""
     return postgres_server.new_database()
+
+
+# Test files that read or write the SQLite file themselves, skipped under
+# CLAWFLEET_TEST_DB=postgres (their backend-neutral twins would cost more than they say).
+SQLITE_ONLY = {
+    name: "opens the SQLite file directly"
+    for name in (
+        "test_admin_pages.py", "test_agent_features.py", "test_agent_pace.py",
+        "test_autoscaler.py", "test_backup_edges.py", "test_backup_jobs.py",
+        "test_dns_sync.py", "test_fleet_counts.py", "test_hetzner_pricing.py",
+        "test_leader_app.py", "test_liveness.py", "test_longpoll_footprint.py",
+        "test_origin_tls_http.py", "test_protocol.py", "test_protocol_bounds.py",
+        "test_protocol_fuzz.py", "test_provider_outage.py", "test_relocation_source.py",
+        "test_store.py", "test_stripe_e2e.py", "test_volume_scale_up.py",
+        "test_volumes_fleet.py",
+    )
+}  # fmt: skip
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db",
+        choices=("sqlite", "postgres"),
+        default=os.environ.get("CLAWFLEET_TEST_DB") or "sqlite",
+        help="the backend of every control plane the shared fixtures build "
+        "(tests/fixtures.py make_settings); also CLAWFLEET_TEST_DB",
+    )
+
+
+@pytest.fixture(autouse=True)
+def database_backend(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Under --db=postgres, every test's make_settings gets a fresh PostgreSQL database
+    (one per test directory); a test that reads the SQLite file is skipped."""
+    from tests import fixtures
+
+    if request.config.getoption("db") != "postgres":
+        yield
+        return
+    if reason := SQLITE_ONLY.get(request.path.name):
+        pytest.skip(f"sqlite only: {reason}")
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    urls: dict[Path, str] = {}
+
+    def database(path: Path) -> str:
+        if path not in urls:
+            urls[path] = server.new_database()
+        return urls[path]
+
+    fixtures.postgres_database = database
+    try:
+        yield
+    finally:
+        fixtures.postgres_database = None
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,9 @@ from control.capacity.providers import build_provider
 from control.settings import Settings, profiles
 from tests.ports import free_port
 
+# Under CLAWFLEET_TEST_DB=postgres (tests/conftest.py): a fresh PostgreSQL database's
+# URL per test directory, so that a restart (make_settings again) finds the same one.
+postgres_database: Callable[[Path], str] | None = None
 ADMIN_TOKEN = "test-admin-token-" + "a" * 24
 INTERNAL_SECRET = "test-internal-secret-" + "b" * 24
 
@@ -25,6 +28,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         admin_token=ADMIN_TOKEN,
         internal_secret=INTERNAL_SECRET,
         database_path=str(tmp_path / "clawfleet.db"),
+        database_url=postgres_database(tmp_path) if postgres_database else "",
         listen_host="127.0.0.1",
         listen_port=port,
         public_url=f"http://127.0.0.1:{port}",

@@ -96,7 +96,15 @@ def _rewrite(tree: exp.Expr) -> exp.Expr:
         # PostgreSQL before 16 refuses a subquery in FROM without a name; SQLite needs none.
         if isinstance(subquery.parent, exp.From | exp.Join) and not subquery.alias:
             subquery.set("alias", exp.TableAlias(this=exp.to_identifier(f"_sub{n}")))
-    return tree.transform(_nocase).transform(_scalar_extremes)
+    return tree.transform(_nocase).transform(_scalar_extremes).transform(_truth)
+
+
+def _truth(node: exp.Expr) -> exp.Expr:
+    """`CASE WHEN ? THEN`: SQLite takes a number as a truth value, PostgreSQL wants a
+    boolean (and a Python bool is sent as 0 or 1, control/db/postgres_conn.py)."""
+    if isinstance(node, exp.If) and isinstance(node.this, exp.Placeholder):
+        node.set("this", exp.NEQ(this=node.this.copy(), expression=exp.Literal.number(0)))
+    return node
 
 
 _EXTREMES: dict[type[exp.Expr], str] = {exp.Greatest: "greatest", exp.Least: "least"}
