@@ -1,0 +1,80 @@
+"""The control plane on PostgreSQL (DATABASE_URL): two replicas' room indexes on one
+database, and a password that never shows."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from control.__main__ import database_name
+from control.db.postgres import PostgresStore
+from control.db.store import Store, StoreUnavailable
+from control.fleet import Fleet
+from control.keyring import Keyring
+from tests.fixtures import INTERNAL_SECRET, ControlPlane, make_settings
+from tests.test_room_index import BIG, SMALL, World, join
+
+PASSWORD = "pw-" + "s3cr3t" * 5
+
+
+async def replica(url: str, tmp_path: Path) -> Fleet:
+    store = cast(Store, PostgresStore(url))
+    await store.open()
+    settings = make_settings(tmp_path, plans={"default": SMALL, "big": BIG})
+    fleet = Fleet(settings, store, Keyring(INTERNAL_SECRET))
+    await fleet.start()
+    return fleet
+
+
+async def test_a_user_placed_through_one_replica_is_seen_by_the_other_before_it_places(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    a, b = await replica(postgres_url, tmp_path), await replica(postgres_url, tmp_path)
+    try:
+        world = World(a, random.Random(0))
+        await join(world, 1536)  # less the 512 MB reserve: room for two small users
+        (server,) = world.workers
+        await a.create_user("u1", "u1", "default")
+        await b.create_user("u2", "u2", "default")  # B sees A's user and the worker
+        await a.create_user("u3", "u3", "default")  # no room left, whoever places it
+        rows = await a.store.fetch_all("SELECT id, server_id FROM users ORDER BY id")
+        assert [(r["id"], r["server_id"]) for r in rows] == [
+            ("u1", server),
+            ("u2", server),
+            ("u3", None),
+        ]
+        assert b.room_index.rooms() == a.room_index.rooms()
+        assert b.room_index.rooms()[0].memory_free_mb < SMALL.memory_mb
+    finally:
+        for fleet in (a, b):
+            await fleet.heartbeats.close()
+            await fleet.store.close()
+
+
+async def test_the_app_on_postgres_never_shows_the_database_password(
+    postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The test cluster trusts every local login: any password is accepted.
+    url = postgres_url.replace("@", f":{PASSWORD}@", 1)
+    settings = make_settings(tmp_path, database_url=url)
+    assert PASSWORD not in repr(settings) and PASSWORD not in database_name(settings)
+    plane = ControlPlane(settings)
+    await plane.start()
+    try:
+        for path in ("/readyz", "/v1/summary", "/metrics", "/dashboard"):
+            async with plane.session.get(
+                plane.url + path, headers={"Authorization": f"Bearer {plane.admin_token}"}
+            ) as r:
+                assert PASSWORD not in await r.text(), path
+        status, body = await plane.admin("GET", "/v1/summary")
+        assert status == 200 and PASSWORD not in str(body)
+    finally:
+        await plane.close()
+    unreachable = PostgresStore(url.replace(url.split("@")[1].split("/")[0], "127.0.0.1:1"))
+    with pytest.raises(StoreUnavailable) as refused:
+        await unreachable.open()
+    assert PASSWORD not in str(refused.value)
+    assert not [r for r in caplog.records if PASSWORD in r.getMessage() + (r.exc_text or "")]
