@@ -338,9 +338,12 @@ def build_dns(settings: Settings) -> DnsProvider:
     return NoDns()
 
 
-def _holder(settings: Settings) -> str:
+def _holder(settings: Settings) -> str | None:
     """One holder per SQLite database (its lock file admits one process at a time): a
-    restart after a crash renews the live lease at once instead of waiting for it."""
+    restart after a crash renews the live lease at once. Replicas on PostgreSQL share a
+    database, so each is its own holder (None: a random id)."""
+    if settings.database_url:
+        return None
     path = os.path.realpath(settings.database_path).encode()
     return "sqlite-" + hashlib.sha256(path).hexdigest()[:16]
 

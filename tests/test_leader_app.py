@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from control.app import create_app
 from control.appkeys import LEADERSHIP, SCALER
 from control.db.store import Store
 from control.leadership import lease
 from control.leadership.leadership import LEASE
-from tests.fixtures import ControlPlane
+from tests.fixtures import ControlPlane, make_settings
 
 WAIT = 60.0
 SWEEPS = "singleton-liveness-sweeps"
@@ -127,3 +128,13 @@ async def test_a_restart_after_a_crash_leads_at_once_on_sqlite(
     assert leadership.holder == holder
     assert leadership.term is not None and leadership.term.epoch == 1
     assert sweeping()
+
+
+def test_replicas_on_postgresql_are_each_their_own_holder(tmp_path: Path) -> None:
+    """The stable SQLite holder must never reach a shared database: two replicas with
+    one id would both lead."""
+    url = "postgresql://clawfleet@127.0.0.1:5432/fleet"
+    sqlite = [create_app(make_settings(tmp_path)) for _ in range(2)]
+    shared = [create_app(make_settings(tmp_path, database_url=url)) for _ in range(2)]
+    assert sqlite[0][LEADERSHIP].holder == sqlite[1][LEADERSHIP].holder
+    assert shared[0][LEADERSHIP].holder != shared[1][LEADERSHIP].holder
