@@ -45,7 +45,9 @@ def trigger_sql(watched: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> 
             f"IF TG_OP <> 'DELETE' THEN ids := ids || ARRAY[{new}]::TEXT[]; END IF; "
             f"IF to_regclass('pg_temp.{TOUCHED}') IS NULL THEN "
             f"PERFORM nextval('{COMMITS}'); ELSE "
-            f"INSERT INTO pg_temp.{TOUCHED} SELECT s FROM unnest(ids) s WHERE s IS NOT NULL; "
+            # Unqualified: only the session's temporary table has this name.
+            "INSERT INTO clawfleet_room_touched SELECT s FROM unnest(ids) s "
+            "WHERE s IS NOT NULL; "
             "END IF; RETURN NULL; END $$",
             f"CREATE OR REPLACE TRIGGER room_index_{table}_rows AFTER INSERT OR DELETE ON "
             f"{table} FOR EACH ROW EXECUTE FUNCTION {function}()",
