@@ -39,6 +39,8 @@ async def test_a_user_placed_through_one_replica_is_seen_by_the_other_before_it_
         (server,) = world.workers
         await a.create_user("u1", "u1", "default")
         await b.create_user("u2", "u2", "default")  # B sees A's user and the worker
+        row = await b.store.fetch_one("SELECT server_id FROM users WHERE id = 'u2'")
+        assert row is not None and row["server_id"] == server  # placed by B, at once
         await a.create_user("u3", "u3", "default")  # no room left, whoever places it
         rows = await a.store.fetch_all("SELECT id, server_id FROM users ORDER BY id")
         assert [(r["id"], r["server_id"]) for r in rows] == [
