@@ -52,6 +52,12 @@ from control.db.store import Store
             "SELECT x.s FROM (SELECT s FROM a) x JOIN (SELECT s FROM b) ON 1 = 1",
             "SELECT x.s FROM (SELECT s FROM a) AS x JOIN (SELECT s FROM b) AS _sub1 ON 1 = 1",
         ),
+        # SQLite's truth values are numbers: summed, and a parameter as a condition.
+        ("SELECT SUM(a <= ?) FROM s", "SELECT SUM(CAST(a <= %s AS INT)) FROM s"),
+        (
+            "UPDATE s SET a = CASE WHEN ? THEN NULL ELSE a END",
+            "UPDATE s SET a = CASE WHEN %s <> 0 THEN NULL ELSE a END",
+        ),
         (
             "INSERT INTO k (a, n) VALUES (?, 1) ON CONFLICT (a) DO UPDATE SET n = n + excluded.n",
             "INSERT INTO k (a, n) VALUES (%s, 1) ON CONFLICT(a) DO UPDATE SET n = n + excluded.n",
@@ -114,6 +120,9 @@ QUERIES: list[tuple[str, tuple[Any, ...]]] = [
     ("SELECT id, MIN(memory_mb, 2000.5) AS m FROM servers ORDER BY id", ()),
     ("SELECT COUNT(*) AS n FROM (SELECT id FROM servers WHERE memory_mb > ?)", (2000,)),
     ("SELECT id FROM servers WHERE memory_mb > ?2 OR name = ?1 ORDER BY id", ("c", 2000)),
+    ("SELECT COALESCE(SUM(memory_mb <= ?), 0) AS n FROM servers", (2048,)),
+    ("SELECT id, CASE WHEN ? THEN 'y' ELSE 'n' END AS c FROM servers ORDER BY id", (True,)),
+    ("SELECT id, CASE WHEN ? THEN 'y' ELSE 'n' END AS c FROM servers ORDER BY id", (False,)),
 ]
 INSERT = (
     "INSERT OR IGNORE INTO servers (id, name, status, origin, memory_mb, server_type, "

@@ -96,7 +96,19 @@ def _rewrite(tree: exp.Expr) -> exp.Expr:
         # PostgreSQL before 16 refuses a subquery in FROM without a name; SQLite needs none.
         if isinstance(subquery.parent, exp.From | exp.Join) and not subquery.alias:
             subquery.set("alias", exp.TableAlias(this=exp.to_identifier(f"_sub{n}")))
-    return tree.transform(_nocase).transform(_scalar_extremes).transform(_truth)
+    tree = tree.transform(_nocase).transform(_scalar_extremes)
+    return tree.transform(_truth).transform(_counted_truths)
+
+
+_TRUTHS = (exp.Predicate, exp.Connector, exp.Not)
+
+
+def _counted_truths(node: exp.Expr) -> exp.Expr:
+    """`SUM(age <= ?)`: SQLite's comparisons are 0 or 1, PostgreSQL's booleans are not
+    numbers; the sum counts the rows where it holds, as on SQLite."""
+    if isinstance(node, exp.Sum | exp.Avg) and isinstance(node.this, _TRUTHS):
+        node.set("this", exp.Cast(this=node.this.copy(), to=exp.DataType.build("INT")))
+    return node
 
 
 def _truth(node: exp.Expr) -> exp.Expr:
