@@ -98,16 +98,15 @@ def postgres_url(postgres_server: PostgresServer) -> str:
 # Test files that read or write the SQLite file themselves, skipped under
 # CLAWFLEET_TEST_DB=postgres (their backend-neutral twins would cost more than they say).
 SQLITE_ONLY = {
-    name: "opens the SQLite file directly"
+    name: "opens the SQLite file directly (or holds SQLite's read connection)"
     for name in (
-        "test_admin_pages.py", "test_agent_features.py", "test_agent_pace.py",
-        "test_autoscaler.py", "test_backup_edges.py", "test_backup_jobs.py",
-        "test_dns_sync.py", "test_fleet_counts.py", "test_hetzner_pricing.py",
+        "test_admin_pages.py", "test_admin_read_apart.py", "test_agent_features.py",
+        "test_agent_pace.py",
+        "test_fleet_counts.py", "test_hetzner_pricing.py",
         "test_leader_app.py", "test_liveness.py", "test_longpoll_footprint.py",
         "test_origin_tls_http.py", "test_protocol.py", "test_protocol_bounds.py",
         "test_protocol_fuzz.py", "test_provider_outage.py", "test_relocation_source.py",
         "test_store.py", "test_stripe_e2e.py", "test_volume_scale_up.py",
-        "test_volumes_fleet.py",
     )
 }  # fmt: skip
 

@@ -7,7 +7,6 @@ the interval job is set far apart.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from cloud_init.render import user_data_hash
 from control.appkeys import FLEET, SCALER
 from control.capacity.providers.hetzner_ratelimit import RateBudget
 from control.capacity.providers.local import agent_env_from_user_data
+from tests.database import execute
 from tests.fakes.hetzner import HetznerFake, agent_dist, fleet_settings, provider_with_timeout
 from tests.fixtures import ControlPlane
 from tests.worker import FakeWorker
@@ -85,8 +85,7 @@ async def event_kinds(control: ControlPlane) -> list[str]:
 
 
 def db(control: ControlPlane, sql: str, *params: Any) -> None:
-    with sqlite3.connect(control.settings.database_path, timeout=10) as conn:
-        conn.execute(sql, params)
+    execute(control.settings, sql, *params)  # either backend (tests/database.py)
 
 
 async def purge_retained(control: ControlPlane, worker: FakeWorker) -> None:

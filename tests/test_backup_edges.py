@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import sqlite3
 from typing import Any
 
 import pytest
@@ -32,6 +31,7 @@ from control.billing import rules
 from control.plans import Plan
 from control.workers import assignments
 from shared.protocol import BlockVolumeSpec
+from tests.database import execute
 from tests.fakes.hetzner import HetznerFake
 from tests.fixtures import ControlPlane
 from tests.test_autoscaler import add_users, run
@@ -53,16 +53,12 @@ SNAP3 = "0123abcd" + "9" * 56
 
 
 def event_kinds(control: ControlPlane, user_id: str) -> list[str]:
-    with sqlite3.connect(control.settings.database_path, timeout=10) as conn:
-        rows = conn.execute("SELECT kind FROM events WHERE user_id = ? ORDER BY id", (user_id,))
-        return [kind for (kind,) in rows.fetchall()]
+    sql = "SELECT kind FROM events WHERE user_id = ? ORDER BY id"  # either backend
+    return [row["kind"] for row in execute(control.settings, sql, user_id)]
 
 
 def job_rows(control: ControlPlane) -> list[dict[str, Any]]:
-    with sqlite3.connect(control.settings.database_path, timeout=10) as conn:
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute("SELECT * FROM backup_jobs ORDER BY created_at, id").fetchall()
-    return [dict(r) for r in rows]
+    return execute(control.settings, "SELECT * FROM backup_jobs ORDER BY created_at, id")
 
 
 # -- 1. the final snapshot is part of the cancellation -------------------------------------

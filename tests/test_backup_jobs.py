@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from control.appkeys import FLEET, SCALER
 from control.keyring import Keyring
+from tests.database import execute
 from tests.fakes.hetzner import HetznerFake, agent_dist, fleet_settings, provider_with_timeout
 from tests.fixtures import ControlPlane
 from tests.test_autoscaler import add_users, event_kinds, run
@@ -257,17 +257,18 @@ async def test_a_job_nobody_reports_on_for_30_minutes_fails(
 def db_insert_job(
     control: ControlPlane, job_id: str, vid: str, server_id: str, created_at: float
 ) -> None:
-    with sqlite3.connect(control.settings.database_path, timeout=10) as conn:
-        conn.execute(
-            "INSERT INTO backup_jobs (id, user_id, kind, reason, server_id, volume_id, state, "
-            "created_at) VALUES (?, 'alice', 'snapshot', 'operator', ?, ?, 'pending', ?)",
-            (job_id, server_id, vid, created_at),
-        )
+    execute(
+        control.settings,
+        "INSERT INTO backup_jobs (id, user_id, kind, reason, server_id, volume_id, state, "
+        "created_at) VALUES (?, 'alice', 'snapshot', 'operator', ?, ?, 'pending', ?)",
+        *(job_id, server_id, vid, created_at),
+    )
 
 
 def purge_now(control: ControlPlane) -> None:
-    with sqlite3.connect(control.settings.database_path, timeout=10) as conn:
-        conn.execute("UPDATE users SET purge_after = ? WHERE id = 'alice'", (time.time() - 1,))
+    execute(
+        control.settings, "UPDATE users SET purge_after = ? WHERE id = 'alice'", time.time() - 1
+    )
 
 
 async def test_a_cancelled_users_volume_is_deleted_only_after_its_final_snapshot(
@@ -383,12 +384,12 @@ async def test_the_cli_lists_snapshots_asks_for_one_and_restores(
 
 
 def db_insert_finished(control: ControlPlane, job_id: str, reason: str, finished: float) -> None:
-    with sqlite3.connect(control.settings.database_path, timeout=10) as conn:
-        conn.execute(
-            "INSERT INTO backup_jobs (id, user_id, kind, reason, state, created_at, "
-            "finished_at, result_snapshot_id) VALUES (?, 'alice', 'snapshot', ?, 'done', ?, ?, ?)",
-            (job_id, reason, finished, finished, SNAP2),
-        )
+    execute(
+        control.settings,
+        "INSERT INTO backup_jobs (id, user_id, kind, reason, state, created_at, "
+        "finished_at, result_snapshot_id) VALUES (?, 'alice', 'snapshot', ?, 'done', ?, ?, ?)",
+        *(job_id, reason, finished, finished, SNAP2),
+    )
 
 
 async def test_finished_jobs_older_than_the_retention_are_forgotten_but_final_ones(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,8 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecution
 
 from control.appkeys import DNS_SYNC, SCHEDULER
 from control.dns.provider import DnsError
+from control.settings import Settings
+from tests.database import execute
 from tests.fakes.cloudflare import CloudflareFake
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered
@@ -26,14 +27,13 @@ HEALTHY = {
 }
 
 
-def set_ip(path: str, server_id: str, ip: str) -> None:
-    with sqlite3.connect(path, timeout=10) as db:
-        db.execute("UPDATE servers SET public_ip = ? WHERE id = ?", (ip, server_id))
+def set_ip(settings: Settings, server_id: str, ip: str) -> None:
+    execute(settings, "UPDATE servers SET public_ip = ? WHERE id = ?", ip, server_id)
 
 
 async def worker_at(control: ControlPlane, ip: str, name: str) -> FakeWorker:
     worker = await registered(control, name)
-    await asyncio.to_thread(set_ip, control.settings.database_path, worker.key_id, ip)
+    await asyncio.to_thread(set_ip, control.settings, worker.key_id, ip)
     return worker
 
 

@@ -58,6 +58,11 @@ from control.db.store import Store
             "UPDATE s SET a = CASE WHEN ? THEN NULL ELSE a END",
             "UPDATE s SET a = CASE WHEN %s <> 0 THEN NULL ELSE a END",
         ),
+        ("SELECT a FROM s WHERE ? IS NULL", "SELECT a FROM s WHERE CAST(%s AS TEXT) IS NULL"),
+        (
+            "SELECT a FROM s WHERE b IS NULL AND ? OR NOT ?",
+            "SELECT a FROM s WHERE b IS NULL AND %s <> 0 OR NOT %s <> 0",
+        ),
         (
             "INSERT INTO k (a, n) VALUES (?, 1) ON CONFLICT (a) DO UPDATE SET n = n + excluded.n",
             "INSERT INTO k (a, n) VALUES (%s, 1) ON CONFLICT(a) DO UPDATE SET n = n + excluded.n",
@@ -121,8 +126,13 @@ QUERIES: list[tuple[str, tuple[Any, ...]]] = [
     ("SELECT COUNT(*) AS n FROM (SELECT id FROM servers WHERE memory_mb > ?)", (2000,)),
     ("SELECT id FROM servers WHERE memory_mb > ?2 OR name = ?1 ORDER BY id", ("c", 2000)),
     ("SELECT COALESCE(SUM(memory_mb <= ?), 0) AS n FROM servers", (2048,)),
+    ("SELECT MAX(name = ?) AS a, MIN(name = ?) AS b FROM servers", ("a", "a")),
     ("SELECT id, CASE WHEN ? THEN 'y' ELSE 'n' END AS c FROM servers ORDER BY id", (True,)),
     ("SELECT id, CASE WHEN ? THEN 'y' ELSE 'n' END AS c FROM servers ORDER BY id", (False,)),
+    ("SELECT id FROM servers WHERE memory_mb > 0 AND ? ORDER BY id", (True,)),
+    ("SELECT id FROM servers WHERE (? IS NULL OR name = ?) ORDER BY id", (None, "a")),
+    ("SELECT id FROM servers WHERE (? IS NULL OR name = ?) ORDER BY id", ("a", "a")),
+    ("SELECT id FROM servers WHERE NOT ? OR memory_mb > 2000 ORDER BY id", (True,)),
 ]
 INSERT = (
     "INSERT OR IGNORE INTO servers (id, name, status, origin, memory_mb, server_type, "

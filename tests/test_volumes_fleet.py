@@ -6,7 +6,6 @@ set only where its volume is attached, and never given a second volume."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from control.appkeys import FLEET, SCALER
+from tests.database import execute
 from tests.fakes.hetzner import HetznerFake, agent_dist, fleet_settings, provider_with_timeout
 from tests.fixtures import ControlPlane
 from tests.test_autoscaler import add_users, boot, event_kinds, run
@@ -37,15 +37,12 @@ def cloud(control_factory: Any, hetzner_fake: HetznerFake, tmp_path: Path) -> St
 
 
 def volume_row(control: ControlPlane, user_id: str) -> dict[str, Any]:
-    with sqlite3.connect(control.settings.database_path, timeout=10) as conn:
-        conn.row_factory = sqlite3.Row
-        row = conn.execute("SELECT * FROM volumes WHERE user_id = ?", (user_id,)).fetchone()
-    return dict(row) if row else {}
+    rows = execute(control.settings, "SELECT * FROM volumes WHERE user_id = ?", user_id)
+    return rows[0] if rows else {}  # either backend (tests/database.py)
 
 
 def db(control: ControlPlane, sql: str, *params: Any) -> None:
-    with sqlite3.connect(control.settings.database_path, timeout=10) as conn:
-        conn.execute(sql, params)
+    execute(control.settings, sql, *params)
 
 
 async def specs(worker: FakeWorker) -> dict[str, dict[str, Any]]:

@@ -104,18 +104,26 @@ _TRUTHS = (exp.Predicate, exp.Connector, exp.Not)
 
 
 def _counted_truths(node: exp.Expr) -> exp.Expr:
-    """`SUM(age <= ?)`: SQLite's comparisons are 0 or 1, PostgreSQL's booleans are not
-    numbers; the sum counts the rows where it holds, as on SQLite."""
-    if isinstance(node, exp.Sum | exp.Avg) and isinstance(node.this, _TRUTHS):
+    """`SUM(age <= ?)`, `MAX(id = ?)`: SQLite's comparisons are 0 or 1, PostgreSQL's
+    booleans are not numbers; the aggregate is taken over 0 and 1, as on SQLite."""
+    if isinstance(node, exp.Sum | exp.Avg | exp.Max | exp.Min) and isinstance(node.this, _TRUTHS):
         node.set("this", exp.Cast(this=node.this.copy(), to=exp.DataType.build("INT")))
     return node
 
 
 def _truth(node: exp.Expr) -> exp.Expr:
-    """`CASE WHEN ? THEN`: SQLite takes a number as a truth value, PostgreSQL wants a
-    boolean (and a Python bool is sent as 0 or 1, control/db/postgres_conn.py)."""
-    if isinstance(node, exp.If) and isinstance(node.this, exp.Placeholder):
-        node.set("this", exp.NEQ(this=node.this.copy(), expression=exp.Literal.number(0)))
+    """A parameter as a truth value (`CASE WHEN ? THEN`, `x AND ?`, `NOT ?`): SQLite
+    takes a number, PostgreSQL wants a boolean (and a Python bool is sent as 0 or 1,
+    control/db/postgres_conn.py), so it is compared with 0."""
+    if isinstance(node, exp.Is) and isinstance(node.this, exp.Placeholder):
+        # `? IS NULL`: PostgreSQL must know the parameter's type; any value is NULL as
+        # text exactly when it is NULL.
+        node.set("this", exp.Cast(this=node.this.copy(), to=exp.DataType.build("TEXT")))
+    if isinstance(node, exp.If | exp.Not | exp.Connector):
+        for arg in ("this", "expression") if isinstance(node, exp.Connector) else ("this",):
+            value = node.args.get(arg)
+            if isinstance(value, exp.Placeholder):
+                node.set(arg, exp.NEQ(this=value.copy(), expression=exp.Literal.number(0)))
     return node
 
 
