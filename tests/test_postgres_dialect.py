@@ -60,6 +60,10 @@ from control.db.store import Store
         ),
         ("SELECT a FROM s WHERE ? IS NULL", "SELECT a FROM s WHERE CAST(%s AS TEXT) IS NULL"),
         (
+            "SELECT a FROM s ORDER BY a LIMIT -1 OFFSET ?",
+            "SELECT a FROM s ORDER BY a NULLS FIRST LIMIT NULL OFFSET %s",
+        ),
+        (
             "SELECT a FROM s WHERE b IS NULL AND ? OR NOT ?",
             "SELECT a FROM s WHERE b IS NULL AND %s <> 0 OR NOT %s <> 0",
         ),
@@ -127,6 +131,7 @@ QUERIES: list[tuple[str, tuple[Any, ...]]] = [
     ("SELECT id FROM servers WHERE memory_mb > ?2 OR name = ?1 ORDER BY id", ("c", 2000)),
     ("SELECT COALESCE(SUM(memory_mb <= ?), 0) AS n FROM servers", (2048,)),
     ("SELECT MAX(name = ?) AS a, MIN(name = ?) AS b FROM servers", ("a", "a")),
+    ("SELECT id FROM servers ORDER BY id LIMIT -1 OFFSET ?", (1,)),
     ("SELECT id, CASE WHEN ? THEN 'y' ELSE 'n' END AS c FROM servers ORDER BY id", (True,)),
     ("SELECT id, CASE WHEN ? THEN 'y' ELSE 'n' END AS c FROM servers ORDER BY id", (False,)),
     ("SELECT id FROM servers WHERE memory_mb > 0 AND ? ORDER BY id", (True,)),

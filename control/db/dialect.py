@@ -96,11 +96,18 @@ def _rewrite(tree: exp.Expr) -> exp.Expr:
         # PostgreSQL before 16 refuses a subquery in FROM without a name; SQLite needs none.
         if isinstance(subquery.parent, exp.From | exp.Join) and not subquery.alias:
             subquery.set("alias", exp.TableAlias(this=exp.to_identifier(f"_sub{n}")))
-    tree = tree.transform(_nocase).transform(_scalar_extremes)
+    tree = tree.transform(_nocase).transform(_scalar_extremes).transform(_unlimited)
     return tree.transform(_truth).transform(_counted_truths)
 
 
 _TRUTHS = (exp.Predicate, exp.Connector, exp.Not)
+
+
+def _unlimited(node: exp.Expr) -> exp.Expr:
+    """SQLite's `LIMIT -1` (no limit, before an OFFSET) is PostgreSQL's `LIMIT NULL`."""
+    if isinstance(node, exp.Limit) and isinstance(node.expression, exp.Neg):
+        node.set("expression", exp.Null())
+    return node
 
 
 def _counted_truths(node: exp.Expr) -> exp.Expr:
