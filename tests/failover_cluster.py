@@ -6,7 +6,9 @@ failover tests (tests/test_failover.py, issue 16).
   replica renders it), PROVIDER=hetzner against the fake Hetzner API through its own `Tap`.
   `kill()` is SIGKILL, `pause()`/`resume()` SIGSTOP/SIGCONT; `close()` always ends it.
 - `Tap`: a forwarding proxy on 127.0.0.1 between one replica and the fake, recording each
-  provider call's start and end: which replica's singletons called the provider, when.
+  provider call's start and end (once its reply is written back): which replica's
+  singletons called the provider, when. With `gate` set to an unset event, replies to
+  calls of the path `gated` wait for it (`held` counts them): a call held in flight.
 - `Worker`: a protocol-level agent (tests/worker.py signs) that heartbeats and holds a
   long-poll, each through the replica it was given and, when that one stops answering,
   through the next one (as behind a load balancer). It records every desired set
@@ -59,6 +61,9 @@ class Tap:
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.gate: asyncio.Event | None = None
+        self.gated = "/v1/servers"  # the first call of a run's orphan sweep
+        self.held = 0
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
@@ -68,16 +73,23 @@ class Tap:
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
-    async def _forward(self, request: web.Request) -> web.Response:
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
         started = time.time()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host",)}
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
         async with self._session.request(
             request.method, self.upstream + request.path_qs, headers=headers,
             data=await request.read(),
         ) as r:  # fmt: skip
             body = await r.read()
-            reply = web.Response(body=body, status=r.status, content_type=r.content_type)
+            reply = web.StreamResponse(status=r.status)
+            reply.content_type = r.content_type
+        if (gate := self.gate) is not None and request.path == self.gated:
+            self.held += 1
+            await gate.wait()
+        await reply.prepare(request)
+        await reply.write(body)
+        await reply.write_eof()  # in the caller's socket: a stopped caller finds it there
         self.calls.append(Call(self.name, request.method, request.path, started, time.time()))
         return reply
 
