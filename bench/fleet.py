@@ -56,28 +56,33 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.fleet_pg import Cluster, insert_workers  # noqa: E402
+from bench.fleet_replicas import (  # noqa: E402
+    Replica,
+    Routed,
+    cpu_snapshot,
+    leads,
+    register_routed,
+    route,
+    split_created,
+    start_replicas,
+    stop_replicas,
+)
 from bench.heartbeats import (  # noqa: E402
     HEARTBEAT_BODY,
     HEARTBEAT_PATH,
-    HOST,
     REQUEST_TIMEOUT,
     Credentials,
     LoadResult,
-    control_env,
-    free_port,
     gc_summary,
     held_longpolls,
     hold_longpoll,
-    insert_workers,
     machine,
     percentile,
-    register_workers,
     rss_peak_mb,
     run_load,
     signed,
-    start_process,
-    stop_process,
-    wait_ready,
+    wake_ups,
 )
 
 DASHBOARD_POLL = 3.0  # control/api/dashboard.py POLL_SECONDS: what an open dashboard waits
@@ -157,24 +162,28 @@ async def drive_fleet(
 ) -> LoadResult:
     """bench/heartbeats.py `drive`'s signature (run_load's client processes run it):
     `period` is the served interval the load starts from, each worker's offset its
-    first beat's place in it."""
+    first beat's place in it. A `Routed` worker talks to its own replica, not `url`."""
     result = LoadResult(seconds=seconds)
     window = Window(start + warmup, start + warmup + seconds)
     latencies = array("d")
     interval = period or 5.0
+
+    def at(c: Credentials) -> str:
+        return c.url if isinstance(c, Routed) else url
+
     # No limit: each worker needs its long-poll's connection and one for its beat.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         spread = warmup / 2 / max(1, len(workers))
         polls = [
             asyncio.create_task(
-                hold_longpoll(url, c, session, result, start + i * spread, window.closes)
+                hold_longpoll(at(c), c, session, result, start + i * spread, window.closes)
             )
             for i, (c, _) in enumerate(workers)
             if longpolls
         ]
         await asyncio.gather(
             *(
-                served_beats(url, c, start + offset, interval, session, result, latencies, window)
+                served_beats(at(c), c, start + offset, interval, session, result, latencies, window)
                 for c, offset in workers
             )
         )
@@ -189,27 +198,36 @@ async def drive_fleet(
 @dataclass
 class Foreground:
     created: list[tuple[float, str]] = field(default_factory=list)  # (sent at, server id)
+    via: list[int] = field(default_factory=list)  # the replica each of `created` went through
     post_ms: list[float] = field(default_factory=list)
     post_errors: int = 0
     unplaced: int = 0  # created, but no worker had room: no wake-up to measure
     reads: dict[str, list[float]] = field(default_factory=dict)
     read_errors: dict[str, int] = field(default_factory=dict)
-    held_longpolls: float | None = None
+    held_longpolls: list[float | None] = field(default_factory=list)  # per replica
+    leads: list[bool | None] = field(default_factory=list)  # per replica, late in the window
 
 
 async def create_users(
-    session: aiohttp.ClientSession, url: str, token: str, rate: float, end: float, fg: Foreground
+    session: aiohttp.ClientSession,
+    urls: list[str],
+    token: str,
+    rate: float,
+    end: float,
+    fg: Foreground,
 ) -> None:
     """`rate` users a second until `end` (open loop: a slow reply delays only its own
-    slot), each through the admin API, as an operator's or a payment's creation does."""
+    slot), each through the admin API, as an operator's or a payment's creation does,
+    through the replicas in turn."""
     tag, first, i = secrets.token_hex(3), time.time(), 0
     while (slot := first + i / rate) < end - 1.0:  # the last wake-up must land inside
         await asyncio.sleep(max(0.0, slot - time.time()))
         user = f"fleet-{tag}-{i}"
+        replica = i % len(urls)
         i += 1
         sent_at, sent = time.time(), time.perf_counter()
         async with session.post(
-            url + "/v1/users",
+            urls[replica] + "/v1/users",
             json={"user_id": user, "subdomain": user},
             headers={"Authorization": f"Bearer {token}"},
         ) as r:
@@ -220,6 +238,7 @@ async def create_users(
         fg.post_ms.append((time.perf_counter() - sent) * 1000)
         if reply.get("server_id"):
             fg.created.append((sent_at, str(reply["server_id"])))
+            fg.via.append(replica)
         else:
             fg.unplaced += 1
 
@@ -237,10 +256,19 @@ async def timed_read(
 
 
 async def dashboard(
-    session: aiohttp.ClientSession, url: str, token: str, poll: float, end: float, fg: Foreground
+    session: aiohttp.ClientSession,
+    urls: list[str],
+    token: str,
+    poll: float,
+    end: float,
+    fg: Foreground,
 ) -> None:
-    """An open dashboard: its reads at once, then `poll` seconds after they all answered."""
+    """An open dashboard: its reads at once, then `poll` seconds after they all answered;
+    each poll through the next replica (a load balancer sends it to any)."""
+    polls = 0
     while time.time() < end:
+        url = urls[polls % len(urls)]
+        polls += 1
         await asyncio.gather(
             *(timed_read(session, url, token, n, p, fg) for n, p in DASHBOARD_READS.items())
         )
@@ -248,30 +276,38 @@ async def dashboard(
 
 
 async def scraper(
-    session: aiohttp.ClientSession, url: str, every: float, end: float, fg: Foreground
+    session: aiohttp.ClientSession, urls: list[str], every: float, end: float, fg: Foreground
 ) -> None:
-    """Prometheus: /metrics every `every` seconds (loopback callers need no token)."""
+    """Prometheus: /metrics of every replica every `every` seconds (a target each;
+    loopback callers need no token)."""
     while time.time() < end:
-        await timed_read(session, url, "", METRICS_READ, "/metrics", fg)
+        await asyncio.gather(
+            *(timed_read(session, url, "", METRICS_READ, "/metrics", fg) for url in urls)
+        )
         await asyncio.sleep(min(every, max(0.0, end - time.time())))
 
 
-async def count_held(at: float, url: str, fg: Foreground) -> None:
-    """The long-polls the control plane holds at `at` (its own count, from /metrics)."""
+async def count_held(at: float, urls: list[str], fg: Foreground) -> None:
+    """The long-polls each replica holds at `at` (its own count, from /metrics), and
+    which one leads."""
     await asyncio.sleep(max(0.0, at - time.time()))
-    fg.held_longpolls = await held_longpolls(url)
+    fg.held_longpolls = list(await asyncio.gather(*(held_longpolls(url) for url in urls)))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        fg.leads = list(await asyncio.gather(*(leads(session, url) for url in urls)))
 
 
-async def foreground(url: str, token: str, seconds: float, args: argparse.Namespace) -> Foreground:
+async def foreground(
+    urls: list[str], token: str, seconds: float, args: argparse.Namespace
+) -> Foreground:
     fg = Foreground()
     end = time.time() + seconds
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await asyncio.gather(
-            create_users(session, url, token, args.user_rate, end, fg),
-            dashboard(session, url, token, args.dashboard_poll, end, fg),
-            scraper(session, url, args.scrape_interval, end, fg),
-            count_held(end - min(2.0, seconds / 2), url, fg),  # late, but inside the window
+            create_users(session, urls, token, args.user_rate, end, fg),
+            dashboard(session, urls, token, args.dashboard_poll, end, fg),
+            scraper(session, urls, args.scrape_interval, end, fg),
+            count_held(end - min(2.0, seconds / 2), urls, fg),  # late, but inside the window
         )
     return fg
 
@@ -281,78 +317,154 @@ async def foreground(url: str, token: str, seconds: float, args: argparse.Namesp
 class Run:
     load: LoadResult
     fg: Foreground
-    interval: float
+    intervals: list[float]  # what each replica hands out
     clients: int
-    gc: dict[str, Any]
+    replicas: list[dict[str, Any]]  # per replica: its workers, CPU, RSS, pauses, polls
+    database_cpu: float | None  # cores the PostgreSQL server used over the window
+    wakes: dict[str, Any]  # by whether the wake-up crossed replicas
+    database: str = "sqlite"
 
 
 SWEEP_SECONDS = 5.0  # control/fleet.py run_sweeps: when the live workers are counted again
 
 
-async def served_interval(url: str, creds: Credentials) -> float:
-    """The heartbeat interval the control plane hands out to this fleet, once its
-    liveness sweep has counted the workers just made (inserted workers are not counted
-    before it: the first answer is the base interval, and a whole fleet beating at it
-    would measure a start-up no real fleet has)."""
+async def served_intervals(firsts: list[Routed]) -> list[float]:
+    """The heartbeat interval each replica hands out to this fleet (asked through a
+    worker routed to it), once the liveness sweep has counted the workers just made
+    (inserted workers are not counted before it: the first answer is the base interval,
+    and a whole fleet beating at it would measure a start-up no real fleet has). Only
+    the leader sweeps: the others answer from what they counted themselves."""
     async with aiohttp.ClientSession() as session:
         for attempt in range(2):
             if attempt:
                 await asyncio.sleep(SWEEP_SECONDS + 1)
-            status, reply = await signed(
-                session, url, creds, "POST", HEARTBEAT_PATH, HEARTBEAT_BODY
-            )
-            if status != 200:
-                raise RuntimeError(f"heartbeat -> {status}: {reply}")
-    return float(reply["heartbeat_interval"])
+            replies = []
+            for creds in firsts:
+                status, reply = await signed(
+                    session, creds.url, creds, "POST", HEARTBEAT_PATH, HEARTBEAT_BODY
+                )
+                if status != 200:
+                    raise RuntimeError(f"heartbeat via {creds.url} -> {status}: {reply}")
+                replies.append(float(reply["heartbeat_interval"]))
+    return replies
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> Run:
-    admin_token, internal_secret, port = (
-        secrets.token_urlsafe(32),
-        secrets.token_urlsafe(32),
-        free_port(),
-    )
-    url = f"http://{HOST}:{port}"
-    log_path, gc_path = tmp / "control.log", tmp / "gc.json"
-    probe = str(ROOT / "bench" / "gc_probe.py")
-    env = control_env(tmp, port, admin_token, internal_secret)
-    proc = start_process([sys.executable, probe, str(gc_path)], env, log_path)
+    """On the database `args` name: SQLite in `tmp`, a throwaway PostgreSQL cluster
+    (`--postgres`, stopped whatever happens) or `--database-url`'s."""
+    cluster = Cluster() if args.postgres else None
     try:
-        asyncio.run(wait_ready(url, proc, log_path))
-        t0 = time.monotonic()
-        if args.insert_workers:
-            workers = insert_workers(str(tmp / "clawfleet.db"), internal_secret, args.workers)
-        else:
-            workers = asyncio.run(register_workers(url, admin_token, args.workers))
-        print(f"{len(workers)} workers in {time.monotonic() - t0:.1f}s", flush=True)
-        interval = asyncio.run(served_interval(url, workers[0]))
-        warmup = args.warmup if args.warmup is not None else interval + 5.0
-        clients = args.clients or max(1, math.ceil(args.workers / WORKERS_PER_CLIENT))
-        print(f"served interval {interval:g}s, warm-up {warmup:g}s, {clients} client process(es)")
-        fgs: list[Foreground] = []
-
-        def during(seconds: float) -> list[tuple[float, str]]:
-            fgs.append(asyncio.run(foreground(url, admin_token, seconds, args)))
-            return fgs[0].created
-
-        rate = len(workers) / interval  # run_load's period: the served interval
-        load = run_load(
-            url,
-            workers,
-            clients,
-            warmup,
-            args.seconds,
-            proc.pid,
-            rate=rate,
-            during=during,
-            driver=drive_fleet,
-        )
-        load.rss_peak_mb = rss_peak_mb(proc.pid)
+        if cluster is not None:
+            cluster.start()
+            print(f"PostgreSQL cluster on port {cluster.server.port}", flush=True)
+        url = cluster.url if cluster is not None else args.database_url
+        return measure_on(args, tmp, url, cluster)
     finally:
-        stop_process(proc)
-    probe_out = json.loads(gc_path.read_text()) if gc_path.exists() else {"pauses": []}
-    gc = pauses(probe_out, load.window_from, load.window_from + args.seconds)
-    return Run(load, fgs[0] if fgs else Foreground(), interval, clients, gc)
+        if cluster is not None:
+            cluster.stop()
+
+
+def measure_on(
+    args: argparse.Namespace, tmp: Path, database_url: str, cluster: Cluster | None
+) -> Run:
+    admin_token, internal_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    extra = {"DATABASE_URL": database_url} if database_url else {}
+    replicas = start_replicas(args.replicas, tmp, admin_token, internal_secret, extra)
+    try:
+        database = database_url or str(tmp / "clawfleet.db")
+        run = load_replicas(args, replicas, cluster, database, (admin_token, internal_secret))
+    finally:
+        stop_replicas(replicas)  # the probes write their pauses as they exit
+    for replica, figures in zip(replicas, run.replicas, strict=True):
+        path = replica.gc_path
+        probe_out = json.loads(path.read_text()) if path.exists() else {"pauses": []}
+        figures["gc"] = pauses(probe_out, run.load.window_from, run.load.window_from + args.seconds)
+    if database_url:
+        run.database = "postgresql (" + ("throwaway cluster" if cluster else "--database-url") + ")"
+    return run
+
+
+def load_replicas(
+    args: argparse.Namespace,
+    replicas: list[Replica],
+    cluster: Cluster | None,
+    database: str,
+    secrets_: tuple[str, str],
+) -> Run:
+    """The workers made, then the load, with the CPU every replica and the PostgreSQL
+    server used over the window."""
+    (admin_token, internal_secret), urls = secrets_, [r.url for r in replicas]
+    t0 = time.monotonic()
+    if args.insert_workers:
+        workers = route(insert_workers(database, internal_secret, args.workers), urls)
+    else:
+        workers = asyncio.run(register_routed(urls, admin_token, args.workers))
+    print(f"{len(workers)} workers in {time.monotonic() - t0:.1f}s", flush=True)
+    intervals = asyncio.run(served_intervals(workers[: len(urls)]))  # worker i: replica i
+    interval = max(intervals)
+    warmup = args.warmup if args.warmup is not None else interval + 5.0
+    clients = args.clients or max(1, math.ceil(args.workers / WORKERS_PER_CLIENT))
+    print(f"served intervals {intervals}s, warm-up {warmup:g}s, {clients} client process(es)")
+    fgs: list[Foreground] = []
+    used: dict[str, Any] = {}
+
+    def during(seconds: float) -> list[tuple[float, str]]:
+        began, cpu0 = time.monotonic(), cpu_snapshot(replicas)
+        db0 = None if cluster is None else cluster.cpu_seconds()
+        fgs.append(asyncio.run(foreground(urls, admin_token, seconds, args)))
+        time.sleep(max(0.0, began + seconds - time.monotonic()))
+        elapsed = time.monotonic() - began
+        cpu1 = cpu_snapshot(replicas)
+        used["cpu"] = [cores(a, b, elapsed) for a, b in zip(cpu0, cpu1, strict=True)]
+        used["db"] = cores(db0, None if cluster is None else cluster.cpu_seconds(), elapsed)
+        return fgs[0].created
+
+    rate = len(workers) / interval  # run_load's period: the served interval
+    load = run_load(
+        urls[0],  # each Routed worker talks to its own replica (drive_fleet)
+        list(workers),
+        clients,
+        warmup,
+        args.seconds,
+        replicas[0].proc.pid,
+        rate=rate,
+        during=during,
+        driver=drive_fleet,
+    )
+    fg = fgs[0] if fgs else Foreground()
+    per_replica = [
+        {
+            "replica": r.index,
+            "workers": sum(1 for w in workers if w.url == r.url),
+            "leads": fg.leads[r.index] if fg.leads else None,
+            "heartbeat_interval_s": intervals[r.index],
+            "cpu_cores": used.get("cpu", [None] * len(replicas))[r.index],
+            "rss_peak_mb": rss_peak_mb(r.proc.pid),
+            "longpolls_held": fg.held_longpolls[r.index] if fg.held_longpolls else None,
+        }
+        for r in replicas
+    ]
+    replica_of = {w.key_id: i % len(urls) for i, w in enumerate(workers)}
+    wakes = crossing(fg, replica_of, load) if len(replicas) > 1 else {}
+    return Run(load, fg, intervals, clients, per_replica, used.get("db"), wakes)
+
+
+def cores(before: float | None, after: float | None, elapsed: float) -> float | None:
+    """CPU seconds used per wall second between two readings (None if either is)."""
+    if before is None or after is None or elapsed <= 0:
+        return None
+    return round((after - before) / elapsed, 3)
+
+
+def crossing(fg: Foreground, replica_of: dict[str, int], load: LoadResult) -> dict[str, Any]:
+    """The wake-ups of users created through the replica holding their worker's long-poll,
+    and of those created through another (the change crossed replicas to wake it)."""
+    same, crossed = split_created(fg.created, fg.via, replica_of)
+    out: dict[str, Any] = {}
+    for name, created in (("same_replica", same), ("crossed", crossed)):
+        ms, missed = wake_ups(created, load.answers)
+        out[name] = {**p50_p99(ms), "missed": missed}
+    return out
 
 
 def pauses(probe: dict[str, Any], start: float, end: float) -> dict[str, Any]:
@@ -377,29 +489,43 @@ def p50_p99(samples: list[float]) -> dict[str, float | int]:
 
 
 def figures(args: argparse.Namespace, run: Run) -> dict[str, Any]:
-    load, fg = run.load, run.fg
+    """The combined figures at the top level (the CPU summed over the replicas, the
+    largest RSS, the longest pause and all those over 50 ms); each replica's in
+    `replicas`."""
+    load, fg, replicas = run.load, run.fg, run.replicas
     beats = load.summary()
     client_cpu = load.client_cpu
+    cpus = [r["cpu_cores"] for r in replicas if r["cpu_cores"] is not None]
+    rss = [r["rss_peak_mb"] for r in replicas if r["rss_peak_mb"] is not None]
+    held = [r["longpolls_held"] for r in replicas if r["longpolls_held"] is not None]
+    for r in replicas:
+        r["rss_peak_mb"] = None if r["rss_peak_mb"] is None else round(r["rss_peak_mb"], 1)
+        r["gc_max_ms"] = r.get("gc", {}).get("max_ms", 0.0)
+        r["gc_pauses_over_50ms"] = r.get("gc", {}).get("over_50ms", 0)
     return {
         "workers": args.workers,
         "seconds": args.seconds,
-        "heartbeat_interval_s": run.interval,
+        "database": run.database,
+        "heartbeat_interval_s": max(run.intervals),
         "clients": run.clients,
         "heartbeat": {**p50_p99(load.latencies_ms), "errors": load.errors},
         "heartbeats_per_s": beats["per_s"],
-        "longpolls_held": fg.held_longpolls,
+        "longpolls_held": sum(held) if held else None,
         "longpoll_errors": load.poll_errors,
         "wake": {**p50_p99(load.wake_ms), "missed": load.wake_missed, "unplaced": fg.unplaced},
+        **({"wake_by_replica": run.wakes} if run.wakes else {}),
         "post_users": {**p50_p99(fg.post_ms), "errors": fg.post_errors},
         "admin": {
             name: {**p50_p99(fg.reads.get(name, [])), "errors": fg.read_errors.get(name, 0)}
             for name in [*DASHBOARD_READS, METRICS_READ]
         },
-        "server_cpu_cores": None if load.server_cpu is None else round(load.server_cpu, 2),
-        "rss_peak_mb": None if load.rss_peak_mb is None else round(load.rss_peak_mb, 1),
-        "gc_max_ms": run.gc.get("max_ms", 0.0),
-        "gc_pauses_over_50ms": run.gc.get("over_50ms", 0),
-        "gc": run.gc,
+        "server_cpu_cores": round(sum(cpus), 2) if cpus else None,
+        "rss_peak_mb": max(rss) if rss else None,
+        "gc_max_ms": max(r["gc_max_ms"] for r in replicas),
+        "gc_pauses_over_50ms": sum(r["gc_pauses_over_50ms"] for r in replicas),
+        "gc": replicas[0].get("gc") if len(replicas) == 1 else None,
+        "replicas": replicas,
+        "database_cpu_cores": None if run.database_cpu is None else round(run.database_cpu, 2),
         # Summed over the client processes, per wall second: each should stay well
         # under one core, or the clients, not the control plane, set the figures.
         "client_cpu_cores": None if client_cpu is None else round(client_cpu, 2),
@@ -409,25 +535,51 @@ def figures(args: argparse.Namespace, run: Run) -> dict[str, Any]:
 
 
 def table(f: dict[str, Any]) -> str:
-    """The figures a reader looks at first, one row each."""
+    """The figures a reader looks at first, one row each; with replicas, each one's."""
     rows = [
         ("heartbeat p50 / p99", _ms(f["heartbeat"]), f"{f['heartbeat']['errors']} errors"),
         ("wake-up p50 / p99", _ms(f["wake"]), f"{f['wake']['missed']} missed"),
+        *(
+            (f"  {name.replace('_', ' ')}", _ms(v), f"{v['missed']} missed")
+            for name, v in f.get("wake_by_replica", {}).items()
+        ),
         ("POST /v1/users p50 / p99", _ms(f["post_users"]), f"{f['post_users']['errors']} errors"),
         *((name, _ms(v), f"{v['errors']} errors") for name, v in f["admin"].items()),
         ("control-plane CPU", f"{f['server_cpu_cores']} cores", ""),
         ("control-plane peak RSS", f"{f['rss_peak_mb']} MB", ""),
         ("GC pauses", f"longest {f['gc_max_ms']} ms", f"{f['gc_pauses_over_50ms']} over 50 ms"),
         ("long-polls held", str(f["longpolls_held"]), f"{f['longpoll_errors']} errors"),
+        *(replica_rows(f["replicas"]) if len(f["replicas"]) > 1 else []),
+        *(
+            [("PostgreSQL server CPU", f"{f['database_cpu_cores']} cores", "")]
+            if f["database"] != "sqlite"
+            else []
+        ),
         ("client processes", f"{f['client_cpu_cores']} cores", f"{f['clients']} processes"),
     ]
     title = (
-        f"{f['workers']} workers, {f['seconds']:g} s, heartbeat every "
+        f"{f['workers']} workers on {f['database']}, {f['seconds']:g} s, heartbeat every "
         f"{f['heartbeat_interval_s']:g} s ({f['heartbeats_per_s']}/s)"
     )
     width = max(len(r[0]) for r in rows)
     lines = [title, *(f"  {a:<{width}}  {b:<22} {c}".rstrip() for a, b, c in rows)]
     return "\n".join(lines)
+
+
+def replica_rows(replicas: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    rows = []
+    for r in replicas:
+        name = f"replica {r['replica']}" + (" (leads)" if r["leads"] else "")
+        rows.append(
+            (
+                name,
+                f"{r['cpu_cores']} cores, {r['rss_peak_mb']} MB",
+                f"{r['workers']} workers, {r['longpolls_held']} polls held, "
+                f"interval {r['heartbeat_interval_s']:g} s, longest GC {r['gc_max_ms']} ms "
+                f"({r['gc_pauses_over_50ms']} over 50)",
+            )
+        )
+    return rows
 
 
 def _ms(v: dict[str, Any]) -> str:
@@ -460,9 +612,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="write the N workers into the database instead of registering them (fast at 10k)",
     )
+    database = parser.add_mutually_exclusive_group()
+    database.add_argument(
+        "--postgres",
+        action="store_true",
+        help="on PostgreSQL: a throwaway cluster (Debian's initdb, removed afterwards)",
+    )
+    database.add_argument(
+        "--database-url",
+        default="",
+        metavar="URL",
+        help="on this PostgreSQL database instead (empty: the run leaves its rows there)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="control planes on the one database (PostgreSQL only), workers spread over them",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.workers <= 20000 or not 1 <= args.seconds <= 600:
         parser.error("--workers: 1-20000, --seconds: 1-600")
+    if not 1 <= args.replicas <= min(8, args.workers):
+        parser.error("--replicas: 1-8, and no more than --workers")
+    if args.replicas > 1 and not (args.postgres or args.database_url):
+        parser.error("--replicas above 1 needs --postgres or --database-url (SQLite admits one)")
     if args.clients is not None and not 1 <= args.clients <= 16:
         parser.error("--clients: 1-16")
     if not 0 < args.user_rate <= 100 or args.dashboard_poll <= 0 or args.scrape_interval <= 0:
