@@ -10,8 +10,8 @@ failover tests (tests/test_failover.py, issue 16).
   singletons called the provider, when. With `gate` set to an unset event, replies to
   calls of the path `gated` wait for it (`held` counts them): a call held in flight.
 - `Worker`: a protocol-level agent (tests/worker.py signs) that heartbeats and holds a
-  long-poll, each through the replica it was given and, when that one stops answering,
-  through the next one (as behind a load balancer). It records every desired set
+  long-poll, each request to the next replica in turn and, once one stops answering,
+  to the others only (as behind a round-robin load balancer). It records every desired set
   delivered (user -> spec hash) and the sequence number of its last acknowledged
   heartbeat, which each heartbeat carries as its agent version.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -36,7 +37,7 @@ from tests.worker import FakeWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "failover-admin-token-" + "f" * 32
-WORKER_RESOURCES = {"cpus": 8, "memory_mb": 8192, "disk_gb": 200}
+WORKER_RESOURCES = {"cpus": 16, "memory_mb": 16384, "disk_gb": 400}  # 15 default users
 # Calls every replica makes at start-up to validate the provider, leader or not.
 VALIDATION = ("/v1/server_types", "/v1/locations", "/v1/ssh_keys", "/v1/pricing")
 
@@ -195,33 +196,42 @@ def replica_env(
 
 @dataclass
 class Worker:
-    """A protocol-level agent: heartbeats and one long-poll, failing over between URLs."""
+    """A protocol-level agent: heartbeats and one long-poll at a time, each request to
+    the next replica in turn (as a round-robin load balancer sends them); a replica
+    that does not answer is left out from then on."""
 
-    urls: list[str]
-    proto: FakeWorker
+    live: list[str]  # the replicas' URLs still answering
+    proto: FakeWorker  # the registered identity (its url is not used)
+    turn: int = 0
     seq: int = 0  # heartbeats sent
     acked: int = 0  # the sequence number of the last 2xx heartbeat
     generation: int = 0
-    # (time, {user: spec hash}) for every desired set delivered, in order.
-    seen: list[tuple[float, dict[str, str]]] = field(default_factory=list)
+    # (time, replica URL, {user: spec hash}) for every desired set delivered, in order.
+    seen: list[tuple[float, str, dict[str, str]]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
     def server_id(self) -> str:
         return self.proto.key_id
 
-    def _fail_over(self, failed: str, exc: BaseException) -> None:
-        self.errors.append(f"{failed}: {type(exc).__name__}")
-        if self.proto.url == failed:
-            self.proto.url = self.urls[(self.urls.index(failed) + 1) % len(self.urls)]
+    def _via(self, url: str | None = None) -> tuple[str, FakeWorker]:
+        if url is None:
+            self.turn += 1
+            url = self.live[self.turn % len(self.live)]
+        return url, dataclasses.replace(self.proto, url=url)
+
+    def _lost(self, url: str, exc: BaseException) -> None:
+        self.errors.append(f"{url}: {type(exc).__name__}")
+        if url in self.live and len(self.live) > 1:
+            self.live.remove(url)
 
     async def heartbeat(self) -> None:
         self.seq += 1
-        url = self.proto.url
+        url, proto = self._via()
         try:
-            reply = await self.proto.request("POST", "/v1/agent/heartbeat", self._beat())
+            reply = await proto.request("POST", "/v1/agent/heartbeat", self._beat())
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._fail_over(url, exc)
+            self._lost(url, exc)
             return
         if reply.status == 200:
             self.acked = self.seq
@@ -237,26 +247,26 @@ class Worker:
             "features": self.proto.features,
         }
 
-    async def poll(self, wait: int) -> None:
-        url = self.proto.url
+    async def poll(self, wait: int, at: str | None = None) -> None:
+        url, proto = self._via(at)
         try:
-            reply = await self.proto.assignments(after=self.generation, wait=wait)
+            reply = await proto.assignments(after=self.generation, wait=wait)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._fail_over(url, exc)
+            self._lost(url, exc)
             await asyncio.sleep(0.05)  # a dead replica refuses at once: not a busy loop
             return
         if reply.status == 200:
             self.generation = int(reply.body["generation"])
             specs = {c["user_id"]: c["spec_hash"] for c in reply.body["containers"]}
-            self.seen.append((time.time(), specs))
+            self.seen.append((time.time(), url, specs))
         elif reply.status != 304:
             self.errors.append(f"assignments {reply.status}: {reply.body}")
             await asyncio.sleep(0.05)
 
     async def refresh(self, url: str) -> None:
         """A whole desired set from `url` (after=0), as an agent's first poll asks."""
-        self.proto.url, self.generation = url, 0
-        await self.poll(wait=0)
+        self.generation = 0
+        await self.poll(wait=0, at=url)
         assert self.generation > 0, self.errors[-3:]
 
     async def run(self, stop: asyncio.Event, beat_every: float) -> None:
@@ -273,11 +283,12 @@ class Worker:
         await asyncio.gather(beats(), polls())
 
     def desired(self) -> dict[str, str]:
-        return self.seen[-1][1] if self.seen else {}
+        return self.seen[-1][2] if self.seen else {}
 
 
 async def join(session: aiohttp.ClientSession, urls: list[str], index: int) -> Worker:
-    """Registers a worker through the replica `urls[0]` with a join token minted there."""
+    """Registers a worker through the replica `urls[0]` with a join token minted there;
+    it then sends its requests to each of `urls` in turn."""
     headers = {"Authorization": f"Bearer {ADMIN}"}
     async with session.post(
         urls[0] + "/v1/join-tokens", json=WORKER_RESOURCES, headers=headers
@@ -288,4 +299,4 @@ async def join(session: aiohttp.ClientSession, urls: list[str], index: int) -> W
     proto.resources = dict(WORKER_RESOURCES)
     reply = await proto.register(hostname=f"worker-{index}", resources=WORKER_RESOURCES)
     assert reply.status == 201, reply.body
-    return Worker(urls, proto)
+    return Worker(list(urls), proto)
