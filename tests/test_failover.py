@@ -3,8 +3,9 @@ real PostgreSQL database, each on its own port with LEADER_LEASE_TTL=3 s, the fa
 Hetzner API behind a recording proxy per replica (tests/failover_cluster.py).
 
 Load: protocol-level workers heartbeating and holding long-polls against both replicas
-(each falls over to the other when its replica stops answering, as behind a load
-balancer), and users created through both replicas at a steady rate.
+(each request to the next replica in turn, as a round-robin load balancer sends them;
+a replica that stops answering is left out), and users created through both replicas
+at a steady rate.
 
 `kill -9` of the leader (found through /readyz's `leader` check). Then:
 - the other replica leads within LEADER_LEASE_TTL + a third of it (docs/production.md,
@@ -13,8 +14,10 @@ balancer), and users created through both replicas at a steady rate.
   leader's lease lapsed;
 - every acknowledged write is in the database: each 201 `POST /v1/users`, and for each
   worker its last 200 heartbeat (whose agent version carries its sequence number);
-- no container restarts: the spec hash of every user a worker was given before the kill
-  is the same in every desired set it receives afterwards, from either replica;
+- no container restarts: the spec hash of every user in a worker's whole set as the
+  leader renders it just before the kill is the same in every set the survivor gives
+  that worker afterwards, up to its whole set at the end; and every placed user is
+  delivered to the one worker the database places it on;
 - the autoscaler never runs twice at once: provider calls other than start-up's
   validation come only from the replica leading at the time (the follower's proxy sees
   none before it leads, the dead one's none after the kill), the new leader does run,
