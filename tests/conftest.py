@@ -59,6 +59,7 @@ def _blockdev_rule(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _postgres_selection(config, items)
     _blockdev_rule(items)
     if not any(item.get_closest_marker("docker") for item in items):
         return
@@ -107,8 +108,37 @@ SQLITE_ONLY = {
         "test_origin_tls_http.py", "test_protocol.py", "test_protocol_bounds.py",
         "test_protocol_fuzz.py", "test_provider_outage.py", "test_relocation_source.py",
         "test_store.py", "test_stripe_e2e.py", "test_volume_scale_up.py",
+        # tests/dashboard and tests/agent
+        "test_auth.py", "test_browser.py", "test_browser_pages.py",
+        "test_browser_volume_cost.py", "test_reregister.py",
     )
-}  # fmt: skip
+} | {"test_failover.py": "its replicas run on PostgreSQL in every pass"}  # fmt: skip
+
+
+# What a test needs to have a database of its own: a directory for make_settings, or the
+# shared fixtures' control plane.
+_DATABASE_FIXTURES = {"tmp_path", "control", "control_factory", "postgres_url"}
+
+
+def _postgres_selection(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under --db=postgres only the tests that can reach a database run: the others
+    (pure functions) would only repeat the SQLite pass, and SQLITE_ONLY's files read
+    the SQLite file itself."""
+    if config.getoption("db") != "postgres":
+        return
+    keep, drop = [], []
+    for item in items:
+        reaches = _DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        (keep if reaches and item.path.name not in SQLITE_ONLY else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): skipped under --db=postgres, for the reason given"
+    )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -130,7 +160,8 @@ def database_backend(request: pytest.FixtureRequest) -> Iterator[None]:
     if request.config.getoption("db") != "postgres":
         yield
         return
-    if reason := SQLITE_ONLY.get(request.path.name):
+    marker = request.node.get_closest_marker("sqlite_only")
+    if reason := (marker.args[0] if marker else SQLITE_ONLY.get(request.path.name)):
         pytest.skip(f"sqlite only: {reason}")
     server: PostgresServer = request.getfixturevalue("postgres_server")
     urls: dict[Path, str] = {}

@@ -54,6 +54,9 @@ async def test_a_healthy_control_plane_is_ready(control: ControlPlane) -> None:
     }
 
 
+@pytest.mark.sqlite_only(
+    "SQLite's query_only pragma; tests/test_postgres_failures.py has PostgreSQL's"
+)
 async def test_a_store_that_cannot_write_is_503_and_not_ready(control: ControlPlane) -> None:
     assert control.app is not None
     # A real read-only database, as SQLite reports a read-only file.
