@@ -1,5 +1,5 @@
 """Failover under load (issue 16): two real control planes (`python -m control`) on one
-real PostgreSQL database, each on its own port with LEADER_LEASE_TTL=3 s, the fake
+real PostgreSQL database, each on its own port with LEADER_LEASE_TTL=6 s, the fake
 Hetzner API behind a recording proxy per replica (tests/failover_cluster.py).
 
 Load: protocol-level workers heartbeating and holding long-polls against both replicas
@@ -50,8 +50,8 @@ from tests.failover_cluster import ADMIN, Replica, Tap, Worker, join, replica_en
 from tests.fakes.hetzner import HetznerFake, agent_dist
 from tests.postgres_server import PostgresServer
 
-TTL = 3.0  # LEADER_LEASE_TTL
-SLACK = 2.0  # a loaded 2-core machine: the new leader's loop may be late to look
+TTL = 6.0  # LEADER_LEASE_TTL: long enough that a follower one TTL late exceeds SLACK
+SLACK = 3.0  # a loaded 2-core machine (CI, xdist): the new leader's loop may be late to look
 BOUND = TTL + TTL / 3 + SLACK
 AUTOSCALE_INTERVAL = 1.0
 WAIT = 45.0  # generous deadline of each bounded wait
