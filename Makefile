@@ -45,7 +45,8 @@ bench: $(STAMP)
 
 # A whole fleet (issue 16): long-polls, heartbeats at the served interval, users and an
 # open dashboard; docs/benchmarks.md. `make bench-fleet FLEET_ARGS="--workers 10000
-# --insert-workers"` for the issue's size.
+# --insert-workers"` for the issue's size; add `--postgres --replicas 2` for replicas on a
+# throwaway PostgreSQL cluster.
 FLEET_ARGS ?= --workers 1000 --insert-workers
 bench-fleet: $(STAMP)
 	$(PY) bench/fleet.py $(FLEET_ARGS)

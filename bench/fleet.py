@@ -1,6 +1,6 @@
-"""A whole fleet's load on one control plane, in the figures issue 16's targets are
-stated in: N workers behaving as agents do, users created at a rate, and an open
-dashboard.
+"""A whole fleet's load on one control plane, or on replicas sharing one PostgreSQL
+database, in the figures issue 16's targets are stated in: N workers behaving as agents
+do, users created at a rate, and an open dashboard.
 
 Run: `make bench-fleet` (or `.venv/bin/python bench/fleet.py --workers 1000 --seconds 30
 --insert-workers`). Everything on 127.0.0.1:
@@ -29,6 +29,19 @@ Run: `make bench-fleet` (or `.venv/bin/python bench/fleet.py --workers 1000 --se
 6. reports heartbeat, wake-up, `POST /v1/users` and each admin read's p50 and p99, the
    control plane's CPU (cores, over the window), its peak RSS, and its collector's
    pauses in the window (longest, how many over 50 ms): a table, then one JSON line.
+
+On PostgreSQL (`--postgres`: a throwaway cluster from tests/postgres_server.py, removed
+afterwards; or `--database-url URL`, an empty database) with `--replicas N`
+(bench/fleet_replicas.py): N control planes on the one database, each under the probe
+on its own port. Worker i talks only to replica i mod N (a load balancer with sticky
+connections), users are created through the replicas in turn, each dashboard poll goes
+to the next replica and every replica is scraped. The interval is asked of each replica;
+`--insert-workers` writes through the store's dialect (bench/fleet_pg.py). The report
+adds, per replica, its CPU, peak RSS, pauses, held long-polls, served interval and
+whether it leads; combined, the CPU summed, the largest RSS, the longest pause, the
+wake-ups split by whether the user was created through the replica holding its
+worker's long-poll or another (`crossed`), and the PostgreSQL server's CPU over the
+window (its postmaster's process tree from /proc; none for `--database-url`).
 
 Develop and check it at N <= 500 and runs of 30 s or less on a shared machine; the
 figures in docs/benchmarks.md say at what N and on what machine they were measured.
@@ -495,13 +508,13 @@ def figures(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     load, fg, replicas = run.load, run.fg, run.replicas
     beats = load.summary()
     client_cpu = load.client_cpu
-    cpus = [r["cpu_cores"] for r in replicas if r["cpu_cores"] is not None]
-    rss = [r["rss_peak_mb"] for r in replicas if r["rss_peak_mb"] is not None]
-    held = [r["longpolls_held"] for r in replicas if r["longpolls_held"] is not None]
     for r in replicas:
         r["rss_peak_mb"] = None if r["rss_peak_mb"] is None else round(r["rss_peak_mb"], 1)
         r["gc_max_ms"] = r.get("gc", {}).get("max_ms", 0.0)
         r["gc_pauses_over_50ms"] = r.get("gc", {}).get("over_50ms", 0)
+    cpus = [r["cpu_cores"] for r in replicas if r["cpu_cores"] is not None]
+    rss = [r["rss_peak_mb"] for r in replicas if r["rss_peak_mb"] is not None]
+    held = [r["longpolls_held"] for r in replicas if r["longpolls_held"] is not None]
     return {
         "workers": args.workers,
         "seconds": args.seconds,

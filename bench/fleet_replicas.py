@@ -8,11 +8,13 @@ Contract:
   `route` deals it to (worker i: replica i mod len(urls)).
 - `Replica`: `python -m control` under bench/gc_probe.py (every collection timed into its
   own `gc.json`), on its own 127.0.0.1 port and its own directory for DATABASE_PATH's
-  local files; `start_replicas(n, tmp, env)` starts N at once (migrations are safe
-  with replicas starting at once), every one with the same settings but its port
-  (`PUBLIC_URL` is the first one's, one address for all as behind a load balancer), and
-  waits until each answers /healthz; on a failure it stops those it started.
-  `stop_replicas` ends them (SIGTERM: the probe writes its pauses on exit).
+  local files; `start_replicas(n, tmp, admin_token, internal_secret, extra)` starts N
+  at once (migrations are safe with replicas starting at once), every one with the
+  same settings but its port, and waits until each answers /healthz; on a failure it
+  stops those it started. Each keeps its own address as PUBLIC_URL (one shared address
+  would read as a proxy in front, and /metrics would then want a token; the workers
+  are simulated, so what their specs name does not matter). `stop_replicas` ends
+  them (SIGTERM: the probe writes its pauses on exit).
 - `split_created(created, via, replica_of)`: the users created through one replica and
   placed on a worker whose long-poll another replica holds (the wake-up crossed
   replicas), apart from the others (pure).
@@ -93,14 +95,13 @@ def start_replicas(
 ) -> list[Replica]:
     """`extra`: settings every replica shares (DATABASE_URL on PostgreSQL)."""
     ports = [free_port() for _ in range(n)]
-    public = {"PUBLIC_URL": f"http://{HOST}:{ports[0]}"} if n > 1 else {}
     replicas: list[Replica] = []
     try:
         for i, port in enumerate(ports):
             # One replica keeps bench/fleet.py's old layout: tmp/clawfleet.db.
             home = tmp if n == 1 else tmp / f"replica-{i}"
             home.mkdir(parents=True, exist_ok=True)
-            env = control_env(home, port, admin_token, internal_secret) | public | dict(extra)
+            env = control_env(home, port, admin_token, internal_secret) | dict(extra)
             proc = start_process(
                 [sys.executable, PROBE, str(home / "gc.json")], env, home / "control.log"
             )

@@ -105,7 +105,7 @@ def test_combined_figures_over_replicas() -> None:
         fg=Foreground(),
         intervals=[10.0, 12.5],
         clients=1,
-        replicas=[replica(0, 0.25, 120.04, 60.0, 2), replica(1, 0.5, 130.0, 12.0, 0)],
+        replicas=[replica(0, 0.25, 120.04, 60.0, 2), replica(1, 0.5, 130.04, 12.0, 0)],
         database_cpu=0.304,
         wakes={},
         database="postgresql (throwaway cluster)",
