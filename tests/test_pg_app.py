@@ -1,5 +1,6 @@
-"""The control plane on PostgreSQL (DATABASE_URL): two replicas' room indexes on one
-database, and a password that never shows."""
+"""The control plane on PostgreSQL (DATABASE_URL): the setting, the app's store, wake bus
+and leadership, two replicas' room indexes on one database, and a password that never
+shows."""
 
 from __future__ import annotations
 
@@ -10,14 +11,70 @@ from typing import cast
 import pytest
 
 from control.__main__ import database_name
+from control.api.agent_wakes import WAKE_BUS
+from control.appkeys import LEADERSHIP, STORE
 from control.db.postgres import PostgresStore
 from control.db.store import Store, StoreUnavailable
 from control.fleet import Fleet
 from control.keyring import Keyring
+from control.settings import Settings, SettingsError
 from tests.fixtures import INTERNAL_SECRET, ControlPlane, make_settings
 from tests.test_room_index import BIG, SMALL, World, join
 
 PASSWORD = "pw-" + "s3cr3t" * 5
+REQUIRED = {"ADMIN_TOKEN": "a" * 32, "INTERNAL_SECRET": "b" * 32}
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("", True),  # SQLite at DATABASE_PATH
+        (f"postgresql://clawfleet:{PASSWORD}@db.internal:5432/clawfleet", True),
+        ("postgres://clawfleet@10.0.0.5/clawfleet?sslmode=require", True),
+        ("postgresql:///clawfleet?host=/run/postgresql", True),  # a Unix socket
+        (f"postgresql://clawfleet:{PASSWORD}@db.internal:port/clawfleet", False),
+        (f"mysql://clawfleet:{PASSWORD}@db.internal/clawfleet", False),
+        (f"postgresql://clawfleet:{PASSWORD}@db.internal/", False),  # no database
+        ("data/clawfleet.db", False),
+    ],
+)
+def test_database_url_is_empty_or_postgresql_and_never_repeated(value: str, accepted: bool) -> None:
+    env = REQUIRED | {"DATABASE_URL": value}
+    if accepted:
+        settings = Settings.from_env(env)
+        assert settings.database_url == value and PASSWORD not in repr(settings)
+        return
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(env)
+    assert "DATABASE_URL" in str(refused.value) and PASSWORD not in str(refused.value)
+
+
+async def test_the_app_on_postgres_listens_for_wakes_and_leads(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    plane = ControlPlane(make_settings(tmp_path, database_url=postgres_url))
+    await plane.start()
+    app = plane.app
+    assert app is not None
+    try:
+        assert isinstance(app[STORE], PostgresStore)
+        bus = app[WAKE_BUS]
+        await bus.until_connected(1)
+        assert bus.backend_pid() is not None
+        assert app[LEADERSHIP].term is not None  # the only replica leads
+    finally:
+        await plane.stop()
+    assert bus.backend_pid() is None  # shut down: the bus no longer listens
+
+
+async def test_the_app_on_sqlite_has_no_wake_bus(tmp_path: Path) -> None:
+    plane = ControlPlane(make_settings(tmp_path, database_url=""))
+    await plane.start()
+    try:
+        assert plane.app is not None and WAKE_BUS not in plane.app
+        assert isinstance(plane.app[STORE], Store)
+    finally:
+        await plane.close()
 
 
 async def replica(url: str, tmp_path: Path) -> Fleet:
