@@ -1,7 +1,7 @@
 """The store on PostgreSQL (issue 16): control/db/store.py's contract on a server.
 
-Chosen by DATABASE_URL (control/app.py); the room index keeps itself in step through
-its own triggers (control/users/room_feed_pg.py).
+Chosen by DATABASE_URL (control/db/backend.py); the room index keeps itself in step
+through its own triggers (control/users/room_feed_pg.py).
 
 Contract, as `Store`'s, with these differences:
 - `PostgresStore(url)`: `open()` connects (a write connection, a read connection and
