@@ -169,3 +169,26 @@ async def test_stop_releases_the_lease_for_the_next_replica(store: Store) -> Non
         assert second.term is not None and second.term.epoch == 2  # at once, not at expiry
     finally:
         await second.stop()
+
+
+async def test_a_resumed_leader_whose_lease_lapsed_runs_no_singleton(store: Store) -> None:
+    """A process paused past its lease (SIGSTOP, a VM freeze) still has its term until its
+    loop looks again; a job the scheduler fires in that moment must not start."""
+    clock = Clock()
+    leadership = Leadership(TTL, clock=clock, holder="me")
+    await leadership.start(store)
+    ran: list[str] = []
+
+    async def job() -> None:
+        ran.append("ran")
+
+    guarded = leadership.guard(job)
+    try:
+        await guarded()
+        assert ran == ["ran"] and leadership.refused == 0
+        clock.now += TTL + 1  # paused past the lease; the loop has not looked yet
+        assert leadership.term is not None
+        await guarded()
+        assert ran == ["ran"] and leadership.refused == 1
+    finally:
+        await leadership.stop()

@@ -3,7 +3,10 @@ provider, step by step, and records every decision as an event.
 
 Contract:
 - `run(scheduled=...)` never overlaps itself (one lock) and never raises: each step
-  catches its own provider errors, so one failing step does not stop the others.
+  catches its own provider errors, so one failing step does not stop the others; a
+  step the database refuses (`ServiceUnavailable`: the store is down, or a fenced
+  write of a replica that no longer leads, control/leadership/) ends the run there, so
+  no later step calls the provider for work it could not record.
 - On-demand runs coalesce: while a run is in progress, at most one more waits, and
   every further trigger joins that waiting run (a scheduled trigger makes it sweep
   for orphans, control/capacity/orphans.py and control/volumes/orphans.py).
@@ -32,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from control.capacity import lifecycle, orphans, scale_down, scale_up
 from control.capacity.providers.base import ProviderError
 from control.capacity.provisioning import Provisioner, ScalerState, said
+from control.errors import ServiceUnavailable
 from control.health import ProviderHealth
 from control.users import placing
 from control.volumes import backups as volume_backups
@@ -119,6 +123,12 @@ class Scaler:
                 log.warning(
                     "autoscaler step %s: %s; the next run retries", step.__name__, said(exc)
                 )
+            except ServiceUnavailable as exc:
+                # The database refused (down, or this replica's lease is gone: a fenced
+                # write). Later steps would call the provider and then fail to record
+                # what they did: end the run here.
+                log.warning("autoscaler run stopped at %s: %s", step.__name__, exc)
+                return
             except Exception as exc:
                 # Last resort, on purpose: one broken step must not stop the others nor the
                 # scheduled runs; one line, and the next run retries.

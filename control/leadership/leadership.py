@@ -4,9 +4,10 @@ only while it does.
 Contract:
 - `guard(job)` wraps a singleton job (a scheduler's, control/app.py): while this replica
   leads, a call runs the job as a task under the term (fencing.py `TERM`) and waits for
-  it; while it does not, the call returns at once and the job does not run (`refused`
-  counts those). `add_loop(name, factory)` names a singleton loop (the liveness sweeps),
-  started as a task under the term whenever leadership is gained.
+  it; while it does not (no term, or the lease lapsed by this replica's clock: `leads`),
+  the call returns at once and the job does not run (`refused` counts those).
+  `add_loop(name, factory)` names a singleton loop (the liveness sweeps), started as a
+  task under the term whenever leadership is gained.
 - `holder` is this process's id in the lease (random unless given: control/app.py gives
   SQLite's one process per database a stable one).
 - `start(store)` installs the fence on the store, makes the first attempt before
@@ -88,10 +89,11 @@ class Leadership:
     def guard(self, job: Job) -> Callable[..., Awaitable[None]]:
         @functools.wraps(job)
         async def singleton(*args: Any, **kwargs: Any) -> None:
-            if self.term is None:
+            term = self.term
+            if term is None or not self.leads():
                 self.refused += 1
                 return
-            task = self._spawn(job(*args, **kwargs), self.term, getattr(job, "__name__", "job"))
+            task = self._spawn(job(*args, **kwargs), term, getattr(job, "__name__", "job"))
             try:
                 await task
             except asyncio.CancelledError:
@@ -107,6 +109,14 @@ class Leadership:
         self._work.add(task)
         task.add_done_callback(self._work.discard)
         return task
+
+    def leads(self) -> bool:
+        """A term, and its lease not lapsed by this replica's clock: a process resumed
+        after a pause (SIGSTOP, a long GC, a VM freeze) may still hold a term whose lease
+        another replica has since taken, until its loop looks again."""
+        return (
+            self.term is not None and self.seen is not None and self.seen.expires_at > self._clock()
+        )
 
     # --- life -----------------------------------------------------------------------
     async def start(self, store: LeaseStore) -> None:
