@@ -1,6 +1,11 @@
 """Suite-wide fixtures and the Docker rule: a test marked `docker` is skipped when no
 engine answers, except under CI=true, where that skip becomes a failure. The same rule
-holds for `blockdev` (root, loop devices, mkfs and mount)."""
+holds for `blockdev` (root, loop devices, mkfs and mount).
+
+`--db=postgres` (or CLAWFLEET_TEST_DB=postgres) runs only the tests that can reach a
+database, each control plane that tests/fixtures.py `make_settings` builds on a fresh
+PostgreSQL database of this process's cluster; files that read the SQLite file
+themselves (SQLITE_ONLY) and tests marked `sqlite_only(reason)` are left out."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Fixtures that run the real control plane on 127.0.0.1 with a real SQLite file."""
+"""Fixtures that run the real control plane on 127.0.0.1 with a real SQLite file (under
+--db=postgres, a fresh PostgreSQL database per test: tests/conftest.py)."""
 
 from __future__ import annotations
 
