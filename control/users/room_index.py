@@ -31,8 +31,10 @@ Contract:
   (control/users/room_feed_pg.py), read by the commit hook and by `place`/`room`.
   Another replica's or a psql session's write moves the store's data_version, so,
   under the write lock (every replica's writes share it), `place` decides on a whole
-  read and the commit hook rebuilds the index: placement never acts on another
-  replica's stale view. (While replicas write often, that is a read of the fleet per
+  read and its commit rebuilds the index: placement never acts on another replica's
+  stale view. A commit that places nobody leaves a stale index stale (replicas'
+  heartbeats would otherwise cost a read of the fleet each); `synced()` rebuilds it
+  for a reader. (While replicas write often, that is a read of the fleet per
   placement: correct, not yet incremental.)
 """
 
@@ -119,6 +121,7 @@ class RoomIndex:
         self._version: int | None = None  # the write connection's data_version, as read
         self._store: Store | None = None
         self._postgres: PostgresStore | None = None  # the store, when it is PostgreSQL's
+        self._rebuild = False  # PostgreSQL: the next commit rebuilds a stale index
         self.ready = False  # rebuilt, and kept in step by the triggers
 
     async def attach(self, store: Store) -> None:
@@ -137,6 +140,7 @@ class RoomIndex:
         without the write lock when nothing was written elsewhere (the usual case: a
         dashboard's summary must not queue behind the heartbeats' writes)."""
         if self._store is not None and await self._store.data_version() != self._version:
+            self._rebuild = True
             await self._store.write(_nothing)
 
     def rooms(self) -> list[Room]:
@@ -160,6 +164,7 @@ class RoomIndex:
         only in `exact_location` when given. Returns (user id -> server id, unplaced)."""
         changed = await self._changes(conn)
         if changed is None:
+            self._rebuild = True  # this write's commit brings the index up to date
             fleet = await rooms(conn, self._plans, self._reserve)
             orders = Orders(r for r in fleet if r.server_id != exclude)
             return place_in(orders, demands, exact_location)
@@ -211,6 +216,9 @@ class RoomIndex:
 
     async def _before_commit(self, conn: aiosqlite.Connection) -> AfterCommit | None:
         touched = await self._changes(conn)
+        if touched is None and await self._later(conn):
+            return None
+        self._rebuild = False
         if touched is None:  # at start-up, or written elsewhere: rebuild
             await self._install(conn)
             self._touched = set()  # the whole read below covers them
@@ -220,6 +228,16 @@ class RoomIndex:
         if not touched:
             return None
         return functools.partial(self._apply, await self._read(conn, touched))
+
+    async def _later(self, conn: aiosqlite.Connection) -> bool:
+        """On PostgreSQL, an index that another replica's write made stale is rebuilt
+        only by a write that needs it (a placement, `synced`): replicas write all the
+        time (heartbeats), and a read of the fleet at each of their commits would cost
+        more than the index saves. It stays stale meanwhile: `place`, `room` and
+        `synced` see the data_version and never use it so."""
+        if self._postgres is None or not self.ready or self._rebuild:
+            return False
+        return await room_feed_pg.touched(conn) is not None  # else: a new session, now
 
     async def _install(self, conn: aiosqlite.Connection) -> None:
         """What reports touched servers: SQLite's TEMP triggers once; on PostgreSQL the
