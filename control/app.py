@@ -13,7 +13,8 @@ aiohttp runs them in this order and unwinds them in reverse:
    background while everything else serves (a DNS provider verified late triggers a
    DNS round at once, a provider validated late a firewall round);
 4. the Fleet facade (its long-poll board, heartbeat writer and room index, rebuilt
-   from the store; on PostgreSQL its wake bus, control/api/agent_wakes.py), then the
+   from the store; its replica-local refresh; on PostgreSQL its wake bus,
+   control/api/agent_wakes.py), then the
    autoscaler (and the agent wheel under DIST, with a real provider);
 5. the Stripe inbox processor, on every replica (docs/production.md says why);
 6. the leadership (control/leadership/): the singletons' lease, then the sweeps;
@@ -37,7 +38,7 @@ import functools
 import hashlib
 import os
 import shlex
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -77,7 +78,7 @@ from control.appkeys import (
 )
 from control.billing.inbox import StripeInbox
 from control.capacity.providers import build_provider
-from control.capacity.providers.base import Provider, ProviderError
+from control.capacity.providers.base import Provider, ProviderError, hourly_price_lookup
 from control.capacity.providers.health import start_validation
 from control.capacity.provisioning import Provisioner
 from control.capacity.scaler import Scaler
@@ -219,15 +220,18 @@ async def _fleet(app: web.Application) -> AsyncIterator[None]:
         app[METRICS],
         on_pending=lambda: _autoscale_now(app),
         on_change=lambda: _dns_now(app),
-        price_of=_price_lookup(app[PROVIDER]),
+        price_of=hourly_price_lookup(app[PROVIDER]),
         volume_price=app[PROVIDER].volume_price,
     )
     await fleet.start()
     app[FLEET] = fleet
+    # Every replica's own memory (nonce ledger, live count); the sweep is the leader's.
+    local = asyncio.create_task(fleet.run_local(), name="fleet-local-refresh")
     try:
         await start_wake_bus(app, fleet.board)  # on PostgreSQL: other replicas' changes
         yield
     finally:
+        await _cancelled(local)
         await wake_long_polls(app)
         await fleet.heartbeats.close()  # writes the heartbeats still buffered
 
@@ -346,18 +350,6 @@ def _holder(settings: Settings) -> str | None:
         return None
     path = os.path.realpath(settings.database_path).encode()
     return "sqlite-" + hashlib.sha256(path).hexdigest()[:16]
-
-
-def _price_lookup(provider: Provider) -> Callable[[str | None], float | None]:
-    def price(server_type: str | None) -> float | None:
-        if not server_type:
-            return None
-        try:
-            return provider.server_type(server_type).hourly_price
-        except ProviderError:  # a type the provider no longer lists: unknown price
-            return None
-
-    return price
 
 
 def _every(

@@ -12,6 +12,10 @@ every run as a safety net. Placement decides over the room index the Fleet owns
 (`room_index`, control/users/room_index.py), attached to the store and rebuilt by
 `start()`. Collaborators that act outside the fleet (the autoscaler's
 nudge, the provider's prices, DNS following assignments) are given at construction.
+Two loops: `run_sweeps` (the liveness sweep, billing deadlines, the nonce table's
+purge: a singleton, run by the leader, control/leadership/) and `run_local` (on every
+replica: its own nonce ledger pruned, its live and unhealthy counts re-read, so a
+follower hands out the interval the whole fleet needs).
 """
 
 from __future__ import annotations
@@ -118,6 +122,14 @@ class Fleet:
         self.started_at = time.time()
         await self.room_index.attach(self.store)
         await self.ledger.load(self.store, self.started_at)
+        await self.refresh_local(self.started_at)
+
+    async def refresh_local(self, now: float) -> None:
+        """What every replica keeps in its own memory, whether it leads or not (the
+        liveness sweep runs on the leader only): its nonce ledger pruned to the clock
+        window, and the fleet's live and unhealthy workers as the database says, which
+        size the heartbeat interval it hands out and the revival nudge."""
+        self.ledger.prune(now)
         self._live_workers = await servers.live_count(self.store)
         self._unhealthy = await servers.unhealthy_ids(self.store)
 
@@ -299,7 +311,6 @@ class Fleet:
         """One liveness and deadline pass at `now` (a test's clock; else the time)."""
         now = time.time() if now is None else now
         swept = await liveness.sweep(self.store, now, self.started_at, self.settings.dead_after)
-        self._unhealthy = (self._unhealthy | set(swept.unhealthy)) - {*swept.dead, *swept.active}
         if swept.dead:
             release = functools.partial(records.release_from, server_ids=swept.dead, now=now)
             touched = await assignments.commit(self.store, release, lambda t: t)
@@ -307,9 +318,8 @@ class Fleet:
         if swept.dead or swept.active:
             await self.place()
         await self._billing_deadlines(now)
-        self.ledger.prune(now)
         await self.store.write(lambda conn: nonces.purge_expired(conn, now))
-        self._live_workers = await servers.live_count(self.store)
+        await self.refresh_local(now)
 
     async def _billing_deadlines(self, now: float) -> None:
         """past_due past its grace → suspended; provisional users due → withdrawn
@@ -331,14 +341,20 @@ class Fleet:
         self.board.notify(*await assignments.commit(self.store, purges, lambda t: t))
 
     async def run_sweeps(self) -> None:
+        """The liveness sweep every period (a singleton: the leader's)."""
+        await self._every_period(self.sweep, "liveness sweep")
+
+    async def run_local(self) -> None:
+        """`refresh_local` every period, on every replica."""
+        await self._every_period(lambda: self.refresh_local(time.time()), "local refresh")
+
+    async def _every_period(self, step: Callable[[], Awaitable[None]], what: str) -> None:
         period = max(1.0, min(self.settings.heartbeat_interval / 2, 5.0))
         while True:
             await asyncio.sleep(period)
             try:
-                await self.sweep()
+                await step()
             except Exception as exc:
                 # Last resort, on purpose: this loop must never die (no sweep, no dead
                 # workers noticed); one line, and the next period retries.
-                log.error(
-                    "liveness sweep failed (%s: %s); retrying next period", type(exc).__name__, exc
-                )
+                log.error("%s failed (%s: %s); retrying next period", what, type(exc).__name__, exc)

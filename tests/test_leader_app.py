@@ -12,9 +12,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from control.app import create_app
-from control.appkeys import LEADERSHIP, SCALER
+from control.appkeys import FLEET, LEADERSHIP, SCALER, STORE
 from control.db.store import Store
 from control.leadership import lease
 from control.leadership.leadership import LEASE
@@ -138,3 +139,33 @@ def test_replicas_on_postgresql_are_each_their_own_holder(tmp_path: Path) -> Non
     shared = [create_app(make_settings(tmp_path, database_url=url)) for _ in range(2)]
     assert sqlite[0][LEADERSHIP].holder == sqlite[1][LEADERSHIP].holder
     assert shared[0][LEADERSHIP].holder != shared[1][LEADERSHIP].holder
+
+
+async def test_a_follower_sizes_its_heartbeat_interval_from_the_whole_fleet(
+    control_factory: Callable[..., ControlPlane],
+) -> None:
+    """The liveness sweep is the leader's; a follower still hands out the interval the
+    whole fleet needs (its replica-local refresh reads the live count), not the one its
+    start-up count gave: else its half of a 10k fleet beats every 10 s instead of 50."""
+    plane = control_factory(leader_lease_ttl=3, heartbeat_interval=1.0, dead_after=600.0)
+    await hold_elsewhere(plane.settings.database_path)
+    await plane.start()
+    assert plane.app is not None
+    app = plane.app
+    assert app[LEADERSHIP].term is None and app[FLEET].interval() < 1.5
+    now = time.time()
+    rows = [
+        (f"srv-{i}", f"w-{i}", "active", "provider", now, now, now) for i in range(1000)
+    ]  # 1000 live workers: 5 s at 200 heartbeats a second
+
+    async def register_elsewhere(conn: Any) -> None:
+        await conn.executemany(
+            "INSERT INTO servers (id, name, status, origin, created_at, status_changed_at, "
+            "last_heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    await app[STORE].write(register_elsewhere)  # as the leader's registrations land
+    await until(lambda: app[FLEET].interval() > 4.0, "the interval sized for 1000 workers")
+    assert app[LEADERSHIP].term is None  # still a follower: no sweep ran
+    assert not sweeping()

@@ -24,6 +24,7 @@ Contract:
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -160,3 +161,18 @@ class Provider(Protocol):
     async def delete_volume(self, volume: ProviderVolume) -> None: ...
 
     async def list_volumes(self, labels: dict[str, str]) -> builtins.list[ProviderVolume]: ...
+
+
+def hourly_price_lookup(provider: Provider) -> Callable[[str | None], float | None]:
+    """A server type's hourly price at `provider`, None when unknown (no type, or one
+    the provider no longer lists)."""
+
+    def price(server_type: str | None) -> float | None:
+        if not server_type:
+            return None
+        try:
+            return provider.server_type(server_type).hourly_price
+        except ProviderError:
+            return None
+
+    return price
