@@ -145,7 +145,7 @@ async def through_portal(
     running = time.monotonic()
     link = (await portal(http, "POST", status + "/open", {}))["url"]
     users = (await admin(run, http, "GET", "/v1/users"))["users"]
-    user = next(u["id"] for u in users if u["subdomain"] == name)
+    user = next(u["user_id"] for u in users if u["subdomain"] == name)
     return user, link, (t0, paid, running)
 
 

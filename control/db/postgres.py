@@ -135,21 +135,7 @@ class PostgresStore(Database):
                     await conn.close()
         await self._reads.close()
 
-    async def write(self, fn: WriteFn[T]) -> T:
-        try:
-            result = await asyncio.shield(self._write(fn))
-        except psycopg.Error as exc:
-            failure = storage_failure(exc)
-            if failure is None:
-                raise
-            if self.failure is None:
-                log.error("store: writes are failing: %s", failure.message)
-            self.failure = failure.message
-            raise failure from exc
-        if self.failure is not None:
-            log.warning("store: writes succeed again (after: %s)", self.failure)
-            self.failure = None
-        return result
+    _storage_failure, _log = staticmethod(storage_failure), log
 
     async def _write(self, fn: WriteFn[T]) -> T:
         async with self._lock:

@@ -73,18 +73,8 @@ _PRAGMAS = (
 # Primary result codes that say the database itself cannot be used right now; any
 # other error (a constraint, a bug in SQL) is not the store's to translate.
 _STORAGE_CODES = frozenset(
-    {
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_PERM,
-        sqlite3.SQLITE_READONLY,
-        sqlite3.SQLITE_IOERR,
-        sqlite3.SQLITE_CORRUPT,
-        sqlite3.SQLITE_FULL,
-        sqlite3.SQLITE_CANTOPEN,
-        sqlite3.SQLITE_PROTOCOL,
-        sqlite3.SQLITE_NOLFS,
-        sqlite3.SQLITE_NOTADB,
-    }
+    getattr(sqlite3, f"SQLITE_{name}")
+    for name in "BUSY PERM READONLY IOERR CORRUPT FULL CANTOPEN PROTOCOL NOLFS NOTADB".split()
 )
 # Both backends record an applied migration with this (control/db/postgres.py too).
 RECORD_MIGRATION = "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)"
@@ -104,6 +94,33 @@ class Database:
     the PostgreSQL store keeps (control/app.py casts it)."""
 
     failure: str | None
+    _log: logging.Logger  # each backend's own logger
+
+    async def write(self, fn: WriteFn[T]) -> T:
+        # Shielded: a caller that goes away (client disconnect, shutdown) must not
+        # leave a transaction half-applied or an acknowledged write unknown.
+        try:
+            result = await asyncio.shield(self._write(fn))
+        except Exception as exc:
+            failure = self._storage_failure(exc)
+            if failure is None:
+                raise
+            if self.failure is None:  # one line per outage, not one per refused write
+                self._log.error("store: writes are failing: %s", failure.message)
+            self.failure = failure.message
+            raise failure from exc
+        if self.failure is not None:
+            self._log.warning("store: writes succeed again (after: %s)", self.failure)
+            self.failure = None
+        return result
+
+    async def _write(self, fn: WriteFn[T]) -> T:
+        raise NotImplementedError
+
+    @staticmethod
+    def _storage_failure(exc: BaseException) -> StoreUnavailable | None:
+        """The domain error when `exc` is a failure of the database itself, else None."""
+        raise NotImplementedError
 
 
 def storage_failure(exc: BaseException) -> StoreUnavailable | None:
@@ -225,23 +242,7 @@ class Store(Database):
             if fd is not None:
                 os.close(fd)  # releases the flock
 
-    async def write(self, fn: WriteFn[T]) -> T:
-        # Shielded: a caller that goes away (client disconnect, shutdown) must not
-        # leave a transaction half-applied or an acknowledged write unknown.
-        try:
-            result = await asyncio.shield(self._write(fn))
-        except sqlite3.Error as exc:
-            failure = storage_failure(exc)
-            if failure is None:
-                raise
-            if self.failure is None:  # one line per outage, not one per refused write
-                log.error("store: writes are failing: %s", failure.message)
-            self.failure = failure.message
-            raise failure from exc
-        if self.failure is not None:
-            log.warning("store: writes succeed again (after: %s)", self.failure)
-            self.failure = None
-        return result
+    _storage_failure, _log = staticmethod(storage_failure), log
 
     async def _write(self, fn: WriteFn[T]) -> T:
         conn = self._require(self._writer)
