@@ -20,7 +20,7 @@ from control.appkeys import (
     SCHEDULER,
     STORE,
 )
-from control.capacity.providers.base import ProviderError, ServerType
+from control.capacity.providers.base import ProviderError, ServerType, hourly_price_lookup
 from control.capacity.providers.local import LocalProvider
 from tests.fixtures import ControlPlane
 
@@ -85,9 +85,9 @@ def _bug(name: str) -> None:
 def test_price_lookup(
     fails: Callable[[str], None], server_type: str | None, price: float | None
 ) -> None:
-    assert app_module._price_lookup(_Catalog(fails))(server_type) == price
+    assert hourly_price_lookup(_Catalog(fails))(server_type) == price
 
 
 def test_price_lookup_does_not_hide_a_bug() -> None:
     with pytest.raises(ZeroDivisionError):
-        app_module._price_lookup(_Catalog(_bug))("cx22")
+        hourly_price_lookup(_Catalog(_bug))("cx22")

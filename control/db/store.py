@@ -101,7 +101,7 @@ class Database:
         # leave a transaction half-applied or an acknowledged write unknown.
         try:
             result = await asyncio.shield(self._write(fn))
-        except Exception as exc:
+        except Exception as exc:  # each backend's own error types; others re-raised as is
             failure = self._storage_failure(exc)
             if failure is None:
                 raise
