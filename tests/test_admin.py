@@ -178,16 +178,18 @@ async def test_a_new_user_is_created_and_placed_in_one_transaction(
     write = store.write
 
     async def counted(fn: Any) -> Any:
-        writes.append(fn.__qualname__)
+        writes.append(f"{fn.__module__}:{fn.__qualname__}")
         return await write(fn)
 
     monkeypatch.setattr(store, "write", counted)
     status, _ = await control.admin("POST", "/v1/users", {"user_id": "olga", "subdomain": "olga"})
     assert status == 201
     # (The autoscaler's run, which the new user also triggers, writes beside it: its
-    # scale-up and, when it finds nothing waiting, its scale-down.)
-    theirs = ("Provisioner.", "_nothing", "scale_down.")
-    assert [w for w in writes if not w.startswith(theirs)] == ["commit.<locals>.apply"]
+    # scale-up, its volume and backup steps and, finding nothing waiting, its scale-down.)
+    theirs = ("control.capacity.", "control.volumes.")
+    assert [w for w in writes if not w.startswith(theirs)] == [
+        "control.workers.assignments:commit.<locals>.apply"
+    ]
     _, user = await control.admin("GET", "/v1/users/olga")
     assert user["state"] == "provisioning" and user["server_id"] == worker.key_id
     # A refused creation places nothing and writes nothing.
