@@ -35,7 +35,6 @@ from control import logs
 from control.app import create_app
 from control.capacity.demo_image import ensure_agent_image
 from control.capacity.providers.base import ProviderError
-from control.db.postgres import where
 from control.db.store import StoreUnavailable
 from control.dns.provider import DnsError
 from control.settings import Settings, SettingsError
@@ -183,6 +182,8 @@ def database_name(settings: Settings) -> str:
     """The database as logs may show it: PostgreSQL's host, port and name (never the
     URL, which may hold a password), or SQLite's file."""
     if settings.database_url:
+        from control.db.postgres import where  # the driver only where it is used
+
         return "postgresql " + where(settings.database_url)
     return settings.database_path
 

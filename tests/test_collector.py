@@ -5,7 +5,11 @@ are the measured ones (docs/benchmarks.md, "Garbage collection")."""
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -51,3 +55,40 @@ def test_the_thresholds_are_the_measured_ones() -> None:
     young, older, _ = control_main.GC_THRESHOLDS
     assert young >= 10_000 and older >= 100
     assert control_main.GC_FREEZE
+
+
+# Run apart: this test process may have loaded them already (the PostgreSQL tests).
+_STARTED_ON_SQLITE = """
+import asyncio, sys, tempfile
+from pathlib import Path
+from aiohttp import web
+from control.app import create_app
+from tests.fixtures import make_settings
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = web.AppRunner(create_app(make_settings(Path(tmp), database_url="")))
+        await runner.setup()
+        try:
+            print(sorted(m for m in ("psycopg", "sqlglot") if m in sys.modules))
+        finally:
+            await runner.cleanup()
+
+asyncio.run(main())
+"""
+
+
+def test_a_plane_on_sqlite_never_loads_postgresql_modules() -> None:
+    # About 25,000 objects and 20 MB that every collection would walk for nothing
+    # (docs/benchmarks.md).
+    root = Path(__file__).parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", _STARTED_ON_SQLITE],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from control.db.backend import open_store
 from control.db.store import Store
 from control.workers import nonces
 from control.workers.nonces import NonceLedger, expiry
 from shared.signing import MAX_CLOCK_SKEW
+from tests.fixtures import make_settings
 
 T0 = 1_800_000_000
 NONCE = "ab" * 16
@@ -50,5 +54,37 @@ async def test_load_restores_the_pairs_still_inside_the_window(tmp_path: Path) -
         assert len(ledger) == 1
         assert not ledger.claim("srv-a", NONCE, T0)
         assert ledger.claim("srv-a", "cd" * 16, T0)
+    finally:
+        await store.close()
+
+
+A, B, C = ("srv-a", "a1" * 16, T0), ("srv-a", "b2" * 16, T0), ("srv-b", "a1" * 16, T0)
+
+
+@pytest.mark.parametrize(
+    ("stored", "batch", "fresh"),
+    [
+        ([], [A, B, C], [True, True, True]),  # the usual batch: one statement
+        ([B], [A, B, C], [True, False, True]),  # one replay fails only itself
+        ([], [A, B, A], [True, True, False]),  # a copy inside the batch is a replay too
+        ([A, B, C], [C, A], [False, False]),
+        ([], [], []),
+    ],
+)
+async def test_a_batch_says_which_pairs_are_new_and_keeps_each_once(
+    tmp_path: Path,
+    stored: list[tuple[str, str, int]],
+    batch: list[tuple[str, str, int]],
+    fresh: list[bool],
+) -> None:
+    settings = make_settings(tmp_path)
+    store = open_store(settings.database_url, settings.database_path)
+    await store.open()
+    try:
+        if stored:
+            await store.write(lambda conn: nonces.persist_many(conn, stored))
+        assert await store.write(lambda conn: nonces.persist_many(conn, batch)) == fresh
+        rows = await store.fetch_all("SELECT key_id, nonce FROM nonces ORDER BY key_id, nonce")
+        assert [tuple(r) for r in rows] == sorted({p[:2] for p in stored + batch})
     finally:
         await store.close()

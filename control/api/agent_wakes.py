@@ -12,11 +12,15 @@ Contract:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from control.appkeys import FLEET, SETTINGS
 from control.workers.assignments import GenerationBoard
-from control.workers.wake_bus import WakeBus
+
+if TYPE_CHECKING:  # imported when used: SQLite has no need of PostgreSQL's driver
+    from control.workers.wake_bus import WakeBus
 
 WAKE_BUS: web.AppKey[WakeBus] = web.AppKey("wake_bus")
 
@@ -24,6 +28,8 @@ WAKE_BUS: web.AppKey[WakeBus] = web.AppKey("wake_bus")
 async def start_wake_bus(app: web.Application, board: GenerationBoard) -> None:
     url = app[SETTINGS].database_url
     if url:
+        from control.workers.wake_bus import WakeBus
+
         bus = app[WAKE_BUS] = WakeBus(url, board)
         await bus.start()
 

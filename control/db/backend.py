@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import cast
 
-from control.db.postgres import PostgresStore
 from control.db.store import Store
 
 
 def open_store(database_url: str, database_path: str) -> Store:
     if database_url:
+        # Imported here: on SQLite the driver and sqlglot (about 25,000 objects and
+        # 20 MB at start-up) would only be more for every collection to walk.
+        from control.db.postgres import PostgresStore
+
         return cast(Store, PostgresStore(database_url))
     return Store(database_path)

@@ -55,6 +55,8 @@ AsyncConn = psycopg.AsyncConnection[Row]
 
 
 class PostgresStore(Database):
+    postgres = True
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.failure: str | None = None

@@ -167,10 +167,12 @@ class WriteConnection:
     def execute(self, sql: str, params: Iterable[Any] = ()) -> _Pending:
         return _Pending(self.raw, sql, params)
 
-    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> WriteCursor:
+        """As aiosqlite's: the cursor (closed) whose `rowcount` is the rows' sum."""
         async with self.raw.cursor() as cursor:
             bound = [dialect.bind(sql, row) for row in rows]
             await cursor.executemany(dialect.statement(sql), [params for _, params in bound])
+        return WriteCursor(cursor)
 
     async def execute_fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
         async with self.execute(sql, params) as cursor:

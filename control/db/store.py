@@ -95,6 +95,8 @@ class Database:
 
     failure: str | None
     _log: logging.Logger  # each backend's own logger
+    # Which backend, without importing PostgreSQL's driver on SQLite (control/db/backend.py).
+    postgres = False
 
     async def write(self, fn: WriteFn[T]) -> T:
         # Shielded: a caller that goes away (client disconnect, shutdown) must not

@@ -43,15 +43,17 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING, cast
 
 import aiosqlite
 
-from control.db.postgres import PostgresStore
 from control.db.store import AfterCommit, Store, fetch_one
 from control.plans import Plan
-from control.users import room_feed_pg
 from control.users.placement import Demand, Orders, Room, place_in
 from control.users.rooms import Reserve, rooms, rooms_by_status
+
+if TYPE_CHECKING:  # PostgreSQL's modules load only on PostgreSQL (control/db/backend.py)
+    from control.db.postgres import PostgresStore
 
 # Every status but dead and deleted: the servers whose users the fleet's capacity counts.
 COUNTED = ("provisioning", "active", "unhealthy", "deleting")
@@ -129,8 +131,8 @@ class RoomIndex:
         it from there (once)."""
         if self._store is None:
             self._store = store
-            if isinstance(store, PostgresStore):  # cast by the app: it keeps Store's contract
-                self._postgres = store
+            if store.postgres:  # cast by the app: it keeps Store's contract
+                self._postgres = cast("PostgresStore", store)
             store.add_commit_hook(self._before_commit)
             await store.write(_nothing)
 
@@ -201,6 +203,8 @@ class RoomIndex:
         PostgreSQL the commits sequence less what this store drew (another replica's
         writes, a psql session's)."""
         if self._postgres is not None:
+            from control.users import room_feed_pg
+
             return await room_feed_pg.version(conn, self._postgres.drawn)
         return await _data_version(conn)
 
@@ -212,6 +216,8 @@ class RoomIndex:
             return None
         if self._postgres is None:
             return self._touched
+        from control.users import room_feed_pg
+
         return await room_feed_pg.touched(conn)
 
     async def _before_commit(self, conn: aiosqlite.Connection) -> AfterCommit | None:
@@ -237,12 +243,16 @@ class RoomIndex:
         `synced` see the data_version and never use it so."""
         if self._postgres is None or not self.ready or self._rebuild:
             return False
+        from control.users import room_feed_pg
+
         return await room_feed_pg.touched(conn) is not None  # else: a new session, now
 
     async def _install(self, conn: aiosqlite.Connection) -> None:
         """What reports touched servers: SQLite's TEMP triggers once; on PostgreSQL the
         permanent triggers once and the session's table at every rebuild."""
         if self._postgres is not None:
+            from control.users import room_feed_pg
+
             triggers = None if self.ready else room_feed_pg.trigger_sql(WATCHED)
             await room_feed_pg.install(conn, triggers)
         elif not self.ready:
