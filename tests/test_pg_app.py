@@ -113,25 +113,6 @@ async def test_a_user_placed_through_one_replica_is_seen_by_the_other_before_it_
             await fleet.store.close()
 
 
-async def test_another_replicas_writes_rebuild_an_index_only_when_it_is_needed(
-    postgres_url: str, tmp_path: Path
-) -> None:
-    """Replicas write all the time (heartbeats): a commit that places nobody does not
-    read the fleet again for another replica's writes; a reader's `synced` does."""
-    a, b = await replica(postgres_url, tmp_path), await replica(postgres_url, tmp_path)
-    try:
-        await join(World(b, random.Random(0)), 4096)  # through B only
-        assert a.room_index.rooms() == []
-        await a.store.probe()  # a write of A's own that places nobody
-        assert a.room_index.rooms() == []  # still as of A's last rebuild
-        await a.room_index.synced()
-        assert a.room_index.rooms() == b.room_index.rooms() != []
-    finally:
-        for fleet in (a, b):
-            await fleet.heartbeats.close()
-            await fleet.store.close()
-
-
 async def test_the_app_on_postgres_never_shows_the_database_password(
     postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

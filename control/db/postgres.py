@@ -146,8 +146,10 @@ class PostgresStore(Database):
             # same calls (control/db/postgres_conn.py).
             conn = cast(aiosqlite.Connection, WriteConnection(raw))
             async with raw.transaction():
-                await raw.execute("SELECT pg_advisory_xact_lock(%s)", (schema.WRITE_LOCK,))
-                await raw.execute(f"SELECT nextval('{schema.COMMITS}')")
+                await raw.execute(  # one round trip for both
+                    f"SELECT pg_advisory_xact_lock(%s), nextval('{schema.COMMITS}')",
+                    (schema.WRITE_LOCK,),
+                )
                 self._drawn += 1
                 result = await fn(conn)
                 after = [then for hook in self._hooks if (then := await hook(conn))]

@@ -1,34 +1,68 @@
-"""What the room index (control/users/room_index.py) needs of PostgreSQL: which servers a
-write touched, and whether anyone else wrote.
+"""What the room index (control/users/room_index.py) needs of PostgreSQL: which servers
+any replica's writes touched since the index last looked, so that it follows the other
+replicas' writes server by server instead of reading the whole fleet again.
 
 Contract:
-- `trigger_sql()`: permanent row triggers on the tables of `WATCHED` (room_index.py's,
-  the same rows and columns as SQLite's TEMP triggers), one PL/pgSQL function per
-  table. In a session that has the session-local table `TOUCHED` (the store's write
-  connection, once its index is attached) they insert the servers each row touches
-  there; it empties itself at COMMIT or ROLLBACK (ON COMMIT DELETE ROWS, and a rolled
-  back insert is gone). In any other session (an operator's psql, another build's
-  replica before its index attaches) they draw from the commits sequence instead, so
-  that `data_version` moves for those writes too.
-- `install(conn, triggers)`: (re)creates the triggers when `triggers` (once per
-  attach, under the migration lock, as replicas may attach at once) and the session's
-  `TOUCHED` table (each rebuild: a write connection opened again after the server
-  dropped it has none, its triggers drew from the sequence, and the index rebuilt).
-- `touched(conn)`: the servers this transaction touched so far (None without `TOUCHED`).
-- `version(conn, drawn)`: the commits sequence's last value less `drawn`, what this
-  process's store drew itself: it moves when another replica or session writes.
+- `trigger_sql(watched)`: permanent row triggers on the tables of `WATCHED`
+  (room_index.py's, the same rows and columns as SQLite's TEMP triggers), one PL/pgSQL
+  function per table. In a replica's write session (`clawfleet.room_log` set on, by
+  `Feed.install`) they append the servers each row touches to the log table `LOG`, one
+  row each, numbered by its `seq`. A rolled-back write's rows are gone with it. In any
+  other session (an operator's psql, a write connection opened again before its index
+  rebuilt) they draw from the sequence `FOREIGN` instead: such a write does not hold
+  the replicas' write lock, so its log rows could commit out of order, and the index
+  rebuilds whole instead.
+- A `Feed` is one index's position: the log's last `seq` it applied and `FOREIGN` as of
+  its last rebuild. Called only inside the store's write transactions (the replicas'
+  writes never interleave: control/db/postgres.py's write lock), except `moved`.
+  - `install(conn, first)`: the log, the sequence and the triggers when `first` (under
+    the migration lock, as replicas may attach at once), and the session's setting
+    (each rebuild: a connection opened again has none).
+  - `rebuilt(conn)`: the position a whole read made in this transaction stands at.
+  - `changes(conn)`: the servers logged since the position (this transaction's own
+    included), in one statement; None when the index must rebuild: a foreign write,
+    or no look at the log for `LAPSE` seconds (rows are pruned after `KEEP`).
+  - `applied()`: after COMMIT, the position moves to what `changes` or `rebuilt` read.
+  - `moved(store)`: whether anything was logged or written from outside since the
+    position, read without the write lock (a dashboard's summary).
 """
 
 from __future__ import annotations
 
-from typing import cast
+import time
+from typing import Any, cast
 
 import aiosqlite
 
 from control.db.postgres_conn import WriteConnection
-from control.db.postgres_schema import COMMITS, MIGRATE_LOCK
+from control.db.postgres_schema import MIGRATE_LOCK
+from control.db.store import Store
 
-TOUCHED = "clawfleet_room_touched"
+LOG = "clawfleet_room_log"
+FOREIGN = "clawfleet_room_foreign"
+SETTING = "clawfleet.room_log"
+KEEP = 600.0  # seconds a log row is kept (database time)
+LAPSE = 300.0  # an index that has not looked at the log for this long rebuilds
+PRUNE_EVERY = 60.0
+
+_SETUP = (
+    f"CREATE TABLE IF NOT EXISTS {LOG} (seq BIGSERIAL PRIMARY KEY, server_id TEXT NOT NULL, "
+    "at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    f"CREATE SEQUENCE IF NOT EXISTS {FOREIGN}",
+)
+# A sequence never drawn from reads last_value 1 as after its first draw: is_called
+# tells them apart.
+_DRAWN = "CASE WHEN is_called THEN last_value ELSE 0 END"
+_HEAD = f"SELECT {_DRAWN}, (SELECT COALESCE(MAX(seq), 0) FROM {LOG}) FROM {FOREIGN}"
+_SINCE = (
+    f"SELECT {_DRAWN}, (SELECT COALESCE(MAX(seq), %(seen)s) FROM {LOG} WHERE seq > %(seen)s), "
+    f"ARRAY(SELECT DISTINCT server_id FROM {LOG} WHERE seq > %(seen)s) FROM {FOREIGN}"
+)
+# The newest row stays: MAX(seq) must never go back (`moved` compares with it).
+_PRUNE = (
+    f"DELETE FROM {LOG} WHERE at < now() - make_interval(secs => %s) "
+    f"AND seq < (SELECT MAX(seq) FROM {LOG})"
+)
 
 
 def trigger_sql(watched: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> list[str]:
@@ -43,12 +77,10 @@ def trigger_sql(watched: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> 
             "DECLARE ids TEXT[] := ARRAY[]::TEXT[]; BEGIN "
             f"IF TG_OP <> 'INSERT' THEN ids := ids || ARRAY[{old}]::TEXT[]; END IF; "
             f"IF TG_OP <> 'DELETE' THEN ids := ids || ARRAY[{new}]::TEXT[]; END IF; "
-            f"IF to_regclass('pg_temp.{TOUCHED}') IS NULL THEN "
-            f"PERFORM nextval('{COMMITS}'); ELSE "
-            # Unqualified: only the session's temporary table has this name.
-            "INSERT INTO clawfleet_room_touched SELECT s FROM unnest(ids) s "
+            f"IF current_setting('{SETTING}', true) = 'on' THEN "
+            f"INSERT INTO {LOG} (server_id) SELECT DISTINCT s FROM unnest(ids) s "
             "WHERE s IS NOT NULL; "
-            "END IF; RETURN NULL; END $$",
+            f"ELSE PERFORM nextval('{FOREIGN}'); END IF; RETURN NULL; END $$",
             f"CREATE OR REPLACE TRIGGER room_index_{table}_rows AFTER INSERT OR DELETE ON "
             f"{table} FOR EACH ROW EXECUTE FUNCTION {function}()",
             f"CREATE OR REPLACE TRIGGER room_index_{table}_update AFTER UPDATE OF "
@@ -58,29 +90,49 @@ def trigger_sql(watched: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> 
     return statements
 
 
-async def install(conn: aiosqlite.Connection, triggers: list[str] | None) -> None:
-    raw = cast(WriteConnection, conn).raw
-    if triggers:
-        await raw.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
-        for statement in triggers:
-            await raw.execute(statement)
-    await raw.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {TOUCHED} (server_id TEXT) ON COMMIT DELETE ROWS"
-    )
+class Feed:
+    def __init__(self) -> None:
+        self.seen = 0  # the log's last seq the index applied
+        self.foreign = 0  # FOREIGN as of the last rebuild
+        self._read = 0  # the log's last seq read in the transaction under way
+        self._looked = time.monotonic()  # when the index last looked at the log
+        self._pruned = 0.0
 
+    async def install(self, conn: aiosqlite.Connection, triggers: list[str] | None) -> None:
+        raw = cast(WriteConnection, conn).raw
+        if triggers:
+            await raw.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            for statement in (*_SETUP, *triggers):
+                await raw.execute(statement)
+        await raw.execute("SELECT set_config(%s, 'on', false)", (SETTING,))
 
-async def touched(conn: aiosqlite.Connection) -> set[str] | None:
-    """None when the session has no `TOUCHED` table (opened again since the last
-    rebuild): the index cannot know what this transaction touched, and rebuilds."""
-    raw = cast(WriteConnection, conn).raw
-    found = await (await raw.execute(f"SELECT to_regclass('pg_temp.{TOUCHED}')")).fetchone()
-    if found is None or found[0] is None:
-        return None
-    cursor = await raw.execute(f"SELECT DISTINCT server_id FROM pg_temp.{TOUCHED}")
-    return {str(row[0]) for row in await cursor.fetchall()}
+    async def rebuilt(self, conn: aiosqlite.Connection) -> None:
+        raw = cast(WriteConnection, conn).raw
+        row = await (await raw.execute(_HEAD)).fetchone()
+        self.foreign, self._read = (int(row[0]), int(row[1])) if row else (0, 0)
 
+    async def changes(self, conn: aiosqlite.Connection) -> set[str] | None:
+        raw = cast(WriteConnection, conn).raw
+        now = time.monotonic()
+        if now - self._looked > LAPSE:
+            return None
+        row = await (await raw.execute(_SINCE, {"seen": self.seen})).fetchone()
+        if row is None or int(row[0]) != self.foreign:
+            return None
+        self._read, servers = int(row[1]), {str(s) for s in row[2]}
+        if not servers:
+            self._looked = now  # nothing new: the index is as current as the log
+        if now - self._pruned > PRUNE_EVERY:
+            self._pruned = now
+            await raw.execute(_PRUNE, (KEEP,))
+        return servers
 
-async def version(conn: aiosqlite.Connection, drawn: int) -> int:
-    raw = cast(WriteConnection, conn).raw
-    row = await (await raw.execute(f"SELECT last_value FROM {COMMITS}")).fetchone()
-    return (int(row[0]) if row else 0) - drawn
+    def applied(self) -> None:
+        self.seen, self._looked = self._read, time.monotonic()
+
+    async def moved(self, store: Store) -> bool:
+        def head(conn: Any) -> tuple[int, int]:
+            row = conn.raw.execute(_HEAD).fetchone()
+            return (int(row[0]), int(row[1])) if row else (0, 0)
+
+        return await store.read(head) != (self.foreign, self.seen)

@@ -26,16 +26,12 @@ Contract:
   other control planes out) are not seen by the triggers, but SQLite's data_version
   shows them: the next write rebuilds the index whole, placement decides on a whole
   read meanwhile, and `synced()` brings the index up to date for a reader.
-- On PostgreSQL (control/db/postgres.py, several replicas on one database) the same
-  rows are reported by permanent triggers into a session-local table
-  (control/users/room_feed_pg.py), read by the commit hook and by `place`/`room`.
-  Another replica's or a psql session's write moves the store's data_version, so,
-  under the write lock (every replica's writes share it), `place` decides on a whole
-  read and its commit rebuilds the index: placement never acts on another replica's
-  stale view. A commit that places nobody leaves a stale index stale (replicas'
-  heartbeats would otherwise cost a read of the fleet each); `synced()` rebuilds it
-  for a reader. (While replicas write often, that is a read of the fleet per
-  placement: correct, not yet incremental.)
+- On PostgreSQL (control/db/postgres.py, several replicas on one database) permanent
+  triggers log the same rows' servers, numbered (control/users/room_feed_pg.py), and
+  every write transaction re-reads the servers logged since the index last applied
+  the log: this replica's and the other replicas' alike (their writes never interleave:
+  they share one write lock), one statement to ask. A psql session's write, which
+  the log cannot order, makes the next write rebuild the index whole, as on SQLite.
 """
 
 from __future__ import annotations
@@ -43,7 +39,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Collection, Iterable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import aiosqlite
 
@@ -53,7 +49,7 @@ from control.users.placement import Demand, Orders, Room, place_in
 from control.users.rooms import Reserve, rooms, rooms_by_status
 
 if TYPE_CHECKING:  # PostgreSQL's modules load only on PostgreSQL (control/db/backend.py)
-    from control.db.postgres import PostgresStore
+    from control.users.room_feed_pg import Feed
 
 # Every status but dead and deleted: the servers whose users the fleet's capacity counts.
 COUNTED = ("provisioning", "active", "unhealthy", "deleting")
@@ -122,8 +118,7 @@ class RoomIndex:
         self._touched: set[str] = set()  # servers touched since the last commit hook
         self._version: int | None = None  # the write connection's data_version, as read
         self._store: Store | None = None
-        self._postgres: PostgresStore | None = None  # the store, when it is PostgreSQL's
-        self._rebuild = False  # PostgreSQL: the next commit rebuilds a stale index
+        self._feed: Feed | None = None  # on PostgreSQL: where the other replicas' writes are
         self.ready = False  # rebuilt, and kept in step by the triggers
 
     async def attach(self, store: Store) -> None:
@@ -131,8 +126,10 @@ class RoomIndex:
         it from there (once)."""
         if self._store is None:
             self._store = store
-            if store.postgres:  # cast by the app: it keeps Store's contract
-                self._postgres = cast("PostgresStore", store)
+            if store.postgres:
+                from control.users.room_feed_pg import Feed
+
+                self._feed = Feed()
             store.add_commit_hook(self._before_commit)
             await store.write(_nothing)
 
@@ -141,8 +138,13 @@ class RoomIndex:
         operator's sqlite3 shell), through an empty write whose hook rebuilds the index;
         without the write lock when nothing was written elsewhere (the usual case: a
         dashboard's summary must not queue behind the heartbeats' writes)."""
-        if self._store is not None and await self._store.data_version() != self._version:
-            self._rebuild = True
+        if self._store is None:
+            return
+        if self._feed is not None:
+            moved = await self._feed.moved(self._store)
+        else:
+            moved = await self._store.data_version() != self._version
+        if moved:
             await self._store.write(_nothing)
 
     def rooms(self) -> list[Room]:
@@ -165,8 +167,7 @@ class RoomIndex:
         """`placement.place` of `demands` over this transaction's rooms, less `exclude`'s,
         only in `exact_location` when given. Returns (user id -> server id, unplaced)."""
         changed = await self._changes(conn)
-        if changed is None:
-            self._rebuild = True  # this write's commit brings the index up to date
+        if changed is None:  # this write's commit rebuilds the index
             fleet = await rooms(conn, self._plans, self._reserve)
             orders = Orders(r for r in fleet if r.server_id != exclude)
             return place_in(orders, demands, exact_location)
@@ -198,63 +199,39 @@ class RoomIndex:
         # Called by SQLite (on the store's connection thread) once per row a trigger sees.
         self._touched.update(s for s in server_ids if isinstance(s, str))
 
-    async def _version_now(self, conn: aiosqlite.Connection) -> int:
-        """Moves only when another connection commits: SQLite's data_version, or on
-        PostgreSQL the commits sequence less what this store drew (another replica's
-        writes, a psql session's)."""
-        if self._postgres is not None:
-            from control.users import room_feed_pg
-
-            return await room_feed_pg.version(conn, self._postgres.drawn)
-        return await _data_version(conn)
-
     async def _changes(self, conn: aiosqlite.Connection) -> set[str] | None:
         """The servers this transaction touched so far (on SQLite, since the last commit
-        hook), or None when the index cannot be trusted: not built yet, or another
-        connection wrote since it last read (on PostgreSQL: another replica)."""
-        if not self.ready or await self._version_now(conn) != self._version:
+        hook; on PostgreSQL, every replica's since the index last applied the log), or
+        None when the index cannot be trusted: not built yet, or another connection
+        wrote what the triggers could not report."""
+        if not self.ready:
             return None
-        if self._postgres is None:
-            return self._touched
-        from control.users import room_feed_pg
-
-        return await room_feed_pg.touched(conn)
+        if self._feed is not None:
+            return await self._feed.changes(conn)
+        return self._touched if await _data_version(conn) == self._version else None
 
     async def _before_commit(self, conn: aiosqlite.Connection) -> AfterCommit | None:
         touched = await self._changes(conn)
-        if touched is None and await self._later(conn):
-            return None
-        self._rebuild = False
         if touched is None:  # at start-up, or written elsewhere: rebuild
             await self._install(conn)
             self._touched = set()  # the whole read below covers them
-            version = await self._version_now(conn)
+            if self._feed is not None:
+                await self._feed.rebuilt(conn)
+            version = await _data_version(conn) if self._feed is None else 0
             return functools.partial(self._load, await self._read(conn, None), version)
         self._touched = set()
         if not touched:
             return None
         return functools.partial(self._apply, await self._read(conn, touched))
 
-    async def _later(self, conn: aiosqlite.Connection) -> bool:
-        """On PostgreSQL, an index that another replica's write made stale is rebuilt
-        only by a write that needs it (a placement, `synced`): replicas write all the
-        time (heartbeats), and a read of the fleet at each of their commits would cost
-        more than the index saves. It stays stale meanwhile: `place`, `room` and
-        `synced` see the data_version and never use it so."""
-        if self._postgres is None or not self.ready or self._rebuild:
-            return False
-        from control.users import room_feed_pg
-
-        return await room_feed_pg.touched(conn) is not None  # else: a new session, now
-
     async def _install(self, conn: aiosqlite.Connection) -> None:
         """What reports touched servers: SQLite's TEMP triggers once; on PostgreSQL the
         permanent triggers once and the session's table at every rebuild."""
-        if self._postgres is not None:
+        if self._feed is not None:
             from control.users import room_feed_pg
 
             triggers = None if self.ready else room_feed_pg.trigger_sql(WATCHED)
-            await room_feed_pg.install(conn, triggers)
+            await self._feed.install(conn, triggers)
         elif not self.ready:
             await conn.create_function(_TOUCHED, -1, self._touch)
             for statement in trigger_sql():
@@ -275,6 +252,8 @@ class RoomIndex:
                 self._used.pop(server_id, None)
             else:
                 self._used[server_id] = (found[1].memory_used_mb, found[1].cpus_used)
+        if self._feed is not None:
+            self._feed.applied()
 
 
 async def _data_version(conn: aiosqlite.Connection) -> int:
