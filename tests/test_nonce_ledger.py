@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from control.db.backend import open_store
-from control.db.store import Store
+from control.db.store import Store, fetch_all
 from control.workers import nonces
 from control.workers.nonces import NonceLedger, expiry
 from shared.signing import MAX_CLOCK_SKEW
@@ -76,6 +76,7 @@ async def test_a_batch_says_which_pairs_are_new_and_keeps_each_once(
     stored: list[tuple[str, str, int]],
     batch: list[tuple[str, str, int]],
     fresh: list[bool],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = make_settings(tmp_path)
     store = open_store(settings.database_url, settings.database_path)
@@ -83,7 +84,11 @@ async def test_a_batch_says_which_pairs_are_new_and_keeps_each_once(
     try:
         if stored:
             await store.write(lambda conn: nonces.persist_many(conn, stored))
+        slow = []  # the row-by-row path's statements (INSERT ... RETURNING)
+        monkeypatch.setattr(nonces, "fetch_all", lambda *a: slow.append(a) or fetch_all(*a))
         assert await store.write(lambda conn: nonces.persist_many(conn, batch)) == fresh
+        # A batch of new pairs takes the one prepared statement, on either backend.
+        assert bool(slow) == (not all(fresh))
         rows = await store.fetch_all("SELECT key_id, nonce FROM nonces ORDER BY key_id, nonce")
         assert [tuple(r) for r in rows] == sorted({p[:2] for p in stored + batch})
     finally:

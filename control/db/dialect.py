@@ -11,7 +11,8 @@ Contract:
   there, a subquery in FROM gets the name PostgreSQL 15 wants, and scalar `MAX`/`MIN` call the schema's `clawfleet_greatest`/`clawfleet_least`,
   NULL when an argument is (GREATEST and LEAST would skip it). Results are cached per statement text (the
   statements are the program's constants). `INSERT OR REPLACE` and anything sqlglot
-  cannot parse raise `UnsupportedStatement`: nothing is sent half-translated.
+  cannot parse raise `UnsupportedStatement`: nothing is sent half-translated. A
+  savepoint's statements pass as they are.
 - `bind(sql, params)` is `statement(sql)` with its parameters for psycopg: a sequence,
   or for SQLite's numbered `?N` (one value in several places) a mapping of `%(pN)s`
   names. A statement with both `?` and `?N` is refused.
@@ -35,6 +36,9 @@ from sqlglot.errors import SqlglotError
 from control.errors import ClawfleetError
 
 _NUMBERED = re.compile(r"\?(\d+)")
+# The same words in both dialects; sqlglot parses them only as an opaque command, with a
+# warning in the log.
+_SAVEPOINT = re.compile(r"(SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT) \w+")
 
 
 class UnsupportedStatement(ClawfleetError):
@@ -52,6 +56,8 @@ def bind(sql: str, params: Iterable[Any]) -> tuple[str, Sequence[Any] | dict[str
 
 @functools.lru_cache(maxsize=4096)
 def statement(sql: str) -> str:
+    if _SAVEPOINT.fullmatch(sql):
+        return sql
     if _NUMBERED.search(sql) is not None:
         if re.search(r"\?(?!\d)", sql):
             raise UnsupportedStatement(f"both ? and ?N in one statement: {sql!r}")

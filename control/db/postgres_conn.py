@@ -22,6 +22,7 @@ Contract:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, overload
 
@@ -135,6 +136,11 @@ class WriteCursor:
         await self._cursor.close()
 
 
+@dataclass(frozen=True)
+class Done:
+    rowcount: int
+
+
 class _Pending:
     """What `WriteConnection.execute` returns: awaitable, and an async context manager
     that closes its cursor, as aiosqlite's."""
@@ -167,12 +173,12 @@ class WriteConnection:
     def execute(self, sql: str, params: Iterable[Any] = ()) -> _Pending:
         return _Pending(self.raw, sql, params)
 
-    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> WriteCursor:
-        """As aiosqlite's: the cursor (closed) whose `rowcount` is the rows' sum."""
+    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> Done:
+        """As aiosqlite's cursor after it: `rowcount` is the rows' sum."""
         async with self.raw.cursor() as cursor:
             bound = [dialect.bind(sql, row) for row in rows]
             await cursor.executemany(dialect.statement(sql), [params for _, params in bound])
-        return WriteCursor(cursor)
+            return Done(cursor.rowcount)  # read before the close, which resets it
 
     async def execute_fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
         async with self.execute(sql, params) as cursor:
