@@ -131,6 +131,9 @@ QUERIES: list[tuple[str, tuple[Any, ...]]] = [
     ("SELECT IFNULL(server_type, '-') AS t, COUNT(*) AS n FROM servers GROUP BY 1 ORDER BY 1", ()),
     ("SELECT SUM(memory_mb) AS total, MIN(memory_mb) AS least FROM servers", ()),
     ("SELECT id, MIN(memory_mb, 2000.5) AS m FROM servers ORDER BY id", ()),
+    # Two arguments and three take different functions on PostgreSQL (postgres_schema.py).
+    ("SELECT id, MAX(memory_mb, 1000, ?) AS m FROM servers ORDER BY id", (3000,)),
+    ("SELECT MAX(1, NULL) AS a, MIN(NULL, 2) AS b, MIN(2, 1.5) AS c, MAX(?, 7) AS d", (8,)),
     ("SELECT COUNT(*) AS n FROM (SELECT id FROM servers WHERE memory_mb > ?)", (2000,)),
     ("SELECT id FROM servers WHERE memory_mb > ?2 OR name = ?1 ORDER BY id", ("c", 2000)),
     ("SELECT COALESCE(SUM(memory_mb <= ?), 0) AS n FROM servers", (2048,)),

@@ -40,6 +40,15 @@ STORE_SETUP = (
         f"WHEN array_position(a, NULL) IS NULL THEN (SELECT {agg}(x) FROM unnest(a) x) END $$"
         for name, agg in (("greatest", "max"), ("least", "min"))
     ),
+    # Two arguments, the usual call (MAX(0, x) in a sum over every server): a plain
+    # expression the planner inlines. The variadic form above costs a subquery per call,
+    # about 0.5 s for /metrics' heartbeat ages over 10k servers against 7 ms.
+    *(
+        f"CREATE OR REPLACE FUNCTION clawfleet_{name}(a ANYCOMPATIBLE, b ANYCOMPATIBLE) "
+        "RETURNS ANYCOMPATIBLE LANGUAGE sql IMMUTABLE AS $$ SELECT CASE "
+        f"WHEN a IS NULL OR b IS NULL THEN NULL ELSE {name.upper()}(a, b) END $$"
+        for name in ("greatest", "least")
+    ),
 )
 
 # How many of a report's containers carry an error (SQLite: json_each over
