@@ -8,7 +8,8 @@ Contract:
   ordering kept as SQLite sorts) plus what sqlglot leaves alone or gets wrong: `INSERT
   OR IGNORE` becomes `ON CONFLICT DO NOTHING`, `COLLATE NOCASE` compares `LOWER()` of
   both sides, the keys of an `ON CONFLICT` lose the NULL ordering PostgreSQL refuses
-  there, a subquery in FROM gets the name PostgreSQL 15 wants, and scalar `MAX`/`MIN` call the schema's `clawfleet_greatest`/`clawfleet_least`,
+  there, a subquery in FROM gets the name PostgreSQL 15 wants, an ORDER BY of a column
+  that is never NULL keeps PostgreSQL's own NULL order (so an index serves it), and scalar `MAX`/`MIN` call the schema's `clawfleet_greatest`/`clawfleet_least`,
   NULL when an argument is (GREATEST and LEAST would skip it). Results are cached per statement text (the
   statements are the program's constants). `INSERT OR REPLACE` and anything sqlglot
   cannot parse raise `UnsupportedStatement`: nothing is sent half-translated. A
@@ -65,7 +66,7 @@ def statement(sql: str) -> str:
     trees = _parse(sql)
     if len(trees) != 1:
         raise UnsupportedStatement(f"one statement expected, got {len(trees)}: {sql!r}")
-    return _generate(_rewrite(trees[0]))
+    return _generate(_rewrite(trees[0]).transform(_index_order))
 
 
 def script(ddl: str) -> list[str]:
@@ -152,6 +153,57 @@ def _scalar_extremes(node: exp.Expr) -> exp.Expr:
         return node
     arguments = [node.this, *node.expressions]
     return exp.Anonymous(this=f"clawfleet_{name}", expressions=[a.copy() for a in arguments])
+
+
+def _index_order(node: exp.Expr) -> exp.Expr:
+    """`ORDER BY id` of a column that is never NULL in PostgreSQL's order (no NULLS
+    FIRST): the same rows, and PostgreSQL can walk the column's index instead of
+    sorting the whole table for a page (it does not match NULLS FIRST to an index
+    of a NOT NULL column)."""
+    order = node.parent
+    select = order.parent if isinstance(order, exp.Order) else None
+    if not (isinstance(node, exp.Ordered) and isinstance(node.this, exp.Column)):
+        return node
+    if not isinstance(select, exp.Select) or not _from_tables(select):
+        return node  # a union's column, a subquery's, or one an outer join may leave NULL
+    name = node.this.name
+    if name in _never_null() and name not in {e.alias for e in select.expressions}:
+        node.set("nulls_first", bool(node.args.get("desc")))  # PostgreSQL's own
+    return node
+
+
+def _from_tables(select: exp.Select) -> bool:
+    """Whether `select` reads tables only, joined inner: its columns are theirs."""
+    joins = select.args.get("joins") or []
+    sources = [select.args.get("from_"), *joins]
+    return all(s is not None and isinstance(s.this, exp.Table) for s in sources) and not any(
+        j.side for j in joins
+    )
+
+
+@functools.cache
+def _never_null() -> frozenset[str]:
+    """The columns NOT NULL (or a primary key) in every table of the schema that has
+    one of that name; none when a table's DDL cannot be read."""
+    from control.db import postgres_schema  # it translates with this module
+    from control.db.migrations import MIGRATIONS
+
+    never: set[str] = set()
+    maybe: set[str] = set()
+    for version in range(1, len(MIGRATIONS) + 1):
+        for ddl in postgres_schema.migration(version):
+            if not re.match(r"\s*(CREATE TABLE|ALTER TABLE)", ddl, re.IGNORECASE):
+                continue  # functions, triggers, indexes: no column is declared
+            try:
+                tree = sqlglot.parse_one(ddl, read="postgres")
+            except SqlglotError:
+                return frozenset()
+            keys = {c.name for key in tree.find_all(exp.PrimaryKey) for c in key.expressions}
+            for column in tree.find_all(exp.ColumnDef):
+                kinds = {type(c.args.get("kind")) for c in column.constraints}
+                required = kinds & {exp.NotNullColumnConstraint, exp.PrimaryKeyColumnConstraint}
+                (never if required or column.name in keys else maybe).add(column.name)
+    return frozenset(never - maybe)
 
 
 def _unordered(key: exp.Expr) -> exp.Expr:
