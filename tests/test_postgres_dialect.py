@@ -94,6 +94,12 @@ from control.db.store import Store
             "SELECT server_id FROM users ORDER BY server_id",
             "SELECT server_id FROM users ORDER BY server_id NULLS FIRST",
         ),
+        # Lists of placeholders, kept in their order and lengths.
+        (
+            "SELECT a FROM t WHERE id IN (?, ?, ?) AND b IN (?) AND c IN (SELECT d FROM e WHERE f IN (?,?))",
+            "SELECT a FROM t WHERE id IN (%s, %s, %s) AND b IN (%s) "
+            "AND c IN (SELECT d FROM e WHERE f IN (%s, %s))",
+        ),
         # The same in both (sqlglot would warn in the log that it cannot parse them).
         ("SAVEPOINT nonces", "SAVEPOINT nonces"),
         ("ROLLBACK TO SAVEPOINT nonces", "ROLLBACK TO SAVEPOINT nonces"),
@@ -168,6 +174,7 @@ QUERIES: list[tuple[str, tuple[Any, ...]]] = [
     ("SELECT id FROM servers WHERE (? IS NULL OR name = ?) ORDER BY id", (None, "a")),
     ("SELECT id FROM servers WHERE (? IS NULL OR name = ?) ORDER BY id", ("a", "a")),
     ("SELECT id FROM servers WHERE NOT ? OR memory_mb > 2000 ORDER BY id", (True,)),
+    ("SELECT id FROM servers WHERE id IN (?, ?) OR name IN (?) ORDER BY id", ("s1", "s9", "b")),
 ]
 INSERT = (
     "INSERT OR IGNORE INTO servers (id, name, status, origin, memory_mb, server_type, "
@@ -222,3 +229,15 @@ async def test_a_page_of_servers_walks_the_index(postgres_url: str) -> None:
         await store.close()
     assert not any("Sort" in line for line in plan), plan
     assert any("Index" in line for line in plan), plan
+
+
+def test_lists_of_any_length_are_translated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's ids: each new length was a parse, and its trees garbage."""
+    parsed = []
+    parse = dialect._parse
+    monkeypatch.setattr(dialect, "_parse", lambda sql: parsed.append(sql) or parse(sql))
+    for n in range(1, 40):
+        marks = ", ".join(["?"] * n)
+        sql = f"SELECT id FROM lengths WHERE id IN ({marks}) AND k = ?"
+        assert dialect.statement(sql).count("%s") == n + 1
+    assert len(parsed) == 1

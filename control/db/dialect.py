@@ -40,6 +40,11 @@ _NUMBERED = re.compile(r"\?(\d+)")
 # The same words in both dialects; sqlglot parses them only as an opaque command, with a
 # warning in the log.
 _SAVEPOINT = re.compile(r"(SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT) \w+")
+# `IN (?, ?, ...)` of plain placeholders, and what stands for one while it is translated
+# (an identifier sqlglot keeps as it is, numbered in the order of the lists).
+_IN_LIST = re.compile(r"\bIN\s*\(\s*\?(?!\d)(?:\s*,\s*\?(?!\d))*\s*\)", re.IGNORECASE)
+_LIST_MARK = "clawfleet_in_list_"
+_MARKED = re.compile(rf"IN \({_LIST_MARK}\d+\)")
 
 
 class UnsupportedStatement(ClawfleetError):
@@ -55,8 +60,22 @@ def bind(sql: str, params: Iterable[Any]) -> tuple[str, Sequence[Any] | dict[str
     return statement(sql), {f"p{i}": value for i, value in enumerate(values, start=1)}
 
 
-@functools.lru_cache(maxsize=4096)
 def statement(sql: str) -> str:
+    """`sql` in PostgreSQL's dialect. Lists of placeholders (`IN (?, ?, ?)`: a batch's
+    ids, as many as it holds) are translated once per shape, whatever their lengths:
+    each new length was a new parse (whose trees are garbage for the collector) and a
+    new entry pushing the program's constant statements out of the cache."""
+    lengths = [m.group(0).count("?") for m in _IN_LIST.finditer(sql)]
+    if not lengths:
+        return _translated(sql)
+    counter = iter(range(len(lengths)))
+    shape = _IN_LIST.sub(lambda _: f"IN ({_LIST_MARK}{next(counter)})", sql)
+    lists = iter(lengths)
+    return _MARKED.sub(lambda _: "IN (" + ", ".join(["%s"] * next(lists)) + ")", _translated(shape))
+
+
+@functools.lru_cache(maxsize=4096)
+def _translated(sql: str) -> str:
     if _SAVEPOINT.fullmatch(sql):
         return sql
     if _NUMBERED.search(sql) is not None:
