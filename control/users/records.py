@@ -39,9 +39,17 @@ def creation(
     now = time.time()
 
     async def apply(conn: aiosqlite.Connection) -> None:
-        if await fetch_one(conn, "SELECT 1 FROM users WHERE id = ?", (user_id,)):
+        # One statement for both checks: each is a hop to the database's thread while
+        # the write lock is held (issue 16).
+        taken = await fetch_one(
+            conn,
+            "SELECT EXISTS (SELECT 1 FROM users WHERE id = ?) AS id, "
+            "EXISTS (SELECT 1 FROM users WHERE subdomain = ?) AS subdomain",
+            (user_id, subdomain),
+        )
+        if taken and taken["id"]:
             raise Conflict(f"user {user_id} already exists", code="user_exists")
-        if await fetch_one(conn, "SELECT 1 FROM users WHERE subdomain = ?", (subdomain,)):
+        if taken and taken["subdomain"]:
             raise Conflict(f"subdomain {subdomain} is taken", code="subdomain_taken")
         await insert(conn, user_id, subdomain, plan.name, token, now=now)
         await events.record(
