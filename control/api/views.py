@@ -13,6 +13,7 @@ before its first heartbeat and once retired)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterable, Mapping
@@ -157,9 +158,10 @@ async def server_views(
     if not ids:
         return []
     among = f"({', '.join('?' * len(ids))})"
-    users = await store.fetch_all(f"{holders_among(among)} ORDER BY id", ids * 3)
-    held_rows = await store.fetch_all(
-        f"SELECT * FROM ({HELD_DATA_SQL}) WHERE holder IN {among}", ids
+    # Asked at once: back to back on the read thread, not each after the loop's turn.
+    users, held_rows = await asyncio.gather(
+        store.fetch_all(f"{holders_among(among)} ORDER BY id", ids * 3),
+        store.fetch_all(f"SELECT * FROM ({HELD_DATA_SQL}) WHERE holder IN {among}", ids),
     )
     held = decisions.held_by_server((r["holder"], r["kind"], r["purge_after"]) for r in held_rows)
     by_server: dict[str, list[Row]] = {}
