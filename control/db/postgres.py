@@ -22,8 +22,7 @@ Contract, as `Store`'s, with these differences:
   sees the last commit). `read(fn)` runs `fn` on its own thread in one REPEATABLE READ
   READ ONLY transaction: one snapshot, and a write in it fails as `StoreUnavailable`.
 - `data_version()` moves when another process's write commits (every write draws from
-  one sequence; the store knows how many it drew itself, `drawn`). A psql session's
-  writes move it only through the room index's triggers (on the tables it watches).
+  one sequence; the store counts what it drew itself).
 - A failure of the database itself (control/db/postgres_conn.py `storage_failure`)
   is `StoreUnavailable` from `write`, `read`, `fetch_*` and `probe`; `failure` names it
   until a write succeeds again. A connection the server dropped is opened again by the
@@ -70,11 +69,6 @@ class PostgresStore(Database):
 
     def add_commit_hook(self, hook: CommitHook) -> None:
         self._hooks.append(hook)
-
-    @property
-    def drawn(self) -> int:
-        """How many values of the commits sequence this store's writes drew."""
-        return self._drawn
 
     async def open(self) -> None:
         try:

@@ -15,9 +15,9 @@ Contract:
 - A `Feed` is one index's position: the log's last `seq` it applied and `FOREIGN` as of
   its last rebuild. Called only inside the store's write transactions (the replicas'
   writes never interleave: control/db/postgres.py's write lock), except `moved`.
-  - `install(conn, first)`: the log, the sequence and the triggers when `first` (under
-    the migration lock, as replicas may attach at once), and the session's setting
-    (each rebuild: a connection opened again has none).
+  - `install(conn, triggers)`: the log, the sequence and `triggers` when given (once
+    per attach, under the migration lock, as replicas may attach at once), and the
+    session's setting (each rebuild: a connection opened again has none).
   - `rebuilt(conn)`: the position a whole read made in this transaction stands at.
   - `changes(conn)`: the servers logged since the position (this transaction's own
     included), in one statement; None when the index must rebuild: a foreign write,
