@@ -32,8 +32,8 @@ OWNERS: dict[str, str] = {
     "portal_login_links": "control/portal/login_links.py",
     "portal_sessions": "control/portal/customer_sessions.py",
     "leases": "control/leadership/lease.py",
-    # PostgreSQL: each session's own list of the servers its transaction touched.
-    "clawfleet_room_touched": "control/users/room_feed_pg.py",
+    # PostgreSQL: the servers each replica's writes touched, numbered (the room index).
+    "clawfleet_room_log": "control/users/room_feed_pg.py",
     # The store records which migrations ran; the migrations create every table.
     "schema_migrations": "control/db/store.py",
     # Counts the database keeps by itself: only their triggers write them.

@@ -38,7 +38,7 @@ from control.db.postgres_conn import WriteConnection
 from control.db.postgres_schema import MIGRATE_LOCK
 from control.db.store import Store
 
-LOG = "clawfleet_room_log"
+LOG = "clawfleet_room_log"  # written out in the statements that write it (one owner)
 FOREIGN = "clawfleet_room_foreign"
 SETTING = "clawfleet.room_log"
 KEEP = 600.0  # seconds a log row is kept (database time)
@@ -60,7 +60,7 @@ _SINCE = (
 )
 # The newest row stays: MAX(seq) must never go back (`moved` compares with it).
 _PRUNE = (
-    f"DELETE FROM {LOG} WHERE at < now() - make_interval(secs => %s) "
+    "DELETE FROM clawfleet_room_log WHERE at < now() - make_interval(secs => %s) "
     f"AND seq < (SELECT MAX(seq) FROM {LOG})"
 )
 
@@ -78,7 +78,7 @@ def trigger_sql(watched: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> 
             f"IF TG_OP <> 'INSERT' THEN ids := ids || ARRAY[{old}]::TEXT[]; END IF; "
             f"IF TG_OP <> 'DELETE' THEN ids := ids || ARRAY[{new}]::TEXT[]; END IF; "
             f"IF current_setting('{SETTING}', true) = 'on' THEN "
-            f"INSERT INTO {LOG} (server_id) SELECT DISTINCT s FROM unnest(ids) s "
+            "INSERT INTO clawfleet_room_log (server_id) SELECT DISTINCT s FROM unnest(ids) s "
             "WHERE s IS NOT NULL; "
             f"ELSE PERFORM nextval('{FOREIGN}'); END IF; RETURN NULL; END $$",
             f"CREATE OR REPLACE TRIGGER room_index_{table}_rows AFTER INSERT OR DELETE ON "
