@@ -144,15 +144,13 @@ class StripeInbox:
         text = payload.decode("utf-8")  # verify_delivery proved it decodes
 
         async def insert(conn: aiosqlite.Connection) -> bool:
-            cursor = await conn.execute(
+            async with conn.execute(  # `async with`: sent now, for its row count
                 "INSERT INTO stripe_events (id, type, created, payload, received_at, status, "
                 "attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?) "
                 "ON CONFLICT (id) DO NOTHING",
                 (event["id"], event["type"], event["created"], text, now, now),
-            )
-            inserted = cursor.rowcount == 1
-            await cursor.close()
-            return inserted
+            ) as cursor:
+                return cursor.rowcount == 1
 
         try:
             stored = await self.store.write(insert)
@@ -333,14 +331,12 @@ class StripeInbox:
         while True:
 
             async def delete(conn: aiosqlite.Connection) -> int:
-                cursor = await conn.execute(
+                async with conn.execute(
                     "DELETE FROM stripe_events WHERE id IN (SELECT id FROM stripe_events "
                     "WHERE status = 'done' AND processed_at < ? LIMIT ?)",
                     (cutoff, batch),
-                )
-                count = cursor.rowcount
-                await cursor.close()
-                return count
+                ) as cursor:
+                    return int(cursor.rowcount)
 
             deleted = await self.store.write(delete)
             total += deleted

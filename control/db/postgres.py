@@ -16,8 +16,9 @@ Contract, as `Store`'s, with these differences:
   `WRITE_LOCK` (`pg_advisory_xact_lock`, released by COMMIT or ROLLBACK): writes never
   interleave, in this process (an asyncio lock) nor across processes, as BEGIN
   IMMEDIATE keeps SQLite's writers apart. `conn` is control/db/postgres_conn.py's
-  `WriteConnection`, which takes the SQLite statements the write functions hold.
-  Commit hooks run as `Store`'s.
+  `WriteConnection`, which takes the SQLite statements the write functions hold and
+  holds back what answers nothing (BEGIN and the lock go with the first statement:
+  its round trips). Commit hooks run as `Store`'s.
 - `fetch_all`/`fetch_one` run each statement on the read connection (autocommit: each
   sees the last commit). `read(fn)` runs `fn` on its own thread in one REPEATABLE READ
   READ ONLY transaction: one snapshot, and a write in it fails as `StoreUnavailable`.
@@ -41,6 +42,7 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 
 from control.db import postgres_schema as schema
 from control.db.migrations import MIGRATIONS
@@ -49,6 +51,7 @@ from control.db.postgres_read import PostgresReadThread
 from control.db.store import RECORD_MIGRATION, CommitHook, Database, StoreUnavailable, WriteFn
 
 log = logging.getLogger(__name__)
+_LOCK_AND_DRAW = f"SELECT pg_advisory_xact_lock(%s), nextval('{schema.COMMITS}')"
 T = TypeVar("T")
 AsyncConn = psycopg.AsyncConnection[Row]
 
@@ -113,7 +116,7 @@ class PostgresStore(Database):
         that changes no table."""
 
         async def xid(conn: aiosqlite.Connection) -> None:
-            await cast(WriteConnection, conn).raw.execute("SELECT pg_current_xact_id()")
+            await cast(WriteConnection, conn).native("SELECT pg_current_xact_id()")
 
         await self.write(xid)
 
@@ -137,19 +140,32 @@ class PostgresStore(Database):
         async with self._lock:
             raw = await self._connection("_writer")
             # The write functions take aiosqlite's connection; this one answers the
-            # same calls (control/db/postgres_conn.py).
-            conn = cast(aiosqlite.Connection, WriteConnection(raw))
-            async with raw.transaction():
-                await raw.execute(  # one round trip for both
-                    f"SELECT pg_advisory_xact_lock(%s), nextval('{schema.COMMITS}')",
-                    (schema.WRITE_LOCK,),
-                )
-                self._drawn += 1
+            # same calls (control/db/postgres_conn.py), and holds back what answers
+            # nothing: BEGIN and the lock go with the first statement, the last
+            # changes with COMMIT.
+            write = WriteConnection(raw, holds=True)
+            write.hold("BEGIN")
+            write.hold(_LOCK_AND_DRAW, (schema.WRITE_LOCK,))
+            conn = cast(aiosqlite.Connection, write)
+            try:
                 result = await fn(conn)
                 after = [then for hook in self._hooks if (then := await hook(conn))]
+                await write.native("COMMIT")
+            except BaseException:
+                write.drop_held()
+                await self._rolled_back(raw)
+                raise
+            self._drawn += 1
             for then in after:
                 then()
             return result
+
+    async def _rolled_back(self, raw: AsyncConn) -> None:
+        if raw.closed or raw.info.transaction_status == TransactionStatus.IDLE:
+            return  # nothing was sent, or the connection is gone with its transaction
+        self._drawn += 1  # the lock's statement ran: a sequence's draw stays drawn
+        with contextlib.suppress(psycopg.Error):
+            await raw.execute("ROLLBACK")
 
     async def read(self, fn: Callable[[Any], T]) -> T:
         try:

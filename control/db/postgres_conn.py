@@ -8,7 +8,14 @@ Contract:
   []). `ReadConnection` wraps a sync one as `sqlite3.Connection` does for `Store.read`
   (`conn.execute(sql, params).fetchone()`, `for row in conn.execute(...)`). Every
   statement is SQLite's text, sent as control/db/dialect.py translates it, always with
-  a parameter sequence.
+  a parameter sequence; `native` sends PostgreSQL's own.
+- Round trips (issue 16): a `WriteConnection` that `holds` keeps a statement awaited
+  plainly that answers nothing (INSERT, UPDATE, DELETE without RETURNING; SAVEPOINT)
+  and sends it in one pipeline with the next statement whose answer is wanted (or
+  COMMIT); its error is raised there. Such a statement's cursor (`Held`) has no row
+  count: `async with conn.execute(...)` sends at once and has one. `fetch_each` sends
+  independent reads at once. A `ReadConnection` given `begin` sends it with its first
+  query.
 - Rows (`Row`) are indexed by position and by column name, iterate over their
   values, and have `keys()`, as `sqlite3.Row`.
 - Values come back as SQLite would give them: NUMERIC (what SUM over BIGINT makes) as
@@ -21,7 +28,10 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import contextlib
+import functools
+import re
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, overload
@@ -120,7 +130,7 @@ def configure(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> N
 
 class WriteCursor:
     def __init__(self, cursor: psycopg.AsyncCursor[Row]) -> None:
-        self._cursor = cursor
+        self.raw = self._cursor = cursor
 
     @property
     def rowcount(self) -> int:
@@ -143,20 +153,25 @@ class Done:
 
 class _Pending:
     """What `WriteConnection.execute` returns: awaitable, and an async context manager
-    that closes its cursor, as aiosqlite's."""
+    that closes its cursor, as aiosqlite's. Awaited plainly, a statement that answers
+    nothing is held (see `WriteConnection`); `async with` always sends it."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Row], sql: str, params: Iterable[Any]):
+    def __init__(self, conn: WriteConnection, sql: str, params: Iterable[Any]):
         self._conn, self._sql, self._params = conn, sql, tuple(params)
         self._cursor: WriteCursor | None = None
 
     async def _run(self) -> WriteCursor:
-        cursor = self._conn.cursor()
-        await cursor.execute(*dialect.bind(self._sql, self._params))
-        self._cursor = WriteCursor(cursor)
+        self._cursor = await self._conn.send(self._sql, self._params)
         return self._cursor
 
+    async def _run_or_hold(self) -> WriteCursor | Held:
+        if self._conn.holds and _answers_nothing(self._sql):
+            self._conn.hold(*dialect.bind(self._sql, self._params))
+            return HELD
+        return await self._run()
+
     def __await__(self) -> Any:
-        return self._run().__await__()
+        return self._run_or_hold().__await__()
 
     async def __aenter__(self) -> WriteCursor:
         return await self._run()
@@ -166,19 +181,98 @@ class _Pending:
             await self._cursor.close()
 
 
+class Held:
+    """The cursor of a held statement: it answers nothing yet."""
+
+    @property
+    def rowcount(self) -> int:
+        raise RuntimeError("a held statement has no row count yet: run it with `async with`")
+
+    async def fetchone(self) -> None:
+        return None
+
+    async def fetchall(self) -> list[Row]:
+        return []
+
+    async def close(self) -> None:
+        return None
+
+
+HELD = Held()
+_CHANGES = re.compile(r"\s*(INSERT|UPDATE|DELETE|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
+_RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=1024)
+def _answers_nothing(sql: str) -> bool:
+    """A statement whose answer nobody can want but for its row count (a WITH may end
+    in a SELECT: it is sent at once)."""
+    return _CHANGES.match(sql) is not None and _RETURNING.search(sql) is None
+
+
 class WriteConnection:
-    def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
+    """With `holds` (the store's write transactions), a statement awaited plainly that
+    answers nothing (INSERT, UPDATE or DELETE without RETURNING, SAVEPOINT) is held
+    and sent with the next statement whose answer is wanted, or with COMMIT, in one
+    pipeline: one round trip for the lot, under the write lock every replica waits
+    for (issue 16). An error in a held statement is raised there, and aborts the
+    transaction as it would have at once. A row count is read through `async with`."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Row], holds: bool = False) -> None:
         self.raw = conn
+        self.holds = holds
+        self._held: list[tuple[str, Any]] = []
+
+    def hold(self, statement: str, params: Any = None) -> None:
+        """Queues PostgreSQL's own text to go with the next statement sent."""
+        self._held.append((statement, params))
+
+    def drop_held(self) -> None:
+        self._held.clear()
+
+    @contextlib.asynccontextmanager
+    async def _sending(self, pipeline: bool = False) -> AsyncIterator[None]:
+        """What is held, then what the block sends, in one round trip."""
+        if not self._held and not pipeline:
+            yield
+            return
+        held, self._held = self._held, []
+        async with self.raw.pipeline():
+            for statement, params in held:
+                await self.raw.execute(statement, params)
+            yield
+
+    async def send(self, sql: str, params: Iterable[Any]) -> WriteCursor:
+        return await self.native(*dialect.bind(sql, params))
+
+    async def native(self, statement: str, params: Any = None) -> WriteCursor:
+        """PostgreSQL's own text, sent after what is held."""
+        cursor = self.raw.cursor()
+        async with self._sending():
+            await cursor.execute(statement, params)
+        return WriteCursor(cursor)
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> _Pending:
-        return _Pending(self.raw, sql, params)
+        return _Pending(self, sql, params)
 
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> Done:
         """As aiosqlite's cursor after it: `rowcount` is the rows' sum."""
         async with self.raw.cursor() as cursor:
             bound = [dialect.bind(sql, row) for row in rows]
-            await cursor.executemany(dialect.statement(sql), [params for _, params in bound])
+            async with self._sending():  # psycopg's executemany rides the pipeline
+                await cursor.executemany(dialect.statement(sql), [params for _, params in bound])
             return Done(cursor.rowcount)  # read before the close, which resets it
+
+    async def fetch_each(self, queries: Sequence[tuple[str, Iterable[Any]]]) -> list[list[Row]]:
+        """Each query's rows, all sent at once (with what is held)."""
+        cursors = [WriteCursor(self.raw.cursor()) for _ in queries]
+        async with self._sending(pipeline=True):
+            for cursor, (sql, params) in zip(cursors, queries, strict=True):
+                await cursor.raw.execute(*dialect.bind(sql, params))
+        rows = [await cursor.fetchall() for cursor in cursors]
+        for cursor in cursors:
+            await cursor.close()
+        return rows
 
     async def execute_fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
         async with self.execute(sql, params) as cursor:
@@ -200,8 +294,17 @@ class ReadCursor:
 
 
 class ReadConnection:
-    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+    """With `begin`, that statement goes with the first query, in one round trip."""
+
+    def __init__(self, conn: psycopg.Connection[Row], begin: str | None = None) -> None:
         self.raw = conn
+        self._begin = begin
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> ReadCursor:
-        return ReadCursor(self.raw.execute(*dialect.bind(sql, params)))
+        if self._begin is None:
+            return ReadCursor(self.raw.execute(*dialect.bind(sql, params)))
+        begin, self._begin = self._begin, None
+        with self.raw.pipeline():
+            self.raw.execute(begin)
+            cursor = self.raw.execute(*dialect.bind(sql, params))
+        return ReadCursor(cursor)

@@ -20,10 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from control.db.postgres_conn import ReadConnection, Row, configure, row_factory
 
 T = TypeVar("T")
+_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 
 class PostgresReadThread:
@@ -67,6 +69,12 @@ class PostgresReadThread:
 
     def _in_snapshot(self, fn: Callable[[Any], T]) -> T:
         conn = self._connection()
-        with conn.transaction(force_rollback=True):
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            return fn(ReadConnection(conn))
+        try:
+            # BEGIN goes with fn's first query: one round trip less per read.
+            return fn(ReadConnection(conn, begin=_BEGIN))
+        finally:
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                try:
+                    conn.execute("ROLLBACK")
+                except psycopg.Error:
+                    conn.close()  # in no state to trust: the next run connects again

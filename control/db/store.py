@@ -44,9 +44,9 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Row = aiosqlite.Row
 WriteFn = Callable[[aiosqlite.Connection], Awaitable[T]]
+Query = tuple[str, Iterable[Any]]
 # What runs after COMMIT (None: nothing), as a commit hook returns it.
 AfterCommit = Callable[[], None]
 CommitHook = Callable[[aiosqlite.Connection], Awaitable[AfterCommit | None]]
@@ -88,10 +89,8 @@ class StoreUnavailable(ServiceUnavailable):
 
 
 class Database:
-    """What both stores are (`Store` here, control/db/postgres.py `PostgresStore`): code
-    that takes either a store or a transaction's connection tells them apart with
-    `isinstance(source, Database)`. The domain's type hints name `Store`, whose contract
-    the PostgreSQL store keeps (control/app.py casts it)."""
+    """Both stores (`Store`, control/db/postgres.py `PostgresStore`), told from a
+    transaction's connection by `isinstance`. Type hints name `Store` (app.py casts)."""
 
     failure: str | None
     _log: logging.Logger  # each backend's own logger
@@ -386,10 +385,16 @@ def _statements(script: str) -> list[str]:
 
 async def fetch_one(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> Row | None:
     """A read inside a write function (sees the transaction's own changes)."""
-    rows = await fetch_all(conn, sql, params)
-    return rows[0] if rows else None
+    return next(iter(await fetch_all(conn, sql, params)), None)
 
 
 async def fetch_all(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> list[Row]:
     # One round trip to SQLite's thread (execute + fetch + close in one call).
     return list(await conn.execute_fetchall(sql, tuple(params)))
+
+
+async def fetch_each(conn: aiosqlite.Connection, queries: Sequence[Query]) -> list[list[Row]]:
+    """Reads that do not depend on each other: on PostgreSQL one round trip."""
+    if (each := getattr(conn, "fetch_each", None)) is not None:
+        return cast(list[list[Row]], await each(queries))
+    return [await fetch_all(conn, sql, params) for sql, params in queries]

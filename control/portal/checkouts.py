@@ -117,12 +117,12 @@ async def attach_session(conn: aiosqlite.Connection, checkout_id: str, session_i
 async def release(conn: aiosqlite.Connection, checkout_id: str, now: float) -> bool:
     """Ends an open checkout's reservation (its Checkout was not paid); False when it
     was not open."""
-    cursor = await conn.execute(
+    async with conn.execute(  # `async with`: sent now, for its row count
         "UPDATE checkouts SET state = 'expired', updated_at = ? "
         f"WHERE id = ? AND state = 'open' AND user_id NOT IN {PAID_USERS}",
         (now, checkout_id),
-    )
-    return cursor.rowcount == 1
+    ) as cursor:
+        return cursor.rowcount == 1
 
 
 async def mark_paid(conn: aiosqlite.Connection, checkout_id: str, now: float) -> None:

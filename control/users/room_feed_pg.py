@@ -99,24 +99,23 @@ class Feed:
         self._pruned = 0.0
 
     async def install(self, conn: aiosqlite.Connection, triggers: list[str] | None) -> None:
-        raw = cast(WriteConnection, conn).raw
+        write = cast(WriteConnection, conn)
         if triggers:
-            await raw.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            await write.native("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
             for statement in (*_SETUP, *triggers):
-                await raw.execute(statement)
-        await raw.execute("SELECT set_config(%s, 'on', false)", (SETTING,))
+                await write.native(statement)
+        await write.native("SELECT set_config(%s, 'on', false)", (SETTING,))
 
     async def rebuilt(self, conn: aiosqlite.Connection) -> None:
-        raw = cast(WriteConnection, conn).raw
-        row = await (await raw.execute(_HEAD)).fetchone()
+        row = await (await cast(WriteConnection, conn).native(_HEAD)).fetchone()
         self.foreign, self._read = (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def changes(self, conn: aiosqlite.Connection) -> set[str] | None:
-        raw = cast(WriteConnection, conn).raw
+        write = cast(WriteConnection, conn)
         now = time.monotonic()
         if now - self._looked > LAPSE:
             return None
-        row = await (await raw.execute(_SINCE, {"seen": self.seen})).fetchone()
+        row = await (await write.native(_SINCE, {"seen": self.seen})).fetchone()
         if row is None or int(row[0]) != self.foreign:
             return None
         self._read, servers = int(row[1]), {str(s) for s in row[2]}
@@ -124,7 +123,7 @@ class Feed:
             self._looked = now  # nothing new: the index is as current as the log
         if now - self._pruned > PRUNE_EVERY:
             self._pruned = now
-            await raw.execute(_PRUNE, (KEEP,))
+            write.hold(_PRUNE, (KEEP,))
         return servers
 
     def applied(self) -> None:

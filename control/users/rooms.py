@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from control.db.store import Row, fetch_all
+from control.db.store import Row, fetch_each
 from control.plans import Plan
 from control.users.features import parse
 from control.users.placement import MAX_VOLUMES_PER_SERVER, Room
@@ -144,21 +144,23 @@ async def _rooms(
     """`rooms_by_status` of every server in `statuses` (`ids` empty), or of those in `ids`."""
     marks = ", ".join("?" for _ in statuses)
     among = "(" + ", ".join("?" for _ in ids) + ")" if ids else None
-    servers = await fetch_all(
+    servers, holders, volume_rows = await fetch_each(
         conn,
-        "SELECT id, status, cordoned, draining, overclaim, memory_mb, cpus, location, features "
-        "FROM servers "
-        f"WHERE status IN ({marks})" + (f" AND id IN {among}" if among else ""),
-        [*statuses, *ids],
+        [
+            (
+                "SELECT id, status, cordoned, draining, overclaim, memory_mb, cpus, location, "
+                "features FROM servers "
+                f"WHERE status IN ({marks})" + (f" AND id IN {among}" if among else ""),
+                [*statuses, *ids],
+            ),
+            (holders_among(among) if among else HOLDERS_SQL, ids * 3),
+            (volume_use_sql(reserve.volume_per_user, among), ids * 3),
+        ],
     )
-    holders = holders_among(among) if among else HOLDERS_SQL
     used: dict[str, list[Plan]] = {}
-    for row in await fetch_all(conn, holders, ids * 3):
+    for row in holders:
         used.setdefault(row["holder"], []).append(plan_of(plans, row["plan"]))
-    volumes = {
-        r["server"]: int(r["n"])
-        for r in await fetch_all(conn, volume_use_sql(reserve.volume_per_user, among), ids * 3)
-    }
+    volumes = {r["server"]: int(r["n"]) for r in volume_rows}
     return [
         (s["status"], _room(s, reserve, used.get(s["id"], []), volumes.get(s["id"], 0)))
         for s in servers

@@ -136,7 +136,8 @@ async def _all_new(conn: aiosqlite.Connection, pairs: list[tuple[str, str, int]]
     inserted = cursor.rowcount == len(pairs)  # summed over the rows; a conflict adds 0
     if not inserted:
         await conn.execute("ROLLBACK TO SAVEPOINT nonces")
-    await conn.execute("RELEASE SAVEPOINT nonces")
+    # No RELEASE: COMMIT ends the savepoint too, and one statement less is one round
+    # trip less under the write lock on PostgreSQL.
     return inserted
 
 

@@ -164,13 +164,13 @@ async def flag_overclaim(
 ) -> bool:
     """Flags and cordons a server the first time it over-claims (control/workers/trust.py),
     with its event; True if newly flagged."""
-    cursor = await conn.execute(
+    async with conn.execute(  # `async with`: sent now, for its row count
         "UPDATE servers SET overclaim = ?, overclaim_at = ?, cordoned = 1 "
         "WHERE id = ? AND overclaim IS NULL",
         (message, now, server_id),
-    )
-    if cursor.rowcount != 1:
-        return False
+    ) as cursor:
+        if cursor.rowcount != 1:
+            return False
     await events.record(
         conn,
         "worker_overclaim",
