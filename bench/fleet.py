@@ -139,7 +139,9 @@ async def served_beats(
     the last reply) after the one before, as the agent paces itself."""
     due = first_at
     while True:
-        await asyncio.sleep(max(0.0, due - time.time()))
+        # Never past the window's end: at 20k the interval (70 s) outlasts the wait
+        # for the client processes' reports.
+        await asyncio.sleep(max(0.0, min(due, window.closes) - time.time()))
         if time.time() >= window.closes:
             return
         sent_at, sent = time.time(), time.perf_counter()
@@ -239,12 +241,15 @@ async def create_users(
         replica = i % len(urls)
         i += 1
         sent_at, sent = time.time(), time.perf_counter()
-        async with session.post(
-            urls[replica] + "/v1/users",
-            json={"user_id": user, "subdomain": user},
-            headers={"Authorization": f"Bearer {token}"},
-        ) as r:
-            reply = await r.json() if r.status == 201 else await r.read()
+        try:
+            async with session.post(
+                urls[replica] + "/v1/users",
+                json={"user_id": user, "subdomain": user},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r:
+                reply = await r.json() if r.status == 201 else await r.read()
+        except (TimeoutError, aiohttp.ClientError):  # past the knee: counted, not fatal
+            reply = None
         if not isinstance(reply, dict):
             fg.post_errors += 1
             continue
@@ -260,8 +265,12 @@ async def timed_read(
     session: aiohttp.ClientSession, url: str, token: str, name: str, path: str, fg: Foreground
 ) -> None:
     sent = time.perf_counter()
-    async with session.get(url + path, headers={"Authorization": f"Bearer {token}"}) as r:
-        await r.read()
+    try:
+        async with session.get(url + path, headers={"Authorization": f"Bearer {token}"}) as r:
+            await r.read()
+    except (TimeoutError, aiohttp.ClientError):  # past the knee: counted, not fatal
+        fg.read_errors[name] = fg.read_errors.get(name, 0) + 1
+        return
     if r.status == 200:
         fg.reads.setdefault(name, []).append((time.perf_counter() - sent) * 1000)
     else:
