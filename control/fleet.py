@@ -115,6 +115,7 @@ class Fleet:
         self._held: dict[str, frozenset[str]] = {}
         self.started_at = time.time()
         self._live_workers = 0
+        self._paced_over: float | None = None  # heartbeats a second past the pace
         # Workers the sweep found unhealthy: the heartbeat that revives one makes room.
         self._unhealthy: set[str] = set()
 
@@ -132,6 +133,28 @@ class Fleet:
         self.ledger.prune(now)
         self._live_workers = await servers.live_count(self.store)
         self._unhealthy = await servers.unhealthy_ids(self.store)
+        self._note_pace()
+
+    def _note_pace(self) -> None:
+        """Says once when the fleet outgrows the pace (docs/production.md): past
+        MAX_HEARTBEATS_PER_SECOND x DEAD_AFTER / 4 workers, heartbeats come faster."""
+        dead_after = self.settings.dead_after
+        over = liveness.paced_over(
+            self._live_workers, max_rate=MAX_HEARTBEATS_PER_SECOND, dead_after=dead_after
+        )
+        if (over is None) != (self._paced_over is None):
+            if over is not None:
+                log.warning(
+                    "%d live workers send %.0f heartbeats a second, over the %.0f the "
+                    "control plane paces them to: the interval is at its longest "
+                    "(%.0f s, a quarter of DEAD_AFTER); raise DEAD_AFTER, or give the "
+                    "control plane more CPU",
+                    self._live_workers, over, MAX_HEARTBEATS_PER_SECOND,
+                    dead_after / (liveness.MISSED_INTERVALS + 1),
+                )  # fmt: skip
+            else:
+                log.info("heartbeats are back within %.0f a second", MAX_HEARTBEATS_PER_SECOND)
+        self._paced_over = over
 
     def interval(self) -> float:
         base = liveness.heartbeat_interval(

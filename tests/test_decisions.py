@@ -8,7 +8,7 @@ import pytest
 from control.capacity.orphans import orphans
 from control.capacity.providers.base import ProviderServer
 from control.users.placement import Demand, Room, choose_server, place
-from control.workers.liveness import heartbeat_interval, next_status
+from control.workers.liveness import heartbeat_interval, next_status, paced_over
 from control.workers.trust import Capacity, Stated, describe_source, of_type, trust
 from shared.signing import canonical_query, encode_pairs
 
@@ -127,6 +127,25 @@ def test_next_status(status: str, age: float, started_ago: float, expected: str)
 )
 def test_heartbeat_interval_bounds_load(base: float, workers: int, expected: float) -> None:
     assert heartbeat_interval(base, workers, max_rate=200, dead_after=300) == expected
+
+
+@pytest.mark.parametrize(
+    ("workers", "dead_after", "expected"),
+    [
+        (10_000, 300, None),  # 50 s stretches to 200/s
+        (15_000, 300, None),  # 75 s: the longest, exactly 200/s
+        (20_000, 300, 20_000 / 75),  # the interval can stretch no further
+        (20_000, 600, None),  # a longer DEAD_AFTER lets it
+        (0, 300, None),
+    ],
+)
+def test_a_fleet_past_the_longest_interval_is_over_the_pace(
+    workers: int, dead_after: float, expected: float | None
+) -> None:
+    assert paced_over(workers, max_rate=200, dead_after=dead_after) == expected
+    # It says so exactly when the interval handed out lets the fleet beat faster.
+    rate = workers / heartbeat_interval(10, workers, max_rate=200, dead_after=dead_after)
+    assert (rate > 200) == (expected is not None)
 
 
 def cap(cpus: int, memory_mb: int, disk_gb: int) -> Capacity:

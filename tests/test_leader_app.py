@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from control.app import create_app
 from control.appkeys import FLEET, LEADERSHIP, SCALER, STORE
@@ -169,3 +172,42 @@ async def test_a_follower_sizes_its_heartbeat_interval_from_the_whole_fleet(
     await until(lambda: app[FLEET].interval() > 4.0, "the interval sized for 1000 workers")
     assert app[LEADERSHIP].term is None  # still a follower: no sweep ran
     assert not sweeping()
+
+
+async def test_a_fleet_past_the_longest_interval_is_said_once_in_the_log(
+    control_factory: Callable[..., ControlPlane], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past MAX_HEARTBEATS_PER_SECOND x DEAD_AFTER / 4 workers the interval stops
+    stretching and heartbeats come faster than the control plane paces them (issue 16:
+    on 2 cores this was the knee): the operator reads it once, with what to change."""
+    plane = control_factory(heartbeat_interval=1.0, dead_after=20.0)  # longest: 5 s
+    await plane.start()
+    assert plane.app is not None
+    app = plane.app
+    now = time.time()
+    rows = [(f"srv-{i}", f"w-{i}", "active", "provider", now, now, now) for i in range(1500)]
+
+    async def register(conn: Any) -> None:
+        await conn.executemany(
+            "INSERT INTO servers (id, name, status, origin, created_at, status_changed_at, "
+            "last_heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    caplog.set_level(logging.INFO, logger="control.fleet")
+    await app[STORE].write(register)
+    fleet = app[FLEET]
+    for _ in range(2):  # a second refresh says nothing more
+        await fleet.refresh_local(time.time())
+    said = [r for r in caplog.records if "heartbeats a second" in r.getMessage()]
+    assert [(r.levelname, r.getMessage()) for r in said] == [
+        (
+            "WARNING",
+            "1500 live workers send 300 heartbeats a second, over the 200 the control "
+            "plane paces them to: the interval is at its longest (5 s, a quarter of "
+            "DEAD_AFTER); raise DEAD_AFTER, or give the control plane more CPU",
+        )
+    ]
+    await app[STORE].write(lambda conn: conn.execute("UPDATE servers SET status = 'dead'"))
+    await fleet.refresh_local(time.time())
+    assert "back within 200 a second" in caplog.records[-1].getMessage()

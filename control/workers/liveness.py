@@ -51,7 +51,14 @@ def heartbeat_interval(
     the base would exceed `max_rate` heartbeats per second, and always short enough
     that three missed intervals come well before DEAD_AFTER."""
     stretched = max(base, live_workers / max_rate)
-    return min(stretched, dead_after / (MISSED_INTERVALS + 1))
+    return min(stretched, _longest(dead_after))
+
+
+def paced_over(live_workers: int, *, max_rate: float, dead_after: float) -> float | None:
+    """The heartbeats per second a fleet this large sends once the interval can stretch
+    no further (DEAD_AFTER caps it), or None while it stays within `max_rate`."""
+    rate = live_workers / _longest(dead_after)
+    return rate if rate > max_rate else None
 
 
 @dataclass(frozen=True)
