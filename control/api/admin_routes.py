@@ -18,7 +18,12 @@ import msgspec
 from aiohttp import web
 
 from control.api import admin_pages, views
-from control.api.bodies import decode_body, query_number, refuse_duplicate_parameters
+from control.api.bodies import (
+    decode_body,
+    msgspec_response,
+    query_number,
+    refuse_duplicate_parameters,
+)
 from control.appkeys import DNS_HEALTH, FIREWALL_SYNC, FLEET, INBOX, PROVIDER_HEALTH
 from control.billing import rules
 from control.clock import iso
@@ -53,7 +58,7 @@ class MoveUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 @admin_routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     # Liveness only: a provider or DNS outage is a detail here, not a failure.
-    return web.json_response(
+    return msgspec_response(
         {
             "status": "ok",
             "provider": request.app[PROVIDER_HEALTH].as_json(),
@@ -69,7 +74,7 @@ async def create_join_token(request: web.Request) -> web.Response:
         raise BadRequest("ttl_seconds: must be between 60 and 604800")
     stated = Stated(req.cpus, req.memory_mb, req.disk_gb)
     minted = await request.app[FLEET].mint_join_token(req.ttl_seconds, stated)
-    return web.json_response(
+    return msgspec_response(
         {"token": minted.token, "expires_at": iso(minted.expires_at)}, status=201
     )
 
@@ -81,7 +86,7 @@ async def list_servers(request: web.Request) -> web.Response:
     refuse_duplicate_parameters(request)
     page = admin_pages.parse_page("servers", request.query)
     servers, cursor = await admin_pages.server_page(fleet, page, _firewall(request))
-    return web.json_response(
+    return msgspec_response(
         {
             "servers": servers,
             "next_cursor": cursor,
@@ -94,7 +99,7 @@ async def list_servers(request: web.Request) -> web.Response:
 @admin_routes.get("/v1/summary")
 async def fleet_summary(request: web.Request) -> web.Response:
     """The dashboard's headline numbers, from aggregate queries (admin_pages.summary)."""
-    return web.json_response({**await admin_pages.summary(request.app[FLEET]), **_health(request)})
+    return msgspec_response({**await admin_pages.summary(request.app[FLEET]), **_health(request)})
 
 
 def _health(request: web.Request) -> dict[str, object]:
@@ -111,7 +116,7 @@ async def get_server(request: web.Request) -> web.Response:
     found = await views.servers(fleet, request.match_info["server_id"], _firewall(request))
     if not found:
         raise NotFound(f"no server {request.match_info['server_id']}")
-    return web.json_response(found[0])
+    return msgspec_response(found[0])
 
 
 @admin_routes.post(r"/v1/servers/{server_id}/{action:cordon|uncordon|drain}")
@@ -119,7 +124,7 @@ async def server_action(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     server_id = request.match_info["server_id"]
     await fleet.set_server_flag(server_id, request.match_info["action"])
-    return web.json_response((await views.servers(fleet, server_id, _firewall(request)))[0])
+    return msgspec_response((await views.servers(fleet, server_id, _firewall(request)))[0])
 
 
 def _firewall(request: web.Request) -> dict[str, object] | None:
@@ -133,7 +138,7 @@ async def create_user(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     req = decode_body(await request.read(), CreateUser)
     await fleet.create_user(req.user_id, req.subdomain, req.plan)
-    return web.json_response((await views.users(fleet, req.user_id))[0], status=201)
+    return msgspec_response((await views.users(fleet, req.user_id))[0], status=201)
 
 
 @admin_routes.get("/v1/users")
@@ -142,7 +147,7 @@ async def list_users(request: web.Request) -> web.Response:
     refuse_duplicate_parameters(request)
     page = admin_pages.parse_page("users", request.query)
     users, cursor = await admin_pages.user_page(request.app[FLEET], page)
-    return web.json_response({"users": users, "next_cursor": cursor})
+    return msgspec_response({"users": users, "next_cursor": cursor})
 
 
 @admin_routes.get("/v1/users/{user_id}")
@@ -150,7 +155,7 @@ async def get_user(request: web.Request) -> web.Response:
     found = await views.users(request.app[FLEET], request.match_info["user_id"])
     if not found:
         raise NotFound(f"no user {request.match_info['user_id']}")
-    return web.json_response(found[0])
+    return msgspec_response(found[0])
 
 
 @admin_routes.delete("/v1/users/{user_id}")
@@ -169,7 +174,7 @@ async def _user_action(request: web.Request, goal: rules.Target) -> web.Response
     fleet = request.app[FLEET]
     user_id = request.match_info["user_id"]
     await fleet.set_user_target(user_id, goal, reason="operator")
-    return web.json_response((await views.users(fleet, user_id))[0])
+    return msgspec_response((await views.users(fleet, user_id))[0])
 
 
 @admin_routes.post("/v1/users/{user_id}/move")
@@ -193,7 +198,7 @@ async def move_user(request: web.Request) -> web.Response:
         )
     else:
         await fleet.move_user(user_id, req.server_id)
-    return web.json_response((await views.users(fleet, user_id))[0])
+    return msgspec_response((await views.users(fleet, user_id))[0])
 
 
 @admin_routes.post("/v1/users/{user_id}/restart")
@@ -203,7 +208,7 @@ async def restart_user(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     user_id = request.match_info["user_id"]
     await fleet.restart_user(user_id)
-    return web.json_response((await views.users(fleet, user_id))[0])
+    return msgspec_response((await views.users(fleet, user_id))[0])
 
 
 @admin_routes.get("/v1/users/{user_id}/access")
@@ -211,7 +216,7 @@ async def user_access(request: web.Request) -> web.Response:
     """What the operator's platform hands its customer: the agent's URL and gateway token."""
     fleet = request.app[FLEET]
     user_id = request.match_info["user_id"]
-    return web.json_response(
+    return msgspec_response(
         await access.details(fleet.store, fleet.keyring, fleet.settings, user_id)
     )
 
@@ -221,7 +226,7 @@ async def rotate_token(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     user_id = request.match_info["user_id"]
     await fleet.rotate_token(user_id)
-    return web.json_response(
+    return msgspec_response(
         await access.details(fleet.store, fleet.keyring, fleet.settings, user_id)
     )
 
@@ -233,7 +238,7 @@ async def signin_link(request: web.Request) -> web.Response:
     link = await signin_links.signin_link(
         fleet.store, fleet.keyring, fleet.settings, request.match_info["user_id"], time.time()
     )
-    return web.json_response({"url": link.url, "expires_at": iso(link.expires_at)}, status=201)
+    return msgspec_response({"url": link.url, "expires_at": iso(link.expires_at)}, status=201)
 
 
 @admin_routes.get("/v1/users/{user_id}/secrets")
@@ -242,7 +247,7 @@ async def list_secrets(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     names = await secrets.names(fleet.store, fleet.keyring, request.match_info["user_id"])
     allowed = list(fleet.settings.tenant_profile.secret_names)
-    return web.json_response({"names": names, "allowed": allowed})
+    return msgspec_response({"names": names, "allowed": allowed})
 
 
 @admin_routes.put("/v1/users/{user_id}/secrets")
@@ -253,7 +258,7 @@ async def put_secrets(request: web.Request) -> web.Response:
     changes = decode_body(await request.read(), dict[str, str | None])
     names = await fleet.set_secrets(user_id, changes)
     allowed = list(fleet.settings.tenant_profile.secret_names)
-    return web.json_response({"names": names, "allowed": allowed})
+    return msgspec_response({"names": names, "allowed": allowed})
 
 
 @admin_routes.get("/v1/events")
@@ -261,7 +266,7 @@ async def list_events(request: web.Request) -> web.Response:
     limit = min(query_number(request, "limit", 100), 1000)
     before = query_number(request, "before", 0) or None
     failing = await request.app[INBOX].failing() if INBOX in request.app else []
-    return web.json_response(
+    return msgspec_response(
         {
             "events": await views.events(request.app[FLEET].store, limit, before),
             # Stripe events accepted but failing to apply, still being retried.

@@ -5,7 +5,8 @@ Contract: every shape error is a `BadRequest` (400) raised before the handler wr
 anything: a body that does not decode to its struct (`malformed_body`), a query number
 that is not a non-negative integer of at most 18 digits, a query parameter given more
 than once (`duplicate_parameter`). Replies of protocol structs are encoded by
-shared/protocol.py, as the agent decodes them.
+shared/protocol.py, as the agent decodes them; so are the admin API's (msgspec's
+encoder took a 100-server page from about 5 ms to 1.4 ms on the loop, issue 16).
 """
 
 from __future__ import annotations
