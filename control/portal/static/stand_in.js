@@ -58,6 +58,20 @@
     location.assign(body.redirect);
   }
 
+  // A request that fails on the way (not an answer: those say why) is asked again,
+  // twice, before the buyer is told to reload.
+  async function loadRetrying(waits) {
+    try {
+      await load();
+    } catch (e) {
+      if (!waits.length) throw e;
+      await new Promise((done) => setTimeout(done, waits[0]));
+      await loadRetrying(waits.slice(1));
+    }
+  }
+
   $("pay").addEventListener("click", pay);
-  load().catch(() => say("The order could not be loaded: reload the page.", true));
+  loadRetrying([500, 1500]).catch(() =>
+    say("The order could not be loaded: reload the page.", true),
+  );
 })();
