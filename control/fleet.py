@@ -150,7 +150,7 @@ class Fleet:
                     "(%.0f s, a quarter of DEAD_AFTER); raise DEAD_AFTER, or give the "
                     "control plane more CPU",
                     self._live_workers, over, MAX_HEARTBEATS_PER_SECOND,
-                    dead_after / (liveness.MISSED_INTERVALS + 1),
+                    liveness.longest_interval(dead_after),
                 )  # fmt: skip
             else:
                 log.info("heartbeats are back within %.0f a second", MAX_HEARTBEATS_PER_SECOND)

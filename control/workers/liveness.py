@@ -51,13 +51,13 @@ def heartbeat_interval(
     the base would exceed `max_rate` heartbeats per second, and always short enough
     that three missed intervals come well before DEAD_AFTER."""
     stretched = max(base, live_workers / max_rate)
-    return min(stretched, _longest(dead_after))
+    return min(stretched, longest_interval(dead_after))
 
 
 def paced_over(live_workers: int, *, max_rate: float, dead_after: float) -> float | None:
     """The heartbeats per second a fleet this large sends once the interval can stretch
     no further (DEAD_AFTER caps it), or None while it stays within `max_rate`."""
-    rate = live_workers / _longest(dead_after)
+    rate = live_workers / longest_interval(dead_after)
     return rate if rate > max_rate else None
 
 
@@ -82,7 +82,7 @@ CANDIDATES_SQL = (
 )
 
 
-def _longest(dead_after: float) -> float:
+def longest_interval(dead_after: float) -> float:
     """The longest interval any worker is handed (control/fleet.py `interval`)."""
     return dead_after / (MISSED_INTERVALS + 1)
 
@@ -92,7 +92,7 @@ async def sweep(store: Store, now: float, started_at: float, dead_after: float) 
 
     async def apply(conn: aiosqlite.Connection) -> Swept:
         rows = await fetch_all(
-            conn, CANDIDATES_SQL, (now, started_at, dead_after, _longest(dead_after))
+            conn, CANDIDATES_SQL, (now, started_at, dead_after, longest_interval(dead_after))
         )
         swept = Swept([], [], [])
         for row in rows:
@@ -102,7 +102,7 @@ async def sweep(store: Store, now: float, started_at: float, dead_after: float) 
                 last_seen,
                 now,
                 # None: never handed one (a row written by hand); the longest any gets.
-                interval=row["heartbeat_interval"] or _longest(dead_after),
+                interval=row["heartbeat_interval"] or longest_interval(dead_after),
                 dead_after=dead_after,
                 started_at=started_at,
             )
