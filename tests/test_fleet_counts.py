@@ -86,8 +86,14 @@ def kept(db: sqlite3.Connection) -> Counts:
 
 
 def read(path: str) -> tuple[Counts, Counts]:
-    with sqlite3.connect(path, timeout=10) as db:
+    """Both counts from one snapshot: the control plane's own loops may write between two
+    reads (a sweep marking a server, a heartbeat), which is no disagreement of the counts."""
+    db = sqlite3.connect(path, timeout=10, isolation_level=None)
+    try:
+        db.execute("BEGIN")
         return kept(db), fresh(db)
+    finally:
+        db.close()
 
 
 async def assert_counts_true(path: str) -> Counts:
