@@ -153,9 +153,7 @@ async def test_a_failed_renewal_stops_the_singletons_and_the_lease_brings_them_b
 async def _writable(store: Store) -> None:
     """Ends the outage: PRAGMA query_only is the write connection's own, and a write
     transaction cannot run while it is on, so it is turned off on that connection."""
-    conn = store._writer
-    assert conn is not None
-    await conn.execute("PRAGMA query_only = 0")
+    await store._writes.call(lambda conn: conn.execute("PRAGMA query_only = 0"))
 
 
 async def test_stop_releases_the_lease_for_the_next_replica(store: Store) -> None:

@@ -59,18 +59,17 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
 async def traced(store: Store, run: Callable[[], Awaitable[None]]) -> list[str]:
     """The statements SQLite ran (on every connection) while `run()` was awaited."""
     seen: list[str] = []
-    conns = [store._writer, store._reader]
-    for conn in conns:
-        assert conn is not None
-        await conn.set_trace_callback(seen.append)
+    reader = store._reader
+    assert reader is not None
+    await reader.set_trace_callback(seen.append)
     await store.read(lambda conn: conn.set_trace_callback(seen.append))  # Store.read's
+    await store._writes.call(lambda conn: conn.set_trace_callback(seen.append))  # writes'
     try:
         await run()
     finally:
-        for conn in conns:
-            assert conn is not None
-            await conn.set_trace_callback(None)
+        await reader.set_trace_callback(None)
         await store.read(lambda conn: conn.set_trace_callback(None))
+        await store._writes.call(lambda conn: conn.set_trace_callback(None))
     return [s for s in dict.fromkeys(seen) if not _NOT_QUERIES.match(s)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import sqlite3
 import stat
@@ -14,6 +15,7 @@ import aiosqlite
 import pytest
 
 from control.db.migrations import MIGRATIONS
+from control.db.sqlite_write import SuspendedWrite
 from control.db.store import COMPANIONS, Store, StoreUnavailable
 from tests.fixtures import ControlPlane
 
@@ -100,13 +102,59 @@ async def test_writes_never_interleave(tmp_path: Path) -> None:
     async def bump(conn: aiosqlite.Connection) -> None:
         async with conn.execute("SELECT COUNT(*) FROM events") as cur:
             (n,) = await cur.fetchone()  # type: ignore[misc]
-        await asyncio.sleep(0)  # give another writer every chance to interleave
         await conn.execute("INSERT INTO events (at, kind, message) VALUES (?, 'n', ?)", (n, str(n)))
 
     await asyncio.gather(*(store.write(bump) for _ in range(50)))
     rows = await store.fetch_all("SELECT at FROM events ORDER BY id")
     assert [int(r["at"]) for r in rows] == list(range(50))
     await store.close()
+
+
+REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
+
+
+async def test_a_write_runs_in_its_callers_context(tmp_path: Path) -> None:
+    """On the writer's thread the write still sees its caller's context variables (the
+    request id its log lines carry)."""
+    store = Store(str(tmp_path / "db.sqlite"))
+    await store.open()
+
+    async def seen(conn: aiosqlite.Connection) -> tuple[str, str]:
+        await conn.execute("SELECT 1")
+        return REQUEST.get(), threading.current_thread().name
+
+    try:
+        REQUEST.set("r-1")
+        request, thread = await store.write(seen)
+        assert request == "r-1"
+        assert thread.startswith("store-write")  # not the loop's
+    finally:
+        await store.close()
+
+
+async def test_a_write_that_awaits_anything_but_its_connection_is_refused_whole(
+    tmp_path: Path,
+) -> None:
+    """A write runs whole on the database's thread (control/db/sqlite_write.py), where
+    nothing else may be awaited: one that tries is rolled back with a clear error, and
+    the next write runs as usual."""
+    store = Store(str(tmp_path / "db.sqlite"))
+    await store.open()
+
+    async def waits(conn: aiosqlite.Connection) -> None:
+        await conn.execute("INSERT INTO events (at, kind, message) VALUES (1, 'n', 'kept?')")
+        await asyncio.sleep(0)
+
+    try:
+        with pytest.raises(SuspendedWrite, match="may only await the connection"):
+            await store.write(waits)
+        assert await store.fetch_all("SELECT * FROM events") == []
+        await store.write(
+            lambda c: c.execute("INSERT INTO events (at, kind, message) VALUES (2, 'n', 'x')")
+        )
+        assert [r["at"] for r in await store.fetch_all("SELECT at FROM events")] == [2]
+    finally:
+        await store.close()
 
 
 async def test_database_file_is_private(control: ControlPlane) -> None:

@@ -13,7 +13,9 @@ Contract:
 - `close()` is safe to call twice; it releases the lock.
 - `write(fn)` runs `fn(conn)` inside one transaction (BEGIN IMMEDIATE … COMMIT) on
   the single write connection; writes never interleave, and an exception rolls the
-  whole function back. Callers get `fn`'s result only after COMMIT.
+  whole function back. Callers get `fn`'s result only after COMMIT. The transaction
+  runs whole on the write connection's thread, one hop off the loop
+  (control/db/sqlite_write.py): `fn` may await only its connection.
 - `add_commit_hook(hook)`: after each write function, still in its transaction,
   `await hook(conn)` runs (it sees the write's changes; raising rolls the write back
   as `fn` raising does) and may return a function that runs after COMMIT succeeds,
@@ -38,7 +40,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
+import functools
 import logging
 import os
 import sqlite3
@@ -51,7 +55,8 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 
 from control.db.migrations import MIGRATIONS
-from control.db.read_thread import APART, ReadThread, rows_of
+from control.db.read_thread import APART, SqliteThread, rows_of
+from control.db.sqlite_write import transaction
 from control.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -136,9 +141,9 @@ class Store(Database):
     def __init__(self, path: str) -> None:
         self.path = path
         self.failure: str | None = None  # cause of the last failed write, until one succeeds
-        self._writer: aiosqlite.Connection | None = None
+        self._writes = SqliteThread(_PRAGMAS, query_only=False)  # every write's, one hop each
         self._reader: aiosqlite.Connection | None = None
-        self._reads = ReadThread(_PRAGMAS)  # `read`'s connection and thread
+        self._reads = SqliteThread(_PRAGMAS)  # `read`'s connection and thread
         self._lock_fd: int | None = None
         self._lock = asyncio.Lock()
         self._hooks: list[CommitHook] = []
@@ -150,16 +155,15 @@ class Store(Database):
         """SQLite's `data_version` on the write connection: it moves only when another
         connection commits (an operator's sqlite3 shell). Read without the write lock
         (a read-only pragma between any transaction's statements is harmless)."""
-        row = await fetch_one(self._require(self._writer), "PRAGMA data_version")
-        return int(row[0]) if row else 0
+        return int(await self._writes.call(_data_version))
 
     async def open(self) -> None:
         try:
             Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lock_fd = _acquire_lock(self.path)
             _make_private(self.path)
-            self._writer = await self._connect()
-            await self._migrate(self._writer)
+            await self._writes.open(self.path)
+            await self._writes.call(_migrate)
             self._reader = await self._connect()
             await self._reads.open(self.path)
             await self._write(_rewrite_user_version)
@@ -192,32 +196,6 @@ class Store(Database):
             raise
         return conn
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-        )
-        async with conn.execute("SELECT MAX(version) FROM schema_migrations") as cur:
-            row = await cur.fetchone()
-        current = (row[0] if row else None) or 0
-        if current > len(MIGRATIONS):
-            raise StoreUnavailable(
-                f"database schema version {current} is newer than this build knows "
-                f"({len(MIGRATIONS)}): upgrade the control plane",
-                code="schema_too_new",
-            )
-        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _statements(script):
-                    await conn.execute(statement)
-                await conn.execute(RECORD_MIGRATION, (version, time.time()))
-                await conn.execute("COMMIT")
-            except BaseException:
-                await _rollback(conn)
-                raise
-            log.info("applied schema migration %d", version)
-
     async def probe(self) -> None:
         """A real write that changes nothing. Raises StoreUnavailable when the database
         cannot be written."""
@@ -231,13 +209,12 @@ class Store(Database):
 
     async def _close(self) -> None:
         try:
-            for attr in ("_reader", "_writer"):
-                conn = getattr(self, attr)
-                setattr(self, attr, None)
-                if conn is not None:
-                    with contextlib.suppress(sqlite3.Error):
-                        await conn.close()
+            conn, self._reader = self._reader, None
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.close()
             await self._reads.close()
+            await self._writes.close()
         finally:
             fd, self._lock_fd = self._lock_fd, None
             if fd is not None:
@@ -246,16 +223,14 @@ class Store(Database):
     _storage_failure, _log = staticmethod(storage_failure), log
 
     async def _write(self, fn: WriteFn[T]) -> T:
-        conn = self._require(self._writer)
         async with self._lock:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = await fn(conn)
-                after = [then for hook in self._hooks if (then := await hook(conn))]
-                await conn.execute("COMMIT")
-            except BaseException:
-                await _rollback(conn)
-                raise
+            # The whole transaction on the writer's thread (control/db/sqlite_write.py),
+            # in the caller's context as asyncio.to_thread would: its log lines keep
+            # the request's id.
+            context = contextvars.copy_context()
+            result, after = await self._writes.call(
+                lambda conn: context.run(transaction, conn, fn, self._hooks)
+            )
             for then in after:
                 then()
             return result
@@ -298,11 +273,33 @@ async def _rewrite_user_version(conn: aiosqlite.Connection) -> None:
     await conn.execute(f"PRAGMA user_version = {int(row[0]) if row else 0}")
 
 
-async def _rollback(conn: aiosqlite.Connection) -> None:
-    # SQLite ends the transaction itself on a full disk, a read-only file or an I/O
-    # error; a ROLLBACK then would fail and hide the error that matters.
-    if conn.in_transaction:
-        await conn.execute("ROLLBACK")
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Pending migrations, each in its own transaction (on the writer's thread)."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+    row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+    current = (row[0] if row else None) or 0
+    if current > len(MIGRATIONS):
+        raise StoreUnavailable(
+            f"database schema version {current} is newer than this build knows "
+            f"({len(MIGRATIONS)}): upgrade the control plane",
+            code="schema_too_new",
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        transaction(conn, functools.partial(_apply_migration, version=version), ())
+        log.info("applied schema migration %d", version)
+
+
+async def _apply_migration(conn: aiosqlite.Connection, version: int) -> None:
+    for statement in _statements(MIGRATIONS[version - 1]):
+        await conn.execute(statement)
+    await conn.execute(RECORD_MIGRATION, (version, time.time()))
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 
 def _acquire_lock(path: str) -> int:
