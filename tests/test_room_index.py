@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -309,6 +310,35 @@ async def test_a_rolled_back_write_leaves_the_index_unchanged(store: Store, tmp_
     await store.probe()  # the next commit re-reads what the rolled-back write touched
     assert world.index() == before == await world.oracle()
     await fleet.heartbeats.close()
+
+
+async def test_what_a_write_tries_is_not_seen_outside_it(store: Store, tmp_path: Path) -> None:
+    """A write runs on the store's own thread while the loop serves other requests: the
+    rooms a placement tries before its commit (`Orders.trial`) are never what `rooms()`
+    answers them (the autoscaler's snapshot)."""
+    world = World(await started(store, tmp_path, False), random.Random(0))
+    await join(world, 4096)
+    (server,) = world.workers
+    before = world.index()
+    index = world.fleet.room_index
+    trying, release = threading.Event(), threading.Event()
+
+    async def tries(conn: aiosqlite.Connection) -> None:
+        await conn.execute("SELECT 1")
+        with index._orders.trial():
+            index._orders.put(server, None)  # tried: the server has no room
+            trying.set()
+            release.wait(10)  # holds the write's thread, not the loop
+
+    write = asyncio.create_task(store.write(tries))
+    try:
+        assert await asyncio.to_thread(trying.wait, 10)
+        assert world.index() == before  # the committed room, not the tried one
+    finally:
+        release.set()
+        await write
+    assert world.index() == before == await world.oracle()
+    await world.fleet.heartbeats.close()
 
 
 async def _pending(conn: aiosqlite.Connection) -> None:

@@ -10,6 +10,8 @@ Contract:
   lease row still names that holder and epoch and has not expired at `clock()`;
   otherwise it calls `on_deposed()` and raises `NotLeader` (503 `not_leader`), which
   rolls the whole write back. A write made without a term costs nothing: no query.
+  Like every commit hook it runs on the store's write thread, not the event loop's:
+  `on_deposed` must be safe to call from there.
 """
 
 from __future__ import annotations

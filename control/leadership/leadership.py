@@ -121,7 +121,12 @@ class Leadership:
     # --- life -----------------------------------------------------------------------
     async def start(self, store: LeaseStore) -> None:
         self._store = store
-        store.add_commit_hook(fence(self._clock, self._wake.set))
+        loop = asyncio.get_running_loop()
+
+        def deposed() -> None:  # called on the store's write thread: wakes this loop
+            loop.call_soon_threadsafe(self._wake.set)
+
+        store.add_commit_hook(fence(self._clock, deposed))
         next_at = await self.step()
         self._runner = asyncio.create_task(self._run(next_at), name="leadership")
 

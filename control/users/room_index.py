@@ -114,6 +114,9 @@ class RoomIndex:
         self._plans = plans
         self._reserve = reserve
         self._orders = Orders()  # the active servers' rooms
+        # The same rooms as of the last commit, for readers outside a write: a
+        # placement's trial changes `_orders` on the store's write thread meanwhile.
+        self._rooms: dict[str, Room] = {}
         self._used: dict[str, tuple[int, float]] = {}  # counted servers' memory and CPUs used
         self._touched: set[str] = set()  # servers touched since the last commit hook
         self._version: int | None = None  # the write connection's data_version, as read
@@ -149,7 +152,7 @@ class RoomIndex:
 
     def rooms(self) -> list[Room]:
         """Every active server's room as of the last commit (empty before `attach`)."""
-        return list(self._orders.rooms.values())
+        return list(self._rooms.values())
 
     def used(self) -> tuple[int, float]:
         """Memory (MB) and CPUs the users take on the COUNTED servers (a moving user on
@@ -240,6 +243,7 @@ class RoomIndex:
     def _load(self, fleet: dict[str, _Found | None], version: int) -> None:
         self._version = version
         self._orders = Orders(room for found in fleet.values() if (room := _active(found)))
+        self._rooms = dict(self._orders.rooms)
         self._used = {}
         self._apply(fleet, orders=False)
         self.ready = True
@@ -247,7 +251,12 @@ class RoomIndex:
     def _apply(self, fresh: dict[str, _Found | None], orders: bool = True) -> None:
         for server_id, found in fresh.items():
             if orders:
-                self._orders.put(server_id, _active(found))
+                room = _active(found)
+                self._orders.put(server_id, room)
+                if room is None:
+                    self._rooms.pop(server_id, None)
+                else:
+                    self._rooms[server_id] = room
             if found is None:
                 self._used.pop(server_id, None)
             else:
