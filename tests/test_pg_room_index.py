@@ -70,10 +70,9 @@ async def test_a_write_connection_opened_again_rebuilds_the_index(
     world = World(fleet, random.Random(0))
     await join(world, 4096)
     (server,) = world.workers
-    pg = cast(PostgresStore, store)
-    writer = pg._writer
+    writer = cast(PostgresStore, store)._writer
     assert writer is not None
-    await pg._writes.run(writer.close)  # as the server dropping it would (on its loop)
+    await writer.close()  # as the server dropping it would
     await world.write(lambda conn: users.insert(conn, "p", "p", SMALL.name, "t", now=1.0))
     assert (await fleet.place()).placed == {"p": server}
     await fleet.create_user("q", "q", "default")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -190,35 +189,6 @@ async def test_writes_never_interleave(store: AnyStore) -> None:
     await asyncio.gather(*(store.write(bump) for _ in range(50)))
     rows = await store.fetch_all("SELECT at FROM events ORDER BY id")
     assert [int(r["at"]) for r in rows] == list(range(50))
-
-
-REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
-
-
-async def test_a_write_runs_off_the_loop_in_its_caller_s_context(store: AnyStore) -> None:
-    """The whole transaction runs on the write connection's own thread (SQLite: one hop
-    for the write, not one per statement; PostgreSQL: its trips never wait behind the
-    main loop's requests), still seeing the caller's context variables (the request id
-    its log lines carry); what a commit hook runs after COMMIT runs on the loop."""
-    seen: list[tuple[str, str]] = []
-
-    async def hook(conn: aiosqlite.Connection) -> Callable[[], None]:
-        await conn.execute("SELECT 1")
-        seen.append(("hook", threading.current_thread().name))
-        return lambda: seen.append(("after", threading.current_thread().name))
-
-    async def fn(conn: aiosqlite.Connection) -> str:
-        await conn.execute(EVENT, (1, "a", "x"))
-        seen.append(("write", threading.current_thread().name))
-        return REQUEST.get()
-
-    store.add_commit_hook(hook)
-    REQUEST.set("r-1")
-    assert await store.write(fn) == "r-1"
-    loop = threading.current_thread().name
-    assert [where for where, _ in seen] == ["write", "hook", "after"]
-    assert seen[0][1].startswith("store-write") and seen[1][1] == seen[0][1]
-    assert seen[2][1] == loop != seen[0][1]
 
 
 async def test_commit_hooks_see_the_write_roll_it_back_and_run_after_commit(

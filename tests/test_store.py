@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import sqlite3
 import stat
@@ -107,6 +108,28 @@ async def test_writes_never_interleave(tmp_path: Path) -> None:
     rows = await store.fetch_all("SELECT at FROM events ORDER BY id")
     assert [int(r["at"]) for r in rows] == list(range(50))
     await store.close()
+
+
+REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
+
+
+async def test_a_write_runs_in_its_callers_context(tmp_path: Path) -> None:
+    """On the writer's thread the write still sees its caller's context variables (the
+    request id its log lines carry)."""
+    store = Store(str(tmp_path / "db.sqlite"))
+    await store.open()
+
+    async def seen(conn: aiosqlite.Connection) -> tuple[str, str]:
+        await conn.execute("SELECT 1")
+        return REQUEST.get(), threading.current_thread().name
+
+    try:
+        REQUEST.set("r-1")
+        request, thread = await store.write(seen)
+        assert request == "r-1"
+        assert thread.startswith("store-write")  # not the loop's
+    finally:
+        await store.close()
 
 
 async def test_a_write_that_awaits_anything_but_its_connection_is_refused_whole(

@@ -18,10 +18,7 @@ Contract, as `Store`'s, with these differences:
   IMMEDIATE keeps SQLite's writers apart. `conn` is control/db/postgres_conn.py's
   `WriteConnection`, which takes the SQLite statements the write functions hold and
   holds back what answers nothing (BEGIN and the lock go with the first statement:
-  its round trips). Commit hooks run as `Store`'s. The write connection lives on an
-  event loop of its own thread (control/db/loop_thread.py), where the whole
-  transaction runs: its trips never wait behind the HTTP requests of the main loop.
-  What runs after COMMIT runs on the main loop.
+  its round trips). Commit hooks run as `Store`'s.
 - `fetch_all`/`fetch_one` run each statement on the read connection (autocommit: each
   sees the last commit). `read(fn)` runs `fn` on its own thread in one REPEATABLE READ
   READ ONLY transaction: one snapshot, and a write in it fails as `StoreUnavailable`.
@@ -37,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -49,7 +45,6 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
 from control.db import postgres_schema as schema
-from control.db.loop_thread import LoopThread
 from control.db.migrations import MIGRATIONS
 from control.db.postgres_conn import Row, WriteConnection, configure, row_factory, storage_failure
 from control.db.postgres_read import PostgresReadThread
@@ -67,8 +62,7 @@ class PostgresStore(Database):
     def __init__(self, url: str) -> None:
         self.url = url
         self.failure: str | None = None
-        self._writer: AsyncConn | None = None  # used on `_writes`' loop only
-        self._writes = LoopThread("store-write")
+        self._writer: AsyncConn | None = None
         self._reader: AsyncConn | None = None
         self._reads = PostgresReadThread(url)
         self._lock = asyncio.Lock()
@@ -82,8 +76,8 @@ class PostgresStore(Database):
     async def open(self) -> None:
         try:
             self._opened = True
-            self._writes.start()
-            await self._writes.run(self._migrate)
+            writer = await self._connection("_writer")
+            await _migrate(writer)
             await self._connection("_reader")
             await self._reads.open()
             await self.probe()
@@ -107,9 +101,6 @@ class PostgresStore(Database):
             configure(conn)
             setattr(self, attr, conn)
         return conn
-
-    async def _migrate(self) -> None:
-        await _migrate(await self._connection("_writer"))
 
     async def data_version(self) -> int:
         async with self._lock:
@@ -135,44 +126,39 @@ class PostgresStore(Database):
 
     async def _close(self) -> None:
         self._opened = False
-        writer, reader, self._writer, self._reader = self._writer, self._reader, None, None
-        if writer is not None:
-            await self._writes.run(functools.partial(_close, writer))
-        await self._writes.stop()
-        if reader is not None:
-            await _close(reader)
+        for attr in ("_reader", "_writer"):
+            conn: AsyncConn | None = getattr(self, attr)
+            setattr(self, attr, None)
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
         await self._reads.close()
 
     _storage_failure, _log = staticmethod(storage_failure), log
 
     async def _write(self, fn: WriteFn[T]) -> T:
         async with self._lock:
-            result, after = await self._writes.run(functools.partial(self._transaction, fn))
+            raw = await self._connection("_writer")
+            # The write functions take aiosqlite's connection; this one answers the
+            # same calls (control/db/postgres_conn.py), and holds back what answers
+            # nothing: BEGIN and the lock go with the first statement, the last
+            # changes with COMMIT.
+            write = WriteConnection(raw, holds=True)
+            write.hold("BEGIN")
+            write.hold(_LOCK_AND_DRAW, (schema.WRITE_LOCK,))
+            conn = cast(aiosqlite.Connection, write)
+            try:
+                result = await fn(conn)
+                after = [then for hook in self._hooks if (then := await hook(conn))]
+                await write.native("COMMIT")
+            except BaseException:
+                write.drop_held()
+                await self._rolled_back(raw)
+                raise
+            self._drawn += 1
             for then in after:
                 then()
             return result
-
-    async def _transaction(self, fn: WriteFn[T]) -> tuple[T, list[Callable[[], None]]]:
-        """On the write connection's loop, under the store's lock."""
-        raw = await self._connection("_writer")
-        # The write functions take aiosqlite's connection; this one answers the
-        # same calls (control/db/postgres_conn.py), and holds back what answers
-        # nothing: BEGIN and the lock go with the first statement, the last
-        # changes with COMMIT.
-        write = WriteConnection(raw, holds=True)
-        write.hold("BEGIN")
-        write.hold(_LOCK_AND_DRAW, (schema.WRITE_LOCK,))
-        conn = cast(aiosqlite.Connection, write)
-        try:
-            result = await fn(conn)
-            after = [then for hook in self._hooks if (then := await hook(conn))]
-            await write.native("COMMIT")
-        except BaseException:
-            write.drop_held()
-            await self._rolled_back(raw)
-            raise
-        self._drawn += 1
-        return result, after
 
     async def _rolled_back(self, raw: AsyncConn) -> None:
         if raw.closed or raw.info.transaction_status == TransactionStatus.IDLE:
@@ -203,11 +189,6 @@ class PostgresStore(Database):
     async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
-
-
-async def _close(conn: AsyncConn) -> None:
-    with contextlib.suppress(psycopg.Error):
-        await conn.close()
 
 
 async def _migrate(conn: AsyncConn) -> None:
