@@ -113,23 +113,34 @@ async def test_writes_never_interleave(tmp_path: Path) -> None:
 REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
 
 
-async def test_a_write_runs_in_its_callers_context(tmp_path: Path) -> None:
-    """On the writer's thread the write still sees its caller's context variables (the
-    request id its log lines carry)."""
+async def test_a_write_runs_on_its_thread_in_its_caller_s_context(tmp_path: Path) -> None:
+    """The whole transaction, commit hooks included, runs on the write connection's
+    thread (one hop, not one per statement), still seeing the caller's context
+    variables (the leader's term fencing checks, the request id of its log lines); what
+    a hook returns to run after COMMIT runs on the loop."""
     store = Store(str(tmp_path / "db.sqlite"))
     await store.open()
+    seen: list[tuple[str, str]] = []
 
-    async def seen(conn: aiosqlite.Connection) -> tuple[str, str]:
+    async def hook(conn: aiosqlite.Connection) -> Callable[[], None]:
         await conn.execute("SELECT 1")
-        return REQUEST.get(), threading.current_thread().name
+        seen.append(("hook", threading.current_thread().name))
+        return lambda: seen.append(("after", threading.current_thread().name))
 
+    async def fn(conn: aiosqlite.Connection) -> str:
+        await conn.execute("INSERT INTO events (at, kind, message) VALUES (1, 'n', 'x')")
+        seen.append(("write", threading.current_thread().name))
+        return REQUEST.get()
+
+    store.add_commit_hook(hook)
     try:
         REQUEST.set("r-1")
-        request, thread = await store.write(seen)
-        assert request == "r-1"
-        assert thread.startswith("store-write")  # not the loop's
+        assert await store.write(fn) == "r-1"
     finally:
         await store.close()
+    assert [where for where, _ in seen] == ["write", "hook", "after"]
+    assert seen[0][1].startswith("store-write") and seen[1][1] == seen[0][1]
+    assert seen[2][1] == threading.current_thread().name != seen[0][1]
 
 
 async def test_a_write_that_awaits_anything_but_its_connection_is_refused_whole(

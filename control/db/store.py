@@ -16,12 +16,13 @@ Contract:
   whole function back. Callers get `fn`'s result only after COMMIT. The transaction
   runs whole on the write connection's thread, one hop off the loop
   (control/db/sqlite_write.py): `fn` may await only its connection.
-- `add_commit_hook(hook)`: after each write function, still in its transaction,
-  `await hook(conn)` runs (it sees the write's changes; raising rolls the write back
-  as `fn` raising does) and may return a function that runs after COMMIT succeeds,
-  still under the write lock, and must not fail: memory kept in step with the
-  database (control/users/room_index.py) changes in commit order and never for a
-  write that rolled back.
+- `add_commit_hook(hook)`: after each write function, still in its transaction and on
+  its thread, `await hook(conn)` runs (it sees the write's changes; raising rolls the
+  write back as `fn` raising does) and may return a function that runs after COMMIT
+  succeeds, on the event loop, still under the write lock, and must not fail: memory
+  kept in step with the database (control/users/room_index.py) changes in commit
+  order and never for a write that rolled back. `fn` and the hooks run in the
+  caller's context (its context variables).
 - `fetch_all`/`fetch_one` read from a separate connection; WAL gives them a consistent
   snapshot without waiting for the writer. Inside read_thread.py's `reads_apart()` (an
   admin request's reads) they run on `read`'s thread instead, each in its own snapshot.
@@ -153,9 +154,9 @@ class Store(Database):
 
     async def data_version(self) -> int:
         """SQLite's `data_version` on the write connection: it moves only when another
-        connection commits (an operator's sqlite3 shell). Read without the write lock
-        (a read-only pragma between any transaction's statements is harmless)."""
-        return int(await self._writes.call(_data_version))
+        connection commits (an operator's sqlite3 shell). Read without the write lock, on
+        the write connection's thread: after the write under way, if any."""
+        return await self._writes.call(_data_version)
 
     async def open(self) -> None:
         try:
