@@ -45,10 +45,16 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
 from control.db import postgres_schema as schema
-from control.db.migrations import MIGRATIONS
 from control.db.postgres_conn import Row, WriteConnection, configure, row_factory, storage_failure
 from control.db.postgres_read import PostgresReadThread
-from control.db.store import RECORD_MIGRATION, CommitHook, Database, StoreUnavailable, WriteFn
+from control.db.store import (
+    RECORD_MIGRATION,
+    CommitHook,
+    Database,
+    StoreUnavailable,
+    WriteFn,
+    pending_migrations,
+)
 
 log = logging.getLogger(__name__)
 _LOCK_AND_DRAW = f"SELECT pg_advisory_xact_lock(%s), nextval('{schema.COMMITS}')"
@@ -198,14 +204,7 @@ async def _migrate(conn: AsyncConn) -> None:
         for statement in schema.STORE_SETUP:
             await conn.execute(statement)
         row = await (await conn.execute("SELECT MAX(version) FROM schema_migrations")).fetchone()
-        current = int(row[0] or 0) if row else 0
-        if current > len(MIGRATIONS):
-            raise StoreUnavailable(
-                f"database schema version {current} is newer than this build knows "
-                f"({len(MIGRATIONS)}): upgrade the control plane",
-                code="schema_too_new",
-            )
-        for version in range(current + 1, len(MIGRATIONS) + 1):
+        for version in pending_migrations(int(row[0] or 0) if row else 0):
             async with conn.transaction():
                 for statement in schema.migration(version):
                     await conn.execute(statement, ())

@@ -248,8 +248,10 @@ class Store(Database):
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
         if APART.get():  # an admin read: never queued behind the loops' reads
             return await self.read(rows_of(sql, params))
+        if self._reader is None:
+            raise RuntimeError("store is not open")
         try:
-            return await fetch_all(self._require(self._reader), sql, params)
+            return await fetch_all(self._reader, sql, params)
         except sqlite3.Error as exc:
             failure = storage_failure(exc)
             if failure is None:
@@ -259,12 +261,6 @@ class Store(Database):
     async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
-
-    @staticmethod
-    def _require(conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
-        if conn is None:
-            raise RuntimeError("store is not open")
-        return conn
 
 
 async def _rewrite_user_version(conn: aiosqlite.Connection) -> None:
@@ -281,16 +277,20 @@ def _migrate(conn: sqlite3.Connection) -> None:
         "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
     )
     row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
-    current = (row[0] if row else None) or 0
+    for version in pending_migrations(int(row[0] or 0) if row else 0):
+        transaction(conn, functools.partial(_apply_migration, version=version), ())
+        log.info("applied schema migration %d", version)
+
+
+def pending_migrations(current: int) -> range:
+    """The versions to apply over a database at `current` (both backends)."""
     if current > len(MIGRATIONS):
         raise StoreUnavailable(
             f"database schema version {current} is newer than this build knows "
             f"({len(MIGRATIONS)}): upgrade the control plane",
             code="schema_too_new",
         )
-    for version in range(current + 1, len(MIGRATIONS) + 1):
-        transaction(conn, functools.partial(_apply_migration, version=version), ())
-        log.info("applied schema migration %d", version)
+    return range(current + 1, len(MIGRATIONS) + 1)
 
 
 async def _apply_migration(conn: aiosqlite.Connection, version: int) -> None:
