@@ -155,6 +155,21 @@ def test_state_lands_in_the_volume_owned_by_node(gateway: Gateway) -> None:
     assert "state" in out.decode().split()
 
 
+def run_in_image(dclient: docker.DockerClient, image: str, script: str) -> str:
+    """`sh -c script`'s stdout in a fresh container of `image`, read through exec: the
+    logs of a container that has just exited can lack their last lines (a CI run read
+    one line of three from `containers.run`)."""
+    container = dclient.containers.run(
+        image, ["sleep", "120"], entrypoint=[], detach=True, labels=TEST_LABEL
+    )
+    try:
+        code, out = container.exec_run(["sh", "-c", script], stderr=False)
+        assert code == 0, out
+        return str(out.decode())
+    finally:
+        container.remove(force=True)
+
+
 def test_image_ships_a_compile_cache_and_no_state(
     openclaw_image: str, dclient: docker.DockerClient
 ) -> None:
@@ -165,10 +180,7 @@ def test_image_ships_a_compile_cache_and_no_state(
         "find /opt/openclaw/compile-cache -type f | wc -l; "
         "find /home/node/.openclaw /tmp -mindepth 1 | wc -l; echo $NODE_COMPILE_CACHE"
     )
-    out = dclient.containers.run(
-        openclaw_image, ["sh", "-c", script], entrypoint=[], remove=True, labels=TEST_LABEL
-    )
-    cached, leftovers, env = out.decode().split()
+    cached, leftovers, env = run_in_image(dclient, openclaw_image, script).split()
     assert int(cached) > 100, cached
     assert (int(leftovers), env) == (0, "/opt/openclaw/compile-cache")
 
@@ -185,10 +197,7 @@ def test_the_compile_cache_is_where_a_single_node_process_reads_it(
         "-exec sh -c 'ls \"$1\" | wc -l' _ {} \\; ; "
         "test -e /opt/openclaw/compile-cache/openclaw && echo nested || echo flat"
     )
-    out = dclient.containers.run(
-        openclaw_image, ["sh", "-c", script], entrypoint=[], remove=True, labels=TEST_LABEL
-    )
-    *per_dir, layout = out.decode().split()
+    *per_dir, layout = run_in_image(dclient, openclaw_image, script).split()
     assert layout == "flat"
     assert [int(n) > 100 for n in per_dir] == [True], per_dir
 
