@@ -9,7 +9,7 @@ Contract:
   aiosqlite's API: `ThreadConnection` offers what they use of it (`await
   conn.execute(...)`, `async with conn.execute(...) as cur`, `executemany`,
   `execute_fetchall`, `create_function`, cursors with `fetchone`/`fetchall`/
-  `rowcount`/`lastrowid`), each awaitable finishing at once. So their coroutine never
+  `rowcount`), each awaitable finishing at once. So their coroutine never
   suspends and is driven to its end here, with no event loop: a write function that
   awaits anything else (a sleep, a lock, a future of the loop) raises
   `SuspendedWrite`, and its transaction rolls back.
@@ -78,10 +78,6 @@ class ThreadCursor:
     @property
     def rowcount(self) -> int:
         return self._cursor.rowcount
-
-    @property
-    def lastrowid(self) -> int | None:
-        return self._cursor.lastrowid
 
     async def fetchone(self) -> Any:
         return self._cursor.fetchone()
