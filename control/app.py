@@ -18,9 +18,11 @@ aiohttp runs them in this order and unwinds them in reverse:
    autoscaler (and the agent wheel under DIST, with a real provider);
 5. the Stripe inbox processor, on every replica (docs/production.md says why);
 6. the leadership (control/leadership/): the singletons' lease, then the sweeps;
-7. the scheduler's jobs (autoscale, DNS and firewall rounds, Stripe pruning), started last.
+7. the scheduler's jobs (autoscale, DNS and firewall rounds, Stripe pruning:
+   control/singleton_jobs.py), started last.
 The singletons (the sweeps, every scheduled and `*-now` job, the autoscaler's backup step)
-run only while this replica holds the lease, writes fenced.
+run only while this replica holds the lease, writes fenced; a follower asks the leader
+for a `*-now` job (control/leadership/nudges.py).
 On shutdown, long-polls are woken first (`on_shutdown`), then the contexts unwind: the
 scheduler stops, the leadership cancels and awaits the singletons' work and releases the
 lease, the inbox processor is cancelled and awaited, the heartbeat writer flushes, the
@@ -39,12 +41,12 @@ import hashlib
 import os
 import shlex
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from control import singleton_jobs as jobs
 from control.api import middleware
 from control.api.admin_routes import admin_routes
 from control.api.agent_pace import AgentPace
@@ -91,7 +93,7 @@ from control.edge.firewall_sync import build_firewall_sync
 from control.fleet import Fleet
 from control.health import ProviderHealth
 from control.keyring import Keyring
-from control.leadership.leadership import Job, Leadership
+from control.leadership.leadership import Leadership
 from control.leadership.observe import install_gauges
 from control.metrics import MeteredProvider
 from control.portal.checkouts import open_checkouts
@@ -203,9 +205,9 @@ async def _startup_checks(app: web.Application) -> AsyncIterator[None]:
         validation = await start_validation(app[PROVIDER], app[PROVIDER_HEALTH], wait)
         await DnsSync.refused_within(dns_check, wait_until - asyncio.get_running_loop().time())
         if not dns_check.done():  # verified late, after an outage: publish at once then
-            dns_check.add_done_callback(lambda _: _dns_now(app))
+            dns_check.add_done_callback(lambda _: jobs.dns_now(app))
         if not validation.done():  # Hetzner validated late: the firewall's round at once
-            validation.add_done_callback(lambda _: _firewall_now(app))
+            validation.add_done_callback(lambda _: jobs.firewall_now(app))
         yield
     finally:
         await _cancelled(validation, dns_check)
@@ -218,8 +220,8 @@ async def _fleet(app: web.Application) -> AsyncIterator[None]:
         app[STORE],
         Keyring(settings.internal_secret),
         app[METRICS],
-        on_pending=lambda: _autoscale_now(app),
-        on_change=lambda: _dns_now(app),
+        on_pending=lambda: jobs.autoscale_now(app),
+        on_change=lambda: jobs.dns_now(app),
         price_of=hourly_price_lookup(app[PROVIDER]),
         volume_price=app[PROVIDER].volume_price,
     )
@@ -228,7 +230,8 @@ async def _fleet(app: web.Application) -> AsyncIterator[None]:
     # Every replica's own memory (nonce ledger, live count); the sweep is the leader's.
     local = asyncio.create_task(fleet.run_local(), name="fleet-local-refresh")
     try:
-        await start_wake_bus(app, fleet.board)  # on PostgreSQL: other replicas' changes
+        # On PostgreSQL: other replicas' changes, and their nudges for the leader.
+        await start_wake_bus(app, fleet.board, functools.partial(jobs.nudged, app))
         yield
     finally:
         await _cancelled(local)
@@ -279,7 +282,7 @@ async def _stripe_inbox(app: web.Application) -> AsyncIterator[None]:
 async def _leadership(app: web.Application) -> AsyncIterator[None]:
     leadership = app[LEADERSHIP]
     leadership.add_loop("liveness-sweeps", app[FLEET].run_sweeps)
-    for now in (_autoscale_now, _dns_now, _firewall_now):  # a new leader acts at once
+    for now in jobs.NOW.values():  # a new leader acts at once
         leadership.on_lead.append(functools.partial(now, app))
     await leadership.start(app[STORE])
     try:
@@ -290,12 +293,12 @@ async def _leadership(app: web.Application) -> AsyncIterator[None]:
 
 async def _scheduled_jobs(app: web.Application) -> AsyncIterator[None]:
     settings, scheduler = app[SETTINGS], app[SCHEDULER]
-    _every(app, settings.autoscale_interval, "autoscale", app[SCALER].tick, scheduled=True)
-    _every(app, settings.dns_reconcile_interval, "dns", app[DNS_SYNC].tick)
-    _every(app, settings.firewall_reconcile_interval, "firewall", app[FIREWALL_SYNC].tick)
+    jobs.every(app, settings.autoscale_interval, "autoscale", app[SCALER].tick, scheduled=True)
+    jobs.every(app, settings.dns_reconcile_interval, "dns", app[DNS_SYNC].tick)
+    jobs.every(app, settings.firewall_reconcile_interval, "firewall", app[FIREWALL_SYNC].tick)
     # Pruning can wait its first interval: at start-up it would only race shutdown in
     # short-lived processes, and apscheduler reports a cancelled job as an error.
-    _every(app, STRIPE_PRUNE_INTERVAL, "stripe-prune", app[INBOX].prune_job, now=False)
+    jobs.every(app, STRIPE_PRUNE_INTERVAL, "stripe-prune", app[INBOX].prune_job, now=False)
     scheduler.start()
     try:
         yield
@@ -350,43 +353,3 @@ def _holder(settings: Settings) -> str | None:
         return None
     path = os.path.realpath(settings.database_path).encode()
     return "sqlite-" + hashlib.sha256(path).hexdigest()[:16]
-
-
-def _every(
-    app: web.Application, seconds: float, job_id: str, job: Job, now: bool = True, **kwargs: Any
-) -> None:
-    """A periodic singleton job that never runs twice at a time, first run at once (`now`)
-    or after one interval."""
-    app[SCHEDULER].add_job(
-        app[LEADERSHIP].guard(job),
-        "interval",
-        seconds=seconds,
-        id=job_id,
-        kwargs=kwargs,
-        max_instances=1,
-        coalesce=True,
-        next_run_time=datetime.now() if now else datetime.now() + timedelta(seconds=seconds),
-    )
-
-
-def _now(app: web.Application, job_id: str, job: Job, **options: Any) -> None:
-    """A singleton job now, not at its next tick (once the scheduler runs)."""
-    if (scheduler := app[SCHEDULER]).running:
-        scheduler.add_job(app[LEADERSHIP].guard(job), id=job_id, replace_existing=True, **options)
-
-
-def _dns_now(app: web.Application) -> None:
-    """Assignments changed (or DNS was verified late): a DNS round now."""
-    _now(app, "dns-now", app[DNS_SYNC].tick, max_instances=2)
-
-
-def _firewall_now(app: web.Application) -> None:
-    """The provider was validated late: a firewall round now."""
-    _now(app, "firewall-now", app[FIREWALL_SYNC].tick)
-
-
-def _autoscale_now(app: web.Application) -> None:
-    """Run the autoscaler now (Fleet's `on_pending`), not as a scheduled sweep (no orphan
-    sightings). One may wait behind a run in progress (Scaler's lock), so a user left
-    pending during a run is still seen by a run after it."""
-    _now(app, "autoscale-now", app[SCALER].tick, kwargs={"scheduled": False}, max_instances=2)

@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("metrics", "fleet"),
     # appkeys names the app's state for the routes, so it sits with them.
     ("api", "appkeys", "portal"),
-    ("app",),
+    ("app", "singleton_jobs"),
     ("__main__", "cli"),
 )
 # Within the domain layer, who may use whom (the rest of that layer is off limits).

@@ -1,7 +1,7 @@
-"""Long-poll wake-ups across replicas (issue 16, control/workers/wake_bus.py): two
-PostgreSQL stores on one database stand for two control planes, each with its own
-board and wake bus. No write below calls `notify`: every wake comes through the
-database's NOTIFY, as one from another replica would."""
+"""Long-poll wake-ups and the leader's nudges across replicas (issue 16,
+control/workers/wake_bus.py): two PostgreSQL stores on one database stand for two
+control planes, each with its own board and wake bus. No write below calls `notify`:
+every wake comes through the database's NOTIFY, as one from another replica would."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 
 from control.db.postgres import PostgresStore
 from control.db.store import Store, StoreUnavailable
+from control.leadership import nudges as nudge_jobs
 from control.workers import assignments, servers
 from control.workers.assignments import GenerationBoard
 from control.workers.wake_bus import WakeBus
@@ -32,6 +33,7 @@ class Replica:
     store: PostgresStore
     board: GenerationBoard
     bus: WakeBus
+    nudges: asyncio.Queue[str | None]  # what the bus heard on the nudges' channel
 
     def waiter(self, server_id: str) -> asyncio.Future[bool]:
         return self.board.enter(server_id, asyncio.get_running_loop().time() + FAR)
@@ -54,7 +56,9 @@ async def replicas(postgres_url: str) -> AsyncIterator[tuple[Replica, Replica]]:
             store = PostgresStore(postgres_url)
             await store.open()
             board = GenerationBoard()
-            opened.append(Replica(store, board, WakeBus(postgres_url, board)))
+            nudges: asyncio.Queue[str | None] = asyncio.Queue()
+            bus = WakeBus(postgres_url, board, (nudge_jobs.CHANNEL, nudges.put_nowait))
+            opened.append(Replica(store, board, bus, nudges))
         # At once, as replicas starting together: the trigger is installed under a lock.
         await asyncio.gather(*(r.bus.start() for r in opened))
         await opened[0].store.write(_add_servers)
@@ -120,11 +124,28 @@ async def test_a_lost_listen_connection_reconnects_and_wakes_every_waiter(
     # A change may have been missed while it was away: the waiter re-reads its set.
     assert await asyncio.wait_for(waiting, WAIT) is True
     assert b.bus.backend_pid() not in (None, pid)
+    # A nudge for the leader may have been missed too: the bus says so, once.
+    assert b.nudges.get_nowait() is None and b.nudges.empty()
     b.board.leave("w1", waiting)
     again = b.waiter("w1")
     await a.store.write(bump("w1"))  # and it listens again
     assert await asyncio.wait_for(again, WAIT) is True
     b.board.leave("w1", again)
+
+
+async def test_a_nudge_reaches_every_replica_s_bus_as_sent(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    await a.store.notify(nudge_jobs.CHANNEL, "autoscale-now drop-tables")
+    for replica in (a, b):  # the sender's own bus hears it too; only a leader acts
+        heard = await asyncio.wait_for(replica.nudges.get(), WAIT)
+        assert heard == "autoscale-now drop-tables" and replica.nudges.empty()
+    woken = b.waiter("w1")
+    await a.store.write(bump("w1"))  # a nudge wakes no long-poll, and the bus goes on
+    assert await asyncio.wait_for(woken, WAIT) is True
+    b.board.leave("w1", woken)
+    assert b.nudges.empty()
 
 
 async def _sessions(url: str, pid: int) -> int:

@@ -22,6 +22,7 @@ Contract, as `Store`'s, with these differences:
 - `fetch_all`/`fetch_one` run each statement on the read connection (autocommit: each
   sees the last commit). `read(fn)` runs `fn` on its own thread in one REPEATABLE READ
   READ ONLY transaction: one snapshot, and a write in it fails as `StoreUnavailable`.
+- `notify(channel, payload)` sends PostgreSQL's NOTIFY at once (control/leadership/nudges.py).
 - `data_version()` moves when another process's write commits (every write draws from
   one sequence; the store counts what it drew itself).
 - A failure of the database itself (control/db/postgres_conn.py `storage_failure`)
@@ -45,7 +46,14 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
 from control.db import postgres_schema as schema
-from control.db.postgres_conn import Row, WriteConnection, configure, row_factory, storage_failure
+from control.db.postgres_conn import (
+    Row,
+    WriteConnection,
+    configure,
+    row_factory,
+    storage_failure,
+    storage_failures,
+)
 from control.db.postgres_read import PostgresReadThread
 from control.db.store import (
     RECORD_MIGRATION,
@@ -174,27 +182,23 @@ class PostgresStore(Database):
             await raw.execute("ROLLBACK")
 
     async def read(self, fn: Callable[[Any], T]) -> T:
-        try:
+        with storage_failures():
             return await self._reads.run(fn)
-        except psycopg.Error as exc:
-            failure = storage_failure(exc)
-            if failure is None:
-                raise
-            raise failure from exc
 
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
-        try:
+        with storage_failures():
             reader = await self._connection("_reader")
             return await WriteConnection(reader).execute_fetchall(sql, params)
-        except psycopg.Error as exc:
-            failure = storage_failure(exc)
-            if failure is None:
-                raise
-            raise failure from exc
 
     async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """PostgreSQL's NOTIFY, on the read connection: it commits at once."""
+        with storage_failures():
+            reader = await self._connection("_reader")
+            await reader.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
 
 async def _migrate(conn: AsyncConn) -> None:

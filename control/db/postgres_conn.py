@@ -63,6 +63,18 @@ def storage_failure(exc: BaseException) -> StoreUnavailable | None:
     return StoreUnavailable(f"the database cannot be used: {exc}")
 
 
+@contextlib.contextmanager
+def storage_failures() -> Iterator[None]:
+    """A failure of the database itself, raised in the block, as `StoreUnavailable`."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        failure = storage_failure(exc)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
 class Row(Sequence[Any]):
     __slots__ = ("_columns", "_names", "_values")
 

@@ -18,6 +18,10 @@ Contract:
   is woken once (`GenerationBoard.wake_all`): notifications sent while it was away are
   lost, and a spurious wake costs the agent one read.
 - `close()` stops listening and closes the connection; safe to call twice.
+- `WakeBus(url, board, (channel, heard))`: the same session listens on `channel` too
+  (the leader's nudges, control/api/agent_wakes.py) and calls `heard(payload)` for each
+  notification there, and `heard(None)` each time it listens again after a loss: what
+  was sent meanwhile is lost.
 - SQLite has no bus: one process, and the in-process `notify` after commit suffices.
 """
 
@@ -31,7 +35,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from control.db.postgres_conn import storage_failure
+from control.db.postgres_conn import storage_failures
 from control.db.postgres_schema import MIGRATE_LOCK
 from control.workers.assignments import GenerationBoard
 from shared.backoff import backoff_delay
@@ -67,10 +71,15 @@ async def install(conn: Conn) -> None:
 
 class WakeBus:
     def __init__(
-        self, url: str, board: GenerationBoard, rand: Callable[[], float] = random.random
+        self,
+        url: str,
+        board: GenerationBoard,
+        other: tuple[str, Callable[[str | None], None]] | None = None,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.url = url
         self._board = board
+        self._other = other
         self._rand = rand
         self._conn: Conn | None = None
         self._task: asyncio.Task[None] | None = None
@@ -78,13 +87,8 @@ class WakeBus:
         self.connections = 0  # LISTEN sessions opened so far
 
     async def start(self) -> None:
-        try:
+        with storage_failures():
             conn = await self._connect()
-        except psycopg.Error as exc:
-            failure = storage_failure(exc)
-            if failure is None:
-                raise
-            raise failure from exc
         self._task = asyncio.create_task(self._run(conn), name="wake-bus")
 
     async def _connect(self) -> Conn:
@@ -93,7 +97,8 @@ class WakeBus:
         )
         try:
             await install(conn)
-            await conn.execute(f"LISTEN {CHANNEL}")
+            for channel in (CHANNEL, self._other[0]) if self._other else (CHANNEL,):
+                await conn.execute(f"LISTEN {channel}")
         except BaseException:
             await conn.close()
             raise
@@ -114,8 +119,13 @@ class WakeBus:
                     conn = await self._connect()
                     log.warning("wake bus: listening again; every waiting long-poll re-reads")
                     failures = 0
+                    if self._other:
+                        self._other[1](None)
                 async for note in conn.notifies():
-                    self._board.notify(*note.payload.split())
+                    if note.channel == CHANNEL:
+                        self._board.notify(*note.payload.split())
+                    elif self._other:
+                        self._other[1](note.payload)
             except Exception as exc:
                 # Whatever ended the session, the bus must not die: without it, this
                 # replica's long-polls would sleep through other replicas' changes.
