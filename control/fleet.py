@@ -105,6 +105,7 @@ class Fleet:
             settings.retention_days * 86400,
             # A cancelled user's final snapshot is asked for in the cancelling transaction.
             on_cancelled=volume_backups.on_cancelled if settings.backups_enabled else None,
+            reserve=self.reserve,
         )
         self.ledger = nonces.NonceLedger()
         self.auth = Authenticator(store, keyring, self.ledger)

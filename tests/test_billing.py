@@ -123,6 +123,66 @@ async def test_checkout_then_active_subscription_places_the_user_on_its_plan(
     assert spec["env"]["OPENCLAW_GATEWAY_TOKEN"] == access["token"] and len(access["token"]) >= 32
 
 
+async def replanned(control: ControlPlane) -> list[str]:
+    _, evs = await control.admin("GET", "/v1/events?limit=1000")
+    return [e["message"] for e in evs["events"] if e["kind"] == "user_replanned"]
+
+
+async def test_a_plan_change_replaces_the_running_container_with_the_new_limits(
+    plane: ControlPlane,
+) -> None:
+    worker = await registered(plane)
+    default = "price_clawfleet_default"
+    await apply(plane, checkout(), sub("active", 110, price=default))
+    before = (await worker.assignments()).body
+    assert before["containers"][0]["resources"]["memory_mb"] == DEFAULT_PLAN.memory_mb
+    await worker.heartbeat([{"user_id": "alice", **HEALTHY}])
+    assert (await user(plane))["state"] == "running"
+    await apply(plane, sub("active", 120, price=default))  # a renewal: nothing to replace
+    assert (await worker.assignments()).body["generation"] == before["generation"]
+    await apply(plane, sub("active", 130))  # the upgrade to pro
+    after = (await worker.assignments(after=before["generation"])).body
+    (spec,) = after["containers"]
+    assert spec["resources"]["memory_mb"] == PRO.memory_mb and spec["resources"]["cpus"] == PRO.cpus
+    assert spec["spec_hash"] != before["containers"][0]["spec_hash"]
+    assert (await user(plane))["server_id"] == worker.key_id  # replaced in place, not moved
+    assert await replanned(plane) == [
+        "plan default -> pro: its container is replaced with the new plan's limits"
+    ]
+    await apply(plane, sub("active", 140, price=default))  # and back down
+    down = (await worker.assignments(after=after["generation"])).body
+    assert down["containers"][0]["resources"]["memory_mb"] == DEFAULT_PLAN.memory_mb
+
+
+async def test_a_plan_the_server_cannot_hold_is_applied_and_said_for_the_operator(
+    control_factory: Callable[..., ControlPlane],
+) -> None:
+    huge = Plan("huge", 16384, 2.0, 1024, 20, ("price_huge",))
+    plane = control_factory(plans=PLANS | {"huge": huge})
+    await plane.start()
+    worker = await registered(plane)  # 8 GB
+    await apply(plane, checkout(), sub("active", 110))
+    before = (await worker.assignments()).body
+    await apply(plane, sub("active", 120, price="price_huge"))
+    after = (await worker.assignments(after=before["generation"])).body
+    assert after["containers"][0]["resources"]["memory_mb"] == huge.memory_mb
+    assert await replanned(plane) == [
+        "plan pro -> huge: its container is replaced with the new plan's limits; "
+        f"{worker.key_id} is now overfull: move the user to a server with room"
+    ]
+
+
+async def test_a_plan_change_of_a_suspended_user_waits_for_its_resume(plane: ControlPlane) -> None:
+    worker = await registered(plane)
+    await apply(plane, checkout(), sub("active", 110), sub("unpaid", 120))
+    assert (await user(plane))["state"] == "suspended"
+    generation = (await worker.assignments()).body["generation"]
+    await apply(plane, sub("unpaid", 130, price="price_clawfleet_default"))
+    assert (await user(plane))["plan"] == "default"
+    assert (await worker.assignments()).body["generation"] == generation
+    assert await replanned(plane) == []
+
+
 async def test_subscription_before_checkout_is_linked_not_undone(plane: ControlPlane) -> None:
     await registered(plane)
     await apply(plane, sub("active", 110))  # nobody to link it to yet

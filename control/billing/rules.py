@@ -21,6 +21,12 @@ Contract:
   bumps their generation in the same transaction, control/workers/assignments.py
   `commit`) and whether placement should run. Users are written only through
   control/users/records.py.
+- A placed user whose plan a payment changes (an upgrade or a downgrade) while it runs
+  touches the servers holding its container, so the worker replaces the container with
+  the new plan's limits (its volume stays); a `user_replanned` event says so, and names
+  a server the new plan overfills (by the room the control plane counts), for the
+  operator to move the user (POST /v1/users/{id}/move). A plan change never moves a
+  user by itself: a move copies the customer's data.
 - A user deprovisioned here gets, in the same transaction, what `Policy.on_cancelled`
   asks (the final snapshot of its volume, control/volumes/backups.py, wired by the
   facade with backups on); the servers it returns are touched too, so the set a worker
@@ -33,7 +39,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import aiosqlite
@@ -49,6 +55,8 @@ from control.errors import NotFound
 from control.keyring import Keyring
 from control.plans import Plan
 from control.users import prestart, records
+from control.users.room_index import COUNTED
+from control.users.rooms import Reserve, rooms
 
 Target = Literal["run", "suspend", "deprovision", "wait"]
 Hold = Literal["suspended", "deleted"]
@@ -137,6 +145,7 @@ class Policy:
     grace: float
     retention: float
     on_cancelled: OnCancelled | None = None
+    reserve: Reserve = field(default_factory=Reserve)  # what each server keeps (rooms.py)
 
 
 async def apply_fact(
@@ -210,7 +219,9 @@ async def converge(
 ) -> Applied:
     """Re-derives billing's verdict from the subscription (and the clock, for the
     past_due grace) and moves the user to what it and the operator's hold allow."""
-    error = await _record_billing(conn, user_id, sub, policy.plans, now) if sub else None
+    error, old_plan = (
+        await _record_billing(conn, user_id, sub, policy.plans, now) if sub else (None, None)
+    )
     user = await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (user_id,))
     assert user is not None
     verdict = billing_verdict(user, now, policy.grace)
@@ -222,6 +233,9 @@ async def converge(
     applied = await set_target(
         conn, user_id, goal, retention=policy.retention, now=now, reason=reason
     )
+    if goal == "run" and old_plan is not None:
+        resized = await _replanned(conn, user_id, old_plan, policy, now)
+        return Applied(applied.user_id, applied.touched | resized, applied.place)
     # A deprovision goal always deprovisions a user that was not yet (`_move_towards`).
     cancelled = goal == "deprovision" and user["state"] != "deprovisioned"
     if not cancelled or policy.on_cancelled is None:
@@ -230,10 +244,33 @@ async def converge(
     return Applied(applied.user_id, touched, applied.place)
 
 
+async def _replanned(
+    conn: aiosqlite.Connection, user_id: str, old: str, policy: Policy, now: float
+) -> set[str]:
+    """The servers holding the container of a user whose plan changed from `old`."""
+    user = await fetch_one(
+        conn, "SELECT plan, server_id, moving_from FROM users WHERE id = ?", (user_id,)
+    )
+    assert user is not None
+    held = {str(s) for s in (user["server_id"], user["moving_from"]) if s}
+    if not held:
+        return held  # placement sizes it by the new plan
+    said = f"plan {old} -> {user['plan']}: its container is replaced with the new plan's limits"
+    full = await rooms(conn, policy.plans, policy.reserve, COUNTED, held)
+    over = sorted(r.server_id for r in full if r.memory_free_mb < 0 or r.cpus_free < -1e-9)
+    if over:
+        said += f"; {', '.join(over)} is now overfull: move the user to a server with room"
+    await events.record(
+        conn, "user_replanned", said, server_id=user["server_id"], user_id=user_id, at=now
+    )
+    return held
+
+
 async def _record_billing(
     conn: aiosqlite.Connection, user_id: str, sub: Row, plans: dict[str, Plan], now: float
-) -> str | None:
-    """Copies the subscription's status and plan onto the user; the price error, if any."""
+) -> tuple[str | None, str | None]:
+    """Copies the subscription's status and plan onto the user: the price error, if any,
+    and the plan it had when the subscription's price changed it."""
     user = await fetch_one(conn, "SELECT * FROM users WHERE id = ?", (user_id,))
     assert user is not None
     status = sub["status"]
@@ -253,7 +290,7 @@ async def _record_billing(
     if error and user["error"] != error:
         await records.set_error(conn, user_id, error)
         await events.record(conn, "billing_error", error, user_id=user_id, at=now)
-    return error
+    return error, user["plan"] if plan_name != user["plan"] else None
 
 
 async def refresh(
