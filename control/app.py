@@ -21,8 +21,8 @@ aiohttp runs them in this order and unwinds them in reverse:
 7. the scheduler's jobs (autoscale, DNS and firewall rounds, Stripe pruning:
    control/singleton_jobs.py), started last.
 The singletons (the sweeps, every scheduled and `*-now` job, the autoscaler's backup step)
-run only while this replica holds the lease, writes fenced; a follower asks the leader
-for a `*-now` job (control/leadership/nudges.py).
+run only while this replica holds the lease, writes fenced; a follower that leaves a
+user pending asks the leader for an autoscaler run now (control/leadership/nudges.py).
 On shutdown, long-polls are woken first (`on_shutdown`), then the contexts unwind: the
 scheduler stops, the leadership cancels and awaits the singletons' work and releases the
 lease, the inbox processor is cancelled and awaited, the heartbeat writer flushes, the
