@@ -41,23 +41,28 @@ def a_records(fake: CloudflareFake) -> dict[str, str]:
     return {r["name"]: r["content"] for r in fake.records.values() if r["type"] == "A"}
 
 
+ZONE = "example.com"
+
+
+def cloudflare_settings(fake: CloudflareFake) -> dict[str, Any]:
+    """A control plane publishing to the fake, whose scheduled rounds are an hour apart."""
+    return {
+        "dns_provider": "cloudflare",
+        "cloudflare_api_token": fake.token,
+        "cloudflare_zone_id": fake.zone_id,
+        "cloudflare_api_base": fake.url,
+        "base_domain": ZONE,
+        "dns_reconcile_interval": 3600.0,
+    }
+
+
 @pytest.fixture
 async def plane(
     control_factory: Callable[..., ControlPlane], cloudflare_fake: CloudflareFake
 ) -> ControlPlane:
-    control = control_factory(
-        dns_provider="cloudflare",
-        cloudflare_api_token=cloudflare_fake.token,
-        cloudflare_zone_id=cloudflare_fake.zone_id,
-        cloudflare_api_base=cloudflare_fake.url,
-        base_domain=ZONE,
-        dns_reconcile_interval=3600.0,
-    )
+    control = control_factory(**cloudflare_settings(cloudflare_fake))
     await control.start()
     return control
-
-
-ZONE = "example.com"
 
 
 async def sync(control: ControlPlane) -> Any:

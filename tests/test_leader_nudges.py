@@ -24,7 +24,7 @@ from tests.fakes.cloudflare import CloudflareFake
 from tests.fakes.hetzner import HetznerFake, agent_dist, fleet_settings, provider_with_timeout
 from tests.fixtures import ControlPlane
 from tests.test_checkout_headroom import run
-from tests.test_dns_sync import ZONE, a_records, worker_at
+from tests.test_dns_sync import a_records, cloudflare_settings, worker_at
 
 WAIT = 30.0
 
@@ -143,14 +143,7 @@ async def test_a_user_placed_on_a_follower_gets_its_dns_record_from_the_leader_n
     postgres_url: str,
 ) -> None:
     leader, follower = await planes(
-        control_factory,
-        database_url=postgres_url,
-        dns_provider="cloudflare",
-        cloudflare_api_token=cloudflare_fake.token,
-        cloudflare_zone_id=cloudflare_fake.zone_id,
-        cloudflare_api_base=cloudflare_fake.url,
-        base_domain=ZONE,
-        dns_reconcile_interval=3600.0,
+        control_factory, database_url=postgres_url, **cloudflare_settings(cloudflare_fake)
     )
     assert leader.app is not None and follower.app is not None
     leads, follows = leader.app[DNS_SYNC].counters, follower.app[DNS_SYNC].counters
