@@ -217,6 +217,29 @@ async def test_upgrade_health_gate_and_rollback(
     assert still.id == v2.id
 
 
+async def test_a_new_plan_s_limits_replace_the_container_on_the_same_state_volume(
+    reconciler: Reconciler, dclient: docker.DockerClient, users: list[str]
+) -> None:
+    """A plan change (control/billing/rules.py) reaches the worker as the same spec with
+    other resources: the container is replaced with the new limits, its data kept."""
+    user = new_user()
+    users.append(user)
+    await reconciler.reconcile(Assignments(generation=1, containers=[make_spec(user, GOOD)]))
+    [small] = by_user(dclient, user)
+    state = dclient.volumes.get(f"clawfleet-{user}-state")
+    mark = Path(state.attrs["Mountpoint"]) / "mark"  # the image has no shell to write it
+    mark.write_text("kept")
+    await reconciler.reconcile(
+        Assignments(generation=2, containers=[make_spec(user, GOOD, memory_mb=128)])
+    )
+    [big] = by_user(dclient, user)
+    assert big.id != small.id and big.status == "running"
+    assert big.attrs["HostConfig"]["Memory"] == 128 * 1024 * 1024
+    assert small.attrs["HostConfig"]["Memory"] == 64 * 1024 * 1024
+    mounted = {m["Name"]: m["Destination"] for m in big.attrs["Mounts"] if m["Type"] == "volume"}
+    assert mounted == {state.name: "/data"} and mark.read_text() == "kept"
+
+
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[str]:
     """A real local registry (Debian's docker-registry) on 127.0.0.1."""
