@@ -58,7 +58,7 @@ class Nudger:
 
     async def _drain(self) -> None:
         while self._asked:
-            payload = " ".join(named(" ".join(self._asked)))
+            payload = " ".join(job for job in JOBS if job in self._asked)
             self._asked.clear()
             try:
                 await self._send(CHANNEL, payload)
