@@ -225,3 +225,19 @@ def test_orphans_need_both_labels_and_no_row(
     server = ProviderServer("p1", "srv-a", "running", labels, None, "cx23", "fsn1", 0.0)
     found = orphans([server], known, OURS, before)
     assert found == ([] if expected is None else [(server, expected)])
+
+
+@pytest.mark.parametrize(
+    ("memory_used", "cpus_used", "overfull"),
+    [
+        (1024, 1.0, False),  # exactly full
+        (1025, 1.0, True),
+        (512, 0.1 + 0.2 + 0.7, False),  # a float sum at the limit is not over it
+        (512, 1.05, True),
+    ],
+)
+def test_a_room_is_overfull_only_past_what_it_has(
+    memory_used: int, cpus_used: float, overfull: bool
+) -> None:
+    room = Room("s", True, 1024, memory_used, cpus_total=1.0, cpus_used=cpus_used)
+    assert room.overfull is overfull

@@ -257,7 +257,7 @@ async def _replanned(
         return held  # placement sizes it by the new plan
     said = f"plan {old} -> {user['plan']}: its container is replaced with the new plan's limits"
     full = await rooms(conn, policy.plans, policy.reserve, COUNTED, held)
-    over = sorted(r.server_id for r in full if r.memory_free_mb < 0 or r.cpus_free < -1e-9)
+    over = sorted(r.server_id for r in full if r.overfull)
     if over:
         said += f"; {', '.join(over)} is now overfull: move the user to a server with room"
     await events.record(

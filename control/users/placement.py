@@ -54,6 +54,11 @@ class Room:
     def cpus_free(self) -> float:
         return self.cpus_total - self.cpus_used
 
+    @property
+    def overfull(self) -> bool:
+        """Its users take more than it has (a plan grew in place: control/billing/rules.py)."""
+        return self.memory_free_mb < 0 or self.cpus_free + _EPSILON < 0
+
 
 @dataclass(frozen=True)
 class Demand:
