@@ -97,6 +97,7 @@ class Reconciler(ReconcileSteps):
         )
         await self._apply_all(actions, view.owner)
         await self._release_volumes(view)
+        await self._grow_volumes(view)
         await self._sync_routes(view)
         # Tests await this line to know a pass has run (rather than sleeping for one).
         log.debug("reconcile pass done: %d actions", len(actions))

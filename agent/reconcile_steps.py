@@ -284,6 +284,15 @@ class ReconcileSteps:
         async with self._lock:
             await self._mount(volume)
 
+    async def _grow_volumes(self, view: View) -> None:
+        """Grows each desired volume mounted here to its spec's size (a plan with more
+        disk), with no restart; a failure stays on the volume's report."""
+        if self.volumes is None:
+            return
+        for spec in view.specs.values():
+            if spec.volume is not None:
+                await self.volumes.grow(spec.volume)
+
     async def _release_volumes(self, view: View) -> None:
         """Unmounts the volumes no desired spec names, no backup job names and no
         container uses any more (any container on the engine: a removal that failed keeps

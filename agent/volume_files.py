@@ -1,13 +1,14 @@
 """The files, devices and directories behind block volumes, touched directly.
 
-Contract: `create_sparse` makes a loop file only when absent (an existing one is kept
-whatever its size); `lock` holds an flock on a loop file (None when a non-blocking lock
-is held elsewhere); `attached_device` is `VolumeMissing` for a device that is not there;
-`device_number` refuses anything but a block device; `tenant_dir` makes `<mount>/<name>`
-a real directory (never through a link) owned by the container's user, 0700, and leaves
-one the tenant already owns as it is; `copy_in` makes `<mount>/<name>` a copy of a
-directory all at once (made aside and renamed into place), so a copy cut short is made
-again rather than taken for the data.
+Contract: `create_sparse` makes a loop file only when absent, and `grow_sparse` grows
+one smaller than its spec's size (a bigger plan), never shrinking it; `device_size` is
+a block device's size in bytes as the kernel sees it now; `lock` holds an flock on a
+loop file (None when a non-blocking lock is held elsewhere); `attached_device` is
+`VolumeMissing` for a device that is not there; `device_number` refuses anything but a
+block device; `tenant_dir` makes `<mount>/<name>` a real directory (never through a
+link) owned by the container's user, 0700, and leaves one the tenant already owns as it
+is; `copy_in` makes `<mount>/<name>` a copy of a directory all at once (made aside and
+renamed into place), so a copy cut short is made again rather than taken for the data.
 """
 
 from __future__ import annotations
@@ -76,6 +77,22 @@ def create_sparse(backing: Path, size_gb: int) -> None:
         return
     try:
         os.ftruncate(fd, size_gb * 2**30)
+    finally:
+        os.close(fd)
+
+
+def grow_sparse(backing: Path, size_gb: int) -> None:
+    """Grows the loop file to `size_gb` when it is smaller; a larger one stays as it is
+    (a volume is never shrunk: its file system fills it)."""
+    size = size_gb * 2**30
+    if backing.stat().st_size < size:
+        os.truncate(backing, size)
+
+
+def device_size(device: Path) -> int:
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)
 

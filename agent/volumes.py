@@ -6,6 +6,12 @@ place, per /proc/self/mountinfo, is checked to be this device and kept). The dev
 a Hetzner `/dev/disk/by-id/...` path, or `loop:<name>`: a sparse file
 `<loop dir>/<name>.img` of `size_gb`, attached with `losetup --find --show` unless
 `losetup -j` finds it attached already (an agent restart never attaches it twice).
+A volume grows with its spec's size (a plan with more disk, control/volumes/steps.py):
+a loop file smaller than `size_gb` is grown and its loop device told (`losetup -c`),
+and its file system is grown to fill the device, offline before a mount or online while
+mounted (agent/volume_grow.py), checked once for each device size this agent sees. A
+volume that could not grow is mounted all the same, and its report says why. Nothing
+here ever shrinks a volume.
 `format_decision` (agent/volume_format.py) is the one rule for formatting: mkfs.ext4
 runs only on a device with no signature at all and a first MiB of zeros.
 `tenant_dirs` makes `<mount>/<volume name>` for each of the spec's named volumes (owned
@@ -35,13 +41,16 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent import volume_grow
 from agent.mountinfo import held, mounted_at, read_mountinfo
-from agent.volume_commands import VolumeError, checked, run
+from agent.volume_commands import VolumeError, checked, one_line, run
 from agent.volume_files import (
     attached_device,
     copy_in,
     create_sparse,
     device_number,
+    device_size,
+    grow_sparse,
     lock,
     tenant_dir,
 )
@@ -63,6 +72,10 @@ class BlockVolumes:
     loop_dir: Path  # where loop:<name> files live
     # Volume id -> the last failure of `ensure` or `release`, for the heartbeat.
     failures: dict[str, VolumeError] = field(default_factory=dict)
+    # Volume id -> the device size its file system was last grown to, and why the last
+    # try to grow it failed (a mounted volume's report says so).
+    grown: dict[str, int] = field(default_factory=dict)
+    unsized: dict[str, str] = field(default_factory=dict)
 
     def loop_file(self, spec: BlockVolumeSpec) -> Path | None:
         if not spec.device.startswith(LOOP_PREFIX):
@@ -105,15 +118,54 @@ class BlockVolumes:
         if current is not None:
             if current.device != rdev or current.root != "/":
                 raise VolumeError(f"{target} has another file system mounted on it")
-            return target
-        await self._format_if_blank(device)
-        await asyncio.to_thread(lambda: target.mkdir(parents=True, exist_ok=True, mode=0o700))
-        await checked(
-            ["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(device), str(target)],
-            MOUNT_TIMEOUT,
-            f"mount of volume {spec.id}",
-        )
+        else:
+            await self._format_if_blank(device)
+            await self._grow(spec, device, mounted=False)
+            await asyncio.to_thread(lambda: target.mkdir(parents=True, exist_ok=True, mode=0o700))
+            await checked(
+                ["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(device), str(target)],
+                MOUNT_TIMEOUT,
+                f"mount of volume {spec.id}",
+            )
+        await self._grow(spec, device, mounted=True)
         return target
+
+    async def grow(self, spec: BlockVolumeSpec) -> None:
+        """A mounted volume grown to its spec's size, for each pass: the provider's resize
+        lands after the spec that asks for it, and the tenant keeps running meanwhile.
+        A volume not mounted here is left to its next `ensure`."""
+        entry = mounted_at(await asyncio.to_thread(read_mountinfo), self.target(spec.id))
+        if entry is None or entry.root != "/":
+            return
+        device = Path(entry.source)
+        try:
+            if await asyncio.to_thread(device_number, device) != entry.device:
+                return  # not the device node mountinfo names: never resize a guess
+        except (OSError, VolumeError):
+            return
+        await self._grow(spec, device, mounted=True)
+
+    async def _grow(self, spec: BlockVolumeSpec, device: Path, mounted: bool) -> None:
+        """The volume grown to its spec's size: a loop file first (only once the device
+        is known to be ours: ext4 or blank), then its file system (agent/volume_grow.py),
+        checked once per device size. A failure is kept for the heartbeat and never stops
+        the mount: a volume that did not grow still holds the tenant's state."""
+        try:
+            backing = self.loop_file(spec)
+            if backing is not None:
+                await asyncio.to_thread(grow_sparse, backing, spec.size_gb)
+                if await asyncio.to_thread(device_size, device) < backing.stat().st_size:
+                    await checked(["losetup", "-c", str(device)], PROBE_TIMEOUT, "losetup -c")
+            size = await asyncio.to_thread(device_size, device)
+            if self.grown.get(spec.id) == size:
+                return
+            await volume_grow.grow(device, size, mounted)
+        except (VolumeError, OSError) as exc:
+            message = exc.message if isinstance(exc, VolumeError) else str(exc)
+            self.unsized[spec.id] = one_line(f"growing volume {spec.id}: {message}")
+            return
+        self.unsized.pop(spec.id, None)
+        self.grown[spec.id] = size
 
     async def _device(self, spec: BlockVolumeSpec) -> Path:
         backing = self.loop_file(spec)
@@ -190,6 +242,8 @@ class BlockVolumes:
                 self.failures[volume_id] = exc
                 continue
             self.failures.pop(volume_id, None)
+            self.grown.pop(volume_id, None)
+            self.unsized.pop(volume_id, None)
             released.append(volume_id)
         await self._detach_idle_loops({self.loop_file(v) for v in keep})
         return released
@@ -233,7 +287,7 @@ class BlockVolumes:
         for spec in desired:
             failure = self.failures.get(spec.id)
             if spec.id in mounts:
-                out[spec.id] = VolumeReport(spec.id, "mounted")
+                out[spec.id] = VolumeReport(spec.id, "mounted", self.unsized.get(spec.id, ""))
             elif failure is not None:
                 out[spec.id] = VolumeReport(spec.id, failure.state, failure.message)
             else:

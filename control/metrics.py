@@ -223,6 +223,9 @@ class MeteredProvider:
     async def delete_volume(self, volume: ProviderVolume) -> None:
         await self._call("delete_volume", lambda: self.inner.delete_volume(volume))
 
+    async def resize_volume(self, volume: ProviderVolume, size_gb: int) -> None:
+        await self._call("resize_volume", lambda: self.inner.resize_volume(volume, size_gb))
+
     async def list_volumes(self, labels: dict[str, str]) -> builtins.list[ProviderVolume]:
         return await self._call("list_volumes", lambda: self.inner.list_volumes(labels))
 

@@ -14,8 +14,12 @@ import re
 from dataclasses import dataclass
 
 from control.errors import ConfigurationError
+from shared.protocol import MAX_VOLUME_GB
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
+
+
+VOLUME_MIN_GB = 10  # Hetzner's smallest volume
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,13 @@ class Plan:
     # False: `cpus` is reserved (placement) and a weight, and idle CPU may be used beyond
     # it; True: `cpus` is also a hard cap (docs/capacity.md, "CPU").
     cpu_limit: bool = False
+
+    @property
+    def volume_gb(self) -> int:
+        """The size of a user's volume on this plan (USER_VOLUMES): its disk, within
+        Hetzner's smallest and largest volume. A volume grows to it and is never shrunk
+        (control/volumes/steps.py)."""
+        return min(MAX_VOLUME_GB, max(VOLUME_MIN_GB, self.disk_gb))
 
 
 # OpenClaw's gateway is one Node.js process that mostly waits on model APIs: 1 GiB

@@ -48,6 +48,7 @@ BLOCK_DEVICE_PATTERN = (
 )
 MAX_VOLUMES = 64  # volumes in one heartbeat; Hetzner attaches at most 16 per server
 MAX_VOLUME_ERROR = 300
+MAX_VOLUME_GB = 10240  # Hetzner's largest volume
 MAX_BACKUPS = 64  # backup jobs in one assignments reply, reports in one heartbeat
 MAX_BACKUP_ERROR = 300
 # Snapshots a report says the repository kept after its retention ran, as restic's short
@@ -128,7 +129,8 @@ class HostReport(msgspec.Struct, frozen=True):
 class VolumeReport(msgspec.Struct, frozen=True, omit_defaults=True):
     """One block volume the agent holds or waits for (issue 13): `mounted` once it is
     mounted where the user's container will find it, `missing` while its device does not
-    exist, `error` when it exists but cannot be attached, checked or mounted."""
+    exist, `error` when it exists but cannot be attached, checked or mounted. A mounted
+    volume's `error` says why its file system could not grow to its spec's size."""
 
     id: BlockVolumeId
     state: VolumeState
@@ -193,7 +195,7 @@ class BlockVolumeSpec(msgspec.Struct, frozen=True, omit_defaults=True):
 
     id: BlockVolumeId
     device: Annotated[str, Meta(pattern=BLOCK_DEVICE_PATTERN)]
-    size_gb: Annotated[int, Meta(ge=1, le=10240)]
+    size_gb: Annotated[int, Meta(ge=1, le=MAX_VOLUME_GB)]
 
 
 class ResourceSpec(msgspec.Struct, frozen=True, omit_defaults=True):

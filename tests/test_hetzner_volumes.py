@@ -103,6 +103,36 @@ async def test_attach_errors_have_their_kinds(
     assert info.value.kind == "not_found"
 
 
+async def test_resize_grows_and_a_retry_or_a_smaller_size_changes_nothing(
+    provider: HetznerProvider, hetzner_fake: HetznerFake
+) -> None:
+    server = hetzner_fake.add_server("w1", {}, location="nbg1")
+    volume = await provider.create_volume("cf-c1-alice", 10, "nbg1", OURS)
+    await provider.attach(volume, str(server["id"]))
+    hetzner_fake.finish_actions()
+    await provider.resize_volume(volume, 25)  # attached: grown where it is
+    stored = hetzner_fake.volumes[int(volume.provider_id)]
+    assert stored["size"] == 25 and stored["server"] == server["id"]
+    hetzner_fake.finish_actions()
+    await provider.resize_volume(volume, 25)  # a retry after a lost reply: the API refuses
+    await provider.resize_volume(volume, 10)  # a smaller plan: never shrunk
+    assert stored["size"] == 25
+    hetzner_fake.action_seconds = math.inf
+    await provider.resize_volume(volume, 30)
+    with pytest.raises(ProviderError) as info:  # its action still runs
+        await provider.resize_volume(volume, 40)
+    assert (info.value.kind, info.value.code) == ("transient", "locked")
+    hetzner_fake.finish_actions()
+    with pytest.raises(ProviderError) as info:
+        await provider.resize_volume(volume, 20_000)  # past Hetzner's 10 TB
+    assert (info.value.kind, info.value.code) == ("invalid", "invalid_input")
+    assert stored["size"] == 30
+    hetzner_fake.volumes.clear()
+    with pytest.raises(ProviderError) as info:
+        await provider.resize_volume(volume, 50)
+    assert info.value.kind == "not_found"
+
+
 def test_volume_names_fit_hetzners_rule() -> None:
     assert volume_name("c1", "alice") == "cf-c1-alice"
     long = volume_name("c" * 63, "u" * 64)
@@ -121,8 +151,14 @@ async def test_local_volumes_are_names_that_record_where_they_are(tmp_path: Path
     with pytest.raises(ProviderError):
         await local.delete_volume(volume)
     assert [v.server_id for v in await local.list_volumes(OURS)] == ["w1"]
+    await local.resize_volume(volume, 20)
+    await local.resize_volume(volume, 15)  # never shrunk
+    assert [v.size_gb for v in await local.list_volumes(OURS)] == [20]
     await local.detach(volume)
     await local.detach(volume)
     await local.delete_volume(volume)
     await local.delete_volume(volume)
     assert await local.list_volumes({}) == []
+    with pytest.raises(ProviderError) as info:
+        await local.resize_volume(volume, 30)
+    assert info.value.kind == "not_found"

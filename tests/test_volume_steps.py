@@ -3,8 +3,11 @@ rules that volumes add (control/users/placement.py), as parameter tables."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from control.plans import DEFAULT_PLAN
 from control.users.placement import Demand, Room, choose_server, place
 from control.volumes.steps import (
     Holder,
@@ -13,7 +16,6 @@ from control.volumes.steps import (
     Volume,
     next_step,
     on_failure,
-    volume_size,
 )
 
 ON_A = Placement("running", "a", "nbg1")
@@ -91,6 +93,33 @@ def test_next_step(
     assert step.forced is forced
 
 
+BIGGER = Placement("running", "a", "nbg1", size_gb=20)
+
+
+@pytest.mark.parametrize(
+    ("volume", "placement", "holder", "step"),
+    [
+        # attached where the user runs and smaller than its plan: grown there
+        (Volume("attached", "nbg1", "a", 10), BIGGER, ALIVE_BUSY, Step("resize", "a", size_gb=20)),
+        (Volume("attached", "nbg1", "a", 10), replace(BIGGER, user_state="provisioning"), ALIVE_IDLE, Step("resize", "a", size_gb=20)),
+        # as big or bigger: never shrunk
+        (Volume("attached", "nbg1", "a", 20), BIGGER, ALIVE_BUSY, Step("none")),
+        (Volume("attached", "nbg1", "a", 30), BIGGER, ALIVE_BUSY, Step("none")),
+        # a step under way comes first; grown once it is attached there
+        (Volume("attaching", "nbg1", "a", 10), BIGGER, ALIVE_IDLE, Step("attach", "a")),
+        (Volume("detached", "nbg1", None, 10), BIGGER, None, Step("attach", "a")),
+        # moving away, suspended or pending: the move or the user's return first
+        (Volume("attached", "nbg1", "b", 10), BIGGER, ALIVE_IDLE, Step("detach", "b")),
+        (Volume("attached", "nbg1", "a", 10), replace(BIGGER, user_state="suspended"), ALIVE_IDLE, Step("none")),
+        (Volume("attached", "nbg1", "a", 10), Placement("pending", size_gb=20), ALIVE_IDLE, Step("none")),
+    ],
+)  # fmt: skip
+def test_a_bigger_plan_grows_the_volume_where_it_runs(
+    volume: Volume, placement: Placement, holder: Holder | None, step: Step
+) -> None:
+    assert next_step(volume, placement, holder) == step
+
+
 def test_a_user_with_a_volume_elsewhere_is_never_given_a_new_one() -> None:
     """The invariant: whatever the holder's state, a user whose volume exists is never
     told to create another."""
@@ -125,9 +154,11 @@ def test_on_failure(
     assert says in failure.message
 
 
-@pytest.mark.parametrize(("disk_gb", "size"), [(0, 10), (5, 10), (10, 10), (80, 80)])
-def test_volume_size_is_at_least_hetzners_minimum(disk_gb: int, size: int) -> None:
-    assert volume_size(disk_gb) == size
+@pytest.mark.parametrize(
+    ("disk_gb", "size"), [(0, 10), (5, 10), (10, 10), (80, 80), (10240, 10240), (20000, 10240)]
+)
+def test_volume_size_is_within_hetzners_smallest_and_largest(disk_gb: int, size: int) -> None:
+    assert replace(DEFAULT_PLAN, disk_gb=disk_gb).volume_gb == size
 
 
 def room(server: str, location: str | None, slots: int = 16, free: int = 4096) -> Room:

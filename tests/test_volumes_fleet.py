@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from control.appkeys import FLEET, SCALER
+from control.plans import DEFAULT_PLAN
 from tests.database import execute
 from tests.fakes.hetzner import HetznerFake, agent_dist, fleet_settings, provider_with_timeout
 from tests.fixtures import ControlPlane
@@ -68,6 +70,7 @@ async def beat(
     containers: list[str],
     mounted: list[str],
     backups: list[dict[str, Any]] | None = None,
+    error: str = "",
 ) -> None:
     generation = (await worker.assignments()).body["generation"]
     body = {
@@ -75,7 +78,7 @@ async def beat(
         "applied_generation": generation,
         "resources": worker.resources,
         "containers": [running(u) for u in containers],
-        "volumes": [{"id": v, "state": "mounted"} for v in mounted],
+        "volumes": [{"id": v, "state": "mounted", "error": error} for v in mounted],
         "backups": backups or [],
         "features": worker.features,  # as a current agent's heartbeat declares them
     }
@@ -117,6 +120,58 @@ async def test_first_placement_creates_the_volume_there_and_attaches_it(
     assert volume_row(control, "alice")["state"] == "attached"
     kinds = await event_kinds(control)
     assert "volume_created" in kinds and "volume_attached" in kinds
+
+
+async def test_a_plan_with_more_disk_grows_the_attached_volume_and_says_so(
+    cloud: Start, hetzner_fake: HetznerFake
+) -> None:
+    """A paid upgrade whose plan has more disk: the spec carries the plan's size at once
+    (the agent grows the file system once the device has), and the volume is resized at
+    Hetzner where it is attached. A retry after a lost reply, and a smaller plan, change
+    nothing more: the spec never asks for less than the volume has."""
+    roomy = replace(DEFAULT_PLAN, name="roomy", disk_gb=25)
+    control = await cloud(plans={"default": DEFAULT_PLAN, "roomy": roomy})
+    worker = await placed_with_volume(control, hetzner_fake)
+    (volume,) = hetzner_fake.volumes.values()
+    await beat(worker, ["alice"], [str(volume["id"])])
+    db(control, "UPDATE users SET plan = 'roomy' WHERE id = 'alice'")
+    assert (await specs(worker))["alice"]["volume"]["size_gb"] == 25
+    assert volume["size"] == 10
+
+    await run(control)
+    assert volume["size"] == 25 and volume["server"] is not None  # grown where it is
+    assert volume_row(control, "alice")["size_gb"] == 25
+    spec = (await specs(worker))["alice"]
+    assert spec["volume"]["size_gb"] == 25
+    (event,) = [e for e in await events_of(control, "volume_resized")]
+    assert event["message"] == "cf-default-alice grown from 10 to 25 GB (its plan's disk)"
+    # The agent could not grow the file system: the user's volume says why, until it did.
+    await beat(worker, ["alice"], [str(volume["id"])], error="growing volume: no space")
+    await run(control)
+    said = f"the agent on {worker.key_id} reports it mounted: growing volume: no space"
+    assert volume_row(control, "alice")["last_error"] == said
+    await beat(worker, ["alice"], [str(volume["id"])])
+    await run(control)
+    assert volume_row(control, "alice")["last_error"] is None
+
+    # The reply was lost: the row still says 10, Hetzner 25. The retry is told so.
+    db(control, "UPDATE volumes SET size_gb = 10 WHERE user_id = 'alice'")
+    hetzner_fake.finish_actions()
+    await run(control)
+    assert volume["size"] == 25 and volume_row(control, "alice")["size_gb"] == 25
+    assert not volume_row(control, "alice")["last_error"]
+
+    db(control, "UPDATE users SET plan = 'default' WHERE id = 'alice'")  # a downgrade
+    await run(control)
+    assert volume["size"] == 25 and volume_row(control, "alice")["size_gb"] == 25
+    assert (await specs(worker))["alice"]["volume"]["size_gb"] == 25
+    assert len(await events_of(control, "volume_resized")) == 2
+
+
+async def events_of(control: ControlPlane, kind: str) -> list[dict[str, Any]]:
+    status, body = await control.admin("GET", "/v1/events?limit=1000")
+    assert status == 200, body
+    return [e for e in body["events"] if e["kind"] == kind]
 
 
 async def drained_away(

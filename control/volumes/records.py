@@ -64,6 +64,15 @@ async def set_state(
     )
 
 
+async def resized(conn: aiosqlite.Connection, user_id: str, size_gb: int, now: float) -> None:
+    """The provider grew the volume: the size its spec now carries."""
+    await conn.execute(
+        "UPDATE volumes SET size_gb = ?, last_error = NULL, failures = 0, not_before = NULL, "
+        "updated_at = ? WHERE user_id = ?",
+        (size_gb, now, user_id),
+    )
+
+
 async def failed(
     conn: aiosqlite.Connection, user_id: str, message: str, not_before: float, now: float
 ) -> None:

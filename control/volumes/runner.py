@@ -12,8 +12,10 @@ Contract:
   A wait (a container still running on the old server, a location that differs) is
   `last_error` and one `volume_waiting` event per new reason.
 - An attach bumps the generation of the server it attached to, whose desired set now
-  carries the volume; an old server still running a moved user's container after
-  applying its latest set is bumped once more, so it re-reads a set without it.
+  carries the volume (a resize, for a plan that asks for more `disk_gb`, bumps nothing:
+  the spec carries the plan's size from the plan change on); an old server still
+  running a moved user's container after applying its latest set is bumped once more,
+  so it re-reads a set without it.
 - A user moving to another location is left to control/volumes/relocate.py (run at
   the end of each run) until its state is restored onto the new volume: its volume row
   still names the old one, which that move snapshots, keeps, and deletes at its end.
@@ -109,7 +111,11 @@ async def _advance(p: Provisioner, user: _User) -> bool:
     if row is not None and row["not_before"] is not None and now < row["not_before"]:
         return False
     placement = steps.Placement(
-        user.state, user.server_id, user.location, server_ready=user.provider_id is not None
+        user.state,
+        user.server_id,
+        user.location,
+        server_ready=user.provider_id is not None,
+        size_gb=plan_of(p.settings.plans, user.plan).volume_gb,
     )
     step = steps.next_step(_view(row), placement, _holder(row))
     if step.kind == "none" and row is not None and row["state"] == "attached":
@@ -158,7 +164,7 @@ async def _open_job(p: Provisioner, row: Row | None) -> str:
 def _view(row: Row | None) -> steps.Volume | None:
     if row is None:
         return None
-    return steps.Volume(row["state"], row["location"], row["server_id"])
+    return steps.Volume(row["state"], row["location"], row["server_id"], row["size_gb"])
 
 
 def _holder(row: Row | None) -> steps.Holder | None:
@@ -180,14 +186,17 @@ def _using(row: Row) -> bool:
 
 
 def _agent_problem(row: Row) -> str:
-    """What the holder's agent last said about the volume, when it is not mounted."""
+    """What the holder's agent last said about the volume, when it is not mounted, or
+    mounted with an error (a file system it could not grow)."""
     try:
         report = json.loads(row["holder_report"] or "{}")
     except ValueError:
         return ""
     for volume in report.get("volumes") or []:
-        if volume.get("id") == row["provider_id"] and volume.get("state") != "mounted":
-            detail = f": {volume['error']}" if volume.get("error") else ""
+        if volume.get("id") != row["provider_id"]:
+            continue
+        detail = f": {volume['error']}" if volume.get("error") else ""
+        if volume.get("state") != "mounted" or detail:  # mounted but not grown, say
             return f"the agent on {row['server_id']} reports it {volume.get('state')}{detail}"
     return ""
 
@@ -216,6 +225,8 @@ async def _apply(p: Provisioner, user: _User, row: Row | None, step: steps.Step)
         await p.provider.detach(volume)
         how = "forced: " + step.reason if step.forced else "its container stopped"
         await _record(p, user.id, "detached", None, ("volume_detached", f"from {source} ({how})"))
+    elif step.kind == "resize":
+        await _resize(p, user.id, row, step)
     elif step.kind == "delete":
         await _record(p, user.id, "deleting", None)
         await p.provider.delete_volume(volume)
@@ -224,7 +235,7 @@ async def _apply(p: Provisioner, user: _User, row: Row | None, step: steps.Step)
 
 async def _create(p: Provisioner, user: _User, location: str) -> None:
     name = volume_name(p.settings.cluster_name, user.id)
-    size = steps.volume_size(plan_of(p.settings.plans, user.plan).disk_gb)
+    size = plan_of(p.settings.plans, user.plan).volume_gb
     now = p.clock()
     await p.store.write(
         lambda conn: records.begin_create(conn, user.id, name, p.provider.name, location, size, now)
@@ -236,6 +247,23 @@ async def _create(p: Provisioner, user: _User, location: str) -> None:
         await records.created(conn, user.id, made.provider_id, made.device, now)
         message = f"{name} ({size} GB) in {made.location or location}"
         await events.record(conn, "volume_created", message, user_id=user.id, at=now)
+
+    await p.store.write(apply)
+
+
+async def _resize(p: Provisioner, user_id: str, row: Row, step: steps.Step) -> None:
+    """Grows the volume and says so. Nothing is recorded before the call: a retry after a
+    lost reply is told by the provider that the volume is that size already. The
+    holder's spec has carried the new size since the plan changed
+    (control/workers/assignments.py): its agent grows the file system once the device
+    has grown, so nothing here wakes it."""
+    size, at, now = step.size_gb or 0, step.server_id or "", p.clock()
+    await p.provider.resize_volume(_provider_volume(row), size)
+
+    async def apply(conn: aiosqlite.Connection) -> None:
+        await records.resized(conn, user_id, size, now)
+        message = f"{row['name']} grown from {row['size_gb']} to {size} GB (its plan's disk)"
+        await events.record(conn, "volume_resized", message, server_id=at, user_id=user_id, at=now)
 
     await p.store.write(apply)
 

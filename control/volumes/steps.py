@@ -5,6 +5,9 @@
 - detached (or being attached) and the user placed in the volume's location: attach it
   to that server; placed in another location: wait (a cross-location move goes through
   a backup and a restore, not an attach);
+- attached to the user's server and smaller than its plan's size (`Plan.volume_gb`): grow
+  it there (a resize, which the agent follows by growing the mounted file system); a
+  volume is never shrunk, so a smaller plan keeps the size it has;
 - attached to another server than the user's: detach it once that server's agent no
   longer reports the user's container nor the mount, and at once (FORCED) when that
   server is dead or gone;
@@ -27,8 +30,7 @@ from typing import Literal
 from shared.backoff import backoff_delay
 
 VolumeState = Literal["creating", "detached", "attaching", "attached", "detaching", "deleting"]
-StepKind = Literal["create", "attach", "detach", "delete", "wait", "none"]
-MIN_SIZE_GB = 10  # Hetzner's smallest volume
+StepKind = Literal["create", "attach", "detach", "delete", "resize", "wait", "none"]
 RETRY_BASE = 5.0
 RETRY_CAP = 300.0
 PLACED = ("provisioning", "running")
@@ -39,6 +41,7 @@ class Volume:
     state: VolumeState
     location: str
     server_id: str | None  # our server id it is (being) attached to
+    size_gb: int = 0
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Placement:
     server_id: str | None = None  # the server the user is placed on
     location: str | None = None  # that server's location
     server_ready: bool = True  # that server exists at the provider (create confirmed)
+    size_gb: int = 0  # the size the user's plan asks for (`Plan.volume_gb`)
 
 
 @dataclass(frozen=True)
@@ -63,14 +67,11 @@ class Step:
     server_id: str | None = None  # attach: where to; detach: where from
     location: str | None = None  # create: where
     forced: bool = False  # detach: the holder is dead or gone, nothing waits for it
+    size_gb: int | None = None  # resize: to this size
     reason: str = ""
 
 
 NOTHING = Step("none")
-
-
-def volume_size(disk_gb: int) -> int:
-    return max(MIN_SIZE_GB, disk_gb)
 
 
 def next_step(volume: Volume | None, placement: Placement, holder: Holder | None) -> Step:
@@ -102,6 +103,8 @@ def _attached(volume: Volume, placement: Placement, holder: Holder | None, place
             return Step("attach", server_id=at)
         if volume.state == "detaching":  # came back to the server it was leaving
             return Step("detach", server_id=at, forced=holder is None or not holder.alive)
+        if volume.size_gb < placement.size_gb:
+            return Step("resize", server_id=at, size_gb=placement.size_gb)
         return NOTHING
     if placement.user_state == "suspended" and holder is not None and holder.alive:
         return NOTHING  # a suspended user keeps its server and its volume there

@@ -285,7 +285,7 @@ def _desired(
                 plan_of(plans, r["plan"]),
                 _env(keyring, r),
                 stored_secrets(keyring, r["secrets_ciphertext"]),
-                _block_volume(r) if settings.user_volumes else None,
+                _block_volume(r, plan_of(plans, r["plan"])) if settings.user_volumes else None,
                 r["restarts"],
             ),
             settings,
@@ -354,8 +354,12 @@ def _volume_here(row: Row, server_id: str) -> bool:
     return bool(here and row["volume_state"] == "attached")
 
 
-def _block_volume(row: Row) -> BlockVolumeSpec:
-    return BlockVolumeSpec(id=row["volume_id"], device=row["device"], size_gb=row["size_gb"])
+def _block_volume(row: Row, plan: Plan) -> BlockVolumeSpec:
+    """The user's volume, at the size its plan asks for as soon as the plan changes: the
+    provider's resize follows (control/volumes/steps.py), and the agent grows the file
+    system whenever the device has grown, with no restart of the container for it."""
+    size = max(int(row["size_gb"]), plan.volume_gb)
+    return BlockVolumeSpec(id=row["volume_id"], device=row["device"], size_gb=size)
 
 
 def _env(keyring: Keyring, row: Row) -> dict[str, str]:

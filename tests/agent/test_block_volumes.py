@@ -18,6 +18,7 @@ from agent.mountinfo import mounted_at, parse_mountinfo
 from agent.volume_commands import VolumeError, VolumeMissing, one_line
 from agent.volume_files import create_sparse, lock
 from agent.volume_format import Decision, format_decision
+from agent.volume_grow import superblock_bytes
 from agent.volumes import BlockVolumes
 from shared.protocol import MAX_VOLUME_ERROR, BlockVolumeSpec, VolumeReport
 
@@ -47,6 +48,27 @@ def test_format_only_a_blank_device(
     rc: int, export: str, head_zero: bool, decision: Decision
 ) -> None:
     assert format_decision(rc, export, head_zero) == decision
+
+
+DUMPE2FS = "Filesystem volume name:   <none>\nBlock count:              262144\nBlock size:               4096\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        (DUMPE2FS, 2**30),
+        (DUMPE2FS.replace("4096", "1024"), 2**28),
+        ("Block count: 10\n", None),  # no block size
+        ("Block count: many\nBlock size: 4096\n", None),
+        ("", None),
+    ],
+)
+def test_the_superblock_says_the_file_systems_size(text: str, size: int | None) -> None:
+    if size is None:
+        with pytest.raises(VolumeError, match="dumpe2fs printed no block count and size"):
+            superblock_bytes(text)
+    else:
+        assert superblock_bytes(text) == size
 
 
 MOUNTINFO = """\
@@ -176,10 +198,101 @@ async def test_ensure_is_idempotent_and_a_restarted_agent_finds_the_same_loop_de
     assert await restarted.ensure(spec) == target
     assert _loops_of(volumes.loop_dir) == [first]
     assert _mounts_under(volumes.mounts) == [str(target)]
+    assert await restarted.reports([spec]) == [VolumeReport("v2", "mounted")]  # no growth
     # Unmounted but still attached (a crash between the two): reattached to nothing new.
     subprocess.run(["umount", str(target)], check=True)
     assert await restarted.ensure(spec) == target
     assert _loops_of(volumes.loop_dir) == [first]
+
+
+def _fs_gb(target: Path) -> float:
+    info = os.statvfs(target)
+    return info.f_blocks * info.f_frsize / 2**30
+
+
+def can_resize_online() -> bool:
+    """CAP_SYS_RESOURCE, which ext4's online resize asks of root (a worker's root has it;
+    some sandboxes take it away)."""
+    status = Path("/proc/self/status").read_text()
+    effective = int(status.split("CapEff:")[1].split()[0], 16)
+    return bool(effective >> 24 & 1)
+
+
+@blockdev
+async def test_a_bigger_size_grows_an_unmounted_volume_before_its_mount(
+    volumes: BlockVolumes,
+) -> None:
+    """A plan with more disk, met at a mount (a new server, a restarted agent): the loop
+    file and the file system the tenant sees grow first; files stay; a smaller size never
+    shrinks it."""
+    target = await volumes.ensure(loop("v9", 1))
+    (target / "memory.md").write_text("remember me")
+    assert _fs_gb(target) < 1.0
+    await volumes.release([], in_use=())
+
+    restarted = BlockVolumes(volumes.mounts, volumes.loop_dir)  # nothing remembered
+    again = await restarted.ensure(loop("v9", 3))
+    assert 2.5 < _fs_gb(again) < 3.0  # ext4's own overhead aside
+    assert (again / "memory.md").read_text() == "remember me"
+    assert await restarted.reports([loop("v9", 3)]) == [VolumeReport("v9", "mounted")]
+
+    assert await restarted.ensure(loop("v9", 1)) == again  # never shrunk
+    assert (volumes.loop_dir / "v9.img").stat().st_size == 3 * 2**30
+    assert 2.5 < _fs_gb(again) < 3.0
+
+
+def _provider_grows(volumes: BlockVolumes, name: str, size_gb: int) -> None:
+    """What a Hetzner resize does to a mounted volume: its device grows under it."""
+    os.truncate(volumes.loop_dir / f"{name}.img", size_gb * 2**30)
+    (device,) = _loops_of(volumes.loop_dir)
+    subprocess.run(["losetup", "-c", device], check=True)
+
+
+@blockdev
+@pytest.mark.skipif(not can_resize_online(), reason="no CAP_SYS_RESOURCE: no online resize")
+async def test_a_mounted_volume_grows_online_with_its_spec_or_its_device(
+    volumes: BlockVolumes,
+) -> None:
+    target = await volumes.ensure(loop("v10", 1))
+    (target / "memory.md").write_text("remember me")
+    (device,) = _loops_of(volumes.loop_dir)
+    assert await volumes.ensure(loop("v10", 2)) == target  # a new spec: the loop file grows
+    assert 1.5 < _fs_gb(target) < 2.0
+    assert _loops_of(volumes.loop_dir) == [device]  # the same device, told its new size
+    _provider_grows(volumes, "v10", 3)
+    await volumes.grow(loop("v10", 2))  # a pass, the spec unchanged: the device grew
+    assert 2.5 < _fs_gb(target) < 3.0
+    assert (target / "memory.md").read_text() == "remember me"
+    assert await volumes.reports([loop("v10", 2)]) == [VolumeReport("v10", "mounted")]
+
+
+@blockdev
+@pytest.mark.skipif(can_resize_online(), reason="online resize works here: nothing fails")
+async def test_a_mounted_volume_that_cannot_grow_stays_mounted_and_says_why(
+    volumes: BlockVolumes,
+) -> None:
+    """Without CAP_SYS_RESOURCE the online resize is refused: the tenant keeps its mounted
+    volume and files, the report says why, and it grows at its next mount."""
+    target = await volumes.ensure(loop("v11", 1))
+    (target / "memory.md").write_text("remember me")
+    (device,) = _loops_of(volumes.loop_dir)
+    _provider_grows(volumes, "v11", 2)
+    await volumes.grow(loop("v11", 1))  # a pass: the device grew under the mount
+    assert _fs_gb(target) < 1.0 and _loops_of(volumes.loop_dir) == [device]
+    (report,) = await volumes.reports([loop("v11", 1)])
+    assert report.state == "mounted"
+    assert report.error.startswith("growing volume v11: growing the file system failed"), report
+    await volumes.release([], in_use=())
+    again = await volumes.ensure(loop("v11", 2))
+    assert 1.5 < _fs_gb(again) < 2.0
+    assert (again / "memory.md").read_text() == "remember me"
+    assert await volumes.reports([loop("v11", 2)]) == [VolumeReport("v11", "mounted")]
+
+
+@blockdev
+async def test_a_pass_grows_nothing_that_is_not_mounted_here(volumes: BlockVolumes) -> None:
+    await volumes.grow(loop("v12", 2))  # never mounted: left to its `ensure`
+    assert not (volumes.loop_dir / "v12.img").exists() and not volumes.unsized
 
 
 @blockdev

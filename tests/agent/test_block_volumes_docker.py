@@ -28,6 +28,7 @@ from agent.volumes import LABEL_VOLUME
 from shared.protocol import Assignments, BlockVolumeSpec, ContainerSpec, VolumeReport
 from tests.agent.conftest import GOOD, new_user
 from tests.agent.specs import make_spec
+from tests.agent.test_block_volumes import can_resize_online
 from tests.agent.test_e2e import until
 
 pytestmark = [pytest.mark.docker, pytest.mark.blockdev]
@@ -300,3 +301,32 @@ async def test_a_user_moving_onto_a_block_volume_keeps_its_docker_volume_state(
     # The Docker volume is kept as it was (its data is never deleted here).
     [kept] = dclient.volumes.list(filters={"label": f"clawfleet.user={user}"})
     assert kept.name == f"clawfleet-{user}-state"
+
+
+async def test_a_pass_grows_a_running_users_volume_without_a_restart(
+    daemon: Daemon, state_dir: Path, dclient: docker.DockerClient, users: list[str]
+) -> None:
+    """The provider grew the volume under a running tenant (a plan with more disk): the
+    next pass grows its file system online, where root may (CAP_SYS_RESOURCE), and says
+    why not where it may not; the container is never replaced for it."""
+    user = new_user()
+    users.append(user)
+    volume = BlockVolumeSpec(id=f"vol-{user}", device=f"loop:{user}", size_gb=1)
+    spec = with_volume(make_spec(user, GOOD), volume)
+    rec = daemon.reconciler
+    await reconcile(rec, 1, spec)
+    [before] = containers_of(dclient, user)
+    os.truncate(state_dir / "volumes" / f"{user}.img", 2 * 2**30)  # the provider's resize
+    [device] = _loops_of(state_dir / "volumes")
+    subprocess.run(["losetup", "-c", device], check=True)
+
+    await reconcile(rec, 2, spec)
+    [after] = containers_of(dclient, user)
+    assert after.id == before.id and after.attrs["State"]["Running"] is True
+    [report] = (await daemon._build_heartbeat()).volumes
+    target = os.statvfs(state_dir / "mounts" / volume.id)
+    if can_resize_online():
+        assert target.f_blocks * target.f_frsize > 1.5 * 2**30 and report.error == ""
+    else:
+        assert target.f_blocks * target.f_frsize < 2**30
+        assert report.state == "mounted" and "growing the file system failed" in report.error

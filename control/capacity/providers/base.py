@@ -14,7 +14,9 @@ Contract:
   and `delete_volume` of a missing one succeed; none waits for the provider's action
   (the agent reports the mount). A server in another location is kind "invalid", code
   `location_mismatch`; the per-server attachment limit is kind "limit"; a volume busy
-  with another action (`locked`) is "transient".
+  with another action (`locked`) is "transient". `resize_volume` only grows: a volume
+  already at least that size succeeds unchanged (a retry after a lost reply, or a plan
+  that asks for less).
 - `volume_price()` is what a GB of volume costs per month, as read at `validate` (None
   when the provider has no price or could not say: a price never fails start-up).
 - Implementations never block the event loop: blocking SDKs run in a thread with a
@@ -159,6 +161,8 @@ class Provider(Protocol):
     async def detach(self, volume: ProviderVolume) -> None: ...
 
     async def delete_volume(self, volume: ProviderVolume) -> None: ...
+
+    async def resize_volume(self, volume: ProviderVolume, size_gb: int) -> None: ...
 
     async def list_volumes(self, labels: dict[str, str]) -> builtins.list[ProviderVolume]: ...
 

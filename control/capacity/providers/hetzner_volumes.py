@@ -10,6 +10,9 @@ Contract (control/capacity/providers/base.py states what every provider promises
   reply); `detach` of a volume attached nowhere succeeds; `delete_volume` of a volume
   that is gone succeeds. None of them waits for its action: the agent's heartbeat says
   when the device is mounted, and a later call meeting the running action gets `locked`.
+- `resize_volume` grows a volume, attached or not (the agent grows its file system). The
+  API refuses a size that does not grow it (`invalid_input`): the volume is then read,
+  and one already at least that size is success (a retry after a lost reply).
 - Errors are ProviderErrors (control/capacity/providers/hetzner_errors.py): `locked`
   and `conflict` are "transient" (retry after a back-off), `resource_limit_exceeded`
   (16 volumes on the server) is "limit", a volume or server that is gone is "not_found",
@@ -171,6 +174,17 @@ class HetznerVolumes:
             if exc.kind != "not_found":
                 raise
 
+    async def resize_volume(self, volume: ProviderVolume, size_gb: int) -> None:
+        what = f"resize volume {volume.name} to {size_gb} GB"
+        try:
+            await self._call(self._resize, int(volume.provider_id), size_gb, what=what)
+        except ProviderError as exc:
+            if exc.code != "invalid_input":
+                raise
+            now = await self._call(self._get, int(volume.provider_id), what=f"read {volume.name}")
+            if now.size_gb < size_gb:
+                raise
+
     async def list_volumes(self, labels: dict[str, str]) -> builtins.list[ProviderVolume]:
         check_labels(labels)
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or None
@@ -218,6 +232,9 @@ class HetznerVolumes:
 
     def _delete(self, volume_id: int) -> None:
         self._client.volumes.delete(Volume(id=volume_id))
+
+    def _resize(self, volume_id: int, size_gb: int) -> None:
+        self._client.volumes.resize(Volume(id=volume_id), size_gb)
 
     def _page(
         self, selector: str | None, page: int

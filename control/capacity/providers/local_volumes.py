@@ -3,7 +3,8 @@
 A local volume is a name: its record is `<LOCAL_WORKERS_DIR>/volumes/<name>.json`
 (name, size, location, labels, the local server it is attached to). The agent backs it by a
 sparse file it formats and mounts itself (`device` is `loop:<name>`, the protocol's
-BlockVolumeSpec), so `attach` and `detach` only record where the volume is; the
+BlockVolumeSpec), so `attach` and `detach` only record where the volume is, and
+`resize_volume` its size (the agent grows the file to the size its spec says); the
 provider id is the name. The same contract as Hetzner's
 (control/capacity/providers/base.py): create adopts by name, detach of a detached
 volume and delete of a missing one succeed, attach while attached elsewhere is refused,
@@ -48,6 +49,9 @@ class LocalVolumes:
                 code="volume_already_attached",
             )
         record.unlink(missing_ok=True)
+
+    async def resize_volume(self, volume: ProviderVolume, size_gb: int) -> None:
+        await asyncio.to_thread(self._resize, volume.provider_id, size_gb)
 
     async def list_volumes(self, labels: dict[str, str]) -> builtins.list[ProviderVolume]:
         return await asyncio.to_thread(self._list_volumes, labels)
@@ -95,6 +99,14 @@ class LocalVolumes:
                 code="location_mismatch",
             )
         _write(record, ProviderVolume(**{**volume.__dict__, "server_id": server}))
+
+    def _resize(self, name: str, size_gb: int) -> None:
+        record = self._record(name)
+        volume = self._read_volume(record)
+        if volume is None:
+            raise ProviderError(f"no local volume {name}", kind="not_found", code="not_found")
+        if volume.size_gb < size_gb:  # only grows, as Hetzner's
+            _write(record, ProviderVolume(**{**volume.__dict__, "size_gb": size_gb}))
 
     def _location_of(self, server: str) -> str:
         try:
