@@ -103,15 +103,23 @@ async def reconcile(rec: Reconciler, generation: int, *specs: ContainerSpec) -> 
     await rec.reconcile(Assignments(generation=generation, containers=list(specs)))
 
 
-async def test_state_survives_the_container_on_its_volume(
-    daemon: Daemon, state_dir: Path, dclient: docker.DockerClient, users: list[str]
-) -> None:
+async def running_on_a_volume(
+    rec: Reconciler, users: list[str]
+) -> tuple[str, BlockVolumeSpec, ContainerSpec]:
+    """A new user's container, reconciled onto a 1 GB loop volume: (user, volume, spec)."""
     user = new_user()
     users.append(user)
     volume = BlockVolumeSpec(id=f"vol-{user}", device=f"loop:{user}", size_gb=1)
     spec = with_volume(make_spec(user, GOOD), volume)
-    rec = daemon.reconciler
     await reconcile(rec, 1, spec)
+    return user, volume, spec
+
+
+async def test_state_survives_the_container_on_its_volume(
+    daemon: Daemon, state_dir: Path, dclient: docker.DockerClient, users: list[str]
+) -> None:
+    rec = daemon.reconciler
+    user, volume, spec = await running_on_a_volume(rec, users)
 
     [c] = containers_of(dclient, user)
     assert c.attrs["State"]["Running"] is True and c.labels[LABEL_VOLUME] == volume.id
@@ -309,12 +317,8 @@ async def test_a_pass_grows_a_running_users_volume_without_a_restart(
     """The provider grew the volume under a running tenant (a plan with more disk): the
     next pass grows its file system online, where root may (CAP_SYS_RESOURCE), and says
     why not where it may not; the container is never replaced for it."""
-    user = new_user()
-    users.append(user)
-    volume = BlockVolumeSpec(id=f"vol-{user}", device=f"loop:{user}", size_gb=1)
-    spec = with_volume(make_spec(user, GOOD), volume)
     rec = daemon.reconciler
-    await reconcile(rec, 1, spec)
+    user, volume, spec = await running_on_a_volume(rec, users)
     [before] = containers_of(dclient, user)
     os.truncate(state_dir / "volumes" / f"{user}.img", 2 * 2**30)  # the provider's resize
     [device] = _loops_of(state_dir / "volumes")
