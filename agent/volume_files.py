@@ -81,12 +81,14 @@ def create_sparse(backing: Path, size_gb: int) -> None:
         os.close(fd)
 
 
-def grow_sparse(backing: Path, size_gb: int) -> None:
+def grow_sparse(backing: Path, size_gb: int) -> int:
     """Grows the loop file to `size_gb` when it is smaller; a larger one stays as it is
-    (a volume is never shrunk: its file system fills it)."""
-    size = size_gb * 2**30
-    if backing.stat().st_size < size:
-        os.truncate(backing, size)
+    (a volume is never shrunk: its file system fills it). Returns its size in bytes."""
+    size, now = size_gb * 2**30, backing.stat().st_size
+    if now >= size:
+        return now
+    os.truncate(backing, size)
+    return size
 
 
 def device_size(device: Path) -> int:

@@ -153,8 +153,8 @@ class BlockVolumes:
         try:
             backing = self.loop_file(spec)
             if backing is not None:
-                await asyncio.to_thread(grow_sparse, backing, spec.size_gb)
-                if await asyncio.to_thread(device_size, device) < backing.stat().st_size:
+                grown_to = await asyncio.to_thread(grow_sparse, backing, spec.size_gb)
+                if await asyncio.to_thread(device_size, device) < grown_to:
                     await checked(["losetup", "-c", str(device)], PROBE_TIMEOUT, "losetup -c")
             size = await asyncio.to_thread(device_size, device)
             if self.grown.get(spec.id) == size:

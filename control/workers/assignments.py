@@ -278,19 +278,7 @@ def _desired(
         # follows the user break-before-make, control/volumes/steps.py).
         rows = [r for r in rows if r["id"] is not None and _volume_here(r, server_id)]
     specs = [
-        build_spec(
-            UserPlacement(
-                r["id"],
-                r["subdomain"],
-                plan_of(plans, r["plan"]),
-                _env(keyring, r),
-                stored_secrets(keyring, r["secrets_ciphertext"]),
-                _block_volume(r, plan_of(plans, r["plan"])) if settings.user_volumes else None,
-                r["restarts"],
-            ),
-            settings,
-            server_id,
-        )
+        build_spec(_placement(r, plan_of(plans, r["plan"]), settings, keyring), settings, server_id)
         for r in rows
         if r["id"] is not None
     ]
@@ -352,6 +340,18 @@ def _backup_jobs(
 def _volume_here(row: Row, server_id: str) -> bool:
     here = row["user_server"] == server_id and row["volume_server"] == server_id
     return bool(here and row["volume_state"] == "attached")
+
+
+def _placement(row: Row, plan: Plan, settings: Settings, keyring: Keyring) -> UserPlacement:
+    return UserPlacement(
+        row["id"],
+        row["subdomain"],
+        plan,
+        _env(keyring, row),
+        stored_secrets(keyring, row["secrets_ciphertext"]),
+        _block_volume(row, plan) if settings.user_volumes else None,
+        row["restarts"],
+    )
 
 
 def _block_volume(row: Row, plan: Plan) -> BlockVolumeSpec:
