@@ -147,6 +147,12 @@ class Settings:
     docker_timeout: float = setting(
         "DOCKER_TIMEOUT", "60", number(1), "Seconds per Docker API call."
     )
+    container_log_mb: int = setting(
+        "CONTAINER_LOG_MB", "10", whole(1, 1024), "A container's log file size before rotation."
+    )
+    container_log_files: int = setting(
+        "CONTAINER_LOG_FILES", "3", whole(1, 100), "Log files kept per container."
+    )
     request_timeout: float = setting(
         "REQUEST_TIMEOUT", "15", number(1), "Seconds per control-plane request."
     )

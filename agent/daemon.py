@@ -45,7 +45,7 @@ from agent.pacing import MIN_PASS, next_beat, next_pass
 from agent.reconcile import Reconciler
 from agent.reconcile_steps import ReconcilerOptions
 from agent.registration import EXIT_CONFIG, Fatal, Registration
-from agent.runtime import DockerRuntime
+from agent.runtime import DockerRuntime, LogLimit
 from agent.state import StateError
 from agent.traefik import RouteOptions
 from agent.verifier import Verifier, serve
@@ -61,7 +61,10 @@ EXIT_OK = 0
 class Daemon(Registration):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.runtime = DockerRuntime(settings.docker_host, timeout=settings.docker_timeout)
+        logs = LogLimit(settings.container_log_mb, settings.container_log_files)
+        self.runtime = DockerRuntime(
+            settings.docker_host, timeout=settings.docker_timeout, logs=logs
+        )
         self.reconciler = Reconciler(
             self.runtime,
             MetadataBlock(settings.iptables),

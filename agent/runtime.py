@@ -5,8 +5,9 @@ explicit timeout (`asyncio.timeout`), so a hung engine never blocks the event lo
 shutdown, and a cancelled caller is always cancelled. The agent only ever lists objects carrying `clawfleet.managed=true`, acts only
 on those its `Owner` claims (agent/ownership.py: its worker id and cluster), and acts on
 the ids it inspected, never on names it guessed. `create` is the one place
-the tenant isolation profile is written down (docs/agent.md, "Isolation profile"), and
-it refuses any user that is not numeric `uid:gid` with both ids non-zero. A spec with a
+the tenant isolation profile is written down (docs/agent.md, "Isolation profile"),
+logs bounded by `LogLimit` included (a tenant printing without end must not fill the
+worker's disk that every other tenant shares), and it refuses any user that is not numeric `uid:gid` with both ids non-zero. A spec with a
 block volume gets bind mounts of the directories the caller made on it (agent/volumes.py)
 and never a named volume: without those directories it is refused.
 """
@@ -16,11 +17,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
-from docker.types import Mount
+from docker.types import LogConfig, Mount
 
 from agent.docker_objects import (
     LABEL_GENERATION,
@@ -75,10 +77,26 @@ def _mounts(spec: ContainerSpec, binds: Mapping[str, str]) -> list[Mount]:
     return [Mount(v.target, binds[v.name], type="bind") for v in spec.volumes]
 
 
+@dataclass(frozen=True)
+class LogLimit:
+    """Each container's logs: json-file (what `docker logs` reads), rotated at `max_mb`,
+    `files` kept (CONTAINER_LOG_MB, CONTAINER_LOG_FILES), whatever the engine's default."""
+
+    max_mb: int = 10
+    files: int = 3
+
+    def config(self) -> LogConfig:
+        limits = {"max-size": f"{self.max_mb}m", "max-file": str(self.files)}
+        return LogConfig(type=LogConfig.types.JSON, config=limits)
+
+
 class DockerRuntime:
-    def __init__(self, docker_host: str | None, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, docker_host: str | None, *, timeout: float = 60.0, logs: LogLimit = LogLimit()
+    ) -> None:
         self._docker_host = docker_host
         self._timeout = timeout
+        self._logs = logs
         self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="docker")
         self._client: docker.DockerClient | None = None
 
@@ -338,6 +356,7 @@ class DockerRuntime:
             port_bindings={f"{p}/tcp": ("127.0.0.1", None) for p in ports},
             mounts=_mounts(spec, binds),
             network_mode=network_id,
+            log_config=self._logs.config(),
         )
         networking = api.create_networking_config({network_id: api.create_endpoint_config()})
         created = api.create_container(

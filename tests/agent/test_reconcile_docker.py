@@ -18,7 +18,7 @@ from agent.metadata_block import MetadataBlock
 from agent.ownership import Owner
 from agent.reconcile import Reconciler
 from agent.reconcile_steps import ReconcilerOptions
-from agent.runtime import DockerRuntime
+from agent.runtime import DockerRuntime, LogLimit
 from agent.traefik import RouteOptions, route_file
 from shared.protocol import Assignments
 from tests.agent.conftest import BROKEN, GOOD, GOOD2, new_user
@@ -29,7 +29,8 @@ from tests.ports import free_port
 pytestmark = pytest.mark.docker
 
 
-MakeReconciler = Callable[[str], Awaitable[Reconciler]]
+MakeReconciler = Callable[..., Awaitable[Reconciler]]
+DEFAULT_LOGS = LogLimit()  # what an agent sets unless told otherwise
 
 
 @pytest.fixture
@@ -40,9 +41,9 @@ async def make_reconciler(
     one Traefik directory, as two agents on one machine would."""
     made: list[Reconciler] = []
 
-    async def make(worker_id: str) -> Reconciler:
+    async def make(worker_id: str, logs: LogLimit = DEFAULT_LOGS) -> Reconciler:
         rec = Reconciler(
-            DockerRuntime(None, timeout=60),
+            DockerRuntime(None, timeout=60, logs=logs),
             MetadataBlock(["iptables"]),
             ReconcilerOptions(
                 health_gate=8,
@@ -103,6 +104,7 @@ async def test_assignment_runs_hardened_container(
     assert (hc["CpuShares"], hc["NanoCpus"]) == (512, 0)
     assert hc["PidsLimit"] == 64
     assert hc["RestartPolicy"]["Name"] == "unless-stopped"
+    assert hc["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
     assert hc["NetworkMode"] not in ("host", "default", "bridge")
     assert hc["PidMode"] == "" and hc["IpcMode"] in ("private", "shareable", "")
     assert a["Config"]["User"] == "1000:1000"
@@ -140,6 +142,26 @@ async def test_assignment_runs_hardened_container(
     [again] = by_user(dclient, user)
     assert again.id == c.id
     assert again.attrs["State"]["StartedAt"] == a["State"]["StartedAt"]
+
+
+async def test_a_tenant_printing_without_end_never_holds_more_log_than_its_limit(
+    make_reconciler: MakeReconciler, dclient: docker.DockerClient, users: list[str]
+) -> None:
+    """8 MB printed by the tenant's own process: Docker keeps at most 2 files of 1 MB."""
+    rec = await make_reconciler(new_worker(), LogLimit(max_mb=1, files=2))
+    user = new_user()
+    users.append(user)
+    await rec.reconcile(Assignments(generation=1, containers=[make_spec(user, GOOD)]))
+    [c] = by_user(dclient, user)
+    # PID 1's stdout is the container's log stream; the tenant's user may write to it.
+    code, out = c.exec_run(
+        ["/bin/busybox", "sh", "-c", "yes 0123456789abcdef | head -c 8000000 > /proc/1/fd/1"]
+    )
+    assert code == 0, out
+    log_path = Path(dclient.api.inspect_container(c.id)["LogPath"])
+    kept = sorted(log_path.parent.glob(log_path.name + "*"))
+    assert [p.name for p in kept] == [log_path.name, log_path.name + ".1"]  # rotated
+    assert sum(p.stat().st_size for p in kept) <= 2 * 2**20 + 64 * 1024  # one line's slack
 
 
 async def test_drift_repaired_and_foreign_untouched(
