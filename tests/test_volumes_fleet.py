@@ -312,6 +312,8 @@ async def test_orphan_volumes_go_after_three_sweeps_and_never_on_a_failed_listin
     ours = {"managed-by": "clawfleet", "clawfleet-cluster": "default"}
     orphan = await provider.create_volume("cf-default-ghost", 10, "nbg1", ours)
     foreign = await provider.create_volume("someone-else", 10, "nbg1", {"managed-by": "clawfleet"})
+    # Older than RETENTION_DAYS (30): a new one is kept (tests/test_volumes_orphans.py).
+    hetzner_fake.volumes[int(orphan.provider_id)]["created"] = "2026-01-01T00:00:00+00:00"
     await run(control, scheduled=True)
     await run(control, scheduled=True)
     hetzner_fake.inject("GET /volumes", 503, "unavailable")

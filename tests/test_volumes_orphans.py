@@ -1,8 +1,10 @@
 """The orphan volume sweep against the fake Hetzner API (control/volumes/orphans.py),
 beside tests/test_volumes_fleet.py's: a volume whose `volumes` row is gone but whose
 `clawfleet-user` label names a user that exists holds that customer's state and is
-never deleted (adopted, or kept with an event), and a sweep whose database read fails
-deletes nothing, volumes and servers alike (control/capacity/orphans.py)."""
+never deleted (adopted, or kept with an event); one that names no user is kept until
+RETENTION_DAYS after its creation (it may hold the state of a customer a restored
+database forgot); and a sweep whose database read fails deletes nothing, volumes and
+servers alike (control/capacity/orphans.py)."""
 
 from __future__ import annotations
 
@@ -110,3 +112,43 @@ async def test_a_failed_database_read_deletes_no_orphan_volume_nor_server(
     assert int(volume.provider_id) in hetzner_fake.volumes
     assert p.state.orphan_sightings == {str(server["id"]): 2}  # the counts are kept
     assert p.state.volume_sightings == {volume.provider_id: 2}
+
+
+@pytest.mark.parametrize(
+    ("created_at", "retention_days", "until"),
+    [
+        (1000.0, 30.0, 1000.0 + 30 * 86400),
+        (1000.0, 0.0, 1000.0),  # no retention: as soon as three sweeps saw it
+        (None, 30.0, None),  # the provider gave no age: never by itself
+    ],
+)
+def test_an_unowned_volume_is_kept_for_the_retention_after_its_creation(
+    created_at: float | None, retention_days: float, until: float | None
+) -> None:
+    assert volume_orphans.kept_until(created_at, retention_days) == until
+
+
+async def test_a_young_volume_no_user_owns_is_kept_untouched_and_said_once(
+    cloud: Start,  # noqa: F811 (the imported fixture)
+    hetzner_fake: HetznerFake,
+) -> None:
+    """A database restored from before a customer signed up: their volume carries our
+    labels and a user id no row knows. It stays attached and whole through many sweeps,
+    with one event saying until when; once it is older than RETENTION_DAYS it goes."""
+    control = await cloud()
+    worker = await placed_with_volume(control, hetzner_fake)
+    (volume,) = hetzner_fake.volumes.values()
+    await beat(worker, ["alice"], [str(volume["id"])])
+    db(control, "DELETE FROM volumes WHERE user_id = 'alice'")  # the restored database
+    db(control, "DELETE FROM users WHERE id = 'alice'")
+    for _ in range(5):
+        await run(control, scheduled=True)
+    assert hetzner_fake.volumes[volume["id"]]["server"] is not None  # never detached
+    kept = [k for k in await event_kinds(control) if k.startswith("orphan_volume")]
+    assert kept == ["orphan_volume_kept"]
+
+    hetzner_fake.volumes[volume["id"]]["created"] = "2026-01-01T00:00:00+00:00"
+    for _ in range(3):
+        await run(control, scheduled=True)
+    assert volume["id"] not in hetzner_fake.volumes  # detached, then deleted
+    assert "orphan_volume_deleted" in await event_kinds(control)

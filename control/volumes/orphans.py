@@ -16,13 +16,20 @@ read raises and the scaler keeps the counts). What is done with it depends on it
   volume like any other (kept, resumed, deleted after retention). Otherwise (the user
   has another volume, or it is attached to a server we do not know) it is left where it
   is and `orphan_volume_kept` is recorded once a streak of sightings, for the operator.
-- no such user: an attached orphan is detached first and deleted by a later sweep; at
-  most ORPHAN_DELETES_PER_SWEEP calls a sweep, none while the provider's rate-limit
-  budget is low. `orphan_volume_deleted` is recorded after the delete.
+- no such user: it may still hold a customer's state (a database restored from before
+  that customer signed up), so it is kept, untouched, until it is RETENTION_DAYS old
+  by the provider's creation time (`may_remove`; never when the provider gives none),
+  as long as a cancelled customer's volume is kept, and `orphan_volume_kept` says until
+  when, once a streak of sightings. Then an attached orphan is detached first and
+  deleted by a later sweep; at most ORPHAN_DELETES_PER_SWEEP calls a sweep, none while
+  the provider's rate-limit budget is low. `orphan_volume_deleted` is recorded after
+  the delete.
 Only with USER_VOLUMES on.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import aiosqlite
 
@@ -35,6 +42,7 @@ from control.volumes import records
 from control.workers import servers
 
 SWEEP_KEY = "orphan-volume-sweep"
+DAY = 86400.0
 OWNER_LABEL = "clawfleet-user"
 
 
@@ -63,12 +71,34 @@ async def sweep(p: Provisioner) -> None:
             if await _adopt(p, volume, count):
                 sightings.pop(volume.provider_id)
             continue
-        if count < ORPHAN_SWEEPS or budget <= 0 or not p.due(key, p.clock()):
+        if count < ORPHAN_SWEEPS:
+            continue
+        keep_until = kept_until(volume.created_at, p.settings.retention_days)
+        if keep_until is None or p.clock() < keep_until:
+            if count == ORPHAN_SWEEPS:  # once a streak: say why it stays
+                await p.event("orphan_volume_kept", _kept(volume, keep_until))
+            continue
+        if budget <= 0 or not p.due(key, p.clock()):
             continue
         budget -= 1
         if await _remove(p, volume, key, count):
             sightings.pop(volume.provider_id)
     p.state.volume_sightings = sightings
+
+
+def kept_until(created_at: float | None, retention_days: float) -> float | None:
+    """When a volume no user owns may go: RETENTION_DAYS after the provider created it.
+    None: its age is unknown, so it is never removed by itself."""
+    return None if created_at is None else created_at + retention_days * DAY
+
+
+def _kept(volume: ProviderVolume, until: float | None) -> str:
+    what = f"{volume.name} ({volume.provider_id}) carries our labels but no user owns it"
+    if until is None:
+        return f"{what}: kept, its age unknown (the operator decides)"
+    when = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    why = "RETENTION_DAYS after its creation, in case it holds a customer's state"
+    return f"{what}: kept until {when} ({why})"
 
 
 async def _owners(p: Provisioner, found: list[tuple[ProviderVolume, int]]) -> set[str]:

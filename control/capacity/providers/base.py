@@ -124,6 +124,7 @@ class ProviderVolume:
     server_id: str | None = None  # the PROVIDER's id of the server it is attached to
     labels: dict[str, str] = field(default_factory=dict)
     status: str = "available"
+    created_at: float | None = None  # epoch seconds, when the provider reports it
 
 
 class Provider(Protocol):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import builtins
 import logging
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
@@ -73,6 +74,7 @@ def volume_price_of(payload: Mapping[str, Any]) -> VolumePrice | None:
 def to_volume(model: Any) -> ProviderVolume:
     server = getattr(model, "server", None)
     location = getattr(model, "location", None)
+    created = getattr(model, "created", None)
     return ProviderVolume(
         provider_id=str(model.id),
         name=str(model.name),
@@ -82,6 +84,7 @@ def to_volume(model: Any) -> ProviderVolume:
         server_id=str(server.id) if server is not None else None,
         labels=dict(model.labels or {}),
         status=str(model.status or ""),
+        created_at=created.timestamp() if isinstance(created, datetime) else None,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import time
 from pathlib import Path
 
 from control.capacity.providers.base import ProviderError, ProviderVolume
@@ -76,7 +77,14 @@ class LocalVolumes:
             return existing
         record.parent.mkdir(parents=True, exist_ok=True)
         volume = ProviderVolume(
-            name, name, location or LOCATION, size_gb, f"loop:{name}", None, dict(labels)
+            name,
+            name,
+            location or LOCATION,
+            size_gb,
+            f"loop:{name}",
+            None,
+            dict(labels),
+            created_at=time.time(),
         )
         _write(record, volume)
         return volume
