@@ -192,6 +192,25 @@ def test_bad_plans_are_rejected_with_the_reason(plans: str, fragment: str) -> No
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("user_volumes", "disk_gb", "refused"),
+    [("true", 10241, True), ("true", 10240, False), ("false", 10241, False)],
+)
+def test_a_plan_larger_than_one_volume_is_refused_with_user_volumes(
+    user_volumes: str, disk_gb: int, refused: bool
+) -> None:
+    plans = f'{{"huge": {{"memory_mb": 1024, "cpus": 1, "pids": 100, "disk_gb": {disk_gb}}}}}'
+    env = {**GOOD, "PLANS": plans, "USER_VOLUMES": user_volumes}
+    if not refused:
+        assert Settings.from_env(env).plans["huge"].disk_gb == disk_gb
+        return
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    assert str(info.value) == (
+        "PLANS: plan huge has disk_gb 10241, above the 10240 GB one volume holds (USER_VOLUMES)"
+    )
+
+
 def test_plans_extend_and_override_the_default() -> None:
     s = Settings.from_env(
         {

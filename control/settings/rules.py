@@ -18,6 +18,7 @@ from control.plans import Plan, PlanError, parse_plans
 from control.settings import profiles
 from shared.config import Invalid
 from shared.names import parse_container_user
+from shared.protocol import MAX_VOLUME_GB
 
 if TYPE_CHECKING:
     from control.settings import Settings
@@ -111,6 +112,8 @@ def check_together(settings: Settings) -> None:
     if settings.dead_after <= 3 * settings.heartbeat_interval:
         raise SettingsError("DEAD_AFTER: must be longer than 3 x HEARTBEAT_INTERVAL")
     check_plans_fit(settings.plans, settings.tenant_profile)
+    if settings.user_volumes:
+        check_plans_disk(settings.plans)
     settings.check_backups()
     settings.check_mail()
     settings.check_edge(settings.provider, settings.dns_provider)
@@ -123,6 +126,16 @@ def check_plans_fit(plans: dict[str, Plan], profile: profiles.Profile) -> None:
             raise SettingsError(
                 f"PLANS: plan {plan.name} has {plan.memory_mb} MB, below the "
                 f"{profile.min_memory_mb} MB TENANT_PROFILE {profile.name} needs"
+            )
+
+
+def check_plans_disk(plans: dict[str, Plan]) -> None:
+    """With USER_VOLUMES a plan's disk is the user's volume: no larger than one volume."""
+    for plan in sorted(plans.values(), key=lambda p: p.name):
+        if plan.disk_gb > MAX_VOLUME_GB:
+            raise SettingsError(
+                f"PLANS: plan {plan.name} has disk_gb {plan.disk_gb}, above the "
+                f"{MAX_VOLUME_GB} GB one volume holds (USER_VOLUMES)"
             )
 
 
