@@ -38,6 +38,7 @@ from agent.backup_jobs import BackupJobs
 from agent.config import Settings
 from agent.docker_objects import DockerError
 from agent.features import FEATURES
+from agent.host_config import LogLimit
 from agent.host_resources import host_resources
 from agent.metadata_block import MetadataBlock
 from agent.origin_tls import OFF_CHECK_EVERY, OriginTls, OriginTlsError, Signer
@@ -45,7 +46,7 @@ from agent.pacing import MIN_PASS, next_beat, next_pass
 from agent.reconcile import Reconciler
 from agent.reconcile_steps import ReconcilerOptions
 from agent.registration import EXIT_CONFIG, Fatal, Registration
-from agent.runtime import DockerRuntime, LogLimit
+from agent.runtime import DockerRuntime
 from agent.state import StateError
 from agent.traefik import RouteOptions
 from agent.verifier import Verifier, serve

@@ -17,12 +17,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
-from docker.types import LogConfig, Mount
 
 from agent.docker_objects import (
     LABEL_GENERATION,
@@ -35,6 +33,7 @@ from agent.docker_objects import (
     observed_from_inspect,
     owned_labels,
 )
+from agent.host_config import DEFAULT_LOGS, LogLimit, cpu_options, mounts
 from agent.ownership import (
     LABEL_MANAGED,
     LABEL_USER,
@@ -44,55 +43,16 @@ from agent.ownership import (
 )
 from agent.volumes import volume_labels
 from shared.names import parse_container_user
-from shared.protocol import ContainerSpec, ResourceSpec
+from shared.protocol import ContainerSpec
 
 T = TypeVar("T")
 
 MANAGED_FILTER = f"{LABEL_MANAGED}=true"
 
 
-def cpu_options(resources: ResourceSpec) -> dict[str, int]:
-    """A weight proportional to the reserved CPUs (1024 = one CPU, Docker's own scale),
-    or with `cpu_limit` a hard quota of exactly that."""
-    if resources.cpu_limit:
-        return {"nano_cpus": int(resources.cpus * 1_000_000_000)}
-    return {"cpu_shares": max(2, round(resources.cpus * 1024))}
-
-
-def is_root_user(user: str) -> bool:
-    """True unless `user` is numeric uid:gid with both ids non-zero (names can be root)."""
-    try:
-        parse_container_user(user)
-    except ValueError:
-        return True
-    return False
-
-
-def _mounts(spec: ContainerSpec, binds: Mapping[str, str]) -> list[Mount]:
-    if spec.volume is None:
-        return [Mount(v.target, v.name, type="volume") for v in spec.volumes]
-    missing = [v.name for v in spec.volumes if v.name not in binds]
-    if missing:
-        raise DockerError(f"volume {spec.volume.id} is not mounted for {', '.join(missing)}")
-    return [Mount(v.target, binds[v.name], type="bind") for v in spec.volumes]
-
-
-@dataclass(frozen=True)
-class LogLimit:
-    """Each container's logs: json-file (what `docker logs` reads), rotated at `max_mb`,
-    `files` kept (CONTAINER_LOG_MB, CONTAINER_LOG_FILES), whatever the engine's default."""
-
-    max_mb: int = 10
-    files: int = 3
-
-    def config(self) -> LogConfig:
-        limits = {"max-size": f"{self.max_mb}m", "max-file": str(self.files)}
-        return LogConfig(type=LogConfig.types.JSON, config=limits)
-
-
 class DockerRuntime:
     def __init__(
-        self, docker_host: str | None, *, timeout: float = 60.0, logs: LogLimit = LogLimit()
+        self, docker_host: str | None, *, timeout: float = 60.0, logs: LogLimit = DEFAULT_LOGS
     ) -> None:
         self._docker_host = docker_host
         self._timeout = timeout
@@ -354,7 +314,7 @@ class DockerRuntime:
             restart_policy={"Name": "unless-stopped"},
             # Loopback only, host port chosen by Docker; Traefik is the only way in.
             port_bindings={f"{p}/tcp": ("127.0.0.1", None) for p in ports},
-            mounts=_mounts(spec, binds),
+            mounts=mounts(spec, binds),
             network_mode=network_id,
             log_config=self._logs.config(),
         )

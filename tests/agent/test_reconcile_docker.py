@@ -14,11 +14,12 @@ from pathlib import Path
 import docker
 import pytest
 
+from agent.host_config import DEFAULT_LOGS, LogLimit
 from agent.metadata_block import MetadataBlock
 from agent.ownership import Owner
 from agent.reconcile import Reconciler
 from agent.reconcile_steps import ReconcilerOptions
-from agent.runtime import DockerRuntime, LogLimit
+from agent.runtime import DockerRuntime
 from agent.traefik import RouteOptions, route_file
 from shared.protocol import Assignments
 from tests.agent.conftest import BROKEN, GOOD, GOOD2, new_user
@@ -30,7 +31,6 @@ pytestmark = pytest.mark.docker
 
 
 MakeReconciler = Callable[..., Awaitable[Reconciler]]
-DEFAULT_LOGS = LogLimit()  # what an agent sets unless told otherwise
 
 
 @pytest.fixture

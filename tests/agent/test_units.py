@@ -17,12 +17,13 @@ from agent import client as cp
 from agent import health
 from agent.config import ConfigError, load_settings, parse_env_file, read_environment
 from agent.docker_objects import Observed
+from agent.host_config import cpu_options, is_root_user
 from agent.metadata_block import MetadataBlock, rule_position
 from agent.pacing import MIN_PASS, next_beat, next_pass
 from agent.reconcile import Reconciler
 from agent.reconcile_plan import Create, PurgeVolumes, Remove, RemoveNetwork, Replace, Start, plan
 from agent.reconcile_steps import ReconcilerOptions
-from agent.runtime import DockerRuntime, cpu_options, is_root_user
+from agent.runtime import DockerRuntime
 from agent.state import Credentials, StateStore
 from agent.traefik import Gate, RouteOptions, prune, render, write_route
 from shared.protocol import (
