@@ -34,8 +34,16 @@ SMALL = Plan("small", 256, 0.25, 256, 5, ("price_small",))
 ROOMY = Plan("roomy", 384, 0.25, 256, 25, ("price_roomy",))
 
 
-def disk_gb(dclient: docker.DockerClient, user: str) -> float:
-    """The size of the tenant's state disk, as the tenant sees it."""
+async def disk_gb(dclient: docker.DockerClient, user: str) -> float:
+    """The size of the tenant's state disk, as the tenant sees it, once its one container
+    runs: the plan change replaces the container while the disk grows, and the volume's
+    report can arrive between the old container's removal and the new one's start."""
+    label = f"clawfleet.user={user}"
+
+    async def one_running() -> bool:
+        return len(dclient.containers.list(filters={"label": label, "status": "running"})) == 1
+
+    await until(one_running, f"{user}'s one running container", 60)
     line = sh(dclient, user, f"df -k {STATE} | tail -n 1")
     return int(line.split()[1]) / 2**20
 
@@ -58,7 +66,7 @@ async def test_an_upgrade_with_more_disk_grows_the_tenants_volume_and_keeps_its_
     users.append(user)
     await apply(control, checkout(100, user), sub("active", 101, "price_small"))
     first = await running_on(control, user)
-    assert disk_gb(dclient, user) < 10
+    assert await disk_gb(dclient, user) < 10
     sh(dclient, user, f"echo kept > {STATE}/memory.md && sync")
 
     await apply(control, sub("active", 102, "price_roomy"))  # the upgrade
@@ -83,12 +91,12 @@ async def test_an_upgrade_with_more_disk_grows_the_tenants_volume_and_keeps_its_
 
         error = await until(said, "why the mounted disk could not grow", 60)
         assert "reports it mounted" in error
-        assert disk_gb(dclient, user) < 10  # in use as it was, never unmounted for it
+        assert await disk_gb(dclient, user) < 10  # in use as it was, never unmounted for it
         await control.admin("POST", f"/v1/servers/{first}/drain")
         await running_on(control, user, away_from=first)
-    assert disk_gb(dclient, user) > 20
+    assert await disk_gb(dclient, user) > 20
     assert sh(dclient, user, f"cat {STATE}/memory.md") == "kept\n"
 
 
 async def _grown(dclient: docker.DockerClient, user: str) -> bool:
-    return disk_gb(dclient, user) > 20
+    return await disk_gb(dclient, user) > 20
