@@ -23,9 +23,9 @@ from agent.runtime import DockerRuntime
 from agent.traefik import RouteOptions, route_file
 from shared.protocol import Assignments
 from tests.agent.conftest import BROKEN, GOOD, GOOD2, new_user
-from tests.agent.test_e2e import until
 from tests.agent.images import PORT
 from tests.agent.specs import make_spec
+from tests.agent.test_e2e import until
 from tests.ports import free_port
 
 pytestmark = pytest.mark.docker
