@@ -22,9 +22,10 @@ import aiosqlite
 import pytest
 
 from control.appkeys import FLEET
+from control.db import migrations
 from control.db.counts_schema import COUNTS_MIGRATION
 from control.db.migrations import MIGRATIONS
-from control.db.store import Store, _statements
+from control.db.store import Store
 from tests.fixtures import ControlPlane
 from tests.test_admin_pages import container
 from tests.test_protocol import registered
@@ -271,7 +272,7 @@ async def migrated_to(path: Path, version: int) -> None:
                 "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)"
             )
             for n, script in enumerate(MIGRATIONS[:version], start=1):
-                for statement in _statements(script):
+                for statement in migrations.statements(script):
                     db.execute(statement)
                 db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (n,))
 
@@ -351,4 +352,4 @@ async def test_a_rolled_back_write_leaves_the_counts_as_they_were(tmp_path: Path
     ],
 )
 def test_migration_statements_keep_a_triggers_body(script: str, statements: list[str]) -> None:
-    assert _statements(script) == statements
+    assert migrations.statements(script) == statements

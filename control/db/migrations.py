@@ -1,9 +1,12 @@
-"""Versioned schema. Each entry is applied once, in order, in its own transaction.
+"""Versioned schema. Each entry is applied once, in order, in its own transaction;
+`statements(script)` splits one into the statements SQLite runs.
 
 Append only: never edit a migration that has shipped. The SQL avoids SQLite-only
 syntax (times are epoch seconds passed in from Python, conflicts use ON CONFLICT),
 so that a PostgreSQL backend can follow.
 """
+
+import sqlite3
 
 from control.db.counts_schema import COUNTS_MIGRATION
 
@@ -311,3 +314,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
 )
+
+
+def statements(script: str) -> list[str]:
+    # A trigger's body holds `;` of its own: a piece joins the next ones until SQLite
+    # calls the statement complete.
+    found: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if statement := pending.strip().rstrip(";").strip():
+                found.append(statement)
+            pending = ""
+    if leftover := pending.strip().rstrip(";").strip():
+        found.append(leftover)  # incomplete: SQLite says what is wrong with it
+    return found

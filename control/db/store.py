@@ -55,7 +55,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from control.db.migrations import MIGRATIONS
+from control.db.migrations import MIGRATIONS, statements
 from control.db.read_thread import APART, SqliteThread, rows_of
 from control.db.sqlite_write import transaction
 from control.errors import ServiceUnavailable
@@ -294,7 +294,7 @@ def pending_migrations(current: int) -> range:
 
 
 async def _apply_migration(conn: aiosqlite.Connection, version: int) -> None:
-    for statement in _statements(MIGRATIONS[version - 1]):
+    for statement in statements(MIGRATIONS[version - 1]):
         await conn.execute(statement)
     await conn.execute(RECORD_MIGRATION, (version, time.time()))
 
@@ -363,22 +363,6 @@ def _open_failure(path: str, exc: BaseException) -> BaseException:
     if storage_failure(exc) is not None:
         return StoreUnavailable(f"database {path}: {exc}")
     return exc
-
-
-def _statements(script: str) -> list[str]:
-    # A trigger's body holds `;` of its own: a piece joins the next ones until SQLite
-    # calls the statement complete.
-    statements: list[str] = []
-    pending = ""
-    for piece in script.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if statement := pending.strip().rstrip(";").strip():
-                statements.append(statement)
-            pending = ""
-    if leftover := pending.strip().rstrip(";").strip():
-        statements.append(leftover)  # incomplete: SQLite says what is wrong with it
-    return statements
 
 
 async def fetch_one(conn: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> Row | None:
