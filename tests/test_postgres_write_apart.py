@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 import psycopg
 import pytest
 
+from agent.features import FEATURES
 from control.db.postgres import PostgresStore
 from control.db.postgres_schema import WRITE_LOCK
-from control.db.store import Exclusive, fetch_one
+from control.db.store import Exclusive, Store, fetch_one
+from control.users import features
 from control.users.room_feed_pg import LOG, Feed, trigger_sql
 from control.users.room_index import WATCHED
 from control.workers import servers
+from control.workers.heartbeats import HeartbeatWriter
+from shared.protocol import Heartbeat, Resources
 from tests.agent.test_e2e import until
+from tests.test_replica_nonces import caller
 
 
 @pytest.fixture
@@ -138,3 +143,38 @@ async def test_a_watched_change_made_apart_is_logged_under_the_lock_all_the_same
     logged = await store.fetch_one(f"SELECT COUNT(*) FROM {LOG} WHERE server_id = ?", (server_id,))
     assert logged is not None and logged[0] == 2  # its insert, and the cordon
 
+
+async def test_a_plain_heartbeat_is_recorded_while_another_replica_holds_the_lock(
+    store: PostgresStore, other: psycopg.AsyncConnection[Any]
+) -> None:
+    """control/workers/heartbeats.py: the fleet's usual heartbeat takes no lock; one that
+    changes what placement reads (here a worker back from unhealthy) waits for it."""
+    declared = sorted(FEATURES)
+
+    async def add(conn: aiosqlite.Connection) -> None:
+        for server_id, status in (("w1", "active"), ("w2", "unhealthy")):
+            await conn.execute(
+                "INSERT INTO servers (id, name, status, origin, created_at, status_changed_at, "
+                "cpus, memory_mb, disk_gb, features) VALUES (?, ?, ?, 'manual', 0, 0, 4, 8192, "
+                "80, ?)",
+                (server_id, server_id, status, features.stored(declared)),
+            )
+
+    await store.write(add)
+    writer = HeartbeatWriter(cast(Store, store))
+    hb = Heartbeat("1.0.0", 0, Resources(cpus=4, memory_mb=8192, disk_gb=80), [], features=declared)
+    await other.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK,))
+    try:
+        await asyncio.wait_for(writer.submit(caller("w1"), hb, 30.0), 10)
+        back = asyncio.create_task(writer.submit(caller("w2"), hb, 30.0))
+        await asyncio.sleep(0.5)
+        assert not back.done()
+    finally:
+        await other.execute("SELECT pg_advisory_unlock(%s)", (WRITE_LOCK,))
+    await asyncio.wait_for(back, 10)
+    rows = await store.fetch_all("SELECT id, status, last_heartbeat FROM servers ORDER BY id")
+    assert [(r["id"], r["status"], r["last_heartbeat"] is not None) for r in rows] == [
+        ("w1", "active", True),
+        ("w2", "active", True),
+    ]
+    await writer.close()
