@@ -9,12 +9,9 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-import aiosqlite
-
-from control.appkeys import FLEET, STORE
-from control.db.store import fetch_one
+from control.appkeys import FLEET
 from control.fleet import Fleet
-from control.workers import liveness, servers
+from control.workers import liveness
 from tests.fixtures import ControlPlane
 from tests.test_protocol import registered, server
 
@@ -133,32 +130,3 @@ def test_the_sweeps_filter_returns_every_worker_whose_status_changes() -> None:
     }
     assert changed and changed <= candidates
     assert len(candidates) < len(rows) / 2  # and it does filter
-
-
-async def test_a_heartbeat_between_the_sweeps_read_and_its_change_keeps_the_worker(
-    control: ControlPlane,
-) -> None:
-    """Plain heartbeats commit outside the write lock (control/workers/heartbeats.py): on
-    PostgreSQL one may land after the sweep read its worker. The change then does
-    nothing, and a change from a fresh read still applies (dead: its next heartbeat is
-    refused)."""
-    worker = await registered(control)
-    assert (await worker.heartbeat()).status == 200
-    read = "SELECT id, status, last_heartbeat FROM servers WHERE id = ?"
-
-    async def sweep_with_a_beat_between(conn: aiosqlite.Connection) -> tuple[bool, bool]:
-        row = await fetch_one(conn, read, (worker.key_id,))
-        assert row is not None
-        await conn.execute(
-            "UPDATE servers SET last_heartbeat = ? WHERE id = ?",
-            (row["last_heartbeat"] + 1, worker.key_id),
-        )
-        stale = await servers.set_status_unless_seen(conn, row, "unhealthy", time.time())
-        again = await fetch_one(conn, read, (worker.key_id,))
-        assert again is not None and again["status"] == "active"
-        return stale, await servers.set_status_unless_seen(conn, again, "dead", time.time())
-
-    assert control.app is not None
-    assert await control.app[STORE].write(sweep_with_a_beat_between) == (False, True)
-    reply = await worker.heartbeat()
-    assert (reply.status, reply.body["error"]["code"]) == (403, "worker_revoked")

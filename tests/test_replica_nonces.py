@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import aiosqlite
 import pytest
@@ -99,13 +99,11 @@ async def test_a_replay_in_a_heartbeat_batch_fails_alone_and_the_batch_commits(
     replayed = callers[1]
     await a.write(lambda conn: nonces.persist(conn, replayed.key_id, replayed.nonce, 0))
     writes: list[int] = []
-    write_apart = b.write_apart
 
-    async def counted(fn: Any) -> Any:  # the writer's transactions (each batch is one)
-        writes.append(1)
-        return await write_apart(fn)
+    async def count(conn: aiosqlite.Connection) -> Callable[[], None]:
+        return lambda: writes.append(1)
 
-    b.write_apart = counted  # type: ignore[method-assign]
+    b.add_commit_hook(count)
     writer = HeartbeatWriter(cast(Store, b))
     beat = Heartbeat("1.0.0", 0, RESOURCES, [], features=list(FEATURES))
     # Submitted together: one batch, one transaction.

@@ -19,15 +19,6 @@ Contract, as `Store`'s, with these differences:
   `WriteConnection`, which takes the SQLite statements the write functions hold and
   holds back what answers nothing (BEGIN and the lock go with the first statement:
   its round trips). Commit hooks run as `Store`'s.
-- `write_apart(fn)` runs `fn(conn, exclusive)` on a connection of its own (its
-  writes queue apart from `write`'s), without the write lock until `fn` awaits
-  `exclusive()`, and runs no commit hook. Meant for a write that changes no row the
-  hooks or the lock's other holders read and then write (heartbeats,
-  control/workers/heartbeats.py); `exclusive()` takes the lock, and the room index's
-  triggers take it for any row they log all the same. Until then, a wait of more than
-  `APART_WAIT` for a row another write holds rolls it back, and `fn` runs again with
-  the lock from the start: the other write may be waiting for a row it holds (no
-  deadlock, and never the other write that fails). Its connection has `ROOM_LOG` on.
 - `fetch_all`/`fetch_one` run each statement on the read connection (autocommit: each
   sees the last commit). `read(fn)` runs `fn` on its own thread in one REPEATABLE READ
   READ ONLY transaction: one snapshot, and a write in it fails as `StoreUnavailable`.
@@ -66,7 +57,6 @@ from control.db.postgres_conn import (
 from control.db.postgres_read import PostgresReadThread
 from control.db.store import (
     RECORD_MIGRATION,
-    ApartFn,
     CommitHook,
     Database,
     StoreUnavailable,
@@ -76,7 +66,6 @@ from control.db.store import (
 
 log = logging.getLogger(__name__)
 _LOCK_AND_DRAW = f"SELECT pg_advisory_xact_lock(%s), nextval('{schema.COMMITS}')"
-APART_WAIT = "100ms"  # under PostgreSQL's deadlock_timeout (1 s): `write_apart` yields first
 T = TypeVar("T")
 AsyncConn = psycopg.AsyncConnection[Row]
 
@@ -88,11 +77,9 @@ class PostgresStore(Database):
         self.url = url
         self.failure: str | None = None
         self._writer: AsyncConn | None = None
-        self._apart: AsyncConn | None = None  # `write_apart`'s
         self._reader: AsyncConn | None = None
         self._reads = PostgresReadThread(url)
         self._lock = asyncio.Lock()
-        self._apart_lock = asyncio.Lock()
         self._hooks: list[CommitHook] = []
         self._drawn = 0  # how many values of the commits sequence this store drew
         self._opened = False
@@ -126,8 +113,6 @@ class PostgresStore(Database):
                 self.url, autocommit=True, row_factory=row_factory
             )
             configure(conn)
-            if attr == "_apart":
-                await conn.execute("SELECT set_config(%s, 'on', false)", (schema.ROOM_LOG,))
             setattr(self, attr, conn)
         return conn
 
@@ -155,7 +140,7 @@ class PostgresStore(Database):
 
     async def _close(self) -> None:
         self._opened = False
-        for attr in ("_reader", "_writer", "_apart"):
+        for attr in ("_reader", "_writer"):
             conn: AsyncConn | None = getattr(self, attr)
             setattr(self, attr, None)
             if conn is not None:
@@ -182,51 +167,19 @@ class PostgresStore(Database):
                 await write.native("COMMIT")
             except BaseException:
                 write.drop_held()
-                if await _rolled_back(raw):
-                    self._drawn += 1  # the lock's statement ran: a draw stays drawn
+                await self._rolled_back(raw)
                 raise
             self._drawn += 1
             for then in after:
                 then()
             return result
 
-    async def write_apart(self, fn: ApartFn[T]) -> T:
-        return await self._guarded(self._write_apart(fn))
-
-    async def _write_apart(self, fn: ApartFn[T]) -> T:
-        async with self._apart_lock:
-            try:
-                return await self._apart_once(fn, locked=False)
-            except psycopg.errors.LockNotAvailable:
-                return await self._apart_once(fn, locked=True)
-
-    async def _apart_once(self, fn: ApartFn[T], locked: bool) -> T:
-        raw = await self._connection("_apart")
-        write = WriteConnection(raw, holds=True)
-        held = False
-
-        async def exclusive() -> bool:
-            nonlocal held
-            if held:
-                return False
-            write.hold("SET LOCAL lock_timeout = 0")
-            await write.native(_LOCK_AND_DRAW, (schema.WRITE_LOCK,))
-            self._drawn += 1
-            held = True
-            return True
-
-        write.hold("BEGIN")
-        write.hold(f"SET LOCAL lock_timeout = '{APART_WAIT}'")
-        try:
-            if locked:
-                await exclusive()
-            result = await fn(cast(aiosqlite.Connection, write), exclusive)
-            await write.native("COMMIT")
-        except BaseException:
-            write.drop_held()
-            await _rolled_back(raw)
-            raise
-        return result
+    async def _rolled_back(self, raw: AsyncConn) -> None:
+        if raw.closed or raw.info.transaction_status == TransactionStatus.IDLE:
+            return  # nothing was sent, or the connection is gone with its transaction
+        self._drawn += 1  # the lock's statement ran: a sequence's draw stays drawn
+        with contextlib.suppress(psycopg.Error):
+            await raw.execute("ROLLBACK")
 
     async def read(self, fn: Callable[[Any], T]) -> T:
         with storage_failures():
@@ -264,15 +217,6 @@ async def _migrate(conn: AsyncConn) -> None:
     finally:
         if not conn.closed:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (schema.MIGRATE_LOCK,))
-
-
-async def _rolled_back(raw: AsyncConn) -> bool:
-    """ROLLBACK, unless nothing was sent (False) or the connection is gone with it."""
-    if raw.closed or raw.info.transaction_status == TransactionStatus.IDLE:
-        return False
-    with contextlib.suppress(psycopg.Error):
-        await raw.execute("ROLLBACK")
-    return True
 
 
 def where(url: str) -> str:

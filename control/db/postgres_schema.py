@@ -16,11 +16,7 @@ Contract:
   control/db/dialect.py translates to.
 - Keys for PostgreSQL's advisory locks: `MIGRATE_LOCK` (held by the process applying
   migrations, so replicas starting at once apply each migration once) and `WRITE_LOCK`
-  (held by every write transaction but those `write_apart` runs before they ask for
-  it: such writers never interleave, across processes too).
-- `ROOM_LOG`: the session setting that marks a replica's write connections: where it
-  is on, the room index's triggers log what they see, and take `WRITE_LOCK` first
-  (control/users/room_feed_pg.py).
+  (held by every write transaction: writers never interleave, across processes too).
 """
 
 from __future__ import annotations
@@ -32,7 +28,6 @@ from control.db.migrations import MIGRATIONS
 # Arbitrary, fixed: "clawfleet" in the key space of pg_advisory_lock(bigint).
 MIGRATE_LOCK = 0x636C617766_01
 WRITE_LOCK = 0x636C617766_02
-ROOM_LOG = "clawfleet.room_log"
 COMMITS = "clawfleet_commits"
 
 STORE_SETUP = (

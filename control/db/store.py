@@ -64,9 +64,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Row = aiosqlite.Row
 WriteFn = Callable[[aiosqlite.Connection], Awaitable[T]]
-# `write_apart`'s: the transaction's connection, and the call that keeps other writers out.
-Exclusive = Callable[[], Awaitable[bool]]
-ApartFn = Callable[[aiosqlite.Connection, Exclusive], Awaitable[T]]
 Query = tuple[str, Iterable[Any]]
 # What runs after COMMIT (None: nothing), as a commit hook returns it.
 AfterCommit = Callable[[], None]
@@ -107,20 +104,10 @@ class Database:
     postgres = False
 
     async def write(self, fn: WriteFn[T]) -> T:
-        return await self._guarded(self._write(fn))
-
-    async def write_apart(self, fn: ApartFn[T]) -> T:
-        """`fn(conn, exclusive)` in one transaction that keeps other writers out only
-        from `await exclusive()` on, which says True when that let it in just now (what
-        `fn` read before may have changed since). Here every write keeps the others
-        out: this is `write`, and `exclusive()` is False (PostgreSQL's differs)."""
-        return await self.write(lambda conn: fn(conn, _already_exclusive))
-
-    async def _guarded(self, transaction: Awaitable[T]) -> T:
         # Shielded: a caller that goes away (client disconnect, shutdown) must not
         # leave a transaction half-applied or an acknowledged write unknown.
         try:
-            result = await asyncio.shield(transaction)
+            result = await asyncio.shield(self._write(fn))
         except Exception as exc:  # each backend's own error types; others re-raised as is
             failure = self._storage_failure(exc)
             if failure is None:
@@ -141,10 +128,6 @@ class Database:
     def _storage_failure(exc: BaseException) -> StoreUnavailable | None:
         """The domain error when `exc` is a failure of the database itself, else None."""
         raise NotImplementedError
-
-
-async def _already_exclusive() -> bool:
-    return False
 
 
 def storage_failure(exc: BaseException) -> StoreUnavailable | None:

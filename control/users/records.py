@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import aiosqlite
 
 from control.db import events
-from control.db.store import Row, fetch_all, fetch_one
+from control.db.store import fetch_all, fetch_one
 from control.errors import Conflict, NotFound
 from control.keyring import Keyring
 from control.plans import Plan
@@ -183,30 +183,24 @@ async def withdraw(conn: aiosqlite.Connection, user_id: str, now: float) -> str 
     return str(server) if server else None
 
 
-async def running_candidates(
-    conn: aiosqlite.Connection, healthy: set[tuple[str, str]]
-) -> list[Row]:
-    """The users of `healthy` ((server, user)) that `mark_running` changes: provisioning
-    or moving there (id, server_id, moving_from)."""
-    ids = sorted({w for w, _ in healthy})
-    marks = ", ".join("?" for _ in ids)
-    rows = await fetch_all(
-        conn,
-        f"SELECT id, server_id, moving_from FROM users WHERE server_id IN ({marks}) "
-        "AND (state = 'provisioning' OR moving_from IS NOT NULL)",
-        ids,
-    )
-    return [user for user in rows if (user["server_id"], user["id"]) in healthy]
-
-
 async def mark_running(
     conn: aiosqlite.Connection, healthy: set[tuple[str, str]], now: float
 ) -> list[tuple[str, str, str | None]]:
     """Users their worker reports running and healthy (`healthy`: (server, user)) that
     were provisioning or moving become running. Returns (server, user, the server a
     finished move left, whose container may now go) for each."""
+    ids = sorted({w for w, _ in healthy})
+    marks = ", ".join("?" for _ in ids)
+    candidates = await fetch_all(
+        conn,
+        f"SELECT id, server_id, moving_from FROM users WHERE server_id IN ({marks}) "
+        "AND (state = 'provisioning' OR moving_from IS NOT NULL)",
+        ids,
+    )
     done: list[tuple[str, str, str | None]] = []
-    for user in await running_candidates(conn, healthy):
+    for user in candidates:
+        if (user["server_id"], user["id"]) not in healthy:
+            continue
         await conn.execute(
             "UPDATE users SET state = 'running', moving_from = NULL, updated_at = ? WHERE id = ?",
             (now, user["id"]),

@@ -6,11 +6,8 @@ Contract:
 - `trigger_sql(watched)`: permanent row triggers on the tables of `WATCHED`
   (room_index.py's, the same rows and columns as SQLite's TEMP triggers), one PL/pgSQL
   function per table. In a replica's write session (`clawfleet.room_log` set on, by
-  `Feed.install`, and by the store on its connection for `write_apart`) they append the
-  servers each row touches to the log table `LOG`, one row each, numbered by its `seq`,
-  after taking the replicas' write lock: a write outside it (`write_apart`, meant to
-  change no watched row) is let in first, so that log rows always commit in `seq`
-  order. A rolled-back write's rows are gone with it. In any
+  `Feed.install`) they append the servers each row touches to the log table `LOG`, one
+  row each, numbered by its `seq`. A rolled-back write's rows are gone with it. In any
   other session (an operator's psql, a write connection opened again before its index
   rebuilt) they draw from the sequence `FOREIGN` instead: such a write does not hold
   the replicas' write lock, so its log rows could commit out of order, and the index
@@ -38,12 +35,12 @@ from typing import Any, cast
 import aiosqlite
 
 from control.db.postgres_conn import WriteConnection
-from control.db.postgres_schema import MIGRATE_LOCK, ROOM_LOG, WRITE_LOCK
+from control.db.postgres_schema import MIGRATE_LOCK
 from control.db.store import Store
 
 LOG = "clawfleet_room_log"  # written out in the statements that write it (one owner)
 FOREIGN = "clawfleet_room_foreign"
-SETTING = ROOM_LOG
+SETTING = "clawfleet.room_log"
 KEEP = 600.0  # seconds a log row is kept (database time)
 LAPSE = 300.0  # an index that has not looked at the log for this long rebuilds
 PRUNE_EVERY = 60.0
@@ -81,7 +78,6 @@ def trigger_sql(watched: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> 
             f"IF TG_OP <> 'INSERT' THEN ids := ids || ARRAY[{old}]::TEXT[]; END IF; "
             f"IF TG_OP <> 'DELETE' THEN ids := ids || ARRAY[{new}]::TEXT[]; END IF; "
             f"IF current_setting('{SETTING}', true) = 'on' THEN "
-            f"PERFORM pg_advisory_xact_lock({WRITE_LOCK}); "
             "INSERT INTO clawfleet_room_log (server_id) SELECT DISTINCT s FROM unnest(ids) s "
             "WHERE s IS NOT NULL; "
             f"ELSE PERFORM nextval('{FOREIGN}'); END IF; RETURN NULL; END $$",

@@ -23,10 +23,6 @@ does a request whose nonce the database already holds (401 `replayed_request`: a
 another replica sharing the database accepted, control/workers/nonces.py). Nor
 does a heartbeat whose write fails: a failed batch is split and retried until the
 failing heartbeat is alone, and only its request gets the error.
-A batch is written by `Store.write_apart`: when every heartbeat in it is plain
-(control/workers/heartbeat_rows.py `needs_lock`: the usual case) it takes no write
-lock, so that on PostgreSQL the fleet's heartbeats never queue the replicas' other
-writes (a new user's placement, issue 16); else it takes the lock and reads again.
 """
 
 from __future__ import annotations
@@ -35,25 +31,23 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiosqlite
+import msgspec
 
 from control.backup_jobs import reports as backup_reports
 from control.db import events
-from control.db.store import Exclusive, Row, Store, fetch_all
+from control.db.store import Row, Store, fetch_all
 from control.errors import ClawfleetError, Forbidden, Unauthorized
 from control.users import features, records
 from control.users.rooms import HOLDERS_SQL
 from control.workers import nonces, servers, trust
 from control.workers.auth import REVOKED_STATUSES, AgentCaller, check_not_revoked
-from control.workers.heartbeat_rows import ROW_SQL, claim, full_row, needs_lock, plain_row
 from shared.protocol import Heartbeat
 
 # (worker's generation, servers whose desired set shrank or lost a finished backup job)
 Outcome = tuple[int, list[str]]
-RowMaker = Callable[[Heartbeat, str, float, Row, float], tuple[object, ...]]
 
 
 @dataclass
@@ -124,7 +118,7 @@ class HeartbeatWriter:
         transaction, down to the failing heartbeat alone: it fails only its own
         request, for about 2*log2(batch) extra transactions, and the others commit."""
         try:
-            outcomes = await self._store.write_apart(
+            outcomes = await self._store.write(
                 functools.partial(_apply, batch=batch, now=time.time(), needs=self._needs)
             )
         except Exception as exc:  # whatever it is, it belongs to one heartbeat: find it
@@ -154,75 +148,32 @@ def _settle(beat: _Beat | _Poll, outcome: Outcome | BaseException) -> None:
 
 
 async def _apply(
-    conn: aiosqlite.Connection,
-    exclusive: Exclusive,
-    batch: list[_Beat | _Poll],
-    now: float,
-    needs: frozenset[str],
+    conn: aiosqlite.Connection, batch: list[_Beat | _Poll], now: float, needs: frozenset[str]
 ) -> list[Outcome | ClawfleetError]:
-    """The batch, outside the write lock when no heartbeat in it changes what placement
-    or another write under the lock reads (`needs_lock`): the usual case, so that the
-    fleet's heartbeats never queue a new user's placement (issue 16). Else under it,
-    from a fresh read."""
-    rows = await _workers(conn, batch)
-    beats = [b for b in batch if isinstance(b, _Beat)]
-    becoming = await _becoming_running(conn, beats, rows)
-    if not any(
-        needs_lock(b.heartbeat, rows.get(b.worker_id), b.worker_id in becoming) for b in beats
-    ):
-        outcomes = await _admitted(conn, batch, rows)
-        if accepted := _accepted(batch, outcomes):
-            await servers.record_plain_heartbeats(
-                conn, [_row(plain_row, b, rows, now) for b in accepted]
-            )
-        return outcomes
-    if await exclusive():  # what was read may have changed before the lock was held
-        rows = await _workers(conn, batch)
-    return await _apply_locked(conn, batch, rows, now, needs)
-
-
-async def _workers(conn: aiosqlite.Connection, batch: list[_Beat | _Poll]) -> dict[str, Row]:
     ids = sorted({b.worker_id for b in batch})
     marks = ", ".join("?" for _ in ids)
-    return {r["id"]: r for r in await fetch_all(conn, f"{ROW_SQL} WHERE id IN ({marks})", ids)}
-
-
-def _row(make: RowMaker, beat: _Beat, rows: dict[str, Row], now: float) -> tuple[object, ...]:
-    return make(beat.heartbeat, beat.worker_id, beat.interval, rows[beat.worker_id], now)
-
-
-async def _becoming_running(
-    conn: aiosqlite.Connection, beats: list[_Beat], rows: dict[str, Row]
-) -> set[str]:
-    """The workers whose heartbeat makes one of their users running."""
-    healthy = {(b.worker_id, uid) for b in beats if b.worker_id in rows for uid in b.healthy}
-    if not healthy:
-        return set()
-    return {str(u["server_id"]) for u in await records.running_candidates(conn, healthy)}
-
-
-def _accepted(batch: list[_Beat | _Poll], outcomes: list[Outcome | ClawfleetError]) -> list[_Beat]:
-    return [
+    rows = {
+        r["id"]: r
+        for r in await fetch_all(
+            conn,
+            f"SELECT id, status, generation, features, {trust.CEILING_SQL} FROM servers "
+            f"WHERE id IN ({marks})",
+            ids,
+        )
+    }
+    outcomes = await _admitted(conn, batch, rows)
+    accepted = [
         b
         for b, o in zip(batch, outcomes, strict=True)
         if isinstance(b, _Beat) and not isinstance(o, ClawfleetError)
     ]
-
-
-async def _apply_locked(
-    conn: aiosqlite.Connection,
-    batch: list[_Beat | _Poll],
-    rows: dict[str, Row],
-    now: float,
-    needs: frozenset[str],
-) -> list[Outcome | ClawfleetError]:
-    outcomes = await _admitted(conn, batch, rows)
-    accepted = _accepted(batch, outcomes)
     if not accepted:
         return outcomes
-    await servers.record_heartbeats(conn, [_row(full_row, b, rows, now) for b in accepted])
+    await servers.record_heartbeats(
+        conn, [_server_update(b, rows[b.worker_id], now) for b in accepted]
+    )
     for beat in accepted:
-        _, overclaim = trust.trust(claim(beat.heartbeat), trust.ceiling_of(rows[beat.worker_id]))
+        _, overclaim = trust.trust(_claim(beat), trust.ceiling_of(rows[beat.worker_id]))
         if overclaim:
             await servers.flag_overclaim(conn, beat.worker_id, overclaim, now)
     for worker_id in sorted(
@@ -278,6 +229,39 @@ def _admission(item: _Beat | _Poll, row: Row | None) -> Outcome | ClawfleetError
     if row["status"] in REVOKED_STATUSES:
         return Forbidden(f"worker {item.worker_id} is {row['status']}", code="worker_revoked")
     return (int(row["generation"]), [])
+
+
+def _claim(beat: _Beat) -> trust.Capacity:
+    res = beat.heartbeat.resources
+    return trust.Capacity(res.cpus, res.memory_mb, res.disk_gb)
+
+
+def _server_update(beat: _Beat, row: Row, now: float) -> tuple[object, ...]:
+    hb = beat.heartbeat
+    # What placement counts on is what we know the worker has, never more.
+    trusted, _ = trust.trust(_claim(beat), trust.ceiling_of(row))
+    report = msgspec.json.encode(
+        {
+            "containers": hb.containers,
+            "host": hb.host,
+            "resources": hb.resources,
+            # Block volumes' mounts (issue 13): control/volumes/runner.py reads them.
+            "volumes": hb.volumes,
+        }
+    ).decode()
+    return (
+        now,
+        hb.agent_version,
+        features.stored(hb.features),
+        hb.applied_generation,
+        trusted.cpus,
+        trusted.memory_mb,
+        trusted.disk_gb,
+        report,
+        beat.interval,
+        now,
+        beat.worker_id,
+    )
 
 
 async def _features_changed(

@@ -7,9 +7,8 @@ fresh grace, so a restart can never mass-declare the fleet dead.
 
 `sweep` applies it to every live worker in one transaction, recording each change
 as a `worker_status` event; a worker found dead has its bootstrap tokens revoked
-(control/workers/servers.py `set_status_unless_seen`). A heartbeat written between the
-sweep's read and its change (outside the write lock, control/workers/heartbeats.py)
-keeps its worker as it is. The caller releases the dead workers' users and places again.
+(control/workers/servers.py `set_status`). The caller releases the dead workers'
+users and places again.
 """
 
 from __future__ import annotations
@@ -107,13 +106,9 @@ async def sweep(store: Store, now: float, started_at: float, dead_after: float) 
                 dead_after=dead_after,
                 started_at=started_at,
             )
-            if new == row["status"] or not await servers.set_status_unless_seen(
-                conn,
-                row,
-                new,
-                now,  # dead: tokens revoked
-            ):
+            if new == row["status"]:
                 continue
+            await servers.set_status(conn, row["id"], new, now)  # dead: tokens revoked
             age = now - max(last_seen, started_at)
             await events.record(
                 conn,

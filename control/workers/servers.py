@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 import aiosqlite
 
 from control.db import events
-from control.db.store import Row, Store, fetch_one
+from control.db.store import Store, fetch_one
 from control.errors import NotFound
 from control.workers import tokens
 from control.workers.trust import Capacity, Stated
@@ -130,43 +130,6 @@ async def record_heartbeats(conn: aiosqlite.Connection, rows: Iterable[Sequence[
         "status_changed_at = CASE WHEN status = 'unhealthy' THEN ? ELSE status_changed_at END WHERE id = ?",
         rows,
     )
-
-
-async def record_plain_heartbeats(
-    conn: aiosqlite.Connection, rows: Iterable[Sequence[object]]
-) -> None:
-    """One row per heartbeat that changes nothing placement reads (control/workers/
-    heartbeats.py `needs_lock`): (now, agent version, applied generation, disk_gb,
-    report, interval, server id). Written outside the write lock, so only on a live
-    worker, and no column the room index watches."""
-    await conn.executemany(
-        "UPDATE servers SET last_heartbeat = ?, agent_version = ?, applied_generation = ?, "
-        "disk_gb = ?, report = ?, heartbeat_interval = ? "
-        "WHERE id = ? AND status IN ('active', 'unhealthy')",
-        rows,
-    )
-
-
-async def set_status_unless_seen(
-    conn: aiosqlite.Connection, row: Row, status: str, now: float
-) -> bool:
-    """`set_status` for the liveness sweep's `row` (id, status, last_heartbeat), only if
-    the server still has that status and heartbeat: one written since, outside the
-    write lock, keeps it as it is (False)."""
-    async with conn.execute(
-        "UPDATE servers SET status = ?, status_changed_at = ? WHERE id = ? AND status = ? "
-        "AND COALESCE(last_heartbeat, -1) = ?",
-        (status, now, row["id"], row["status"], _or_minus_one(row["last_heartbeat"])),
-    ) as cursor:
-        if cursor.rowcount == 0:
-            return False
-    if status in RETIRED_STATUSES:
-        await tokens.revoke_for(conn, row["id"], now)
-    return True
-
-
-def _or_minus_one(value: float | None) -> float:
-    return -1.0 if value is None else float(value)
 
 
 async def set_status(conn: aiosqlite.Connection, server_id: str, status: str, now: float) -> None:
