@@ -91,6 +91,7 @@ class Fleet:
         self.on_pending = on_pending
         self.price_of = price_of
         self.volume_price = volume_price
+        self.rand: Callable[[], float] = random.random  # the intervals' and polls' spread
         self.plans = dict(settings.plans)
         self.reserve = Reserve(
             settings.system_reserve_mb, settings.system_reserve_cpus, settings.user_volumes
@@ -164,7 +165,7 @@ class Fleet:
             max_rate=MAX_HEARTBEATS_PER_SECOND,
             dead_after=self.settings.dead_after,
         )
-        return round(jittered(base, spread=JITTER, rand=random.random()), 3)
+        return round(jittered(base, spread=JITTER, rand=self.rand()), 3)
 
     # --- workers -----------------------------------------------------------------
     async def register(self, caller: AgentCaller, req: RegisterRequest) -> RegisterReply:
@@ -207,7 +208,8 @@ class Fleet:
         self, caller: AgentCaller, after: int, wait: float
     ) -> Awaitable[Assignments | None]:
         """The worker's desired set once its generation exceeds `after`, else None
-        after `wait` seconds (capped at MAX_WAIT). Its nonce joins the heartbeats' commit.
+        after `wait` seconds (capped at MAX_WAIT, spread by `assignments.held_for`). Its
+        nonce joins the heartbeats' commit.
         The long-poll itself is returned, not awaited here: one frame fewer per waiter."""
         accept = functools.partial(self.heartbeats.accept, caller)
         read = functools.partial(
@@ -218,7 +220,7 @@ class Fleet:
             self.keyring,
             caller.key_id,
         )
-        wait = min(max(wait, 0.0), MAX_WAIT)
+        wait = assignments.held_for(min(max(wait, 0.0), MAX_WAIT), self.rand())
         return assignments.long_poll(self.board, caller.key_id, after, wait, read, accept)
 
     async def mint_join_token(

@@ -19,11 +19,11 @@ import pytest
 
 from agent.features import FEATURES
 from control.db.store import Store
-from control.errors import Forbidden
+from control.errors import Forbidden, ServiceUnavailable
 from control.fleet import Fleet
 from control.keyring import Keyring
 from control.workers import servers
-from control.workers.assignments import GenerationBoard
+from control.workers.assignments import GenerationBoard, held_for
 from control.workers.auth import AgentCaller
 from shared import signing
 from shared.protocol import RegisterRequest, Resources
@@ -147,7 +147,51 @@ async def test_until_parked_returns_once_a_long_poll_waits(fleet: Fleet) -> None
     await asyncio.wait_for(fleet.board.until_parked(worker_id), 30)
     assert not poll.done() and fleet.board.waiters() == 1
     fleet.board.close()
-    assert await poll is None
+    with pytest.raises(ServiceUnavailable, match="shutting down"):
+        await poll
+    assert fleet.board.waiters() == 0
+
+
+@pytest.mark.parametrize(
+    ("wait", "rand", "held"),
+    [
+        (16.0, 0.0, 15.0),  # the most it is shortened: a sixteenth
+        (16.0, 0.5, 15.5),
+        (16.0, 0.999999, 16.0),  # never longer than asked
+        (55.0, 0.0, 55.0 * 15 / 16),
+        (0.0, 0.7, 0.0),  # `wait=0` answers at once, whatever the draw
+    ],
+)
+def test_a_long_poll_is_held_up_to_a_sixteenth_less_than_asked(
+    wait: float, rand: float, held: float
+) -> None:
+    assert held_for(wait, rand) == pytest.approx(held, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("asked", "rand", "held"), [(16, 0.0, 15.0), (16, 0.5, 15.5), (600, 0.0, 56.25)]
+)
+async def test_the_fleet_holds_a_long_poll_for_the_spread_wait(
+    fleet: Fleet, asked: int, rand: float, held: float
+) -> None:
+    """Polls that began together (a fleet reconnecting) end apart: the deadline the board
+    gets is the draw's, and a wait over MAX_WAIT (60 s) is capped before it is spread."""
+    (worker_id,) = await registered(fleet, 1)
+    fleet.rand = lambda: rand
+    deadlines: list[float] = []
+    enter = fleet.board.enter
+
+    def recording(server_id: str, deadline: float) -> asyncio.Future[bool]:
+        deadlines.append(deadline - asyncio.get_running_loop().time())
+        return enter(server_id, deadline)
+
+    fleet.board.enter = recording  # type: ignore[method-assign]
+    poll = asyncio.ensure_future(fleet.assignments(caller(worker_id), 10**6, asked))
+    await asyncio.wait_for(fleet.board.until_parked(worker_id), 30)
+    fleet.board.close()
+    with pytest.raises(ServiceUnavailable):
+        await poll
+    assert deadlines and held - 1.0 < deadlines[0] <= held
 
 
 async def test_a_woken_long_poll_answers_from_one_read_and_refuses_a_revoked_worker(

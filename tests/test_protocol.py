@@ -321,6 +321,24 @@ async def test_long_poll_wakes_on_change_and_304s_on_timeout(control: ControlPla
     assert [c["user_id"] for c in reply.body["containers"]] == ["bob"]
 
 
+async def test_a_held_long_poll_is_answered_503_when_the_control_plane_stops(
+    control: ControlPlane,
+) -> None:
+    """Not 304: a 304 sends every agent back at once, to a replica that stays, with polls
+    that would all renew in the same second for ever; a failure makes each draw its own
+    wait (agent/client.py `poll_wait`)."""
+    worker = await registered(control)
+    poll = asyncio.create_task(worker.assignments(after=1, wait=30))
+    assert control.app is not None
+    board = control.app[FLEET].board
+    await asyncio.wait_for(board.until_parked(worker.key_id), 30)
+    board.close()  # what the shutdown does first (control/api/agent_wakes.py)
+    reply = await asyncio.wait_for(poll, 30)
+    assert reply.status == 503
+    assert reply.body["error"]["code"] == "service_unavailable"
+    assert "shutting down" in reply.body["error"]["message"]
+
+
 async def test_generation_increases_on_every_change_and_reply_is_the_full_set(
     control: ControlPlane,
 ) -> None:
