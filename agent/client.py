@@ -94,6 +94,17 @@ def jittered(interval: float, rand: Callable[[], float] = random.random) -> floa
     return shared_jittered(interval, spread=0.1, rand=rand())
 
 
+def poll_wait(wait: int, after_failure: bool, rand: Callable[[], float] = random.random) -> int:
+    """The `wait` of the next long-poll: as configured, but after a failed poll a whole
+    number of seconds drawn from [1, wait]. Agents that lost the control plane together
+    (a restart, a network cut) come back together, and polls answered at the same
+    second renew at the same second, for ever; one random wait spreads them over a
+    whole wait, at the cost of one shorter poll each."""
+    if not after_failure or wait <= 1:
+        return wait
+    return 1 + min(wait - 1, int(rand() * wait))
+
+
 def split_token(token: str) -> tuple[str, str]:
     key_id, _, secret = token.partition(".")
     return key_id, secret

@@ -12,6 +12,8 @@ specs, so it answers from the saved desired set too.
 Backup jobs (agent/backup_jobs.py) follow each assignments reply, after its reconcile
 pass; they are never saved, so the first poll after a start asks for the current set
 (after=0) to get pending jobs back. `stop()` interrupts and awaits running jobs.
+The poll after a failed one waits a random share of POLL_WAIT (agent/client.py
+`poll_wait`), so a fleet that lost its control plane together does not poll in step.
 Registration and every heartbeat declare the features this agent implements
 (agent/features.py), so an upgraded agent's new ones are known at its next beat.
 Before any loop starts (so before any route is written), origin TLS (agent/origin_tls.py)
@@ -138,8 +140,9 @@ class Daemon(Registration):
         while True:
             try:
                 assert self.creds is not None
+                wait = cp.poll_wait(self.s.poll_wait, after_failure=attempt > 0)
                 got = await self.client.assignments(
-                    self.creds.worker_id, self.creds.secret, after, self.s.poll_wait
+                    self.creds.worker_id, self.creds.secret, after, wait
                 )
                 attempt = 0
             except cp.ControlPlaneError as err:
