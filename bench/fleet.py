@@ -15,7 +15,9 @@ Run: `make bench-fleet` (or `.venv/bin/python bench/fleet.py --workers 1000 --se
 4. load, from `--clients` processes (default: one per 2,000 workers, so that no client
    process nears a core; the report says what they used): every worker holds one
    long-poll at all times (`after` its last generation, `wait` 55 s, as agents do,
-   the first ones spread over half the warm-up) and heartbeats at the interval of its
+   the first ones spread over half the warm-up, or with `--polls-within S` opened over S
+   seconds as a fleet reconnecting after a restart, whose first waiting polls draw
+   their wait as agents do after a failure) and heartbeats at the interval of its
    last reply (signed, fresh nonce each time), the first beats spread evenly over one
    interval. The warm-up is one interval and 5 s, so that every worker has beaten and
    holds its long-poll when the window opens;
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import resource
@@ -174,10 +177,13 @@ async def drive_fleet(
     seconds: float,
     period: float | None,
     longpolls: bool = True,
+    polls_within: float | None = None,
 ) -> LoadResult:
     """bench/heartbeats.py `drive`'s signature (run_load's client processes run it):
     `period` is the served interval the load starts from, each worker's offset its
-    first beat's place in it. A `Routed` worker talks to its own replica, not `url`."""
+    first beat's place in it. A `Routed` worker talks to its own replica, not `url`.
+    The first long-polls open over `polls_within` seconds (default: half the warm-up);
+    given, they are a fleet reconnecting, whose first waits are drawn as after a failure."""
     result = LoadResult(seconds=seconds)
     window = Window(start + warmup, start + warmup + seconds)
     latencies = array("d")
@@ -188,10 +194,14 @@ async def drive_fleet(
 
     # No limit: each worker needs its long-poll's connection and one for its beat.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        spread = warmup / 2 / max(1, len(workers))
+        within = warmup / 2 if polls_within is None else polls_within
+        reconnecting = polls_within is not None
+        spread = within / max(1, len(workers))
         polls = [
             asyncio.create_task(
-                hold_longpoll(at(c), c, session, result, start + i * spread, window.closes)
+                hold_longpoll(
+                    at(c), c, session, result, start + i * spread, window.closes, reconnecting
+                )
             )
             for i, (c, _) in enumerate(workers)
             if longpolls
@@ -451,7 +461,7 @@ def load_replicas(
         replicas[0].proc.pid,
         rate=rate,
         during=during,
-        driver=drive_fleet,
+        driver=functools.partial(drive_fleet, polls_within=args.polls_within),
     )
     fg = fgs[0] if fgs else Foreground()
     per_replica = [
@@ -630,6 +640,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dashboard-poll", type=float, default=DASHBOARD_POLL, help="seconds")
     parser.add_argument("--scrape-interval", type=float, default=15.0, help="/metrics, seconds")
     parser.add_argument(
+        "--polls-within",
+        type=float,
+        metavar="SECONDS",
+        help="open the first long-polls over this many seconds (default: half the warm-up), "
+        "as a fleet reconnecting after the control plane restarted (1: at once)",
+    )
+    parser.add_argument(
         "--insert-workers",
         action="store_true",
         help="write the N workers into the database instead of registering them (fast at 10k)",
@@ -663,6 +680,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--clients: 1-16")
     if not 0 < args.user_rate <= 100 or args.dashboard_poll <= 0 or args.scrape_interval <= 0:
         parser.error("--user-rate: (0, 100]; --dashboard-poll, --scrape-interval: > 0")
+    if args.polls_within is not None and not 0 <= args.polls_within <= 600:
+        parser.error("--polls-within: 0-600 seconds")
     return args
 
 

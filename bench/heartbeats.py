@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from agent.client import poll_wait  # noqa: E402
 from agent.features import FEATURES  # noqa: E402
 from control.keyring import Keyring  # noqa: E402
 from control.users import features  # noqa: E402
@@ -373,15 +374,22 @@ async def hold_longpoll(
     result: LoadResult,
     first_at: float,
     measure_to: float,
+    reconnecting: bool = False,
 ) -> None:
     """One long-poll at all times from `first_at`, as an agent holds it: `after` its last
-    generation, `wait` LONGPOLL_WAIT; answers and errors inside the window are counted."""
+    generation, `wait` LONGPOLL_WAIT, or a random share of it (agent/client.py `poll_wait`)
+    after a failure and, when `reconnecting` (a fleet back after the control plane
+    restarted), for the first poll that waits (the one after `after=0`'s answer);
+    answers and errors inside the window are counted."""
     measure_from = measure_to - result.seconds
     await asyncio.sleep(max(0.0, first_at - time.time()))
     after = 0
     timeout = aiohttp.ClientTimeout(total=LONGPOLL_WAIT + REQUEST_TIMEOUT)
+    draw = reconnecting
     while True:
-        params = {"after": str(after), "wait": str(LONGPOLL_WAIT)}
+        wait = poll_wait(LONGPOLL_WAIT, after_failure=draw)
+        draw = reconnecting and after == 0  # answered at once: the next is the first to wait
+        params = {"after": str(after), "wait": str(wait)}
         query, headers = signing.sign_request(
             creds.key_id, creds.secret, "GET", ASSIGNMENTS_PATH, params
         )
@@ -402,6 +410,7 @@ async def hold_longpoll(
             result.poll_errors += failed
             result.polls += not failed
         if failed:
+            draw = True
             await asyncio.sleep(1.0)  # as an agent backs off; no hot loop
 
 
