@@ -9,7 +9,11 @@ counted as they happen; everything the database knows (servers by status, users 
 state, pending waits, webhook outbox, autoscaler decisions, the workers' heartbeat
 ages) is set by `refresh` from a snapshot read at scrape time, so it survives restarts
 and never drifts from the truth. Every series is an aggregate: none is labelled by
-server or user, so a scrape costs the same at 10 or 10,000 workers (issue 16).
+server or user, so a scrape costs the same at 10 or 10,000 workers (issue 16). What
+only the singletons' runs set (the autoscaler's held-back demand, the DNS rounds'
+counts, the provider's rate limit as its calls last saw it) lives in a registry of its
+own, `singletons`, that `render` includes only on the replica that leads: a follower
+has no such series, rather than zeros that read as the fleet's.
 `MeteredProvider` is its provider in every other respect.
 """
 
@@ -50,6 +54,7 @@ EVENT_COUNTERS = {  # event kind in the log -> metric name
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.singletons = CollectorRegistry(auto_describe=True)
         self._process_counters()
         self._provider_gauges()
         self._fleet_gauges()
@@ -62,8 +67,11 @@ class Metrics:
             for kind, name in EVENT_COUNTERS.items()
         }
 
-    def _gauge(self, name: str, doc: str, labels: list[str] | None = None) -> Gauge:
-        return Gauge(name, doc, labels or [], registry=self.registry)
+    def _gauge(
+        self, name: str, doc: str, labels: list[str] | None = None, leader_only: bool = False
+    ) -> Gauge:
+        registry = self.singletons if leader_only else self.registry
+        return Gauge(name, doc, labels or [], registry=registry)
 
     def _counter(self, name: str, doc: str, labels: list[str] | None = None) -> Counter:
         return Counter(name, doc, labels or [], registry=self.registry)
@@ -84,7 +92,9 @@ class Metrics:
 
     def _provider_gauges(self) -> None:
         self.rate_limit_remaining = self._gauge(
-            "clawfleet_provider_rate_limit_remaining", "Provider requests left in the window."
+            "clawfleet_provider_rate_limit_remaining",
+            "Provider requests left in the window.",
+            leader_only=True,
         )
         self.provider_state = self._gauge(
             "clawfleet_provider_state",
@@ -94,6 +104,7 @@ class Metrics:
         self.held_back = self._gauge(
             "clawfleet_autoscaler_held_back_servers",
             "Servers of demand the caps held back in the last run.",
+            leader_only=True,
         )
 
     def _fleet_gauges(self) -> None:
@@ -123,18 +134,24 @@ class Metrics:
             ["state"],
         )
         self.dns_rounds = self._gauge(
-            "clawfleet_dns_rounds", "DNS reconciliation rounds since start."
+            "clawfleet_dns_rounds", "DNS reconciliation rounds since start.", leader_only=True
         )
         self.dns_changes = self._gauge(
-            "clawfleet_dns_changes", "DNS records created, updated or deleted since start."
+            "clawfleet_dns_changes",
+            "DNS records created, updated or deleted since start.",
+            leader_only=True,
         )
-        self.dns_errors = self._gauge("clawfleet_dns_errors", "DNS calls that failed since start.")
+        self.dns_errors = self._gauge(
+            "clawfleet_dns_errors", "DNS calls that failed since start.", leader_only=True
+        )
 
     def auth_refused_by(self, surface: str) -> None:
         self.auth_refused.labels(surface).inc()
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, leads: bool = True) -> bytes:
+        """The registry, and the singletons' gauges when this replica `leads`."""
+        own = generate_latest(self.registry)
+        return own + generate_latest(self.singletons) if leads else own
 
 
 class HeartbeatAges(Collector):

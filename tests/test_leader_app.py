@@ -39,11 +39,29 @@ def sweeping() -> bool:
     return any(task.get_name() == SWEEPS and not task.done() for task in asyncio.all_tasks())
 
 
-async def leader_metric(plane: ControlPlane) -> str:
+SINGLETONS_GAUGES = {  # set only by the singletons' runs: none on a follower
+    "clawfleet_autoscaler_held_back_servers",
+    "clawfleet_dns_rounds",
+    "clawfleet_dns_changes",
+    "clawfleet_dns_errors",
+    "clawfleet_provider_rate_limit_remaining",
+}
+
+
+async def scrape(plane: ControlPlane) -> list[str]:
     async with plane.session.get(plane.url + "/metrics") as r:
         assert r.status == 200
-        text = await r.text()
-    return next(line for line in text.splitlines() if line.startswith("clawfleet_leader "))
+        return (await r.text()).splitlines()
+
+
+async def leader_metric(plane: ControlPlane) -> str:
+    return next(line for line in await scrape(plane) if line.startswith("clawfleet_leader "))
+
+
+async def singletons_gauges(plane: ControlPlane) -> set[str]:
+    names = {line.split("{")[0].split(" ")[0] for line in await scrape(plane) if line[:1] != "#"}
+    assert "clawfleet_servers" in names  # the fleet's own gauges, on every replica
+    return names & SINGLETONS_GAUGES
 
 
 async def leader_check(plane: ControlPlane) -> str:
@@ -96,6 +114,7 @@ async def test_a_live_lease_of_another_holder_holds_the_singletons_until_it_laps
     assert app[SCALER].state.runs == 0
     assert not sweeping()
     assert await leader_metric(plane) == "clawfleet_leader 0.0"
+    assert await singletons_gauges(plane) == set()  # not zeros, that would read as the fleet's
     assert (await leader_check(plane)).startswith("other leads, epoch 1")
 
     lapse(plane.settings.database_path)
@@ -104,6 +123,7 @@ async def test_a_live_lease_of_another_holder_holds_the_singletons_until_it_laps
     await until(lambda: app[SCALER].state.runs >= 1, "an autoscaler run by the new leader")
     assert sweeping()
     assert await leader_metric(plane) == "clawfleet_leader 1.0"
+    assert await singletons_gauges(plane) == SINGLETONS_GAUGES
     with contextlib.closing(sqlite3.connect(plane.settings.database_path)) as db:
         kinds = [
             row[0] for row in db.execute("SELECT message FROM events WHERE kind = 'leader_elected'")

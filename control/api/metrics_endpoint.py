@@ -4,7 +4,8 @@ Contract: `install_metrics(app, settings)` gives the app its `Metrics`
 (control/metrics.py: one registry per app, no process globals) and its access mode,
 and adds the route. A scrape reads what the database knows (metrics_snapshot.py)
 and the live state (long-poll waiters, the autoscaler's held-back demand, the provider
-and DNS states and the DNS counters) into the gauges, then renders the registry.
+and DNS states and the DNS counters) into the gauges, then renders the registry (the
+singletons' gauges only on the replica that leads: control/metrics.py).
 
 Who may read it is decided once, at start-up, by `access_mode` (logged in one line):
 - "loopback": LISTEN_HOST is loopback only and PUBLIC_URL names no proxy
@@ -36,6 +37,7 @@ from control.appkeys import (
     DNS_SYNC,
     FLEET,
     INBOX,
+    LEADERSHIP,
     METRICS,
     METRICS_MODE,
     PROVIDER_HEALTH,
@@ -131,4 +133,5 @@ async def prometheus(request: web.Request) -> web.Response:
         m.dns_rounds.set(counters.rounds)
         m.dns_changes.set(counters.changes)
         m.dns_errors.set(counters.errors)
-    return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    leads = app[LEADERSHIP].term is not None  # as `clawfleet_leader` says
+    return web.Response(body=m.render(leads), headers={"Content-Type": CONTENT_TYPE_LATEST})
