@@ -9,6 +9,7 @@ tests agree on them. Nothing here logs; secrets are never part of an error messa
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from typing import TypeVar
@@ -94,15 +95,20 @@ def jittered(interval: float, rand: Callable[[], float] = random.random) -> floa
     return shared_jittered(interval, spread=0.1, rand=rand())
 
 
-def poll_wait(wait: int, after_failure: bool, rand: Callable[[], float] = random.random) -> int:
-    """The `wait` of the next long-poll: as configured, but after a failed poll a whole
-    number of seconds drawn from [1, wait]. Agents that lost the control plane together
-    (a restart, a network cut) come back together, and polls answered at the same
-    second renew at the same second, for ever; one random wait spreads them over a
-    whole wait, at the cost of one shorter poll each."""
-    if not after_failure or wait <= 1:
-        return wait
-    return 1 + min(wait - 1, int(rand() * wait))
+def after_failure(period: float, failed: bool, rand: Callable[[], float] = random.random) -> float:
+    """`period` (a heartbeat's delay, a long-poll's wait), or right after a failure a
+    random share of it, in (0, period]. Agents that lost the control plane together (a
+    restart, a network cut) come back together, and requests answered in the same second
+    come again in the same second, for ever (the heartbeats' 10 % jitter takes minutes to
+    part them); one random period spreads them over a whole one, for one early request
+    each. Never later than `period`: a heartbeat's deadline is not moved."""
+    return period * (1.0 - rand()) if failed else period
+
+
+def poll_wait(wait: int, failed: bool, rand: Callable[[], float] = random.random) -> int:
+    """The `wait` of the next long-poll, `after_failure`'s in whole seconds: at least 1
+    (0, an answer at once, stays 0)."""
+    return min(wait, max(1, math.ceil(after_failure(wait, failed, rand)))) if wait > 0 else 0
 
 
 def split_token(token: str) -> tuple[str, str]:

@@ -12,8 +12,9 @@ specs, so it answers from the saved desired set too.
 Backup jobs (agent/backup_jobs.py) follow each assignments reply, after its reconcile
 pass; they are never saved, so the first poll after a start asks for the current set
 (after=0) to get pending jobs back. `stop()` interrupts and awaits running jobs.
-The poll after a failed one waits a random share of POLL_WAIT (agent/client.py
-`poll_wait`), so a fleet that lost its control plane together does not poll in step.
+The heartbeat and the long-poll after a failed one come a random share of their
+period later (agent/client.py `after_failure`), so a fleet that lost its control
+plane together does not beat and poll in step.
 Registration and every heartbeat declare the features this agent implements
 (agent/features.py), so an upgraded agent's new ones are known at its next beat.
 Before any loop starts (so before any route is written), origin TLS (agent/origin_tls.py)
@@ -122,13 +123,12 @@ class Daemon(Registration):
             except cp.ControlPlaneError as err:
                 attempt = await self._after_failure("heartbeat", err, attempt)
                 continue
-            attempt = 0
+            failed, attempt = attempt > 0, 0
             if reply.heartbeat_interval > 0:
                 self.heartbeat_interval = reply.heartbeat_interval
+            delay = cp.jittered(next_beat(self.heartbeat_interval, beat))
             await heartbeat.until_due(
-                cp.jittered(next_beat(self.heartbeat_interval, beat)),
-                beat.containers,
-                self.reconciler.reports,
+                cp.after_failure(delay, failed), beat.containers, self.reconciler.reports
             )
 
     async def _poll_loop(self) -> None:
@@ -140,7 +140,7 @@ class Daemon(Registration):
         while True:
             try:
                 assert self.creds is not None
-                wait = cp.poll_wait(self.s.poll_wait, after_failure=attempt > 0)
+                wait = cp.poll_wait(self.s.poll_wait, failed=attempt > 0)
                 got = await self.client.assignments(
                     self.creds.worker_id, self.creds.secret, after, wait
                 )
