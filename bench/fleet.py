@@ -17,7 +17,8 @@ Run: `make bench-fleet` (or `.venv/bin/python bench/fleet.py --workers 1000 --se
    long-poll at all times (`after` its last generation, `wait` 55 s, as agents do,
    the first ones spread over half the warm-up, or with `--polls-within S` opened over S
    seconds as a fleet reconnecting after a restart, whose first waiting polls draw
-   their wait as agents do after a failure) and heartbeats at the interval of its
+   their wait as agents do after a failure; its first heartbeats then come within those
+   S seconds too, timed as the agent times them) and heartbeats at the interval of its
    last reply (signed, fresh nonce each time), the first beats spread evenly over one
    interval. The warm-up is one interval and 5 s, so that every worker has beaten and
    holds its long-poll when the window opens;
@@ -72,6 +73,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from agent import client  # noqa: E402
 from bench.fleet_pg import Cluster, insert_workers  # noqa: E402
 from bench.fleet_replicas import (  # noqa: E402
     Replica,
@@ -137,10 +139,13 @@ async def served_beats(
     result: LoadResult,
     latencies: array[float],
     window: Window,
+    reconnecting: bool = False,
 ) -> None:
     """One worker's heartbeats until the window closes, each `heartbeat_interval` (of
-    the last reply) after the one before, as the agent paces itself."""
+    the last reply) after the one before, as the agent paces itself; `reconnecting`,
+    the first beat is the one after a failure (agent/client.py `after_failure`)."""
     due = first_at
+    failed = reconnecting
     while True:
         # Never past the window's end: at 20k the interval (70 s) outlasts the wait
         # for the client processes' reports.
@@ -166,7 +171,11 @@ async def served_beats(
             else:
                 result.ok += 1
                 latencies.append((time.perf_counter() - sent) * 1000)
-        due = sent_at + interval
+        # Reconnecting, as the agent times its beats (jittered by it as well).
+        delay = (
+            client.after_failure(client.jittered(interval), failed) if reconnecting else interval
+        )
+        due, failed = sent_at + delay, bool(kind)
 
 
 async def drive_fleet(
@@ -206,9 +215,21 @@ async def drive_fleet(
             for i, (c, _) in enumerate(workers)
             if longpolls
         ]
+        # Reconnecting, the first beats come within `polls_within` too, in the same order.
+        squeeze = within / interval if reconnecting else 1.0
         await asyncio.gather(
             *(
-                served_beats(at(c), c, start + offset, interval, session, result, latencies, window)
+                served_beats(
+                    at(c),
+                    c,
+                    start + offset * squeeze,
+                    interval,
+                    session,
+                    result,
+                    latencies,
+                    window,
+                    reconnecting,
+                )
                 for c, offset in workers
             )
         )
@@ -643,8 +664,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--polls-within",
         type=float,
         metavar="SECONDS",
-        help="open the first long-polls over this many seconds (default: half the warm-up), "
-        "as a fleet reconnecting after the control plane restarted (1: at once)",
+        help="open the first long-polls and heartbeats over this many seconds (default: "
+        "polls over half the warm-up, beats over an interval), as a fleet reconnecting after "
+        "the control plane restarted (1: at once)",
     )
     parser.add_argument(
         "--insert-workers",

@@ -387,7 +387,7 @@ async def hold_longpoll(
     timeout = aiohttp.ClientTimeout(total=LONGPOLL_WAIT + REQUEST_TIMEOUT)
     draw = reconnecting
     while True:
-        wait = poll_wait(LONGPOLL_WAIT, after_failure=draw)
+        wait = poll_wait(LONGPOLL_WAIT, failed=draw)
         draw = reconnecting and after == 0  # answered at once: the next is the first to wait
         params = {"after": str(after), "wait": str(wait)}
         query, headers = signing.sign_request(
