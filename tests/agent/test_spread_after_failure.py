@@ -59,8 +59,8 @@ def test_poll_wait(wait: int, failed: bool, rand: float, expected: int) -> None:
 
 
 class Plane:
-    """Answers each long-poll at once: 503 for the first `failures`, then 304; records
-    every `wait` asked."""
+    """Answers each long-poll at once, 503 for the first `failures` and then 304,
+    recording every `wait` asked; and heartbeats, every third failing."""
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
